@@ -1,0 +1,17 @@
+//! The cleaner engine: rollouts over llama.cpp, the asset store, and (built on
+//! them) the sandbox, agent loop, purification and RL.
+//!
+//! It must not know how kernels are implemented or how GGUF bytes are laid out
+//! beyond what `cleaner-models` exposes.
+
+pub mod llama;
+pub mod rollout;
+pub mod sampling;
+
+pub use llama::{LlamaError, LoraAdapter, Model, ModelParams, Token};
+pub use rollout::{
+    FinishReason, GenerateParams, Generation, Policy, PolicyConfig, RolloutError, SeqId,
+};
+pub use sampling::SamplingParams;
+pub mod assets;
+pub mod chat;

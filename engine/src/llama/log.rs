@@ -1,0 +1,78 @@
+//! llama.cpp's log, routed into the `log` crate and kept for error messages.
+//!
+//! llama.cpp reports most load failures only through its log (the C call just
+//! returns NULL), so the last error lines are kept here and attached to the
+//! typed errors the wrapper returns.
+
+use std::ffi::{c_char, c_void, CStr};
+use std::sync::Mutex;
+
+use llama_cpp_sys_2 as sys;
+
+/// Recent warning and error lines, newest last.
+static RECENT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// A line still being assembled from continuation fragments.
+static PARTIAL: Mutex<(u32, String)> = Mutex::new((0, String::new()));
+const KEEP: usize = 16;
+
+pub(super) fn install() {
+    // SAFETY: the callback is a plain function with the C signature ggml expects
+    // and ignores `user_data`; it stays valid for the life of the process.
+    unsafe { sys::llama_log_set(Some(callback), std::ptr::null_mut()) };
+}
+
+unsafe extern "C" fn callback(level: sys::ggml_log_level, text: *const c_char, _user: *mut c_void) {
+    if text.is_null() {
+        return;
+    }
+    // SAFETY: ggml passes a NUL-terminated string valid for this call.
+    let text = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+    let Ok(mut partial) = PARTIAL.lock() else {
+        return;
+    };
+    if level != sys::GGML_LOG_LEVEL_CONT {
+        partial.0 = level;
+    }
+    partial.1.push_str(&text);
+    if !partial.1.ends_with('\n') {
+        return;
+    }
+    let line = std::mem::take(&mut partial.1).trim_end().to_string();
+    let level = partial.0;
+    drop(partial);
+    match level {
+        sys::GGML_LOG_LEVEL_ERROR => log::error!(target: "llama.cpp", "{line}"),
+        sys::GGML_LOG_LEVEL_WARN => log::warn!(target: "llama.cpp", "{line}"),
+        sys::GGML_LOG_LEVEL_INFO => log::debug!(target: "llama.cpp", "{line}"),
+        _ => log::trace!(target: "llama.cpp", "{line}"),
+    }
+    if level == sys::GGML_LOG_LEVEL_ERROR || level == sys::GGML_LOG_LEVEL_WARN {
+        if let Ok(mut recent) = RECENT.lock() {
+            recent.push(line);
+            let n = recent.len();
+            if n > KEEP {
+                recent.drain(..n - KEEP);
+            }
+        }
+    }
+}
+
+/// Forgets the kept lines; call before an operation whose errors you want.
+pub(super) fn clear() {
+    if let Ok(mut recent) = RECENT.lock() {
+        recent.clear();
+    }
+}
+
+/// The warning and error lines logged since the last [`clear`], joined.
+pub(super) fn take() -> String {
+    let lines = RECENT
+        .lock()
+        .map(|mut r| std::mem::take(&mut *r))
+        .unwrap_or_default();
+    if lines.is_empty() {
+        "no details in llama.cpp's log".to_string()
+    } else {
+        lines.join("; ")
+    }
+}

@@ -1,0 +1,722 @@
+//! The rollout engine: many sequences in one llama.cpp context, advanced
+//! together by continuous batching, with in-place rewriting of any sequence's
+//! tail (`truncate` + `append`) and hot-swapped LoRA adapters.
+//!
+//! Each sequence is a list of tokens of which the first `n_cached` are in the
+//! KV cache; the rest are pending and get prefilled by the next decode. A
+//! sampled token is pending until the following step decodes it. This one
+//! invariant makes rollback, grafting and prefix sharing plain list edits:
+//! `truncate` cuts the list (and the cache if needed), `append` extends it.
+//!
+//! Sequences that are generating advance one token per [`Policy::step`]; the
+//! same decode call also prefills whatever other sequences have pending
+//! (observations, grafts), so parked sequences never stall the batch.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::llama::{BatchEntry, Context, ContextParams, LlamaError, LoraAdapter, Model, Token};
+use crate::sampling::{self, Rng, SamplingParams};
+
+/// Errors of the rollout engine.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error(transparent)]
+    Llama(#[from] LlamaError),
+    #[error("all {0} sequence slots are in use (raise n_seq_max or close sequences)")]
+    NoFreeSlot(u32),
+    #[error("sequence {0} is not open")]
+    NotOpen(u32),
+    #[error("sequence {seq} would hold {len} tokens, more than the context's {n_ctx} positions (prompt too long?)")]
+    TooLong { seq: u32, len: usize, n_ctx: u32 },
+    #[error("cannot truncate sequence {seq} of {len} tokens to {pos}")]
+    BadTruncate { seq: u32, pos: usize, len: usize },
+    #[error("sequence {0} is generating; wait until it finishes")]
+    Busy(u32),
+    #[error("invalid generation parameters: {0}")]
+    Params(String),
+}
+
+/// A sequence handle (a slot in the context).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SeqId(pub u32);
+
+/// What one generation should do.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerateParams {
+    pub sampling: SamplingParams,
+    /// Most tokens to generate in this call.
+    pub max_new_tokens: usize,
+    /// Generation stops once the generated text contains any of these; the
+    /// token that completed it is kept (e.g. the end of a tool call).
+    pub stop: Vec<String>,
+    /// Stop at end-of-generation tokens (EOS, `<|im_end|>`); the token is kept.
+    pub stop_at_eog: bool,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        GenerateParams {
+            sampling: SamplingParams::default(),
+            max_new_tokens: 256,
+            stop: Vec::new(),
+            stop_at_eog: true,
+        }
+    }
+}
+
+/// Why a generation ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FinishReason {
+    /// An end-of-generation token was sampled.
+    Eog,
+    /// The text reached this stop string.
+    Stop(String),
+    /// `max_new_tokens` were generated.
+    MaxTokens,
+    /// The sequence reached the context's length.
+    ContextLength,
+}
+
+/// The tokens one generation produced, with their log-probabilities.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    pub tokens: Vec<Token>,
+    /// log p(token) under the model at temperature 1, one per token.
+    pub logprobs: Vec<f32>,
+    /// log p(token) under the sampling distribution, one per token.
+    pub sampler_logprobs: Vec<f32>,
+    /// The tokens' text (special tokens rendered).
+    pub text: String,
+    pub finish: FinishReason,
+}
+
+/// Context shape and threading of a [`Policy`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// KV cells shared by all sequences; a shared prefix counts once.
+    pub n_ctx: u32,
+    /// Most sequences open at once.
+    pub n_seq_max: u32,
+    /// Most tokens per decode call.
+    pub n_batch: u32,
+    /// Decode threads (0: all cores).
+    pub n_threads: i32,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            n_ctx: 8192,
+            n_seq_max: 16,
+            n_batch: 512,
+            n_threads: 0,
+        }
+    }
+}
+
+struct Generating {
+    params: GenerateParams,
+    rng: Rng,
+    out: Generation,
+    bytes: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Slot {
+    open: bool,
+    tokens: Vec<Token>,
+    n_cached: usize,
+    /// Logits after the last token, when it is cached and they are known.
+    next_logits: Option<Vec<f32>>,
+    gen: Option<Generating>,
+}
+
+/// The rollout engine. See the module documentation.
+pub struct Policy {
+    ctx: Context,
+    slots: Vec<Slot>,
+    stats: PolicyStats,
+}
+
+/// Counters since the policy was created.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct PolicyStats {
+    pub decode_calls: u64,
+    pub tokens_decoded: u64,
+    pub tokens_generated: u64,
+}
+
+impl Policy {
+    pub fn new(model: Arc<Model>, config: &PolicyConfig) -> Result<Policy, RolloutError> {
+        let ctx = Context::new(
+            model,
+            ContextParams {
+                n_ctx: config.n_ctx,
+                n_seq_max: config.n_seq_max,
+                n_batch: config.n_batch.max(config.n_seq_max),
+                n_threads: config.n_threads,
+            },
+        )?;
+        let slots = (0..config.n_seq_max).map(|_| Slot::default()).collect();
+        Ok(Policy {
+            ctx,
+            slots,
+            stats: PolicyStats::default(),
+        })
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        self.ctx.model()
+    }
+
+    pub fn stats(&self) -> PolicyStats {
+        self.stats
+    }
+
+    /// Positions available to one sequence.
+    pub fn n_ctx(&self) -> u32 {
+        self.ctx.n_ctx()
+    }
+
+    pub fn n_seq_max(&self) -> u32 {
+        self.slots.len() as u32
+    }
+
+    /// Open sequences.
+    pub fn n_open(&self) -> usize {
+        self.slots.iter().filter(|s| s.open).count()
+    }
+
+    fn slot(&self, seq: SeqId) -> Result<&Slot, RolloutError> {
+        self.slots
+            .get(seq.0 as usize)
+            .filter(|s| s.open)
+            .ok_or(RolloutError::NotOpen(seq.0))
+    }
+
+    fn slot_mut(&mut self, seq: SeqId) -> Result<&mut Slot, RolloutError> {
+        self.slots
+            .get_mut(seq.0 as usize)
+            .filter(|s| s.open)
+            .ok_or(RolloutError::NotOpen(seq.0))
+    }
+
+    fn idle_slot_mut(&mut self, seq: SeqId) -> Result<&mut Slot, RolloutError> {
+        let slot = self.slot_mut(seq)?;
+        if slot.gen.is_some() {
+            return Err(RolloutError::Busy(seq.0));
+        }
+        Ok(slot)
+    }
+
+    /// Opens an empty sequence.
+    pub fn open(&mut self) -> Result<SeqId, RolloutError> {
+        let n = self.slots.len() as u32;
+        let i = self
+            .slots
+            .iter()
+            .position(|s| !s.open)
+            .ok_or(RolloutError::NoFreeSlot(n))?;
+        self.slots[i] = Slot {
+            open: true,
+            ..Default::default()
+        };
+        Ok(SeqId(i as u32))
+    }
+
+    /// Opens a sequence holding `tokens` (prefilled by the next decode).
+    pub fn open_with(&mut self, tokens: &[Token]) -> Result<SeqId, RolloutError> {
+        let seq = self.open()?;
+        if let Err(e) = self.append(seq, tokens) {
+            self.close(seq);
+            return Err(e);
+        }
+        Ok(seq)
+    }
+
+    /// Closes a sequence and frees its cache cells and slot. Closing a closed
+    /// sequence does nothing.
+    pub fn close(&mut self, seq: SeqId) {
+        if let Some(slot) = self.slots.get_mut(seq.0 as usize) {
+            if slot.open {
+                self.ctx.seq_rm(seq.0 as i32, 0);
+                *slot = Slot::default();
+            }
+        }
+    }
+
+    /// Closes every sequence and empties the cache.
+    pub fn reset(&mut self) {
+        self.ctx.clear();
+        for s in &mut self.slots {
+            *s = Slot::default();
+        }
+    }
+
+    /// All tokens of a sequence, cached and pending.
+    pub fn tokens(&self, seq: SeqId) -> Result<&[Token], RolloutError> {
+        Ok(&self.slot(seq)?.tokens)
+    }
+
+    pub fn len(&self, seq: SeqId) -> Result<usize, RolloutError> {
+        Ok(self.slot(seq)?.tokens.len())
+    }
+
+    pub fn is_generating(&self, seq: SeqId) -> bool {
+        self.slot(seq).map(|s| s.gen.is_some()).unwrap_or(false)
+    }
+
+    /// Sequences generating now.
+    pub fn n_generating(&self) -> usize {
+        self.slots.iter().filter(|s| s.gen.is_some()).count()
+    }
+
+    /// Appends tokens to a sequence (an observation, a grafted correction).
+    /// They are prefilled by the next `step` or `flush`, batched with other work.
+    pub fn append(&mut self, seq: SeqId, tokens: &[Token]) -> Result<(), RolloutError> {
+        let n_ctx = self.ctx.n_ctx();
+        for &t in tokens {
+            self.ctx.model().check_token(t)?;
+        }
+        let slot = self.idle_slot_mut(seq)?;
+        let len = slot.tokens.len() + tokens.len();
+        if len > n_ctx as usize {
+            return Err(RolloutError::TooLong {
+                seq: seq.0,
+                len,
+                n_ctx,
+            });
+        }
+        if !tokens.is_empty() {
+            slot.tokens.extend_from_slice(tokens);
+            slot.next_logits = None;
+        }
+        Ok(())
+    }
+
+    /// Cuts a sequence back to its first `pos` tokens, dropping later cache
+    /// entries; nothing before `pos` is recomputed.
+    pub fn truncate(&mut self, seq: SeqId, pos: usize) -> Result<(), RolloutError> {
+        let slot = self.idle_slot_mut(seq)?;
+        let len = slot.tokens.len();
+        if pos > len {
+            return Err(RolloutError::BadTruncate {
+                seq: seq.0,
+                pos,
+                len,
+            });
+        }
+        if pos == len {
+            return Ok(());
+        }
+        slot.tokens.truncate(pos);
+        slot.next_logits = None;
+        if slot.n_cached > pos {
+            slot.n_cached = pos;
+            self.ctx.seq_rm(seq.0 as i32, pos as i32);
+        }
+        Ok(())
+    }
+
+    /// Opens a new sequence sharing `seq`'s tokens and cache: the prefix is
+    /// prefilled once (now, if pending) and its cells are shared, not copied.
+    pub fn fork(&mut self, seq: SeqId) -> Result<SeqId, RolloutError> {
+        self.idle_slot_mut(seq)?;
+        self.flush()?;
+        let dst = self.open()?;
+        self.ctx.seq_cp(seq.0 as i32, dst.0 as i32);
+        let (tokens, n_cached, logits) = {
+            let s = &self.slots[seq.0 as usize];
+            (s.tokens.clone(), s.n_cached, s.next_logits.clone())
+        };
+        let d = &mut self.slots[dst.0 as usize];
+        d.tokens = tokens;
+        d.n_cached = n_cached;
+        d.next_logits = logits;
+        Ok(dst)
+    }
+
+    /// Prefills everything pending in all idle sequences.
+    pub fn flush(&mut self) -> Result<(), RolloutError> {
+        while self
+            .slots
+            .iter()
+            .any(|s| s.open && s.gen.is_none() && s.n_cached < s.tokens.len())
+        {
+            self.decode_round(false)?;
+        }
+        Ok(())
+    }
+
+    /// Logits for the token after `seq`'s last one (prefilling if needed).
+    pub fn next_logits(&mut self, seq: SeqId) -> Result<&[f32], RolloutError> {
+        self.idle_slot_mut(seq)?;
+        self.ensure_logits(seq)?;
+        self.flush()?;
+        Ok(self.slots[seq.0 as usize]
+            .next_logits
+            .as_deref()
+            .unwrap_or(&[]))
+    }
+
+    /// Makes sure the next decode will produce logits for `seq`'s last token:
+    /// if it is cached but its logits were dropped, it is decoded again.
+    fn ensure_logits(&mut self, seq: SeqId) -> Result<(), RolloutError> {
+        let s = &mut self.slots[seq.0 as usize];
+        if s.tokens.is_empty() {
+            return Err(RolloutError::Params(format!(
+                "sequence {} is empty: append a prompt first",
+                seq.0
+            )));
+        }
+        if s.next_logits.is_none() && s.n_cached == s.tokens.len() {
+            s.n_cached -= 1;
+            self.ctx.seq_rm(seq.0 as i32, s.n_cached as i32);
+        }
+        Ok(())
+    }
+
+    /// Starts generating on `seq`; tokens come with the following `step`s.
+    pub fn start(&mut self, seq: SeqId, params: GenerateParams) -> Result<(), RolloutError> {
+        params.sampling.validate().map_err(RolloutError::Params)?;
+        if params.max_new_tokens == 0 {
+            return Err(RolloutError::Params(
+                "max_new_tokens must be at least 1".into(),
+            ));
+        }
+        if params.stop.iter().any(|s| s.is_empty()) {
+            return Err(RolloutError::Params(
+                "stop strings must not be empty".into(),
+            ));
+        }
+        self.idle_slot_mut(seq)?;
+        self.ensure_logits(seq)?;
+        let rng = Rng::new(params.sampling.seed);
+        self.slots[seq.0 as usize].gen = Some(Generating {
+            params,
+            rng,
+            out: Generation {
+                tokens: Vec::new(),
+                logprobs: Vec::new(),
+                sampler_logprobs: Vec::new(),
+                text: String::new(),
+                finish: FinishReason::MaxTokens,
+            },
+            bytes: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// One decode call: every generating sequence advances by one token and
+    /// pending tokens of the others are prefilled alongside. Returns the
+    /// generations that finished in this step.
+    pub fn step(&mut self) -> Result<Vec<(SeqId, Generation)>, RolloutError> {
+        // Sequences whose logits are already known sample without a decode.
+        let mut finished = self.sample_ready()?;
+        if self
+            .slots
+            .iter()
+            .any(|s| s.open && s.n_cached < s.tokens.len())
+        {
+            self.decode_round(true)?;
+            finished.extend(self.sample_ready()?);
+        }
+        Ok(finished)
+    }
+
+    /// Runs `step` until no sequence is generating.
+    pub fn run_to_completion(&mut self) -> Result<Vec<(SeqId, Generation)>, RolloutError> {
+        let mut done = Vec::new();
+        while self.n_generating() > 0 {
+            done.extend(self.step()?);
+        }
+        Ok(done)
+    }
+
+    /// Builds and decodes one batch. Generating sequences come first (one
+    /// pending token each, normally), then prefill of pending tokens up to
+    /// `n_batch`. Logits are requested only where a sequence's pending run ends.
+    fn decode_round(&mut self, include_generating: bool) -> Result<(), RolloutError> {
+        let budget = self.ctx.params().n_batch as usize;
+        let mut entries: Vec<BatchEntry> = Vec::new();
+        // (slot, batch index of its last entry, tokens taken)
+        let mut taken: Vec<(usize, Option<usize>, usize)> = Vec::new();
+        let order: Vec<usize> = {
+            let mut gen: Vec<usize> = Vec::new();
+            let mut idle: Vec<usize> = Vec::new();
+            for (i, s) in self.slots.iter().enumerate() {
+                if s.open && s.n_cached < s.tokens.len() {
+                    if s.gen.is_some() {
+                        if include_generating {
+                            gen.push(i);
+                        }
+                    } else {
+                        idle.push(i);
+                    }
+                }
+            }
+            gen.extend(idle);
+            gen
+        };
+        for i in order {
+            let room = budget - entries.len();
+            if room == 0 {
+                break;
+            }
+            let s = &self.slots[i];
+            let n = (s.tokens.len() - s.n_cached).min(room);
+            let reaches_end = s.n_cached + n == s.tokens.len();
+            for k in 0..n {
+                let pos = s.n_cached + k;
+                entries.push(BatchEntry {
+                    token: s.tokens[pos],
+                    pos: pos as i32,
+                    seq: i as i32,
+                    logits: reaches_end && k + 1 == n,
+                });
+            }
+            taken.push((i, reaches_end.then(|| entries.len() - 1), n));
+        }
+        self.ctx.decode(&entries)?;
+        self.stats.decode_calls += 1;
+        self.stats.tokens_decoded += entries.len() as u64;
+        for (i, logit_index, n) in taken {
+            let s = &mut self.slots[i];
+            s.n_cached += n;
+            s.next_logits = match logit_index {
+                Some(b) => self.ctx.logits(b).map(|row| row.to_vec()),
+                None => None,
+            };
+        }
+        Ok(())
+    }
+
+    /// Samples one token for every generating sequence whose next logits are
+    /// known, in parallel across sequences; returns those that finished.
+    fn sample_ready(&mut self) -> Result<Vec<(SeqId, Generation)>, RolloutError> {
+        let n_ctx = self.ctx.n_ctx() as usize;
+        let model = self.ctx.model().clone();
+        let picks: Vec<(usize, sampling::Sampled)> = self
+            .slots
+            .par_iter_mut()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let g = s.gen.as_mut()?;
+                let logits = s.next_logits.as_deref()?;
+                if s.n_cached != s.tokens.len() {
+                    return None;
+                }
+                Some((i, sampling::sample(logits, &g.params.sampling, &mut g.rng)))
+            })
+            .collect();
+        let mut finished = Vec::new();
+        for (i, pick) in picks {
+            let s = &mut self.slots[i];
+            let Some(g) = s.gen.as_mut() else { continue };
+            s.tokens.push(pick.token);
+            s.next_logits = None;
+            g.out.tokens.push(pick.token);
+            g.out.logprobs.push(pick.logprob);
+            g.out.sampler_logprobs.push(pick.sampler_logprob);
+            let before = g.bytes.len();
+            g.bytes.extend_from_slice(model.piece(pick.token));
+            self.stats.tokens_generated += 1;
+            let finish = if g.params.stop_at_eog && model.is_eog(pick.token) {
+                Some(FinishReason::Eog)
+            } else if let Some(stop) = find_stop(&g.bytes, before, &g.params.stop) {
+                Some(FinishReason::Stop(stop))
+            } else if g.out.tokens.len() >= g.params.max_new_tokens {
+                Some(FinishReason::MaxTokens)
+            } else if s.tokens.len() >= n_ctx {
+                Some(FinishReason::ContextLength)
+            } else {
+                None
+            };
+            if let Some(reason) = finish {
+                if let Some(mut g) = s.gen.take() {
+                    g.out.finish = reason;
+                    g.out.text = String::from_utf8_lossy(&g.bytes).into_owned();
+                    finished.push((SeqId(i as u32), g.out));
+                }
+            }
+        }
+        Ok(finished)
+    }
+
+    /// Generates for many prompts with continuous batching: up to `n_seq_max`
+    /// run at once and a finished sequence's slot goes to the next prompt.
+    /// Results come back in input order. Sequences are closed afterwards.
+    pub fn generate(
+        &mut self,
+        jobs: &[(Vec<Token>, GenerateParams)],
+    ) -> Result<Vec<Generation>, RolloutError> {
+        let mut results: Vec<Option<Generation>> = vec![None; jobs.len()];
+        let mut running: Vec<(SeqId, usize)> = Vec::new();
+        let mut next = 0;
+        let out: Result<(), RolloutError> = (|| {
+            while next < jobs.len() || !running.is_empty() {
+                while next < jobs.len() && self.n_open() < self.slots.len() {
+                    let (prompt, params) = &jobs[next];
+                    let seq = self.open_with(prompt)?;
+                    running.push((seq, next));
+                    self.start(seq, params.clone())?;
+                    next += 1;
+                }
+                for (seq, generation) in self.step()? {
+                    if let Some(k) = running.iter().position(|(s, _)| *s == seq) {
+                        let (_, job) = running.swap_remove(k);
+                        results[job] = Some(generation);
+                        self.close(seq);
+                    }
+                }
+            }
+            Ok(())
+        })();
+        for (seq, _) in running {
+            self.close(seq);
+        }
+        out?;
+        Ok(results.into_iter().flatten().collect())
+    }
+
+    /// Generates `params.len()` continuations of one prompt that share its
+    /// prefill: the prompt is decoded once and forked. Sequences are closed
+    /// afterwards.
+    pub fn generate_group(
+        &mut self,
+        prompt: &[Token],
+        params: &[GenerateParams],
+    ) -> Result<Vec<Generation>, RolloutError> {
+        let root = self.open_with(prompt)?;
+        let mut seqs = Vec::new();
+        let result = (|| {
+            self.ensure_logits(root)?;
+            self.flush()?;
+            for p in params {
+                let seq = self.fork(root)?;
+                seqs.push(seq);
+                self.start(seq, p.clone())?;
+            }
+            self.close(root);
+            let mut done = self.run_to_completion()?;
+            done.sort_by_key(|(s, _)| seqs.iter().position(|x| x == s));
+            Ok(done.into_iter().map(|(_, g)| g).collect())
+        })();
+        self.close(root);
+        for s in seqs {
+            self.close(s);
+        }
+        result
+    }
+
+    /// Per-position log-probabilities of `tokens[1..]` given their prefixes,
+    /// and optionally the full logits rows, by prefilling a fresh sequence.
+    /// Used to re-score trajectories and to check cache edits.
+    pub fn score(
+        &mut self,
+        tokens: &[Token],
+        want_logits: bool,
+    ) -> Result<(Vec<f32>, Vec<Vec<f32>>), RolloutError> {
+        if tokens.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let n_ctx = self.ctx.n_ctx();
+        if tokens.len() > n_ctx as usize {
+            return Err(RolloutError::TooLong {
+                seq: u32::MAX,
+                len: tokens.len(),
+                n_ctx,
+            });
+        }
+        for &t in tokens {
+            self.ctx.model().check_token(t)?;
+        }
+        let seq = self.open()?;
+        let result = (|| {
+            let budget = self.ctx.params().n_batch as usize;
+            let mut logprobs = Vec::with_capacity(tokens.len().saturating_sub(1));
+            let mut rows = Vec::new();
+            for (c, chunk) in tokens.chunks(budget).enumerate() {
+                let base = c * budget;
+                let entries: Vec<BatchEntry> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &token)| BatchEntry {
+                        token,
+                        pos: (base + k) as i32,
+                        seq: seq.0 as i32,
+                        logits: true,
+                    })
+                    .collect();
+                self.ctx.decode(&entries)?;
+                self.stats.decode_calls += 1;
+                self.stats.tokens_decoded += entries.len() as u64;
+                for k in 0..chunk.len() {
+                    let row = self.ctx.logits(k).unwrap_or(&[]);
+                    if let Some(&next) = tokens.get(base + k + 1) {
+                        let lse = cleaner_kernels::softmax::logsumexp(row);
+                        logprobs.push(row.get(next as usize).copied().unwrap_or(f32::NAN) - lse);
+                    }
+                    if want_logits {
+                        rows.push(row.to_vec());
+                    }
+                }
+            }
+            Ok((logprobs, rows))
+        })();
+        self.close(seq);
+        result
+    }
+
+    /// Applies `adapter` (scale 1) to every following decode, or returns to
+    /// the base model with `None`. No reload of model or context; cache
+    /// entries computed before belong to the previous weights.
+    pub fn set_adapter(&mut self, adapter: Option<Arc<LoraAdapter>>) -> Result<(), RolloutError> {
+        let list: Vec<(Arc<LoraAdapter>, f32)> = adapter.into_iter().map(|a| (a, 1.0)).collect();
+        self.ctx.set_adapters(&list)?;
+        Ok(())
+    }
+
+    /// The adapter now applied, if any.
+    pub fn adapter(&self) -> Option<&Arc<LoraAdapter>> {
+        self.ctx.adapters().first().map(|(a, _)| a)
+    }
+}
+
+/// The first stop string that now appears in `bytes` and did not end before
+/// `new_from` (so each is found once, at the token that completes it).
+fn find_stop(bytes: &[u8], new_from: usize, stops: &[String]) -> Option<String> {
+    stops.iter().find_map(|s| {
+        let s_bytes = s.as_bytes();
+        let from = new_from.saturating_sub(s_bytes.len().saturating_sub(1));
+        bytes[from..]
+            .windows(s_bytes.len())
+            .any(|w| w == s_bytes)
+            .then(|| s.clone())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_stop;
+
+    #[test]
+    fn stop_strings_found_across_token_boundaries() {
+        let stops = vec!["</tool_call>".to_string(), "```\n".to_string()];
+        assert_eq!(find_stop(b"abc</tool_", 3, &stops), None);
+        assert_eq!(
+            find_stop(b"abc</tool_call>", 10, &stops),
+            Some("</tool_call>".into())
+        );
+        assert_eq!(
+            find_stop(b"x = 1\n```\nmore", 8, &stops),
+            Some("```\n".into())
+        );
+        assert_eq!(find_stop(b"```\nlater text", 10, &stops), None);
+    }
+}

@@ -1,0 +1,35 @@
+//! # cleaner
+//!
+//! An embedded, single-process engine for agentic reinforcement learning of
+//! small language models with CLEANER trajectory purification: rollouts with
+//! llama.cpp, KV-cache rollback, LoRA hot-swap, and (as they land) the Python
+//! sandbox, the purifying agent loop and GRPO training.
+//!
+//! This crate is the public facade: it re-exports the API of the workspace
+//! crates so applications depend on one crate.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use cleaner::{assets::AssetStore, chat::{ChatTemplate, Message}, GenerateParams, Model, ModelParams, Policy, PolicyConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let path = AssetStore::default().resolve_model("smollm2-135m", &mut |line| eprintln!("{line}"))?;
+//! let model = Arc::new(Model::load(&path, &ModelParams::default())?);
+//! let prompt = ChatTemplate::from_model(&model)?.tokenize(&model, &[Message::user("What is 2 + 3?")], None)?;
+//! let mut policy = Policy::new(model, &PolicyConfig::default())?;
+//! let params: Vec<GenerateParams> = (0..4u64)
+//!     .map(|seed| GenerateParams { sampling: cleaner::SamplingParams { seed, ..Default::default() }, ..Default::default() })
+//!     .collect();
+//! for g in policy.generate_group(&prompt, &params)? {
+//!     println!("{} ({} tokens, {:?})", g.text, g.tokens.len(), g.finish);
+//! }
+//! # Ok(()) }
+//! ```
+
+pub use cleaner_engine::{assets, chat, llama, rollout, sampling};
+pub use cleaner_engine::{
+    FinishReason, GenerateParams, Generation, LlamaError, LoraAdapter, Model, ModelParams, Policy,
+    PolicyConfig, RolloutError, SamplingParams, SeqId, Token,
+};
+pub use cleaner_kernels as kernels;
+pub use cleaner_models as models;

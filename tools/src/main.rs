@@ -1,0 +1,45 @@
+//! The `cleaner` command-line tool.
+
+mod bench;
+mod cmd;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cleaner",
+    version,
+    about = "Agentic RL for small language models with CLEANER trajectory purification"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download, assemble and verify assets (models, interpreter) into the cache.
+    Fetch(cmd::fetch::Args),
+    /// Generate completions for a prompt with a model.
+    Generate(cmd::generate::Args),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.command {
+        Command::Fetch(a) => cmd::fetch::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Bench { which } => bench::run(which),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
