@@ -614,6 +614,47 @@ impl Policy {
         result
     }
 
+    /// Appends `tokens` to `seq` and prefills them now, returning the logits
+    /// row at every appended position (row `k` predicts the token after
+    /// `tokens[k]`). Anything pending before is prefilled first.
+    pub fn append_with_logits(
+        &mut self,
+        seq: SeqId,
+        tokens: &[Token],
+    ) -> Result<Vec<Vec<f32>>, RolloutError> {
+        self.append(seq, &[])?;
+        self.flush()?;
+        let start = self.slot(seq)?.tokens.len();
+        self.append(seq, tokens)?;
+        let budget = self.ctx.params().n_batch as usize;
+        let mut rows = Vec::with_capacity(tokens.len());
+        for (c, chunk) in tokens.chunks(budget).enumerate() {
+            let base = start + c * budget;
+            let entries: Vec<BatchEntry> = chunk
+                .iter()
+                .enumerate()
+                .map(|(k, &token)| BatchEntry {
+                    token,
+                    pos: (base + k) as i32,
+                    seq: seq.0 as i32,
+                    logits: true,
+                })
+                .collect();
+            if let Err(e) = self.ctx.decode(&entries) {
+                // Keep the invariant: what was not decoded stays pending.
+                return Err(e.into());
+            }
+            self.stats.decode_calls += 1;
+            self.stats.tokens_decoded += entries.len() as u64;
+            self.slots[seq.0 as usize].n_cached = base + chunk.len();
+            for k in 0..chunk.len() {
+                rows.push(self.ctx.logits(k).map(|r| r.to_vec()).unwrap_or_default());
+            }
+        }
+        self.slots[seq.0 as usize].next_logits = rows.last().cloned();
+        Ok(rows)
+    }
+
     /// Per-position log-probabilities of `tokens[1..]` given their prefixes,
     /// and optionally the full logits rows, by prefilling a fresh sequence.
     /// Used to re-score trajectories and to check cache edits.
@@ -622,55 +663,19 @@ impl Policy {
         tokens: &[Token],
         want_logits: bool,
     ) -> Result<(Vec<f32>, Vec<Vec<f32>>), RolloutError> {
-        if tokens.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
-        }
-        let n_ctx = self.ctx.n_ctx();
-        if tokens.len() > n_ctx as usize {
-            return Err(RolloutError::TooLong {
-                seq: u32::MAX,
-                len: tokens.len(),
-                n_ctx,
-            });
-        }
-        for &t in tokens {
-            self.ctx.model().check_token(t)?;
-        }
         let seq = self.open()?;
-        let result = (|| {
-            let budget = self.ctx.params().n_batch as usize;
-            let mut logprobs = Vec::with_capacity(tokens.len().saturating_sub(1));
-            let mut rows = Vec::new();
-            for (c, chunk) in tokens.chunks(budget).enumerate() {
-                let base = c * budget;
-                let entries: Vec<BatchEntry> = chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(k, &token)| BatchEntry {
-                        token,
-                        pos: (base + k) as i32,
-                        seq: seq.0 as i32,
-                        logits: true,
-                    })
-                    .collect();
-                self.ctx.decode(&entries)?;
-                self.stats.decode_calls += 1;
-                self.stats.tokens_decoded += entries.len() as u64;
-                for k in 0..chunk.len() {
-                    let row = self.ctx.logits(k).unwrap_or(&[]);
-                    if let Some(&next) = tokens.get(base + k + 1) {
-                        let lse = cleaner_kernels::softmax::logsumexp(row);
-                        logprobs.push(row.get(next as usize).copied().unwrap_or(f32::NAN) - lse);
-                    }
-                    if want_logits {
-                        rows.push(row.to_vec());
-                    }
-                }
-            }
-            Ok((logprobs, rows))
-        })();
+        let rows = self.append_with_logits(seq, tokens);
         self.close(seq);
-        result
+        let rows = rows?;
+        let logprobs = rows
+            .iter()
+            .zip(tokens.iter().skip(1))
+            .map(|(row, &next)| {
+                row.get(next as usize).copied().unwrap_or(f32::NAN)
+                    - cleaner_kernels::softmax::logsumexp(row)
+            })
+            .collect();
+        Ok((logprobs, if want_logits { rows } else { Vec::new() }))
     }
 
     /// Applies `adapter` (scale 1) to every following decode, or returns to

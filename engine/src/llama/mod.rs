@@ -26,7 +26,7 @@ use std::sync::OnceLock;
 /// Errors from loading models and adapters and from running the context.
 #[derive(Debug, thiserror::Error)]
 pub enum LlamaError {
-    #[error("model file {path}: {source}")]
+    #[error("model file: {source}")]
     ModelFile {
         path: PathBuf,
         source: cleaner_models::GgufError,

@@ -24,7 +24,7 @@ pub enum GgufErrorKind {
     InvalidUtf8 { what: String, offset: u64 },
     #[error("metadata key {key:?} has unknown value type {ty}")]
     UnknownValueType { key: String, ty: u32 },
-    #[error("absurd count: {what} claims {count} entries, more than the file could hold")]
+    #[error("{what} claims {count} entries, more than the rest of the file could hold (truncated or corrupt file)")]
     CountTooLarge { what: String, count: u64 },
     #[error("metadata nesting deeper than {0} levels in key {1:?}")]
     TooDeep(usize, String),
