@@ -134,17 +134,32 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> Sampled
             .total_cmp(&logits[*a as usize])
             .then(a.cmp(b))
     };
+    let m = softmax::max(logits) * inv_t;
+    let weight = |i: u32| ((logits[i as usize] * inv_t - m) as f64).exp();
     if !full {
         idx.select_nth_unstable_by(params.top_k - 1, by_logit_desc);
         idx.truncate(params.top_k);
     }
-    idx.sort_unstable_by(by_logit_desc);
-    let m = logits[idx[0] as usize] * inv_t;
-    let weights: Vec<f64> = idx
-        .iter()
-        .map(|&i| ((logits[i as usize] * inv_t - m) as f64).exp())
-        .collect();
-    let total: f64 = weights.iter().sum();
+    // The nucleus normally sits in the first few hundred candidates: sort a
+    // head found by partial selection and fall back to a full sort only if the
+    // head's mass is short of top_p. Same order, so the same result.
+    let total: f64 = idx.iter().map(|&i| weight(i)).sum();
+    const HEAD: usize = 512;
+    if params.top_p < 1.0 && idx.len() > HEAD {
+        let mut head = idx.clone();
+        head.select_nth_unstable_by(HEAD - 1, by_logit_desc);
+        head.truncate(HEAD);
+        head.sort_unstable_by(by_logit_desc);
+        let head_mass: f64 = head.iter().map(|&i| weight(i)).sum();
+        if head_mass / total >= params.top_p as f64 {
+            idx = head;
+        } else {
+            idx.sort_unstable_by(by_logit_desc);
+        }
+    } else {
+        idx.sort_unstable_by(by_logit_desc);
+    }
+    let weights: Vec<f64> = idx.iter().map(|&i| weight(i)).collect();
     let mut keep = weights.len();
     if params.top_p < 1.0 {
         let mut acc = 0.0;
@@ -266,6 +281,53 @@ mod tests {
             let scaled: Vec<f32> = l.iter().map(|v| v / t).collect();
             let want = scaled[s.token as usize] - softmax::logsumexp_scalar(&scaled) as f32;
             assert!((s.sampler_logprob - want).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn nucleus_head_shortcut_matches_full_sort() {
+        // A large vocabulary with a peaked head (shortcut taken) and a flat one
+        // (fallback): draws must follow the nucleus distribution computed by a
+        // plain full sort.
+        for peak in [8.0f32, 0.01] {
+            let l: Vec<f32> = (0..5000)
+                .map(|i| {
+                    if i % 997 == 3 {
+                        peak
+                    } else {
+                        ((i * 31 % 17) as f32) * 0.01
+                    }
+                })
+                .collect();
+            let p = SamplingParams {
+                temperature: 1.0,
+                top_p: 0.5,
+                top_k: 0,
+                seed: 0,
+            };
+            let mut sorted: Vec<usize> = (0..l.len()).collect();
+            sorted.sort_by(|&a, &b| l[b].total_cmp(&l[a]).then(a.cmp(&b)));
+            let lse = softmax::logsumexp_scalar(&l);
+            let mut acc = 0.0;
+            let mut nucleus = Vec::new();
+            for &i in &sorted {
+                acc += (l[i] as f64 - lse).exp();
+                nucleus.push(i);
+                if acc >= 0.5 {
+                    break;
+                }
+            }
+            let mut rng = Rng::new(11);
+            for _ in 0..200 {
+                let s = sample(&l, &p, &mut rng);
+                assert!(
+                    nucleus.contains(&(s.token as usize)),
+                    "peak {peak}: token {} outside the nucleus",
+                    s.token
+                );
+                let want = (l[s.token as usize] as f64 - lse).exp() / acc;
+                assert!((s.sampler_logprob.exp() as f64 - want).abs() < 1e-5);
+            }
         }
     }
 
