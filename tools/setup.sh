@@ -4,12 +4,14 @@
 set -euo pipefail
 
 need_pkgs=()
-command -v cmake >/dev/null 2>&1 || need_pkgs+=(cmake)
-# bindgen (llama-cpp-sys-2) needs libclang.
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/*/libclang*.so* >/dev/null 2>&1 || need_pkgs+=(libclang-dev)
-command -v c++ >/dev/null 2>&1 || need_pkgs+=(g++)
-command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3 python3-pip)
-python3 -m pip --version >/dev/null 2>&1 || need_pkgs+=(python3-pip)
+if command -v dpkg >/dev/null 2>&1; then
+  # bindgen (llama-cpp-sys-2) needs libclang itself, not just libclang-cpp.
+  for p in cmake libclang-dev g++ python3-pip; do
+    dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
+  done
+else
+  command -v cmake >/dev/null 2>&1 || need_pkgs+=(cmake)
+fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "setup: installing ${need_pkgs[*]}" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -96,8 +96,8 @@ impl Rng {
 
 /// Samples one token from `logits` (one row, `n_vocab` long).
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> Sampled {
-    let lse = softmax::logsumexp(logits);
     if params.temperature <= 0.0 {
+        let lse = softmax::logsumexp(logits);
         let token = argmax(logits);
         return Sampled {
             token: token as Token,
@@ -108,25 +108,27 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> Sampled
     let inv_t = 1.0 / params.temperature;
     let full = params.top_k == 0 || params.top_k >= logits.len();
     if full && params.top_p >= 1.0 {
-        // Whole vocabulary: no sort, one pass for the normaliser, one to draw.
-        let (token, sampler_logprob) = if params.temperature == 1.0 {
-            (draw_scaled(logits, 1.0, lse, rng), None)
-        } else {
+        // Whole vocabulary: one pass writes the unnormalised probabilities and
+        // their sum, a second draws from them; no sort.
+        return WEIGHTS.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.resize(logits.len(), 0.0);
             let m = softmax::max(logits) * inv_t;
-            let sum: f64 = logits.iter().map(|&l| ((l * inv_t - m) as f64).exp()).sum();
-            let lse_t = m + (sum as f32).ln();
-            (draw_scaled(logits, inv_t, lse_t, rng), Some(lse_t))
-        };
-        let sampler_logprob = match sampler_logprob {
-            Some(lse_t) => logits[token] * inv_t - lse_t,
-            None => logits[token] - lse,
-        };
-        return Sampled {
-            token: token as Token,
-            logprob: logits[token] - lse,
-            sampler_logprob,
-        };
+            let sum = softmax::exp_weights(logits, inv_t, m, Some(&mut buf[..]));
+            let token = draw(&buf, sum, rng);
+            let lse = if params.temperature == 1.0 {
+                m + (sum as f32).ln()
+            } else {
+                softmax::logsumexp(logits)
+            };
+            Sampled {
+                token: token as Token,
+                logprob: logits[token] - lse,
+                sampler_logprob: (buf[token] as f64 / sum).ln() as f32,
+            }
+        });
     }
+    let lse = softmax::logsumexp(logits);
     // Candidate set: top-k by partial selection, then sorted for top-p.
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
     let by_logit_desc = |a: &u32, b: &u32| {
@@ -200,12 +202,18 @@ pub fn argmax(logits: &[f32]) -> usize {
     best
 }
 
-/// Draws from softmax(logits * scale) given its log-normaliser, in one pass.
-fn draw_scaled(logits: &[f32], scale: f32, lse: f32, rng: &mut Rng) -> usize {
-    let mut u = rng.next_f64();
+thread_local! {
+    /// Per-thread scratch row for unnormalised probabilities (a vocabulary of
+    /// 152k entries would otherwise be allocated per token).
+    static WEIGHTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Index drawn with probability `w[i] / sum`.
+fn draw(w: &[f32], sum: f64, rng: &mut Rng) -> usize {
+    let mut u = rng.next_f64() * sum;
     let mut last_positive = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        let p = ((l * scale - lse) as f64).exp();
+    for (i, &p) in w.iter().enumerate() {
+        let p = p as f64;
         if p > 0.0 {
             last_positive = i;
         }

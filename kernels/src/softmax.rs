@@ -54,26 +54,113 @@ pub fn max(x: &[f32]) -> f32 {
     lanes.iter().fold(m, |a, &b| a.max(b))
 }
 
-/// `sum(exp(x - shift))`, accumulated in f64 per lane so long rows lose no
-/// precision.
+/// `sum(exp(x - shift))`, accumulated in f64 across blocks so long rows
+/// lose no precision.
 pub fn sum_exp_shifted(x: &[f32], shift: f32) -> f64 {
-    let mut lanes = [0f64; 8];
-    let mut chunks = x.chunks_exact(8);
-    for c in &mut chunks {
-        for i in 0..8 {
-            lanes[i] += ((c[i] - shift).exp()) as f64;
+    exp_weights(x, 1.0, shift, None)
+}
+
+/// `out[i] = exp(scale * x[i] - shift)` (when `out` is given) and returns the
+/// sum of those values. The workhorse of sampling: one pass gives both the
+/// normaliser and the unnormalised probabilities. Uses [`exp_approx`], with
+/// AVX2/FMA when the CPU has them (checked at run time).
+pub fn exp_weights(x: &[f32], scale: f32, shift: f32, out: Option<&mut [f32]>) -> f64 {
+    if let Some(o) = &out {
+        assert_eq!(o.len(), x.len(), "exp_weights: output length mismatch");
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { exp_weights_avx2(x, scale, shift, out) };
         }
     }
-    let mut s: f64 = chunks
-        .remainder()
-        .iter()
-        .map(|&v| ((v - shift).exp()) as f64)
-        .sum();
-    for l in lanes {
-        s += l;
-    }
-    s
+    exp_weights_body(x, scale, shift, out)
 }
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_weights_avx2(x: &[f32], scale: f32, shift: f32, out: Option<&mut [f32]>) -> f64 {
+    exp_weights_body(x, scale, shift, out)
+}
+
+/// Portable body; inlined into the AVX2 variant so the compiler vectorizes it
+/// for that target too.
+#[inline(always)]
+fn exp_weights_body(x: &[f32], scale: f32, shift: f32, out: Option<&mut [f32]>) -> f64 {
+    const BLOCK: usize = 1024;
+    let mut total = 0f64;
+    match out {
+        Some(out) => {
+            for (xb, ob) in x.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
+                let mut lanes = [0f32; 8];
+                let mut xc = xb.chunks_exact(8);
+                let mut oc = ob.chunks_exact_mut(8);
+                for (xs, os) in (&mut xc).zip(&mut oc) {
+                    for i in 0..8 {
+                        let e = exp_approx(xs[i] * scale - shift);
+                        os[i] = e;
+                        lanes[i] += e;
+                    }
+                }
+                for (xv, ov) in xc.remainder().iter().zip(oc.into_remainder()) {
+                    let e = exp_approx(xv * scale - shift);
+                    *ov = e;
+                    lanes[0] += e;
+                }
+                total += lanes.iter().map(|&l| l as f64).sum::<f64>();
+            }
+        }
+        None => {
+            for xb in x.chunks(BLOCK) {
+                let mut lanes = [0f32; 8];
+                let mut xc = xb.chunks_exact(8);
+                for xs in &mut xc {
+                    for i in 0..8 {
+                        lanes[i] += exp_approx(xs[i] * scale - shift);
+                    }
+                }
+                for xv in xc.remainder() {
+                    lanes[0] += exp_approx(xv * scale - shift);
+                }
+                total += lanes.iter().map(|&l| l as f64).sum::<f64>();
+            }
+        }
+    }
+    total
+}
+
+/// `exp(x)` in f32, branch-free so loops over it vectorize: range reduction
+/// `x = n ln2 + r`, a degree-6 polynomial for `exp(r)` on |r| <= ln2/2, and
+/// `2^n` built in the exponent bits. Relative error below
+/// [`EXP_APPROX_REL_ERR`]; returns 0 below -87.3 (where f32 goes subnormal)
+/// and for -inf, and saturates at f32's largest exponent above 88.7.
+#[inline(always)]
+pub fn exp_approx(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let xc = x.clamp(-87.0, 88.5);
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let pow2 = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let v = p * pow2;
+    if x < -87.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
+/// Bound on the relative error of [`exp_approx`] over [-87, 88].
+pub const EXP_APPROX_REL_ERR: f64 = 4e-7;
 
 /// Log-softmax of one row into `out` (same length as `x`).
 pub fn log_softmax_forward(x: &[f32], out: &mut [f32]) {
@@ -127,6 +214,45 @@ mod tests {
             log_softmax_forward(&row, &mut out);
             let total: f64 = out.iter().map(|&v| (v as f64).exp()).sum();
             assert!((total - 1.0).abs() < 1e-4, "n={} total={total}", row.len());
+        }
+    }
+
+    #[test]
+    fn exp_approx_matches_f64_exp() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp();
+            let got = exp_approx(x) as f64;
+            worst = worst.max((got - want).abs() / want);
+            x += 0.0137;
+        }
+        assert!(worst < EXP_APPROX_REL_ERR, "worst relative error {worst}");
+        assert_eq!(exp_approx(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_approx(-100.0), 0.0);
+        assert_eq!(exp_approx(0.0), 1.0);
+    }
+
+    #[test]
+    fn exp_weights_matches_scalar_twin() {
+        for row in rows() {
+            let m = max(&row);
+            let mut out = vec![0.0; row.len()];
+            let sum = exp_weights(&row, 0.7, m * 0.7, Some(&mut out));
+            let want: f64 = row
+                .iter()
+                .map(|&v| (v as f64 * 0.7 - m as f64 * 0.7).exp())
+                .sum();
+            assert!(
+                (sum - want).abs() / want < 1e-5,
+                "n={} sum {sum} want {want}",
+                row.len()
+            );
+            for (o, &v) in out.iter().zip(&row) {
+                let w = (v as f64 * 0.7 - m as f64 * 0.7).exp();
+                // f32 rounding of the argument (|arg| <= 30 here) adds ~2e-6 relative.
+                assert!((*o as f64 - w).abs() <= 4e-6 * w + 2e-38, "{o} vs {w}");
+            }
         }
     }
 

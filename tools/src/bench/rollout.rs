@@ -48,6 +48,9 @@ pub struct Args {
     /// Repetitions of each latency measurement.
     #[arg(long, default_value_t = 5)]
     reps: usize,
+    /// Throughput rounds, ours and llama.cpp's interleaved; medians reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 struct Row {
@@ -79,11 +82,16 @@ pub fn run(a: Args) -> Result<()> {
         let (path, model) = crate::cmd::load_model(spec)?;
         eprintln!("== {spec}: {}", path.display());
         for &b in &a.batch {
-            let ours = ours_tg(&model, b, a.npp, a.ntg, threads)?;
-            let theirs = match &baseline {
-                Some(bin) => Some(theirs_tg(bin, &path, b, a.npp, a.ntg, threads)?),
-                None => None,
-            };
+            let mut ours_runs = Vec::new();
+            let mut theirs_runs = Vec::new();
+            for _ in 0..a.rounds.max(1) {
+                ours_runs.push(ours_tg(&model, b, a.npp, a.ntg, threads)?);
+                if let Some(bin) = &baseline {
+                    theirs_runs.push(theirs_tg(bin, &path, b, a.npp, a.ntg, threads)?);
+                }
+            }
+            let ours = super::median(ours_runs);
+            let theirs = (!theirs_runs.is_empty()).then(|| super::median(theirs_runs));
             eprintln!(
                 "   B={b:<3} ours {ours:8.1} tok/s   llama.cpp {}",
                 theirs
@@ -101,7 +109,12 @@ pub fn run(a: Args) -> Result<()> {
         extras.push((spec.clone(), lat, super::peak_rss_mib().unwrap_or(f64::NAN)));
     }
 
-    println!("\nRollout throughput: generated tokens/s, shared prompt {} tokens, {} generated per sequence, {threads} threads", a.npp, a.ntg);
+    println!(
+        "\nRollout throughput: generated tokens/s (median of {} interleaved rounds), shared prompt {} tokens, {} generated per sequence, {threads} threads",
+        a.rounds.max(1),
+        a.npp,
+        a.ntg
+    );
     println!("| model | parallel sequences | cleaner tok/s | llama-batched-bench tok/s | ratio |");
     println!("|---|---:|---:|---:|---:|");
     for r in &rows {
