@@ -7,6 +7,7 @@
 pub mod llama;
 pub mod rollout;
 pub mod sampling;
+pub mod sandbox;
 
 pub use llama::{LlamaError, LoraAdapter, Model, ModelParams, Token};
 pub use rollout::{

@@ -23,6 +23,11 @@ enum Command {
     Fetch(cmd::fetch::Args),
     /// Generate completions for a prompt with a model.
     Generate(cmd::generate::Args),
+    /// Run Python code in the sandbox.
+    Sandbox {
+        #[command(subcommand)]
+        which: cmd::sandbox::Which,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -36,6 +41,7 @@ fn main() {
     let result: Result<()> = match cli.command {
         Command::Fetch(a) => cmd::fetch::run(a),
         Command::Generate(a) => cmd::generate::run(a),
+        Command::Sandbox { which } => cmd::sandbox::run(which),
         Command::Bench { which } => bench::run(which),
     };
     if let Err(e) = result {

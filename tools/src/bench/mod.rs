@@ -2,6 +2,7 @@
 //! invocation, reported as ratios (the machine is shared and noisy).
 
 pub mod rollout;
+pub mod sandbox;
 
 use anyhow::Result;
 
@@ -9,11 +10,14 @@ use anyhow::Result;
 pub enum Which {
     /// Rollout throughput vs llama.cpp's llama-batched-bench; LoRA swap and rollback latency; peak RSS.
     Rollout(rollout::Args),
+    /// Sandbox compile/load time, per-call latency and throughput vs the host's python3.
+    Sandbox(sandbox::Args),
 }
 
 pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Rollout(a) => rollout::run(a),
+        Which::Sandbox(a) => sandbox::run(a),
     }
 }
 

@@ -1,5 +1,6 @@
 pub mod fetch;
 pub mod generate;
+pub mod sandbox;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,0 +1,214 @@
+//! The compiled interpreter: a wasmer engine whose memories are capped, and
+//! `python.wasm` compiled once with Cranelift (about 10 s here) and cached on
+//! disk. The cache entry is keyed by the wasm's hash, the wasmer version, the
+//! engine's compiler/target identity and the CPU's features, and carries a
+//! checksum of its payload: `Module::deserialize` trusts its input, so a stale
+//! or corrupt entry is detected first and rebuilt, never loaded.
+
+use std::cell::Cell;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+
+use sha2::{Digest, Sha256};
+use wasmer::sys::vm::{
+    MemoryError, MemoryStyle, TableStyle, VMMemory, VMMemoryDefinition, VMTable, VMTableDefinition,
+};
+use wasmer::sys::{BaseTunables, NativeEngineExt, Tunables};
+use wasmer::{Engine, MemoryType, Module, Pages, TableType};
+
+use super::SandboxError;
+
+const WASMER_VERSION: &str = "7.4.2";
+const CACHE_MAGIC: &[u8] = b"CLEANER-WASMER-MODULE v1\n";
+
+thread_local! {
+    /// Linear-memory cap (bytes) for instances created on this thread. Tunables
+    /// belong to the engine, limits to the call, so the call sets this before
+    /// instantiating.
+    static MEMORY_CAP: Cell<u64> = const { Cell::new(256 << 20) };
+}
+
+/// Sets the memory cap for instances created on this thread from now on.
+pub(super) fn set_thread_memory_cap(bytes: u64) {
+    MEMORY_CAP.with(|c| c.set(bytes));
+}
+
+/// Base tunables with every memory's maximum lowered to the thread's cap, so
+/// `memory.grow` past it fails and CPython raises `MemoryError` cleanly.
+struct CappedMemory {
+    base: BaseTunables,
+}
+
+impl CappedMemory {
+    fn capped(&self, ty: &MemoryType) -> MemoryType {
+        let cap_pages = Pages((MEMORY_CAP.with(|c| c.get()) / 65536).max(1) as u32);
+        let mut ty = *ty;
+        let max = ty.maximum.map_or(cap_pages, |m| m.min(cap_pages));
+        ty.maximum = Some(max.max(ty.minimum));
+        ty
+    }
+}
+
+impl Tunables for CappedMemory {
+    fn memory_style(&self, memory: &MemoryType) -> MemoryStyle {
+        self.base.memory_style(memory)
+    }
+
+    fn table_style(&self, table: &TableType) -> TableStyle {
+        self.base.table_style(table)
+    }
+
+    fn create_host_memory(
+        &self,
+        ty: &MemoryType,
+        style: &MemoryStyle,
+    ) -> Result<VMMemory, MemoryError> {
+        self.base.create_host_memory(&self.capped(ty), style)
+    }
+
+    unsafe fn create_vm_memory(
+        &self,
+        ty: &MemoryType,
+        style: &MemoryStyle,
+        vm_definition_location: NonNull<VMMemoryDefinition>,
+    ) -> Result<VMMemory, MemoryError> {
+        // SAFETY: forwarded unchanged from our caller, who guarantees it.
+        unsafe {
+            self.base
+                .create_vm_memory(&self.capped(ty), style, vm_definition_location)
+        }
+    }
+
+    fn create_host_table(&self, ty: &TableType, style: &TableStyle) -> Result<VMTable, String> {
+        self.base.create_host_table(ty, style)
+    }
+
+    unsafe fn create_vm_table(
+        &self,
+        ty: &TableType,
+        style: &TableStyle,
+        vm_definition_location: NonNull<VMTableDefinition>,
+    ) -> Result<VMTable, String> {
+        // SAFETY: forwarded unchanged from our caller, who guarantees it.
+        unsafe { self.base.create_vm_table(ty, style, vm_definition_location) }
+    }
+}
+
+/// A Cranelift engine with capped memories.
+pub(super) fn engine() -> Engine {
+    let mut engine = Engine::default();
+    engine.set_tunables(CappedMemory {
+        base: BaseTunables::new(),
+    });
+    engine
+}
+
+/// How the module was obtained, for the benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModuleSource {
+    Compiled,
+    Cache,
+}
+
+fn cpu_features() -> String {
+    let mut f = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! probe {
+            ($($name:tt),*) => {$(
+                if std::arch::is_x86_feature_detected!($name) { f.push($name); }
+            )*};
+        }
+        probe!(
+            "sse2", "sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "avx", "avx2", "bmi1", "bmi2",
+            "fma", "lzcnt", "avx512f"
+        );
+    }
+    format!("{}-{}", std::env::consts::ARCH, f.join(","))
+}
+
+/// The cache key of `wasm` compiled by `engine` on this CPU.
+fn cache_key(engine: &Engine, wasm: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(wasm);
+    h.update(WASMER_VERSION.as_bytes());
+    h.update(engine.deterministic_id().as_bytes());
+    h.update(cpu_features().as_bytes());
+    h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Loads the compiled module from `cache_dir`, or compiles and caches it.
+pub(super) fn load_module(
+    engine: &Engine,
+    wasm: &[u8],
+    cache_dir: &Path,
+) -> Result<(Module, ModuleSource), SandboxError> {
+    let key = cache_key(engine, wasm);
+    let path = cache_dir.join(format!("python-{key}.wasmer"));
+    if let Some(module) = read_cached(engine, &path) {
+        return Ok((module, ModuleSource::Cache));
+    }
+    let module = Module::new(engine, wasm).map_err(|e| SandboxError::Compile(e.to_string()))?;
+    // A failure to write the cache costs only the next start's compile time.
+    if let Err(e) = write_cached(&module, &path) {
+        log::warn!(
+            "could not cache the compiled interpreter at {}: {e}",
+            path.display()
+        );
+    }
+    Ok((module, ModuleSource::Compiled))
+}
+
+fn read_cached(engine: &Engine, path: &Path) -> Option<Module> {
+    let bytes = fs::read(path).ok()?;
+    let rest = bytes.strip_prefix(CACHE_MAGIC)?;
+    if rest.len() < 32 {
+        log::warn!("{}: truncated cache entry; recompiling", path.display());
+        return None;
+    }
+    let (sum, payload) = rest.split_at(32);
+    if Sha256::digest(payload).as_slice() != sum {
+        log::warn!(
+            "{}: cache entry fails its checksum; recompiling",
+            path.display()
+        );
+        return None;
+    }
+    // SAFETY: the payload is byte-for-byte what `Module::serialize` wrote for
+    // this wasm, wasmer version, compiler and CPU (all in the file name's key),
+    // as the checksum above proves; wasmer's own header checks run as well.
+    match unsafe { Module::deserialize(engine, payload.to_vec()) } {
+        Ok(m) => Some(m),
+        Err(e) => {
+            log::warn!(
+                "{}: cache entry rejected by wasmer ({e}); recompiling",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+fn write_cached(module: &Module, path: &Path) -> Result<(), String> {
+    let payload = module.serialize().map_err(|e| e.to_string())?;
+    let dir = path.parent().ok_or("cache path has no parent")?;
+    fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let tmp: PathBuf = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("module")
+    ));
+    let mut data = Vec::with_capacity(CACHE_MAGIC.len() + 32 + payload.len());
+    data.extend_from_slice(CACHE_MAGIC);
+    data.extend_from_slice(&Sha256::digest(&payload));
+    data.extend_from_slice(&payload);
+    fs::write(&tmp, &data).map_err(|e| e.to_string())?;
+    fs::rename(&tmp, path).map_err(|e| e.to_string())
+}

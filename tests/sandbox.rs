@@ -1,0 +1,305 @@
+//! The sandbox against adversarial code: every case asserts the outcome and
+//! that the host process and the next call are unaffected.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use cleaner::assets::{self, AssetStore};
+use cleaner::sandbox::{ErrorClass, Execution, Limits, Outcome, Sandbox, SandboxConfig};
+
+fn sandbox() -> &'static Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX.get_or_init(|| {
+        let wasm = AssetStore::default()
+            .fetch(assets::find("python-wasm").unwrap(), &mut |l| {
+                eprintln!("{l}")
+            })
+            .expect("fetch python-wasm");
+        Sandbox::new(SandboxConfig::new(wasm)).expect("sandbox")
+    })
+}
+
+fn limits(timeout_s: f64) -> Limits {
+    Limits {
+        timeout: Duration::from_secs_f64(timeout_s),
+        ..Limits::default()
+    }
+}
+
+fn run(code: &str) -> Execution {
+    run_with(code, &Limits::default())
+}
+
+fn run_with(code: &str, l: &Limits) -> Execution {
+    let e = sandbox().run(code, l).expect("sandbox run");
+    // The next call is unaffected.
+    let after = sandbox()
+        .run("print(6 * 7)", &Limits::default())
+        .expect("follow-up run");
+    assert_eq!(
+        after.outcome,
+        Outcome::Ok,
+        "follow-up after {code:?}: {after:?}"
+    );
+    assert_eq!(after.stdout, "42\n");
+    e
+}
+
+fn assert_error(e: &Execution, class: ErrorClass, exception: &str) {
+    match &e.outcome {
+        Outcome::Error {
+            class: c,
+            exception: x,
+        } => {
+            assert_eq!((*c, x.as_str()), (class, exception), "{e:?}");
+        }
+        other => panic!("expected {exception}, got {other:?}\nstderr: {}", e.stderr),
+    }
+}
+
+#[test]
+fn prints_and_exits_cleanly() {
+    let e = run("x = sum(range(10))\nprint('sum', x)");
+    assert_eq!(e.outcome, Outcome::Ok);
+    assert_eq!(e.stdout, "sum 45\n");
+    assert_eq!(e.exit_code, Some(0));
+}
+
+#[test]
+fn infinite_loop_times_out() {
+    let t0 = Instant::now();
+    let e = run_with("while True:\n    pass", &limits(1.0));
+    assert_eq!(e.outcome, Outcome::Timeout, "{e:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn sleep_times_out() {
+    let t0 = Instant::now();
+    let e = run_with(
+        "import time\nprint('before', flush=True)\ntime.sleep(10**6)",
+        &limits(1.0),
+    );
+    assert_eq!(e.outcome, Outcome::Timeout, "{e:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(e.stdout, "before\n");
+}
+
+#[test]
+fn huge_allocation_hits_the_memory_cap() {
+    let e = run("b = bytearray(10**9)");
+    assert_eq!(e.outcome, Outcome::MemoryLimit, "{e:?}");
+}
+
+#[test]
+fn slow_memory_growth_hits_the_memory_cap() {
+    let e = run_with(
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(4 * 10**6))",
+        &limits(20.0),
+    );
+    assert_eq!(e.outcome, Outcome::MemoryLimit, "{e:?}");
+}
+
+#[test]
+fn deep_recursion_is_a_recursion_error() {
+    let e = run_with("def f(n):\n    return f(n + 1)\nf(0)", &limits(20.0));
+    assert_error(&e, ErrorClass::Other, "RecursionError");
+}
+
+#[test]
+fn huge_output_is_cut() {
+    let e = run("print('x' * 10**7)");
+    assert_eq!(e.outcome, Outcome::OutputLimit, "{e:?}");
+    assert!(e.stdout_truncated && e.stdout.len() <= Limits::default().output_bytes);
+    let e = run_with("while True:\n    print('spam')", &limits(10.0));
+    assert_eq!(e.outcome, Outcome::OutputLimit, "{e:?}");
+}
+
+#[test]
+fn no_processes() {
+    let e = run("import os\nos.system('ls')");
+    assert!(!e.outcome.is_ok() && e.outcome != Outcome::Timeout, "{e:?}");
+    let e = run("import os\nos.fork()");
+    assert!(!e.outcome.is_ok() && e.outcome != Outcome::Timeout, "{e:?}");
+    let e = run_with("import subprocess\nsubprocess.run(['ls'])", &limits(4.0));
+    assert!(!e.outcome.is_ok() && e.outcome != Outcome::Timeout, "{e:?}");
+}
+
+#[test]
+fn no_threads() {
+    let e = run("import threading\nt = threading.Thread(target=print)\nt.start()\nt.join()");
+    assert_error(&e, ErrorClass::Other, "RuntimeError");
+}
+
+#[test]
+fn network_modules_import_without_hanging() {
+    for m in ["socket", "selectors", "asyncio"] {
+        let e = run_with(&format!("import {m}\nprint('ok')"), &limits(4.0));
+        assert_eq!(e.outcome, Outcome::Ok, "import {m}: {e:?}");
+        assert_eq!(e.stdout, "ok\n");
+    }
+}
+
+#[test]
+fn no_network() {
+    let e = run("import socket\ns = socket.socket()\ns.connect(('127.0.0.1', 80))");
+    assert!(matches!(e.outcome, Outcome::Error { .. }), "{e:?}");
+    let e = run("import socket\nsocket.create_connection(('example.com', 80), timeout=1)");
+    assert!(matches!(e.outcome, Outcome::Error { .. }), "{e:?}");
+}
+
+#[test]
+fn no_host_files() {
+    for path in [
+        "/etc/passwd",
+        "../../../etc/passwd",
+        "/proc/self/environ",
+        "/root/.bashrc",
+    ] {
+        let e = run(&format!("print(open({path:?}).read())"));
+        assert!(matches!(e.outcome, Outcome::Error { .. }), "{path}: {e:?}");
+        assert!(!e.stdout.contains("root:"), "{path} leaked");
+    }
+    let e = run("import os\nos.symlink('/etc/passwd', 'link')\nprint(open('link').read())");
+    assert!(matches!(e.outcome, Outcome::Error { .. }), "{e:?}");
+    assert!(!e.stdout.contains("root:"));
+}
+
+#[test]
+fn scratch_is_the_only_writable_place() {
+    let e = run("open('notes.txt', 'w').write('hello')\nprint(open('/tmp/notes.txt').read())");
+    assert_eq!(e.outcome, Outcome::Ok, "{e:?}");
+    assert_eq!(e.stdout, "hello\n");
+    for path in ["/x.txt", "/etc/x.txt", "/usr/local/lib/x.txt"] {
+        let e = run(&format!("open({path:?}, 'w').write('x')"));
+        assert!(matches!(e.outcome, Outcome::Error { .. }), "{path}: {e:?}");
+    }
+    // Stateless: the file is gone in the next call.
+    let e = run("import os\nprint(os.path.exists('/tmp/notes.txt'))");
+    assert_eq!(e.stdout, "False\n");
+}
+
+#[test]
+fn scratch_quota_holds() {
+    let e = run("f = open('big', 'wb')\nfor _ in range(40):\n    f.write(b'x' * 10**6)\nf.close()");
+    assert!(matches!(e.outcome, Outcome::Error { .. }), "{e:?}");
+}
+
+#[test]
+fn deleting_the_scratch_dir_is_harmless() {
+    let e = run("import os, shutil\nos.chdir('/')\nshutil.rmtree('/tmp')\nprint('gone')");
+    assert!(e.outcome != Outcome::Timeout, "{e:?}");
+}
+
+#[test]
+fn exits() {
+    let e = run("import sys\nprint('a')\nsys.exit(3)");
+    assert_error(&e, ErrorClass::Other, "exit status 3");
+    assert_eq!(e.exit_code, Some(3));
+    assert_eq!(run("import sys\nsys.exit(0)").outcome, Outcome::Ok);
+    let e = run("import os\nos._exit(5)");
+    assert_eq!(e.exit_code, Some(5));
+}
+
+#[test]
+fn error_classes() {
+    assert_error(
+        &run("x = (1,\nprint(x"),
+        ErrorClass::SyntaxError,
+        "SyntaxError",
+    );
+    assert_error(
+        &run("print(undefined_name)"),
+        ErrorClass::NameError,
+        "NameError",
+    );
+    assert_error(
+        &run("import numpy"),
+        ErrorClass::ImportError,
+        "ModuleNotFoundError",
+    );
+    assert_error(
+        &run("print(1 / 0)"),
+        ErrorClass::ZeroDivisionError,
+        "ZeroDivisionError",
+    );
+    assert_error(
+        &run("if True:\nprint(1)"),
+        ErrorClass::IndentationError,
+        "IndentationError",
+    );
+    assert_error(&run("[][3]"), ErrorClass::IndexError, "IndexError");
+    assert_error(&run("int('x')"), ErrorClass::ValueError, "ValueError");
+    assert_error(&run("1 + 'a'"), ErrorClass::TypeError, "TypeError");
+    assert_error(
+        &run("raise NotImplementedError"),
+        ErrorClass::NotImplementedError,
+        "NotImplementedError",
+    );
+    let e = run("print(1 / 0)");
+    assert!(
+        e.stderr
+            .starts_with("Traceback (most recent call last):\n  File \"<code>\", line 1"),
+        "{}",
+        e.stderr
+    );
+}
+
+#[test]
+fn non_utf8_output() {
+    let e = run("import sys\nsys.stdout.buffer.write(b'\\xff\\xfe ok\\n')");
+    assert_eq!(e.outcome, Outcome::Ok, "{e:?}");
+    assert!(
+        e.stdout.ends_with(" ok\n") && e.stdout.contains('\u{fffd}'),
+        "{:?}",
+        e.stdout
+    );
+}
+
+#[test]
+fn clean_environment_and_seeded_randomness() {
+    let e = run("import os\nprint(sorted(os.environ))");
+    assert_eq!(
+        e.stdout, "['HOME', 'PYTHONDONTWRITEBYTECODE', 'PYTHONHASHSEED', 'PYTHONIOENCODING']\n",
+        "{e:?}"
+    );
+    let code = "import random, os\nprint(random.random(), os.urandom(4).hex())";
+    let a = run_with(
+        code,
+        &Limits {
+            seed: 1,
+            ..Limits::default()
+        },
+    );
+    let b = run_with(
+        code,
+        &Limits {
+            seed: 1,
+            ..Limits::default()
+        },
+    );
+    let c = run_with(
+        code,
+        &Limits {
+            seed: 2,
+            ..Limits::default()
+        },
+    );
+    assert_eq!(a.stdout, b.stdout);
+    assert_ne!(a.stdout, c.stdout);
+}
+
+#[test]
+fn stdlib_math_works() {
+    let e = run("from fractions import Fraction\nimport math, statistics, itertools, json, decimal\nprint(Fraction(1, 3) + Fraction(1, 6), math.comb(10, 3), statistics.mean([1, 2, 3]))");
+    assert_eq!(e.outcome, Outcome::Ok, "{e:?}");
+    assert_eq!(e.stdout, "1/2 120 2\n");
+}
