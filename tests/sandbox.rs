@@ -246,11 +246,20 @@ fn error_classes() {
     );
     let e = run("print(1 / 0)");
     assert!(
-        e.stderr
-            .starts_with("Traceback (most recent call last):\n  File \"<code>\", line 1"),
+        e.stderr.starts_with(
+            "Traceback (most recent call last):\n  File \"<code>\", line 1, in <module>\n"
+        ),
         "{}",
         e.stderr
     );
+    // As `python script.py` reports it: no traceback header, no bootstrap frames.
+    let e = run("x = (1,\nprint(x");
+    assert!(
+        e.stderr.starts_with("  File \"<code>\", line "),
+        "{}",
+        e.stderr
+    );
+    assert!(!e.stderr.contains("<string>"), "{}", e.stderr);
 }
 
 #[test]
@@ -302,4 +311,20 @@ fn stdlib_math_works() {
     let e = run("from fractions import Fraction\nimport math, statistics, itertools, json, decimal\nprint(Fraction(1, 3) + Fraction(1, 6), math.comb(10, 3), statistics.mean([1, 2, 3]))");
     assert_eq!(e.outcome, Outcome::Ok, "{e:?}");
     assert_eq!(e.stdout, "1/2 120 2\n");
+}
+
+#[test]
+fn per_call_memory_limit() {
+    let code = "b = bytearray(100 * 10**6)\nprint(len(b))";
+    let small = run_with(
+        code,
+        &Limits {
+            memory_bytes: 64 << 20,
+            ..Limits::default()
+        },
+    );
+    assert_eq!(small.outcome, Outcome::MemoryLimit, "{small:?}");
+    let default = run(code);
+    assert_eq!(default.outcome, Outcome::Ok, "{default:?}");
+    assert_eq!(default.stdout, "100000000\n");
 }

@@ -84,13 +84,30 @@ pub fn exception_name(stderr: &str) -> Option<String> {
     valid.then(|| name.to_string())
 }
 
-/// The line our bootstrap adds to every traceback; removed so the model sees
-/// the traceback a plain `python script.py` would print.
-pub(crate) const BOOTSTRAP_FRAME: &str = "  File \"<string>\", line 1, in <module>\n";
+/// The lines our bootstrap adds to every traceback (its module line and the
+/// `exec` inside `__run`); removed so the model sees the traceback a plain
+/// `python script.py` would print.
+pub(crate) const BOOTSTRAP_FRAMES: [&str; 2] = [
+    "  File \"<string>\", line 17, in <module>\n",
+    "  File \"<string>\", line 5, in __run\n",
+];
 
 /// Removes the bootstrap's own frame from tracebacks.
 pub(crate) fn clean_traceback(stderr: &str) -> String {
-    stderr.replace(BOOTSTRAP_FRAME, "")
+    let cleaned = BOOTSTRAP_FRAMES
+        .iter()
+        .fold(stderr.to_string(), |s, f| s.replace(f, ""));
+    // A syntax error in the code itself is reported without a traceback
+    // header by `python script.py`; after removing our frames, only the
+    // header is left above its location line.
+    const HEADER: &str = "Traceback (most recent call last):\n";
+    if let Some(rest) = cleaned.strip_prefix(HEADER) {
+        let first = rest.lines().next().unwrap_or("");
+        if first.starts_with("  File \"<code>\", line ") && !first.contains(", in ") {
+            return rest.to_string();
+        }
+    }
+    cleaned
 }
 
 #[cfg(test)]
@@ -143,8 +160,17 @@ mod tests {
     }
 
     #[test]
+    fn syntax_error_has_no_traceback_header() {
+        let raw = format!("Traceback (most recent call last):\n{}{}  File \"<code>\", line 1\n    x = (\n        ^\nSyntaxError: '(' was never closed\n", BOOTSTRAP_FRAMES[0], BOOTSTRAP_FRAMES[1]);
+        assert_eq!(
+            clean_traceback(&raw),
+            "  File \"<code>\", line 1\n    x = (\n        ^\nSyntaxError: '(' was never closed\n"
+        );
+    }
+
+    #[test]
     fn bootstrap_frame_removed() {
-        let tb = format!("Traceback (most recent call last):\n{BOOTSTRAP_FRAME}  File \"<code>\", line 1, in <module>\nZeroDivisionError: division by zero\n");
+        let tb = format!("Traceback (most recent call last):\n{}{}  File \"<code>\", line 1, in <module>\nZeroDivisionError: division by zero\n", BOOTSTRAP_FRAMES[0], BOOTSTRAP_FRAMES[1]);
         assert_eq!(
             clean_traceback(&tb),
             "Traceback (most recent call last):\n  File \"<code>\", line 1, in <module>\nZeroDivisionError: division by zero\n"

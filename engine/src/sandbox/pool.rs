@@ -61,8 +61,9 @@ pub(super) fn spawn_one(shared: Arc<Shared>, params: BootParams) -> Result<Ready
             match Interpreter::boot(&shared, params.scratch_bytes, params.output_cap) {
                 Ok((interp, handles)) => {
                     let _ = handles_tx.send(Ok(handles));
-                    let exit = interp.run();
-                    let _ = reply.send(Event::Finished(exit));
+                    interp.run(|exit| {
+                        let _ = reply.send(Event::Finished(exit.clone()));
+                    });
                 }
                 Err(e) => {
                     let _ = handles_tx.send(Err(e));
@@ -129,7 +130,7 @@ impl Pool {
                     drop(q);
                     let mut handles = handles;
                     handles.stdin.close();
-                    let _ = interp.run();
+                    interp.run(|_| {});
                     break;
                 }
                 q.push_back(Ready {
@@ -140,8 +141,9 @@ impl Pool {
             }
             self.available.notify_one();
             // Runs CPython's start-up now, then blocks until code arrives.
-            let exit = interp.run();
-            let _ = reply.send(Event::Finished(exit));
+            interp.run(|exit| {
+                let _ = reply.send(Event::Finished(exit.clone()));
+            });
         }
     }
 
