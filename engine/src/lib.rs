@@ -14,5 +14,6 @@ pub use rollout::{
     FinishReason, GenerateParams, Generation, Policy, PolicyConfig, RolloutError, SeqId,
 };
 pub use sampling::SamplingParams;
+pub mod agent;
 pub mod assets;
 pub mod chat;
