@@ -54,6 +54,10 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
     /// Stop at end-of-generation tokens (EOS, `<|im_end|>`); the token is kept.
     pub stop_at_eog: bool,
+    /// When set, stop strings count only in text after the first occurrence
+    /// of this string (a Markdown tool call ends at the fence that closes a
+    /// ```` ```python ```` block, not at any fence).
+    pub stop_after: Option<String>,
 }
 
 impl Default for GenerateParams {
@@ -63,6 +67,7 @@ impl Default for GenerateParams {
             max_new_tokens: 256,
             stop: Vec::new(),
             stop_at_eog: true,
+            stop_after: None,
         }
     }
 }
@@ -556,7 +561,9 @@ impl Policy {
             self.stats.tokens_generated += 1;
             let finish = if g.params.stop_at_eog && model.is_eog(pick.token) {
                 Some(FinishReason::Eog)
-            } else if let Some(stop) = find_stop(&g.bytes, before, &g.params.stop) {
+            } else if let Some(stop) = armed_from(&g.bytes, g.params.stop_after.as_deref())
+                .and_then(|armed| find_stop(&g.bytes, before.max(armed), &g.params.stop))
+            {
                 Some(FinishReason::Stop(stop))
             } else if g.out.tokens.len() >= g.params.max_new_tokens {
                 Some(FinishReason::MaxTokens)
@@ -721,6 +728,18 @@ impl Policy {
     }
 }
 
+/// Where stop strings start to count: 0 without a marker, just after the
+/// marker's first occurrence with one, `None` while the marker is absent.
+fn armed_from(bytes: &[u8], marker: Option<&str>) -> Option<usize> {
+    match marker {
+        None => Some(0),
+        Some(m) => bytes
+            .windows(m.len().max(1))
+            .position(|w| w == m.as_bytes())
+            .map(|p| p + m.len()),
+    }
+}
+
 /// The first stop string that now appears in `bytes` and did not end before
 /// `new_from` (so each is found once, at the token that completes it).
 fn find_stop(bytes: &[u8], new_from: usize, stops: &[String]) -> Option<String> {
@@ -751,5 +770,19 @@ mod tests {
             Some("```\n".into())
         );
         assert_eq!(find_stop(b"```\nlater text", 10, &stops), None);
+    }
+
+    #[test]
+    fn stop_after_marker() {
+        use super::armed_from;
+        assert_eq!(armed_from(b"text ```\n", Some("```python")), None);
+        let t = b"```\nx\n```python\nprint(1)\n```\n";
+        let armed = armed_from(t, Some("```python")).unwrap();
+        assert_eq!(armed, 15);
+        assert_eq!(
+            find_stop(t, armed, &["```\n".to_string()]),
+            Some("```\n".into())
+        );
+        assert_eq!(find_stop(&t[..20], armed, &["```\n".to_string()]), None);
     }
 }

@@ -216,6 +216,7 @@ fn ours_tg(model: &Arc<Model>, b: usize, npp: usize, ntg: usize, threads: usize)
                 max_new_tokens: ntg + 1,
                 stop: Vec::new(),
                 stop_at_eog: false,
+                stop_after: None,
             },
         )?;
         seqs.push(s);

@@ -79,6 +79,7 @@ pub fn run(a: Args) -> Result<()> {
             max_new_tokens: a.max_tokens,
             stop: a.stop.clone(),
             stop_at_eog: true,
+            stop_after: None,
         })
         .collect();
     let t0 = Instant::now();

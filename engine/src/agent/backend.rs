@@ -1,0 +1,68 @@
+//! What the agent needs from a rollout engine. [`Policy`] implements it over
+//! llama.cpp; tests drive the agent with a scripted implementation through
+//! the same interface, so every SAAR branch can be checked token by token.
+
+use crate::llama::Token;
+use crate::rollout::{GenerateParams, Generation, Policy, RolloutError, SeqId};
+
+pub trait Backend {
+    fn open_with(&mut self, tokens: &[Token]) -> Result<SeqId, RolloutError>;
+    fn fork(&mut self, seq: SeqId) -> Result<SeqId, RolloutError>;
+    fn append(&mut self, seq: SeqId, tokens: &[Token]) -> Result<(), RolloutError>;
+    fn truncate(&mut self, seq: SeqId, pos: usize) -> Result<(), RolloutError>;
+    fn start(&mut self, seq: SeqId, params: GenerateParams) -> Result<(), RolloutError>;
+    fn step(&mut self) -> Result<Vec<(SeqId, Generation)>, RolloutError>;
+    fn n_generating(&self) -> usize;
+    fn tokens(&self, seq: SeqId) -> Result<Vec<Token>, RolloutError>;
+    fn close(&mut self, seq: SeqId);
+    /// Most sequences open at once.
+    fn capacity(&self) -> usize;
+    /// Tokenizes text that follows model output (observations, special
+    /// tokens parsed, no BOS).
+    fn tokenize(&self, text: &str) -> Result<Vec<Token>, RolloutError>;
+    /// The bytes of one token.
+    fn piece(&self, token: Token) -> Vec<u8>;
+    fn detokenize(&self, tokens: &[Token]) -> String {
+        let bytes: Vec<u8> = tokens.iter().flat_map(|&t| self.piece(t)).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl Backend for Policy {
+    fn open_with(&mut self, tokens: &[Token]) -> Result<SeqId, RolloutError> {
+        Policy::open_with(self, tokens)
+    }
+    fn fork(&mut self, seq: SeqId) -> Result<SeqId, RolloutError> {
+        Policy::fork(self, seq)
+    }
+    fn append(&mut self, seq: SeqId, tokens: &[Token]) -> Result<(), RolloutError> {
+        Policy::append(self, seq, tokens)
+    }
+    fn truncate(&mut self, seq: SeqId, pos: usize) -> Result<(), RolloutError> {
+        Policy::truncate(self, seq, pos)
+    }
+    fn start(&mut self, seq: SeqId, params: GenerateParams) -> Result<(), RolloutError> {
+        Policy::start(self, seq, params)
+    }
+    fn step(&mut self) -> Result<Vec<(SeqId, Generation)>, RolloutError> {
+        Policy::step(self)
+    }
+    fn n_generating(&self) -> usize {
+        Policy::n_generating(self)
+    }
+    fn tokens(&self, seq: SeqId) -> Result<Vec<Token>, RolloutError> {
+        Policy::tokens(self, seq).map(|t| t.to_vec())
+    }
+    fn close(&mut self, seq: SeqId) {
+        Policy::close(self, seq)
+    }
+    fn capacity(&self) -> usize {
+        self.n_seq_max() as usize
+    }
+    fn tokenize(&self, text: &str) -> Result<Vec<Token>, RolloutError> {
+        Ok(self.model().tokenize(text, false, true)?)
+    }
+    fn piece(&self, token: Token) -> Vec<u8> {
+        self.model().piece(token).to_vec()
+    }
+}

@@ -1,0 +1,257 @@
+//! Trajectories as the trainer consumes them: token ids with a role per token
+//! (the loss mask follows from it), sampler log-probs, segments, tool-call
+//! records and the purification log. Stored as JSONL, one trajectory a line,
+//! each carrying the format version.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::llama::Token;
+use crate::sandbox::ErrorClass;
+
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Who wrote a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Prompt,
+    /// Sampled by the model and kept: trained on (loss mask 1).
+    Model,
+    /// Tool output and the text around it: never trained on.
+    Observation,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SegmentKind {
+    Prompt,
+    Reasoning,
+    Call,
+    Observation,
+    Answer,
+}
+
+/// A token range `[start, end)` of one kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    pub kind: SegmentKind,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Status of one tool execution.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallStatus {
+    Ok,
+    /// Failed; `class` is the statistics class (`format`, `timeout` and
+    /// `memory` included), `exception` the exact name.
+    Failed {
+        class: String,
+        exception: String,
+    },
+}
+
+/// One tool execution, kept in the trajectory or rolled back out of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolCallRecord {
+    /// Assistant turn (0-based) the call belongs to.
+    pub turn: usize,
+    pub code: String,
+    pub status: CallStatus,
+    pub duration_ms: f64,
+    /// Whether the call (and its observation) is in the final trajectory.
+    pub kept: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RepairKind {
+    /// `s >= gamma`: the old reasoning is kept, only the call is replaced.
+    Shallow,
+    /// `s < gamma` (or no marker to split at): reasoning and call replaced.
+    Deep,
+}
+
+/// How one purification attempt at a position ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PurifyResult {
+    /// The correction ran; the failure is gone from the trajectory.
+    Grafted,
+    /// The correction failed too; another lookahead follows.
+    Retried,
+    /// Retries exhausted: the last failure stays, with the note.
+    Exhausted,
+    /// The lookahead answered without a tool call: everything kept, no more
+    /// purification in this trajectory.
+    NoToolCall,
+}
+
+/// One rollback.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PurificationEvent {
+    pub turn: usize,
+    /// Token position of the splice (start of the replaced tokens).
+    pub position: usize,
+    pub failed_code: String,
+    pub error: String,
+    pub error_class: String,
+    /// Decoded text of the correction's call segment (or whole turn).
+    pub correction: String,
+    /// difflib ratio of the failed and corrected call segments.
+    pub similarity: Option<f64>,
+    pub repair: Option<RepairKind>,
+    /// Lookahead corrections spent at this position so far (1..=3).
+    pub retries: usize,
+    pub result: PurifyResult,
+    /// Tokens sampled for the correction and tokens prefilled for the graft.
+    pub tokens_generated: usize,
+    pub tokens_grafted: usize,
+}
+
+/// One collected trajectory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Trajectory {
+    pub format_version: u32,
+    pub problem_id: String,
+    pub rollout: usize,
+    pub tokens: Vec<Token>,
+    pub roles: Vec<Role>,
+    /// Sampler log-probability of each token (0 for non-model tokens).
+    pub sampler_logprobs: Vec<f32>,
+    pub segments: Vec<Segment>,
+    pub tool_calls: Vec<ToolCallRecord>,
+    pub purification: Vec<PurificationEvent>,
+    /// Whether this trajectory was collected with rollback (coin with p).
+    pub purified: bool,
+    pub turns: usize,
+    /// Model tokens counted against the response budget.
+    pub response_tokens: usize,
+    /// Tokens sampled in lookaheads (corrections), kept or not.
+    pub correction_tokens: usize,
+    pub text: String,
+    pub answer: Option<String>,
+    pub reward: Option<f32>,
+    /// Why generation ended (`answer`, `max_turns`, `max_tokens`, `context`).
+    pub finish: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrajectoryError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} line {line}: {why}")]
+    Malformed {
+        path: String,
+        line: usize,
+        why: String,
+    },
+}
+
+impl Trajectory {
+    /// Loss mask: 1 on model tokens, 0 on prompt and observations.
+    pub fn loss_mask(&self) -> Vec<u8> {
+        self.roles
+            .iter()
+            .map(|r| u8::from(*r == Role::Model))
+            .collect()
+    }
+
+    /// Checks the invariants a loaded trajectory must satisfy.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.format_version != FORMAT_VERSION {
+            return Err(format!(
+                "format_version {} (this build reads {FORMAT_VERSION})",
+                self.format_version
+            ));
+        }
+        let n = self.tokens.len();
+        if self.roles.len() != n || self.sampler_logprobs.len() != n {
+            return Err(format!(
+                "{} tokens but {} roles and {} logprobs",
+                n,
+                self.roles.len(),
+                self.sampler_logprobs.len()
+            ));
+        }
+        for s in &self.segments {
+            if s.start > s.end || s.end > n {
+                return Err(format!(
+                    "segment {:?} [{}, {}) outside {} tokens",
+                    s.kind, s.start, s.end, n
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Failed tool calls left in the final trajectory.
+    pub fn failures_kept(&self) -> usize {
+        self.tool_calls
+            .iter()
+            .filter(|c| c.kept && c.status != CallStatus::Ok)
+            .count()
+    }
+
+    /// Failed tool calls made while collecting (kept or rolled back).
+    pub fn failures_raw(&self) -> usize {
+        self.tool_calls
+            .iter()
+            .filter(|c| c.status != CallStatus::Ok)
+            .count()
+    }
+}
+
+/// Writes trajectories as JSONL.
+pub fn write_jsonl(path: &Path, trajectories: &[Trajectory]) -> Result<(), TrajectoryError> {
+    let io = |source| TrajectoryError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    for t in trajectories {
+        let line = serde_json::to_string(t).map_err(|e| io(std::io::Error::other(e)))?;
+        writeln!(f, "{line}").map_err(io)?;
+    }
+    f.flush().map_err(io)
+}
+
+/// Reads trajectories from JSONL, rejecting malformed lines with their number.
+pub fn read_jsonl(path: &Path) -> Result<Vec<Trajectory>, TrajectoryError> {
+    let p = path.display().to_string();
+    let f = std::fs::File::open(path).map_err(|source| TrajectoryError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.map_err(|source| TrajectoryError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |why: String| TrajectoryError::Malformed {
+            path: p.clone(),
+            line: i + 1,
+            why,
+        };
+        let t: Trajectory = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+        t.validate().map_err(bad)?;
+        out.push(t);
+    }
+    Ok(out)
+}
+
+/// Statistics class of a sandbox outcome.
+pub fn class_name(class: ErrorClass) -> String {
+    class.name().to_string()
+}

@@ -1,0 +1,407 @@
+//! Every SAAR branch, driven by a scripted backend (a test double emitting
+//! predetermined turns through the same `Backend` interface as the llama.cpp
+//! policy) and the real sandbox. Tokens are bytes, so expected sequences are
+//! written as text; roles and masks are checked token by token.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::OnceLock;
+
+use cleaner::agent::trajectory::{PurifyResult, RepairKind, Role};
+use cleaner::agent::{Agent, AgentConfig, Backend, Problem, ToolFormat, Trajectory};
+use cleaner::assets::{self, AssetStore};
+use cleaner::rollout::{FinishReason, GenerateParams, Generation, RolloutError, SeqId};
+use cleaner::sandbox::{Sandbox, SandboxConfig};
+use cleaner::Token;
+
+/// A backend that replays scripted assistant turns, one per `start`.
+struct Scripted {
+    seqs: HashMap<u32, Vec<Token>>,
+    next_id: u32,
+    script: VecDeque<String>,
+    generating: Vec<(SeqId, String)>,
+    log: Vec<String>,
+}
+
+impl Scripted {
+    fn new(turns: &[&str]) -> Self {
+        Scripted {
+            seqs: HashMap::new(),
+            next_id: 0,
+            script: turns.iter().map(|s| s.to_string()).collect(),
+            generating: vec![],
+            log: vec![],
+        }
+    }
+}
+
+fn bytes(s: &str) -> Vec<Token> {
+    s.bytes().map(Token::from).collect()
+}
+
+impl Backend for Scripted {
+    fn open_with(&mut self, tokens: &[Token]) -> Result<SeqId, RolloutError> {
+        self.next_id += 1;
+        self.seqs.insert(self.next_id, tokens.to_vec());
+        Ok(SeqId(self.next_id))
+    }
+    fn fork(&mut self, seq: SeqId) -> Result<SeqId, RolloutError> {
+        let t = self.seqs[&seq.0].clone();
+        self.open_with(&t)
+    }
+    fn append(&mut self, seq: SeqId, tokens: &[Token]) -> Result<(), RolloutError> {
+        self.seqs
+            .get_mut(&seq.0)
+            .ok_or(RolloutError::NotOpen(seq.0))?
+            .extend_from_slice(tokens);
+        Ok(())
+    }
+    fn truncate(&mut self, seq: SeqId, pos: usize) -> Result<(), RolloutError> {
+        self.log.push(format!("truncate {pos}"));
+        self.seqs
+            .get_mut(&seq.0)
+            .ok_or(RolloutError::NotOpen(seq.0))?
+            .truncate(pos);
+        Ok(())
+    }
+    fn start(&mut self, seq: SeqId, _params: GenerateParams) -> Result<(), RolloutError> {
+        let turn = self
+            .script
+            .pop_front()
+            .expect("the agent asked for more turns than scripted");
+        self.generating.push((seq, turn));
+        Ok(())
+    }
+    fn step(&mut self) -> Result<Vec<(SeqId, Generation)>, RolloutError> {
+        let mut out = Vec::new();
+        for (seq, text) in self.generating.drain(..) {
+            let tokens = bytes(&text);
+            self.seqs
+                .get_mut(&seq.0)
+                .unwrap()
+                .extend_from_slice(&tokens);
+            let finish = if text.ends_with("\n```") {
+                FinishReason::Stop("\n```".into())
+            } else {
+                FinishReason::Eog
+            };
+            let n = tokens.len();
+            out.push((
+                seq,
+                Generation {
+                    tokens,
+                    logprobs: vec![-0.5; n],
+                    sampler_logprobs: vec![-0.25; n],
+                    text,
+                    finish,
+                },
+            ));
+        }
+        Ok(out)
+    }
+    fn n_generating(&self) -> usize {
+        self.generating.len()
+    }
+    fn tokens(&self, seq: SeqId) -> Result<Vec<Token>, RolloutError> {
+        Ok(self.seqs[&seq.0].clone())
+    }
+    fn close(&mut self, seq: SeqId) {
+        self.seqs.remove(&seq.0);
+    }
+    fn capacity(&self) -> usize {
+        8
+    }
+    fn tokenize(&self, text: &str) -> Result<Vec<Token>, RolloutError> {
+        Ok(bytes(text))
+    }
+    fn piece(&self, token: Token) -> Vec<u8> {
+        vec![token as u8]
+    }
+}
+
+fn sandbox() -> &'static Sandbox {
+    static S: OnceLock<Sandbox> = OnceLock::new();
+    S.get_or_init(|| {
+        let wasm = AssetStore::default()
+            .fetch(assets::find("python-wasm").unwrap(), &mut |_| {})
+            .unwrap();
+        Sandbox::new(SandboxConfig::new(wasm)).unwrap()
+    })
+}
+
+const PROMPT: &str = "<prompt>";
+
+fn collect(turns: &[&str], config: AgentConfig) -> (Trajectory, Scripted) {
+    let mut backend = Scripted::new(turns);
+    let problem = Problem {
+        id: "p".into(),
+        prompt: bytes(PROMPT),
+    };
+    let (mut ts, _) = {
+        let mut agent =
+            Agent::new(&mut backend, sandbox(), ToolFormat::markdown(), config).unwrap();
+        agent.run(&[problem], 1).unwrap()
+    };
+    assert!(
+        backend.script.is_empty(),
+        "unused script turns: {:?}",
+        backend.script
+    );
+    (ts.remove(0), backend)
+}
+
+fn text_of(t: &Trajectory) -> String {
+    String::from_utf8(t.tokens.iter().map(|&x| x as u8).collect()).unwrap()
+}
+
+/// Roles as a string: P prompt, M model, O observation, one char per token.
+fn roles_of(t: &Trajectory) -> String {
+    t.roles
+        .iter()
+        .map(|r| match r {
+            Role::Prompt => 'P',
+            Role::Model => 'M',
+            Role::Observation => 'O',
+        })
+        .collect()
+}
+
+fn expect_roles(parts: &[(&str, char)]) -> String {
+    parts
+        .iter()
+        .map(|(s, c)| std::iter::repeat_n(*c, s.len()).collect::<String>())
+        .collect()
+}
+
+fn check_invariants(t: &Trajectory) {
+    t.validate().unwrap();
+    assert_eq!(
+        t.roles[..PROMPT.len()]
+            .iter()
+            .filter(|r| **r != Role::Prompt)
+            .count(),
+        0
+    );
+    assert!(t.roles[PROMPT.len()..].iter().all(|r| *r != Role::Prompt));
+    let mask = t.loss_mask();
+    for (k, r) in t.roles.iter().enumerate() {
+        assert_eq!(mask[k] == 1, *r == Role::Model, "token {k}");
+    }
+}
+
+#[test]
+fn shallow_repair_keeps_the_old_reasoning() {
+    let (t, b) = collect(
+        &[
+            "I will compute it.\n```python\nprint(7 / 0)\n```",
+            "Oops, fix the divisor.\n```python\nprint(7 / 1)\n```",
+            "So the answer is \\boxed{7}.",
+        ],
+        AgentConfig::default(),
+    );
+    let call = "I will compute it.\n```python\nprint(7 / 1)\n```";
+    let obs = "\n```output\n7.0\n```\n";
+    let answer = "So the answer is \\boxed{7}.";
+    assert_eq!(text_of(&t), format!("{PROMPT}{call}{obs}{answer}"));
+    assert_eq!(
+        roles_of(&t),
+        expect_roles(&[(PROMPT, 'P'), (call, 'M'), (obs, 'O'), (answer, 'M')])
+    );
+    check_invariants(&t);
+    assert_eq!(t.purification.len(), 1);
+    let e = &t.purification[0];
+    assert_eq!(
+        (e.repair, e.result, e.retries),
+        (Some(RepairKind::Shallow), PurifyResult::Grafted, 1)
+    );
+    assert!(e.similarity.unwrap() >= 0.5 && e.error_class == "ZeroDivisionError");
+    assert_eq!(e.position, PROMPT.len() + "I will compute it.\n".len());
+    assert_eq!((t.failures_raw(), t.failures_kept()), (1, 0));
+    assert_eq!(t.turns, 2);
+    assert_eq!(t.answer.as_deref(), Some("7"));
+    // The live sequence was cut back to the splice point, not recomputed.
+    assert_eq!(b.log, vec![format!("truncate {}", e.position)]);
+}
+
+#[test]
+fn deep_repair_replaces_the_reasoning() {
+    let (t, _) = collect(
+        &[
+            "Let me think.\n```python\nresult = undefined_thing + 1\nprint(result)\n```",
+            "A different way.\n```python\nfrom fractions import Fraction\ntotal = sum(Fraction(1, k) for k in range(1, 6))\nprint(total)\n```",
+            "\\boxed{137/60}",
+        ],
+        AgentConfig::default(),
+    );
+    let turn = "A different way.\n```python\nfrom fractions import Fraction\ntotal = sum(Fraction(1, k) for k in range(1, 6))\nprint(total)\n```";
+    let obs = "\n```output\n137/60\n```\n";
+    assert_eq!(text_of(&t), format!("{PROMPT}{turn}{obs}\\boxed{{137/60}}"));
+    assert_eq!(
+        roles_of(&t),
+        expect_roles(&[
+            (PROMPT, 'P'),
+            (turn, 'M'),
+            (obs, 'O'),
+            ("\\boxed{137/60}", 'M')
+        ])
+    );
+    check_invariants(&t);
+    let e = &t.purification[0];
+    assert_eq!(
+        (e.repair, e.result),
+        (Some(RepairKind::Deep), PurifyResult::Grafted)
+    );
+    assert!(e.similarity.unwrap() < 0.5);
+    assert_eq!(e.error_class, "NameError");
+}
+
+#[test]
+fn retry_exhaustion_keeps_the_last_error_and_the_note() {
+    let (t, _) = collect(
+        &[
+            "Compute.\n```python\nprint(1 / 0)\n```",
+            "Retry.\n```python\nprint(2 / 0)\n```",
+            "Retry.\n```python\nprint(3 / 0)\n```",
+            "Retry.\n```python\nprint(4 / 0)\n```",
+            "I give up: \\boxed{0}",
+        ],
+        AgentConfig::default(),
+    );
+    let text = text_of(&t);
+    assert!(
+        text.starts_with(&format!(
+            "{PROMPT}Compute.\n```python\nprint(4 / 0)\n```\n```output\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("ZeroDivisionError") && text.contains("failed repeatedly"),
+        "{text}"
+    );
+    assert!(text.ends_with("```\nI give up: \\boxed{0}"), "{text}");
+    assert_eq!(
+        text.matches("```python").count(),
+        1,
+        "only the last attempt stays: {text}"
+    );
+    check_invariants(&t);
+    let results: Vec<_> = t.purification.iter().map(|e| e.result).collect();
+    assert_eq!(
+        results,
+        vec![
+            PurifyResult::Retried,
+            PurifyResult::Retried,
+            PurifyResult::Exhausted
+        ]
+    );
+    assert_eq!((t.failures_raw(), t.failures_kept()), (4, 1));
+}
+
+#[test]
+fn correction_without_a_tool_call_keeps_everything() {
+    let (t, _) = collect(
+        &["Try.\n```python\nprint(nope)\n```", "It is \\boxed{2}."],
+        AgentConfig::default(),
+    );
+    let text = text_of(&t);
+    assert!(
+        text.starts_with(&format!(
+            "{PROMPT}Try.\n```python\nprint(nope)\n```\n```output\nTraceback"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.ends_with(
+            "NameError: name 'nope' is not defined. Did you mean: 'None'?\n```\nIt is \\boxed{2}."
+        ),
+        "{text}"
+    );
+    check_invariants(&t);
+    assert_eq!(t.purification[0].result, PurifyResult::NoToolCall);
+    assert_eq!(t.failures_kept(), 1);
+    assert_eq!(t.answer.as_deref(), Some("2"));
+}
+
+#[test]
+fn tool_attempt_cap_turns_rollback_off() {
+    let config = AgentConfig {
+        max_tool_attempts: 2,
+        ..AgentConfig::default()
+    };
+    let (t, _) = collect(
+        &[
+            "A.\n```python\nprint(1 / 0)\n```",
+            "B.\n```python\nprint(2 / 0)\n```",
+            "Next.\n```python\nprint(5 / 0)\n```",
+            "\\boxed{5}",
+        ],
+        config,
+    );
+    let text = text_of(&t);
+    // Attempt 2 (the spliced call) hit the cap: it stays with its error, and
+    // the next failure is kept as collected.
+    assert!(
+        text.contains("A.\n```python\nprint(2 / 0)\n```\n```output\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Next.\n```python\nprint(5 / 0)\n```\n```output\n"),
+        "{text}"
+    );
+    assert!(!text.contains("print(1 / 0)"));
+    check_invariants(&t);
+    assert_eq!(t.failures_kept(), 2);
+}
+
+#[test]
+fn probability_zero_leaves_trajectories_untouched() {
+    let config = AgentConfig {
+        rollback_probability: 0.0,
+        ..AgentConfig::default()
+    };
+    let (t, b) = collect(
+        &[
+            "Go.\n```python\nprint(1 / 0)\n```",
+            "Fixed.\n```python\nprint(1)\n```",
+            "\\boxed{1}",
+        ],
+        config,
+    );
+    let text = text_of(&t);
+    assert!(
+        text.contains("Go.\n```python\nprint(1 / 0)\n```\n```output\nTraceback"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Fixed.\n```python\nprint(1)\n```\n```output\n1\n```\n\\boxed{1}"),
+        "{text}"
+    );
+    assert!(t.purification.is_empty() && !t.purified);
+    assert!(b.log.is_empty(), "no truncation without purification");
+    check_invariants(&t);
+}
+
+#[test]
+fn trajectories_round_trip_through_jsonl_and_bad_files_are_rejected() {
+    let (t, _) = collect(
+        &["x\n```python\nprint(1)\n```", "\\boxed{1}"],
+        AgentConfig::default(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.jsonl");
+    cleaner::agent::trajectory::write_jsonl(&path, std::slice::from_ref(&t)).unwrap();
+    let back = cleaner::agent::trajectory::read_jsonl(&path).unwrap();
+    assert_eq!(back, vec![t.clone()]);
+
+    let mut bad = t.clone();
+    bad.roles.pop();
+    cleaner::agent::trajectory::write_jsonl(&path, &[t.clone(), bad]).unwrap();
+    let e = cleaner::agent::trajectory::read_jsonl(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 2") && e.contains("roles"), "{e}");
+    std::fs::write(&path, "{\"format_version\": 1}\n").unwrap();
+    let e = cleaner::agent::trajectory::read_jsonl(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 1") && e.contains("missing field"), "{e}");
+}
