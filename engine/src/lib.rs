@@ -8,6 +8,7 @@ pub mod llama;
 pub mod rollout;
 pub mod sampling;
 pub mod sandbox;
+pub mod tasks;
 
 pub use llama::{LlamaError, LoraAdapter, Model, ModelParams, Token};
 pub use rollout::{

@@ -23,6 +23,10 @@ enum Command {
     Fetch(cmd::fetch::Args),
     /// Generate completions for a prompt with a model.
     Generate(cmd::generate::Args),
+    /// Solve problems with the tool-using agent (purified or plain) and report accuracy.
+    Solve(cmd::solve::Args),
+    /// Render a trajectory file readably, purifications shown before/after.
+    Show(cmd::show::Args),
     /// Run Python code in the sandbox.
     Sandbox {
         #[command(subcommand)]
@@ -42,6 +46,8 @@ fn main() {
         Command::Fetch(a) => cmd::fetch::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Sandbox { which } => cmd::sandbox::run(which),
+        Command::Solve(a) => cmd::solve::run(a),
+        Command::Show(a) => cmd::show::run(a),
         Command::Bench { which } => bench::run(which),
     };
     if let Err(e) = result {

@@ -34,12 +34,13 @@ pub enum SegmentKind {
     Answer,
 }
 
-/// A token range `[start, end)` of one kind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A token range `[start, end)` of one kind, with its text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Segment {
     pub kind: SegmentKind,
     pub start: usize,
     pub end: usize,
+    pub text: String,
 }
 
 /// Status of one tool execution.

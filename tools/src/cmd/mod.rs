@@ -1,6 +1,8 @@
 pub mod fetch;
 pub mod generate;
 pub mod sandbox;
+pub mod show;
+pub mod solve;
 
 use std::path::PathBuf;
 use std::sync::Arc;
