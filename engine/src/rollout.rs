@@ -110,6 +110,12 @@ pub struct PolicyConfig {
     pub n_batch: u32,
     /// Decode threads (0: all cores).
     pub n_threads: i32,
+    /// llama.cpp flash attention (`None`: llama.cpp decides, on for CPU).
+    /// `Some(false)` makes every split of a sequence into decode calls give
+    /// bit-identical logits (a rolled back and grafted sequence then equals a
+    /// fresh decode of it exactly), at some cost in speed and in agreement
+    /// across batch compositions; see `llama::ContextParams`.
+    pub flash_attention: Option<bool>,
 }
 
 impl Default for PolicyConfig {
@@ -119,6 +125,7 @@ impl Default for PolicyConfig {
             n_seq_max: 16,
             n_batch: 512,
             n_threads: 0,
+            flash_attention: None,
         }
     }
 }
@@ -167,6 +174,7 @@ impl Policy {
                 n_seq_max: config.n_seq_max,
                 n_batch: config.n_batch.max(config.n_seq_max),
                 n_threads: config.n_threads,
+                flash_attention: config.flash_attention,
             },
         )?;
         let slots = (0..config.n_seq_max).map(|_| Slot::default()).collect();

@@ -36,6 +36,7 @@ pub fn policy(n_seq_max: u32, n_ctx: u32) -> Policy {
             n_seq_max,
             n_batch: 512,
             n_threads: 2,
+            ..Default::default()
         },
     )
     .expect("policy")

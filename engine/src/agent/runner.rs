@@ -730,7 +730,12 @@ impl<'a, B: Backend> Agent<'a, B> {
         for (i, &kind) in r.kinds.iter().enumerate() {
             match segments.last_mut() {
                 Some(s) if s.kind == kind && s.end == i => s.end = i + 1,
-                _ => segments.push(Segment { kind, start: i, end: i + 1, text: String::new() }),
+                _ => segments.push(Segment {
+                    kind,
+                    start: i,
+                    end: i + 1,
+                    text: String::new(),
+                }),
             }
         }
         for s in &mut segments {

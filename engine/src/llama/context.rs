@@ -20,6 +20,9 @@ pub struct ContextParams {
     pub n_batch: u32,
     /// Threads for decoding (0: all cores).
     pub n_threads: i32,
+    /// llama.cpp's flash attention: `None` lets llama.cpp choose (on, here).
+    /// Trade-offs measured in `new`.
+    pub flash_attention: Option<bool>,
 }
 
 impl Default for ContextParams {
@@ -29,6 +32,7 @@ impl Default for ContextParams {
             n_seq_max: 8,
             n_batch: 512,
             n_threads: 0,
+            flash_attention: None,
         }
     }
 }
@@ -96,6 +100,19 @@ impl Context {
         // streams abort the process (ROLLOUT-NOTES), and a shared prompt
         // prefix is stored once.
         cp.kv_unified = true;
+        // Measured here (tests/agent_real.rs, bench): with flash attention
+        // (llama.cpp's auto choice on CPU) logits are the same whichever other
+        // sequences share a decode call, but a sequence split differently into
+        // calls (one prefill vs prompt + increments) differs by up to ~1 in
+        // the largest logit; without it, every split of a sequence gives
+        // bit-identical logits, while batch composition moves log-probs by up
+        // to ~0.1. Activation quantization in the matmuls turns rounding
+        // differences into these jumps.
+        cp.flash_attn_type = match p.flash_attention {
+            None => sys::LLAMA_FLASH_ATTN_TYPE_AUTO,
+            Some(true) => sys::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            Some(false) => sys::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        };
         cp.no_perf = true;
         log::clear();
         // SAFETY: the model pointer is live (we hold its Arc for our lifetime).

@@ -23,16 +23,27 @@ pub struct Fields {
 
 impl Default for Fields {
     fn default() -> Self {
-        Fields { question: vec!["question".into(), "problem".into()], answer: "answer".into(), id: Some("id".into()) }
+        Fields {
+            question: vec!["question".into(), "problem".into()],
+            answer: "answer".into(),
+            id: Some("id".into()),
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} line {line}: {why}")]
-    Malformed { path: PathBuf, line: usize, why: String },
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
     #[error("unknown dataset {0:?}: expected gsm8k, gsm8k-train, aime24, amc23 or a .jsonl path")]
     Unknown(String),
 }
@@ -53,18 +64,28 @@ impl Dataset {
             p if p.ends_with(".jsonl") => PathBuf::from(p),
             other => return Err(DatasetError::Unknown(other.to_string())),
         };
-        Ok(Dataset { name: spec.to_string(), items: read(&path, fields)? })
+        Ok(Dataset {
+            name: spec.to_string(),
+            items: read(&path, fields)?,
+        })
     }
 }
 
 fn read(path: &Path, fields: &Fields) -> Result<Vec<Item>, DatasetError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DatasetError::Io { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| DatasetError::Io {
+        path: path.into(),
+        source,
+    })?;
     let mut items = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |why: String| DatasetError::Malformed { path: path.into(), line: i + 1, why };
+        let bad = |why: String| DatasetError::Malformed {
+            path: path.into(),
+            line: i + 1,
+            why,
+        };
         let v: Json = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
         let question = fields
             .question
@@ -74,7 +95,12 @@ fn read(path: &Path, fields: &Fields) -> Result<Vec<Item>, DatasetError> {
         let raw = match v.get(&fields.answer) {
             Some(Json::String(s)) => s.clone(),
             Some(Json::Number(n)) => n.to_string(),
-            _ => return Err(bad(format!("no string or number field {:?}", fields.answer))),
+            _ => {
+                return Err(bad(format!(
+                    "no string or number field {:?}",
+                    fields.answer
+                )))
+            }
         };
         let answer = match raw.rsplit_once("####") {
             Some((_, a)) => a.trim().to_string(),
@@ -84,9 +110,17 @@ fn read(path: &Path, fields: &Fields) -> Result<Vec<Item>, DatasetError> {
             .id
             .as_ref()
             .and_then(|f| v.get(f))
-            .map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()))
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| x.to_string())
+            })
             .unwrap_or_else(|| format!("{}", i + 1));
-        items.push(Item { id, question: question.to_string(), answer });
+        items.push(Item {
+            id,
+            question: question.to_string(),
+            answer,
+        });
     }
     Ok(items)
 }

@@ -5,14 +5,27 @@
 /// Canonical text of an answer: LaTeX wrappers and units stripped.
 pub fn normalize_answer(s: &str) -> String {
     let mut t = s.trim().to_string();
-    for (from, to) in [("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\left", ""), ("\\right", ""), ("\\!", ""), ("\\,", ""), ("$", ""), ("\\%", ""), ("%", "")] {
+    for (from, to) in [
+        ("\\dfrac", "\\frac"),
+        ("\\tfrac", "\\frac"),
+        ("\\left", ""),
+        ("\\right", ""),
+        ("\\!", ""),
+        ("\\,", ""),
+        ("$", ""),
+        ("\\%", ""),
+        ("%", ""),
+    ] {
         t = t.replace(from, to);
     }
     // \text{...} and \mbox{...}: units, dropped.
     for cmd in ["\\text{", "\\mbox{", "\\mathrm{"] {
         while let Some(i) = t.find(cmd) {
             let rest = &t[i + cmd.len()..];
-            let end = rest.find('}').map(|e| i + cmd.len() + e + 1).unwrap_or(t.len());
+            let end = rest
+                .find('}')
+                .map(|e| i + cmd.len() + e + 1)
+                .unwrap_or(t.len());
             t.replace_range(i..end, "");
         }
     }

@@ -48,6 +48,9 @@ pub struct Args {
     /// Repetitions of each latency measurement.
     #[arg(long, default_value_t = 5)]
     reps: usize,
+    /// Flash attention for both engines: auto (llama.cpp decides), on, off.
+    #[arg(long, default_value = "auto")]
+    flash_attention: String,
     /// Throughput rounds, ours and llama.cpp's interleaved; medians reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -85,9 +88,24 @@ pub fn run(a: Args) -> Result<()> {
             let mut ours_runs = Vec::new();
             let mut theirs_runs = Vec::new();
             for _ in 0..a.rounds.max(1) {
-                ours_runs.push(ours_tg(&model, b, a.npp, a.ntg, threads)?);
+                ours_runs.push(ours_tg(
+                    &model,
+                    b,
+                    a.npp,
+                    a.ntg,
+                    threads,
+                    &a.flash_attention,
+                )?);
                 if let Some(bin) = &baseline {
-                    theirs_runs.push(theirs_tg(bin, &path, b, a.npp, a.ntg, threads)?);
+                    theirs_runs.push(theirs_tg(
+                        bin,
+                        &path,
+                        b,
+                        a.npp,
+                        a.ntg,
+                        threads,
+                        &a.flash_attention,
+                    )?);
                 }
             }
             let ours = super::median(ours_runs);
@@ -181,13 +199,30 @@ fn prompt_tokens(model: &Model, n: usize) -> Result<Vec<Token>> {
     Ok(toks)
 }
 
-fn ours_tg(model: &Arc<Model>, b: usize, npp: usize, ntg: usize, threads: usize) -> Result<f64> {
+fn fa_choice(s: &str) -> Result<Option<bool>> {
+    match s {
+        "auto" => Ok(None),
+        "on" => Ok(Some(true)),
+        "off" => Ok(Some(false)),
+        _ => bail!("--flash-attention must be auto, on or off, got {s:?}"),
+    }
+}
+
+fn ours_tg(
+    model: &Arc<Model>,
+    b: usize,
+    npp: usize,
+    ntg: usize,
+    threads: usize,
+    fa: &str,
+) -> Result<f64> {
     let n_ctx = (npp + b * (ntg + 2) + 64) as u32;
     let cfg = PolicyConfig {
         n_ctx,
         n_seq_max: b as u32 + 1,
         n_batch: 512,
         n_threads: threads as i32,
+        flash_attention: fa_choice(fa)?,
     };
     let mut policy = Policy::new(model.clone(), &cfg)?;
     let prompt = prompt_tokens(model, npp)?;
@@ -238,6 +273,7 @@ fn theirs_tg(
     npp: usize,
     ntg: usize,
     threads: usize,
+    fa: &str,
 ) -> Result<f64> {
     let n_ctx = npp + b * ntg + 64;
     let out = Command::new(bin)
@@ -266,6 +302,8 @@ fn theirs_tg(
             "-kvu",
             "-ngl",
             "0",
+            "-fa",
+            fa,
         ])
         .output()
         .with_context(|| format!("running {}", bin.display()))?;
@@ -309,6 +347,7 @@ fn latencies(model: &Arc<Model>, threads: usize, reps: usize) -> Result<Latencie
         n_seq_max: 2,
         n_batch: 512,
         n_threads: threads as i32,
+        ..Default::default()
     };
     let mut policy = Policy::new(model.clone(), &cfg)?;
     let toks = prompt_tokens(model, LAT_SEQ)?;

@@ -67,10 +67,29 @@ pub fn run(a: Args) -> Result<()> {
                 e.retries,
                 c(RESET)
             );
-            println!("{}before: {}{}", c(RED_STRIKE), e.failed_code.replace('\n', "\n        "), c(RESET));
-            println!("{}error:  {}{}", c(RED_STRIKE), e.error.replace('\n', "\n        "), c(RESET));
-            let label = if e.result == PurifyResult::NoToolCall { "kept answer" } else { "graft" };
-            println!("{}{label}: {}{}", c(GREEN), e.correction.replace('\n', "\n        "), c(RESET));
+            println!(
+                "{}before: {}{}",
+                c(RED_STRIKE),
+                e.failed_code.replace('\n', "\n        "),
+                c(RESET)
+            );
+            println!(
+                "{}error:  {}{}",
+                c(RED_STRIKE),
+                e.error.replace('\n', "\n        "),
+                c(RESET)
+            );
+            let label = if e.result == PurifyResult::NoToolCall {
+                "kept answer"
+            } else {
+                "graft"
+            };
+            println!(
+                "{}{label}: {}{}",
+                c(GREEN),
+                e.correction.replace('\n', "\n        "),
+                c(RESET)
+            );
         }
         println!();
     }

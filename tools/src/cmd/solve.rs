@@ -67,11 +67,27 @@ pub fn parse_purify(s: &str) -> Result<f64> {
 
 pub fn run(a: Args) -> Result<()> {
     let p = parse_purify(&a.purify)?;
-    let data = Dataset::load(&a.dataset, &a.data_dir, &Fields::default())
-        .with_context(|| format!("loading dataset {} (set --data-dir or CLEANER_DATA)", a.dataset))?;
-    let items: Vec<_> = data.items.iter().skip(a.offset).take(a.limit).cloned().collect();
+    let data = Dataset::load(&a.dataset, &a.data_dir, &Fields::default()).with_context(|| {
+        format!(
+            "loading dataset {} (set --data-dir or CLEANER_DATA)",
+            a.dataset
+        )
+    })?;
+    let items: Vec<_> = data
+        .items
+        .iter()
+        .skip(a.offset)
+        .take(a.limit)
+        .cloned()
+        .collect();
     if items.is_empty() {
-        bail!("no problems selected from {} ({} items, offset {}, limit {})", a.dataset, data.items.len(), a.offset, a.limit);
+        bail!(
+            "no problems selected from {} ({} items, offset {}, limit {})",
+            a.dataset,
+            data.items.len(),
+            a.offset,
+            a.limit
+        );
     }
     let (_, model) = super::load_model(&a.model)?;
     let sandbox = super::sandbox::open(None)?;
@@ -100,13 +116,24 @@ pub fn run(a: Args) -> Result<()> {
         if let Some(s) = &config.system_prompt {
             messages.push(Message::system(s.clone()));
         }
-        messages.push(Message::user(config.user_prompt.replace("{problem}", &item.question)));
+        messages.push(Message::user(
+            config.user_prompt.replace("{problem}", &item.question),
+        ));
         let tools = (a.format == FormatKind::Hermes).then_some(&tools[..]);
-        problems.push(Problem { id: item.id.clone(), prompt: template.tokenize(&model, &messages, tools)? });
+        problems.push(Problem {
+            id: item.id.clone(),
+            prompt: template.tokenize(&model, &messages, tools)?,
+        });
     }
     let longest = problems.iter().map(|p| p.prompt.len()).max().unwrap_or(0);
     let per_seq = longest + a.max_response_tokens + 2 * config.max_turn_tokens + 512;
-    let policy_config = PolicyConfig { n_ctx: (per_seq as u32) * a.slots, n_seq_max: a.slots, n_batch: 512, n_threads: a.threads };
+    let policy_config = PolicyConfig {
+        n_ctx: (per_seq as u32) * a.slots,
+        n_seq_max: a.slots,
+        n_batch: 512,
+        n_threads: a.threads,
+        ..Default::default()
+    };
     let mut policy = Policy::new(model.clone(), &policy_config)?;
     eprintln!(
         "{} problems x {} rollouts, purify {} (p = {p}), format {:?}, {} slots",
@@ -122,21 +149,40 @@ pub fn run(a: Args) -> Result<()> {
     };
     let mut correct = 0usize;
     for t in &mut trajectories {
-        let truth = &items.iter().find(|i| i.id == t.problem_id).map(|i| i.answer.clone()).unwrap_or_default();
-        let ok = t.answer.as_deref().is_some_and(|ans| math_equal(ans, truth));
+        let truth = &items
+            .iter()
+            .find(|i| i.id == t.problem_id)
+            .map(|i| i.answer.clone())
+            .unwrap_or_default();
+        let ok = t
+            .answer
+            .as_deref()
+            .is_some_and(|ans| math_equal(ans, truth));
         t.reward = Some(if ok { 1.0 } else { -1.0 });
         correct += ok as usize;
     }
     let n = trajectories.len();
     let acc = correct as f64 / n as f64;
     let se = (acc * (1.0 - acc) / n as f64).sqrt();
-    let out = a.out.unwrap_or_else(|| PathBuf::from(format!("runs/solve-{}-{}.jsonl", a.dataset, a.purify)));
+    let out = a
+        .out
+        .unwrap_or_else(|| PathBuf::from(format!("runs/solve-{}-{}.jsonl", a.dataset, a.purify)));
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).ok();
     }
     write_jsonl(&out, &trajectories)?;
-    println!("accuracy (pass@1, mean over {n} rollouts): {:.3} +- {:.3} (95% CI {:.3}..{:.3})", acc, se, acc - 1.96 * se, acc + 1.96 * se);
-    println!("wall time: {:.1} s ({:.1} s per problem)", stats.wall_s, stats.wall_s / problems.len() as f64);
+    println!(
+        "accuracy (pass@1, mean over {n} rollouts): {:.3} +- {:.3} (95% CI {:.3}..{:.3})",
+        acc,
+        se,
+        acc - 1.96 * se,
+        acc + 1.96 * se
+    );
+    println!(
+        "wall time: {:.1} s ({:.1} s per problem)",
+        stats.wall_s,
+        stats.wall_s / problems.len() as f64
+    );
     println!("{}", serde_json::to_string_pretty(&stats)?);
     println!("trajectories: {}", out.display());
     Ok(())
