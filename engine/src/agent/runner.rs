@@ -667,17 +667,9 @@ impl<'a, B: Backend> Agent<'a, B> {
             return self.observe_and_continue(r, seq, &turn_text, &format!("{content}{note}"));
         }
         // Spec step 2: the error as an ordinary observation, then a lookahead turn.
-        let obs = self.format.observation(&turn_text, &content);
-        let obs_tokens = self.backend.tokenize(&obs)?;
-        if let Err(e) = self.backend.append(seq, &obs_tokens) {
-            return self.stop_on_context(r, e);
+        if !self.append_observation(r, seq, &turn_text, &content)? {
+            return Ok(());
         }
-        r.push(
-            &obs_tokens,
-            Role::Observation,
-            None,
-            SegmentKind::Observation,
-        );
         p.retries += 1;
         p.lookahead_start = r.tokens.len();
         r.pending = Some(p);
@@ -691,17 +683,9 @@ impl<'a, B: Backend> Agent<'a, B> {
         turn_text: &str,
         content: &str,
     ) -> Result<(), AgentError> {
-        let obs = self.format.observation(turn_text, content);
-        let obs_tokens = self.backend.tokenize(&obs)?;
-        if let Err(e) = self.backend.append(seq, &obs_tokens) {
-            return self.stop_on_context(r, e);
+        if !self.append_observation(r, seq, turn_text, content)? {
+            return Ok(());
         }
-        r.push(
-            &obs_tokens,
-            Role::Observation,
-            None,
-            SegmentKind::Observation,
-        );
         r.turns += 1;
         r.turn_start = r.tokens.len();
         if r.turns >= self.config.max_turns {
@@ -710,6 +694,30 @@ impl<'a, B: Backend> Agent<'a, B> {
             return Ok(());
         }
         self.start_generation(r, GenKind::Turn)
+    }
+
+    /// Appends the tool's reply after the turn, tokenized once. Returns
+    /// false when the context is full (the rollout is then finished).
+    fn append_observation(
+        &mut self,
+        r: &mut Rollout,
+        seq: SeqId,
+        turn_text: &str,
+        content: &str,
+    ) -> Result<bool, AgentError> {
+        let obs = self.format.observation(turn_text, content);
+        let obs_tokens = self.backend.tokenize(&obs)?;
+        if let Err(e) = self.backend.append(seq, &obs_tokens) {
+            self.stop_on_context(r, e)?;
+            return Ok(false);
+        }
+        r.push(
+            &obs_tokens,
+            Role::Observation,
+            None,
+            SegmentKind::Observation,
+        );
+        Ok(true)
     }
 
     fn stop_on_context(&mut self, r: &mut Rollout, e: RolloutError) -> Result<(), AgentError> {
