@@ -1,8 +1,4 @@
 #!/usr/bin/env bash
-# The test suite on a fresh machine: set up, build, fetch the test assets,
-# run every test (unit, integration against the real llama.cpp and model).
+# The test suite on a fresh machine; the same script CI runs (.ci/run).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-. tools/setup.sh
-cleaner fetch smollm2-135m python-wasm
-cargo test --release --workspace ${FEATURES:+--features "$FEATURES"}
+exec bash "$(dirname "$0")/../.ci/run"

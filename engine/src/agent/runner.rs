@@ -432,23 +432,7 @@ impl<'a, B: Backend> Agent<'a, B> {
                         .into();
                         r.phase = Phase::Done;
                     }
-                    Call::Code(code) => self.submit(r, k, code, false, jobs),
-                    Call::Malformed(why) => {
-                        r.attempts += 1;
-                        let exec = Err(why);
-                        self.on_result(
-                            r,
-                            k,
-                            JobResult {
-                                rollout: k,
-                                spliced: false,
-                                code: String::new(),
-                                exec,
-                            },
-                            jobs,
-                            stats,
-                        )?;
-                    }
+                    call => self.dispatch(r, k, call, false, jobs, stats)?,
                 }
             }
             GenKind::Lookahead => {
@@ -536,29 +520,40 @@ impl<'a, B: Backend> Agent<'a, B> {
                     .map(|(at, _)| spliced_text[at..].to_string())
                     .unwrap_or_default();
                 r.pending = Some(p);
-                match call {
-                    Call::Code(code) => self.submit(r, k, code, true, jobs),
-                    Call::Malformed(why) => {
-                        r.attempts += 1;
-                        let exec = Err(why);
-                        self.on_result(
-                            r,
-                            k,
-                            JobResult {
-                                rollout: k,
-                                spliced: true,
-                                code: String::new(),
-                                exec,
-                            },
-                            jobs,
-                            stats,
-                        )?;
-                    }
-                    Call::None => {}
-                }
+                self.dispatch(r, k, call, true, jobs, stats)?;
             }
         }
         Ok(())
+    }
+
+    /// Sends a parsed call to the sandbox, or fails it at once when it could
+    /// not be parsed (spec: an unparsable call is a failed call).
+    fn dispatch(
+        &mut self,
+        r: &mut Rollout,
+        k: usize,
+        call: Call,
+        spliced: bool,
+        jobs: &mpsc::Sender<Job>,
+        stats: &mut BatchStats,
+    ) -> Result<(), AgentError> {
+        match call {
+            Call::None => Ok(()),
+            Call::Code(code) => {
+                self.submit(r, k, code, spliced, jobs);
+                Ok(())
+            }
+            Call::Malformed(why) => {
+                r.attempts += 1;
+                let res = JobResult {
+                    rollout: k,
+                    spliced,
+                    code: String::new(),
+                    exec: Err(why),
+                };
+                self.on_result(r, k, res, jobs, stats)
+            }
+        }
     }
 
     fn submit(
