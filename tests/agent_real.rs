@@ -8,16 +8,12 @@
 
 mod common;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::OnceLock;
-
 use cleaner::agent::trajectory::{RepairKind, Role};
 use cleaner::agent::{Agent, AgentConfig, Backend, Problem, ToolFormat};
-use cleaner::assets::{self, AssetStore};
 use cleaner::rollout::{FinishReason, GenerateParams, Generation, RolloutError, SeqId};
-use cleaner::sandbox::{Sandbox, SandboxConfig};
 use cleaner::{Policy, PolicyConfig, Token};
-use common::{max_abs_diff, serial, tokens};
+use common::{max_abs_diff, sandbox, serial, tokens};
+use std::collections::{HashMap, VecDeque};
 
 /// The real policy, with each generation replaced by forced text.
 struct Forced {
@@ -95,16 +91,6 @@ impl Backend for Forced {
     fn piece(&self, t: Token) -> Vec<u8> {
         self.policy.model().piece(t).to_vec()
     }
-}
-
-fn sandbox() -> &'static Sandbox {
-    static S: OnceLock<Sandbox> = OnceLock::new();
-    S.get_or_init(|| {
-        let wasm = AssetStore::default()
-            .fetch(assets::find("python-wasm").unwrap(), &mut |_| {})
-            .unwrap();
-        Sandbox::new(SandboxConfig::new(wasm)).unwrap()
-    })
 }
 
 #[test]

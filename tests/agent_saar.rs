@@ -3,15 +3,14 @@
 //! policy) and the real sandbox. Tokens are bytes, so expected sequences are
 //! written as text; roles and masks are checked token by token.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::OnceLock;
+mod common;
+use common::sandbox;
 
 use cleaner::agent::trajectory::{PurifyResult, RepairKind, Role};
 use cleaner::agent::{Agent, AgentConfig, Backend, Problem, ToolFormat, Trajectory};
-use cleaner::assets::{self, AssetStore};
 use cleaner::rollout::{FinishReason, GenerateParams, Generation, RolloutError, SeqId};
-use cleaner::sandbox::{Sandbox, SandboxConfig};
 use cleaner::Token;
+use std::collections::{HashMap, VecDeque};
 
 /// A backend that replays scripted assistant turns, one per `start`.
 struct Scripted {
@@ -116,16 +115,6 @@ impl Backend for Scripted {
     fn piece(&self, token: Token) -> Vec<u8> {
         vec![token as u8]
     }
-}
-
-fn sandbox() -> &'static Sandbox {
-    static S: OnceLock<Sandbox> = OnceLock::new();
-    S.get_or_init(|| {
-        let wasm = AssetStore::default()
-            .fetch(assets::find("python-wasm").unwrap(), &mut |_| {})
-            .unwrap();
-        Sandbox::new(SandboxConfig::new(wasm)).unwrap()
-    })
 }
 
 const PROMPT: &str = "<prompt>";

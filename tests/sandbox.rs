@@ -1,23 +1,12 @@
 //! The sandbox against adversarial code: every case asserts the outcome and
 //! that the host process and the next call are unaffected.
 
-use std::sync::OnceLock;
+mod common;
+use common::sandbox;
+
 use std::time::{Duration, Instant};
 
-use cleaner::assets::{self, AssetStore};
-use cleaner::sandbox::{ErrorClass, Execution, Limits, Outcome, Sandbox, SandboxConfig};
-
-fn sandbox() -> &'static Sandbox {
-    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-    SANDBOX.get_or_init(|| {
-        let wasm = AssetStore::default()
-            .fetch(assets::find("python-wasm").unwrap(), &mut |l| {
-                eprintln!("{l}")
-            })
-            .expect("fetch python-wasm");
-        Sandbox::new(SandboxConfig::new(wasm)).expect("sandbox")
-    })
-}
+use cleaner::sandbox::{ErrorClass, Execution, Limits, Outcome};
 
 fn limits(timeout_s: f64) -> Limits {
     Limits {

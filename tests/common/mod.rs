@@ -94,3 +94,17 @@ pub fn write_adapter(path: &std::path::Path, arch: &str, rank: u64, n_layers: us
     }
     std::fs::write(path, w.to_bytes()).expect("write adapter");
 }
+
+/// The sandbox on the cached interpreter, created once per test binary.
+pub fn sandbox() -> &'static cleaner::sandbox::Sandbox {
+    static SANDBOX: OnceLock<cleaner::sandbox::Sandbox> = OnceLock::new();
+    SANDBOX.get_or_init(|| {
+        let wasm = AssetStore::default()
+            .fetch(
+                assets::find("python-wasm").expect("python-wasm in catalog"),
+                &mut |l| eprintln!("{l}"),
+            )
+            .expect("fetch python-wasm");
+        cleaner::sandbox::Sandbox::new(cleaner::sandbox::SandboxConfig::new(wasm)).expect("sandbox")
+    })
+}
