@@ -24,6 +24,7 @@ enum Command {
     /// Generate completions for a prompt with a model.
     Generate(cmd::generate::Args),
     /// Solve problems with the tool-using agent (purified or plain) and report accuracy.
+    #[command(args_override_self = true)]
     Solve(cmd::solve::Args),
     /// Render a trajectory file readably, purifications shown before/after.
     Show(cmd::show::Args),

@@ -164,6 +164,13 @@ pub fn run(a: Args) -> Result<()> {
     let n = trajectories.len();
     let acc = correct as f64 / n as f64;
     let se = (acc * (1.0 - acc) / n as f64).sqrt();
+    // Wilson score interval: stays inside [0, 1] for small samples.
+    let (lo, hi) = {
+        let (z, nf) = (1.96f64, n as f64);
+        let centre = (acc + z * z / (2.0 * nf)) / (1.0 + z * z / nf);
+        let half = z * ((acc * (1.0 - acc) + z * z / (4.0 * nf)) / nf).sqrt() / (1.0 + z * z / nf);
+        (centre - half, centre + half)
+    };
     let out = a
         .out
         .unwrap_or_else(|| PathBuf::from(format!("runs/solve-{}-{}.jsonl", a.dataset, a.purify)));
