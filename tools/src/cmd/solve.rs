@@ -179,11 +179,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     write_jsonl(&out, &trajectories)?;
     println!(
-        "accuracy (pass@1, mean over {n} rollouts): {:.3} +- {:.3} (95% CI {:.3}..{:.3})",
-        acc,
-        se,
-        acc - 1.96 * se,
-        acc + 1.96 * se
+        "accuracy (pass@1, mean over {n} rollouts): {acc:.3} +- {se:.3} s.e. (95% Wilson interval {lo:.3}..{hi:.3})"
     );
     println!(
         "wall time: {:.1} s ({:.1} s per problem)",
