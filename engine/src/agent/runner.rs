@@ -58,8 +58,7 @@ enum Phase {
 
 /// The failed position being purified.
 struct Pending {
-    /// Tokens of the turn that failed last (R_old), its split and call text.
-    old_turn: Vec<Token>,
+    /// Split token of the turn that failed last (R_old) and its call text.
     old_split: Option<usize>,
     old_call_text: String,
     failed_code: String,
@@ -316,7 +315,7 @@ impl<'a, B: Backend> Agent<'a, B> {
             got.extend(results.try_iter());
             for res in got {
                 let k = res.rollout;
-                self.on_result(&mut rollouts[k], k, res, jobs, stats)?;
+                self.on_result(&mut rollouts[k], res, stats)?;
             }
             // Free the slots of finished rollouts.
             for r in rollouts.iter_mut() {
@@ -514,7 +513,6 @@ impl<'a, B: Backend> Agent<'a, B> {
                 let spliced: Vec<Token> = r.tokens[r.turn_start..].to_vec();
                 let spliced_text = self.backend.detokenize(&spliced);
                 let spliced_split = self.split(&spliced, &spliced_text);
-                p.old_turn = spliced;
                 p.old_split = spliced_split.map(|s| s.1);
                 p.old_call_text = spliced_split
                     .map(|(at, _)| spliced_text[at..].to_string())
@@ -551,7 +549,7 @@ impl<'a, B: Backend> Agent<'a, B> {
                     code: String::new(),
                     exec: Err(why),
                 };
-                self.on_result(r, k, res, jobs, stats)
+                self.on_result(r, res, stats)
             }
         }
     }
@@ -576,9 +574,7 @@ impl<'a, B: Backend> Agent<'a, B> {
     fn on_result(
         &mut self,
         r: &mut Rollout,
-        _k: usize,
         res: JobResult,
-        _jobs: &mpsc::Sender<Job>,
         stats: &mut BatchStats,
     ) -> Result<(), AgentError> {
         let (content, status, duration_ms) = match &res.exec {
@@ -608,18 +604,14 @@ impl<'a, B: Backend> Agent<'a, B> {
         let content = truncate_middle(&content, self.config.observation_chars);
         let turn_text = self.backend.detokenize(&r.tokens[r.turn_start..]);
         let Some(seq) = r.seq else { return Ok(()) };
-        if status == CallStatus::Ok {
-            if res.spliced {
-                if let (Some(p), Some(last)) = (r.pending.take(), r.events.last_mut()) {
-                    let _ = p;
+        let CallStatus::Failed { class, .. } = status else {
+            // A spliced call that ran: the purification at this position is done.
+            if res.spliced && r.pending.take().is_some() {
+                if let Some(last) = r.events.last_mut() {
                     last.result = PurifyResult::Grafted;
                 }
             }
             return self.observe_and_continue(r, seq, &turn_text, &content);
-        }
-        let (class, exception) = match &status {
-            CallStatus::Failed { class, exception } => (class.clone(), exception.clone()),
-            CallStatus::Ok => unreachable!("handled above"),
         };
         if r.attempts >= self.config.max_tool_attempts {
             r.rollback = false; // spec step 8
@@ -634,7 +626,6 @@ impl<'a, B: Backend> Agent<'a, B> {
                 let turn: Vec<Token> = r.tokens[r.turn_start..].to_vec();
                 let split = self.split(&turn, &turn_text);
                 Pending {
-                    old_turn: turn,
                     old_split: split.map(|s| s.1),
                     old_call_text: split
                         .map(|(at, _)| turn_text[at..].to_string())
@@ -650,7 +641,6 @@ impl<'a, B: Backend> Agent<'a, B> {
         p.failed_code = res.code.clone();
         p.error = content.clone();
         p.error_class = class;
-        let _ = exception;
         if p.retries >= self.config.max_retries {
             // Spec step 7: keep the last failure (with the note) and stop purifying.
             stats.retries_exhausted += 1;

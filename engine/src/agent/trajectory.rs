@@ -9,7 +9,6 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::llama::Token;
-use crate::sandbox::ErrorClass;
 
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -250,9 +249,4 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Trajectory>, TrajectoryError> {
         out.push(t);
     }
     Ok(out)
-}
-
-/// Statistics class of a sandbox outcome.
-pub fn class_name(class: ErrorClass) -> String {
-    class.name().to_string()
 }

@@ -130,7 +130,7 @@ impl InstantiationHook for ImportFixes {
     fn configure_new_instance(
         &self,
         _module: &Module,
-        store: &mut wasmer::StoreMut,
+        _store: &mut wasmer::StoreMut,
         instance: &Instance,
         imported_memory: Option<&Memory>,
         _state: InstantiationState,
@@ -139,7 +139,6 @@ impl InstantiationHook for ImportFixes {
             Some(m) => m.clone(),
             None => instance.exports.get_memory("memory")?.clone(),
         };
-        let _ = store;
         if let Ok(mut m) = self.state.memory.lock() {
             *m = Some(memory);
         }
