@@ -4,5 +4,6 @@
 //! model architectures, no GGUF files, no llama.cpp. Every optimized kernel
 //! keeps a plain scalar twin that serves as its test oracle and fallback.
 
+pub mod f16;
 pub mod quant;
 pub mod softmax;
