@@ -1,0 +1,139 @@
+//! Register-blocked micro-kernels: `C[mr x NR] (+)= A[mr x kc] * B[kc x NR]`
+//! with B packed `[kc][NR]`. The AVX2/FMA version keeps the 6x16 block of C in
+//! twelve ymm registers; the portable one is the same loop on arrays. Chosen
+//! once per call by [`select`], the one place that looks at CPU features.
+
+use super::{MR, NR};
+
+/// `(mr, kc, a, lda, b_packed, c, ldc, n_valid, accumulate)`.
+///
+/// # Safety
+/// `a` must be valid for `mr` rows of `kc` values at stride `lda`; `b` for
+/// `kc * NR` values; `c` for `mr` rows of `n_valid` values at stride `ldc`.
+pub(super) type MicroKernel =
+    unsafe fn(usize, usize, *const f32, usize, *const f32, *mut f32, usize, usize, bool);
+
+pub(super) fn select() -> MicroKernel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return avx2::dispatch;
+        }
+    }
+    portable_dispatch
+}
+
+/// The portable kernel (also used by tests to check the AVX2 one).
+#[cfg(test)]
+pub(super) fn portable() -> MicroKernel {
+    portable_dispatch
+}
+
+unsafe fn portable_dispatch(
+    mr: usize,
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    n_valid: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[0f32; NR]; MR];
+    for p in 0..kc {
+        let bp = std::slice::from_raw_parts(b.add(p * NR), NR);
+        for (i, row) in acc.iter_mut().enumerate().take(mr) {
+            let av = *a.add(i * lda + p);
+            for j in 0..NR {
+                row[j] += av * bp[j];
+            }
+        }
+    }
+    store(&acc, mr, c, ldc, n_valid, accumulate);
+}
+
+unsafe fn store(acc: &[[f32; NR]; MR], mr: usize, c: *mut f32, ldc: usize, n_valid: usize, accumulate: bool) {
+    for (i, row) in acc.iter().enumerate().take(mr) {
+        let out = std::slice::from_raw_parts_mut(c.add(i * ldc), n_valid);
+        for j in 0..n_valid {
+            out[j] = if accumulate { out[j] + row[j] } else { row[j] };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    pub(super) unsafe fn dispatch(
+        mr: usize,
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        n_valid: usize,
+        accumulate: bool,
+    ) {
+        // Monomorphized per row count so the accumulators stay in registers.
+        match mr {
+            6 => kernel::<6>(kc, a, lda, b, c, ldc, n_valid, accumulate),
+            5 => kernel::<5>(kc, a, lda, b, c, ldc, n_valid, accumulate),
+            4 => kernel::<4>(kc, a, lda, b, c, ldc, n_valid, accumulate),
+            3 => kernel::<3>(kc, a, lda, b, c, ldc, n_valid, accumulate),
+            2 => kernel::<2>(kc, a, lda, b, c, ldc, n_valid, accumulate),
+            _ => kernel::<1>(kc, a, lda, b, c, ldc, n_valid, accumulate),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn kernel<const R: usize>(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        n_valid: usize,
+        accumulate: bool,
+    ) {
+        debug_assert!(R <= MR && NR == 16);
+        let mut lo = [_mm256_setzero_ps(); R];
+        let mut hi = [_mm256_setzero_ps(); R];
+        for p in 0..kc {
+            let b0 = _mm256_loadu_ps(b.add(p * NR));
+            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
+            for i in 0..R {
+                let av = _mm256_broadcast_ss(&*a.add(i * lda + p));
+                lo[i] = _mm256_fmadd_ps(av, b0, lo[i]);
+                hi[i] = _mm256_fmadd_ps(av, b1, hi[i]);
+            }
+        }
+        if n_valid == NR {
+            for i in 0..R {
+                let cp = c.add(i * ldc);
+                let (mut v0, mut v1) = (lo[i], hi[i]);
+                if accumulate {
+                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(cp));
+                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(cp.add(8)));
+                }
+                _mm256_storeu_ps(cp, v0);
+                _mm256_storeu_ps(cp.add(8), v1);
+            }
+        } else {
+            let mut tmp = [0f32; NR];
+            for i in 0..R {
+                _mm256_storeu_ps(tmp.as_mut_ptr(), lo[i]);
+                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi[i]);
+                let cp = c.add(i * ldc);
+                for (j, &v) in tmp.iter().enumerate().take(n_valid) {
+                    *cp.add(j) = if accumulate { *cp.add(j) + v } else { v };
+                }
+            }
+        }
+    }
+}

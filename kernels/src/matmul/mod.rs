@@ -1,0 +1,177 @@
+//! `y = x W^T` for f32 activations and a weight matrix stored in any supported
+//! format (quantized blocks straight from a memory-mapped file, or f32).
+//!
+//! Shapes: `x: [n_tok, n_in]`, `W: [n_out, n_in]` (row-major, as in GGUF),
+//! `y: [n_tok, n_out]`, all row-major.
+//!
+//! How: the output columns are cut into panels of [`NR`] weight rows; for each
+//! chunk of [`KC`] inputs a panel is dequantized once into an f32 tile laid out
+//! `[KC][NR]` (fits in L1), and a register-blocked micro-kernel multiplies
+//! [`MR`] activation rows at a time by it. Dequantization is paid once per
+//! weight per call and amortized over all `n_tok` rows. Panels are spread over
+//! rayon's threads; each thread writes its own output columns.
+//! The AVX2/FMA micro-kernel is chosen at run time ([`micro`]); a portable one
+//! is the fallback, and [`matmul_wt_scalar`] (f64, one dot product at a time)
+//! is the oracle of the tests.
+
+mod micro;
+mod weights;
+
+pub use weights::{WeightError, Weights};
+
+use crate::parallel::SharedOut;
+use rayon::prelude::*;
+
+/// Weight rows per panel (two AVX2 vectors).
+pub const NR: usize = 16;
+/// Activation rows per micro-kernel call.
+pub const MR: usize = 6;
+/// Inputs per packed chunk: a multiple of every block length (1, 32, 256) so
+/// chunks start on block boundaries. 256 x 16 f32 = 16 KiB, half of L1.
+pub const KC: usize = 256;
+/// Panels per rayon task: big enough to amortize scheduling, small enough to
+/// balance two threads on the narrowest real shape (896 outputs = 56 panels).
+const PANELS_PER_TASK: usize = 4;
+
+/// `y = x W^T`. Panics if the slice lengths do not match `n_tok` and `w`'s shape
+/// (shapes are validated where weights are loaded; a mismatch here is a bug).
+pub fn matmul_wt(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
+    matmul_wt_with(micro::select(), x, n_tok, w, y)
+}
+
+fn matmul_wt_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
+    let (n_out, n_in) = (w.n_rows(), w.n_cols());
+    assert_eq!(x.len(), n_tok * n_in, "matmul_wt: x is not [n_tok={n_tok}, n_in={n_in}]");
+    assert_eq!(y.len(), n_tok * n_out, "matmul_wt: y is not [n_tok={n_tok}, n_out={n_out}]");
+    if n_tok == 0 || n_out == 0 {
+        return;
+    }
+    if n_in == 0 {
+        y.fill(0.0);
+        return;
+    }
+    if n_tok <= GEMV_MAX_TOK {
+        return gemv(x, n_tok, w, y);
+    }
+    let n_panels = n_out.div_ceil(NR);
+    let out = SharedOut::new(y);
+    (0..n_panels.div_ceil(PANELS_PER_TASK))
+        .into_par_iter()
+        .for_each_init(
+            || (vec![0f32; KC * NR], vec![0f32; KC]),
+            |(packed, row_buf), task| {
+                let first = task * PANELS_PER_TASK;
+                let last = (first + PANELS_PER_TASK).min(n_panels);
+                for k0 in (0..n_in).step_by(KC) {
+                    let kc = KC.min(n_in - k0);
+                    for panel in first..last {
+                        let n0 = panel * NR;
+                        let n_valid = NR.min(n_out - n0);
+                        w.pack_transposed(n0, n_valid, k0, kc, packed, row_buf);
+                        for t0 in (0..n_tok).step_by(MR) {
+                            let mr = MR.min(n_tok - t0);
+                            // SAFETY: rows t0..t0+mr of x and y exist (checked
+                            // lengths above); columns n0..n0+n_valid of y belong
+                            // to this task's panels only.
+                            unsafe {
+                                kernel(
+                                    mr,
+                                    kc,
+                                    x.as_ptr().add(t0 * n_in + k0),
+                                    n_in,
+                                    packed.as_ptr(),
+                                    out.get().add(t0 * n_out + n0),
+                                    n_out,
+                                    n_valid,
+                                    k0 > 0,
+                                );
+                            }
+                        }
+                    }
+                }
+            },
+        );
+}
+
+/// Below this many rows, packing a transposed tile costs more than it saves:
+/// decode each weight row once and take plain dot products.
+const GEMV_MAX_TOK: usize = 2;
+/// Weight rows per rayon task in the GEMV path.
+const GEMV_ROWS_PER_TASK: usize = 64;
+
+fn gemv(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
+    let (n_out, n_in) = (w.n_rows(), w.n_cols());
+    let out = SharedOut::new(y);
+    (0..n_out.div_ceil(GEMV_ROWS_PER_TASK))
+        .into_par_iter()
+        .for_each_init(
+            || vec![0f32; n_in],
+            |row, task| {
+                let first = task * GEMV_ROWS_PER_TASK;
+                for n in first..(first + GEMV_ROWS_PER_TASK).min(n_out) {
+                    w.dequantize_row(n, row);
+                    for t in 0..n_tok {
+                        let v = dot(&x[t * n_in..(t + 1) * n_in], row);
+                        // SAFETY: y[t, n] is in bounds and row n belongs to
+                        // this task alone.
+                        unsafe { *out.get().add(t * n_out + n) = v };
+                    }
+                }
+            },
+        );
+}
+
+/// Dot product of two equal-length slices, AVX2/FMA when the CPU has it.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_body(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_body(a, b)
+}
+
+/// Sixteen independent lanes, so the compiler vectorizes (and, inside
+/// `dot_avx2`, fuses) the loop. No `mul_add`: without FMA in the target it
+/// becomes a libm call.
+#[inline(always)]
+fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(p, q)| p * q).sum();
+    for (p, q) in ca.zip(cb) {
+        for i in 0..16 {
+            lanes[i] += p[i] * q[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Scalar twin of [`matmul_wt`]: each output is one dot product accumulated in
+/// f64 over the dequantized weight row. Slow; the oracle for tests.
+pub fn matmul_wt_scalar(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
+    let (n_out, n_in) = (w.n_rows(), w.n_cols());
+    assert_eq!(x.len(), n_tok * n_in);
+    assert_eq!(y.len(), n_tok * n_out);
+    let mut row = vec![0f32; n_in];
+    for n in 0..n_out {
+        w.dequantize_row(n, &mut row);
+        for t in 0..n_tok {
+            let xt = &x[t * n_in..(t + 1) * n_in];
+            let dot: f64 = xt.iter().zip(&row).map(|(&a, &b)| a as f64 * b as f64).sum();
+            y[t * n_out + n] = dot as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,210 @@
+//! A weight matrix as the matmul sees it: `n_rows` rows of `n_cols` values,
+//! either quantized bytes (borrowed from a memory map) or f32 (LoRA factors,
+//! tests).
+
+use crate::quant::{DequantFn, QuantType};
+
+/// Why bytes cannot be viewed as a weight matrix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightError {
+    /// The format has no dequantizer.
+    Unsupported(QuantType),
+    /// Rows must hold a whole number of blocks.
+    RaggedRow { ty: QuantType, n_cols: usize },
+    /// The data does not hold exactly `n_rows x n_cols` values.
+    Size {
+        ty: QuantType,
+        n_rows: usize,
+        n_cols: usize,
+        bytes: usize,
+    },
+}
+
+impl std::fmt::Display for WeightError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WeightError::Unsupported(ty) => {
+                write!(f, "{}", crate::quant::DequantError::Unsupported(*ty))
+            }
+            WeightError::RaggedRow { ty, n_cols } => write!(
+                f,
+                "rows of {n_cols} values are not a whole number of {} blocks ({} values each)",
+                ty.name(),
+                ty.block_len()
+            ),
+            WeightError::Size {
+                ty,
+                n_rows,
+                n_cols,
+                bytes,
+            } => write!(
+                f,
+                "{bytes} bytes of {} cannot hold a {n_rows}x{n_cols} matrix",
+                ty.name()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for WeightError {}
+
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Quant {
+        ty: QuantType,
+        data: &'a [u8],
+        decode: DequantFn,
+        row_bytes: usize,
+    },
+    F32(&'a [f32]),
+}
+
+/// A row-major `[n_rows, n_cols]` matrix in any supported format.
+#[derive(Clone, Copy)]
+pub struct Weights<'a> {
+    src: Source<'a>,
+    n_rows: usize,
+    n_cols: usize,
+}
+
+impl<'a> Weights<'a> {
+    /// Views `data` (format `ty`) as `[n_rows, n_cols]`.
+    pub fn quantized(
+        ty: QuantType,
+        data: &'a [u8],
+        n_rows: usize,
+        n_cols: usize,
+    ) -> Result<Self, WeightError> {
+        let decode = ty.dequantizer().ok_or(WeightError::Unsupported(ty))?;
+        if n_cols % ty.block_len() != 0 {
+            return Err(WeightError::RaggedRow { ty, n_cols });
+        }
+        let row_bytes = n_cols / ty.block_len() * ty.block_bytes();
+        if n_rows.checked_mul(row_bytes) != Some(data.len()) {
+            return Err(WeightError::Size {
+                ty,
+                n_rows,
+                n_cols,
+                bytes: data.len(),
+            });
+        }
+        Ok(Weights {
+            src: Source::Quant {
+                ty,
+                data,
+                decode,
+                row_bytes,
+            },
+            n_rows,
+            n_cols,
+        })
+    }
+
+    /// Views f32 values as `[n_rows, n_cols]`. Panics on a length mismatch
+    /// (f32 matrices are built by our own code, never read from input).
+    pub fn f32(data: &'a [f32], n_rows: usize, n_cols: usize) -> Self {
+        assert_eq!(data.len(), n_rows * n_cols, "Weights::f32: not {n_rows}x{n_cols}");
+        Weights {
+            src: Source::F32(data),
+            n_rows,
+            n_cols,
+        }
+    }
+
+    pub fn n_rows(&self) -> usize {
+        self.n_rows
+    }
+    pub fn n_cols(&self) -> usize {
+        self.n_cols
+    }
+
+    /// The storage format.
+    pub fn ty(&self) -> QuantType {
+        match self.src {
+            Source::Quant { ty, .. } => ty,
+            Source::F32(_) => QuantType::F32,
+        }
+    }
+
+    /// Rows `start..end` as a matrix of their own (rows are contiguous).
+    pub fn rows(&self, start: usize, end: usize) -> Weights<'a> {
+        assert!(start <= end && end <= self.n_rows, "Weights::rows out of range");
+        let src = match self.src {
+            Source::Quant {
+                ty,
+                data,
+                decode,
+                row_bytes,
+            } => Source::Quant {
+                ty,
+                data: &data[start * row_bytes..end * row_bytes],
+                decode,
+                row_bytes,
+            },
+            Source::F32(d) => Source::F32(&d[start * self.n_cols..end * self.n_cols]),
+        };
+        Weights {
+            src,
+            n_rows: end - start,
+            n_cols: self.n_cols,
+        }
+    }
+
+    /// Values `k0..k0 + out.len()` of row `n`; `k0` and the length must fall
+    /// on block boundaries (any multiple of 256 does) unless the range ends
+    /// the row.
+    #[inline]
+    pub fn dequantize_segment(&self, n: usize, k0: usize, out: &mut [f32]) {
+        match self.src {
+            Source::Quant {
+                ty,
+                data,
+                decode,
+                row_bytes,
+            } => {
+                let bl = ty.block_len();
+                let bb = ty.block_bytes();
+                debug_assert!(k0 % bl == 0 && (out.len() % bl == 0));
+                let start = n * row_bytes + k0 / bl * bb;
+                decode(&data[start..start + out.len() / bl * bb], out);
+            }
+            Source::F32(d) => {
+                let start = n * self.n_cols + k0;
+                out.copy_from_slice(&d[start..start + out.len()]);
+            }
+        }
+    }
+
+    /// Row `n`, dequantized (`out.len() == n_cols`).
+    pub fn dequantize_row(&self, n: usize, out: &mut [f32]) {
+        self.dequantize_segment(n, 0, out);
+    }
+
+    /// Packs rows `n0..n0 + n_valid`, inputs `k0..k0 + kc`, transposed into
+    /// `packed[p * NR + j] = W[n0 + j, k0 + p]`; missing rows (`j >= n_valid`)
+    /// are zero. `row_buf` is scratch of at least `kc` values.
+    pub(crate) fn pack_transposed(
+        &self,
+        n0: usize,
+        n_valid: usize,
+        k0: usize,
+        kc: usize,
+        packed: &mut [f32],
+        row_buf: &mut [f32],
+    ) {
+        use super::NR;
+        for j in 0..NR {
+            if j < n_valid {
+                let seg = &mut row_buf[..kc];
+                self.dequantize_segment(n0 + j, k0, seg);
+                for (p, &v) in seg.iter().enumerate() {
+                    packed[p * NR + j] = v;
+                }
+            } else {
+                for p in 0..kc {
+                    packed[p * NR + j] = 0.0;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Rotary position embedding (Su et al. 2021) in ggml's two layouts.
+//!
+//! Shapes: `x: [n_tok, n_head, head_dim]`, rotated in place; `positions:
+//! [n_tok]`. The first `n_rot` dimensions of each head rotate, the rest pass
+//! through. Pair `i` rotates by `theta = pos * freq_base^(-2i / n_rot)`:
+//! - [`RopeLayout::Normal`] pairs `(2i, 2i + 1)` (llama.cpp's `LLAMA_ROPE_TYPE_NORM`:
+//!   llama/SmolLM2, whose converter permuted q/k weights to match);
+//! - [`RopeLayout::Neox`] pairs `(i, i + n_rot / 2)` (Qwen2, Qwen3).
+//!
+//! Angles are computed in f64; llama.cpp computes them in f32, a difference
+//! far below the forward test's tolerance.
+
+/// Which dimensions form a rotating pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeLayout {
+    Normal,
+    Neox,
+}
+
+/// Geometry of one rotation.
+#[derive(Clone, Copy, Debug)]
+pub struct Rope {
+    pub n_head: usize,
+    pub head_dim: usize,
+    pub n_rot: usize,
+    pub freq_base: f32,
+    pub layout: RopeLayout,
+}
+
+impl Rope {
+    fn pair(&self, i: usize) -> (usize, usize) {
+        match self.layout {
+            RopeLayout::Normal => (2 * i, 2 * i + 1),
+            RopeLayout::Neox => (i, i + self.n_rot / 2),
+        }
+    }
+
+    fn angles(&self, pos: u32, cos: &mut [f32], sin: &mut [f32]) {
+        for i in 0..self.n_rot / 2 {
+            let theta = pos as f64 * (self.freq_base as f64).powf(-2.0 * i as f64 / self.n_rot as f64);
+            cos[i] = theta.cos() as f32;
+            sin[i] = theta.sin() as f32;
+        }
+    }
+
+    fn rotate(&self, x: &mut [f32], positions: &[u32], direction: f32) {
+        let (hd, nh) = (self.head_dim, self.n_head);
+        assert!(self.n_rot % 2 == 0 && self.n_rot <= hd, "rope: n_rot {} vs head_dim {hd}", self.n_rot);
+        assert_eq!(x.len(), positions.len() * nh * hd, "rope: x is not [n_tok, n_head, head_dim]");
+        let half = self.n_rot / 2;
+        let (mut cos, mut sin) = (vec![0f32; half], vec![0f32; half]);
+        for (t, &pos) in positions.iter().enumerate() {
+            self.angles(pos, &mut cos, &mut sin);
+            for h in 0..nh {
+                let head = &mut x[(t * nh + h) * hd..(t * nh + h + 1) * hd];
+                for i in 0..half {
+                    let (a, b) = self.pair(i);
+                    let (x0, x1) = (head[a], head[b]);
+                    let s = direction * sin[i];
+                    head[a] = x0 * cos[i] - x1 * s;
+                    head[b] = x0 * s + x1 * cos[i];
+                }
+            }
+        }
+    }
+
+    /// Rotates every head of every token by its position's angles.
+    pub fn forward(&self, x: &mut [f32], positions: &[u32]) {
+        self.rotate(x, positions, 1.0)
+    }
+
+    /// Backward: the gradient rotates by the opposite angles (the rotation is
+    /// orthogonal, so its transpose is its inverse).
+    pub fn backward(&self, dx: &mut [f32], positions: &[u32]) {
+        self.rotate(dx, positions, -1.0)
+    }
+
+    /// Scalar twin of [`Rope::forward`]: f64 throughout, angles recomputed per pair.
+    pub fn forward_scalar(&self, x: &mut [f32], positions: &[u32]) {
+        let (hd, nh) = (self.head_dim, self.n_head);
+        for (t, &pos) in positions.iter().enumerate() {
+            for h in 0..nh {
+                let base = (t * nh + h) * hd;
+                for i in 0..self.n_rot / 2 {
+                    let theta = pos as f64 / (self.freq_base as f64).powf(2.0 * i as f64 / self.n_rot as f64);
+                    let (a, b) = self.pair(i);
+                    let (x0, x1) = (x[base + a] as f64, x[base + b] as f64);
+                    x[base + a] = (x0 * theta.cos() - x1 * theta.sin()) as f32;
+                    x[base + b] = (x0 * theta.sin() + x1 * theta.cos()) as f32;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{max_rel_err, TestRng};
+
+    /// Relative to the largest |x|: one f32 rotation of unit-norm pairs.
+    pub const ROPE_TOL: f64 = 1e-6;
+
+    #[test]
+    fn matches_scalar_twin_and_inverts() {
+        let mut rng = TestRng(9);
+        for layout in [RopeLayout::Normal, RopeLayout::Neox] {
+            for &(n_tok, n_head, head_dim, n_rot) in &[(3, 2, 8, 8), (7, 3, 64, 64), (4, 1, 16, 8)] {
+                let rope = Rope { n_head, head_dim, n_rot, freq_base: 10000.0, layout };
+                let x = rng.vec(n_tok * n_head * head_dim, 2.0);
+                let positions: Vec<u32> = (0..n_tok as u32).map(|p| p * 37 + 3).collect();
+                let (mut a, mut b) = (x.clone(), x.clone());
+                rope.forward(&mut a, &positions);
+                rope.forward_scalar(&mut b, &positions);
+                assert!(max_rel_err(&a, &b) <= ROPE_TOL, "{layout:?} {n_tok}x{n_head}x{head_dim}");
+                rope.backward(&mut a, &positions);
+                assert!(max_rel_err(&a, &x) <= 4.0 * ROPE_TOL, "backward inverts forward");
+                // Dimensions past n_rot are untouched.
+                for t in 0..n_tok * n_head {
+                    for d in n_rot..head_dim {
+                        assert_eq!(b[t * head_dim + d], x[t * head_dim + d]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn position_zero_is_identity_and_layouts_differ() {
+        let x: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        let normal = Rope { n_head: 1, head_dim: 8, n_rot: 8, freq_base: 10000.0, layout: RopeLayout::Normal };
+        let mut a = x.clone();
+        normal.forward(&mut a, &[0]);
+        assert_eq!(a, x);
+        let neox = Rope { layout: RopeLayout::Neox, ..normal };
+        let (mut p, mut q) = (x.clone(), x.clone());
+        normal.forward(&mut p, &[5]);
+        neox.forward(&mut q, &[5]);
+        assert_ne!(p, q);
+        // Pair 0 of Normal is (0, 1) rotated by 5 rad.
+        assert!((p[0] - (0.0 * 5f32.cos() - 1.0 * 5f32.sin())).abs() < 1e-6);
+        // Pair 0 of Neox is (0, 4).
+        assert!((q[4] - (0.0 * 5f32.sin() + 4.0 * 5f32.cos())).abs() < 1e-6);
+    }
+}
