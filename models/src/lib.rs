@@ -1,9 +1,18 @@
 //! Models for cleaner: the GGUF file reader (memory-mapped, zero-copy),
-//! architecture definitions and LoRA adapter files.
+//! architecture definitions with typed configurations, the trainer's forward
+//! pass over quantized weights, and LoRA adapter files.
 //!
 //! This crate knows file formats and model structure; it knows nothing about
 //! llama.cpp, sampling, sandboxes or reinforcement learning.
 
+pub mod arch;
+pub mod error;
+pub mod forward;
 pub mod gguf;
+pub mod model;
 
+pub use arch::{Architecture, Config};
+pub use error::{ModelError, ModelErrorKind};
+pub use forward::ForwardOutput;
 pub use gguf::{GgufError, GgufErrorKind, GgufFile, GgufWriter, TensorInfo, Value};
+pub use model::{Layer, MatrixRef, Transformer};
