@@ -5,7 +5,7 @@
 //! Shapes: `h: [n_tok, n_embd]` (final hidden states, normalized),
 //! `W_out: [n_vocab, n_embd]`, `targets, logprob, lse: [n_tok]`.
 
-use crate::matmul::{matmul_wt, Weights, NR};
+use crate::matmul::{matmul_w, matmul_wt, Weights, NR};
 use crate::softmax::{max, sum_exp_shifted};
 
 /// Logits held at once, in values (16 MiB of f32): the tile is this divided by
@@ -89,6 +89,47 @@ fn token_logprobs_tiled(
     Ok(())
 }
 
+/// Backward: given `dlogprob[t]` (the loss gradient of each position's
+/// log-prob), adds `dh[t] = dlogprob[t] * (W[target_t] - sum_v p_tv W[v])` into
+/// `dh` (`[n_tok, n_embd]`), recomputing the logits tile by tile from `h` and
+/// the `lse` saved by the forward.
+#[allow(clippy::too_many_arguments)]
+pub fn token_logprobs_backward(
+    h: &[f32],
+    n_tok: usize,
+    w_out: &Weights,
+    targets: &[u32],
+    lse: &[f32],
+    dlogprob: &[f32],
+    dh: &mut [f32],
+) {
+    let (n_vocab, n_embd) = (w_out.n_rows(), w_out.n_cols());
+    assert!(targets.len() == n_tok && lse.len() == n_tok && dlogprob.len() == n_tok && dh.len() == n_tok * n_embd, "token_logprobs_backward: shapes");
+    let tile = vocab_tile(n_tok, n_vocab);
+    let mut dlogits = vec![0f32; n_tok * tile];
+    let mut part = vec![0f32; n_tok * n_embd];
+    for v0 in (0..n_vocab).step_by(tile) {
+        let v1 = (v0 + tile).min(n_vocab);
+        let width = v1 - v0;
+        let w_tile = w_out.rows(v0, v1);
+        let buf = &mut dlogits[..n_tok * width];
+        matmul_wt(h, n_tok, &w_tile, buf);
+        for t in 0..n_tok {
+            let g = dlogprob[t];
+            let row = &mut buf[t * width..(t + 1) * width];
+            for x in row.iter_mut() {
+                *x = -g * (*x - lse[t]).exp();
+            }
+            let target = targets[t] as usize;
+            if (v0..v1).contains(&target) {
+                row[target - v0] += g;
+            }
+        }
+        matmul_w(buf, n_tok, &w_tile, &mut part);
+        dh.iter_mut().zip(&part).for_each(|(a, &b)| *a += b);
+    }
+}
+
 /// Scalar twin: all logits at once in f64.
 pub fn token_logprobs_forward_scalar(h: &[f32], n_tok: usize, w_out: &Weights, targets: &[u32], logprob: &mut [f32]) {
     let n_vocab = w_out.n_rows();
@@ -128,6 +169,24 @@ mod tests {
                 assert!(lp[t] <= 0.0);
             }
         }
+        // Backward vs finite differences of L = sum_t g_t logprob_t.
+        let g: Vec<f32> = (0..n_tok).map(|_| rng.uniform()).collect();
+        token_logprobs_forward(&h, n_tok, &w, &targets, &mut lp, &mut lse).unwrap();
+        let mut dh = vec![0f32; h.len()];
+        token_logprobs_backward(&h, n_tok, &w, &targets, &lse, &g, &mut dh);
+        let loss = |h: &[f32]| -> f64 {
+            let mut lp = vec![0f32; n_tok];
+            token_logprobs_forward_scalar(h, n_tok, &w, &targets, &mut lp);
+            lp.iter().zip(&g).map(|(a, b)| *a as f64 * *b as f64).sum()
+        };
+        for i in (0..h.len()).step_by(97) {
+            let (mut p, mut m) = (h.clone(), h.clone());
+            p[i] += 1e-2;
+            m[i] -= 1e-2;
+            let fd = (loss(&p) - loss(&m)) / 2e-2;
+            assert!((dh[i] as f64 - fd).abs() <= 1e-3 * (1.0 + fd.abs()), "dh[{i}] = {}, fd {fd}", dh[i]);
+        }
+
         let bad = token_logprobs_forward(&h[..n_embd], 1, &w, &[1000], &mut lp[..1], &mut lse[..1]);
         assert_eq!(bad, Err(TargetOutOfVocab { position: 0, token: 1000, n_vocab: 1000 }));
     }

@@ -5,13 +5,14 @@
 
 use super::{MR, NR};
 
-/// `(mr, kc, a, lda, b_packed, c, ldc, n_valid, accumulate)`.
+/// `(mr, kc, a, lda, b_packed, ldb, c, ldc, n_valid, accumulate)`; B's row `p`
+/// (NR values) starts at `b + p * ldb`.
 ///
 /// # Safety
 /// `a` must be valid for `mr` rows of `kc` values at stride `lda`; `b` for
-/// `kc * NR` values; `c` for `mr` rows of `n_valid` values at stride `ldc`.
+/// `kc` rows of `NR` values at stride `ldb`; `c` for `mr` rows of `n_valid` values at stride `ldc`.
 pub(super) type MicroKernel =
-    unsafe fn(usize, usize, *const f32, usize, *const f32, *mut f32, usize, usize, bool);
+    unsafe fn(usize, usize, *const f32, usize, *const f32, usize, *mut f32, usize, usize, bool);
 
 pub(super) fn select() -> MicroKernel {
     #[cfg(target_arch = "x86_64")]
@@ -36,6 +37,7 @@ unsafe fn portable_dispatch(
     a: *const f32,
     lda: usize,
     b: *const f32,
+    ldb: usize,
     c: *mut f32,
     ldc: usize,
     n_valid: usize,
@@ -43,7 +45,7 @@ unsafe fn portable_dispatch(
 ) {
     let mut acc = [[0f32; NR]; MR];
     for p in 0..kc {
-        let bp = std::slice::from_raw_parts(b.add(p * NR), NR);
+        let bp = std::slice::from_raw_parts(b.add(p * ldb), NR);
         for (i, row) in acc.iter_mut().enumerate().take(mr) {
             let av = *a.add(i * lda + p);
             for j in 0..NR {
@@ -74,6 +76,7 @@ mod avx2 {
         a: *const f32,
         lda: usize,
         b: *const f32,
+        ldb: usize,
         c: *mut f32,
         ldc: usize,
         n_valid: usize,
@@ -81,12 +84,12 @@ mod avx2 {
     ) {
         // Monomorphized per row count so the accumulators stay in registers.
         match mr {
-            6 => kernel::<6>(kc, a, lda, b, c, ldc, n_valid, accumulate),
-            5 => kernel::<5>(kc, a, lda, b, c, ldc, n_valid, accumulate),
-            4 => kernel::<4>(kc, a, lda, b, c, ldc, n_valid, accumulate),
-            3 => kernel::<3>(kc, a, lda, b, c, ldc, n_valid, accumulate),
-            2 => kernel::<2>(kc, a, lda, b, c, ldc, n_valid, accumulate),
-            _ => kernel::<1>(kc, a, lda, b, c, ldc, n_valid, accumulate),
+            6 => kernel::<6>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
+            5 => kernel::<5>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
+            4 => kernel::<4>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
+            3 => kernel::<3>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
+            2 => kernel::<2>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
+            _ => kernel::<1>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
         }
     }
 
@@ -96,6 +99,7 @@ mod avx2 {
         a: *const f32,
         lda: usize,
         b: *const f32,
+        ldb: usize,
         c: *mut f32,
         ldc: usize,
         n_valid: usize,
@@ -105,8 +109,8 @@ mod avx2 {
         let mut lo = [_mm256_setzero_ps(); R];
         let mut hi = [_mm256_setzero_ps(); R];
         for p in 0..kc {
-            let b0 = _mm256_loadu_ps(b.add(p * NR));
-            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
+            let b0 = _mm256_loadu_ps(b.add(p * ldb));
+            let b1 = _mm256_loadu_ps(b.add(p * ldb + 8));
             for i in 0..R {
                 let av = _mm256_broadcast_ss(&*a.add(i * lda + p));
                 lo[i] = _mm256_fmadd_ps(av, b0, lo[i]);

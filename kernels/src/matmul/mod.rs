@@ -80,6 +80,7 @@ fn matmul_wt_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weigh
                                     x.as_ptr().add(t0 * n_in + k0),
                                     n_in,
                                     packed.as_ptr(),
+                                    NR,
                                     out.get().add(t0 * n_out + n0),
                                     n_out,
                                     n_valid,
@@ -91,6 +92,115 @@ fn matmul_wt_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weigh
                 }
             },
         );
+}
+
+/// `y = x W`: the product with the weight matrix itself, not its transpose
+/// (the backward of [`matmul_wt`] with respect to its input).
+/// Shapes: `x: [n_tok, n_rows]`, `W: [n_rows, n_cols]`, `y: [n_tok, n_cols]`.
+///
+/// Output columns are taken in groups of whole blocks ([`Weights::group_width`]
+/// values); for each chunk of [`KC`] weight rows the group is decoded once into
+/// a `[KC][group]` tile whose 16-column slices feed the same micro-kernel.
+pub fn matmul_w(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
+    matmul_w_with(micro::select(), x, n_tok, w, y)
+}
+
+fn matmul_w_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
+    let (n_red, n_cols) = (w.n_rows(), w.n_cols());
+    assert_eq!(x.len(), n_tok * n_red, "matmul_w: x is not [n_tok={n_tok}, {n_red}]");
+    assert_eq!(y.len(), n_tok * n_cols, "matmul_w: y is not [n_tok={n_tok}, {n_cols}]");
+    if n_tok == 0 || n_cols == 0 {
+        return;
+    }
+    if n_red == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let gw = w.group_width();
+    let out = SharedOut::new(y);
+    (0..n_cols.div_ceil(gw)).into_par_iter().for_each_init(
+        || vec![0f32; KC * gw],
+        |tile, group| {
+            let c0 = group * gw;
+            let width = gw.min(n_cols - c0);
+            for r0 in (0..n_red).step_by(KC) {
+                let kc = KC.min(n_red - r0);
+                for p in 0..kc {
+                    let row = &mut tile[p * gw..(p + 1) * gw];
+                    w.dequantize_segment(r0 + p, c0, &mut row[..width]);
+                    row[width..].fill(0.0);
+                }
+                for j0 in (0..width).step_by(NR) {
+                    let n_valid = NR.min(width - j0);
+                    for t0 in (0..n_tok).step_by(MR) {
+                        let mr = MR.min(n_tok - t0);
+                        // SAFETY: x rows t0..t0+mr and columns r0..r0+kc exist;
+                        // the tile holds kc rows of gw >= j0 + NR values; y's
+                        // columns c0+j0.. belong to this task's group only.
+                        unsafe {
+                            kernel(
+                                mr,
+                                kc,
+                                x.as_ptr().add(t0 * n_red + r0),
+                                n_red,
+                                tile.as_ptr().add(j0),
+                                gw,
+                                out.get().add(t0 * n_cols + c0 + j0),
+                                n_cols,
+                                n_valid,
+                                r0 > 0,
+                            );
+                        }
+                    }
+                }
+            }
+        },
+    );
+}
+
+/// Scalar twin of [`matmul_w`], in f64.
+pub fn matmul_w_scalar(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
+    let (n_red, n_cols) = (w.n_rows(), w.n_cols());
+    let mut acc = vec![0f64; n_tok * n_cols];
+    let mut row = vec![0f32; n_cols];
+    for r in 0..n_red {
+        w.dequantize_row(r, &mut row);
+        for t in 0..n_tok {
+            let xv = x[t * n_red + r] as f64;
+            for (a, &wv) in acc[t * n_cols..(t + 1) * n_cols].iter_mut().zip(&row) {
+                *a += xv * wv as f64;
+            }
+        }
+    }
+    y.iter_mut().zip(acc).for_each(|(o, a)| *o = a as f32);
+}
+
+/// `c = a^T b` for f32 row-major `a: [n_tok, m]`, `b: [n_tok, n]`, `c: [m, n]`:
+/// the weight gradient of a linear layer (LoRA's `dA`, `dB`). Adds into `c`
+/// when `accumulate`. Parallel over rows of `c`.
+pub fn matmul_tn(a: &[f32], b: &[f32], n_tok: usize, c: &mut [f32], accumulate: bool) {
+    let m = if n_tok == 0 { 0 } else { a.len() / n_tok };
+    let n = if n_tok == 0 { 0 } else { b.len() / n_tok };
+    assert!(a.len() == n_tok * m && b.len() == n_tok * n && c.len() == m * n, "matmul_tn: shapes");
+    if !accumulate {
+        c.fill(0.0);
+    }
+    if n == 0 {
+        return;
+    }
+    const ROWS_PER_TASK: usize = 16;
+    c.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(task, rows)| {
+        let i0 = task * ROWS_PER_TASK;
+        for t in 0..n_tok {
+            let bt = &b[t * n..(t + 1) * n];
+            for (r, crow) in rows.chunks_exact_mut(n).enumerate() {
+                let av = a[t * m + i0 + r];
+                if av != 0.0 {
+                    crow.iter_mut().zip(bt).for_each(|(x, &y)| *x += av * y);
+                }
+            }
+        }
+    });
 }
 
 /// Below this many rows, packing a transposed tile costs more than it saves:

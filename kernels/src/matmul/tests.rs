@@ -1,5 +1,4 @@
 use super::*;
-use crate::f16::f32_to_f16;
 use crate::quant::{QuantType, SUPPORTED};
 use crate::testing::TestRng;
 
@@ -7,45 +6,8 @@ use crate::testing::TestRng;
 /// different order than the f64 oracle, relative to the dot product's mass.
 pub const MATMUL_TOL: f64 = 2e-5;
 
-/// Byte offsets of the f16 scales in each block (ggml-common.h).
-fn half_fields(ty: QuantType) -> &'static [usize] {
-    use QuantType::*;
-    match ty {
-        Q4_0 | Q5_0 | Q8_0 => &[0],
-        Q4_1 | Q5_1 | Q4_K | Q5_K => &[0, 2],
-        Q2_K => &[80, 82],
-        Q3_K => &[108],
-        Q6_K => &[208],
-        _ => &[],
-    }
-}
-
-/// Random bytes of format `ty` for `n` values, with finite scales.
-pub fn random_quant(ty: QuantType, n: usize, rng: &mut TestRng) -> Vec<u8> {
-    let mut bytes: Vec<u8> = (0..ty.bytes_for(n as u64).unwrap()).map(|_| rng.next_u64() as u8).collect();
-    match ty {
-        QuantType::F32 => {
-            for c in bytes.chunks_exact_mut(4) {
-                c.copy_from_slice(&rng.uniform().to_le_bytes());
-            }
-        }
-        QuantType::F16 | QuantType::BF16 => {
-            for c in bytes.chunks_exact_mut(2) {
-                let v = rng.uniform();
-                let h = if ty == QuantType::F16 { f32_to_f16(v) } else { (v.to_bits() >> 16) as u16 };
-                c.copy_from_slice(&h.to_le_bytes());
-            }
-        }
-        _ => {
-            for block in bytes.chunks_exact_mut(ty.block_bytes()) {
-                for &off in half_fields(ty) {
-                    let h = f32_to_f16(rng.uniform() * 0.1);
-                    block[off..off + 2].copy_from_slice(&h.to_le_bytes());
-                }
-            }
-        }
-    }
-    bytes
+fn random_quant(ty: QuantType, n: usize, rng: &mut TestRng) -> Vec<u8> {
+    crate::quant::synthetic::random_tensor(ty, n, rng.next_u64()).unwrap()
 }
 
 fn check(kernel: micro::MicroKernel, ty: QuantType, n_tok: usize, n_out: usize, n_in: usize, seed: u64) {
@@ -124,4 +86,68 @@ fn row_views_and_shape_errors() {
     ));
     assert!(matches!(Weights::quantized(QuantType::Q4_0, &bytes, 5, 64), Err(WeightError::Size { .. })));
     assert!(matches!(Weights::quantized(QuantType::IQ4_NL, &bytes, 4, 64), Err(WeightError::Unsupported(_))));
+}
+
+fn check_w(kernel: micro::MicroKernel, ty: QuantType, n_tok: usize, n_red: usize, n_cols: usize, seed: u64) {
+    let mut rng = TestRng(seed);
+    let bytes = random_quant(ty, n_red * n_cols, &mut rng);
+    let w = Weights::quantized(ty, &bytes, n_red, n_cols).unwrap();
+    let x: Vec<f32> = (0..n_tok * n_red).map(|_| rng.uniform()).collect();
+    let (mut y, mut y_ref) = (vec![f32::NAN; n_tok * n_cols], vec![0f32; n_tok * n_cols]);
+    matmul_w_with(kernel, &x, n_tok, &w, &mut y);
+    matmul_w_scalar(&x, n_tok, &w, &mut y_ref);
+    // Mass of each output: sum_r |x[t, r] W[r, c]|.
+    let mut mass = vec![0f64; n_tok * n_cols];
+    let mut row = vec![0f32; n_cols];
+    for r in 0..n_red {
+        w.dequantize_row(r, &mut row);
+        for t in 0..n_tok {
+            for c in 0..n_cols {
+                mass[t * n_cols + c] += (x[t * n_red + r] as f64 * row[c] as f64).abs();
+            }
+        }
+    }
+    for i in 0..y.len() {
+        assert!(
+            (y[i] as f64 - y_ref[i] as f64).abs() <= MATMUL_TOL * mass[i] + 1e-30,
+            "{ty:?} x[{n_tok}x{n_red}] W[{n_red}x{n_cols}]: y[{i}] = {}, oracle {}",
+            y[i],
+            y_ref[i]
+        );
+    }
+}
+
+#[test]
+fn matmul_w_matches_scalar_twin_for_every_format() {
+    // (n_tok, n_red, n_cols): ragged token counts, reductions past one chunk,
+    // column counts that are not whole groups.
+    let shapes = [(1, 16, 256), (7, 300, 512), (13, 17, 768), (3, 520, 1280), (9, 33, 896), (2, 5, 576)];
+    for (i, ty) in SUPPORTED.into_iter().enumerate() {
+        for (j, &(t, r, c)) in shapes.iter().enumerate() {
+            if c % ty.block_len() == 0 {
+                check_w(micro::select(), ty, t, r, c, (i * 10 + j) as u64);
+            }
+        }
+    }
+    // f32 with widths that are not multiples of 16 (LoRA factors).
+    check_w(micro::select(), QuantType::F32, 5, 40, 23, 1);
+    check_w(micro::portable(), QuantType::F32, 5, 300, 70, 2);
+    check_w(micro::portable(), QuantType::Q4_K, 4, 20, 512, 3);
+}
+
+#[test]
+fn matmul_tn_matches_naive() {
+    let mut rng = TestRng(8);
+    for &(t, m, n) in &[(1, 1, 1), (7, 33, 16), (40, 16, 100)] {
+        let a: Vec<f32> = (0..t * m).map(|_| rng.uniform()).collect();
+        let b: Vec<f32> = (0..t * n).map(|_| rng.uniform()).collect();
+        let mut c = vec![1.0f32; m * n];
+        matmul_tn(&a, &b, t, &mut c, true);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f64 = 1.0 + (0..t).map(|k| a[k * m + i] as f64 * b[k * n + j] as f64).sum::<f64>();
+                assert!((c[i * n + j] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()));
+            }
+        }
+    }
 }

@@ -126,6 +126,12 @@ impl<'a> Weights<'a> {
         }
     }
 
+    /// Columns decoded together by [`super::matmul_w`]: a whole number of
+    /// blocks and of 16-wide panels (256 for the K-quants, 64 otherwise).
+    pub fn group_width(&self) -> usize {
+        self.ty().block_len().max(64)
+    }
+
     /// Rows `start..end` as a matrix of their own (rows are contiguous).
     pub fn rows(&self, start: usize, end: usize) -> Weights<'a> {
         assert!(start <= end && end <= self.n_rows, "Weights::rows out of range");

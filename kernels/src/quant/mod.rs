@@ -5,6 +5,7 @@
 //! before touching it; dequantization kernels hang off the same enum.
 
 pub mod formats;
+pub mod synthetic;
 
 /// A ggml tensor element type, numbered as in `ggml.h` (the numbers are part of
 /// the GGUF file format).

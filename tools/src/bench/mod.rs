@@ -1,6 +1,7 @@
 //! `cleaner bench ...`: measurements next to a baseline run in the same
 //! invocation, reported as ratios (the machine is shared and noisy).
 
+pub mod kernels;
 pub mod rollout;
 pub mod sandbox;
 
@@ -8,6 +9,8 @@ use anyhow::Result;
 
 #[derive(clap::Subcommand)]
 pub enum Which {
+    /// Quantized x W^T GFLOP/s vs numpy/OpenBLAS sgemm; trainer forward vs llama.cpp prefill.
+    Kernels(kernels::Args),
     /// Rollout throughput vs llama.cpp's llama-batched-bench; LoRA swap and rollback latency; peak RSS.
     Rollout(rollout::Args),
     /// Sandbox compile/load time, per-call latency and throughput vs the host's python3.
@@ -16,6 +19,7 @@ pub enum Which {
 
 pub fn run(which: Which) -> Result<()> {
     match which {
+        Which::Kernels(a) => kernels::run(a),
         Which::Rollout(a) => rollout::run(a),
         Which::Sandbox(a) => sandbox::run(a),
     }
