@@ -24,16 +24,9 @@ def mean_and_spread(values):\n    \"\"\"Return the mean and the standard deviati
     return mean, var ** 0.5\n\nprint(mean_and_spread([3, 1, 4, 1, 5, 9, 2, 6]))\n\n\
 In 1905 Einstein published four papers that changed physics: on the photoelectric effect, \
 on Brownian motion, on special relativity, and on the equivalence of mass and energy. \
-Each of them would have been enough for a career; together they made a revolution.";
+Each of them would have been enough for a career; together they made a revolution. \
+A century later, students still read them.";
 const N_TOK: usize = 256;
-
-/// Agreement bounds (nats), with what was measured on this machine in the
-/// comments of each model's test.
-struct Bounds {
-    mean_abs: f32,
-    max_abs: f32,
-    argmax_agreement: f64,
-}
 
 struct Agreement {
     mean_abs: f32,
@@ -51,23 +44,40 @@ fn argmax(row: &[f32]) -> usize {
     row.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0
 }
 
-fn compare(name: &str) -> Agreement {
+/// Returns (ours vs llama.cpp, llama.cpp flash-attention on vs off).
+fn compare(name: &str) -> (Agreement, Agreement) {
     let path = asset_path(name);
     let llama = Arc::new(Model::load(&path, &ModelParams::default()).expect("llama.cpp loads the model"));
     let mut tokens = llama.tokenize(TEXT, true, false).expect("tokenize");
     assert!(tokens.len() >= N_TOK, "{name}: text gives only {} tokens", tokens.len());
     tokens.truncate(N_TOK);
-    let (ref_lp, ref_rows) = {
+    let score = |flash_attention: bool| {
         let _guard = common::serial();
-        let config = PolicyConfig { n_ctx: 512, n_seq_max: 1, n_batch: 512, n_threads: 2, flash_attention: Some(false) };
+        let config = PolicyConfig { n_ctx: 512, n_seq_max: 1, n_batch: 512, n_threads: 2, flash_attention: Some(flash_attention) };
         let mut policy = Policy::new(llama.clone(), &config).expect("policy");
         policy.score(&tokens, true).expect("llama.cpp scores")
     };
+    let (ref_lp, ref_rows) = score(false);
+    // llama.cpp against itself: its flash-attention kernel computes the same
+    // function with different rounding. Our distance to llama.cpp is judged
+    // next to this noise floor.
+    let (fa_lp, fa_rows) = score(true);
+    let floor: Vec<f32> = fa_lp.iter().zip(&ref_lp).map(|(a, b)| (a - b).abs()).collect();
+    let floor_agree = (0..N_TOK - 1).filter(|&t| argmax(&fa_rows[t]) == argmax(&ref_rows[t])).count();
+    let floor = Agreement {
+        mean_abs: floor.iter().sum::<f32>() / floor.len() as f32,
+        max_abs: floor.iter().cloned().fold(0.0, f32::max),
+        argmax_agreement: floor_agree as f64 / (N_TOK - 1) as f64,
+    };
+    eprintln!(
+        "{name}: llama.cpp flash-attention on vs off: mean |dlogp| {:.2e}, max {:.2e}, argmax agreement {:.3}",
+        floor.mean_abs, floor.max_abs, floor.argmax_agreement
+    );
     let ours = Transformer::open(&path).expect("our loader opens the model");
     let ids: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
     let out = {
         let _guard = common::serial();
-        ours.forward(&ids, Some(0..N_TOK - 1)).expect("forward")
+        ours.forward(&ids, None, Some(0..N_TOK - 1)).expect("forward")
     };
     assert_eq!(out.logprobs.len(), N_TOK - 1);
     assert_eq!(ref_lp.len(), N_TOK - 1);
@@ -91,23 +101,38 @@ fn compare(name: &str) -> Agreement {
         out.logprobs.iter().sum::<f32>() / (N_TOK - 1) as f32,
         ref_lp.iter().sum::<f32>() / (N_TOK - 1) as f32
     );
-    a
+    (a, floor)
 }
 
-fn check(a: Agreement, b: Bounds) {
-    assert!(a.mean_abs <= b.mean_abs, "mean |dlogp| {} above {}", a.mean_abs, b.mean_abs);
-    assert!(a.max_abs <= b.max_abs, "max |dlogp| {} above {}", a.max_abs, b.max_abs);
-    assert!(a.argmax_agreement >= b.argmax_agreement, "argmax agreement {} below {}", a.argmax_agreement, b.argmax_agreement);
+/// Our distance to llama.cpp may exceed llama.cpp's distance to itself by at
+/// most these factors (the two are equal within noise on this machine:
+/// SmolLM2 4.96e-2 / 0.304 / 0.953 vs floor 5.32e-2 / 0.296 / 0.973; Qwen2.5
+/// 3.51e-2 / 0.380 / 0.973 vs floor 3.36e-2 / 0.326 / 0.980, as mean, max,
+/// argmax agreement) plus absolute ceilings. llama.cpp's quantized matmuls round
+/// activations to 8 bits, so no f32 forward can agree with it more closely.
+const MEAN_FACTOR: f32 = 1.5;
+const MAX_FACTOR: f32 = 2.0;
+const ARGMAX_SLACK: f64 = 0.04;
+const MEAN_CEILING: f32 = 0.08;
+const ARGMAX_FLOOR: f64 = 0.93;
+
+fn check((a, floor): (Agreement, Agreement)) {
+    assert!(a.mean_abs <= MEAN_FACTOR * floor.mean_abs && a.mean_abs <= MEAN_CEILING, "mean |dlogp| {} vs floor {}", a.mean_abs, floor.mean_abs);
+    assert!(a.max_abs <= MAX_FACTOR * floor.max_abs, "max |dlogp| {} vs floor {}", a.max_abs, floor.max_abs);
+    assert!(
+        a.argmax_agreement >= floor.argmax_agreement - ARGMAX_SLACK && a.argmax_agreement >= ARGMAX_FLOOR,
+        "argmax agreement {} vs floor {}",
+        a.argmax_agreement,
+        floor.argmax_agreement
+    );
 }
 
 #[test]
 fn smollm2_q4_1_matches_llama_cpp() {
-    let a = compare("smollm2-135m");
-    check(a, Bounds { mean_abs: 1e-1, max_abs: 1.0, argmax_agreement: 0.99 });
+    check(compare("smollm2-135m"));
 }
 
 #[test]
 fn qwen2_5_coder_q4_k_m_matches_llama_cpp() {
-    let a = compare("qwen2.5-coder-0.5b");
-    check(a, Bounds { mean_abs: 1e-1, max_abs: 1.0, argmax_agreement: 0.99 });
+    check(compare("qwen2.5-coder-0.5b"));
 }

@@ -10,11 +10,12 @@
 //! [`Transformer::linear`], the single place where LoRA will join the base weights.
 
 use crate::error::{ModelError, ModelErrorKind};
+use crate::lora::{Lora, LoraPair, Proj};
 use crate::model::{Layer, MatrixRef, Transformer};
 use cleaner_kernels::activation::swiglu_forward;
 use cleaner_kernels::attention::{attention_forward, AttnShape};
 use cleaner_kernels::logits::token_logprobs_forward;
-use cleaner_kernels::matmul::matmul_wt;
+use cleaner_kernels::matmul::{matmul_wt, Weights};
 use cleaner_kernels::norm::rmsnorm_forward;
 use cleaner_kernels::rope::Rope;
 use std::ops::Range;
@@ -28,33 +29,104 @@ pub struct ForwardOutput {
     pub logits: Option<Vec<f32>>,
 }
 
-/// Activation buffers of one block, reused across layers.
-struct Scratch {
-    xn: Vec<f32>,    // [n_tok, n_embd]
-    q: Vec<f32>,     // [n_tok, q_dim]
-    k: Vec<f32>,     // [n_tok, kv_dim]
-    v: Vec<f32>,     // [n_tok, kv_dim]
-    att: Vec<f32>,   // [n_tok, q_dim]
-    lse: Vec<f32>,   // [n_head, n_tok]
-    proj: Vec<f32>,  // [n_tok, n_embd]
-    gate: Vec<f32>,  // [n_tok, n_ff]
-    up: Vec<f32>,    // [n_tok, n_ff]
-    act: Vec<f32>,   // [n_tok, n_ff]
+/// Everything one block computes, kept so the backward pass can use it. The
+/// forward fills one of these per layer in turn (reusing the buffers); the
+/// backward recomputes one layer at a time from its saved input
+/// (activation checkpointing: memory O(n_layer * n_tok * n_embd)).
+pub(crate) struct BlockActs {
+    pub xn1: Vec<f32>,     // [n_tok, n_embd]   rmsnorm(x) before attention
+    pub rstd1: Vec<f32>,   // [n_tok]
+    pub q_lin: Vec<f32>,   // [n_tok, q_dim]    Wq xn1 (+b), before q-norm (Qwen3) and RoPE
+    pub k_lin: Vec<f32>,   // [n_tok, kv_dim]
+    pub rstd_q: Vec<f32>,  // [n_tok * n_head]  (Qwen3)
+    pub rstd_k: Vec<f32>,  // [n_tok * n_head_kv]
+    pub q: Vec<f32>,       // [n_tok, q_dim]    after norm and RoPE
+    pub k: Vec<f32>,       // [n_tok, kv_dim]
+    pub v: Vec<f32>,       // [n_tok, kv_dim]
+    pub att: Vec<f32>,     // [n_tok, q_dim]
+    pub lse: Vec<f32>,     // [n_head, n_tok]
+    pub x_mid: Vec<f32>,   // [n_tok, n_embd]   x after the attention residual
+    pub xn2: Vec<f32>,     // [n_tok, n_embd]
+    pub rstd2: Vec<f32>,   // [n_tok]
+    pub gate: Vec<f32>,    // [n_tok, n_ff]
+    pub up: Vec<f32>,      // [n_tok, n_ff]
+    pub act: Vec<f32>,     // [n_tok, n_ff]
+    pub proj: Vec<f32>,    // [n_tok, max(n_embd, ...)] scratch for projections
+    /// `x A^T` of each adapted projection, `[n_tok, rank]`, in `Proj` order.
+    pub lora_u: Vec<(Proj, Vec<f32>)>,
+}
+
+impl BlockActs {
+    pub fn new(model: &Transformer, n_tok: usize, lora: Option<&Lora>) -> BlockActs {
+        let c = model.config();
+        let z = |n: usize| vec![0f32; n];
+        let rank = lora.map_or(0, |l| l.config.rank);
+        let lora_u = lora.map_or(Vec::new(), |l| l.config.targets.iter().map(|&p| (p, z(n_tok * rank))).collect());
+        BlockActs {
+            xn1: z(n_tok * c.n_embd),
+            rstd1: z(n_tok),
+            q_lin: z(n_tok * c.q_dim()),
+            k_lin: z(n_tok * c.kv_dim()),
+            rstd_q: z(n_tok * c.n_head),
+            rstd_k: z(n_tok * c.n_head_kv),
+            q: z(n_tok * c.q_dim()),
+            k: z(n_tok * c.kv_dim()),
+            v: z(n_tok * c.kv_dim()),
+            att: z(n_tok * c.q_dim()),
+            lse: z(c.n_head * n_tok),
+            x_mid: z(n_tok * c.n_embd),
+            xn2: z(n_tok * c.n_embd),
+            rstd2: z(n_tok),
+            gate: z(n_tok * c.n_ff),
+            up: z(n_tok * c.n_ff),
+            act: z(n_tok * c.n_ff),
+            proj: z(n_tok * c.n_embd),
+            lora_u,
+        }
+    }
+
+    pub fn u_saved(&self, p: Proj) -> Option<&Vec<f32>> {
+        self.lora_u.iter().find(|(q, _)| *q == p).map(|(_, u)| u)
+    }
+
+    pub fn u(&mut self, p: Proj) -> Option<&mut Vec<f32>> {
+        self.lora_u.iter_mut().find(|(q, _)| *q == p).map(|(_, u)| u)
+    }
+}
+
+/// Saved state of a training forward pass: each block's input, the final
+/// hidden states and what the log-prob backward needs.
+pub struct Tape {
+    pub(crate) tokens: Vec<u32>,
+    /// `[n_layer][n_tok, n_embd]`: input of each block.
+    pub(crate) block_inputs: Vec<Vec<f32>>,
+    /// `[n_tok, n_embd]`: output of the last block.
+    pub(crate) x_final: Vec<f32>,
+    /// `[n_tok]`
+    pub(crate) rstd_final: Vec<f32>,
+    /// `[n_tok, n_embd]`: normalized final hidden states.
+    pub(crate) h: Vec<f32>,
+    /// `[n_tok - 1]`: log-sum-exp of each position's logits.
+    pub(crate) lse: Vec<f32>,
+}
+
+impl Tape {
+    pub fn n_tok(&self) -> usize {
+        self.tokens.len()
+    }
 }
 
 impl Transformer {
     /// `log p(tokens[t + 1] | tokens[..=t])` for `t` in `0..n_tok - 1`.
     pub fn next_token_logprobs(&self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
-        Ok(self.forward(tokens, None)?.logprobs)
+        Ok(self.forward(tokens, None, None)?.logprobs)
     }
 
-    /// Full forward pass over `tokens` (positions `0..n_tok`). `logits_for`
-    /// selects positions whose full logits are also returned.
-    pub fn forward(&self, tokens: &[u32], logits_for: Option<Range<usize>>) -> Result<ForwardOutput, ModelError> {
+    pub(crate) fn check_tokens(&self, tokens: &[u32]) -> Result<(), ModelError> {
         let c = self.config();
         let n_tok = tokens.len();
-        if n_tok == 0 {
-            return Err(self.err(ModelErrorKind::BadRequest("forward: no tokens".into())));
+        if n_tok < 2 {
+            return Err(self.err(ModelErrorKind::BadRequest(format!("forward: need at least 2 tokens, got {n_tok}"))));
         }
         if n_tok > c.context_length {
             return Err(self.err(ModelErrorKind::BadRequest(format!(
@@ -65,6 +137,35 @@ impl Transformer {
         if let Some((position, &token)) = tokens.iter().enumerate().find(|(_, &t)| t as usize >= c.n_vocab) {
             return Err(self.err(ModelErrorKind::TokenOutOfRange { position, token, n_vocab: c.n_vocab }));
         }
+        Ok(())
+    }
+
+    pub(crate) fn check_lora(&self, lora: &Lora) -> Result<(), ModelError> {
+        let bad = |why: String| Err(self.err(ModelErrorKind::BadRequest(format!("adapter does not fit this model: {why}"))));
+        if lora.layers.len() != self.layers.len() {
+            return bad(format!("{} layers, the model has {}", lora.layers.len(), self.layers.len()));
+        }
+        for (l, pairs) in lora.layers.iter().enumerate() {
+            for (p, pair) in pairs {
+                let (n_out, n_in) = crate::lora::proj_shape(self, l, *p);
+                let r = lora.config.rank;
+                if pair.n_in != n_in || pair.n_out != n_out || pair.a.len() != r * n_in || pair.b.len() != n_out * r {
+                    return bad(format!("blk.{l}.{} is {}x{} rank {r}, the model's is {n_out}x{n_in}", p.gguf_name(), pair.n_out, pair.n_in));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Full forward pass over `tokens` (positions `0..n_tok`), with an optional
+    /// adapter. `logits_for` selects positions whose full logits are also
+    /// returned.
+    pub fn forward(&self, tokens: &[u32], lora: Option<&Lora>, logits_for: Option<Range<usize>>) -> Result<ForwardOutput, ModelError> {
+        self.check_tokens(tokens)?;
+        if let Some(l) = lora {
+            self.check_lora(l)?;
+        }
+        let n_tok = tokens.len();
         if let Some(r) = &logits_for {
             if r.start > r.end || r.end > n_tok {
                 return Err(self.err(ModelErrorKind::BadRequest(format!(
@@ -72,34 +173,37 @@ impl Transformer {
                 ))));
             }
         }
-        let h = self.final_hidden(tokens);
-        let w_out = self.weights(&self.output);
-        let n = n_tok - 1;
-        let mut logprobs = vec![0f32; n];
-        let mut lse = vec![0f32; n];
-        token_logprobs_forward(&h[..n * c.n_embd], n, &w_out, &tokens[1..], &mut logprobs, &mut lse)
-            .map_err(|e| self.err(ModelErrorKind::BadRequest(e.to_string())))?;
+        let tape = self.run_forward(tokens, lora, false);
+        let (logprobs, _) = self.tape_logprobs(&tape);
+        let c = self.config();
         let logits = logits_for.map(|r| {
             let mut out = vec![0f32; r.len() * c.n_vocab];
-            matmul_wt(&h[r.start * c.n_embd..r.end * c.n_embd], r.len(), &w_out, &mut out);
+            matmul_wt(&tape.h[r.start * c.n_embd..r.end * c.n_embd], r.len(), &self.weights(&self.output), &mut out);
             out
         });
         Ok(ForwardOutput { logprobs, logits })
     }
 
-    /// `y = x W^T (+ b)`: every projection of the model goes through here.
-    /// `x: [n_tok, n_in]`, `y: [n_tok, n_out]`.
-    fn linear(&self, x: &[f32], n_tok: usize, w: &MatrixRef, bias: Option<&[f32]>, y: &mut [f32]) {
-        matmul_wt(x, n_tok, &self.weights(w), y);
-        if let Some(b) = bias {
-            for row in y.chunks_exact_mut(b.len()) {
-                row.iter_mut().zip(b).for_each(|(v, &bb)| *v += bb);
-            }
-        }
+    /// Training forward: log-probs plus the tape the backward pass needs.
+    pub fn forward_train(&self, tokens: &[u32], lora: &Lora) -> Result<(Vec<f32>, Tape), ModelError> {
+        self.check_tokens(tokens)?;
+        self.check_lora(lora)?;
+        let mut tape = self.run_forward(tokens, Some(lora), true);
+        let (logprobs, lse) = self.tape_logprobs(&tape);
+        tape.lse = lse;
+        Ok((logprobs, tape))
     }
 
-    /// The final normalized hidden states, `[n_tok, n_embd]`.
-    fn final_hidden(&self, tokens: &[u32]) -> Vec<f32> {
+    /// Next-token log-probs and their log-sum-exps from the final hidden states.
+    fn tape_logprobs(&self, tape: &Tape) -> (Vec<f32>, Vec<f32>) {
+        let n = tape.n_tok() - 1;
+        let (mut lp, mut lse) = (vec![0f32; n], vec![0f32; n]);
+        // Targets were checked against the vocabulary in check_tokens.
+        let _ = token_logprobs_forward(&tape.h[..n * self.config().n_embd], n, &self.weights(&self.output), &tape.tokens[1..], &mut lp, &mut lse);
+        (lp, lse)
+    }
+
+    fn run_forward(&self, tokens: &[u32], lora: Option<&Lora>, keep_inputs: bool) -> Tape {
         let c = self.config();
         let (n_tok, n_embd) = (tokens.len(), c.n_embd);
         let embd = self.weights(&self.token_embd);
@@ -108,55 +212,100 @@ impl Transformer {
             embd.dequantize_row(t as usize, row);
         }
         let positions: Vec<u32> = (0..n_tok as u32).collect();
-        let mut s = Scratch {
-            xn: vec![0f32; n_tok * n_embd],
-            q: vec![0f32; n_tok * c.q_dim()],
-            k: vec![0f32; n_tok * c.kv_dim()],
-            v: vec![0f32; n_tok * c.kv_dim()],
-            att: vec![0f32; n_tok * c.q_dim()],
-            lse: vec![0f32; c.n_head * n_tok],
-            proj: vec![0f32; n_tok * n_embd],
-            gate: vec![0f32; n_tok * c.n_ff],
-            up: vec![0f32; n_tok * c.n_ff],
-            act: vec![0f32; n_tok * c.n_ff],
-        };
-        for layer in &self.layers {
-            self.block_forward(layer, &mut x, &positions, &mut s);
+        let mut acts = BlockActs::new(self, n_tok, lora);
+        let mut block_inputs = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            if keep_inputs {
+                block_inputs.push(x.clone());
+            }
+            self.block_forward(i, layer, lora, &mut x, &positions, &mut acts);
         }
         let mut h = vec![0f32; n_tok * n_embd];
-        rmsnorm_forward(&x, &self.output_norm, c.rms_eps, &mut h, None);
-        h
+        let mut rstd_final = vec![0f32; n_tok];
+        rmsnorm_forward(&x, &self.output_norm, c.rms_eps, &mut h, Some(&mut rstd_final));
+        Tape { tokens: tokens.to_vec(), block_inputs, x_final: x, rstd_final, h, lse: Vec::new() }
     }
 
-    fn block_forward(&self, l: &Layer, x: &mut [f32], positions: &[u32], s: &mut Scratch) {
+    /// The one choke point of every projection:
+    /// `y = x W^T (+ b) + (alpha / rank) * (x A^T) B^T`, saving `u = x A^T`.
+    /// `x: [n_tok, n_in]`, `y: [n_tok, n_out]`.
+    pub(crate) fn linear(
+        &self,
+        x: &[f32],
+        n_tok: usize,
+        w: &MatrixRef,
+        bias: Option<&[f32]>,
+        lora: Option<(&LoraPair, f32, &mut Vec<f32>)>,
+        y: &mut [f32],
+    ) {
+        matmul_wt(x, n_tok, &self.weights(w), y);
+        if let Some(b) = bias {
+            for row in y.chunks_exact_mut(b.len()) {
+                row.iter_mut().zip(b).for_each(|(v, &bb)| *v += bb);
+            }
+        }
+        if let Some((pair, scale, u)) = lora {
+            let rank = pair.a.len() / pair.n_in;
+            matmul_wt(x, n_tok, &Weights::f32(&pair.a, rank, pair.n_in), u);
+            let mut delta = vec![0f32; n_tok * pair.n_out];
+            matmul_wt(u, n_tok, &Weights::f32(&pair.b, pair.n_out, rank), &mut delta);
+            y.iter_mut().zip(&delta).for_each(|(v, &d)| *v += scale * d);
+        }
+    }
+
+    pub(crate) fn rope(&self, n_head: usize) -> Rope {
+        let c = self.config();
+        Rope { n_head, head_dim: c.head_dim, n_rot: c.n_rot, freq_base: c.rope_freq_base, layout: c.rope_layout }
+    }
+
+    /// One block: `x` in, `x` out (residuals added in place); intermediates
+    /// land in `a`.
+    pub(crate) fn block_forward(&self, li: usize, l: &Layer, lora: Option<&Lora>, x: &mut [f32], positions: &[u32], a: &mut BlockActs) {
         let c = self.config();
         let n_tok = positions.len();
+        let scale = lora.map_or(0.0, |l| l.scale());
+        macro_rules! lin {
+            ($input:expr, $w:expr, $bias:expr, $proj:expr, $out:expr) => {{
+                let pair = lora.and_then(|l| l.pair(li, $proj));
+                let mut u = a.u($proj).map(std::mem::take);
+                let lo = match (pair, u.as_mut()) {
+                    (Some(p), Some(u)) => Some((p, scale, u)),
+                    _ => None,
+                };
+                self.linear($input, n_tok, $w, $bias, lo, $out);
+                if let Some(u) = u {
+                    *a.u($proj).expect("u buffer") = u;
+                }
+            }};
+        }
         // Attention.
-        rmsnorm_forward(x, &l.attn_norm, c.rms_eps, &mut s.xn, None);
-        self.linear(&s.xn, n_tok, &l.wq, l.bq.as_deref(), &mut s.q);
-        self.linear(&s.xn, n_tok, &l.wk, l.bk.as_deref(), &mut s.k);
-        self.linear(&s.xn, n_tok, &l.wv, l.bv.as_deref(), &mut s.v);
+        rmsnorm_forward(x, &l.attn_norm, c.rms_eps, &mut a.xn1, Some(&mut a.rstd1));
+        lin!(&a.xn1, &l.wq, l.bq.as_deref(), Proj::Q, &mut a.q_lin);
+        lin!(&a.xn1, &l.wk, l.bk.as_deref(), Proj::K, &mut a.k_lin);
+        lin!(&a.xn1, &l.wv, l.bv.as_deref(), Proj::V, &mut a.v);
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
             // Qwen3: RMSNorm over each head ([n_tok * n_head, head_dim] rows).
-            let q = s.q.clone();
-            rmsnorm_forward(&q, qn, c.rms_eps, &mut s.q, None);
-            let k = s.k.clone();
-            rmsnorm_forward(&k, kn, c.rms_eps, &mut s.k, None);
+            rmsnorm_forward(&a.q_lin, qn, c.rms_eps, &mut a.q, Some(&mut a.rstd_q));
+            rmsnorm_forward(&a.k_lin, kn, c.rms_eps, &mut a.k, Some(&mut a.rstd_k));
+        } else {
+            a.q.copy_from_slice(&a.q_lin);
+            a.k.copy_from_slice(&a.k_lin);
         }
-        let rope = |n_head| Rope { n_head, head_dim: c.head_dim, n_rot: c.n_rot, freq_base: c.rope_freq_base, layout: c.rope_layout };
-        rope(c.n_head).forward(&mut s.q, positions);
-        rope(c.n_head_kv).forward(&mut s.k, positions);
+        self.rope(c.n_head).forward(&mut a.q, positions);
+        self.rope(c.n_head_kv).forward(&mut a.k, positions);
         let shape = AttnShape { n_tok, n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: c.head_dim };
-        let scale = 1.0 / (c.head_dim as f32).sqrt();
-        attention_forward(&s.q, &s.k, &s.v, shape, scale, &mut s.att, &mut s.lse);
-        self.linear(&s.att, n_tok, &l.wo, None, &mut s.proj);
-        x.iter_mut().zip(&s.proj).for_each(|(a, &b)| *a += b);
+        attention_forward(&a.q, &a.k, &a.v, shape, 1.0 / (c.head_dim as f32).sqrt(), &mut a.att, &mut a.lse);
+        let mut proj = std::mem::take(&mut a.proj);
+        lin!(&a.att, &l.wo, None, Proj::O, &mut proj);
+        x.iter_mut().zip(&proj).for_each(|(v, &p)| *v += p);
+        a.x_mid.copy_from_slice(x);
         // Feed-forward.
-        rmsnorm_forward(x, &l.ffn_norm, c.rms_eps, &mut s.xn, None);
-        self.linear(&s.xn, n_tok, &l.w_gate, None, &mut s.gate);
-        self.linear(&s.xn, n_tok, &l.w_up, None, &mut s.up);
-        swiglu_forward(&s.gate, &s.up, &mut s.act);
-        self.linear(&s.act, n_tok, &l.w_down, None, &mut s.proj);
-        x.iter_mut().zip(&s.proj).for_each(|(a, &b)| *a += b);
+        rmsnorm_forward(x, &l.ffn_norm, c.rms_eps, &mut a.xn2, Some(&mut a.rstd2));
+        lin!(&a.xn2, &l.w_gate, None, Proj::Gate, &mut a.gate);
+        lin!(&a.xn2, &l.w_up, None, Proj::Up, &mut a.up);
+        swiglu_forward(&a.gate, &a.up, &mut a.act);
+        lin!(&a.act, &l.w_down, None, Proj::Down, &mut proj);
+        x.iter_mut().zip(&proj).for_each(|(v, &p)| *v += p);
+        a.proj = proj;
     }
 }

@@ -6,13 +6,16 @@
 //! llama.cpp, sampling, sandboxes or reinforcement learning.
 
 pub mod arch;
+pub mod backward;
 pub mod error;
 pub mod forward;
 pub mod gguf;
+pub mod lora;
 pub mod model;
 
 pub use arch::{Architecture, Config};
 pub use error::{ModelError, ModelErrorKind};
-pub use forward::ForwardOutput;
+pub use forward::{ForwardOutput, Tape};
+pub use lora::{Lora, LoraConfig, LoraPair, Proj};
 pub use gguf::{GgufError, GgufErrorKind, GgufFile, GgufWriter, TensorInfo, Value};
 pub use model::{Layer, MatrixRef, Transformer};

@@ -169,7 +169,7 @@ fn forward_vs_llama(models: &str, threads: usize) -> Result<()> {
         reset_peak_rss();
         let ours = Transformer::open(&path)?;
         let ours_s = time_median(2, || {
-            ours.forward(&ids, None).expect("forward");
+            ours.forward(&ids, None, None).expect("forward");
         });
         let ours_rss = super::peak_rss_mib().unwrap_or(f64::NAN);
         drop(ours);
