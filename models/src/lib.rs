@@ -12,6 +12,7 @@ pub mod forward;
 pub mod gguf;
 pub mod lora;
 pub mod model;
+pub mod tiny;
 
 pub use arch::{Architecture, Config};
 pub use error::{ModelError, ModelErrorKind};
