@@ -26,7 +26,7 @@
 //! # Ok(()) }
 //! ```
 
-pub use cleaner_engine::{agent, assets, chat, llama, rollout, sampling, sandbox, tasks};
+pub use cleaner_engine::{agent, assets, chat, llama, rollout, sampling, sandbox, tasks, train};
 pub use cleaner_engine::{
     FinishReason, GenerateParams, Generation, LlamaError, LoraAdapter, Model, ModelParams, Policy,
     PolicyConfig, RolloutError, SamplingParams, SeqId, Token,

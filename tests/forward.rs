@@ -36,24 +36,46 @@ struct Agreement {
 
 fn asset_path(name: &str) -> std::path::PathBuf {
     AssetStore::default()
-        .fetch(assets::find(name).expect("asset in catalog"), &mut |l| eprintln!("{l}"))
+        .fetch(assets::find(name).expect("asset in catalog"), &mut |l| {
+            eprintln!("{l}")
+        })
         .unwrap_or_else(|e| panic!("fetch {name}: {e}"))
 }
 
 fn argmax(row: &[f32]) -> usize {
-    row.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv {
+                (i, v)
+            } else {
+                (bi, bv)
+            }
+        })
+        .0
 }
 
 /// Returns (ours vs llama.cpp, llama.cpp flash-attention on vs off).
 fn compare(name: &str) -> (Agreement, Agreement) {
     let path = asset_path(name);
-    let llama = Arc::new(Model::load(&path, &ModelParams::default()).expect("llama.cpp loads the model"));
+    let llama =
+        Arc::new(Model::load(&path, &ModelParams::default()).expect("llama.cpp loads the model"));
     let mut tokens = llama.tokenize(TEXT, true, false).expect("tokenize");
-    assert!(tokens.len() >= N_TOK, "{name}: text gives only {} tokens", tokens.len());
+    assert!(
+        tokens.len() >= N_TOK,
+        "{name}: text gives only {} tokens",
+        tokens.len()
+    );
     tokens.truncate(N_TOK);
     let score = |flash_attention: bool| {
         let _guard = common::serial();
-        let config = PolicyConfig { n_ctx: 512, n_seq_max: 1, n_batch: 512, n_threads: 2, flash_attention: Some(flash_attention) };
+        let config = PolicyConfig {
+            n_ctx: 512,
+            n_seq_max: 1,
+            n_batch: 512,
+            n_threads: 2,
+            flash_attention: Some(flash_attention),
+        };
         let mut policy = Policy::new(llama.clone(), &config).expect("policy");
         policy.score(&tokens, true).expect("llama.cpp scores")
     };
@@ -62,8 +84,14 @@ fn compare(name: &str) -> (Agreement, Agreement) {
     // function with different rounding. Our distance to llama.cpp is judged
     // next to this noise floor.
     let (fa_lp, fa_rows) = score(true);
-    let floor: Vec<f32> = fa_lp.iter().zip(&ref_lp).map(|(a, b)| (a - b).abs()).collect();
-    let floor_agree = (0..N_TOK - 1).filter(|&t| argmax(&fa_rows[t]) == argmax(&ref_rows[t])).count();
+    let floor: Vec<f32> = fa_lp
+        .iter()
+        .zip(&ref_lp)
+        .map(|(a, b)| (a - b).abs())
+        .collect();
+    let floor_agree = (0..N_TOK - 1)
+        .filter(|&t| argmax(&fa_rows[t]) == argmax(&ref_rows[t]))
+        .count();
     let floor = Agreement {
         mean_abs: floor.iter().sum::<f32>() / floor.len() as f32,
         max_abs: floor.iter().cloned().fold(0.0, f32::max),
@@ -77,11 +105,17 @@ fn compare(name: &str) -> (Agreement, Agreement) {
     let ids: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
     let out = {
         let _guard = common::serial();
-        ours.forward(&ids, None, Some(0..N_TOK - 1)).expect("forward")
+        ours.forward(&ids, None, Some(0..N_TOK - 1))
+            .expect("forward")
     };
     assert_eq!(out.logprobs.len(), N_TOK - 1);
     assert_eq!(ref_lp.len(), N_TOK - 1);
-    let diffs: Vec<f32> = out.logprobs.iter().zip(&ref_lp).map(|(a, b)| (a - b).abs()).collect();
+    let diffs: Vec<f32> = out
+        .logprobs
+        .iter()
+        .zip(&ref_lp)
+        .map(|(a, b)| (a - b).abs())
+        .collect();
     let logits = out.logits.expect("logits asked for");
     let n_vocab = ours.config().n_vocab;
     let agree = (0..N_TOK - 1)
@@ -117,10 +151,21 @@ const MEAN_CEILING: f32 = 0.08;
 const ARGMAX_FLOOR: f64 = 0.93;
 
 fn check((a, floor): (Agreement, Agreement)) {
-    assert!(a.mean_abs <= MEAN_FACTOR * floor.mean_abs && a.mean_abs <= MEAN_CEILING, "mean |dlogp| {} vs floor {}", a.mean_abs, floor.mean_abs);
-    assert!(a.max_abs <= MAX_FACTOR * floor.max_abs, "max |dlogp| {} vs floor {}", a.max_abs, floor.max_abs);
     assert!(
-        a.argmax_agreement >= floor.argmax_agreement - ARGMAX_SLACK && a.argmax_agreement >= ARGMAX_FLOOR,
+        a.mean_abs <= MEAN_FACTOR * floor.mean_abs && a.mean_abs <= MEAN_CEILING,
+        "mean |dlogp| {} vs floor {}",
+        a.mean_abs,
+        floor.mean_abs
+    );
+    assert!(
+        a.max_abs <= MAX_FACTOR * floor.max_abs,
+        "max |dlogp| {} vs floor {}",
+        a.max_abs,
+        floor.max_abs
+    );
+    assert!(
+        a.argmax_agreement >= floor.argmax_agreement - ARGMAX_SLACK
+            && a.argmax_agreement >= ARGMAX_FLOOR,
         "argmax agreement {} vs floor {}",
         a.argmax_agreement,
         floor.argmax_agreement

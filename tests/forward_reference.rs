@@ -13,14 +13,21 @@ const REFERENCE_TOL: f64 = 2e-4;
 
 fn check(asset: &str) {
     let path = AssetStore::default()
-        .fetch(assets::find(asset).expect("catalog"), &mut |l| eprintln!("{l}"))
+        .fetch(assets::find(asset).expect("catalog"), &mut |l| {
+            eprintln!("{l}")
+        })
         .expect("fetch model");
     let file = path.file_name().unwrap().to_string_lossy().to_string();
     let all: serde_json::Value =
         serde_json::from_str(include_str!("data/forward_reference.json")).expect("reference json");
     let r = &all["models"][&file];
     assert!(r.is_object(), "no reference for {file}");
-    let tokens: Vec<u32> = r["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let tokens: Vec<u32> = r["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
     let model = Transformer::open(&path).expect("open");
     let n = tokens.len();
     let out = {
@@ -34,14 +41,29 @@ fn check(asset: &str) {
         let want = r["logprob_next"][t].as_f64().unwrap();
         let err = (out.logprobs[t] as f64 - want).abs();
         worst = worst.max(err);
-        assert!(err <= REFERENCE_TOL, "{file} position {t}: logprob {} vs reference {want}", out.logprobs[t]);
+        assert!(
+            err <= REFERENCE_TOL,
+            "{file} position {t}: logprob {} vs reference {want}",
+            out.logprobs[t]
+        );
     }
     for t in 0..n {
         let row = &logits[t * n_vocab..(t + 1) * n_vocab];
-        let top = row.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0;
-        assert_eq!(top as u64, r["top5"][t][0].as_u64().unwrap(), "{file} position {t}: argmax");
+        let top = row
+            .iter()
+            .enumerate()
+            .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+            .0;
+        assert_eq!(
+            top as u64,
+            r["top5"][t][0].as_u64().unwrap(),
+            "{file} position {t}: argmax"
+        );
     }
-    eprintln!("{file}: worst |dlogp| vs f64 reference {worst:.2e} over {} positions", n - 1);
+    eprintln!(
+        "{file}: worst |dlogp| vs f64 reference {worst:.2e} over {} positions",
+        n - 1
+    );
 }
 
 #[test]

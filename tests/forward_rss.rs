@@ -29,10 +29,15 @@ const OPEN_HEAP_MAX: f64 = 0.1;
 #[test]
 fn opening_a_model_does_not_copy_its_weights() {
     let path = AssetStore::default()
-        .fetch(assets::find("qwen2.5-coder-0.5b").expect("catalog"), &mut |l| eprintln!("{l}"))
+        .fetch(
+            assets::find("qwen2.5-coder-0.5b").expect("catalog"),
+            &mut |l| eprintln!("{l}"),
+        )
         .expect("fetch model");
     let file_len = std::fs::metadata(&path).unwrap().len();
-    let header = cleaner::models::GgufFile::open(&path).unwrap().data_offset();
+    let header = cleaner::models::GgufFile::open(&path)
+        .unwrap()
+        .data_offset();
     let (file0, anon0) = (rss("RssFile:"), rss("RssAnon:"));
     let model = Transformer::open(&path).expect("open");
     let (file1, anon1) = (rss("RssFile:"), rss("RssAnon:"));
@@ -44,12 +49,24 @@ fn opening_a_model_does_not_copy_its_weights() {
         mib(file1.saturating_sub(file0)),
         mib(anon1.saturating_sub(anon0))
     );
-    assert!(file1.saturating_sub(file0) <= header + OPEN_FILE_SLACK, "opening paged in weights");
-    assert!(anon1.saturating_sub(anon0) as f64 <= OPEN_HEAP_MAX * file_len as f64, "opening copied data onto the heap");
+    assert!(
+        file1.saturating_sub(file0) <= header + OPEN_FILE_SLACK,
+        "opening paged in weights"
+    );
+    assert!(
+        anon1.saturating_sub(anon0) as f64 <= OPEN_HEAP_MAX * file_len as f64,
+        "opening copied data onto the heap"
+    );
     // A forward pass pages the weights in, shared and file-backed: it reads
     // them in place.
     model.next_token_logprobs(&[1, 2, 3, 4]).expect("forward");
     let file2 = rss("RssFile:");
-    eprintln!("after a forward pass: mapped pages +{:.1} MiB", mib(file2.saturating_sub(file0)));
-    assert!(file2.saturating_sub(file0) as f64 > 0.5 * file_len as f64, "a forward pass should touch most weights through the map");
+    eprintln!(
+        "after a forward pass: mapped pages +{:.1} MiB",
+        mib(file2.saturating_sub(file0))
+    );
+    assert!(
+        file2.saturating_sub(file0) as f64 > 0.5 * file_len as f64,
+        "a forward pass should touch most weights through the map"
+    );
 }

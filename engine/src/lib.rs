@@ -9,6 +9,7 @@ pub mod rollout;
 pub mod sampling;
 pub mod sandbox;
 pub mod tasks;
+pub mod train;
 
 pub use llama::{LlamaError, LoraAdapter, Model, ModelParams, Token};
 pub use rollout::{

@@ -10,7 +10,10 @@ fn sigmoid(x: f32) -> f32 {
 
 /// Forward.
 pub fn swiglu_forward(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    assert!(gate.len() == up.len() && out.len() == gate.len(), "swiglu: shapes");
+    assert!(
+        gate.len() == up.len() && out.len() == gate.len(),
+        "swiglu: shapes"
+    );
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = g * sigmoid(g) * u;
     }
@@ -20,7 +23,10 @@ pub fn swiglu_forward(gate: &[f32], up: &[f32], out: &mut [f32]) {
 /// `dup = dout * silu(g)`.
 pub fn swiglu_backward(gate: &[f32], up: &[f32], dout: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
     let n = gate.len();
-    assert!(up.len() == n && dout.len() == n && dgate.len() == n && dup.len() == n, "swiglu_backward: shapes");
+    assert!(
+        up.len() == n && dout.len() == n && dgate.len() == n && dup.len() == n,
+        "swiglu_backward: shapes"
+    );
     for i in 0..n {
         let (g, s) = (gate[i], sigmoid(gate[i]));
         dgate[i] = dout[i] * up[i] * s * (1.0 + g * (1.0 - s));
@@ -71,8 +77,14 @@ mod tests {
             let (gi, ui, h) = (g[i] as f64, u[i] as f64, 1e-6);
             let fd_g = d[i] as f64 * (f(gi + h, ui) - f(gi - h, ui)) / (2.0 * h);
             let fd_u = d[i] as f64 * (f(gi, ui + h) - f(gi, ui - h)) / (2.0 * h);
-            assert!((dg[i] as f64 - fd_g).abs() <= 1e-5 * (1.0 + fd_g.abs()), "dgate[{i}]");
-            assert!((du[i] as f64 - fd_u).abs() <= 1e-5 * (1.0 + fd_u.abs()), "dup[{i}]");
+            assert!(
+                (dg[i] as f64 - fd_g).abs() <= 1e-5 * (1.0 + fd_g.abs()),
+                "dgate[{i}]"
+            );
+            assert!(
+                (du[i] as f64 - fd_u).abs() <= 1e-5 * (1.0 + fd_u.abs()),
+                "dup[{i}]"
+            );
         }
     }
 }

@@ -28,8 +28,16 @@ pub struct AttnShape {
 
 impl AttnShape {
     fn check(&self, q: &[f32], k: &[f32], v: &[f32], out: &[f32], lse: &[f32]) {
-        let AttnShape { n_tok, n_head, n_head_kv, head_dim } = *self;
-        assert!(n_head_kv > 0 && n_head % n_head_kv == 0, "attention: {n_head} heads vs {n_head_kv} kv heads");
+        let AttnShape {
+            n_tok,
+            n_head,
+            n_head_kv,
+            head_dim,
+        } = *self;
+        assert!(
+            n_head_kv > 0 && n_head % n_head_kv == 0,
+            "attention: {n_head} heads vs {n_head_kv} kv heads"
+        );
         assert_eq!(q.len(), n_tok * n_head * head_dim, "attention: q shape");
         assert_eq!(out.len(), q.len(), "attention: out shape");
         assert_eq!(k.len(), n_tok * n_head_kv * head_dim, "attention: k shape");
@@ -39,9 +47,22 @@ impl AttnShape {
 }
 
 /// Forward: `out[i] = sum_{j <= i} softmax_j(scale * q_i . k_j) v_j` per head.
-pub fn attention_forward(q: &[f32], k: &[f32], v: &[f32], shape: AttnShape, scale: f32, out: &mut [f32], lse: &mut [f32]) {
+pub fn attention_forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: AttnShape,
+    scale: f32,
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
     shape.check(q, k, v, out, lse);
-    let AttnShape { n_tok, n_head, n_head_kv, head_dim: hd } = shape;
+    let AttnShape {
+        n_tok,
+        n_head,
+        n_head_kv,
+        head_dim: hd,
+    } = shape;
     let group = n_head / n_head_kv;
     let n_qt = n_tok.div_ceil(ATTN_Q_TILE);
     let (out_p, lse_p) = (SharedOut::new(out), SharedOut::new(lse));
@@ -120,8 +141,16 @@ pub fn attention_backward(
     dv: &mut [f32],
 ) {
     shape.check(q, k, v, out, lse);
-    let AttnShape { n_tok, n_head, n_head_kv, head_dim: hd } = shape;
-    assert!(dout.len() == q.len() && dq.len() == q.len() && dk.len() == k.len() && dv.len() == v.len(), "attention_backward: shapes");
+    let AttnShape {
+        n_tok,
+        n_head,
+        n_head_kv,
+        head_dim: hd,
+    } = shape;
+    assert!(
+        dout.len() == q.len() && dq.len() == q.len() && dk.len() == k.len() && dv.len() == v.len(),
+        "attention_backward: shapes"
+    );
     let group = n_head / n_head_kv;
     // delta[h, i] = dout_i . out_i: the softmax backward's row constant.
     let mut delta = vec![0f32; n_head * n_tok];
@@ -165,8 +194,16 @@ pub fn attention_backward(
                 // SAFETY: key rows j0..j1 of kv head kvh belong to this task.
                 unsafe {
                     let at = (j * n_head_kv + kvh) * hd;
-                    std::ptr::copy_nonoverlapping(dk_acc.as_ptr().add((j - j0) * hd), dk_p.get().add(at), hd);
-                    std::ptr::copy_nonoverlapping(dv_acc.as_ptr().add((j - j0) * hd), dv_p.get().add(at), hd);
+                    std::ptr::copy_nonoverlapping(
+                        dk_acc.as_ptr().add((j - j0) * hd),
+                        dk_p.get().add(at),
+                        hd,
+                    );
+                    std::ptr::copy_nonoverlapping(
+                        dv_acc.as_ptr().add((j - j0) * hd),
+                        dv_p.get().add(at),
+                        hd,
+                    );
                 }
             }
         },
@@ -193,16 +230,35 @@ pub fn attention_backward(
                     }
                 }
                 // SAFETY: query row (i, h) belongs to this task.
-                unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), dq_p.get().add((i * n_head + h) * hd), hd) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        acc.as_ptr(),
+                        dq_p.get().add((i * n_head + h) * hd),
+                        hd,
+                    )
+                };
             }
         },
     );
 }
 
 /// Scalar twin: full softmax per query in f64.
-pub fn attention_forward_scalar(q: &[f32], k: &[f32], v: &[f32], shape: AttnShape, scale: f32, out: &mut [f32], lse: &mut [f32]) {
+pub fn attention_forward_scalar(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: AttnShape,
+    scale: f32,
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
     shape.check(q, k, v, out, lse);
-    let AttnShape { n_tok, n_head, n_head_kv, head_dim: hd } = shape;
+    let AttnShape {
+        n_tok,
+        n_head,
+        n_head_kv,
+        head_dim: hd,
+    } = shape;
     let group = n_head / n_head_kv;
     for h in 0..n_head {
         let kvh = h / group;
@@ -211,13 +267,19 @@ pub fn attention_forward_scalar(q: &[f32], k: &[f32], v: &[f32], shape: AttnShap
             let s: Vec<f64> = (0..=i)
                 .map(|j| {
                     let kj = &k[(j * n_head_kv + kvh) * hd..][..hd];
-                    scale as f64 * qi.iter().zip(kj).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
+                    scale as f64
+                        * qi.iter()
+                            .zip(kj)
+                            .map(|(&a, &b)| a as f64 * b as f64)
+                            .sum::<f64>()
                 })
                 .collect();
             let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let z: f64 = s.iter().map(|x| (x - mx).exp()).sum();
             for d in 0..hd {
-                let val: f64 = (0..=i).map(|j| (s[j] - mx).exp() / z * v[(j * n_head_kv + kvh) * hd + d] as f64).sum();
+                let val: f64 = (0..=i)
+                    .map(|j| (s[j] - mx).exp() / z * v[(j * n_head_kv + kvh) * hd + d] as f64)
+                    .sum();
                 out[(i * n_head + h) * hd + d] = val as f32;
             }
             lse[h * n_tok + i] = (mx + z.ln()) as f32;
@@ -236,8 +298,19 @@ mod tests {
     #[test]
     fn matches_scalar_twin_with_gqa_and_ragged_tiles() {
         let mut rng = TestRng(11);
-        for &(n_tok, n_head, n_head_kv, head_dim) in &[(1, 1, 1, 4), (5, 2, 1, 8), (33, 4, 2, 16), (130, 6, 2, 64), (200, 3, 3, 20)] {
-            let shape = AttnShape { n_tok, n_head, n_head_kv, head_dim };
+        for &(n_tok, n_head, n_head_kv, head_dim) in &[
+            (1, 1, 1, 4),
+            (5, 2, 1, 8),
+            (33, 4, 2, 16),
+            (130, 6, 2, 64),
+            (200, 3, 3, 20),
+        ] {
+            let shape = AttnShape {
+                n_tok,
+                n_head,
+                n_head_kv,
+                head_dim,
+            };
             let q = rng.vec(n_tok * n_head * head_dim, 2.0);
             let k = rng.vec(n_tok * n_head_kv * head_dim, 2.0);
             let v = rng.vec(n_tok * n_head_kv * head_dim, 1.0);
@@ -246,8 +319,15 @@ mod tests {
             let (mut lse, mut lse_ref) = (vec![0f32; n_head * n_tok], vec![0f32; n_head * n_tok]);
             attention_forward(&q, &k, &v, shape, scale, &mut o, &mut lse);
             attention_forward_scalar(&q, &k, &v, shape, scale, &mut o_ref, &mut lse_ref);
-            assert!(max_rel_err(&o, &o_ref) <= ATTENTION_TOL, "{shape:?}: out {}", max_rel_err(&o, &o_ref));
-            assert!(max_rel_err(&lse, &lse_ref) <= ATTENTION_TOL, "{shape:?}: lse");
+            assert!(
+                max_rel_err(&o, &o_ref) <= ATTENTION_TOL,
+                "{shape:?}: out {}",
+                max_rel_err(&o, &o_ref)
+            );
+            assert!(
+                max_rel_err(&lse, &lse_ref) <= ATTENTION_TOL,
+                "{shape:?}: lse"
+            );
         }
     }
 
@@ -256,7 +336,12 @@ mod tests {
     fn backward_matches_finite_differences() {
         let mut rng = TestRng(12);
         for &(n_tok, n_head, n_head_kv, head_dim) in &[(5, 2, 1, 4), (70, 2, 2, 3)] {
-            let shape = AttnShape { n_tok, n_head, n_head_kv, head_dim };
+            let shape = AttnShape {
+                n_tok,
+                n_head,
+                n_head_kv,
+                head_dim,
+            };
             let q = rng.vec(n_tok * n_head * head_dim, 1.5);
             let k = rng.vec(n_tok * n_head_kv * head_dim, 1.5);
             let v = rng.vec(n_tok * n_head_kv * head_dim, 1.0);
@@ -264,12 +349,21 @@ mod tests {
             let scale = 0.7;
             let (mut o, mut lse) = (vec![0f32; q.len()], vec![0f32; n_head * n_tok]);
             attention_forward(&q, &k, &v, shape, scale, &mut o, &mut lse);
-            let (mut dq, mut dk, mut dv) = (vec![0f32; q.len()], vec![0f32; k.len()], vec![0f32; v.len()]);
-            attention_backward(&q, &k, &v, &o, &lse, &dout, shape, scale, &mut dq, &mut dk, &mut dv);
+            let (mut dq, mut dk, mut dv) = (
+                vec![0f32; q.len()],
+                vec![0f32; k.len()],
+                vec![0f32; v.len()],
+            );
+            attention_backward(
+                &q, &k, &v, &o, &lse, &dout, shape, scale, &mut dq, &mut dk, &mut dv,
+            );
             let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
                 let (mut o, mut l) = (vec![0f32; q.len()], vec![0f32; n_head * n_tok]);
                 attention_forward_scalar(q, k, v, shape, scale, &mut o, &mut l);
-                o.iter().zip(&dout).map(|(a, b)| *a as f64 * *b as f64).sum()
+                o.iter()
+                    .zip(&dout)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum()
             };
             let h = 1e-3f32;
             let fd = |which: usize, i: usize| -> f32 {
@@ -292,7 +386,12 @@ mod tests {
 
     #[test]
     fn first_token_attends_only_to_itself() {
-        let shape = AttnShape { n_tok: 3, n_head: 1, n_head_kv: 1, head_dim: 2 };
+        let shape = AttnShape {
+            n_tok: 3,
+            n_head: 1,
+            n_head_kv: 1,
+            head_dim: 2,
+        };
         let q = vec![1.0; 6];
         let k = vec![0.5; 6];
         let v = vec![1.0, 2.0, 30.0, 40.0, 500.0, 600.0];

@@ -22,7 +22,11 @@ pub struct TargetOutOfVocab {
 
 impl std::fmt::Display for TargetOutOfVocab {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "target token {} at position {} is outside the vocabulary of {} tokens", self.token, self.position, self.n_vocab)
+        write!(
+            f,
+            "target token {} at position {} is outside the vocabulary of {} tokens",
+            self.token, self.position, self.n_vocab
+        )
     }
 }
 impl std::error::Error for TargetOutOfVocab {}
@@ -56,9 +60,20 @@ fn token_logprobs_tiled(
     tile: usize,
 ) -> Result<(), TargetOutOfVocab> {
     let n_vocab = w_out.n_rows();
-    assert!(targets.len() == n_tok && logprob.len() == n_tok && lse.len() == n_tok, "token_logprobs: shapes");
-    if let Some((position, &token)) = targets.iter().enumerate().find(|(_, &t)| t as usize >= n_vocab) {
-        return Err(TargetOutOfVocab { position, token, n_vocab });
+    assert!(
+        targets.len() == n_tok && logprob.len() == n_tok && lse.len() == n_tok,
+        "token_logprobs: shapes"
+    );
+    if let Some((position, &token)) = targets
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t as usize >= n_vocab)
+    {
+        return Err(TargetOutOfVocab {
+            position,
+            token,
+            n_vocab,
+        });
     }
     let mut logits = vec![0f32; n_tok * tile];
     let mut run_max = vec![f32::NEG_INFINITY; n_tok];
@@ -73,7 +88,8 @@ fn token_logprobs_tiled(
             let m = max(row);
             let m_new = run_max[t].max(m);
             if m_new.is_finite() {
-                run_sum[t] = run_sum[t] * ((run_max[t] - m_new) as f64).exp() + sum_exp_shifted(row, m_new);
+                run_sum[t] =
+                    run_sum[t] * ((run_max[t] - m_new) as f64).exp() + sum_exp_shifted(row, m_new);
             }
             run_max[t] = m_new;
             let target = targets[t] as usize;
@@ -104,7 +120,13 @@ pub fn token_logprobs_backward(
     dh: &mut [f32],
 ) {
     let (n_vocab, n_embd) = (w_out.n_rows(), w_out.n_cols());
-    assert!(targets.len() == n_tok && lse.len() == n_tok && dlogprob.len() == n_tok && dh.len() == n_tok * n_embd, "token_logprobs_backward: shapes");
+    assert!(
+        targets.len() == n_tok
+            && lse.len() == n_tok
+            && dlogprob.len() == n_tok
+            && dh.len() == n_tok * n_embd,
+        "token_logprobs_backward: shapes"
+    );
     let tile = vocab_tile(n_tok, n_vocab);
     let mut dlogits = vec![0f32; n_tok * tile];
     let mut part = vec![0f32; n_tok * n_embd];
@@ -131,13 +153,20 @@ pub fn token_logprobs_backward(
 }
 
 /// Scalar twin: all logits at once in f64.
-pub fn token_logprobs_forward_scalar(h: &[f32], n_tok: usize, w_out: &Weights, targets: &[u32], logprob: &mut [f32]) {
+pub fn token_logprobs_forward_scalar(
+    h: &[f32],
+    n_tok: usize,
+    w_out: &Weights,
+    targets: &[u32],
+    logprob: &mut [f32],
+) {
     let n_vocab = w_out.n_rows();
     let mut logits = vec![0f32; n_tok * n_vocab];
     crate::matmul::matmul_wt_scalar(h, n_tok, w_out, &mut logits);
     for t in 0..n_tok {
         let row = &logits[t * n_vocab..(t + 1) * n_vocab];
-        logprob[t] = (row[targets[t] as usize] as f64 - crate::softmax::logsumexp_scalar(row)) as f32;
+        logprob[t] =
+            (row[targets[t] as usize] as f64 - crate::softmax::logsumexp_scalar(row)) as f32;
     }
 }
 
@@ -156,8 +185,11 @@ mod tests {
         let h = rng.vec(n_tok * n_embd, 1.0);
         let w = rng.vec(n_vocab * n_embd, 1.0);
         let w = Weights::f32(&w, n_vocab, n_embd);
-        let targets: Vec<u32> = (0..n_tok).map(|_| (rng.next_u64() % n_vocab as u64) as u32).collect();
-        let (mut lp, mut lse, mut lp_ref) = (vec![0f32; n_tok], vec![0f32; n_tok], vec![0f32; n_tok]);
+        let targets: Vec<u32> = (0..n_tok)
+            .map(|_| (rng.next_u64() % n_vocab as u64) as u32)
+            .collect();
+        let (mut lp, mut lse, mut lp_ref) =
+            (vec![0f32; n_tok], vec![0f32; n_tok], vec![0f32; n_tok]);
         token_logprobs_forward_scalar(&h, n_tok, &w, &targets, &mut lp_ref);
         // The default tile (one tile here) and a small ragged tile that forces
         // the online log-sum-exp across 21 tiles.
@@ -165,7 +197,12 @@ mod tests {
         for tile in [vocab_tile(n_tok, n_vocab), 48] {
             token_logprobs_tiled(&h, n_tok, &w, &targets, &mut lp, &mut lse, tile).unwrap();
             for t in 0..n_tok {
-                assert!((lp[t] - lp_ref[t]).abs() <= LOGPROB_TOL, "tile {tile} t={t}: {} vs {}", lp[t], lp_ref[t]);
+                assert!(
+                    (lp[t] - lp_ref[t]).abs() <= LOGPROB_TOL,
+                    "tile {tile} t={t}: {} vs {}",
+                    lp[t],
+                    lp_ref[t]
+                );
                 assert!(lp[t] <= 0.0);
             }
         }
@@ -184,10 +221,21 @@ mod tests {
             p[i] += 1e-2;
             m[i] -= 1e-2;
             let fd = (loss(&p) - loss(&m)) / 2e-2;
-            assert!((dh[i] as f64 - fd).abs() <= 1e-3 * (1.0 + fd.abs()), "dh[{i}] = {}, fd {fd}", dh[i]);
+            assert!(
+                (dh[i] as f64 - fd).abs() <= 1e-3 * (1.0 + fd.abs()),
+                "dh[{i}] = {}, fd {fd}",
+                dh[i]
+            );
         }
 
         let bad = token_logprobs_forward(&h[..n_embd], 1, &w, &[1000], &mut lp[..1], &mut lse[..1]);
-        assert_eq!(bad, Err(TargetOutOfVocab { position: 0, token: 1000, n_vocab: 1000 }));
+        assert_eq!(
+            bad,
+            Err(TargetOutOfVocab {
+                position: 0,
+                token: 1000,
+                n_vocab: 1000
+            })
+        );
     }
 }

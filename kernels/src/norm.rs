@@ -5,10 +5,23 @@
 //! reciprocal RMS per row, kept for the backward pass).
 
 /// Forward. Writes `rstd[t] = 1 / sqrt(mean(x[t]^2) + eps)` when given.
-pub fn rmsnorm_forward(x: &[f32], weight: &[f32], eps: f32, y: &mut [f32], mut rstd: Option<&mut [f32]>) {
+pub fn rmsnorm_forward(
+    x: &[f32],
+    weight: &[f32],
+    eps: f32,
+    y: &mut [f32],
+    mut rstd: Option<&mut [f32]>,
+) {
     let n_embd = weight.len();
-    assert!(n_embd > 0 && x.len() % n_embd == 0 && y.len() == x.len(), "rmsnorm: shapes");
-    for (t, (xr, yr)) in x.chunks_exact(n_embd).zip(y.chunks_exact_mut(n_embd)).enumerate() {
+    assert!(
+        n_embd > 0 && x.len() % n_embd == 0 && y.len() == x.len(),
+        "rmsnorm: shapes"
+    );
+    for (t, (xr, yr)) in x
+        .chunks_exact(n_embd)
+        .zip(y.chunks_exact_mut(n_embd))
+        .enumerate()
+    {
         // Sum of squares in f64 like ggml (ggml_float), so long rows lose nothing.
         let ss: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
         let r = 1.0 / ((ss / n_embd as f64) as f32 + eps).sqrt();
@@ -24,12 +37,32 @@ pub fn rmsnorm_forward(x: &[f32], weight: &[f32], eps: f32, y: &mut [f32], mut r
 /// Backward with respect to `x` (the weight is frozen: LoRA never trains it).
 /// `dx[i] = rstd * (w[i] dy[i] - x[i] rstd^2 mean_j(w[j] dy[j] x[j]))`, with
 /// `rstd` saved by the forward. Adds into `dx` when `accumulate`.
-pub fn rmsnorm_backward(x: &[f32], weight: &[f32], rstd: &[f32], dy: &[f32], dx: &mut [f32], accumulate: bool) {
+pub fn rmsnorm_backward(
+    x: &[f32],
+    weight: &[f32],
+    rstd: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    accumulate: bool,
+) {
     let n = weight.len();
-    assert!(x.len() == dy.len() && dx.len() == x.len() && rstd.len() * n == x.len(), "rmsnorm_backward: shapes");
-    for (t, ((xr, dyr), dxr)) in x.chunks_exact(n).zip(dy.chunks_exact(n)).zip(dx.chunks_exact_mut(n)).enumerate() {
+    assert!(
+        x.len() == dy.len() && dx.len() == x.len() && rstd.len() * n == x.len(),
+        "rmsnorm_backward: shapes"
+    );
+    for (t, ((xr, dyr), dxr)) in x
+        .chunks_exact(n)
+        .zip(dy.chunks_exact(n))
+        .zip(dx.chunks_exact_mut(n))
+        .enumerate()
+    {
         let r = rstd[t];
-        let dot: f64 = xr.iter().zip(dyr).zip(weight).map(|((&a, &g), &w)| (a * g * w) as f64).sum();
+        let dot: f64 = xr
+            .iter()
+            .zip(dyr)
+            .zip(weight)
+            .map(|((&a, &g), &w)| (a * g * w) as f64)
+            .sum();
         let c = r * r * (dot / n as f64) as f32;
         for i in 0..n {
             let v = r * (weight[i] * dyr[i] - xr[i] * c);
@@ -83,24 +116,37 @@ mod tests {
         let eps = 1e-5;
         // Loss L = sum(dy * rmsnorm(x)) in f64.
         let loss = |x: &[f64]| -> f64 {
-            x.chunks(n).zip(dy.chunks(n)).map(|(xr, g)| {
-                let r = 1.0 / (xr.iter().map(|v| v * v).sum::<f64>() / n as f64 + eps).sqrt();
-                xr.iter().zip(g).zip(&w).map(|((a, b), c)| a * r * c * b).sum::<f64>()
-            }).sum()
+            x.chunks(n)
+                .zip(dy.chunks(n))
+                .map(|(xr, g)| {
+                    let r = 1.0 / (xr.iter().map(|v| v * v).sum::<f64>() / n as f64 + eps).sqrt();
+                    xr.iter()
+                        .zip(g)
+                        .zip(&w)
+                        .map(|((a, b), c)| a * r * c * b)
+                        .sum::<f64>()
+                })
+                .sum()
         };
         let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
         let wf: Vec<f32> = w.iter().map(|&v| v as f32).collect();
         let dyf: Vec<f32> = dy.iter().map(|&v| v as f32).collect();
-        let (mut y, mut rstd, mut dx) = (vec![0f32; xf.len()], vec![0f32; n_tok], vec![0f32; xf.len()]);
+        let (mut y, mut rstd, mut dx) = (
+            vec![0f32; xf.len()],
+            vec![0f32; n_tok],
+            vec![0f32; xf.len()],
+        );
         rmsnorm_forward(&xf, &wf, eps as f32, &mut y, Some(&mut rstd));
         rmsnorm_backward(&xf, &wf, &rstd, &dyf, &mut dx, false);
-        let fd: Vec<f32> = (0..x.len()).map(|i| {
-            let h = 1e-6;
-            let (mut p, mut m) = (x.clone(), x.clone());
-            p[i] += h;
-            m[i] -= h;
-            ((loss(&p) - loss(&m)) / (2.0 * h)) as f32
-        }).collect();
+        let fd: Vec<f32> = (0..x.len())
+            .map(|i| {
+                let h = 1e-6;
+                let (mut p, mut m) = (x.clone(), x.clone());
+                p[i] += h;
+                m[i] -= h;
+                ((loss(&p) - loss(&m)) / (2.0 * h)) as f32
+            })
+            .collect();
         assert!(max_rel_err(&dx, &fd) <= 1e-4, "{}", max_rel_err(&dx, &fd));
     }
 }

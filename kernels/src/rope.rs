@@ -37,7 +37,8 @@ impl Rope {
 
     fn angles(&self, pos: u32, cos: &mut [f32], sin: &mut [f32]) {
         for i in 0..self.n_rot / 2 {
-            let theta = pos as f64 * (self.freq_base as f64).powf(-2.0 * i as f64 / self.n_rot as f64);
+            let theta =
+                pos as f64 * (self.freq_base as f64).powf(-2.0 * i as f64 / self.n_rot as f64);
             cos[i] = theta.cos() as f32;
             sin[i] = theta.sin() as f32;
         }
@@ -45,8 +46,16 @@ impl Rope {
 
     fn rotate(&self, x: &mut [f32], positions: &[u32], direction: f32) {
         let (hd, nh) = (self.head_dim, self.n_head);
-        assert!(self.n_rot % 2 == 0 && self.n_rot <= hd, "rope: n_rot {} vs head_dim {hd}", self.n_rot);
-        assert_eq!(x.len(), positions.len() * nh * hd, "rope: x is not [n_tok, n_head, head_dim]");
+        assert!(
+            self.n_rot % 2 == 0 && self.n_rot <= hd,
+            "rope: n_rot {} vs head_dim {hd}",
+            self.n_rot
+        );
+        assert_eq!(
+            x.len(),
+            positions.len() * nh * hd,
+            "rope: x is not [n_tok, n_head, head_dim]"
+        );
         let half = self.n_rot / 2;
         let (mut cos, mut sin) = (vec![0f32; half], vec![0f32; half]);
         for (t, &pos) in positions.iter().enumerate() {
@@ -82,7 +91,8 @@ impl Rope {
             for h in 0..nh {
                 let base = (t * nh + h) * hd;
                 for i in 0..self.n_rot / 2 {
-                    let theta = pos as f64 / (self.freq_base as f64).powf(2.0 * i as f64 / self.n_rot as f64);
+                    let theta = pos as f64
+                        / (self.freq_base as f64).powf(2.0 * i as f64 / self.n_rot as f64);
                     let (a, b) = self.pair(i);
                     let (x0, x1) = (x[base + a] as f64, x[base + b] as f64);
                     x[base + a] = (x0 * theta.cos() - x1 * theta.sin()) as f32;
@@ -105,16 +115,29 @@ mod tests {
     fn matches_scalar_twin_and_inverts() {
         let mut rng = TestRng(9);
         for layout in [RopeLayout::Normal, RopeLayout::Neox] {
-            for &(n_tok, n_head, head_dim, n_rot) in &[(3, 2, 8, 8), (7, 3, 64, 64), (4, 1, 16, 8)] {
-                let rope = Rope { n_head, head_dim, n_rot, freq_base: 10000.0, layout };
+            for &(n_tok, n_head, head_dim, n_rot) in &[(3, 2, 8, 8), (7, 3, 64, 64), (4, 1, 16, 8)]
+            {
+                let rope = Rope {
+                    n_head,
+                    head_dim,
+                    n_rot,
+                    freq_base: 10000.0,
+                    layout,
+                };
                 let x = rng.vec(n_tok * n_head * head_dim, 2.0);
                 let positions: Vec<u32> = (0..n_tok as u32).map(|p| p * 37 + 3).collect();
                 let (mut a, mut b) = (x.clone(), x.clone());
                 rope.forward(&mut a, &positions);
                 rope.forward_scalar(&mut b, &positions);
-                assert!(max_rel_err(&a, &b) <= ROPE_TOL, "{layout:?} {n_tok}x{n_head}x{head_dim}");
+                assert!(
+                    max_rel_err(&a, &b) <= ROPE_TOL,
+                    "{layout:?} {n_tok}x{n_head}x{head_dim}"
+                );
                 rope.backward(&mut a, &positions);
-                assert!(max_rel_err(&a, &x) <= 4.0 * ROPE_TOL, "backward inverts forward");
+                assert!(
+                    max_rel_err(&a, &x) <= 4.0 * ROPE_TOL,
+                    "backward inverts forward"
+                );
                 // Dimensions past n_rot are untouched.
                 for t in 0..n_tok * n_head {
                     for d in n_rot..head_dim {
@@ -128,11 +151,20 @@ mod tests {
     #[test]
     fn position_zero_is_identity_and_layouts_differ() {
         let x: Vec<f32> = (0..8).map(|i| i as f32).collect();
-        let normal = Rope { n_head: 1, head_dim: 8, n_rot: 8, freq_base: 10000.0, layout: RopeLayout::Normal };
+        let normal = Rope {
+            n_head: 1,
+            head_dim: 8,
+            n_rot: 8,
+            freq_base: 10000.0,
+            layout: RopeLayout::Normal,
+        };
         let mut a = x.clone();
         normal.forward(&mut a, &[0]);
         assert_eq!(a, x);
-        let neox = Rope { layout: RopeLayout::Neox, ..normal };
+        let neox = Rope {
+            layout: RopeLayout::Neox,
+            ..normal
+        };
         let (mut p, mut q) = (x.clone(), x.clone());
         normal.forward(&mut p, &[5]);
         neox.forward(&mut q, &[5]);

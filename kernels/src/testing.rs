@@ -23,6 +23,12 @@ impl TestRng {
 /// Largest `|a - b|` normalized by the largest `|b|` (a normalized max error).
 pub fn max_rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f64, |m, &v| m.max((v as f64).abs())).max(f64::MIN_POSITIVE);
-    a.iter().zip(b).fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs())) / scale
+    let scale = b
+        .iter()
+        .fold(0f64, |m, &v| m.max((v as f64).abs()))
+        .max(f64::MIN_POSITIVE);
+    a.iter()
+        .zip(b)
+        .fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()))
+        / scale
 }

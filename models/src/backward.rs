@@ -19,7 +19,13 @@ impl Transformer {
     /// [`Lora::zeros_like`]) the gradient of `sum_t dlogprob[t] * logprob[t]`,
     /// where `logprob` came from [`Transformer::forward_train`] with the same
     /// `lora`. `dlogprob: [n_tok - 1]`.
-    pub fn backward(&self, tape: &Tape, lora: &Lora, dlogprob: &[f32], grads: &mut Lora) -> Result<(), ModelError> {
+    pub fn backward(
+        &self,
+        tape: &Tape,
+        lora: &Lora,
+        dlogprob: &[f32],
+        grads: &mut Lora,
+    ) -> Result<(), ModelError> {
         self.check_lora(lora)?;
         self.check_lora(grads)?;
         let n_tok = tape.n_tok();
@@ -35,9 +41,24 @@ impl Transformer {
         let n = n_tok - 1;
         // Log-softmax over the vocabulary, then the final norm.
         let mut dh = vec![0f32; n_tok * n_embd];
-        token_logprobs_backward(&tape.h[..n * n_embd], n, &self.weights(&self.output), &tape.tokens[1..], &tape.lse, dlogprob, &mut dh[..n * n_embd]);
+        token_logprobs_backward(
+            &tape.h[..n * n_embd],
+            n,
+            &self.weights(&self.output),
+            &tape.tokens[1..],
+            &tape.lse,
+            dlogprob,
+            &mut dh[..n * n_embd],
+        );
         let mut dx = vec![0f32; n_tok * n_embd];
-        rmsnorm_backward(&tape.x_final, &self.output_norm, &tape.rstd_final, &dh, &mut dx, false);
+        rmsnorm_backward(
+            &tape.x_final,
+            &self.output_norm,
+            &tape.rstd_final,
+            &dh,
+            &mut dx,
+            false,
+        );
         // Blocks in reverse, each recomputed from its input.
         let positions: Vec<u32> = (0..n_tok as u32).collect();
         let mut acts = BlockActs::new(self, n_tok, Some(lora));
@@ -53,25 +74,93 @@ impl Transformer {
     /// `dx` holds the gradient of the block's output on entry and of its input
     /// on return.
     #[allow(clippy::too_many_arguments)]
-    fn block_backward(&self, li: usize, l: &Layer, lora: &Lora, x_in: &[f32], positions: &[u32], a: &BlockActs, dx: &mut [f32], grads: &mut Lora) {
+    fn block_backward(
+        &self,
+        li: usize,
+        l: &Layer,
+        lora: &Lora,
+        x_in: &[f32],
+        positions: &[u32],
+        a: &BlockActs,
+        dx: &mut [f32],
+        grads: &mut Lora,
+    ) {
         let c = self.config();
         let n_tok = positions.len();
-        let lin = LinearBackward { model: self, li, lora, n_tok };
+        let lin = LinearBackward {
+            model: self,
+            li,
+            lora,
+            n_tok,
+        };
         // Feed-forward: out = x_mid + Wdown . swiglu(Wgate . xn2, Wup . xn2).
         let mut d_act = vec![0f32; n_tok * c.n_ff];
-        lin.run(&a.act, &l.w_down, Proj::Down, a.u_saved(Proj::Down), dx, &mut d_act, grads);
+        lin.run(
+            &a.act,
+            &l.w_down,
+            Proj::Down,
+            a.u_saved(Proj::Down),
+            dx,
+            &mut d_act,
+            grads,
+        );
         let (mut dgate, mut dup) = (vec![0f32; d_act.len()], vec![0f32; d_act.len()]);
         swiglu_backward(&a.gate, &a.up, &d_act, &mut dgate, &mut dup);
         let mut dxn = vec![0f32; n_tok * c.n_embd];
-        lin.run(&a.xn2, &l.w_gate, Proj::Gate, a.u_saved(Proj::Gate), &dgate, &mut dxn, grads);
-        lin.run(&a.xn2, &l.w_up, Proj::Up, a.u_saved(Proj::Up), &dup, &mut dxn, grads);
+        lin.run(
+            &a.xn2,
+            &l.w_gate,
+            Proj::Gate,
+            a.u_saved(Proj::Gate),
+            &dgate,
+            &mut dxn,
+            grads,
+        );
+        lin.run(
+            &a.xn2,
+            &l.w_up,
+            Proj::Up,
+            a.u_saved(Proj::Up),
+            &dup,
+            &mut dxn,
+            grads,
+        );
         rmsnorm_backward(&a.x_mid, &l.ffn_norm, &a.rstd2, &dxn, dx, true);
         // Attention: x_mid = x_in + Wo . attention(q, k, v).
         let mut d_att = vec![0f32; n_tok * c.q_dim()];
-        lin.run(&a.att, &l.wo, Proj::O, a.u_saved(Proj::O), dx, &mut d_att, grads);
-        let (mut dq, mut dk, mut dv) = (vec![0f32; a.q.len()], vec![0f32; a.k.len()], vec![0f32; a.v.len()]);
-        let shape = AttnShape { n_tok, n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: c.head_dim };
-        attention_backward(&a.q, &a.k, &a.v, &a.att, &a.lse, &d_att, shape, 1.0 / (c.head_dim as f32).sqrt(), &mut dq, &mut dk, &mut dv);
+        lin.run(
+            &a.att,
+            &l.wo,
+            Proj::O,
+            a.u_saved(Proj::O),
+            dx,
+            &mut d_att,
+            grads,
+        );
+        let (mut dq, mut dk, mut dv) = (
+            vec![0f32; a.q.len()],
+            vec![0f32; a.k.len()],
+            vec![0f32; a.v.len()],
+        );
+        let shape = AttnShape {
+            n_tok,
+            n_head: c.n_head,
+            n_head_kv: c.n_head_kv,
+            head_dim: c.head_dim,
+        };
+        attention_backward(
+            &a.q,
+            &a.k,
+            &a.v,
+            &a.att,
+            &a.lse,
+            &d_att,
+            shape,
+            1.0 / (c.head_dim as f32).sqrt(),
+            &mut dq,
+            &mut dk,
+            &mut dv,
+        );
         self.rope(c.n_head).backward(&mut dq, positions);
         self.rope(c.n_head_kv).backward(&mut dk, positions);
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
@@ -82,9 +171,33 @@ impl Transformer {
             dk = dk_lin;
         }
         dxn.fill(0.0);
-        lin.run(&a.xn1, &l.wq, Proj::Q, a.u_saved(Proj::Q), &dq, &mut dxn, grads);
-        lin.run(&a.xn1, &l.wk, Proj::K, a.u_saved(Proj::K), &dk, &mut dxn, grads);
-        lin.run(&a.xn1, &l.wv, Proj::V, a.u_saved(Proj::V), &dv, &mut dxn, grads);
+        lin.run(
+            &a.xn1,
+            &l.wq,
+            Proj::Q,
+            a.u_saved(Proj::Q),
+            &dq,
+            &mut dxn,
+            grads,
+        );
+        lin.run(
+            &a.xn1,
+            &l.wk,
+            Proj::K,
+            a.u_saved(Proj::K),
+            &dk,
+            &mut dxn,
+            grads,
+        );
+        lin.run(
+            &a.xn1,
+            &l.wv,
+            Proj::V,
+            a.u_saved(Proj::V),
+            &dv,
+            &mut dxn,
+            grads,
+        );
         rmsnorm_backward(x_in, &l.attn_norm, &a.rstd1, &dxn, dx, true);
     }
 }
@@ -101,19 +214,32 @@ impl LinearBackward<'_> {
     /// For `y = x W^T + s (x A^T) B^T` with `u = x A^T` saved: adds `dy W + s (dy B) A`
     /// into `dx`, `s dy^T u` into dB and `s (dy B)^T x` into dA.
     #[allow(clippy::too_many_arguments)]
-    fn run(&self, x: &[f32], w: &MatrixRef, p: Proj, u: Option<&Vec<f32>>, dy: &[f32], dx: &mut [f32], grads: &mut Lora) {
+    fn run(
+        &self,
+        x: &[f32],
+        w: &MatrixRef,
+        p: Proj,
+        u: Option<&Vec<f32>>,
+        dy: &[f32],
+        dx: &mut [f32],
+        grads: &mut Lora,
+    ) {
         let n_tok = self.n_tok;
         let mut tmp = vec![0f32; dx.len()];
         matmul_w(dy, n_tok, &self.model.weights(w), &mut tmp);
         dx.iter_mut().zip(&tmp).for_each(|(a, &b)| *a += b);
-        let (Some(pair), Some(u)) = (self.lora.pair(self.li, p), u) else { return };
+        let (Some(pair), Some(u)) = (self.lora.pair(self.li, p), u) else {
+            return;
+        };
         let (s, rank) = (self.lora.scale(), self.lora.config.rank);
         // g = s * dy B: [n_tok, rank]
         let mut g = vec![0f32; n_tok * rank];
         matmul_w(dy, n_tok, &Weights::f32(&pair.b, pair.n_out, rank), &mut g);
         g.iter_mut().for_each(|v| *v *= s);
         let su: Vec<f32> = u.iter().map(|v| v * s).collect();
-        let gp = grads.pair_mut(self.li, p).expect("grads shaped like the adapter (checked)");
+        let gp = grads
+            .pair_mut(self.li, p)
+            .expect("grads shaped like the adapter (checked)");
         matmul_tn(dy, &su, n_tok, &mut gp.b, true);
         matmul_tn(&g, x, n_tok, &mut gp.a, true);
         matmul_w(&g, n_tok, &Weights::f32(&pair.a, rank, pair.n_in), &mut tmp);

@@ -10,17 +10,38 @@ pub enum ModelErrorKind {
     #[error(transparent)]
     Gguf(#[from] GgufError),
     #[error("unsupported architecture {found:?}; supported: {}", supported.join(", "))]
-    UnknownArchitecture { found: String, supported: Vec<&'static str> },
+    UnknownArchitecture {
+        found: String,
+        supported: Vec<&'static str>,
+    },
     #[error("metadata {key} = {value} is invalid: {why}")]
-    BadConfig { key: String, value: String, why: String },
+    BadConfig {
+        key: String,
+        value: String,
+        why: String,
+    },
     #[error("missing tensor {0:?} (is this a complete model file of the declared architecture?)")]
     MissingTensor(String),
     #[error("tensor {name:?} has shape {found:?}, expected {expected:?} (ggml order) for this configuration")]
-    TensorShape { name: String, expected: Vec<u64>, found: Vec<u64> },
+    TensorShape {
+        name: String,
+        expected: Vec<u64>,
+        found: Vec<u64>,
+    },
     #[error("tensor {name:?} has type {ty}: {why}")]
-    TensorType { name: String, ty: String, why: String },
-    #[error("token id {token} at position {position} is outside the vocabulary of {n_vocab} tokens")]
-    TokenOutOfRange { position: usize, token: u32, n_vocab: usize },
+    TensorType {
+        name: String,
+        ty: String,
+        why: String,
+    },
+    #[error(
+        "token id {token} at position {position} is outside the vocabulary of {n_vocab} tokens"
+    )]
+    TokenOutOfRange {
+        position: usize,
+        token: u32,
+        n_vocab: usize,
+    },
     #[error("{0}")]
     BadRequest(String),
 }
@@ -34,13 +55,19 @@ pub struct ModelError {
 
 impl ModelError {
     pub(crate) fn at(path: Option<&std::path::Path>, kind: ModelErrorKind) -> Self {
-        ModelError { path: path.map(|p| p.to_path_buf()), kind }
+        ModelError {
+            path: path.map(|p| p.to_path_buf()),
+            kind,
+        }
     }
 }
 
 impl From<GgufError> for ModelError {
     fn from(e: GgufError) -> Self {
-        ModelError { path: e.path.clone(), kind: ModelErrorKind::Gguf(e) }
+        ModelError {
+            path: e.path.clone(),
+            kind: ModelErrorKind::Gguf(e),
+        }
     }
 }
 

@@ -34,24 +34,24 @@ pub struct ForwardOutput {
 /// backward recomputes one layer at a time from its saved input
 /// (activation checkpointing: memory O(n_layer * n_tok * n_embd)).
 pub(crate) struct BlockActs {
-    pub xn1: Vec<f32>,     // [n_tok, n_embd]   rmsnorm(x) before attention
-    pub rstd1: Vec<f32>,   // [n_tok]
-    pub q_lin: Vec<f32>,   // [n_tok, q_dim]    Wq xn1 (+b), before q-norm (Qwen3) and RoPE
-    pub k_lin: Vec<f32>,   // [n_tok, kv_dim]
-    pub rstd_q: Vec<f32>,  // [n_tok * n_head]  (Qwen3)
-    pub rstd_k: Vec<f32>,  // [n_tok * n_head_kv]
-    pub q: Vec<f32>,       // [n_tok, q_dim]    after norm and RoPE
-    pub k: Vec<f32>,       // [n_tok, kv_dim]
-    pub v: Vec<f32>,       // [n_tok, kv_dim]
-    pub att: Vec<f32>,     // [n_tok, q_dim]
-    pub lse: Vec<f32>,     // [n_head, n_tok]
-    pub x_mid: Vec<f32>,   // [n_tok, n_embd]   x after the attention residual
-    pub xn2: Vec<f32>,     // [n_tok, n_embd]
-    pub rstd2: Vec<f32>,   // [n_tok]
-    pub gate: Vec<f32>,    // [n_tok, n_ff]
-    pub up: Vec<f32>,      // [n_tok, n_ff]
-    pub act: Vec<f32>,     // [n_tok, n_ff]
-    pub proj: Vec<f32>,    // [n_tok, max(n_embd, ...)] scratch for projections
+    pub xn1: Vec<f32>,    // [n_tok, n_embd]   rmsnorm(x) before attention
+    pub rstd1: Vec<f32>,  // [n_tok]
+    pub q_lin: Vec<f32>,  // [n_tok, q_dim]    Wq xn1 (+b), before q-norm (Qwen3) and RoPE
+    pub k_lin: Vec<f32>,  // [n_tok, kv_dim]
+    pub rstd_q: Vec<f32>, // [n_tok * n_head]  (Qwen3)
+    pub rstd_k: Vec<f32>, // [n_tok * n_head_kv]
+    pub q: Vec<f32>,      // [n_tok, q_dim]    after norm and RoPE
+    pub k: Vec<f32>,      // [n_tok, kv_dim]
+    pub v: Vec<f32>,      // [n_tok, kv_dim]
+    pub att: Vec<f32>,    // [n_tok, q_dim]
+    pub lse: Vec<f32>,    // [n_head, n_tok]
+    pub x_mid: Vec<f32>,  // [n_tok, n_embd]   x after the attention residual
+    pub xn2: Vec<f32>,    // [n_tok, n_embd]
+    pub rstd2: Vec<f32>,  // [n_tok]
+    pub gate: Vec<f32>,   // [n_tok, n_ff]
+    pub up: Vec<f32>,     // [n_tok, n_ff]
+    pub act: Vec<f32>,    // [n_tok, n_ff]
+    pub proj: Vec<f32>,   // [n_tok, max(n_embd, ...)] scratch for projections
     /// `x A^T` of each adapted projection, `[n_tok, rank]`, in `Proj` order.
     pub lora_u: Vec<(Proj, Vec<f32>)>,
 }
@@ -61,7 +61,13 @@ impl BlockActs {
         let c = model.config();
         let z = |n: usize| vec![0f32; n];
         let rank = lora.map_or(0, |l| l.config.rank);
-        let lora_u = lora.map_or(Vec::new(), |l| l.config.targets.iter().map(|&p| (p, z(n_tok * rank))).collect());
+        let lora_u = lora.map_or(Vec::new(), |l| {
+            l.config
+                .targets
+                .iter()
+                .map(|&p| (p, z(n_tok * rank)))
+                .collect()
+        });
         BlockActs {
             xn1: z(n_tok * c.n_embd),
             rstd1: z(n_tok),
@@ -90,7 +96,10 @@ impl BlockActs {
     }
 
     pub fn u(&mut self, p: Proj) -> Option<&mut Vec<f32>> {
-        self.lora_u.iter_mut().find(|(q, _)| *q == p).map(|(_, u)| u)
+        self.lora_u
+            .iter_mut()
+            .find(|(q, _)| *q == p)
+            .map(|(_, u)| u)
     }
 }
 
@@ -126,7 +135,9 @@ impl Transformer {
         let c = self.config();
         let n_tok = tokens.len();
         if n_tok < 2 {
-            return Err(self.err(ModelErrorKind::BadRequest(format!("forward: need at least 2 tokens, got {n_tok}"))));
+            return Err(self.err(ModelErrorKind::BadRequest(format!(
+                "forward: need at least 2 tokens, got {n_tok}"
+            ))));
         }
         if n_tok > c.context_length {
             return Err(self.err(ModelErrorKind::BadRequest(format!(
@@ -134,23 +145,48 @@ impl Transformer {
                 c.context_length
             ))));
         }
-        if let Some((position, &token)) = tokens.iter().enumerate().find(|(_, &t)| t as usize >= c.n_vocab) {
-            return Err(self.err(ModelErrorKind::TokenOutOfRange { position, token, n_vocab: c.n_vocab }));
+        if let Some((position, &token)) = tokens
+            .iter()
+            .enumerate()
+            .find(|(_, &t)| t as usize >= c.n_vocab)
+        {
+            return Err(self.err(ModelErrorKind::TokenOutOfRange {
+                position,
+                token,
+                n_vocab: c.n_vocab,
+            }));
         }
         Ok(())
     }
 
     pub(crate) fn check_lora(&self, lora: &Lora) -> Result<(), ModelError> {
-        let bad = |why: String| Err(self.err(ModelErrorKind::BadRequest(format!("adapter does not fit this model: {why}"))));
+        let bad = |why: String| {
+            Err(self.err(ModelErrorKind::BadRequest(format!(
+                "adapter does not fit this model: {why}"
+            ))))
+        };
         if lora.layers.len() != self.layers.len() {
-            return bad(format!("{} layers, the model has {}", lora.layers.len(), self.layers.len()));
+            return bad(format!(
+                "{} layers, the model has {}",
+                lora.layers.len(),
+                self.layers.len()
+            ));
         }
         for (l, pairs) in lora.layers.iter().enumerate() {
             for (p, pair) in pairs {
                 let (n_out, n_in) = crate::lora::proj_shape(self, l, *p);
                 let r = lora.config.rank;
-                if pair.n_in != n_in || pair.n_out != n_out || pair.a.len() != r * n_in || pair.b.len() != n_out * r {
-                    return bad(format!("blk.{l}.{} is {}x{} rank {r}, the model's is {n_out}x{n_in}", p.gguf_name(), pair.n_out, pair.n_in));
+                if pair.n_in != n_in
+                    || pair.n_out != n_out
+                    || pair.a.len() != r * n_in
+                    || pair.b.len() != n_out * r
+                {
+                    return bad(format!(
+                        "blk.{l}.{} is {}x{} rank {r}, the model's is {n_out}x{n_in}",
+                        p.gguf_name(),
+                        pair.n_out,
+                        pair.n_in
+                    ));
                 }
             }
         }
@@ -160,7 +196,12 @@ impl Transformer {
     /// Full forward pass over `tokens` (positions `0..n_tok`), with an optional
     /// adapter. `logits_for` selects positions whose full logits are also
     /// returned.
-    pub fn forward(&self, tokens: &[u32], lora: Option<&Lora>, logits_for: Option<Range<usize>>) -> Result<ForwardOutput, ModelError> {
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        lora: Option<&Lora>,
+        logits_for: Option<Range<usize>>,
+    ) -> Result<ForwardOutput, ModelError> {
         self.check_tokens(tokens)?;
         if let Some(l) = lora {
             self.check_lora(l)?;
@@ -178,14 +219,23 @@ impl Transformer {
         let c = self.config();
         let logits = logits_for.map(|r| {
             let mut out = vec![0f32; r.len() * c.n_vocab];
-            matmul_wt(&tape.h[r.start * c.n_embd..r.end * c.n_embd], r.len(), &self.weights(&self.output), &mut out);
+            matmul_wt(
+                &tape.h[r.start * c.n_embd..r.end * c.n_embd],
+                r.len(),
+                &self.weights(&self.output),
+                &mut out,
+            );
             out
         });
         Ok(ForwardOutput { logprobs, logits })
     }
 
     /// Training forward: log-probs plus the tape the backward pass needs.
-    pub fn forward_train(&self, tokens: &[u32], lora: &Lora) -> Result<(Vec<f32>, Tape), ModelError> {
+    pub fn forward_train(
+        &self,
+        tokens: &[u32],
+        lora: &Lora,
+    ) -> Result<(Vec<f32>, Tape), ModelError> {
         self.check_tokens(tokens)?;
         self.check_lora(lora)?;
         let mut tape = self.run_forward(tokens, Some(lora), true);
@@ -199,7 +249,14 @@ impl Transformer {
         let n = tape.n_tok() - 1;
         let (mut lp, mut lse) = (vec![0f32; n], vec![0f32; n]);
         // Targets were checked against the vocabulary in check_tokens.
-        let _ = token_logprobs_forward(&tape.h[..n * self.config().n_embd], n, &self.weights(&self.output), &tape.tokens[1..], &mut lp, &mut lse);
+        let _ = token_logprobs_forward(
+            &tape.h[..n * self.config().n_embd],
+            n,
+            &self.weights(&self.output),
+            &tape.tokens[1..],
+            &mut lp,
+            &mut lse,
+        );
         (lp, lse)
     }
 
@@ -222,8 +279,21 @@ impl Transformer {
         }
         let mut h = vec![0f32; n_tok * n_embd];
         let mut rstd_final = vec![0f32; n_tok];
-        rmsnorm_forward(&x, &self.output_norm, c.rms_eps, &mut h, Some(&mut rstd_final));
-        Tape { tokens: tokens.to_vec(), block_inputs, x_final: x, rstd_final, h, lse: Vec::new() }
+        rmsnorm_forward(
+            &x,
+            &self.output_norm,
+            c.rms_eps,
+            &mut h,
+            Some(&mut rstd_final),
+        );
+        Tape {
+            tokens: tokens.to_vec(),
+            block_inputs,
+            x_final: x,
+            rstd_final,
+            h,
+            lse: Vec::new(),
+        }
     }
 
     /// The one choke point of every projection:
@@ -248,19 +318,38 @@ impl Transformer {
             let rank = pair.a.len() / pair.n_in;
             matmul_wt(x, n_tok, &Weights::f32(&pair.a, rank, pair.n_in), u);
             let mut delta = vec![0f32; n_tok * pair.n_out];
-            matmul_wt(u, n_tok, &Weights::f32(&pair.b, pair.n_out, rank), &mut delta);
+            matmul_wt(
+                u,
+                n_tok,
+                &Weights::f32(&pair.b, pair.n_out, rank),
+                &mut delta,
+            );
             y.iter_mut().zip(&delta).for_each(|(v, &d)| *v += scale * d);
         }
     }
 
     pub(crate) fn rope(&self, n_head: usize) -> Rope {
         let c = self.config();
-        Rope { n_head, head_dim: c.head_dim, n_rot: c.n_rot, freq_base: c.rope_freq_base, layout: c.rope_layout }
+        Rope {
+            n_head,
+            head_dim: c.head_dim,
+            n_rot: c.n_rot,
+            freq_base: c.rope_freq_base,
+            layout: c.rope_layout,
+        }
     }
 
     /// One block: `x` in, `x` out (residuals added in place); intermediates
     /// land in `a`.
-    pub(crate) fn block_forward(&self, li: usize, l: &Layer, lora: Option<&Lora>, x: &mut [f32], positions: &[u32], a: &mut BlockActs) {
+    pub(crate) fn block_forward(
+        &self,
+        li: usize,
+        l: &Layer,
+        lora: Option<&Lora>,
+        x: &mut [f32],
+        positions: &[u32],
+        a: &mut BlockActs,
+    ) {
         let c = self.config();
         let n_tok = positions.len();
         let scale = lora.map_or(0.0, |l| l.scale());
@@ -293,8 +382,21 @@ impl Transformer {
         }
         self.rope(c.n_head).forward(&mut a.q, positions);
         self.rope(c.n_head_kv).forward(&mut a.k, positions);
-        let shape = AttnShape { n_tok, n_head: c.n_head, n_head_kv: c.n_head_kv, head_dim: c.head_dim };
-        attention_forward(&a.q, &a.k, &a.v, shape, 1.0 / (c.head_dim as f32).sqrt(), &mut a.att, &mut a.lse);
+        let shape = AttnShape {
+            n_tok,
+            n_head: c.n_head,
+            n_head_kv: c.n_head_kv,
+            head_dim: c.head_dim,
+        };
+        attention_forward(
+            &a.q,
+            &a.k,
+            &a.v,
+            shape,
+            1.0 / (c.head_dim as f32).sqrt(),
+            &mut a.att,
+            &mut a.lse,
+        );
         let mut proj = std::mem::take(&mut a.proj);
         lin!(&a.att, &l.wo, None, Proj::O, &mut proj);
         x.iter_mut().zip(&proj).for_each(|(v, &p)| *v += p);

@@ -5,6 +5,7 @@
 //! This crate knows file formats and model structure; it knows nothing about
 //! llama.cpp, sampling, sandboxes or reinforcement learning.
 
+pub mod adapter_file;
 pub mod arch;
 pub mod backward;
 pub mod error;
@@ -17,6 +18,6 @@ pub mod tiny;
 pub use arch::{Architecture, Config};
 pub use error::{ModelError, ModelErrorKind};
 pub use forward::{ForwardOutput, Tape};
-pub use lora::{Lora, LoraConfig, LoraPair, Proj};
 pub use gguf::{GgufError, GgufErrorKind, GgufFile, GgufWriter, TensorInfo, Value};
+pub use lora::{Lora, LoraConfig, LoraPair, Proj};
 pub use model::{Layer, MatrixRef, Transformer};

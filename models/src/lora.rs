@@ -21,7 +21,15 @@ pub enum Proj {
 }
 
 impl Proj {
-    pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
+    pub const ALL: [Proj; 7] = [
+        Proj::Q,
+        Proj::K,
+        Proj::V,
+        Proj::O,
+        Proj::Gate,
+        Proj::Up,
+        Proj::Down,
+    ];
 
     /// The GGUF tensor stem (`blk.N.<stem>.weight`).
     pub fn gguf_name(self) -> &'static str {
@@ -70,7 +78,11 @@ pub struct LoraConfig {
 
 impl Default for LoraConfig {
     fn default() -> Self {
-        LoraConfig { rank: 16, alpha: 32.0, targets: Proj::ALL.to_vec() }
+        LoraConfig {
+            rank: 16,
+            alpha: 32.0,
+            targets: Proj::ALL.to_vec(),
+        }
     }
 }
 
@@ -130,13 +142,26 @@ impl Lora {
                     .map(|&p| {
                         let (n_out, n_in) = proj_shape(model, l, p);
                         let bound = 1.0 / (n_in as f64).sqrt();
-                        let a = (0..config.rank * n_in).map(|_| (uniform() * bound) as f32).collect();
-                        (p, LoraPair { n_in, n_out, a, b: vec![0.0; n_out * config.rank] })
+                        let a = (0..config.rank * n_in)
+                            .map(|_| (uniform() * bound) as f32)
+                            .collect();
+                        (
+                            p,
+                            LoraPair {
+                                n_in,
+                                n_out,
+                                a,
+                                b: vec![0.0; n_out * config.rank],
+                            },
+                        )
                     })
                     .collect()
             })
             .collect();
-        Lora { config: LoraConfig { targets, ..config }, layers }
+        Lora {
+            config: LoraConfig { targets, ..config },
+            layers,
+        }
     }
 
     /// `alpha / rank`.
@@ -146,26 +171,44 @@ impl Lora {
 
     /// The factors of projection `p` in block `layer`, if adapted.
     pub fn pair(&self, layer: usize, p: Proj) -> Option<&LoraPair> {
-        self.layers.get(layer)?.iter().find(|(q, _)| *q == p).map(|(_, pair)| pair)
+        self.layers
+            .get(layer)?
+            .iter()
+            .find(|(q, _)| *q == p)
+            .map(|(_, pair)| pair)
     }
 
     pub fn pair_mut(&mut self, layer: usize, p: Proj) -> Option<&mut LoraPair> {
-        self.layers.get_mut(layer)?.iter_mut().find(|(q, _)| *q == p).map(|(_, pair)| pair)
+        self.layers
+            .get_mut(layer)?
+            .iter_mut()
+            .find(|(q, _)| *q == p)
+            .map(|(_, pair)| pair)
     }
 
     /// Number of trainable values.
     pub fn n_params(&self) -> usize {
-        self.layers.iter().flatten().map(|(_, p)| p.a.len() + p.b.len()).sum()
+        self.layers
+            .iter()
+            .flatten()
+            .map(|(_, p)| p.a.len() + p.b.len())
+            .sum()
     }
 
     /// Every parameter tensor in a fixed order (layer, projection, A then B):
     /// the order optimizers and checkpoints use.
     pub fn tensors(&self) -> impl Iterator<Item = &[f32]> {
-        self.layers.iter().flatten().flat_map(|(_, p)| [p.a.as_slice(), p.b.as_slice()])
+        self.layers
+            .iter()
+            .flatten()
+            .flat_map(|(_, p)| [p.a.as_slice(), p.b.as_slice()])
     }
 
     pub fn tensors_mut(&mut self) -> impl Iterator<Item = &mut Vec<f32>> {
-        self.layers.iter_mut().flatten().flat_map(|(_, p)| [&mut p.a, &mut p.b])
+        self.layers
+            .iter_mut()
+            .flatten()
+            .flat_map(|(_, p)| [&mut p.a, &mut p.b])
     }
 
     /// A zeroed adapter of the same shape (gradient buffers).

@@ -61,7 +61,10 @@ pub struct Transformer {
 
 impl std::fmt::Debug for Transformer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transformer").field("path", &self.file.path()).field("config", &self.config).finish()
+        f.debug_struct("Transformer")
+            .field("path", &self.file.path())
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -74,7 +77,10 @@ impl Transformer {
     /// Validates an opened file as a model of a supported family.
     pub fn from_gguf(file: GgufFile) -> Result<Transformer, ModelError> {
         let config = Config::from_gguf(&file)?;
-        let loader = Loader { file: &file, config: &config };
+        let loader = Loader {
+            file: &file,
+            config: &config,
+        };
         let c = &config;
         let token_embd = loader.matrix("token_embd.weight", c.n_vocab, c.n_embd)?;
         let output_norm = loader.vector("output_norm.weight", c.n_embd)?;
@@ -85,9 +91,14 @@ impl Transformer {
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             let n = |s: &str| format!("blk.{i}.{s}");
-            let opt_vec = |s: &str, len: usize, wanted: bool| -> Result<Option<Vec<f32>>, ModelError> {
-                if wanted { loader.vector(&n(s), len).map(Some) } else { Ok(None) }
-            };
+            let opt_vec =
+                |s: &str, len: usize, wanted: bool| -> Result<Option<Vec<f32>>, ModelError> {
+                    if wanted {
+                        loader.vector(&n(s), len).map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                };
             layers.push(Layer {
                 attn_norm: loader.vector(&n("attn_norm.weight"), c.n_embd)?,
                 wq: loader.matrix(&n("attn_q.weight"), c.q_dim(), c.n_embd)?,
@@ -105,7 +116,14 @@ impl Transformer {
                 w_down: loader.matrix(&n("ffn_down.weight"), c.n_embd, c.n_ff)?,
             });
         }
-        Ok(Transformer { file, config, token_embd, output_norm, output, layers })
+        Ok(Transformer {
+            file,
+            config,
+            token_embd,
+            output_norm,
+            output,
+            layers,
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -149,7 +167,11 @@ impl Loader<'_> {
             .ok_or_else(|| self.err(ModelErrorKind::MissingTensor(name.to_string())))?;
         let info = &self.file.tensors()[index];
         if info.dims != expected {
-            return Err(self.err(ModelErrorKind::TensorShape { name: name.into(), expected: expected.to_vec(), found: info.dims.clone() }));
+            return Err(self.err(ModelErrorKind::TensorShape {
+                name: name.into(),
+                expected: expected.to_vec(),
+                found: info.dims.clone(),
+            }));
         }
         Ok((index, info))
     }
@@ -161,16 +183,30 @@ impl Loader<'_> {
                 WeightError::Unsupported(_) => e.to_string(),
                 other => format!("{other} (arch {})", self.config.arch.name()),
             };
-            self.err(ModelErrorKind::TensorType { name: name.into(), ty: info.ty.name(), why })
+            self.err(ModelErrorKind::TensorType {
+                name: name.into(),
+                ty: info.ty.name(),
+                why,
+            })
         })?;
-        Ok(MatrixRef { name: name.to_string(), index, n_rows, n_cols })
+        Ok(MatrixRef {
+            name: name.to_string(),
+            index,
+            n_rows,
+            n_cols,
+        })
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
         let (_, info) = self.info(name, &[len as u64])?;
         let mut out = vec![0f32; len];
-        dequantize(info.ty, self.file.tensor_data(info), &mut out)
-            .map_err(|e| self.err(ModelErrorKind::TensorType { name: name.into(), ty: info.ty.name(), why: e.to_string() }))?;
+        dequantize(info.ty, self.file.tensor_data(info), &mut out).map_err(|e| {
+            self.err(ModelErrorKind::TensorType {
+                name: name.into(),
+                ty: info.ty.name(),
+                why: e.to_string(),
+            })
+        })?;
         Ok(out)
     }
 }

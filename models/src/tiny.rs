@@ -23,7 +23,16 @@ pub struct TinySpec {
 
 impl TinySpec {
     pub fn new(arch: Architecture) -> TinySpec {
-        TinySpec { arch, n_vocab: 48, n_embd: 32, n_head: 4, n_head_kv: 2, n_ff: 64, n_layer: 2, quantized: true }
+        TinySpec {
+            arch,
+            n_vocab: 48,
+            n_embd: 32,
+            n_head: 4,
+            n_head_kv: 2,
+            n_ff: 64,
+            n_layer: 2,
+            quantized: true,
+        }
     }
 }
 
@@ -56,24 +65,50 @@ pub fn tiny_model(spec: TinySpec, seed: u64) -> Vec<u8> {
     let (q_dim, kv_dim) = (spec.n_head * head_dim, spec.n_head_kv * head_dim);
     let mut w = GgufWriter::new();
     w.set("general.architecture", Value::String(a.into()))
-        .set(&format!("{a}.embedding_length"), Value::U32(spec.n_embd as u32))
+        .set(
+            &format!("{a}.embedding_length"),
+            Value::U32(spec.n_embd as u32),
+        )
         .set(&format!("{a}.block_count"), Value::U32(spec.n_layer as u32))
-        .set(&format!("{a}.feed_forward_length"), Value::U32(spec.n_ff as u32))
-        .set(&format!("{a}.attention.head_count"), Value::U32(spec.n_head as u32))
-        .set(&format!("{a}.attention.head_count_kv"), Value::U32(spec.n_head_kv as u32))
-        .set(&format!("{a}.attention.key_length"), Value::U32(head_dim as u32))
+        .set(
+            &format!("{a}.feed_forward_length"),
+            Value::U32(spec.n_ff as u32),
+        )
+        .set(
+            &format!("{a}.attention.head_count"),
+            Value::U32(spec.n_head as u32),
+        )
+        .set(
+            &format!("{a}.attention.head_count_kv"),
+            Value::U32(spec.n_head_kv as u32),
+        )
+        .set(
+            &format!("{a}.attention.key_length"),
+            Value::U32(head_dim as u32),
+        )
         .set(&format!("{a}.context_length"), Value::U32(512))
         .set(&format!("{a}.rope.freq_base"), Value::F32(10000.0))
-        .set(&format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(1e-6));
-    let mut matrix = |w: &mut GgufWriter, name: &str, n_out: usize, n_in: usize, scale: f32, quantize: bool| {
-        let vals: Vec<f32> = (0..n_out * n_in).map(|_| uniform() * scale).collect();
-        if quantize && n_in % 32 == 0 {
-            w.add_tensor(name, &[n_in as u64, n_out as u64], QuantType::Q8_0, q8_0(&vals));
-        } else {
-            w.add_f32(name, &[n_in as u64, n_out as u64], &vals);
-        }
+        .set(
+            &format!("{a}.attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-6),
+        );
+    let mut matrix =
+        |w: &mut GgufWriter, name: &str, n_out: usize, n_in: usize, scale: f32, quantize: bool| {
+            let vals: Vec<f32> = (0..n_out * n_in).map(|_| uniform() * scale).collect();
+            if quantize && n_in % 32 == 0 {
+                w.add_tensor(
+                    name,
+                    &[n_in as u64, n_out as u64],
+                    QuantType::Q8_0,
+                    q8_0(&vals),
+                );
+            } else {
+                w.add_f32(name, &[n_in as u64, n_out as u64], &vals);
+            }
+        };
+    let ones = |n: usize, jitter: f32, u: &mut dyn FnMut() -> f32| -> Vec<f32> {
+        (0..n).map(|_| 1.0 + jitter * u()).collect()
     };
-    let ones = |n: usize, jitter: f32, u: &mut dyn FnMut() -> f32| -> Vec<f32> { (0..n).map(|_| 1.0 + jitter * u()).collect() };
     let mut u2 = {
         let mut s = seed.wrapping_mul(31) | 1;
         move || {
@@ -83,36 +118,123 @@ pub fn tiny_model(spec: TinySpec, seed: u64) -> Vec<u8> {
             (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         }
     };
-    matrix(&mut w, "token_embd.weight", spec.n_vocab, spec.n_embd, 1.0, spec.quantized);
-    w.add_f32("output_norm.weight", &[spec.n_embd as u64], &ones(spec.n_embd, 0.2, &mut u2));
+    matrix(
+        &mut w,
+        "token_embd.weight",
+        spec.n_vocab,
+        spec.n_embd,
+        1.0,
+        spec.quantized,
+    );
+    w.add_f32(
+        "output_norm.weight",
+        &[spec.n_embd as u64],
+        &ones(spec.n_embd, 0.2, &mut u2),
+    );
     let s_embd = 1.0 / (spec.n_embd as f32).sqrt();
     let s_ff = 1.0 / (spec.n_ff as f32).sqrt();
     for l in 0..spec.n_layer {
         let n = |s: &str| format!("blk.{l}.{s}");
         let qz = spec.quantized;
-        w.add_f32(&n("attn_norm.weight"), &[spec.n_embd as u64], &ones(spec.n_embd, 0.2, &mut u2));
-        matrix(&mut w, &n("attn_q.weight"), q_dim, spec.n_embd, 2.0 * s_embd, qz);
-        matrix(&mut w, &n("attn_k.weight"), kv_dim, spec.n_embd, 2.0 * s_embd, false);
-        matrix(&mut w, &n("attn_v.weight"), kv_dim, spec.n_embd, 2.0 * s_embd, qz);
-        matrix(&mut w, &n("attn_output.weight"), spec.n_embd, q_dim, s_embd, false);
+        w.add_f32(
+            &n("attn_norm.weight"),
+            &[spec.n_embd as u64],
+            &ones(spec.n_embd, 0.2, &mut u2),
+        );
+        matrix(
+            &mut w,
+            &n("attn_q.weight"),
+            q_dim,
+            spec.n_embd,
+            2.0 * s_embd,
+            qz,
+        );
+        matrix(
+            &mut w,
+            &n("attn_k.weight"),
+            kv_dim,
+            spec.n_embd,
+            2.0 * s_embd,
+            false,
+        );
+        matrix(
+            &mut w,
+            &n("attn_v.weight"),
+            kv_dim,
+            spec.n_embd,
+            2.0 * s_embd,
+            qz,
+        );
+        matrix(
+            &mut w,
+            &n("attn_output.weight"),
+            spec.n_embd,
+            q_dim,
+            s_embd,
+            false,
+        );
         if spec.arch == Architecture::Qwen2 {
-            for (t, len) in [("attn_q.bias", q_dim), ("attn_k.bias", kv_dim), ("attn_v.bias", kv_dim)] {
+            for (t, len) in [
+                ("attn_q.bias", q_dim),
+                ("attn_k.bias", kv_dim),
+                ("attn_v.bias", kv_dim),
+            ] {
                 let b: Vec<f32> = (0..len).map(|_| 0.1 * u2()).collect();
                 w.add_f32(&n(t), &[len as u64], &b);
             }
         }
         if spec.arch == Architecture::Qwen3 {
-            w.add_f32(&n("attn_q_norm.weight"), &[head_dim as u64], &ones(head_dim, 0.2, &mut u2));
-            w.add_f32(&n("attn_k_norm.weight"), &[head_dim as u64], &ones(head_dim, 0.2, &mut u2));
+            w.add_f32(
+                &n("attn_q_norm.weight"),
+                &[head_dim as u64],
+                &ones(head_dim, 0.2, &mut u2),
+            );
+            w.add_f32(
+                &n("attn_k_norm.weight"),
+                &[head_dim as u64],
+                &ones(head_dim, 0.2, &mut u2),
+            );
         }
-        w.add_f32(&n("ffn_norm.weight"), &[spec.n_embd as u64], &ones(spec.n_embd, 0.2, &mut u2));
-        matrix(&mut w, &n("ffn_gate.weight"), spec.n_ff, spec.n_embd, 2.0 * s_embd, qz);
-        matrix(&mut w, &n("ffn_up.weight"), spec.n_ff, spec.n_embd, 2.0 * s_embd, false);
-        matrix(&mut w, &n("ffn_down.weight"), spec.n_embd, spec.n_ff, s_ff, qz);
+        w.add_f32(
+            &n("ffn_norm.weight"),
+            &[spec.n_embd as u64],
+            &ones(spec.n_embd, 0.2, &mut u2),
+        );
+        matrix(
+            &mut w,
+            &n("ffn_gate.weight"),
+            spec.n_ff,
+            spec.n_embd,
+            2.0 * s_embd,
+            qz,
+        );
+        matrix(
+            &mut w,
+            &n("ffn_up.weight"),
+            spec.n_ff,
+            spec.n_embd,
+            2.0 * s_embd,
+            false,
+        );
+        matrix(
+            &mut w,
+            &n("ffn_down.weight"),
+            spec.n_embd,
+            spec.n_ff,
+            s_ff,
+            qz,
+        );
     }
     if spec.arch != Architecture::Llama {
         // Untied output for the Qwen families (Qwen2.5-0.5B ties; larger ones do not).
-        matrix(&mut w, "output.weight", spec.n_vocab, spec.n_embd, 2.0, spec.quantized);
+        matrix(
+            &mut w,
+            "output.weight",
+            spec.n_vocab,
+            spec.n_embd,
+            2.0,
+            spec.quantized,
+        );
     }
     w.to_bytes()
 }

@@ -11,7 +11,10 @@ use cleaner_models::GgufFile;
 const QUANT_REL_TOL: f32 = 4.0 * f32::EPSILON;
 
 fn vectors() -> GgufFile {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/dequant_vectors.gguf");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/data/dequant_vectors.gguf"
+    );
     GgufFile::open(path).expect("committed dequant vectors open")
 }
 
@@ -44,14 +47,26 @@ fn every_format_matches_the_gguf_python_reference() {
             let scale = e.iter().fold(0f32, |m, v| m.max(v.abs()));
             for (i, (&gv, &ev)) in g.iter().zip(e).enumerate() {
                 if exact {
-                    assert_eq!(gv.to_bits(), ev.to_bits(), "{name}: value {} differs: {gv} vs {ev}", b * block + i);
+                    assert_eq!(
+                        gv.to_bits(),
+                        ev.to_bits(),
+                        "{name}: value {} differs: {gv} vs {ev}",
+                        b * block + i
+                    );
                 } else {
                     let err = (gv - ev).abs() / scale.max(f32::MIN_POSITIVE);
                     worst = worst.max(err);
-                    assert!(err <= QUANT_REL_TOL, "{name}: value {} is {gv}, reference {ev} (block max {scale})", b * block + i);
+                    assert!(
+                        err <= QUANT_REL_TOL,
+                        "{name}: value {} is {gv}, reference {ev} (block max {scale})",
+                        b * block + i
+                    );
                 }
             }
         }
-        eprintln!("{name}: {} values, worst relative error {worst:.2e}", got.len());
+        eprintln!(
+            "{name}: {} values, worst relative error {worst:.2e}",
+            got.len()
+        );
     }
 }

@@ -18,22 +18,39 @@ const STEP: f32 = 1e-2;
 const SAMPLES_PER_TENSOR: usize = 6;
 
 fn check(arch: Architecture) {
-    let model = Transformer::from_gguf(GgufFile::from_bytes(tiny_model(TinySpec::new(arch), 11)).unwrap()).unwrap();
-    let mut lora = Lora::new(&model, LoraConfig { rank: 4, alpha: 8.0, ..Default::default() }, 3);
+    let model =
+        Transformer::from_gguf(GgufFile::from_bytes(tiny_model(TinySpec::new(arch), 11)).unwrap())
+            .unwrap();
+    let mut lora = Lora::new(
+        &model,
+        LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            ..Default::default()
+        },
+        3,
+    );
     // A fresh adapter has B = 0, which makes every dA zero; give B values so
     // both factors' gradients are exercised.
     let mut s = 5u64;
     for (_, pair) in lora.layers.iter_mut().flatten() {
         for b in pair.b.iter_mut() {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             *b = ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.4;
         }
     }
     let tokens: Vec<u32> = (0..19).map(|i| (i * 7 + 3) % 48).collect();
-    let weights: Vec<f32> = (0..tokens.len() - 1).map(|t| ((t * 37 % 11) as f32 - 5.0) / 5.0).collect();
+    let weights: Vec<f32> = (0..tokens.len() - 1)
+        .map(|t| ((t * 37 % 11) as f32 - 5.0) / 5.0)
+        .collect();
     let loss = |l: &Lora| -> f64 {
         let (lp, _) = model.forward_train(&tokens, l).unwrap();
-        lp.iter().zip(&weights).map(|(a, b)| *a as f64 * *b as f64).sum()
+        lp.iter()
+            .zip(&weights)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum()
     };
     let (_, tape) = model.forward_train(&tokens, &lora).unwrap();
     let mut grads = lora.zeros_like();
@@ -45,7 +62,9 @@ fn check(arch: Architecture) {
         let len = lora.tensors().nth(ti).unwrap().len();
         let analytic = grads.tensors().nth(ti).unwrap().to_vec();
         let mut numeric = Vec::new();
-        let idx: Vec<usize> = (0..SAMPLES_PER_TENSOR).map(|k| (k * 7919 + ti * 31) % len).collect();
+        let idx: Vec<usize> = (0..SAMPLES_PER_TENSOR)
+            .map(|k| (k * 7919 + ti * 31) % len)
+            .collect();
         for &i in &idx {
             let mut plus = lora.clone();
             plus.tensors_mut().nth(ti).unwrap()[i] += STEP;
@@ -58,7 +77,10 @@ fn check(arch: Architecture) {
             let (a, n) = (analytic[i] as f64, numeric[k]);
             let err = (a - n).abs() / n.abs().max(0.05 * scale).max(1e-6);
             worst = worst.max(err);
-            assert!(err <= GRAD_TOL, "{arch:?} tensor {ti} index {i}: analytic {a:.6e}, numeric {n:.6e}");
+            assert!(
+                err <= GRAD_TOL,
+                "{arch:?} tensor {ti} index {i}: analytic {a:.6e}, numeric {n:.6e}"
+            );
         }
     }
     eprintln!("{arch:?}: {n_tensors} tensors, worst relative error {worst:.2e}");

@@ -32,7 +32,18 @@ fn mutate(base: &[u8], rng: &mut Rng) -> Vec<u8> {
             2 => {
                 // An interesting little-endian integer where counts, lengths,
                 // types, dims and offsets live.
-                let v: u64 = [0, 1, 0xff, 0xffff_ffff, u64::MAX, 1 << 63, 1 << 32, 31, 32, 33][rng.below(10)];
+                let v: u64 = [
+                    0,
+                    1,
+                    0xff,
+                    0xffff_ffff,
+                    u64::MAX,
+                    1 << 63,
+                    1 << 32,
+                    31,
+                    32,
+                    33,
+                ][rng.below(10)];
                 let end = (at + 8).min(b.len());
                 b[at..end].copy_from_slice(&v.to_le_bytes()[..end - at]);
             }
@@ -56,7 +67,10 @@ fn mutate(base: &[u8], rng: &mut Rng) -> Vec<u8> {
 #[test]
 fn mutated_files_never_panic() {
     let data = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data"));
-    let seeds = [data.join("corrupt/valid_tiny_llama.gguf"), data.join("dequant_vectors.gguf")];
+    let seeds = [
+        data.join("corrupt/valid_tiny_llama.gguf"),
+        data.join("dequant_vectors.gguf"),
+    ];
     let (mut accepted, mut total) = (0, 0);
     for (i, seed) in seeds.iter().enumerate() {
         let base = std::fs::read(seed).unwrap();
@@ -77,5 +91,8 @@ fn mutated_files_never_panic() {
         }
     }
     eprintln!("{total} mutations, {accepted} still parsed");
-    assert!(accepted > 0 && accepted < total, "mutations should sometimes survive and sometimes not");
+    assert!(
+        accepted > 0 && accepted < total,
+        "mutations should sometimes survive and sometimes not"
+    );
 }

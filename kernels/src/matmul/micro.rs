@@ -56,7 +56,14 @@ unsafe fn portable_dispatch(
     store(&acc, mr, c, ldc, n_valid, accumulate);
 }
 
-unsafe fn store(acc: &[[f32; NR]; MR], mr: usize, c: *mut f32, ldc: usize, n_valid: usize, accumulate: bool) {
+unsafe fn store(
+    acc: &[[f32; NR]; MR],
+    mr: usize,
+    c: *mut f32,
+    ldc: usize,
+    n_valid: usize,
+    accumulate: bool,
+) {
     for (i, row) in acc.iter().enumerate().take(mr) {
         let out = std::slice::from_raw_parts_mut(c.add(i * ldc), n_valid);
         for j in 0..n_valid {

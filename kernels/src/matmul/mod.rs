@@ -41,8 +41,16 @@ pub fn matmul_wt(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
 
 fn matmul_wt_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
     let (n_out, n_in) = (w.n_rows(), w.n_cols());
-    assert_eq!(x.len(), n_tok * n_in, "matmul_wt: x is not [n_tok={n_tok}, n_in={n_in}]");
-    assert_eq!(y.len(), n_tok * n_out, "matmul_wt: y is not [n_tok={n_tok}, n_out={n_out}]");
+    assert_eq!(
+        x.len(),
+        n_tok * n_in,
+        "matmul_wt: x is not [n_tok={n_tok}, n_in={n_in}]"
+    );
+    assert_eq!(
+        y.len(),
+        n_tok * n_out,
+        "matmul_wt: y is not [n_tok={n_tok}, n_out={n_out}]"
+    );
     if n_tok == 0 || n_out == 0 {
         return;
     }
@@ -107,8 +115,16 @@ pub fn matmul_w(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
 
 fn matmul_w_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
     let (n_red, n_cols) = (w.n_rows(), w.n_cols());
-    assert_eq!(x.len(), n_tok * n_red, "matmul_w: x is not [n_tok={n_tok}, {n_red}]");
-    assert_eq!(y.len(), n_tok * n_cols, "matmul_w: y is not [n_tok={n_tok}, {n_cols}]");
+    assert_eq!(
+        x.len(),
+        n_tok * n_red,
+        "matmul_w: x is not [n_tok={n_tok}, {n_red}]"
+    );
+    assert_eq!(
+        y.len(),
+        n_tok * n_cols,
+        "matmul_w: y is not [n_tok={n_tok}, {n_cols}]"
+    );
     if n_tok == 0 || n_cols == 0 {
         return;
     }
@@ -181,7 +197,10 @@ pub fn matmul_w_scalar(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
 pub fn matmul_tn(a: &[f32], b: &[f32], n_tok: usize, c: &mut [f32], accumulate: bool) {
     let m = if n_tok == 0 { 0 } else { a.len() / n_tok };
     let n = if n_tok == 0 { 0 } else { b.len() / n_tok };
-    assert!(a.len() == n_tok * m && b.len() == n_tok * n && c.len() == m * n, "matmul_tn: shapes");
+    assert!(
+        a.len() == n_tok * m && b.len() == n_tok * n && c.len() == m * n,
+        "matmul_tn: shapes"
+    );
     if !accumulate {
         c.fill(0.0);
     }
@@ -189,18 +208,20 @@ pub fn matmul_tn(a: &[f32], b: &[f32], n_tok: usize, c: &mut [f32], accumulate: 
         return;
     }
     const ROWS_PER_TASK: usize = 16;
-    c.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(task, rows)| {
-        let i0 = task * ROWS_PER_TASK;
-        for t in 0..n_tok {
-            let bt = &b[t * n..(t + 1) * n];
-            for (r, crow) in rows.chunks_exact_mut(n).enumerate() {
-                let av = a[t * m + i0 + r];
-                if av != 0.0 {
-                    crow.iter_mut().zip(bt).for_each(|(x, &y)| *x += av * y);
+    c.par_chunks_mut(ROWS_PER_TASK * n)
+        .enumerate()
+        .for_each(|(task, rows)| {
+            let i0 = task * ROWS_PER_TASK;
+            for t in 0..n_tok {
+                let bt = &b[t * n..(t + 1) * n];
+                for (r, crow) in rows.chunks_exact_mut(n).enumerate() {
+                    let av = a[t * m + i0 + r];
+                    if av != 0.0 {
+                        crow.iter_mut().zip(bt).for_each(|(x, &y)| *x += av * y);
+                    }
                 }
             }
-        }
-    });
+        });
 }
 
 /// Below this many rows, packing a transposed tile costs more than it saves:
@@ -257,7 +278,12 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(p, q)| p * q).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(p, q)| p * q)
+        .sum();
     for (p, q) in ca.zip(cb) {
         for i in 0..16 {
             lanes[i] += p[i] * q[i];
@@ -277,7 +303,11 @@ pub fn matmul_wt_scalar(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
         w.dequantize_row(n, &mut row);
         for t in 0..n_tok {
             let xt = &x[t * n_in..(t + 1) * n_in];
-            let dot: f64 = xt.iter().zip(&row).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let dot: f64 = xt
+                .iter()
+                .zip(&row)
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum();
             y[t * n_out + n] = dot as f32;
         }
     }

@@ -10,7 +10,14 @@ fn random_quant(ty: QuantType, n: usize, rng: &mut TestRng) -> Vec<u8> {
     crate::quant::synthetic::random_tensor(ty, n, rng.next_u64()).unwrap()
 }
 
-fn check(kernel: micro::MicroKernel, ty: QuantType, n_tok: usize, n_out: usize, n_in: usize, seed: u64) {
+fn check(
+    kernel: micro::MicroKernel,
+    ty: QuantType,
+    n_tok: usize,
+    n_out: usize,
+    n_in: usize,
+    seed: u64,
+) {
     let mut rng = TestRng(seed);
     let bytes = random_quant(ty, n_out * n_in, &mut rng);
     let w = Weights::quantized(ty, &bytes, n_out, n_in).unwrap();
@@ -23,7 +30,11 @@ fn check(kernel: micro::MicroKernel, ty: QuantType, n_tok: usize, n_out: usize, 
     for n in 0..n_out {
         w.dequantize_row(n, &mut row);
         for t in 0..n_tok {
-            let mass: f64 = x[t * n_in..(t + 1) * n_in].iter().zip(&row).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+            let mass: f64 = x[t * n_in..(t + 1) * n_in]
+                .iter()
+                .zip(&row)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
             let (got, want) = (y[t * n_out + n] as f64, y_ref[t * n_out + n] as f64);
             assert!(
                 (got - want).abs() <= MATMUL_TOL * mass + 1e-30,
@@ -82,13 +93,29 @@ fn row_views_and_shape_errors() {
     assert_eq!(a, b);
     assert!(matches!(
         Weights::quantized(QuantType::Q4_0, &bytes, 4, 48),
-        Err(WeightError::RaggedRow { ty: QuantType::Q4_0, n_cols: 48 })
+        Err(WeightError::RaggedRow {
+            ty: QuantType::Q4_0,
+            n_cols: 48
+        })
     ));
-    assert!(matches!(Weights::quantized(QuantType::Q4_0, &bytes, 5, 64), Err(WeightError::Size { .. })));
-    assert!(matches!(Weights::quantized(QuantType::IQ4_NL, &bytes, 4, 64), Err(WeightError::Unsupported(_))));
+    assert!(matches!(
+        Weights::quantized(QuantType::Q4_0, &bytes, 5, 64),
+        Err(WeightError::Size { .. })
+    ));
+    assert!(matches!(
+        Weights::quantized(QuantType::IQ4_NL, &bytes, 4, 64),
+        Err(WeightError::Unsupported(_))
+    ));
 }
 
-fn check_w(kernel: micro::MicroKernel, ty: QuantType, n_tok: usize, n_red: usize, n_cols: usize, seed: u64) {
+fn check_w(
+    kernel: micro::MicroKernel,
+    ty: QuantType,
+    n_tok: usize,
+    n_red: usize,
+    n_cols: usize,
+    seed: u64,
+) {
     let mut rng = TestRng(seed);
     let bytes = random_quant(ty, n_red * n_cols, &mut rng);
     let w = Weights::quantized(ty, &bytes, n_red, n_cols).unwrap();
@@ -121,7 +148,14 @@ fn check_w(kernel: micro::MicroKernel, ty: QuantType, n_tok: usize, n_red: usize
 fn matmul_w_matches_scalar_twin_for_every_format() {
     // (n_tok, n_red, n_cols): ragged token counts, reductions past one chunk,
     // column counts that are not whole groups.
-    let shapes = [(1, 16, 256), (7, 300, 512), (13, 17, 768), (3, 520, 1280), (9, 33, 896), (2, 5, 576)];
+    let shapes = [
+        (1, 16, 256),
+        (7, 300, 512),
+        (13, 17, 768),
+        (3, 520, 1280),
+        (9, 33, 896),
+        (2, 5, 576),
+    ];
     for (i, ty) in SUPPORTED.into_iter().enumerate() {
         for (j, &(t, r, c)) in shapes.iter().enumerate() {
             if c % ty.block_len() == 0 {
@@ -145,7 +179,10 @@ fn matmul_tn_matches_naive() {
         matmul_tn(&a, &b, t, &mut c, true);
         for i in 0..m {
             for j in 0..n {
-                let want: f64 = 1.0 + (0..t).map(|k| a[k * m + i] as f64 * b[k * n + j] as f64).sum::<f64>();
+                let want: f64 = 1.0
+                    + (0..t)
+                        .map(|k| a[k * m + i] as f64 * b[k * n + j] as f64)
+                        .sum::<f64>();
                 assert!((c[i * n + j] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()));
             }
         }

@@ -103,7 +103,11 @@ impl<'a> Weights<'a> {
     /// Views f32 values as `[n_rows, n_cols]`. Panics on a length mismatch
     /// (f32 matrices are built by our own code, never read from input).
     pub fn f32(data: &'a [f32], n_rows: usize, n_cols: usize) -> Self {
-        assert_eq!(data.len(), n_rows * n_cols, "Weights::f32: not {n_rows}x{n_cols}");
+        assert_eq!(
+            data.len(),
+            n_rows * n_cols,
+            "Weights::f32: not {n_rows}x{n_cols}"
+        );
         Weights {
             src: Source::F32(data),
             n_rows,
@@ -134,7 +138,10 @@ impl<'a> Weights<'a> {
 
     /// Rows `start..end` as a matrix of their own (rows are contiguous).
     pub fn rows(&self, start: usize, end: usize) -> Weights<'a> {
-        assert!(start <= end && end <= self.n_rows, "Weights::rows out of range");
+        assert!(
+            start <= end && end <= self.n_rows,
+            "Weights::rows out of range"
+        );
         let src = match self.src {
             Source::Quant {
                 ty,

@@ -166,7 +166,9 @@ impl std::error::Error for DequantError {}
 /// The formats [`dequantize`] decodes.
 pub const SUPPORTED: [QuantType; 13] = {
     use QuantType::*;
-    [F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K]
+    [
+        F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
+    ]
 };
 
 /// A function decoding whole blocks: `(bytes, out)` with matching block counts.

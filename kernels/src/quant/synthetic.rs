@@ -38,9 +38,15 @@ pub fn random_tensor(ty: QuantType, n_values: usize, seed: u64) -> Option<Vec<u8
     }
     bytes.truncate(n_bytes);
     match ty {
-        QuantType::F32 => bytes.chunks_exact_mut(4).for_each(|c| c.copy_from_slice(&uniform(next()).to_le_bytes())),
-        QuantType::F16 => bytes.chunks_exact_mut(2).for_each(|c| c.copy_from_slice(&f32_to_f16(uniform(next())).to_le_bytes())),
-        QuantType::BF16 => bytes.chunks_exact_mut(2).for_each(|c| c.copy_from_slice(&((uniform(next()).to_bits() >> 16) as u16).to_le_bytes())),
+        QuantType::F32 => bytes
+            .chunks_exact_mut(4)
+            .for_each(|c| c.copy_from_slice(&uniform(next()).to_le_bytes())),
+        QuantType::F16 => bytes
+            .chunks_exact_mut(2)
+            .for_each(|c| c.copy_from_slice(&f32_to_f16(uniform(next())).to_le_bytes())),
+        QuantType::BF16 => bytes.chunks_exact_mut(2).for_each(|c| {
+            c.copy_from_slice(&((uniform(next()).to_bits() >> 16) as u16).to_le_bytes())
+        }),
         _ => {
             for block in bytes.chunks_exact_mut(ty.block_bytes()) {
                 for &off in half_fields(ty) {

@@ -8,5 +8,8 @@ use crate::gguf::GgufFile;
 use cleaner_kernels::rope::RopeLayout;
 
 pub fn config(file: &GgufFile) -> Result<Config, ModelError> {
-    Ok(Config { rope_layout: RopeLayout::Normal, ..common(file, Architecture::Llama)? })
+    Ok(Config {
+        rope_layout: RopeLayout::Normal,
+        ..common(file, Architecture::Llama)?
+    })
 }

@@ -66,7 +66,10 @@ impl Config {
             "qwen3" => qwen3::config(file),
             other => Err(ModelError::at(
                 file.path(),
-                ModelErrorKind::UnknownArchitecture { found: other.to_string(), supported: Architecture::SUPPORTED.to_vec() },
+                ModelErrorKind::UnknownArchitecture {
+                    found: other.to_string(),
+                    supported: Architecture::SUPPORTED.to_vec(),
+                },
             )),
         }
     }
@@ -85,7 +88,9 @@ impl Config {
 /// the family files then set what differs.
 pub(crate) fn common(file: &GgufFile, arch: Architecture) -> Result<Config, ModelError> {
     let a = arch.name();
-    let req = |key: &str| -> Result<usize, ModelError> { Ok(file.get_u64(&format!("{a}.{key}"))? as usize) };
+    let req = |key: &str| -> Result<usize, ModelError> {
+        Ok(file.get_u64(&format!("{a}.{key}"))? as usize)
+    };
     let n_embd = req("embedding_length")?;
     let n_head = req("attention.head_count")?;
     let n_head_kv = match file.get(&format!("{a}.attention.head_count_kv")) {
@@ -93,19 +98,38 @@ pub(crate) fn common(file: &GgufFile, arch: Architecture) -> Result<Config, Mode
         None => n_head,
     };
     let bad = |key: &str, value: String, why: &str| {
-        ModelError::at(file.path(), ModelErrorKind::BadConfig { key: format!("{a}.{key}"), value, why: why.to_string() })
+        ModelError::at(
+            file.path(),
+            ModelErrorKind::BadConfig {
+                key: format!("{a}.{key}"),
+                value,
+                why: why.to_string(),
+            },
+        )
     };
     if n_head == 0 {
-        return Err(bad("attention.head_count", "0".into(), "a model needs at least one head"));
+        return Err(bad(
+            "attention.head_count",
+            "0".into(),
+            "a model needs at least one head",
+        ));
     }
     if n_head_kv == 0 || n_head % n_head_kv != 0 {
-        return Err(bad("attention.head_count_kv", n_head_kv.to_string(), &format!("must divide the head count {n_head}")));
+        return Err(bad(
+            "attention.head_count_kv",
+            n_head_kv.to_string(),
+            &format!("must divide the head count {n_head}"),
+        ));
     }
     let head_dim = match file.get(&format!("{a}.attention.key_length")) {
         Some(_) => req("attention.key_length")?,
         None => {
             if n_embd % n_head != 0 {
-                return Err(bad("embedding_length", n_embd.to_string(), &format!("not divisible by {n_head} heads")));
+                return Err(bad(
+                    "embedding_length",
+                    n_embd.to_string(),
+                    &format!("not divisible by {n_head} heads"),
+                ));
             }
             n_embd / n_head
         }
@@ -113,7 +137,11 @@ pub(crate) fn common(file: &GgufFile, arch: Architecture) -> Result<Config, Mode
     if let Some(_) = file.get(&format!("{a}.attention.value_length")) {
         let v = req("attention.value_length")?;
         if v != head_dim {
-            return Err(bad("attention.value_length", v.to_string(), &format!("must equal key_length {head_dim}")));
+            return Err(bad(
+                "attention.value_length",
+                v.to_string(),
+                &format!("must equal key_length {head_dim}"),
+            ));
         }
     }
     let n_rot = match file.get(&format!("{a}.rope.dimension_count")) {
@@ -121,38 +149,66 @@ pub(crate) fn common(file: &GgufFile, arch: Architecture) -> Result<Config, Mode
         None => head_dim,
     };
     if n_rot % 2 != 0 || n_rot > head_dim {
-        return Err(bad("rope.dimension_count", n_rot.to_string(), &format!("must be even and at most the head size {head_dim}")));
+        return Err(bad(
+            "rope.dimension_count",
+            n_rot.to_string(),
+            &format!("must be even and at most the head size {head_dim}"),
+        ));
     }
     let f = |key: &str, default: f64| -> Result<f64, ModelError> {
         let k = format!("{a}.{key}");
-        Ok(if file.get(&k).is_some() { file.get_f64(&k)? } else { default })
+        Ok(if file.get(&k).is_some() {
+            file.get_f64(&k)?
+        } else {
+            default
+        })
     };
     let rope_freq_base = f("rope.freq_base", 10000.0)? as f32;
     if !(rope_freq_base > 1.0 && rope_freq_base.is_finite()) {
-        return Err(bad("rope.freq_base", rope_freq_base.to_string(), "must be a finite number above 1"));
+        return Err(bad(
+            "rope.freq_base",
+            rope_freq_base.to_string(),
+            "must be a finite number above 1",
+        ));
     }
     for key in ["rope.scaling.type", "rope.scaling.factor"] {
         let k = format!("{a}.{key}");
         if let Some(v) = file.get(&k) {
-            let trivial = v.as_str() == Some("none") || v.as_f64() == Some(1.0) || v.as_f64() == Some(0.0);
+            let trivial =
+                v.as_str() == Some("none") || v.as_f64() == Some(1.0) || v.as_f64() == Some(0.0);
             if !trivial {
-                return Err(bad(key, format!("{v:?}"), "RoPE scaling is not implemented by the trainer's forward pass"));
+                return Err(bad(
+                    key,
+                    format!("{v:?}"),
+                    "RoPE scaling is not implemented by the trainer's forward pass",
+                ));
             }
         }
     }
     let rms_eps = f("attention.layer_norm_rms_epsilon", 1e-5)? as f32;
     if !(rms_eps > 0.0 && rms_eps < 1.0) {
-        return Err(bad("attention.layer_norm_rms_epsilon", rms_eps.to_string(), "must be in (0, 1)"));
+        return Err(bad(
+            "attention.layer_norm_rms_epsilon",
+            rms_eps.to_string(),
+            "must be in (0, 1)",
+        ));
     }
-    let embd = file
-        .tensor("token_embd.weight")
-        .ok_or_else(|| ModelError::at(file.path(), ModelErrorKind::MissingTensor("token_embd.weight".into())))?;
+    let embd = file.tensor("token_embd.weight").ok_or_else(|| {
+        ModelError::at(
+            file.path(),
+            ModelErrorKind::MissingTensor("token_embd.weight".into()),
+        )
+    })?;
     let n_vocab = embd.dims.get(1).copied().unwrap_or(0) as usize;
     // Every block has nine or more tensors; a larger count is corrupt and must
     // not size an allocation.
     let n_layer = req("block_count")?;
     if n_layer == 0 || n_layer > file.tensors().len() / 9 {
-        return Err(bad("block_count", n_layer.to_string(), &format!("the file has {} tensors", file.tensors().len())));
+        return Err(bad(
+            "block_count",
+            n_layer.to_string(),
+            &format!("the file has {} tensors", file.tensors().len()),
+        ));
     }
     Ok(Config {
         arch,

@@ -7,5 +7,9 @@ use crate::gguf::GgufFile;
 use cleaner_kernels::rope::RopeLayout;
 
 pub fn config(file: &GgufFile) -> Result<Config, ModelError> {
-    Ok(Config { rope_layout: RopeLayout::Neox, qkv_bias: true, ..common(file, Architecture::Qwen2)? })
+    Ok(Config {
+        rope_layout: RopeLayout::Neox,
+        qkv_bias: true,
+        ..common(file, Architecture::Qwen2)?
+    })
 }

@@ -8,5 +8,9 @@ use crate::gguf::GgufFile;
 use cleaner_kernels::rope::RopeLayout;
 
 pub fn config(file: &GgufFile) -> Result<Config, ModelError> {
-    Ok(Config { rope_layout: RopeLayout::Neox, qk_norm: true, ..common(file, Architecture::Qwen3)? })
+    Ok(Config {
+        rope_layout: RopeLayout::Neox,
+        qk_norm: true,
+        ..common(file, Architecture::Qwen3)?
+    })
 }

@@ -68,7 +68,14 @@ fn parse_types(s: &str) -> Result<Vec<QuantType>> {
 
 fn numpy_seconds(t: usize, n_in: usize, n_out: usize, reps: usize, threads: usize) -> Result<f64> {
     let out = Command::new("python3")
-        .args(["-c", NUMPY_SGEMM, &t.to_string(), &n_in.to_string(), &n_out.to_string(), &reps.to_string()])
+        .args([
+            "-c",
+            NUMPY_SGEMM,
+            &t.to_string(),
+            &n_in.to_string(),
+            &n_out.to_string(),
+            &reps.to_string(),
+        ])
         .env("OPENBLAS_NUM_THREADS", threads.to_string())
         .env("OMP_NUM_THREADS", threads.to_string())
         .output()
@@ -76,11 +83,17 @@ fn numpy_seconds(t: usize, n_in: usize, n_out: usize, reps: usize, threads: usiz
     if !out.status.success() {
         bail!(
             "numpy baseline failed (pip install numpy): {}",
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
         );
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("numpy baseline output")?;
-    v["seconds"].as_f64().context("numpy baseline printed no time")
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("numpy baseline output")?;
+    v["seconds"]
+        .as_f64()
+        .context("numpy baseline printed no time")
 }
 
 fn time_median(reps: usize, mut f: impl FnMut()) -> f64 {
@@ -100,7 +113,11 @@ pub fn run(a: Args) -> Result<()> {
     let tokens: Vec<usize> = a
         .tokens
         .split(',')
-        .map(|t| t.trim().parse().with_context(|| format!("--tokens: {t:?} is not a count")))
+        .map(|t| {
+            t.trim()
+                .parse()
+                .with_context(|| format!("--tokens: {t:?} is not a count"))
+        })
         .collect::<Result<_>>()?;
     let threads = rayon::current_num_threads();
     println!("x W^T, {threads} threads, median of {} (GFLOP/s; ratio to numpy/OpenBLAS f32 sgemm in parentheses)\n", a.reps);
@@ -116,13 +133,21 @@ pub fn run(a: Args) -> Result<()> {
         // 896-wide rows as Q5_0/Q8_0 for that reason; such cells print n/a.
         let weights: Vec<(QuantType, Option<Vec<u8>>)> = types
             .iter()
-            .map(|&ty| (ty, (n_in % ty.block_len() == 0).then(|| random_tensor(ty, n_in * n_out, 7).expect("whole blocks"))))
+            .map(|&ty| {
+                (
+                    ty,
+                    (n_in % ty.block_len() == 0)
+                        .then(|| random_tensor(ty, n_in * n_out, 7).expect("whole blocks")),
+                )
+            })
             .collect();
         for &t in &tokens {
             let flop = 2.0 * (t * n_in * n_out) as f64;
             let base = flop / numpy_seconds(t, n_in, n_out, a.reps, threads)? / 1e9;
             print!("| {n_in} -> {n_out} | {t} | {base:.1} |");
-            let x: Vec<f32> = (0..t * n_in).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+            let x: Vec<f32> = (0..t * n_in)
+                .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+                .collect();
             let mut y = vec![0f32; t * n_out];
             for (ty, bytes) in &weights {
                 let Some(bytes) = bytes else {
@@ -166,12 +191,17 @@ fn forward_vs_llama(models: &str, threads: usize) -> Result<()> {
     for name in models.split(',') {
         let path = AssetStore::default().resolve_model(name.trim(), &mut |l| eprintln!("{l}"))?;
         let file_mib = std::fs::metadata(&path)?.len() as f64 / 1048576.0;
-        let llama = Arc::new(Model::load(&path, &ModelParams::default())?);
-        let mut toks = Vec::new();
-        while toks.len() < N {
-            toks.extend(llama.tokenize(TEXT, toks.is_empty(), false)?);
-        }
-        toks.truncate(N);
+        let toks = {
+            // Tokenize, then let llama.cpp's copy of the model go so each
+            // side's peak memory is its own.
+            let llama = Model::load(&path, &ModelParams::default())?;
+            let mut toks = Vec::new();
+            while toks.len() < N {
+                toks.extend(llama.tokenize(TEXT, toks.is_empty(), false)?);
+            }
+            toks.truncate(N);
+            toks
+        };
         let ids: Vec<u32> = toks.iter().map(|&t| t as u32).collect();
 
         reset_peak_rss();
@@ -183,7 +213,14 @@ fn forward_vs_llama(models: &str, threads: usize) -> Result<()> {
         drop(ours);
 
         reset_peak_rss();
-        let config = PolicyConfig { n_ctx: 1024, n_seq_max: 1, n_batch: 512, n_threads: threads as i32, flash_attention: None };
+        let llama = Arc::new(Model::load(&path, &ModelParams::default())?);
+        let config = PolicyConfig {
+            n_ctx: 1024,
+            n_seq_max: 1,
+            n_batch: 512,
+            n_threads: threads as i32,
+            flash_attention: None,
+        };
         let mut policy = Policy::new(llama.clone(), &config)?;
         let llama_s = time_median(2, || {
             policy.score(&toks, false).expect("llama.cpp prefill");

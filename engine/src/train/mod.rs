@@ -1,0 +1,12 @@
+//! LoRA training on the memory-mapped quantized base: the loss interface for
+//! RL ([`loss`]), AdamW ([`optim`]), and [`Trainer`], which ties our forward
+//! and backward passes to an adapter, its optimizer, checkpoints and the hot
+//! swap into the live rollout engine.
+
+pub mod loss;
+pub mod optim;
+mod trainer;
+
+pub use loss::{nll_loss, policy_loss, Aggregation, LossConfig, LossStats, SeqLossInput};
+pub use optim::{AdamW, AdamWConfig, Decay, UpdateStats};
+pub use trainer::{TrainError, Trainer};

@@ -1,0 +1,200 @@
+//! [`Trainer`]: the model (read-only, mapped), one LoRA adapter, its gradient
+//! buffers and optimizer. Gradients accumulate over any number of sequences
+//! ([`Trainer::accumulate`]) until [`Trainer::update`] applies them; the
+//! adapter then goes into a live [`Policy`] without reloading anything
+//! ([`Trainer::hot_swap`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cleaner_models::{Lora, LoraConfig, ModelError, Transformer};
+
+use super::optim::{AdamW, AdamWConfig, OptimStateError, UpdateStats};
+use crate::llama::{LlamaError, LoraAdapter};
+use crate::rollout::{Policy, RolloutError};
+
+/// Why a training operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Optim(#[from] OptimStateError),
+    #[error(transparent)]
+    Llama(#[from] LlamaError),
+    #[error(transparent)]
+    Rollout(#[from] RolloutError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub struct Trainer {
+    model: Transformer,
+    lora: Lora,
+    grads: Lora,
+    optim: AdamW,
+    /// Sequences accumulated since the last update.
+    pending: usize,
+}
+
+impl Trainer {
+    /// A fresh adapter (A Kaiming-uniform from `seed`, B zero) on `model`.
+    pub fn new(
+        model: Transformer,
+        lora: LoraConfig,
+        optim: AdamWConfig,
+        seed: u64,
+    ) -> Result<Trainer, TrainError> {
+        if lora.rank == 0 || lora.targets.is_empty() {
+            return Err(TrainError::Invalid(format!(
+                "LoRA rank must be positive and targets non-empty (rank {}, {} targets)",
+                lora.rank,
+                lora.targets.len()
+            )));
+        }
+        let lora = Lora::new(&model, lora, seed);
+        Ok(Trainer::with_adapter(model, lora, optim))
+    }
+
+    /// Trains an existing adapter (shapes are checked at the first forward).
+    pub fn with_adapter(model: Transformer, lora: Lora, optim: AdamWConfig) -> Trainer {
+        let grads = lora.zeros_like();
+        let optim = AdamW::new(optim, &lora);
+        Trainer {
+            model,
+            lora,
+            grads,
+            optim,
+            pending: 0,
+        }
+    }
+
+    pub fn model(&self) -> &Transformer {
+        &self.model
+    }
+    pub fn adapter(&self) -> &Lora {
+        &self.lora
+    }
+    pub fn optimizer(&self) -> &AdamW {
+        &self.optim
+    }
+    /// Updates applied so far.
+    pub fn step(&self) -> u64 {
+        self.optim.step
+    }
+
+    /// Next-token log-probs of `tokens` under the current adapter, or under the
+    /// base model (the reference policy: same weights, adapter off, no extra
+    /// memory) with `adapter = false`.
+    pub fn logprobs(&self, tokens: &[u32], adapter: bool) -> Result<Vec<f32>, TrainError> {
+        Ok(self
+            .model
+            .forward(tokens, adapter.then_some(&self.lora), None)?
+            .logprobs)
+    }
+
+    /// Forward and backward of one sequence: `loss_grad` receives the
+    /// sequence's log-probs and returns `d loss / d logprob` (same length);
+    /// the parameter gradients are added to the pending ones. Returns the
+    /// log-probs.
+    pub fn accumulate(
+        &mut self,
+        tokens: &[u32],
+        loss_grad: impl FnOnce(&[f32]) -> Vec<f32>,
+    ) -> Result<Vec<f32>, TrainError> {
+        let (logprobs, tape) = self.model.forward_train(tokens, &self.lora)?;
+        let dlogprob = loss_grad(&logprobs);
+        if dlogprob.len() != logprobs.len() {
+            return Err(TrainError::Invalid(format!(
+                "loss gradient has {} entries for {} log-probs",
+                dlogprob.len(),
+                logprobs.len()
+            )));
+        }
+        if dlogprob.iter().any(|g| !g.is_finite()) {
+            return Err(TrainError::Invalid("loss gradient is not finite".into()));
+        }
+        self.model
+            .backward(&tape, &self.lora, &dlogprob, &mut self.grads)?;
+        self.pending += 1;
+        Ok(logprobs)
+    }
+
+    /// Applies the pending gradients (AdamW, global norm clip) and clears them.
+    pub fn update(&mut self) -> UpdateStats {
+        let stats = self.optim.update(&mut self.lora, &self.grads);
+        self.grads.tensors_mut().for_each(|t| t.fill(0.0));
+        self.pending = 0;
+        stats
+    }
+
+    /// Sequences accumulated since the last update.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Writes the adapter in llama.cpp's GGUF format (atomically).
+    pub fn export_gguf(&self, path: &Path) -> Result<(), TrainError> {
+        Ok(self.lora.write_gguf(&self.model, path)?)
+    }
+
+    /// Writes the adapter in PEFT's format into `dir`.
+    pub fn export_peft(&self, dir: &Path) -> Result<(), TrainError> {
+        Ok(self.lora.write_peft(&self.model, dir)?)
+    }
+
+    /// Puts the current adapter into the live rollout engine: writes it to
+    /// `dir/adapter-{step}.gguf`, loads it into llama.cpp next to the model
+    /// already in memory, and makes `policy` decode with it from now on. The
+    /// previous adapter is freed once nothing holds it; its file is removed.
+    pub fn hot_swap(
+        &self,
+        policy: &mut Policy,
+        dir: &Path,
+    ) -> Result<Arc<LoraAdapter>, TrainError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let path = dir.join(format!("adapter-{}.gguf", self.step()));
+        self.export_gguf(&path)?;
+        let adapter = LoraAdapter::load(policy.model(), &path)?;
+        let previous = policy.adapter().map(|a| a.path().to_path_buf());
+        policy.set_adapter(Some(adapter.clone()))?;
+        if let Some(old) = previous.filter(|p| p != &path && p.starts_with(dir)) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(adapter)
+    }
+
+    /// Saves adapter and optimizer state into `dir` (each file atomically).
+    pub fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        self.export_gguf(&dir.join("adapter.gguf"))?;
+        let opt = dir.join("optimizer.gguf");
+        self.optim.save(&opt).map_err(io(&opt))
+    }
+
+    /// Restores a trainer saved by [`Trainer::save`] on `model`.
+    pub fn load(model: Transformer, dir: &Path) -> Result<Trainer, TrainError> {
+        let lora = Lora::read_gguf(&model, &dir.join("adapter.gguf"))?;
+        let optim = AdamW::load(&dir.join("optimizer.gguf"), &lora)?;
+        let grads = lora.zeros_like();
+        Ok(Trainer {
+            model,
+            lora,
+            grads,
+            optim,
+            pending: 0,
+        })
+    }
+}
