@@ -62,12 +62,16 @@ fn matmul_wt_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weigh
         return gemv(x, n_tok, w, y);
     }
     let n_panels = n_out.div_ceil(NR);
+    let n_col_tasks = n_panels.div_ceil(PANELS_PER_TASK);
+    let (n_row_tasks, rows_per_task) = row_split(n_tok, n_col_tasks);
     let out = SharedOut::new(y);
-    (0..n_panels.div_ceil(PANELS_PER_TASK))
+    (0..n_col_tasks * n_row_tasks)
         .into_par_iter()
         .for_each_init(
             || (vec![0f32; KC * NR], vec![0f32; KC]),
             |(packed, row_buf), task| {
+                let (task, row_task) = (task / n_row_tasks, task % n_row_tasks);
+                let (t_first, t_end) = (row_task * rows_per_task, ((row_task + 1) * rows_per_task).min(n_tok));
                 let first = task * PANELS_PER_TASK;
                 let last = (first + PANELS_PER_TASK).min(n_panels);
                 for k0 in (0..n_in).step_by(KC) {
@@ -76,8 +80,8 @@ fn matmul_wt_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weigh
                         let n0 = panel * NR;
                         let n_valid = NR.min(n_out - n0);
                         w.pack_transposed(n0, n_valid, k0, kc, packed, row_buf);
-                        for t0 in (0..n_tok).step_by(MR) {
-                            let mr = MR.min(n_tok - t0);
+                        for t0 in (t_first..t_end).step_by(MR) {
+                            let mr = MR.min(t_end - t0);
                             // SAFETY: rows t0..t0+mr of x and y exist (checked
                             // lengths above); columns n0..n0+n_valid of y belong
                             // to this task's panels only.
@@ -133,10 +137,14 @@ fn matmul_w_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weight
         return;
     }
     let gw = w.group_width();
+    let n_groups = n_cols.div_ceil(gw);
+    let (n_row_tasks, rows_per_task) = row_split(n_tok, n_groups);
     let out = SharedOut::new(y);
-    (0..n_cols.div_ceil(gw)).into_par_iter().for_each_init(
+    (0..n_groups * n_row_tasks).into_par_iter().for_each_init(
         || vec![0f32; KC * gw],
-        |tile, group| {
+        |tile, task| {
+            let (group, row_task) = (task / n_row_tasks, task % n_row_tasks);
+            let (t_first, t_end) = (row_task * rows_per_task, ((row_task + 1) * rows_per_task).min(n_tok));
             let c0 = group * gw;
             let width = gw.min(n_cols - c0);
             for r0 in (0..n_red).step_by(KC) {
@@ -148,8 +156,8 @@ fn matmul_w_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weight
                 }
                 for j0 in (0..width).step_by(NR) {
                     let n_valid = NR.min(width - j0);
-                    for t0 in (0..n_tok).step_by(MR) {
-                        let mr = MR.min(n_tok - t0);
+                    for t0 in (t_first..t_end).step_by(MR) {
+                        let mr = MR.min(t_end - t0);
                         // SAFETY: x rows t0..t0+mr and columns r0..r0+kc exist;
                         // the tile holds kc rows of gw >= j0 + NR values; y's
                         // columns c0+j0.. belong to this task's group only.
@@ -207,21 +215,41 @@ pub fn matmul_tn(a: &[f32], b: &[f32], n_tok: usize, c: &mut [f32], accumulate: 
     if n == 0 {
         return;
     }
+    // Tasks own disjoint blocks of c: rows in chunks of 16 and, when there
+    // are few rows (LoRA's dA has `rank` rows), columns in chunks too.
     const ROWS_PER_TASK: usize = 16;
-    c.par_chunks_mut(ROWS_PER_TASK * n)
-        .enumerate()
-        .for_each(|(task, rows)| {
-            let i0 = task * ROWS_PER_TASK;
-            for t in 0..n_tok {
-                let bt = &b[t * n..(t + 1) * n];
-                for (r, crow) in rows.chunks_exact_mut(n).enumerate() {
-                    let av = a[t * m + i0 + r];
-                    if av != 0.0 {
-                        crow.iter_mut().zip(bt).for_each(|(x, &y)| *x += av * y);
-                    }
+    let threads = rayon::current_num_threads();
+    let row_tasks = m.div_ceil(ROWS_PER_TASK);
+    let col_chunk = if row_tasks >= 2 * threads { n } else { n.div_ceil(4 * threads).max(64).min(n) };
+    let col_tasks = n.div_ceil(col_chunk);
+    let out = SharedOut::new(c);
+    (0..row_tasks * col_tasks).into_par_iter().for_each(|task| {
+        let (rt, ct) = (task / col_tasks, task % col_tasks);
+        let (i0, i1) = (rt * ROWS_PER_TASK, ((rt + 1) * ROWS_PER_TASK).min(m));
+        let (j0, j1) = (ct * col_chunk, ((ct + 1) * col_chunk).min(n));
+        for t in 0..n_tok {
+            let bt = &b[t * n + j0..t * n + j1];
+            for i in i0..i1 {
+                let av = a[t * m + i];
+                if av != 0.0 {
+                    // SAFETY: c[i, j0..j1] belongs to this task only.
+                    let crow = unsafe { std::slice::from_raw_parts_mut(out.get().add(i * n + j0), j1 - j0) };
+                    crow.iter_mut().zip(bt).for_each(|(x, &y)| *x += av * y);
                 }
             }
-        });
+        }
+    });
+}
+
+/// When there are too few column tasks to feed every thread (narrow outputs
+/// such as LoRA's rank-16 products), rows are split too: returns (row tasks,
+/// rows per task, a multiple of MR). Each row task repacks its panels, which
+/// is cheap for narrow outputs.
+fn row_split(n_tok: usize, n_col_tasks: usize) -> (usize, usize) {
+    let want = (2 * rayon::current_num_threads()).div_ceil(n_col_tasks.max(1));
+    let n = want.clamp(1, n_tok.div_ceil(4 * MR).max(1));
+    let rows = (n_tok.div_ceil(n).div_ceil(MR) * MR).max(MR);
+    (n_tok.div_ceil(rows).max(1), rows)
 }
 
 /// Below this many rows, packing a transposed tile costs more than it saves:

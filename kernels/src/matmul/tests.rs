@@ -44,7 +44,7 @@ fn check(
     }
 }
 
-const SHAPES: [(usize, usize, usize); 8] = [
+const SHAPES: [(usize, usize, usize); 9] = [
     (1, 16, 256),
     (2, 21, 512),
     (3, 16, 256),
@@ -53,6 +53,8 @@ const SHAPES: [(usize, usize, usize); 8] = [
     (6, 48, 256),
     (2, 5, 1024),
     (20, 40, 1280),
+    // Narrow outputs with many rows: rows split across tasks.
+    (100, 16, 256),
 ];
 
 #[test]
@@ -165,6 +167,7 @@ fn matmul_w_matches_scalar_twin_for_every_format() {
     }
     // f32 with widths that are not multiples of 16 (LoRA factors).
     check_w(micro::select(), QuantType::F32, 5, 40, 23, 1);
+    check_w(micro::select(), QuantType::F32, 100, 40, 16, 4);
     check_w(micro::portable(), QuantType::F32, 5, 300, 70, 2);
     check_w(micro::portable(), QuantType::Q4_K, 4, 20, 512, 3);
 }
@@ -172,7 +175,7 @@ fn matmul_w_matches_scalar_twin_for_every_format() {
 #[test]
 fn matmul_tn_matches_naive() {
     let mut rng = TestRng(8);
-    for &(t, m, n) in &[(1, 1, 1), (7, 33, 16), (40, 16, 100)] {
+    for &(t, m, n) in &[(1, 1, 1), (7, 33, 16), (40, 16, 100), (30, 16, 900)] {
         let a: Vec<f32> = (0..t * m).map(|_| rng.uniform()).collect();
         let b: Vec<f32> = (0..t * n).map(|_| rng.uniform()).collect();
         let mut c = vec![1.0f32; m * n];
