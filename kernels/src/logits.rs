@@ -6,7 +6,8 @@
 //! `W_out: [n_vocab, n_embd]`, `targets, logprob, lse: [n_tok]`.
 
 use crate::matmul::{matmul_w, matmul_wt, Weights, NR};
-use crate::softmax::{max, sum_exp_shifted};
+use crate::softmax::{exp_approx, max, sum_exp_shifted};
+use rayon::prelude::*;
 
 /// Logits held at once, in values (16 MiB of f32): the tile is this divided by
 /// `n_tok`, so memory stays bounded whatever the sequence length.
@@ -136,17 +137,17 @@ pub fn token_logprobs_backward(
         let w_tile = w_out.rows(v0, v1);
         let buf = &mut dlogits[..n_tok * width];
         matmul_wt(h, n_tok, &w_tile, buf);
-        for t in 0..n_tok {
+        buf.par_chunks_mut(width).enumerate().for_each(|(t, row)| {
             let g = dlogprob[t];
-            let row = &mut buf[t * width..(t + 1) * width];
+            // d logprob_t / d logit_v = onehot(v = target) - softmax_v.
             for x in row.iter_mut() {
-                *x = -g * (*x - lse[t]).exp();
+                *x = -g * exp_approx(*x - lse[t]);
             }
             let target = targets[t] as usize;
             if (v0..v1).contains(&target) {
                 row[target - v0] += g;
             }
-        }
+        });
         matmul_w(buf, n_tok, &w_tile, &mut part);
         dh.iter_mut().zip(&part).for_each(|(a, &b)| *a += b);
     }

@@ -175,7 +175,7 @@ pub fn run(a: Args) -> Result<()> {
 
 /// Resets the kernel's peak-RSS counter (Linux `clear_refs` 5), so each
 /// measurement reports its own peak.
-fn reset_peak_rss() {
+pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 

@@ -4,6 +4,7 @@
 pub mod kernels;
 pub mod rollout;
 pub mod sandbox;
+pub mod train;
 
 use anyhow::Result;
 
@@ -13,6 +14,8 @@ pub enum Which {
     Kernels(kernels::Args),
     /// Rollout throughput vs llama.cpp's llama-batched-bench; LoRA swap and rollback latency; peak RSS.
     Rollout(rollout::Args),
+    /// LoRA training step tokens/s and peak RSS vs PyTorch + PEFT on the CPU.
+    Train(train::Args),
     /// Sandbox compile/load time, per-call latency and throughput vs the host's python3.
     Sandbox(sandbox::Args),
 }
@@ -22,6 +25,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Kernels(a) => kernels::run(a),
         Which::Rollout(a) => rollout::run(a),
         Which::Sandbox(a) => sandbox::run(a),
+        Which::Train(a) => train::run(a),
     }
 }
 
