@@ -25,6 +25,32 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! Training a LoRA adapter with our own forward and backward passes over the
+//! memory-mapped quantized weights, then sampling from it with llama.cpp:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use cleaner::models::{LoraConfig, Transformer};
+//! use cleaner::train::{nll_loss, AdamWConfig, Trainer};
+//! use cleaner::{assets::AssetStore, Model, ModelParams, Policy, PolicyConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let path = AssetStore::default().resolve_model("smollm2-135m", &mut |line| eprintln!("{line}"))?;
+//! let llama = Arc::new(Model::load(&path, &ModelParams::default())?);
+//! let tokens: Vec<u32> = llama.tokenize("The answer is 42.", true, false)?.iter().map(|&t| t as u32).collect();
+//! let mut trainer = Trainer::new(Transformer::open(&path)?, LoraConfig::default(), AdamWConfig { lr: 1e-3, ..Default::default() }, 0)?;
+//! let weights = vec![1.0; tokens.len() - 1]; // which next-token positions train
+//! for _ in 0..10 {
+//!     trainer.accumulate(&tokens, |logprobs| nll_loss(logprobs, &weights).1)?;
+//!     let stats = trainer.update();
+//!     println!("grad norm {:.3}", stats.grad_norm);
+//! }
+//! let mut policy = Policy::new(llama, &PolicyConfig::default())?;
+//! trainer.hot_swap(&mut policy, std::path::Path::new("run/adapters"))?; // llama.cpp now samples from the trained adapter
+//! trainer.export_peft(std::path::Path::new("run/peft"))?; // adapter_model.safetensors + adapter_config.json
+//! # Ok(()) }
+//! ```
 
 pub use cleaner_engine::{agent, assets, chat, llama, rollout, sampling, sandbox, tasks, train};
 pub use cleaner_engine::{

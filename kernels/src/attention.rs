@@ -8,8 +8,8 @@
 //! probabilities tile by tile). Query head `h` reads key/value head
 //! `h / (n_head / n_head_kv)`, as ggml broadcasts.
 
-use crate::softmax::exp_approx;
 use crate::parallel::SharedOut;
+use crate::softmax::exp_approx;
 use rayon::prelude::*;
 
 /// Query rows per task.
@@ -46,35 +46,61 @@ impl AttnShape {
     }
 }
 
-/// Key/value rows of one tile, transposed to `[head_dim][ATTN_K_TILE]` so that
-/// a query's scores against the whole tile are `head_dim` vector AXPYs.
-#[inline(always)]
-fn transpose_tile(src: &[f32], n_head_kv: usize, kvh: usize, hd: usize, j0: usize, j1: usize, out: &mut [f32]) {
-    for j in j0..j1 {
-        let row = &src[(j * n_head_kv + kvh) * hd..][..hd];
-        for d in 0..hd {
-            out[d * ATTN_K_TILE + (j - j0)] = row[d];
+use crate::matmul::{gemm_tile, NR};
+
+/// Per-head copies of a `[n_tok, n_heads, hd]` tensor laid out for tile
+/// products, each padded with zeros to whole tiles (`n_pad` positions) and
+/// whole panels (`hd_pad` dimensions) so the micro-kernel never reads past a
+/// buffer: `rows` is `[n_heads][n_pad][hd_pad]`; `cols` is transposed per key
+/// tile, `[n_heads][n_pad / K_TILE][hd][K_TILE]`, so each tile's block is
+/// contiguous (16 KiB at hd = 64: it stays in L1 while a tile product runs).
+/// Built once per call, shared by every task.
+struct HeadLayout {
+    n_pad: usize,
+    hd_pad: usize,
+    hd: usize,
+}
+
+impl HeadLayout {
+    fn new(n_tok: usize, hd: usize) -> HeadLayout {
+        HeadLayout {
+            n_pad: n_tok.div_ceil(ATTN_K_TILE) * ATTN_K_TILE,
+            hd_pad: hd.div_ceil(NR) * NR,
+            hd,
         }
+    }
+
+    fn rows(&self, src: &[f32], n_heads: usize) -> Vec<f32> {
+        let mut out = vec![0f32; n_heads * self.n_pad * self.hd_pad];
+        let n_tok = src.len() / (n_heads * self.hd).max(1);
+        for t in 0..n_tok {
+            for h in 0..n_heads {
+                let from = &src[(t * n_heads + h) * self.hd..][..self.hd];
+                out[(h * self.n_pad + t) * self.hd_pad..][..self.hd].copy_from_slice(from);
+            }
+        }
+        out
+    }
+
+    fn cols(&self, src: &[f32], n_heads: usize) -> Vec<f32> {
+        let mut out = vec![0f32; n_heads * self.hd * self.n_pad];
+        let n_tok = src.len() / (n_heads * self.hd).max(1);
+        let n_tiles = self.n_pad / ATTN_K_TILE;
+        for t in 0..n_tok {
+            let (tile, j) = (t / ATTN_K_TILE, t % ATTN_K_TILE);
+            for h in 0..n_heads {
+                let from = &src[(t * n_heads + h) * self.hd..][..self.hd];
+                let base = (h * n_tiles + tile) * self.hd * ATTN_K_TILE + j;
+                for (d, &x) in from.iter().enumerate() {
+                    out[base + d * ATTN_K_TILE] = x;
+                }
+            }
+        }
+        out
     }
 }
 
-/// `s[j] = scale * q . k_j` for the `width` keys of a transposed tile.
-#[inline(always)]
-fn tile_scores(q: &[f32], kt: &[f32], scale: f32, width: usize, s: &mut [f32; ATTN_K_TILE]) {
-    s.fill(0.0);
-    for (d, &qd) in q.iter().enumerate() {
-        let row = &kt[d * ATTN_K_TILE..d * ATTN_K_TILE + ATTN_K_TILE];
-        let qd = qd * scale;
-        for j in 0..ATTN_K_TILE {
-            s[j] += qd * row[j];
-        }
-    }
-    for x in s[width..].iter_mut() {
-        *x = f32::NEG_INFINITY;
-    }
-}
-
-/// Whether the AVX2/FMA builds of the tile routines can run (checked once per call).
+/// Whether the AVX2/FMA builds of the per-task routines can run.
 fn use_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -124,107 +150,166 @@ macro_rules! run_task {
     }};
 }
 
+/// Inputs shared by the forward tasks.
+#[derive(Clone, Copy)]
+struct ForwardIn<'a> {
+    q: &'a [f32],
+    /// `[n_head_kv][n_pad / K_TILE][hd][K_TILE]`
+    kt: &'a [f32],
+    /// `[n_head_kv][n_pad][hd_pad]`
+    v_rows: &'a [f32],
+    shape: AttnShape,
+    scale: f32,
+    n_pad: usize,
+}
+
 /// Forward: `out[i] = sum_{j <= i} softmax_j(scale * q_i . k_j) v_j` per head.
-pub fn attention_forward(q: &[f32], k: &[f32], v: &[f32], shape: AttnShape, scale: f32, out: &mut [f32], lse: &mut [f32]) {
+/// Per (head, block of ATTN_Q_TILE queries): for each tile of ATTN_K_TILE keys,
+/// scores `Q K^T` and the update `acc += P V` are tile products through the
+/// matmul micro-kernel, with the online softmax in between.
+pub fn attention_forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: AttnShape,
+    scale: f32,
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
     shape.check(q, k, v, out, lse);
-    let hd = shape.head_dim;
+    let layout = HeadLayout::new(shape.n_tok, shape.head_dim);
+    let (kt, v_rows) = (
+        layout.cols(k, shape.n_head_kv),
+        layout.rows(v, shape.n_head_kv),
+    );
+    let input = ForwardIn {
+        q,
+        kt: &kt,
+        v_rows: &v_rows,
+        shape,
+        scale,
+        n_pad: layout.n_pad,
+    };
     let n_qt = shape.n_tok.div_ceil(ATTN_Q_TILE);
     let (out_p, lse_p) = (SharedOut::new(out), SharedOut::new(lse));
     let avx = use_avx2();
+    let scratch_len = ATTN_Q_TILE * layout.hd_pad + ATTN_Q_TILE * ATTN_K_TILE;
     (0..shape.n_head * n_qt).into_par_iter().for_each_init(
-        || (vec![0f32; ATTN_Q_TILE * hd], vec![0f32; hd * ATTN_K_TILE]),
-        |(acc, kt), task| run_task!(avx, forward_task, forward_task_avx2, q, k, v, shape, scale, task, acc, kt, out_p, lse_p),
+        || vec![0f32; scratch_len],
+        |scratch, task| {
+            run_task!(
+                avx,
+                forward_task,
+                forward_task_avx2,
+                input,
+                task,
+                scratch,
+                out_p,
+                lse_p
+            )
+        },
     );
 }
 
-task_fn!(forward_task, forward_task_avx2, (q: &[f32], k: &[f32], v: &[f32], shape: AttnShape, scale: f32, task: usize, acc: &mut [f32], kt: &mut [f32], out_p: SharedOut, lse_p: SharedOut) {
-    let AttnShape { n_tok, n_head, n_head_kv, head_dim: hd } = shape;
-    let kvh = (task / n_tok.div_ceil(ATTN_Q_TILE)) / (n_head / n_head_kv);
+task_fn!(forward_task, forward_task_avx2, (f: ForwardIn, task: usize, scratch: &mut [f32], out_p: SharedOut, lse_p: SharedOut) {
+    let AttnShape { n_tok, n_head, n_head_kv, head_dim: hd } = f.shape;
+    let hd_pad = hd.div_ceil(NR) * NR;
     let n_qt = n_tok.div_ceil(ATTN_Q_TILE);
     let (h, qt) = (task / n_qt, task % n_qt);
+    let kvh = h / (n_head / n_head_kv);
     let (q0, q1) = (qt * ATTN_Q_TILE, ((qt + 1) * ATTN_Q_TILE).min(n_tok));
+    let rows = q1 - q0;
+    let (acc, s) = scratch.split_at_mut(ATTN_Q_TILE * hd_pad);
     let mut m = [f32::NEG_INFINITY; ATTN_Q_TILE];
     let mut l = [0f32; ATTN_Q_TILE];
-    let mut s = [0f32; ATTN_K_TILE];
     acc.fill(0.0);
+    let kt = &f.kt[kvh * hd * f.n_pad..(kvh + 1) * hd * f.n_pad];
+    // Tile t's transposed block starts at t * hd * K_TILE; k0 = t * K_TILE.
+    let v_rows = &f.v_rows[kvh * f.n_pad * hd_pad..(kvh + 1) * f.n_pad * hd_pad];
     for k0 in (0..q1).step_by(ATTN_K_TILE) {
-        let k1 = (k0 + ATTN_K_TILE).min(q1);
-        transpose_tile(k, n_head_kv, kvh, hd, k0, k1, kt);
-        for i in q0.max(k0)..q1 {
-            let r = i - q0;
-            let qi = &q[(i * n_head + h) * hd..][..hd];
-            // Causal: keys k0..=i of this tile.
-            let width = k1.min(i + 1) - k0;
-            tile_scores(qi, kt, scale, width, &mut s);
-            let tile_max = s[..width].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let tile = (k0 + ATTN_K_TILE).min(q1) - k0;
+        // S = Q K^T (raw scores; scaled below).
+        // SAFETY: q rows q0..q1 of head h (stride n_head * hd, hd values);
+        // kt's block of this tile holds hd rows of K_TILE; s holds Q_TILE x K_TILE.
+        unsafe {
+            gemm_tile(rows, ATTN_K_TILE, hd, f.q.as_ptr().add((q0 * n_head + h) * hd), n_head * hd, kt.as_ptr().add(k0 * hd), ATTN_K_TILE, s.as_mut_ptr(), ATTN_K_TILE, false);
+        }
+        for r in 0..rows {
+            let i = q0 + r;
+            let srow = &mut s[r * ATTN_K_TILE..(r + 1) * ATTN_K_TILE];
+            if i < k0 {
+                srow.fill(0.0); // no key of this tile is visible yet
+                continue;
+            }
+            let width = tile.min(i + 1 - k0);
+            let mut tile_max = f32::NEG_INFINITY;
+            for x in srow[..width].iter_mut() {
+                *x *= f.scale;
+                tile_max = tile_max.max(*x);
+            }
             let m_new = m[r].max(tile_max);
             let corr = exp_approx(m[r] - m_new);
-            let a = &mut acc[r * hd..(r + 1) * hd];
             if corr != 1.0 {
                 l[r] *= corr;
-                a.iter_mut().for_each(|x| *x *= corr);
+                acc[r * hd_pad..(r + 1) * hd_pad].iter_mut().for_each(|x| *x *= corr);
             }
-            for x in s.iter_mut() {
+            let mut sum = 0f32;
+            for x in srow[..width].iter_mut() {
                 *x = exp_approx(*x - m_new);
+                sum += *x;
             }
-            l[r] += s[..width].iter().sum::<f32>();
-            for (j, &p) in s[..width].iter().enumerate() {
-                let vj = &v[((k0 + j) * n_head_kv + kvh) * hd..][..hd];
-                for (x, &y) in a.iter_mut().zip(vj) {
-                    *x += p * y;
-                }
-            }
+            srow[width..].fill(0.0);
+            l[r] += sum;
             m[r] = m_new;
         }
+        // acc += P V.
+        // SAFETY: s holds rows x tile probabilities (stride K_TILE); v_rows
+        // holds rows k0..k0+tile of hd_pad (a multiple of NR); acc rows x hd_pad.
+        unsafe {
+            gemm_tile(rows, hd_pad, tile, s.as_ptr(), ATTN_K_TILE, v_rows.as_ptr().add(k0 * hd_pad), hd_pad, acc.as_mut_ptr(), hd_pad, true);
+        }
     }
-    for i in q0..q1 {
-        let r = i - q0;
+    for r in 0..rows {
+        let i = q0 + r;
         let inv = 1.0 / l[r];
         // SAFETY: (i, h) rows of out and lse belong to this task only; in
         // bounds by the shape check.
         unsafe {
             let o = out_p.get().add((i * n_head + h) * hd);
             for d in 0..hd {
-                *o.add(d) = acc[r * hd + d] * inv;
+                *o.add(d) = acc[r * hd_pad + d] * inv;
             }
             *lse_p.get().add(h * n_tok + i) = m[r] + l[r].ln();
         }
     }
 });
 
-/// For query row `qi` (with upstream gradient `doi`, log-sum-exp `l`, row
-/// constant `d`) against a tile of transposed keys `kt` and values `vt`:
-/// `p[j]` (probabilities) and `ds[j] = p[j] (doi . v_j - d) scale`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn tile_probs(qi: &[f32], doi: &[f32], l: f32, d: f32, kt: &[f32], vt: &[f32], scale: f32, width: usize, p: &mut [f32; ATTN_K_TILE], ds: &mut [f32; ATTN_K_TILE]) {
-    tile_scores(qi, kt, scale, width, p);
-    for x in p.iter_mut() {
-        *x = exp_approx(*x - l);
-    }
-    tile_scores(doi, vt, 1.0, width, ds);
-    for j in 0..ATTN_K_TILE {
-        ds[j] = if j < width { p[j] * (ds[j] - d) * scale } else { 0.0 };
-    }
-}
-
-/// Gradient inputs shared by the backward tasks.
+/// Inputs shared by the backward tasks (padded per-head layouts, see
+/// [`HeadLayout`]).
 #[derive(Clone, Copy)]
 struct BackwardIn<'a> {
     q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
-    lse: &'a [f32],
     dout: &'a [f32],
+    /// `[n_head][n_pad][hd_pad]`
+    q_rows: &'a [f32],
+    do_rows: &'a [f32],
+    /// `[n_head_kv][n_pad / K_TILE][hd][K_TILE]`
+    kt: &'a [f32],
+    vt: &'a [f32],
+    /// `[n_head_kv][n_pad][hd_pad]`
+    k_rows: &'a [f32],
+    lse: &'a [f32],
     delta: &'a [f32],
     shape: AttnShape,
     scale: f32,
+    n_pad: usize,
 }
 
 /// Backward (FlashAttention-2's, recomputing probabilities from `lse` so no
 /// `n_tok^2` matrix is stored): given `dout`, writes `dq`, `dk`, `dv`.
 /// Two parallel passes: key tiles own `dk`/`dv` (summing over every query
-/// and every query head of their group), query tiles own `dq`.
+/// and every query head of their group), query tiles own `dq`. Every product
+/// is a tile product through the matmul micro-kernel.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     q: &[f32],
@@ -240,62 +325,200 @@ pub fn attention_backward(
     dv: &mut [f32],
 ) {
     shape.check(q, k, v, out, lse);
-    assert!(dout.len() == q.len() && dq.len() == q.len() && dk.len() == k.len() && dv.len() == v.len(), "attention_backward: shapes");
-    let AttnShape { n_tok, n_head, n_head_kv, head_dim: hd } = shape;
+    assert!(
+        dout.len() == q.len() && dq.len() == q.len() && dk.len() == k.len() && dv.len() == v.len(),
+        "attention_backward: shapes"
+    );
+    let AttnShape {
+        n_tok,
+        n_head,
+        n_head_kv,
+        head_dim: hd,
+    } = shape;
     // delta[h, i] = dout_i . out_i: the softmax backward's row constant.
     let mut delta = vec![0f32; n_head * n_tok];
     for h in 0..n_head {
         for i in 0..n_tok {
             let at = (i * n_head + h) * hd;
-            delta[h * n_tok + i] = dout[at..at + hd].iter().zip(&out[at..at + hd]).map(|(a, b)| a * b).sum();
+            delta[h * n_tok + i] = dout[at..at + hd]
+                .iter()
+                .zip(&out[at..at + hd])
+                .map(|(a, b)| a * b)
+                .sum();
         }
     }
-    let input = BackwardIn { q, k, v, lse, dout, delta: &delta, shape, scale };
+    let layout = HeadLayout::new(n_tok, hd);
+    let (q_rows, do_rows) = (layout.rows(q, n_head), layout.rows(dout, n_head));
+    let (kt, vt, k_rows) = (
+        layout.cols(k, n_head_kv),
+        layout.cols(v, n_head_kv),
+        layout.rows(k, n_head_kv),
+    );
+    let input = BackwardIn {
+        q,
+        dout,
+        q_rows: &q_rows,
+        do_rows: &do_rows,
+        kt: &kt,
+        vt: &vt,
+        k_rows: &k_rows,
+        lse,
+        delta: &delta,
+        shape,
+        scale,
+        n_pad: layout.n_pad,
+    };
     let avx = use_avx2();
+    let scratch = 2 * ATTN_K_TILE * layout.hd_pad + 4 * ATTN_Q_TILE * ATTN_K_TILE;
     let n_kt = n_tok.div_ceil(ATTN_K_TILE);
     let (dk_p, dv_p) = (SharedOut::new(dk), SharedOut::new(dv));
     (0..n_head_kv * n_kt).into_par_iter().for_each_init(
-        || vec![0f32; 4 * ATTN_K_TILE * hd],
-        |scratch, task| run_task!(avx, backward_kv_task, backward_kv_task_avx2, input, task, scratch, dk_p, dv_p),
+        || vec![0f32; scratch],
+        |buf, task| {
+            run_task!(
+                avx,
+                backward_kv_task,
+                backward_kv_task_avx2,
+                input,
+                task,
+                buf,
+                dk_p,
+                dv_p
+            )
+        },
     );
     let n_qt = n_tok.div_ceil(ATTN_Q_TILE);
     let dq_p = SharedOut::new(dq);
     (0..n_head * n_qt).into_par_iter().for_each_init(
-        || vec![0f32; ATTN_Q_TILE * hd + 2 * ATTN_K_TILE * hd],
-        |scratch, task| run_task!(avx, backward_q_task, backward_q_task_avx2, input, task, scratch, dq_p),
+        || vec![0f32; scratch],
+        |buf, task| {
+            run_task!(
+                avx,
+                backward_q_task,
+                backward_q_task_avx2,
+                input,
+                task,
+                buf,
+                dq_p
+            )
+        },
     );
 }
 
-task_fn!(backward_kv_task, backward_kv_task_avx2, (b: BackwardIn, task: usize, scratch: &mut [f32], dk_p: SharedOut, dv_p: SharedOut) {
+/// For a block of `rows` queries (from `i0`, head `h`) against keys
+/// `k0..k0+tile`: scores `s = Q K^T` and `dp = dO V^T` by tile products, then
+/// in place `s <- p` (probabilities) and `dp <- ds = p (dp - delta) scale`;
+/// masked entries are zero.
+#[inline(always)]
+fn block_grads(
+    b: &BackwardIn,
+    h: usize,
+    i0: usize,
+    rows: usize,
+    k0: usize,
+    tile: usize,
+    s: &mut [f32],
+    dp: &mut [f32],
+) {
+    let AttnShape {
+        n_tok,
+        n_head,
+        n_head_kv,
+        head_dim: hd,
+    } = b.shape;
+    let kvh = h / (n_head / n_head_kv);
+    let at = (i0 * n_head + h) * hd;
+    let (kt, vt) = (&b.kt[kvh * hd * b.n_pad..], &b.vt[kvh * hd * b.n_pad..]);
+    // SAFETY: rows of q/dout from i0 (stride n_head * hd, hd values each);
+    // the tile's blocks of kt/vt hold hd rows of K_TILE; s/dp hold Q_TILE x K_TILE.
+    unsafe {
+        gemm_tile(
+            rows,
+            ATTN_K_TILE,
+            hd,
+            b.q.as_ptr().add(at),
+            n_head * hd,
+            kt.as_ptr().add(k0 * hd),
+            ATTN_K_TILE,
+            s.as_mut_ptr(),
+            ATTN_K_TILE,
+            false,
+        );
+        gemm_tile(
+            rows,
+            ATTN_K_TILE,
+            hd,
+            b.dout.as_ptr().add(at),
+            n_head * hd,
+            vt.as_ptr().add(k0 * hd),
+            ATTN_K_TILE,
+            dp.as_mut_ptr(),
+            ATTN_K_TILE,
+            false,
+        );
+    }
+    for r in 0..ATTN_Q_TILE {
+        let (srow, dprow) = (
+            &mut s[r * ATTN_K_TILE..(r + 1) * ATTN_K_TILE],
+            &mut dp[r * ATTN_K_TILE..(r + 1) * ATTN_K_TILE],
+        );
+        let i = i0 + r;
+        if r >= rows || i < k0 {
+            srow.fill(0.0);
+            dprow.fill(0.0);
+            continue;
+        }
+        let width = tile.min(i + 1 - k0);
+        let (l, d) = (b.lse[h * n_tok + i], b.delta[h * n_tok + i]);
+        for j in 0..width {
+            let p = exp_approx(srow[j] * b.scale - l);
+            srow[j] = p;
+            dprow[j] = p * (dprow[j] - d) * b.scale;
+        }
+        srow[width..].fill(0.0);
+        dprow[width..].fill(0.0);
+    }
+}
+
+/// Transposes a `[Q_TILE][K_TILE]` block into `[K_TILE][Q_TILE]`.
+#[inline(always)]
+fn transpose_block(src: &[f32], out: &mut [f32]) {
+    for r in 0..ATTN_Q_TILE {
+        for j in 0..ATTN_K_TILE {
+            out[j * ATTN_Q_TILE + r] = src[r * ATTN_K_TILE + j];
+        }
+    }
+}
+
+task_fn!(backward_kv_task, backward_kv_task_avx2, (b: BackwardIn, task: usize, buf: &mut [f32], dk_p: SharedOut, dv_p: SharedOut) {
     let AttnShape { n_tok, n_head, n_head_kv, head_dim: hd } = b.shape;
+    let hd_pad = hd.div_ceil(NR) * NR;
     let group = n_head / n_head_kv;
     let n_kt = n_tok.div_ceil(ATTN_K_TILE);
     let (kvh, ktile) = (task / n_kt, task % n_kt);
     let (j0, j1) = (ktile * ATTN_K_TILE, ((ktile + 1) * ATTN_K_TILE).min(n_tok));
-    let (dk_acc, rest) = scratch.split_at_mut(ATTN_K_TILE * hd);
-    let (dv_acc, rest) = rest.split_at_mut(ATTN_K_TILE * hd);
-    let (kt, vt) = rest.split_at_mut(ATTN_K_TILE * hd);
+    let tile = j1 - j0;
+    let (dk_acc, rest) = buf.split_at_mut(ATTN_K_TILE * hd_pad);
+    let (dv_acc, rest) = rest.split_at_mut(ATTN_K_TILE * hd_pad);
+    let (s, rest) = rest.split_at_mut(ATTN_Q_TILE * ATTN_K_TILE);
+    let (dp, rest) = rest.split_at_mut(ATTN_Q_TILE * ATTN_K_TILE);
+    let (pt, dst) = rest.split_at_mut(ATTN_Q_TILE * ATTN_K_TILE);
     dk_acc.fill(0.0);
     dv_acc.fill(0.0);
-    transpose_tile(b.k, n_head_kv, kvh, hd, j0, j1, kt);
-    transpose_tile(b.v, n_head_kv, kvh, hd, j0, j1, vt);
-    let (mut p, mut ds) = ([0f32; ATTN_K_TILE], [0f32; ATTN_K_TILE]);
     for h in kvh * group..(kvh + 1) * group {
-        for i in j0..n_tok {
-            let qi = &b.q[(i * n_head + h) * hd..][..hd];
-            let doi = &b.dout[(i * n_head + h) * hd..][..hd];
-            let width = j1.min(i + 1) - j0;
-            tile_probs(qi, doi, b.lse[h * n_tok + i], b.delta[h * n_tok + i], kt, vt, b.scale, width, &mut p, &mut ds);
-            for j in 0..width {
-                let (pj, dsj) = (p[j], ds[j]);
-                let dvr = &mut dv_acc[j * hd..(j + 1) * hd];
-                for x in 0..hd {
-                    dvr[x] += pj * doi[x];
-                }
-                let dkr = &mut dk_acc[j * hd..(j + 1) * hd];
-                for x in 0..hd {
-                    dkr[x] += dsj * qi[x];
-                }
+        let (q_rows, do_rows) = (&b.q_rows[h * b.n_pad * hd_pad..], &b.do_rows[h * b.n_pad * hd_pad..]);
+        // Query blocks that can see these keys: from the one holding j0.
+        for i0 in ((j0 / ATTN_Q_TILE) * ATTN_Q_TILE..n_tok).step_by(ATTN_Q_TILE) {
+            let rows = ATTN_Q_TILE.min(n_tok - i0);
+            block_grads(&b, h, i0, rows, j0, tile, s, dp);
+            transpose_block(s, pt);
+            transpose_block(dp, dst);
+            // dV += P^T dO, dK += dS^T Q over this block's rows.
+            // SAFETY: pt/dst hold K_TILE rows of Q_TILE; q_rows/do_rows hold
+            // n_pad >= i0 + rows rows of hd_pad (a multiple of NR).
+            unsafe {
+                gemm_tile(tile, hd_pad, rows, pt.as_ptr(), ATTN_Q_TILE, do_rows.as_ptr().add(i0 * hd_pad), hd_pad, dv_acc.as_mut_ptr(), hd_pad, true);
+                gemm_tile(tile, hd_pad, rows, dst.as_ptr(), ATTN_Q_TILE, q_rows.as_ptr().add(i0 * hd_pad), hd_pad, dk_acc.as_mut_ptr(), hd_pad, true);
             }
         }
     }
@@ -303,44 +526,39 @@ task_fn!(backward_kv_task, backward_kv_task_avx2, (b: BackwardIn, task: usize, s
         // SAFETY: key rows j0..j1 of kv head kvh belong to this task.
         unsafe {
             let at = (j * n_head_kv + kvh) * hd;
-            std::ptr::copy_nonoverlapping(dk_acc.as_ptr().add((j - j0) * hd), dk_p.get().add(at), hd);
-            std::ptr::copy_nonoverlapping(dv_acc.as_ptr().add((j - j0) * hd), dv_p.get().add(at), hd);
+            std::ptr::copy_nonoverlapping(dk_acc.as_ptr().add((j - j0) * hd_pad), dk_p.get().add(at), hd);
+            std::ptr::copy_nonoverlapping(dv_acc.as_ptr().add((j - j0) * hd_pad), dv_p.get().add(at), hd);
         }
     }
 });
 
-task_fn!(backward_q_task, backward_q_task_avx2, (b: BackwardIn, task: usize, scratch: &mut [f32], dq_p: SharedOut) {
+task_fn!(backward_q_task, backward_q_task_avx2, (b: BackwardIn, task: usize, buf: &mut [f32], dq_p: SharedOut) {
     let AttnShape { n_tok, n_head, n_head_kv, head_dim: hd } = b.shape;
-    let group = n_head / n_head_kv;
+    let hd_pad = hd.div_ceil(NR) * NR;
     let n_qt = n_tok.div_ceil(ATTN_Q_TILE);
     let (h, qtile) = (task / n_qt, task % n_qt);
-    let kvh = h / group;
+    let kvh = h / (n_head / n_head_kv);
     let (q0, q1) = (qtile * ATTN_Q_TILE, ((qtile + 1) * ATTN_Q_TILE).min(n_tok));
-    let (acc, rest) = scratch.split_at_mut(ATTN_Q_TILE * hd);
-    let (kt, vt) = rest.split_at_mut(ATTN_K_TILE * hd);
+    let rows = q1 - q0;
+    let (acc, rest) = buf.split_at_mut(ATTN_K_TILE * hd_pad);
+    let (_, rest) = rest.split_at_mut(ATTN_K_TILE * hd_pad);
+    let (s, rest) = rest.split_at_mut(ATTN_Q_TILE * ATTN_K_TILE);
+    let (dp, _) = rest.split_at_mut(ATTN_Q_TILE * ATTN_K_TILE);
     acc.fill(0.0);
-    let (mut p, mut ds) = ([0f32; ATTN_K_TILE], [0f32; ATTN_K_TILE]);
+    let k_rows = &b.k_rows[kvh * b.n_pad * hd_pad..];
     for k0 in (0..q1).step_by(ATTN_K_TILE) {
-        let k1 = (k0 + ATTN_K_TILE).min(q1);
-        transpose_tile(b.k, n_head_kv, kvh, hd, k0, k1, kt);
-        transpose_tile(b.v, n_head_kv, kvh, hd, k0, k1, vt);
-        for i in q0.max(k0)..q1 {
-            let qi = &b.q[(i * n_head + h) * hd..][..hd];
-            let doi = &b.dout[(i * n_head + h) * hd..][..hd];
-            let width = k1.min(i + 1) - k0;
-            tile_probs(qi, doi, b.lse[h * n_tok + i], b.delta[h * n_tok + i], kt, vt, b.scale, width, &mut p, &mut ds);
-            let a = &mut acc[(i - q0) * hd..(i - q0 + 1) * hd];
-            for (j, &dsj) in ds[..width].iter().enumerate() {
-                let kj = &b.k[((k0 + j) * n_head_kv + kvh) * hd..][..hd];
-                for x in 0..hd {
-                    a[x] += dsj * kj[x];
-                }
-            }
+        let tile = (k0 + ATTN_K_TILE).min(q1) - k0;
+        block_grads(&b, h, q0, rows, k0, tile, s, dp);
+        // dQ += dS K.
+        // SAFETY: dp holds rows x K_TILE (stride K_TILE); k_rows holds rows
+        // k0..k0+tile of hd_pad; acc rows x hd_pad.
+        unsafe {
+            gemm_tile(rows, hd_pad, tile, dp.as_ptr(), ATTN_K_TILE, k_rows.as_ptr().add(k0 * hd_pad), hd_pad, acc.as_mut_ptr(), hd_pad, true);
         }
     }
     for i in q0..q1 {
         // SAFETY: query row (i, h) belongs to this task.
-        unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr().add((i - q0) * hd), dq_p.get().add((i * n_head + h) * hd), hd) };
+        unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr().add((i - q0) * hd_pad), dq_p.get().add((i * n_head + h) * hd), hd) };
     }
 });
 

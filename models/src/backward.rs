@@ -1,7 +1,9 @@
 //! The backward pass: gradients of `sum_t dlogprob[t] * logprob[t]` with
 //! respect to every LoRA factor, through every op of the forward pass in
 //! reverse. Each block is recomputed from its saved input (activation
-//! checkpointing), so memory is O(n_layer * n_tok * n_embd) plus one block's
+//! checkpointing), except its attention, whose output and log-sum-exps the
+//! training forward saved (the only op whose cost grows with `n_tok^2`).
+//! Memory is O(n_layer * n_tok * (n_embd + q_dim)) plus one block's
 //! intermediates. Base weights are only read.
 
 use crate::error::ModelError;
@@ -29,7 +31,10 @@ impl Transformer {
         self.check_lora(lora)?;
         self.check_lora(grads)?;
         let n_tok = tape.n_tok();
-        if dlogprob.len() != n_tok - 1 || tape.block_inputs.len() != self.layers.len() {
+        if dlogprob.len() != n_tok - 1
+            || tape.block_inputs.len() != self.layers.len()
+            || tape.attention.len() != self.layers.len()
+        {
             return Err(self.err(crate::error::ModelErrorKind::BadRequest(format!(
                 "backward: {} log-prob gradients for a tape of {n_tok} tokens (expected {})",
                 dlogprob.len(),
@@ -65,7 +70,15 @@ impl Transformer {
         for (li, layer) in self.layers.iter().enumerate().rev() {
             let x_in = &tape.block_inputs[li];
             let mut x = x_in.clone();
-            self.block_forward(li, layer, Some(lora), &mut x, &positions, &mut acts);
+            self.block_forward(
+                li,
+                layer,
+                Some(lora),
+                &mut x,
+                &positions,
+                &mut acts,
+                tape.attention.get(li),
+            );
             self.block_backward(li, layer, lora, x_in, &positions, &acts, &mut dx, grads);
         }
         Ok(())

@@ -109,6 +109,10 @@ pub struct Tape {
     pub(crate) tokens: Vec<u32>,
     /// `[n_layer][n_tok, n_embd]`: input of each block.
     pub(crate) block_inputs: Vec<Vec<f32>>,
+    /// `[n_layer]` of (attention output `[n_tok, q_dim]`, its log-sum-exps
+    /// `[n_head, n_tok]`): the backward's recomputation of a block skips its
+    /// attention, the one op whose cost grows with `n_tok^2`.
+    pub(crate) attention: Vec<(Vec<f32>, Vec<f32>)>,
     /// `[n_tok, n_embd]`: output of the last block.
     pub(crate) x_final: Vec<f32>,
     /// `[n_tok]`
@@ -271,11 +275,15 @@ impl Transformer {
         let positions: Vec<u32> = (0..n_tok as u32).collect();
         let mut acts = BlockActs::new(self, n_tok, lora);
         let mut block_inputs = Vec::new();
+        let mut attention = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             if keep_inputs {
                 block_inputs.push(x.clone());
             }
-            self.block_forward(i, layer, lora, &mut x, &positions, &mut acts);
+            self.block_forward(i, layer, lora, &mut x, &positions, &mut acts, None);
+            if keep_inputs {
+                attention.push((acts.att.clone(), acts.lse.clone()));
+            }
         }
         let mut h = vec![0f32; n_tok * n_embd];
         let mut rstd_final = vec![0f32; n_tok];
@@ -289,6 +297,7 @@ impl Transformer {
         Tape {
             tokens: tokens.to_vec(),
             block_inputs,
+            attention,
             x_final: x,
             rstd_final,
             h,
@@ -349,6 +358,7 @@ impl Transformer {
         x: &mut [f32],
         positions: &[u32],
         a: &mut BlockActs,
+        saved_attention: Option<&(Vec<f32>, Vec<f32>)>,
     ) {
         let c = self.config();
         let n_tok = positions.len();
@@ -388,15 +398,23 @@ impl Transformer {
             n_head_kv: c.n_head_kv,
             head_dim: c.head_dim,
         };
-        attention_forward(
-            &a.q,
-            &a.k,
-            &a.v,
-            shape,
-            1.0 / (c.head_dim as f32).sqrt(),
-            &mut a.att,
-            &mut a.lse,
-        );
+        match saved_attention {
+            // Recomputing a block for the backward pass: the attention
+            // output of the training forward is bit-identical, so reuse it.
+            Some((att, lse)) => {
+                a.att.copy_from_slice(att);
+                a.lse.copy_from_slice(lse);
+            }
+            None => attention_forward(
+                &a.q,
+                &a.k,
+                &a.v,
+                shape,
+                1.0 / (c.head_dim as f32).sqrt(),
+                &mut a.att,
+                &mut a.lse,
+            ),
+        }
         let mut proj = std::mem::take(&mut a.proj);
         lin!(&a.att, &l.wo, None, Proj::O, &mut proj);
         x.iter_mut().zip(&proj).for_each(|(v, &p)| *v += p);

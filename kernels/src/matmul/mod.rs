@@ -71,7 +71,10 @@ fn matmul_wt_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weigh
             || (vec![0f32; KC * NR], vec![0f32; KC]),
             |(packed, row_buf), task| {
                 let (task, row_task) = (task / n_row_tasks, task % n_row_tasks);
-                let (t_first, t_end) = (row_task * rows_per_task, ((row_task + 1) * rows_per_task).min(n_tok));
+                let (t_first, t_end) = (
+                    row_task * rows_per_task,
+                    ((row_task + 1) * rows_per_task).min(n_tok),
+                );
                 let first = task * PANELS_PER_TASK;
                 let last = (first + PANELS_PER_TASK).min(n_panels);
                 for k0 in (0..n_in).step_by(KC) {
@@ -144,7 +147,10 @@ fn matmul_w_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weight
         || vec![0f32; KC * gw],
         |tile, task| {
             let (group, row_task) = (task / n_row_tasks, task % n_row_tasks);
-            let (t_first, t_end) = (row_task * rows_per_task, ((row_task + 1) * rows_per_task).min(n_tok));
+            let (t_first, t_end) = (
+                row_task * rows_per_task,
+                ((row_task + 1) * rows_per_task).min(n_tok),
+            );
             let c0 = group * gw;
             let width = gw.min(n_cols - c0);
             for r0 in (0..n_red).step_by(KC) {
@@ -220,7 +226,11 @@ pub fn matmul_tn(a: &[f32], b: &[f32], n_tok: usize, c: &mut [f32], accumulate: 
     const ROWS_PER_TASK: usize = 16;
     let threads = rayon::current_num_threads();
     let row_tasks = m.div_ceil(ROWS_PER_TASK);
-    let col_chunk = if row_tasks >= 2 * threads { n } else { n.div_ceil(4 * threads).max(64).min(n) };
+    let col_chunk = if row_tasks >= 2 * threads {
+        n
+    } else {
+        n.div_ceil(4 * threads).max(64).min(n)
+    };
     let col_tasks = n.div_ceil(col_chunk);
     let out = SharedOut::new(c);
     (0..row_tasks * col_tasks).into_par_iter().for_each(|task| {
@@ -233,12 +243,56 @@ pub fn matmul_tn(a: &[f32], b: &[f32], n_tok: usize, c: &mut [f32], accumulate: 
                 let av = a[t * m + i];
                 if av != 0.0 {
                     // SAFETY: c[i, j0..j1] belongs to this task only.
-                    let crow = unsafe { std::slice::from_raw_parts_mut(out.get().add(i * n + j0), j1 - j0) };
+                    let crow = unsafe {
+                        std::slice::from_raw_parts_mut(out.get().add(i * n + j0), j1 - j0)
+                    };
                     crow.iter_mut().zip(bt).for_each(|(x, &y)| *x += av * y);
                 }
             }
         }
     });
+}
+
+/// `c[m x n] (+)= a[m x kc] b[kc x n]` on small dense f32 tiles with arbitrary
+/// strides, through the same register-blocked micro-kernel: the building
+/// block of the attention kernels.
+///
+/// # Safety
+/// `a` must be readable for `m` rows of `kc` values (stride `lda`); `b` for
+/// `kc` rows of `n` rounded up to a multiple of [`NR`] values (stride `ldb`);
+/// `c` writable for `m` rows of `n` values (stride `ldc`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_tile(
+    m: usize,
+    n: usize,
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let kernel = micro::select();
+    for j0 in (0..n).step_by(NR) {
+        let n_valid = NR.min(n - j0);
+        for i0 in (0..m).step_by(MR) {
+            let mr = MR.min(m - i0);
+            kernel(
+                mr,
+                kc,
+                a.add(i0 * lda),
+                lda,
+                b.add(j0),
+                ldb,
+                c.add(i0 * ldc + j0),
+                ldc,
+                n_valid,
+                accumulate,
+            );
+        }
+    }
 }
 
 /// When there are too few column tasks to feed every thread (narrow outputs

@@ -1,0 +1,148 @@
+//! `cleaner bench train`: one LoRA training step (forward + backward, rank 16
+//! on all seven projections) over T tokens, tokens/s and peak RSS, next to
+//! PyTorch + PEFT on the CPU doing the same step on the same model
+//! (dequantized to f32 from the same GGUF by `transformers`), with the same
+//! thread count, measured in the same run (tools/bench_train_torch.py).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use cleaner::assets::AssetStore;
+use cleaner::models::{LoraConfig, Transformer};
+use cleaner::train::{nll_loss, AdamWConfig, Trainer};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Models (comma-separated asset names).
+    #[arg(long, default_value = "smollm2-135m,qwen2.5-coder-0.5b")]
+    models: String,
+    /// Sequence lengths (comma-separated).
+    #[arg(long, default_value = "512,2048")]
+    tokens: String,
+    /// Timed steps per cell (the median is reported).
+    #[arg(long, default_value_t = 2)]
+    reps: usize,
+    /// Python interpreter with torch, transformers, peft and gguf installed
+    /// ("none" skips the baseline).
+    #[arg(long, default_value = "python3")]
+    python: String,
+}
+
+struct Cell {
+    tok_s: f64,
+    peak_mib: f64,
+}
+
+fn ours(path: &std::path::Path, n_tok: usize, reps: usize) -> Result<Cell> {
+    super::kernels::reset_peak_rss();
+    let model = Transformer::open(path)?;
+    let n_vocab = model.config().n_vocab as u64;
+    let tokens: Vec<u32> = (0..n_tok as u64)
+        .map(|i| ((i * 7919 + 11) % n_vocab.min(32000)) as u32)
+        .collect();
+    let mut trainer = Trainer::new(
+        model,
+        LoraConfig {
+            rank: 16,
+            alpha: 32.0,
+            ..Default::default()
+        },
+        AdamWConfig::default(),
+        1,
+    )?;
+    let weights = vec![1f32; n_tok - 1];
+    let mut times = Vec::new();
+    for _ in 0..reps + 1 {
+        let s = Instant::now();
+        trainer.accumulate(&tokens, |lp| nll_loss(lp, &weights).1)?;
+        trainer.update();
+        times.push(s.elapsed().as_secs_f64());
+    }
+    times.remove(0); // warm-up: pages the weights in
+    Ok(Cell {
+        tok_s: n_tok as f64 / super::median(times),
+        peak_mib: super::peak_rss_mib().unwrap_or(f64::NAN),
+    })
+}
+
+fn torch(
+    python: &str,
+    path: &std::path::Path,
+    n_tok: usize,
+    reps: usize,
+    threads: usize,
+) -> Result<Option<Cell>> {
+    if python == "none" {
+        return Ok(None);
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench_train_torch.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .args([
+            path.to_string_lossy().as_ref(),
+            &n_tok.to_string(),
+            &reps.to_string(),
+            &threads.to_string(),
+        ])
+        .output()
+        .with_context(|| format!("running {python} {}", script.display()))?;
+    if !out.status.success() {
+        eprintln!(
+            "PyTorch baseline failed ({}): {}",
+            python,
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        return Ok(None);
+    }
+    let v: serde_json::Value = serde_json::from_slice(
+        out.stdout
+            .split(|&b| b == b'\n')
+            .rfind(|l| !l.is_empty())
+            .unwrap_or(b"{}"),
+    )
+    .context("PyTorch baseline output")?;
+    Ok(Some(Cell {
+        tok_s: v["tok_s"].as_f64().unwrap_or(f64::NAN),
+        peak_mib: v["peak_mib"].as_f64().unwrap_or(f64::NAN),
+    }))
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let threads = rayon::current_num_threads();
+    let lens: Vec<usize> = a
+        .tokens
+        .split(',')
+        .map(|t| t.trim().parse().with_context(|| format!("--tokens: {t:?}")))
+        .collect::<Result<_>>()?;
+    println!("LoRA step (forward + backward, rank 16, q k v o gate up down), {threads} threads, median of {}\n", a.reps);
+    println!("| model | T | ours tok/s | PyTorch+PEFT tok/s | speed ratio | ours peak RSS MiB | PyTorch peak RSS MiB | memory ratio |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for name in a.models.split(',') {
+        let path = AssetStore::default().resolve_model(name.trim(), &mut |l| eprintln!("{l}"))?;
+        for &t in &lens {
+            let o = ours(&path, t, a.reps)?;
+            let p = torch(&a.python, &path, t, a.reps, threads)?;
+            let (pt, pm, sr, mr) = match &p {
+                Some(p) => (
+                    format!("{:.1}", p.tok_s),
+                    format!("{:.0}", p.peak_mib),
+                    format!("{:.2}", o.tok_s / p.tok_s),
+                    format!("{:.2}", o.peak_mib / p.peak_mib),
+                ),
+                None => ("n/a".into(), "n/a".into(), "n/a".into(), "n/a".into()),
+            };
+            println!(
+                "| {name} | {t} | {:.1} | {pt} | {sr} | {:.0} | {pm} | {mr} |",
+                o.tok_s, o.peak_mib
+            );
+        }
+    }
+    Ok(())
+}
