@@ -174,7 +174,7 @@ mod tests {
         assert_eq!(token_loss(&cfg, -1.0, -1.0, 2.0), (-2.0, -2.0, false));
         // Positive advantage, ratio above 1.28: clipped, no gradient.
         let (l, g, c) = token_loss(&cfg, 0.5, 0.0, 1.0);
-        assert!(c && g == 0.0 && (l + 1.28).abs() < 1e-9);
+        assert!(c && g == 0.0 && (l + 1.28).abs() < 1e-6);
         // Positive advantage, ratio below 0.8: the unclipped loss is larger, keeps its gradient.
         let (_, g, c) = token_loss(&cfg, -1.0, 0.0, 1.0);
         assert!(!c && (g + (-1f64).exp()).abs() < 1e-9);
