@@ -192,27 +192,7 @@ impl Lora {
             layers[l].push((p, pair));
         }
         let rank = rank.ok_or_else(|| bad(&here, "adapter holds no lora_a tensors".into()))?;
-        targets.sort();
-        for pairs in layers.iter_mut() {
-            pairs.sort_by_key(|(p, _)| *p);
-        }
-        // Every layer must adapt the same projections (our trainer's shape).
-        for (l, pairs) in layers.iter().enumerate() {
-            if pairs.iter().map(|(p, _)| *p).collect::<Vec<_>>() != targets {
-                return Err(bad(
-                    &here,
-                    format!("layer {l} adapts a different set of projections than the others"),
-                ));
-            }
-        }
-        Ok(Lora {
-            config: LoraConfig {
-                rank,
-                alpha,
-                targets,
-            },
-            layers,
-        })
+        assemble(layers, targets, rank, alpha).map_err(|why| bad(&here, why))
     }
 
     /// Writes `adapter_model.safetensors` and `adapter_config.json` into `dir`.
@@ -322,25 +302,35 @@ impl Lora {
         if targets.is_empty() {
             return Err(bad(&st_path, "no lora_A tensors found".into()));
         }
-        targets.sort();
-        for (l, pairs) in layers.iter_mut().enumerate() {
-            pairs.sort_by_key(|(p, _)| *p);
-            if pairs.iter().map(|(p, _)| *p).collect::<Vec<_>>() != targets {
-                return Err(bad(
-                    &st_path,
-                    format!("layer {l} adapts a different set of projections than the others"),
-                ));
-            }
-        }
-        Ok(Lora {
-            config: LoraConfig {
-                rank,
-                alpha,
-                targets,
-            },
-            layers,
-        })
+        assemble(layers, targets, rank, alpha).map_err(|why| bad(&st_path, why))
     }
+}
+
+/// The adapter read from either format: pairs in `Proj` order, and every
+/// layer adapting the same projections (the trainer's shape).
+fn assemble(
+    mut layers: Vec<Vec<(Proj, LoraPair)>>,
+    mut targets: Vec<Proj>,
+    rank: usize,
+    alpha: f32,
+) -> Result<Lora, String> {
+    targets.sort();
+    for (l, pairs) in layers.iter_mut().enumerate() {
+        pairs.sort_by_key(|(p, _)| *p);
+        if pairs.iter().map(|(p, _)| *p).collect::<Vec<_>>() != targets {
+            return Err(format!(
+                "layer {l} adapts a different set of projections than the others"
+            ));
+        }
+    }
+    Ok(Lora {
+        config: LoraConfig {
+            rank,
+            alpha,
+            targets,
+        },
+        layers,
+    })
 }
 
 /// `blk.{l}.{stem}.weight` -> (l, projection).
