@@ -12,6 +12,7 @@ pub mod logits;
 pub mod matmul;
 pub mod norm;
 pub mod quant;
+pub mod rng;
 pub mod rope;
 pub mod softmax;
 

@@ -128,11 +128,7 @@ impl Lora {
         targets.dedup();
         let mut state = seed ^ 0x6a09_e667_f3bc_c908;
         let mut uniform = move || {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
+            let z = cleaner_kernels::rng::splitmix64(&mut state);
             (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
         };
         let layers = (0..model.layers.len())

@@ -161,9 +161,7 @@ impl Loader<'_> {
     fn info(&self, name: &str, expected: &[u64]) -> Result<(usize, &TensorInfo), ModelError> {
         let index = self
             .file
-            .tensors()
-            .iter()
-            .position(|t| t.name == name)
+            .tensor_position(name)
             .ok_or_else(|| self.err(ModelErrorKind::MissingTensor(name.to_string())))?;
         let info = &self.file.tensors()[index];
         if info.dims != expected {

@@ -23,13 +23,7 @@ fn half_fields(ty: QuantType) -> &'static [usize] {
 /// [-0.1, 0.1] for the block formats. `None` if `n_values` is not whole blocks.
 pub fn random_tensor(ty: QuantType, n_values: usize, seed: u64) -> Option<Vec<u8>> {
     let mut state = seed;
-    let mut next = move || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
+    let mut next = move || crate::rng::splitmix64(&mut state);
     let uniform = |u: u64| (u >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
     let n_bytes = ty.bytes_for(n_values as u64)? as usize;
     let mut bytes = Vec::with_capacity(n_bytes + 8);

@@ -268,6 +268,11 @@ impl GgufFile {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
 
+    /// Position of the tensor called `name` in [`GgufFile::tensors`].
+    pub fn tensor_position(&self, name: &str) -> Option<usize> {
+        self.tensor_index.get(name).copied()
+    }
+
     /// The tensor's bytes, borrowed from the map (validated at open).
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
         let start = (self.data_offset + info.offset) as usize;
