@@ -52,7 +52,9 @@
 //! # Ok(()) }
 //! ```
 
-pub use cleaner_engine::{agent, assets, chat, llama, rollout, sampling, sandbox, tasks, train};
+pub use cleaner_engine::{
+    agent, assets, chat, llama, rl, rollout, sampling, sandbox, session, tasks, train,
+};
 pub use cleaner_engine::{
     FinishReason, GenerateParams, Generation, LlamaError, LoraAdapter, Model, ModelParams, Policy,
     PolicyConfig, RolloutError, SamplingParams, SeqId, Token,

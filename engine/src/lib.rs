@@ -19,3 +19,5 @@ pub use sampling::SamplingParams;
 pub mod agent;
 pub mod assets;
 pub mod chat;
+pub mod rl;
+pub mod session;

@@ -26,6 +26,12 @@ enum Command {
     /// Solve problems with the tool-using agent (purified or plain) and report accuracy.
     #[command(args_override_self = true)]
     Solve(cmd::solve::Args),
+    /// Train with GRPO on purified trajectories (CLEANER); resumable.
+    Train(cmd::train::Args),
+    /// Evaluate a model (and adapter): pass@1 over K samples with a 95% interval.
+    Eval(cmd::eval::Args),
+    /// Write a self-contained HTML report of a training run.
+    Report(cmd::report::Args),
     /// Render a trajectory file readably, purifications shown before/after.
     Show(cmd::show::Args),
     /// Run Python code in the sandbox.
@@ -49,6 +55,9 @@ fn main() {
         Command::Sandbox { which } => cmd::sandbox::run(which),
         Command::Solve(a) => cmd::solve::run(a),
         Command::Show(a) => cmd::show::run(a),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Report(a) => cmd::report::run(a),
         Command::Bench { which } => bench::run(which),
     };
     if let Err(e) = result {

@@ -132,6 +132,8 @@ pub struct Agent<'a, B: Backend> {
     sandbox: &'a Sandbox,
     format: ToolFormat,
     config: AgentConfig,
+    /// Told (finished, total) each time rollouts finish.
+    progress: Option<&'a mut dyn FnMut(usize, usize)>,
 }
 
 struct Job {
@@ -160,7 +162,14 @@ impl<'a, B: Backend> Agent<'a, B> {
             sandbox,
             format,
             config,
+            progress: None,
         })
+    }
+
+    /// Reports (finished, total) rollouts as they finish.
+    pub fn with_progress(mut self, progress: &'a mut dyn FnMut(usize, usize)) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     /// Collects `group` trajectories for every problem.
@@ -318,12 +327,20 @@ impl<'a, B: Backend> Agent<'a, B> {
                 self.on_result(&mut rollouts[k], res, stats)?;
             }
             // Free the slots of finished rollouts.
+            let mut finished_now = 0;
             for r in rollouts.iter_mut() {
                 if r.phase == Phase::Done {
                     if let Some(seq) = r.seq.take() {
                         self.backend.close(seq);
                         open -= 1;
+                        finished_now += 1;
                     }
+                }
+            }
+            if finished_now > 0 {
+                if let Some(progress) = self.progress.as_mut() {
+                    let done = rollouts.iter().filter(|r| r.phase == Phase::Done).count();
+                    progress(done, rollouts.len());
                 }
             }
             if next_problem >= problems.len() && rollouts.iter().all(|r| r.phase == Phase::Done) {

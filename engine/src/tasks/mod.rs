@@ -1,8 +1,10 @@
-//! Tasks: problems with reference answers read from JSONL, and rewards.
-//! (Issue 7 extends the verifier; this one covers GSM8K/AIME/AMC answers.)
+//! Tasks: problems with reference answers read from JSONL, the math
+//! verifier, and rewards.
 
 pub mod dataset;
+pub mod reward;
 pub mod verify;
 
 pub use dataset::{Dataset, DatasetError, Fields, Item};
+pub use reward::{MathReward, Reward};
 pub use verify::{math_equal, normalize_answer};

@@ -20,6 +20,7 @@ pub enum Aggregation {
 
 /// Loss hyper-parameters.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LossConfig {
     /// Ratio clipped below at `1 - clip_low` ...
     pub clip_low: f32,
@@ -95,53 +96,94 @@ pub fn token_loss(cfg: &LossConfig, lp: f32, old: f32, adv: f32) -> (f64, f64, b
     (loss, grad, was_clipped)
 }
 
+/// What a mini-batch's normalization needs to know before its sequences are
+/// run one at a time: its trainable tokens and sequences.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchShape {
+    pub tokens: f64,
+    pub sequences: f64,
+}
+
+impl BatchShape {
+    /// The shape of a batch of per-sequence weight arrays.
+    pub fn of<'a>(weights: impl IntoIterator<Item = &'a [f32]>) -> BatchShape {
+        let mut shape = BatchShape {
+            tokens: 0.0,
+            sequences: 0.0,
+        };
+        for w in weights {
+            let t: f64 = w.iter().map(|&x| x as f64).sum();
+            shape.tokens += t;
+            shape.sequences += (t > 0.0) as u8 as f64;
+        }
+        shape
+    }
+}
+
+/// One sequence's share of the batch loss (normalized by the whole batch,
+/// so shares add up) and its `d loss / d logprob`. This lets a trainer run
+/// the sequences of a mini-batch one at a time.
+pub fn sequence_loss(
+    cfg: &LossConfig,
+    s: &SeqLossInput,
+    batch: BatchShape,
+) -> (LossStats, Vec<f32>) {
+    let total_tokens = batch.tokens.max(1.0);
+    let seq_tokens: f64 = s.weight.iter().map(|&w| w as f64).sum();
+    let norm = match cfg.aggregation {
+        Aggregation::TokenMean => total_tokens,
+        Aggregation::SequenceMean => seq_tokens.max(1.0) * batch.sequences.max(1.0),
+    };
+    let mut stats = LossStats {
+        tokens: seq_tokens,
+        ..Default::default()
+    };
+    let mut g = vec![0f32; s.logprob.len()];
+    for t in 0..s.logprob.len() {
+        let w = s.weight[t] as f64;
+        if w == 0.0 {
+            continue;
+        }
+        let (mut loss, mut d, clipped) =
+            token_loss(cfg, s.logprob[t], s.old_logprob[t], s.advantage[t]);
+        if cfg.kl_coef > 0.0 {
+            if let Some(r) = s.ref_logprob {
+                // k3 estimator: exp(ref - lp) - (ref - lp) - 1 >= 0.
+                let x = (r[t] - s.logprob[t]) as f64;
+                let kl = x.exp() - x - 1.0;
+                loss += cfg.kl_coef as f64 * kl;
+                d += cfg.kl_coef as f64 * (1.0 - x.exp());
+                stats.ref_kl += w * kl / total_tokens;
+            }
+        }
+        stats.loss += w * loss / norm;
+        stats.clip_fraction += w * clipped as u8 as f64 / total_tokens;
+        stats.approx_kl += w * (s.old_logprob[t] - s.logprob[t]) as f64 / total_tokens;
+        g[t] = (w * d / norm) as f32;
+    }
+    (stats, g)
+}
+
+impl LossStats {
+    /// Adds another sequence's share (from [`sequence_loss`]).
+    pub fn add(&mut self, o: &LossStats) {
+        self.loss += o.loss;
+        self.tokens += o.tokens;
+        self.clip_fraction += o.clip_fraction;
+        self.approx_kl += o.approx_kl;
+        self.ref_kl += o.ref_kl;
+    }
+}
+
 /// The batch loss and `d loss / d logprob` for every sequence (same shapes as
 /// the inputs).
 pub fn policy_loss(cfg: &LossConfig, batch: &[SeqLossInput]) -> (LossStats, Vec<Vec<f32>>) {
-    let total_tokens: f64 = batch
-        .iter()
-        .map(|s| s.weight.iter().map(|&w| w as f64).sum::<f64>())
-        .sum();
-    let n_seqs = batch
-        .iter()
-        .filter(|s| s.weight.iter().any(|&w| w > 0.0))
-        .count()
-        .max(1) as f64;
-    let mut stats = LossStats {
-        tokens: total_tokens,
-        ..Default::default()
-    };
+    let shape = BatchShape::of(batch.iter().map(|s| s.weight));
+    let mut stats = LossStats::default();
     let mut grads = Vec::with_capacity(batch.len());
     for s in batch {
-        let seq_tokens: f64 = s.weight.iter().map(|&w| w as f64).sum();
-        let norm = match cfg.aggregation {
-            Aggregation::TokenMean => total_tokens.max(1.0),
-            Aggregation::SequenceMean => seq_tokens.max(1.0) * n_seqs,
-        };
-        let mut g = vec![0f32; s.logprob.len()];
-        for t in 0..s.logprob.len() {
-            let w = s.weight[t] as f64;
-            if w == 0.0 {
-                continue;
-            }
-            let (l, dl, clipped) = token_loss(cfg, s.logprob[t], s.old_logprob[t], s.advantage[t]);
-            let mut loss = l;
-            let mut d = dl;
-            if cfg.kl_coef > 0.0 {
-                if let Some(r) = s.ref_logprob {
-                    // k3 estimator: exp(ref - lp) - (ref - lp) - 1 >= 0.
-                    let x = (r[t] - s.logprob[t]) as f64;
-                    let kl = x.exp() - x - 1.0;
-                    loss += cfg.kl_coef as f64 * kl;
-                    d += cfg.kl_coef as f64 * (1.0 - x.exp());
-                    stats.ref_kl += w * kl / total_tokens.max(1.0);
-                }
-            }
-            stats.loss += w * loss / norm;
-            stats.clip_fraction += w * clipped as u8 as f64 / total_tokens.max(1.0);
-            stats.approx_kl += w * (s.old_logprob[t] - s.logprob[t]) as f64 / total_tokens.max(1.0);
-            g[t] = (w * d / norm) as f32;
-        }
+        let (st, g) = sequence_loss(cfg, s, shape);
+        stats.add(&st);
         grads.push(g);
     }
     (stats, grads)

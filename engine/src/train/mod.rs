@@ -7,6 +7,9 @@ pub mod loss;
 pub mod optim;
 mod trainer;
 
-pub use loss::{nll_loss, policy_loss, Aggregation, LossConfig, LossStats, SeqLossInput};
+pub use loss::{
+    nll_loss, policy_loss, sequence_loss, Aggregation, BatchShape, LossConfig, LossStats,
+    SeqLossInput,
+};
 pub use optim::{AdamW, AdamWConfig, Decay, UpdateStats};
 pub use trainer::{TrainError, Trainer};

@@ -18,6 +18,7 @@ pub enum Decay {
 
 /// Optimizer hyper-parameters.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AdamWConfig {
     pub lr: f32,
     pub beta1: f32,

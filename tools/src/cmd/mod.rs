@@ -1,8 +1,11 @@
+pub mod eval;
 pub mod fetch;
 pub mod generate;
+pub mod report;
 pub mod sandbox;
 pub mod show;
 pub mod solve;
+pub mod train;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,0 +1,191 @@
+//! Checkpoints of a run: `RUN/checkpoints/step-NNNNNN/` holds the adapter,
+//! the optimizer state and `state.json` (step, seeds, data position, the
+//! config). A checkpoint is written into a temporary directory, every file
+//! fsynced, then renamed into place and only then named in
+//! `RUN/checkpoints/latest`; until that rename the previous checkpoint is
+//! the one a resume finds, so a run killed at any moment loses at most the
+//! step in progress.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::train::{TrainError, Trainer};
+use cleaner_models::adapter_file::atomic_write;
+use cleaner_models::Transformer;
+
+pub const STATE_VERSION: u32 = 1;
+
+/// Everything besides adapter and optimizer that a resumed run needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainState {
+    pub format_version: u32,
+    /// Steps completed.
+    pub step: u64,
+    /// `grpo.seed`: prompt order, rollout seeds and adapter init derive from
+    /// it and the step, so it is the whole random state.
+    pub seed: u64,
+    /// Problems drawn so far (the data position).
+    pub prompts_drawn: u64,
+    /// Seed of the next step's rollouts (derived; recorded for inspection).
+    pub next_rollout_seed: u64,
+    /// Wall seconds spent in completed steps.
+    pub elapsed_s: f64,
+    /// The run's config, as TOML.
+    pub config: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {why}")]
+    Invalid { path: PathBuf, why: String },
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error("{0}: no complete checkpoint")]
+    None(PathBuf),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// The directory holding a run's checkpoints.
+pub fn checkpoints_dir(run: &Path) -> PathBuf {
+    run.join("checkpoints")
+}
+
+fn step_name(step: u64) -> String {
+    format!("step-{step:06}")
+}
+
+/// Writes a checkpoint of `trainer` and `state` under `run`, then removes
+/// all but the newest `keep`. Returns the checkpoint's directory.
+pub fn write(
+    run: &Path,
+    trainer: &Trainer,
+    state: &TrainState,
+    keep: usize,
+) -> Result<PathBuf, CheckpointError> {
+    let root = checkpoints_dir(run);
+    std::fs::create_dir_all(&root).map_err(io(&root))?;
+    let name = step_name(state.step);
+    let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    trainer.save(&tmp)?;
+    let state_path = tmp.join("state.json");
+    let json = serde_json::to_vec_pretty(state).map_err(|e| io(&state_path)(e.into()))?;
+    atomic_write(&state_path, &json).map_err(io(&state_path))?;
+    sync_dir(&tmp);
+    let dir = root.join(&name);
+    if dir.exists() {
+        // A resumed run redoing this step: the old copy is not `latest`.
+        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+    sync_dir(&root);
+    let latest = root.join("latest");
+    atomic_write(&latest, name.as_bytes()).map_err(io(&latest))?;
+    prune(&root, keep.max(1), state.step);
+    Ok(dir)
+}
+
+/// Removes complete checkpoints older than the newest `keep` (never the one
+/// just written) and stale temporary directories.
+fn prune(root: &Path, keep: usize, current: u64) {
+    let mut steps = list(root);
+    steps.sort();
+    let n = steps.len();
+    for (step, dir) in steps.into_iter().take(n.saturating_sub(keep)) {
+        if step != current {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Complete checkpoint directories (those named `step-N`), with their steps.
+fn list(root: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("step-")?.parse().ok()?;
+            Some((step, e.path()))
+        })
+        .collect()
+}
+
+/// Reads a checkpoint's state.
+pub fn read_state(dir: &Path) -> Result<TrainState, CheckpointError> {
+    let path = dir.join("state.json");
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| CheckpointError::Invalid {
+        path: path.clone(),
+        why: e.to_string(),
+    })?;
+    if state.format_version != STATE_VERSION {
+        return Err(CheckpointError::Invalid {
+            path,
+            why: format!(
+                "format_version {} (this build reads {STATE_VERSION})",
+                state.format_version
+            ),
+        });
+    }
+    Ok(state)
+}
+
+/// The newest checkpoint of `run` that loads: the one `latest` names, else
+/// (if that is missing or damaged) the highest complete step.
+pub fn latest(run: &Path) -> Result<PathBuf, CheckpointError> {
+    let root = checkpoints_dir(run);
+    let named = std::fs::read_to_string(root.join("latest"))
+        .ok()
+        .map(|n| root.join(n.trim()));
+    let mut candidates: Vec<PathBuf> = named.into_iter().collect();
+    let mut steps = list(&root);
+    steps.sort_by(|a, b| b.0.cmp(&a.0));
+    candidates.extend(steps.into_iter().map(|(_, d)| d));
+    candidates
+        .into_iter()
+        .find(|d| {
+            read_state(d).is_ok()
+                && d.join("adapter.gguf").is_file()
+                && d.join("optimizer.gguf").is_file()
+        })
+        .ok_or(CheckpointError::None(root))
+}
+
+/// Loads the trainer and state of checkpoint `dir` on `model`.
+pub fn load(dir: &Path, model: Transformer) -> Result<(Trainer, TrainState), CheckpointError> {
+    let state = read_state(dir)?;
+    let trainer = Trainer::load(model, dir)?;
+    Ok((trainer, state))
+}

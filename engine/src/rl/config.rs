@@ -1,0 +1,467 @@
+//! The one configuration of a GRPO run, read from TOML. Every field has a
+//! default; unknown keys, wrong types and impossible values are rejected
+//! with the key named. Shipped configs (`configs/*.toml`) are compiled in
+//! and addressed by name.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::AgentConfig;
+use crate::tasks::{Fields, MathReward};
+use crate::train::{AdamWConfig, LossConfig};
+use cleaner_models::{LoraConfig, Proj};
+
+/// Configs shipped with the engine: (name, TOML text).
+pub const SHIPPED: [(&str, &str); 3] = [
+    (
+        "quickstart",
+        include_str!("../../../configs/quickstart.toml"),
+    ),
+    (
+        "gsm8k-qwen0.5b",
+        include_str!("../../../configs/gsm8k-qwen0.5b.toml"),
+    ),
+    (
+        "paper-qwen3-4b",
+        include_str!("../../../configs/paper-qwen3-4b.toml"),
+    ),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{origin}: {source}")]
+    Io {
+        origin: String,
+        source: std::io::Error,
+    },
+    #[error("{origin}: key `{key}`: {why}")]
+    Invalid {
+        origin: String,
+        key: String,
+        why: String,
+    },
+}
+
+/// A whole run: model, data, agent, GRPO, adapter, optimizer and loss.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Model short name (fetched on first use) or GGUF path.
+    pub model: String,
+    pub data: DataConfig,
+    pub engine: EngineConfig,
+    pub grpo: GrpoConfig,
+    pub reward: MathReward,
+    pub agent: AgentConfig,
+    pub lora: LoraSection,
+    pub optim: AdamWConfig,
+    pub loss: LossConfig,
+}
+
+/// Where the problems come from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// `gsm8k-train`, `gsm8k` (test), `aime24`, `amc23` or a `.jsonl` path.
+    pub dataset: String,
+    /// Directory of the named datasets (None: `$CLEANER_DATA` or `../shared/data`).
+    pub data_dir: Option<PathBuf>,
+    /// Fields tried in order for the question.
+    pub question_fields: Vec<String>,
+    pub answer_field: String,
+    pub id_field: Option<String>,
+    /// Use only the first N problems (0: all).
+    pub limit: usize,
+}
+
+/// The rollout engine's size.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Sequences decoded together (at least `grpo.group_size + 1`).
+    pub slots: u32,
+    /// llama.cpp threads (0: all cores).
+    pub threads: i32,
+    /// Prompts longer than this are skipped (counted in the metrics).
+    pub max_prompt_tokens: usize,
+}
+
+/// The GRPO loop.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpoConfig {
+    /// Updates of the policy (each: rollouts, then mini-batch updates).
+    pub steps: u64,
+    /// Problems sampled per step.
+    pub prompts_per_step: usize,
+    /// Rollouts per problem (G).
+    pub group_size: usize,
+    /// Optimizer updates per step (the step's sequences split evenly).
+    pub mini_batches: usize,
+    /// Seed of the prompt order, the rollouts and the adapter's init.
+    pub seed: u64,
+    /// Write a checkpoint every K steps (and after the last).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept (older ones are removed once a newer one is complete).
+    pub keep_checkpoints: usize,
+    /// Compute the k3 KL of the policy to the start (adapter off) every step
+    /// (one extra forward pass per sequence).
+    pub kl_to_start: bool,
+    /// Write every step's trajectories to `trajectories/step-N.jsonl`.
+    pub save_trajectories: bool,
+}
+
+/// The LoRA adapter's shape.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraSection {
+    pub rank: usize,
+    pub alpha: f32,
+    /// Any of `q k v o gate up down`.
+    pub targets: Vec<String>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            model: crate::assets::DEFAULT_MODEL.to_string(),
+            data: DataConfig::default(),
+            engine: EngineConfig::default(),
+            grpo: GrpoConfig::default(),
+            reward: MathReward::default(),
+            agent: AgentConfig::default(),
+            lora: LoraSection::default(),
+            optim: AdamWConfig {
+                lr: 2e-5,
+                ..AdamWConfig::default()
+            },
+            loss: LossConfig::default(),
+        }
+    }
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        let f = Fields::default();
+        DataConfig {
+            dataset: "gsm8k-train".into(),
+            data_dir: None,
+            question_fields: f.question,
+            answer_field: f.answer,
+            id_field: f.id,
+            limit: 0,
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            slots: 17,
+            threads: 0,
+            max_prompt_tokens: 512,
+        }
+    }
+}
+
+impl Default for GrpoConfig {
+    fn default() -> Self {
+        GrpoConfig {
+            steps: 20,
+            prompts_per_step: 8,
+            group_size: 4,
+            mini_batches: 2,
+            seed: 0,
+            checkpoint_every: 1,
+            keep_checkpoints: 2,
+            kl_to_start: true,
+            save_trajectories: true,
+        }
+    }
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        let c = LoraConfig::default();
+        LoraSection {
+            rank: c.rank,
+            alpha: c.alpha,
+            targets: ["q", "k", "v", "o", "gate", "up", "down"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+impl DataConfig {
+    pub fn fields(&self) -> Fields {
+        Fields {
+            question: self.question_fields.clone(),
+            answer: self.answer_field.clone(),
+            id: self.id_field.clone(),
+        }
+    }
+
+    /// The data directory: the configured one, `$CLEANER_DATA`, or
+    /// `../shared/data`.
+    pub fn dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .or_else(|| std::env::var_os("CLEANER_DATA").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("../shared/data"))
+    }
+}
+
+impl LoraSection {
+    /// The adapter shape, target names checked.
+    pub fn to_config(&self) -> Result<LoraConfig, String> {
+        let mut targets = Vec::new();
+        for t in &self.targets {
+            let p = Proj::parse(t).ok_or_else(|| {
+                format!("unknown target {t:?} (expected any of q k v o gate up down)")
+            })?;
+            if !targets.contains(&p) {
+                targets.push(p);
+            }
+        }
+        targets.sort();
+        Ok(LoraConfig {
+            rank: self.rank,
+            alpha: self.alpha,
+            targets,
+        })
+    }
+}
+
+impl RunConfig {
+    /// A shipped config by name, or a TOML file by path.
+    pub fn load(name_or_path: &str) -> Result<RunConfig, ConfigError> {
+        if let Some((name, text)) = SHIPPED.iter().find(|(n, _)| *n == name_or_path) {
+            return RunConfig::from_toml(text, &format!("config {name}"));
+        }
+        let path = Path::new(name_or_path);
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            origin: format!(
+                "{} (not a file, and not a shipped config: {})",
+                path.display(),
+                SHIPPED.map(|(n, _)| n).join(", ")
+            ),
+            source,
+        })?;
+        RunConfig::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML; `origin` names the source in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<RunConfig, ConfigError> {
+        let invalid = |key: String, why: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key,
+            why,
+        };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| invalid("(document)".into(), e.message().to_string()))?;
+        let config: RunConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(key, e.into_inner().message().to_string())
+        })?;
+        config
+            .validate()
+            .map_err(|(key, why)| invalid(key.to_string(), why))?;
+        Ok(config)
+    }
+
+    /// The config as TOML (saved next to every checkpoint).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# could not serialize: {e}"))
+    }
+
+    /// Checks values that parse but cannot work; the error names the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let g = &self.grpo;
+        let positive = |key: &'static str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err((key, format!("must be a positive number, got {v}")))
+            }
+        };
+        if self.model.trim().is_empty() {
+            return Err(("model", "must name a model or a GGUF file".into()));
+        }
+        if g.steps == 0 {
+            return Err(("grpo.steps", "must be at least 1".into()));
+        }
+        if g.prompts_per_step == 0 {
+            return Err(("grpo.prompts_per_step", "must be at least 1".into()));
+        }
+        if g.group_size < 2 {
+            return Err((
+                "grpo.group_size",
+                format!(
+                    "must be at least 2 (advantages are normalized within a group), got {}",
+                    g.group_size
+                ),
+            ));
+        }
+        let sequences = g.prompts_per_step * g.group_size;
+        if g.mini_batches == 0 || g.mini_batches > sequences {
+            return Err((
+                "grpo.mini_batches",
+                format!(
+                    "must be between 1 and prompts_per_step * group_size = {sequences}, got {}",
+                    g.mini_batches
+                ),
+            ));
+        }
+        if g.checkpoint_every == 0 {
+            return Err(("grpo.checkpoint_every", "must be at least 1".into()));
+        }
+        if g.keep_checkpoints == 0 {
+            return Err(("grpo.keep_checkpoints", "must be at least 1".into()));
+        }
+        if (self.engine.slots as usize) < g.group_size + 1 {
+            return Err((
+                "engine.slots",
+                format!(
+                    "must be at least grpo.group_size + 1 = {} (one slot prefills the prompt), got {}",
+                    g.group_size + 1,
+                    self.engine.slots
+                ),
+            ));
+        }
+        if self.engine.max_prompt_tokens < 16 {
+            return Err(("engine.max_prompt_tokens", "must be at least 16".into()));
+        }
+        if self.data.dataset.trim().is_empty() {
+            return Err((
+                "data.dataset",
+                "must name a dataset or a .jsonl file".into(),
+            ));
+        }
+        if self.data.question_fields.is_empty() {
+            return Err((
+                "data.question_fields",
+                "must list at least one field".into(),
+            ));
+        }
+        if !(self.reward.correct > self.reward.wrong) {
+            return Err((
+                "reward.correct",
+                format!(
+                    "must be greater than reward.wrong ({} vs {})",
+                    self.reward.correct, self.reward.wrong
+                ),
+            ));
+        }
+        self.agent.validate().map_err(|why| ("agent", why))?;
+        if self.lora.rank == 0 {
+            return Err(("lora.rank", "must be at least 1".into()));
+        }
+        positive("lora.alpha", self.lora.alpha as f64)?;
+        let lora = self.lora.to_config().map_err(|why| ("lora.targets", why))?;
+        if lora.targets.is_empty() {
+            return Err(("lora.targets", "must name at least one projection".into()));
+        }
+        let o = &self.optim;
+        positive("optim.lr", o.lr as f64)?;
+        if !(0.0..1.0).contains(&o.beta1) {
+            return Err(("optim.beta1", format!("must be in [0, 1), got {}", o.beta1)));
+        }
+        if !(0.0..1.0).contains(&o.beta2) {
+            return Err(("optim.beta2", format!("must be in [0, 1), got {}", o.beta2)));
+        }
+        positive("optim.eps", o.eps as f64)?;
+        if !(o.weight_decay >= 0.0) {
+            return Err((
+                "optim.weight_decay",
+                format!("must be >= 0, got {}", o.weight_decay),
+            ));
+        }
+        if !(o.grad_clip >= 0.0) {
+            return Err((
+                "optim.grad_clip",
+                format!("must be >= 0 (0 disables), got {}", o.grad_clip),
+            ));
+        }
+        if !(0.0..=1.0).contains(&o.min_lr_ratio) {
+            return Err((
+                "optim.min_lr_ratio",
+                format!("must be in [0, 1], got {}", o.min_lr_ratio),
+            ));
+        }
+        let l = &self.loss;
+        if !(l.clip_low > 0.0 && l.clip_low < 1.0) {
+            return Err((
+                "loss.clip_low",
+                format!("must be in (0, 1), got {}", l.clip_low),
+            ));
+        }
+        positive("loss.clip_high", l.clip_high as f64)?;
+        if let Some(c) = l.dual_clip {
+            if !(c > 1.0) {
+                return Err(("loss.dual_clip", format!("must be greater than 1, got {c}")));
+            }
+        }
+        if !(l.kl_coef >= 0.0) {
+            return Err(("loss.kl_coef", format!("must be >= 0, got {}", l.kl_coef)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        RunConfig::from_toml(text, "test.toml")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn shipped_configs_parse_and_validate() {
+        for (name, _) in SHIPPED {
+            RunConfig::load(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = err("[grpo]\nstepz = 3\n");
+        assert!(
+            e.contains("grpo.stepz") && e.contains("unknown field"),
+            "{e}"
+        );
+        let e = err("[grpo]\nsteps = \"ten\"\n");
+        assert!(
+            e.contains("grpo.steps") && e.contains("invalid type"),
+            "{e}"
+        );
+        let e = err("[optim]\nlr = -1.0\n");
+        assert!(e.contains("optim.lr") && e.contains("positive"), "{e}");
+        let e = err("[grpo]\ngroup_size = 1\n");
+        assert!(e.contains("grpo.group_size"), "{e}");
+        let e = err("[lora]\ntargets = [\"q\", \"qq\"]\n");
+        assert!(e.contains("lora.targets") && e.contains("qq"), "{e}");
+        let e = err("[agent]\nrollback_probability = 2.0\n");
+        assert!(
+            e.contains("`agent`") && e.contains("rollback_probability"),
+            "{e}"
+        );
+        let e = err("[agent.sampling]\ntemperature = \"hot\"\n");
+        assert!(e.contains("agent.sampling.temperature"), "{e}");
+        let e = err("[engine]\nslots = 3\n[grpo]\ngroup_size = 4\n");
+        assert!(e.contains("engine.slots"), "{e}");
+        let e = err("model = ");
+        assert!(e.contains("test.toml"), "{e}");
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let c = RunConfig::load("quickstart").unwrap();
+        let again = RunConfig::from_toml(&c.to_toml(), "saved").unwrap();
+        assert_eq!(c.to_toml(), again.to_toml());
+    }
+}

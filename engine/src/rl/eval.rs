@@ -1,0 +1,126 @@
+//! Evaluation: pass@1 as the mean over K samples per problem, with a 95 %
+//! confidence interval over problems, and the agent's tool statistics.
+
+use serde::Serialize;
+
+use crate::agent::{BatchStats, Trajectory};
+use crate::session::{Session, SessionError};
+use crate::tasks::{Item, Reward};
+
+/// One problem's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProblemResult {
+    pub id: String,
+    pub solved: usize,
+    pub samples: usize,
+}
+
+/// What `cleaner eval` prints and saves.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    pub problems: usize,
+    pub samples: usize,
+    /// Rollback probability the agent ran with (1: purification on).
+    pub purify: f64,
+    /// pass@1: mean over problems of the share of solved samples.
+    pub accuracy: f64,
+    /// Standard error over problems (samples of one problem are correlated).
+    pub stderr: f64,
+    /// 95 % interval: normal over problem means, or Wilson's over all
+    /// samples when the problem means do not vary.
+    pub ci95: (f64, f64),
+    pub tool_calls_per_trajectory: f64,
+    pub stats: BatchStats,
+    pub per_problem: Vec<ProblemResult>,
+}
+
+/// Runs `samples` rollouts of every item and scores them with `reward`.
+pub fn evaluate(
+    session: &mut Session,
+    items: &[Item],
+    samples: usize,
+    reward: &dyn Reward,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(EvalReport, Vec<Trajectory>), SessionError> {
+    let problems = session.problems(items)?;
+    let (mut trajectories, stats) = session.run_problems(&problems, samples, progress)?;
+    let mut per_problem: Vec<ProblemResult> = items
+        .iter()
+        .map(|i| ProblemResult {
+            id: i.id.clone(),
+            solved: 0,
+            samples: 0,
+        })
+        .collect();
+    for t in trajectories.iter_mut() {
+        let k = items.iter().position(|i| i.id == t.problem_id).unwrap_or(0);
+        let ok = reward.solved(&items[k], t);
+        t.reward = Some(reward.score(&items[k], t));
+        per_problem[k].samples += 1;
+        per_problem[k].solved += ok as usize;
+    }
+    let means: Vec<f64> = per_problem
+        .iter()
+        .map(|p| p.solved as f64 / p.samples.max(1) as f64)
+        .collect();
+    let n = means.len().max(1) as f64;
+    let accuracy = means.iter().sum::<f64>() / n;
+    let var = if means.len() > 1 {
+        means.iter().map(|m| (m - accuracy).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    let stderr = (var / n).sqrt();
+    let ci95 = if stderr > 0.0 {
+        (
+            (accuracy - 1.96 * stderr).max(0.0),
+            (accuracy + 1.96 * stderr).min(1.0),
+        )
+    } else {
+        wilson(accuracy, trajectories.len() as f64)
+    };
+    let report = EvalReport {
+        problems: items.len(),
+        samples,
+        purify: session.agent_config().rollback_probability,
+        accuracy,
+        stderr,
+        ci95,
+        tool_calls_per_trajectory: trajectories
+            .iter()
+            .map(|t| t.tool_calls.len())
+            .sum::<usize>() as f64
+            / trajectories.len().max(1) as f64,
+        stats,
+        per_problem,
+    };
+    Ok((report, trajectories))
+}
+
+/// Wilson score interval of a proportion `p` over `n` trials.
+pub fn wilson(p: f64, n: f64) -> (f64, f64) {
+    if n <= 0.0 {
+        return (0.0, 1.0);
+    }
+    let z = 1.96f64;
+    let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+    let half = z * ((p * (1.0 - p) + z * z / (4.0 * n)) / n).sqrt() / (1.0 + z * z / n);
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wilson_interval_contains_the_proportion_and_stays_in_bounds() {
+        let (lo, hi) = wilson(0.0, 10.0);
+        assert_eq!(lo, 0.0);
+        assert!(hi > 0.2 && hi < 0.35, "{hi}");
+        let (lo, hi) = wilson(0.5, 100.0);
+        assert!(
+            (lo - 0.404).abs() < 1e-3 && (hi - 0.596).abs() < 1e-3,
+            "{lo} {hi}"
+        );
+    }
+}

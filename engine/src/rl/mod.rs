@@ -1,0 +1,15 @@
+//! Reinforcement learning: GRPO over purified trajectories ([`grpo`]), its
+//! config ([`config`]), checkpoints ([`checkpoint`]), per-step metrics
+//! ([`metrics`]) and evaluation ([`eval`]).
+
+pub mod advantage;
+pub mod checkpoint;
+pub mod config;
+pub mod eval;
+pub mod grpo;
+pub mod metrics;
+
+pub use config::{ConfigError, RunConfig};
+pub use eval::{evaluate, EvalReport};
+pub use grpo::{Grpo, GrpoError, Progress};
+pub use metrics::StepMetrics;

@@ -1,0 +1,253 @@
+//! [`Session`]: everything an application needs to run the tool-using agent
+//! in a few lines: the model (fetched on first use), a rollout context sized
+//! for the agent, the Python sandbox, the chat template and the tool format.
+//! GRPO training and evaluation are built on it.
+//!
+//! ```no_run
+//! use cleaner::session::{Session, SessionOptions};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut session = Session::open("qwen2.5-coder-0.5b", SessionOptions::default())?;
+//! let t = session.solve("What is 17 * 23 + 4?")?;
+//! println!("{} -> {:?}", t.text, t.answer);
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::agent::config::MATH_PROMPT_HERMES;
+use crate::agent::format::tool_schema;
+use crate::agent::{
+    Agent, AgentConfig, AgentError, BatchStats, FormatKind, Problem, ToolFormat, Trajectory,
+};
+use crate::assets::{self, AssetError, AssetStore};
+use crate::chat::{ChatError, ChatTemplate, Message};
+use crate::llama::{LlamaError, LoraAdapter, Model, ModelParams};
+use crate::rollout::{Policy, PolicyConfig, RolloutError};
+use crate::sandbox::{Sandbox, SandboxConfig, SandboxError};
+use crate::tasks::Item;
+
+/// Why a session could not be opened or run.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Asset(#[from] AssetError),
+    #[error(transparent)]
+    Llama(#[from] LlamaError),
+    #[error(transparent)]
+    Rollout(#[from] RolloutError),
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error("invalid session option: {0}")]
+    Options(String),
+}
+
+/// How a session is sized.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Agent settings (tool format, prompts, sampling, limits, purification).
+    pub agent: AgentConfig,
+    /// Sequences decoded together; one is used to prefill each prompt, so a
+    /// group of G rollouts needs G + 1.
+    pub slots: u32,
+    /// Longest prompt (in tokens) the context is sized for.
+    pub max_prompt_tokens: usize,
+    /// llama.cpp threads (0: all cores).
+    pub threads: i32,
+    /// Where assets are cached (None: `$CLEANER_HOME` or `~/.cache/cleaner`).
+    pub asset_dir: Option<PathBuf>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            agent: AgentConfig::default(),
+            slots: 17,
+            max_prompt_tokens: 512,
+            threads: 0,
+            asset_dir: None,
+        }
+    }
+}
+
+/// A loaded model with its rollout engine and sandbox.
+pub struct Session {
+    model_path: PathBuf,
+    model: Arc<Model>,
+    policy: Policy,
+    sandbox: Sandbox,
+    template: ChatTemplate,
+    format: ToolFormat,
+    options: SessionOptions,
+}
+
+impl Session {
+    /// Opens `model` (a short name such as `qwen2.5-coder-0.5b`, fetched on
+    /// first use, or a GGUF path) and the sandbox (the `python-wasm` asset).
+    pub fn open(model: &str, mut options: SessionOptions) -> Result<Session, SessionError> {
+        options.agent.validate().map_err(SessionError::Options)?;
+        if options.slots < 2 {
+            return Err(SessionError::Options(format!(
+                "slots must be at least 2, got {}",
+                options.slots
+            )));
+        }
+        let store = options
+            .asset_dir
+            .clone()
+            .map(AssetStore::new)
+            .unwrap_or_default();
+        let mut log = |line: &str| log::info!("{line}");
+        let model_path = store.resolve_model(model, &mut log)?;
+        let wasm = store.fetch(assets::find("python-wasm")?, &mut log)?;
+        let llama = Arc::new(Model::load(&model_path, &ModelParams::default())?);
+        let template = ChatTemplate::from_model(&llama)?;
+        let format = match options.agent.format {
+            FormatKind::Markdown => ToolFormat::markdown(),
+            FormatKind::Hermes => {
+                if options.agent.user_prompt == crate::agent::config::MATH_PROMPT {
+                    options.agent.user_prompt = MATH_PROMPT_HERMES.to_string();
+                }
+                ToolFormat::hermes(&template)?
+            }
+        };
+        let a = &options.agent;
+        let per_seq =
+            options.max_prompt_tokens + a.max_response_tokens + 2 * a.max_turn_tokens + 256;
+        let policy = Policy::new(
+            llama.clone(),
+            &PolicyConfig {
+                n_ctx: (per_seq as u32).saturating_mul(options.slots),
+                n_seq_max: options.slots,
+                n_batch: 512,
+                n_threads: options.threads,
+                ..Default::default()
+            },
+        )?;
+        let sandbox = Sandbox::new(SandboxConfig::new(wasm))?;
+        Ok(Session {
+            model_path,
+            model: llama,
+            policy,
+            sandbox,
+            template,
+            format,
+            options,
+        })
+    }
+
+    /// The GGUF file the model was loaded from (the trainer maps the same file).
+    pub fn model_path(&self) -> &Path {
+        &self.model_path
+    }
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+    pub fn policy(&mut self) -> &mut Policy {
+        &mut self.policy
+    }
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+    pub fn agent_config(&self) -> &AgentConfig {
+        &self.options.agent
+    }
+    /// Changes agent settings (sampling seed, purification) for later runs.
+    pub fn agent_config_mut(&mut self) -> &mut AgentConfig {
+        &mut self.options.agent
+    }
+
+    /// Tokenizes the prompt of each item with the model's chat template.
+    pub fn problems(&self, items: &[Item]) -> Result<Vec<Problem>, SessionError> {
+        let tools = [tool_schema()];
+        let hermes = self.options.agent.format == FormatKind::Hermes;
+        items
+            .iter()
+            .map(|item| {
+                let mut messages = Vec::new();
+                if let Some(s) = &self.options.agent.system_prompt {
+                    messages.push(Message::system(s.clone()));
+                }
+                messages.push(Message::user(
+                    self.options
+                        .agent
+                        .user_prompt
+                        .replace("{problem}", &item.question),
+                ));
+                let prompt =
+                    self.template
+                        .tokenize(&self.model, &messages, hermes.then_some(&tools[..]))?;
+                Ok(Problem {
+                    id: item.id.clone(),
+                    prompt,
+                })
+            })
+            .collect()
+    }
+
+    /// Runs the agent on `items`, `group` rollouts each, all in one
+    /// continuous-batching loop. Trajectories come in item order.
+    pub fn run(
+        &mut self,
+        items: &[Item],
+        group: usize,
+    ) -> Result<(Vec<Trajectory>, BatchStats), SessionError> {
+        let problems = self.problems(items)?;
+        self.run_problems(&problems, group, &mut |_, _| {})
+    }
+
+    /// Runs the agent on tokenized problems, reporting (finished, total)
+    /// rollouts to `progress`.
+    pub fn run_problems(
+        &mut self,
+        problems: &[Problem],
+        group: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<(Vec<Trajectory>, BatchStats), SessionError> {
+        let too_long: Vec<&str> = problems
+            .iter()
+            .filter(|p| p.prompt.len() > self.options.max_prompt_tokens)
+            .map(|p| p.id.as_str())
+            .collect();
+        if !too_long.is_empty() {
+            return Err(SessionError::Options(format!(
+                "prompts of problems {too_long:?} are longer than max_prompt_tokens = {}",
+                self.options.max_prompt_tokens
+            )));
+        }
+        let mut agent = Agent::new(
+            &mut self.policy,
+            &self.sandbox,
+            self.format.clone(),
+            self.options.agent.clone(),
+        )?
+        .with_progress(progress);
+        Ok(agent.run(problems, group)?)
+    }
+
+    /// Solves one question with one rollout.
+    pub fn solve(&mut self, question: &str) -> Result<Trajectory, SessionError> {
+        let item = Item {
+            id: "1".into(),
+            question: question.into(),
+            answer: String::new(),
+        };
+        let (mut ts, _) = self.run(&[item], 1)?;
+        Ok(ts.remove(0))
+    }
+
+    /// Samples from a LoRA adapter file (llama.cpp GGUF format) from now on,
+    /// or from the base model with `None`.
+    pub fn set_adapter(&mut self, adapter: Option<&Path>) -> Result<(), SessionError> {
+        let adapter = match adapter {
+            Some(path) => Some(LoraAdapter::load(&self.model, path)?),
+            None => None,
+        };
+        self.policy.set_adapter(adapter)?;
+        Ok(())
+    }
+}

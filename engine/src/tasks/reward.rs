@@ -1,0 +1,56 @@
+//! Rewards: one number per trajectory. The built-in [`MathReward`] checks the
+//! last `\boxed{}` against the reference answer (+1 / -1 as in the paper);
+//! any closure `Fn(&Item, &Trajectory) -> f32` is a reward too.
+
+use super::dataset::Item;
+use super::verify::math_equal;
+use crate::agent::Trajectory;
+
+/// Scores a finished trajectory of `item`.
+pub trait Reward: Send {
+    fn score(&self, item: &Item, trajectory: &Trajectory) -> f32;
+    /// Whether a trajectory counts as solved (for accuracy); by default a
+    /// positive reward.
+    fn solved(&self, item: &Item, trajectory: &Trajectory) -> bool {
+        self.score(item, trajectory) > 0.0
+    }
+}
+
+impl<F: Fn(&Item, &Trajectory) -> f32 + Send> Reward for F {
+    fn score(&self, item: &Item, trajectory: &Trajectory) -> f32 {
+        self(item, trajectory)
+    }
+}
+
+/// Outcome reward for math: `correct` when the last `\boxed{}` equals the
+/// reference answer ([`math_equal`]), `wrong` otherwise (no answer included).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MathReward {
+    pub correct: f32,
+    pub wrong: f32,
+}
+
+impl Default for MathReward {
+    fn default() -> Self {
+        MathReward {
+            correct: 1.0,
+            wrong: -1.0,
+        }
+    }
+}
+
+impl Reward for MathReward {
+    fn score(&self, item: &Item, t: &Trajectory) -> f32 {
+        if self.solved(item, t) {
+            self.correct
+        } else {
+            self.wrong
+        }
+    }
+    fn solved(&self, item: &Item, t: &Trajectory) -> bool {
+        t.answer
+            .as_deref()
+            .is_some_and(|a| math_equal(a, &item.answer))
+    }
+}

@@ -1,0 +1,301 @@
+//! GRPO end to end with the real test model (SmolLM2-135M), the real
+//! sandbox and llama.cpp: two steps train and change the adapter, the
+//! rollout engine samples from the new adapter, metrics and checkpoints are
+//! written, and a run resumed from step 1 reproduces step 2 bit for bit.
+//! Also: a kill -9 while checkpoints are written leaves one that loads.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cleaner::agent::Trajectory;
+use cleaner::models::tiny::{tiny_model, TinySpec};
+use cleaner::models::{Architecture, GgufFile, Lora, LoraConfig, Transformer};
+use cleaner::rl::checkpoint::{self, TrainState, STATE_VERSION};
+use cleaner::rl::metrics::MetricsLog;
+use cleaner::rl::{Grpo, RunConfig, StepMetrics};
+use cleaner::tasks::Item;
+use cleaner::train::{AdamWConfig, Trainer};
+
+fn config() -> RunConfig {
+    let mut c = RunConfig::from_toml(
+        r#"
+model = "smollm2-135m"
+[engine]
+slots = 5
+threads = 2
+max_prompt_tokens = 256
+[grpo]
+steps = 2
+prompts_per_step = 1
+group_size = 4
+mini_batches = 2
+seed = 3
+checkpoint_every = 1
+keep_checkpoints = 3
+kl_to_start = true
+[agent]
+max_turns = 2
+max_response_tokens = 48
+max_turn_tokens = 48
+[optim]
+lr = 5e-3
+"#,
+        "test config",
+    )
+    .expect("test config");
+    c.model = common::test_model_path().display().to_string();
+    c
+}
+
+fn tasks() -> Vec<Item> {
+    ["What is 12 + 30?", "How many legs do 3 cats have?"]
+        .iter()
+        .enumerate()
+        .map(|(i, q)| Item {
+            id: format!("{}", i + 1),
+            question: q.to_string(),
+            answer: String::new(),
+        })
+        .collect()
+}
+
+/// A user reward with spread (SmolLM2 solves nothing, so the math reward
+/// would leave every group degenerate): the share of digits in the reply.
+fn digit_share(_: &Item, t: &Trajectory) -> f32 {
+    let reply = &t.text;
+    let digits = reply.chars().filter(char::is_ascii_digit).count();
+    digits as f32 / reply.chars().count().max(1) as f32
+}
+
+/// Metrics without the wall-clock fields.
+fn timeless(m: &StepMetrics) -> StepMetrics {
+    StepMetrics {
+        rollout_tokens_per_s: 0.0,
+        train_tokens_per_s: 0.0,
+        time_rollout_s: 0.0,
+        time_sandbox_s: 0.0,
+        time_train_s: 0.0,
+        time_swap_s: 0.0,
+        time_step_s: 0.0,
+        ..m.clone()
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+fn read(p: PathBuf) -> Vec<u8> {
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn two_steps_train_swap_checkpoint_and_resume_bit_for_bit() {
+    let _serial = common::serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let run_a = tmp.path().join("a");
+    let mut grpo = Grpo::with_tasks(config(), &run_a, tasks())
+        .expect("start run")
+        .with_reward(digit_share);
+    let steps = grpo.run().expect("two steps");
+    assert_eq!(steps.len(), 2);
+    assert!(
+        steps
+            .iter()
+            .all(|m| m.trained_sequences > 0 && m.updates == 2),
+        "every step trains: {steps:?}"
+    );
+    assert!(steps
+        .iter()
+        .all(|m| m.grad_norm > 0.0 && m.kl_to_start.is_some()));
+    // Step 1 starts from the base model: the policy equals the start.
+    assert!(
+        steps[0].kl_to_start.unwrap().abs() < 1e-6,
+        "{:?}",
+        steps[0].kl_to_start
+    );
+    assert!(steps[1].kl_to_start.unwrap() > 0.0);
+
+    // The adapter changed (B starts at zero).
+    let b_norm: f64 = grpo
+        .trainer()
+        .adapter()
+        .layers
+        .iter()
+        .flatten()
+        .map(|(_, p)| p.b.iter().map(|&x| (x as f64).powi(2)).sum::<f64>())
+        .sum();
+    assert!(b_norm > 0.0, "adapter unchanged");
+
+    // The rollout engine samples from it: llama.cpp's log-probs of a fixed
+    // text moved from the base model's toward the trainer's.
+    let text = "The answer is 42 because 12 plus 30 makes 42, and 3 cats have 12 legs.";
+    let tokens = common::tokens(text);
+    let ids: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
+    let trainer_lp = grpo.trainer().logprobs(&ids, true).unwrap();
+    let base_lp = grpo.trainer().logprobs(&ids, false).unwrap();
+    let (llama_adapted, _) = grpo.session().policy().score(&tokens, false).unwrap();
+    let mean = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() as f64)
+            .sum::<f64>()
+            / a.len() as f64
+    };
+    let effect = mean(&trainer_lp, &base_lp);
+    let gap = mean(&llama_adapted, &trainer_lp);
+    let gap_base = mean(&llama_adapted, &base_lp);
+    eprintln!("adapter effect {effect:.4}, llama vs trainer {gap:.4}, llama vs base {gap_base:.4}");
+    assert!(
+        effect > 0.1,
+        "training moved the model too little to test the swap: {effect}"
+    );
+    assert!(
+        gap < 0.5 * gap_base,
+        "llama.cpp is not sampling from the new adapter: {gap} vs {gap_base}"
+    );
+
+    // Metrics and checkpoints on disk.
+    let metrics = MetricsLog::read(&run_a.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics.iter().map(|m| m.step).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(metrics, steps);
+    let ckpt = checkpoint::latest(&run_a).unwrap();
+    assert!(ckpt.ends_with("step-000002"), "{}", ckpt.display());
+    assert_eq!(
+        std::fs::read_dir(run_a.join("trajectories"))
+            .unwrap()
+            .count(),
+        2
+    );
+    drop(grpo);
+
+    // Resume a copy from step 1: step 2 comes out bit for bit.
+    let run_b = tmp.path().join("b");
+    copy_dir(&run_a, &run_b);
+    std::fs::remove_dir_all(run_b.join("checkpoints/step-000002")).unwrap();
+    std::fs::write(run_b.join("checkpoints/latest"), "step-000002").unwrap(); // dangling: falls back
+    let mut resumed = Grpo::resume_with_tasks(&run_b, None, tasks())
+        .expect("resume")
+        .with_reward(digit_share);
+    assert_eq!(resumed.step(), 1);
+    let again = resumed.run().expect("step 2 again");
+    assert_eq!(again.len(), 1);
+    assert_eq!(timeless(&again[0]), timeless(&steps[1]));
+    for f in ["adapter.gguf", "optimizer.gguf"] {
+        assert!(
+            read(run_a.join("checkpoints/step-000002").join(f))
+                == read(run_b.join("checkpoints/step-000002").join(f)),
+            "{f} differs after resume"
+        );
+    }
+    assert_eq!(
+        read(run_a.join("trajectories/step-000002.jsonl")),
+        read(run_b.join("trajectories/step-000002.jsonl"))
+    );
+    let metrics_b = MetricsLog::read(&run_b.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics_b.len(), 2, "the resumed run replaced step 2's line");
+
+    // A new run refuses a directory that holds a checkpoint.
+    let err = Grpo::with_tasks(config(), &run_a, tasks())
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("already holds a checkpoint"),
+        "{err}"
+    );
+}
+
+const CHILD_ENV: &str = "CLEANER_TEST_CHECKPOINT_DIR";
+
+fn tiny() -> Transformer {
+    let spec = TinySpec::new(Architecture::Llama);
+    Transformer::from_gguf(GgufFile::from_bytes(tiny_model(spec, 5)).unwrap()).unwrap()
+}
+
+fn state(step: u64) -> TrainState {
+    TrainState {
+        format_version: STATE_VERSION,
+        step,
+        seed: step,
+        prompts_drawn: step,
+        next_rollout_seed: step,
+        elapsed_s: 0.0,
+        config: RunConfig::default().to_toml(),
+    }
+}
+
+/// Not a test: the child process of `kill_during_checkpoint_writes_keeps_one_loadable`,
+/// writing checkpoints of step 1, 2, 3, ... (adapter initialised from the
+/// step as seed) until it is killed.
+#[test]
+#[ignore = "child process of kill_during_checkpoint_writes_keeps_one_loadable"]
+fn checkpoint_writer_child() {
+    let dir = PathBuf::from(std::env::var(CHILD_ENV).expect("run by the parent test"));
+    for step in 1.. {
+        let model = tiny();
+        let lora = Lora::new(&model, LoraConfig::default(), step);
+        let trainer = Trainer::with_adapter(model, lora, AdamWConfig::default());
+        checkpoint::write(&dir, &trainer, &state(step), 2).unwrap();
+    }
+}
+
+#[test]
+fn kill_during_checkpoint_writes_keeps_one_loadable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = 0x1234_5678u64;
+    for round in 0..8 {
+        let dir = tmp.path().join(format!("run-{round}"));
+        let mut child = std::process::Command::new(&exe)
+            .args([
+                "--ignored",
+                "--exact",
+                "checkpoint_writer_child",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait for the first complete checkpoint, then kill at a random moment.
+        let t0 = std::time::Instant::now();
+        while checkpoint::latest(&dir).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "child wrote no checkpoint"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis((rng >> 33) % 300));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let ckpt = checkpoint::latest(&dir).expect("a complete checkpoint survives");
+        let (trainer, st) = checkpoint::load(&ckpt, tiny()).expect("it loads");
+        // It is the checkpoint of its step, whole: adapter from seed = step.
+        let expected = Lora::new(&tiny(), LoraConfig::default(), st.step);
+        assert_eq!(
+            trainer.adapter(),
+            &expected,
+            "round {round}: adapter of step {}",
+            st.step
+        );
+        assert_eq!(st, state(st.step));
+    }
+}
