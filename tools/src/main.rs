@@ -27,6 +27,7 @@ enum Command {
     #[command(args_override_self = true)]
     Solve(cmd::solve::Args),
     /// Train with GRPO on purified trajectories (CLEANER); resumable.
+    #[command(args_override_self = true)]
     Train(cmd::train::Args),
     /// Evaluate a model (and adapter): pass@1 over K samples with a 95% interval.
     Eval(cmd::eval::Args),

@@ -30,11 +30,8 @@ pub const SHIPPED: [(&str, &str); 3] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{origin}: {source}")]
-    Io {
-        origin: String,
-        source: std::io::Error,
-    },
+    #[error("{origin}: {error}")]
+    Io { origin: String, error: std::io::Error },
     #[error("{origin}: key `{key}`: {why}")]
     Invalid {
         origin: String,
@@ -241,13 +238,13 @@ impl RunConfig {
             return RunConfig::from_toml(text, &format!("config {name}"));
         }
         let path = Path::new(name_or_path);
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
             origin: format!(
                 "{} (not a file, and not a shipped config: {})",
                 path.display(),
                 SHIPPED.map(|(n, _)| n).join(", ")
             ),
-            source,
+            error,
         })?;
         RunConfig::from_toml(&text, &path.display().to_string())
     }
