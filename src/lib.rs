@@ -26,6 +26,29 @@
 //! # Ok(()) }
 //! ```
 //!
+//! The tool-using agent on one question, and GRPO with CLEANER on your own
+//! tasks with your own reward (see also `examples/`):
+//!
+//! ```no_run
+//! use cleaner::agent::Trajectory;
+//! use cleaner::rl::{Grpo, RunConfig};
+//! use cleaner::session::{Session, SessionOptions};
+//! use cleaner::tasks::Item;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut session = Session::open("qwen2.5-coder-0.5b", SessionOptions::default())?;
+//! let t = session.solve("What is 17 * 23 + 4?")?;
+//! println!("{:?} after {} tool calls", t.answer, t.tool_calls.len());
+//!
+//! let tasks = vec![Item { id: "1".into(), question: "What is 7 * 8?".into(), answer: "56".into() }];
+//! let reward = |item: &Item, t: &Trajectory| if t.text.contains(&item.answer) { 1.0 } else { -1.0 };
+//! let mut grpo = Grpo::with_tasks(RunConfig::load("quickstart")?, "runs/mine".as_ref(), tasks)?.with_reward(reward);
+//! for step in grpo.run()? {
+//!     println!("step {}: reward {:.2}", step.step, step.reward_mean);
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! Training a LoRA adapter with our own forward and backward passes over the
 //! memory-mapped quantized weights, then sampling from it with llama.cpp:
 //!

@@ -30,18 +30,25 @@ use crate::tasks::Item;
 /// Why a session could not be opened or run.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
+    /// Fetching the model or the interpreter.
     #[error(transparent)]
     Asset(#[from] AssetError),
+    /// llama.cpp (model, adapter).
     #[error(transparent)]
     Llama(#[from] LlamaError),
+    /// The rollout engine.
     #[error(transparent)]
     Rollout(#[from] RolloutError),
+    /// The chat template.
     #[error(transparent)]
     Chat(#[from] ChatError),
+    /// The sandbox.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// The agent.
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// An option out of range, explained.
     #[error("invalid session option: {0}")]
     Options(String),
 }
@@ -144,15 +151,19 @@ impl Session {
     pub fn model_path(&self) -> &Path {
         &self.model_path
     }
+    /// The llama.cpp model.
     pub fn model(&self) -> &Arc<Model> {
         &self.model
     }
+    /// The rollout engine.
     pub fn policy(&mut self) -> &mut Policy {
         &mut self.policy
     }
+    /// The Python sandbox.
     pub fn sandbox(&self) -> &Sandbox {
         &self.sandbox
     }
+    /// Agent settings of later runs.
     pub fn agent_config(&self) -> &AgentConfig {
         &self.options.agent
     }

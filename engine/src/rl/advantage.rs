@@ -9,7 +9,9 @@ pub const EPS: f32 = 1e-6;
 /// of degenerate groups.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Advantages {
+    /// One per rollout, in input order.
     pub values: Vec<Option<f32>>,
+    /// Groups whose rewards were all equal.
     pub degenerate_groups: usize,
 }
 

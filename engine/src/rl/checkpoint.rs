@@ -14,12 +14,14 @@ use crate::train::{TrainError, Trainer};
 use cleaner_models::adapter_file::atomic_write;
 use cleaner_models::Transformer;
 
+/// Version of `state.json` this build writes and reads.
 pub const STATE_VERSION: u32 = 1;
 
 /// Everything besides adapter and optimizer that a resumed run needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainState {
+    /// Always [`STATE_VERSION`].
     pub format_version: u32,
     /// Steps completed.
     pub step: u64,
@@ -36,17 +38,22 @@ pub struct TrainState {
     pub config: String,
 }
 
+/// Why a checkpoint could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    /// A file or directory operation failed.
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A file is malformed.
     #[error("{path}: {why}")]
     Invalid { path: PathBuf, why: String },
+    /// The adapter or optimizer state could not be saved or loaded.
     #[error(transparent)]
     Train(#[from] TrainError),
+    /// The run has no complete checkpoint.
     #[error("{0}: no complete checkpoint")]
     None(PathBuf),
 }

@@ -28,10 +28,16 @@ pub const SHIPPED: [(&str, &str); 3] = [
     ),
 ];
 
+/// Why a config was rejected; `origin` names the file or shipped config.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("{origin}: {error}")]
-    Io { origin: String, error: std::io::Error },
+    Io {
+        origin: String,
+        error: std::io::Error,
+    },
+    /// A key is unknown, has the wrong type or an impossible value.
     #[error("{origin}: key `{key}`: {why}")]
     Invalid {
         origin: String,
@@ -46,13 +52,21 @@ pub enum ConfigError {
 pub struct RunConfig {
     /// Model short name (fetched on first use) or GGUF path.
     pub model: String,
+    /// Where the problems come from.
     pub data: DataConfig,
+    /// Size of the rollout engine.
     pub engine: EngineConfig,
+    /// The GRPO loop.
     pub grpo: GrpoConfig,
+    /// The built-in math reward.
     pub reward: MathReward,
+    /// The tool-using agent and its purification.
     pub agent: AgentConfig,
+    /// The adapter's shape.
     pub lora: LoraSection,
+    /// AdamW and its schedule (steps count optimizer updates).
     pub optim: AdamWConfig,
+    /// The clipped policy loss.
     pub loss: LossConfig,
 }
 
@@ -66,7 +80,9 @@ pub struct DataConfig {
     pub data_dir: Option<PathBuf>,
     /// Fields tried in order for the question.
     pub question_fields: Vec<String>,
+    /// Field of the reference answer.
     pub answer_field: String,
+    /// Field of the problem id (None: line numbers).
     pub id_field: Option<String>,
     /// Use only the first N problems (0: all).
     pub limit: usize,
@@ -113,7 +129,9 @@ pub struct GrpoConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoraSection {
+    /// Rank r of A [r, n_in] and B [n_out, r].
     pub rank: usize,
+    /// Scale numerator: the update is (alpha / r) B A.
     pub alpha: f32,
     /// Any of `q k v o gate up down`.
     pub targets: Vec<String>,
@@ -192,6 +210,7 @@ impl Default for LoraSection {
 }
 
 impl DataConfig {
+    /// The dataset field names.
     pub fn fields(&self) -> Fields {
         Fields {
             question: self.question_fields.clone(),

@@ -10,15 +10,20 @@ use crate::tasks::{Item, Reward};
 /// One problem's result.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProblemResult {
+    /// The problem id.
     pub id: String,
+    /// Samples the reward counts as solved.
     pub solved: usize,
+    /// Samples drawn.
     pub samples: usize,
 }
 
 /// What `cleaner eval` prints and saves.
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalReport {
+    /// Problems evaluated.
     pub problems: usize,
+    /// Samples drawn.
     pub samples: usize,
     /// Rollback probability the agent ran with (1: purification on).
     pub purify: f64,
@@ -29,8 +34,11 @@ pub struct EvalReport {
     /// 95 % interval: normal over problem means, or Wilson's over all
     /// samples when the problem means do not vary.
     pub ci95: (f64, f64),
+    /// Tool executions per trajectory (rolled back ones included).
     pub tool_calls_per_trajectory: f64,
+    /// The agent's statistics (failures raw and kept, rollbacks, wall time).
     pub stats: BatchStats,
+    /// Per-problem results, in dataset order.
     pub per_problem: Vec<ProblemResult>,
 }
 

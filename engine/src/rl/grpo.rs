@@ -34,23 +34,31 @@ use crate::tasks::{Dataset, DatasetError, Item, Reward};
 use crate::train::{sequence_loss, BatchShape, LossStats, SeqLossInput, TrainError, Trainer};
 use cleaner_models::{ModelError, Transformer};
 
+/// Why a run could not start or a step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GrpoError {
+    /// Model, sandbox or agent.
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// Trainer (forward, backward, adapter files).
     #[error(transparent)]
     Train(#[from] TrainError),
+    /// The model file for training.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// Writing or reading a checkpoint.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The dataset.
     #[error(transparent)]
     Dataset(#[from] DatasetError),
+    /// A run file.
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Anything else, explained.
     #[error("{0}")]
     Run(String),
 }
@@ -246,6 +254,7 @@ impl Grpo {
         self
     }
 
+    /// The run's config.
     pub fn config(&self) -> &RunConfig {
         &self.config
     }
@@ -253,12 +262,15 @@ impl Grpo {
     pub fn step(&self) -> u64 {
         self.step
     }
+    /// The trainer (adapter, optimizer).
     pub fn trainer(&self) -> &Trainer {
         &self.trainer
     }
+    /// The rollout session (it samples from the current adapter).
     pub fn session(&mut self) -> &mut Session {
         &mut self.session
     }
+    /// Where checkpoints, metrics and trajectories go.
     pub fn run_dir(&self) -> &Path {
         &self.run_dir
     }

@@ -15,29 +15,43 @@ use cleaner_models::adapter_file::atomic_write;
 pub struct StepMetrics {
     /// 1-based number of the step.
     pub step: u64,
+    /// Problems rolled out.
     pub prompts: usize,
     /// Prompts skipped for being longer than `engine.max_prompt_tokens`.
     pub prompts_skipped: usize,
+    /// Trajectories collected.
     pub rollouts: usize,
+    /// Mean reward over the step's trajectories.
     pub reward_mean: f64,
     /// Share of rollouts the reward counts as solved.
     pub accuracy: f64,
     /// Groups whose rewards were all equal (no signal; skipped).
     pub degenerate_groups: usize,
+    /// Trajectories trained on (non-degenerate groups, with model tokens).
     pub trained_sequences: usize,
+    /// Their loss-masked (model) tokens.
     pub trained_tokens: usize,
+    /// Tool executions per trajectory, rolled back ones included.
     pub tool_calls_per_trajectory: f64,
     /// Failed calls per trajectory while collecting, and left after purification.
     pub failures_raw: f64,
+    /// Failed calls per trajectory left after purification.
     pub failures_kept: f64,
+    /// Rollbacks that kept the reasoning (similarity >= threshold).
     pub rollbacks_shallow: usize,
+    /// Rollbacks that replaced reasoning and call.
     pub rollbacks_deep: usize,
+    /// Positions whose retries ran out (error and note kept).
     pub retries_exhausted: usize,
     /// Share of generated tokens spent on lookahead corrections.
     pub purification_overhead: f64,
+    /// Model tokens per trajectory counted against the budget.
     pub response_tokens_mean: f64,
+    /// Tokens sampled, corrections included.
     pub generated_tokens: usize,
+    /// Policy loss, mean over the step's mini-batches.
     pub loss: f64,
+    /// Share of trained tokens whose ratio was clipped.
     pub clip_fraction: f64,
     /// Mean of old - new log-prob over trained tokens (KL to the sampling policy).
     pub approx_kl: f64,
@@ -48,14 +62,21 @@ pub struct StepMetrics {
     pub entropy: Option<f64>,
     /// Global gradient norm before clipping, mean over the step's updates.
     pub grad_norm: f64,
+    /// Learning rate of the last update.
     pub lr: f64,
+    /// Optimizer updates applied.
     pub updates: usize,
+    /// Generated tokens per second of rollout time.
     pub rollout_tokens_per_s: f64,
+    /// Trained tokens per second of training time, counting every forward pass.
     pub train_tokens_per_s: f64,
+    /// Rollouts (decoding, sandbox waits, purification).
     pub time_rollout_s: f64,
     /// Sandbox time summed over calls (they run in parallel with decoding).
     pub time_sandbox_s: f64,
+    /// Old/reference log-probs, forward and backward passes, updates.
     pub time_train_s: f64,
+    /// Writing the adapter and swapping it into llama.cpp.
     pub time_swap_s: f64,
     /// The whole step (the checkpoint written after it excluded).
     pub time_step_s: f64,
@@ -67,12 +88,14 @@ pub struct MetricsLog {
 }
 
 impl MetricsLog {
+    /// The log of the run in `run`.
     pub fn new(run: &Path) -> MetricsLog {
         MetricsLog {
             path: run.join("metrics.jsonl"),
         }
     }
 
+    /// Its file.
     pub fn path(&self) -> &Path {
         &self.path
     }

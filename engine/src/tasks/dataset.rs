@@ -7,8 +7,11 @@ use serde_json::Value as Json;
 /// One problem and its reference answer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Item {
+    /// Identifier (the `id` field, else the 1-based line number).
     pub id: String,
+    /// The problem statement.
     pub question: String,
+    /// The reference answer (GSM8K: the text after `####`).
     pub answer: String,
 }
 
@@ -16,8 +19,11 @@ pub struct Item {
 /// `#### N`, which is taken as the answer.
 #[derive(Clone, Debug)]
 pub struct Fields {
+    /// Fields tried in order for the question.
     pub question: Vec<String>,
+    /// Field of the reference answer (string or number).
     pub answer: String,
+    /// Field of the identifier (None: line numbers).
     pub id: Option<String>,
 }
 
@@ -31,25 +37,32 @@ impl Default for Fields {
     }
 }
 
+/// Why a dataset could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
+    /// The file could not be read.
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A line is not JSON or lacks a field; `line` is 1-based.
     #[error("{path} line {line}: {why}")]
     Malformed {
         path: PathBuf,
         line: usize,
         why: String,
     },
+    /// Neither a known dataset name nor a `.jsonl` path.
     #[error("unknown dataset {0:?}: expected gsm8k, gsm8k-train, aime24, amc23 or a .jsonl path")]
     Unknown(String),
 }
 
+/// A loaded dataset.
 pub struct Dataset {
+    /// The name or path it was loaded by.
     pub name: String,
+    /// Its problems, in file order.
     pub items: Vec<Item>,
 }
 

@@ -8,6 +8,7 @@ use crate::agent::Trajectory;
 
 /// Scores a finished trajectory of `item`.
 pub trait Reward: Send {
+    /// The reward of `trajectory`, a rollout of `item`.
     fn score(&self, item: &Item, trajectory: &Trajectory) -> f32;
     /// Whether a trajectory counts as solved (for accuracy); by default a
     /// positive reward.
@@ -27,7 +28,9 @@ impl<F: Fn(&Item, &Trajectory) -> f32 + Send> Reward for F {
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MathReward {
+    /// Reward of a correct final answer.
     pub correct: f32,
+    /// Reward of a wrong or missing one.
     pub wrong: f32,
 }
 

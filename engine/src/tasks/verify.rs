@@ -252,7 +252,9 @@ fn elements(s: &str) -> Vec<String> {
 /// A number: an exact rational p/q (q > 0, reduced), or approximate.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Number {
+    /// p / q, reduced, q > 0.
     Exact(i128, i128),
+    /// A value that went through an irrational operation.
     Approx(f64),
 }
 
