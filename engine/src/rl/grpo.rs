@@ -395,13 +395,29 @@ impl Grpo {
             .map(|s| s.weight.iter().filter(|&&w| w > 0.0).count())
             .sum();
         let want_ref = self.config.grpo.kl_to_start || self.config.loss.kl_coef > 0.0;
-        let passes = train.len() * (1 + want_ref as usize + 1);
+        let chunks: Vec<Vec<usize>> = if train.is_empty() {
+            Vec::new()
+        } else {
+            let per = train.len().div_ceil(mini_batches.min(train.len()));
+            (0..train.len())
+                .collect::<Vec<_>>()
+                .chunks(per)
+                .map(<[usize]>::to_vec)
+                .collect()
+        };
+        // The first mini-batch trains the policy that is current now, so its
+        // ratio is exactly 1 and its old log-probs are those of its own
+        // forward pass: only later mini-batches need them computed up front.
+        let first = chunks.first().map_or(0, Vec::len);
+        let passes = (train.len() - first) + want_ref as usize * train.len() + train.len();
         let mut done = 0;
-        let mut old = Vec::with_capacity(train.len());
+        let mut old: Vec<Option<Vec<f32>>> = vec![None; train.len()];
         let mut refs = Vec::with_capacity(train.len());
-        for s in &train {
-            old.push(self.trainer.logprobs(&s.tokens, true)?);
-            done += 1;
+        for (i, s) in train.iter().enumerate() {
+            if i >= first {
+                old[i] = Some(self.trainer.logprobs(&s.tokens, true)?);
+                done += 1;
+            }
             if want_ref {
                 refs.push(self.trainer.logprobs(&s.tokens, false)?);
                 done += 1;
@@ -412,14 +428,56 @@ impl Grpo {
                 total: passes,
             });
         }
+
+        // 6. Mini-batch updates with the clipped loss.
+        let mut loss = LossStats::default();
+        let mut grad_norms = Vec::new();
+        for chunk in &chunks {
+            let shape = BatchShape::of(chunk.iter().map(|&i| train[i].weight.as_slice()));
+            for &i in chunk {
+                let s = &train[i];
+                let cfg = &self.config.loss;
+                let (old_i, ref_i) = (old[i].as_deref(), refs.get(i));
+                let mut share = LossStats::default();
+                let lp = self.trainer.accumulate(&s.tokens, |lp| {
+                    let input = SeqLossInput {
+                        logprob: lp,
+                        old_logprob: old_i.unwrap_or(lp),
+                        ref_logprob: ref_i.map(|r| r.as_slice()),
+                        advantage: &s.advantage,
+                        weight: &s.weight,
+                    };
+                    let (st, grad) = sequence_loss(cfg, &input, shape);
+                    share = st;
+                    grad
+                })?;
+                if old[i].is_none() {
+                    old[i] = Some(lp);
+                }
+                // Clip fraction and KL are shares of their mini-batch; averaged over batches below.
+                loss.add(&share);
+                done += 1;
+                (self.progress)(Progress::Training {
+                    step: step + 1,
+                    done,
+                    total: passes,
+                });
+            }
+            let u = self.trainer.update();
+            grad_norms.push(u.grad_norm);
+            m.lr = u.lr as f64;
+        }
+
+        // Entropy and KL to the start of the policy that sampled this step.
         let (mut nll, mut kl, mut w_sum) = (0f64, 0f64, 0f64);
         for (i, s) in train.iter().enumerate() {
+            let old_i = old[i].as_deref().unwrap_or_default();
             for (t, &w) in s.weight.iter().enumerate() {
-                if w > 0.0 {
-                    nll -= old[i][t] as f64;
+                if w > 0.0 && t < old_i.len() {
+                    nll -= old_i[t] as f64;
                     w_sum += 1.0;
                     if want_ref {
-                        let x = (refs[i][t] - old[i][t]) as f64;
+                        let x = (refs[i][t] - old_i[t]) as f64;
                         kl += x.exp() - x - 1.0;
                     }
                 }
@@ -429,46 +487,6 @@ impl Grpo {
             m.entropy = Some(nll / w_sum);
             m.kl_to_start = want_ref.then(|| kl / w_sum);
         }
-
-        // 6. Mini-batch updates with the clipped loss.
-        let mut loss = LossStats::default();
-        let mut grad_norms = Vec::new();
-        if !train.is_empty() {
-            let per = train.len().div_ceil(mini_batches.min(train.len()));
-            for (b, chunk) in (0..train.len()).collect::<Vec<_>>().chunks(per).enumerate() {
-                let shape = BatchShape::of(chunk.iter().map(|&i| train[i].weight.as_slice()));
-                for &i in chunk {
-                    let s = &train[i];
-                    let cfg = &self.config.loss;
-                    let (old_i, ref_i) = (&old[i], refs.get(i));
-                    let mut share = LossStats::default();
-                    self.trainer.accumulate(&s.tokens, |lp| {
-                        let input = SeqLossInput {
-                            logprob: lp,
-                            old_logprob: old_i,
-                            ref_logprob: ref_i.map(|r| r.as_slice()),
-                            advantage: &s.advantage,
-                            weight: &s.weight,
-                        };
-                        let (st, grad) = sequence_loss(cfg, &input, shape);
-                        share = st;
-                        grad
-                    })?;
-                    // Clip fraction and KL are shares of their mini-batch; average over batches.
-                    loss.add(&share);
-                    done += 1;
-                    (self.progress)(Progress::Training {
-                        step: step + 1,
-                        done,
-                        total: passes,
-                    });
-                }
-                let u = self.trainer.update();
-                grad_norms.push(u.grad_norm);
-                m.lr = u.lr as f64;
-                let _ = b;
-            }
-        }
         let batches = grad_norms.len().max(1) as f64;
         m.updates = grad_norms.len();
         m.loss = loss.loss / batches;
@@ -476,8 +494,8 @@ impl Grpo {
         m.approx_kl = loss.approx_kl / batches;
         m.grad_norm = grad_norms.iter().fold(0.0, |a, g| a + g) / batches;
         m.time_train_s = t_train.elapsed().as_secs_f64();
-        let trained_passes = (m.trained_tokens as f64) * (2.0 + want_ref as u8 as f64);
-        m.train_tokens_per_s = trained_passes / m.time_train_s.max(1e-9);
+        let sequence_tokens: usize = train.iter().map(|s| s.tokens.len()).sum();
+        m.train_tokens_per_s = sequence_tokens as f64 / m.time_train_s.max(1e-9);
 
         // 7. Hot swap.
         let t_swap = Instant::now();

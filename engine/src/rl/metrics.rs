@@ -68,7 +68,9 @@ pub struct StepMetrics {
     pub updates: usize,
     /// Generated tokens per second of rollout time.
     pub rollout_tokens_per_s: f64,
-    /// Trained tokens per second of training time, counting every forward pass.
+    /// Tokens of the trained sequences (prompt included) per second of
+    /// training time (which includes the extra forward passes for old and
+    /// reference log-probs).
     pub train_tokens_per_s: f64,
     /// Rollouts (decoding, sandbox waits, purification).
     pub time_rollout_s: f64,
