@@ -20,7 +20,7 @@ pub fn last_boxed(text: &str) -> Option<String> {
 }
 
 /// The text up to the brace closing an already opened one.
-fn balanced(s: &str) -> Option<&str> {
+pub(crate) fn balanced(s: &str) -> Option<&str> {
     let mut depth = 1usize;
     for (i, c) in s.char_indices() {
         match c {

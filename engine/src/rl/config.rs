@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::AgentConfig;
-use crate::tasks::{Fields, MathReward};
+use crate::tasks::{Dataset, DatasetError, Fields, Item, MathReward};
 use crate::train::{AdamWConfig, LossConfig};
 use cleaner_models::{LoraConfig, Proj};
 
@@ -217,6 +217,15 @@ impl DataConfig {
             answer: self.answer_field.clone(),
             id: self.id_field.clone(),
         }
+    }
+
+    /// The configured problems (the first `limit` of the dataset).
+    pub fn load(&self) -> Result<Vec<Item>, DatasetError> {
+        let mut items = Dataset::load(&self.dataset, &self.dir(), &self.fields())?.items;
+        if self.limit > 0 {
+            items.truncate(self.limit);
+        }
+        Ok(items)
     }
 
     /// The data directory: the configured one, `$CLEANER_DATA`, or

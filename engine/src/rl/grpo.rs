@@ -30,7 +30,7 @@ use crate::agent::trajectory::write_jsonl;
 use crate::agent::{Role, Trajectory};
 use crate::sampling::Rng;
 use crate::session::{Session, SessionError, SessionOptions};
-use crate::tasks::{Dataset, DatasetError, Item, Reward};
+use crate::tasks::{DatasetError, Item, Reward};
 use crate::train::{sequence_loss, BatchShape, LossStats, SeqLossInput, TrainError, Trainer};
 use cleaner_models::{ModelError, Transformer};
 
@@ -108,15 +108,7 @@ impl Grpo {
     /// Starts a new run in `run_dir` (which must not hold a checkpoint yet)
     /// on the configured dataset, with the configured math reward.
     pub fn new(config: RunConfig, run_dir: &Path) -> Result<Grpo, GrpoError> {
-        let data = Dataset::load(
-            &config.data.dataset,
-            &config.data.dir(),
-            &config.data.fields(),
-        )?;
-        let mut items = data.items;
-        if config.data.limit > 0 {
-            items.truncate(config.data.limit);
-        }
+        let items = config.data.load()?;
         Grpo::with_tasks(config, run_dir, items)
     }
 
@@ -150,15 +142,7 @@ impl Grpo {
     /// on the configured dataset; `steps` (if given) replaces the step budget.
     pub fn resume(run_dir: &Path, steps: Option<u64>) -> Result<Grpo, GrpoError> {
         let (config, dir) = Grpo::checkpoint_config(run_dir, steps)?;
-        let data = Dataset::load(
-            &config.data.dataset,
-            &config.data.dir(),
-            &config.data.fields(),
-        )?;
-        let mut items = data.items;
-        if config.data.limit > 0 {
-            items.truncate(config.data.limit);
-        }
+        let items = config.data.load()?;
         Grpo::resume_with_tasks_at(config, run_dir, &dir, items)
     }
 

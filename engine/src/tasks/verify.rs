@@ -135,20 +135,7 @@ fn unwrap_text_commands(s: &str) -> String {
 
 /// Index of the brace closing one already opened.
 fn close_brace(s: &str) -> Option<usize> {
-    let mut depth = 1usize;
-    for (i, c) in s.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(i);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
+    crate::agent::answer::balanced(s).map(str::len)
 }
 
 /// `1,234,567` -> `1234567`; commas between other things (tuples) stay.
