@@ -21,9 +21,11 @@ answer, do not call the tool again; put the final answer in \\boxed{} (no units 
 pub const EXHAUSTED_NOTE: &str =
     "\n[This approach has failed repeatedly. Try a different method instead of repeating it.]";
 
+/// How the agent prompts, samples, calls tools and purifies.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
+    /// Tool-call format.
     pub format: FormatKind,
     /// System message (None: the template's default).
     pub system_prompt: Option<String>,
@@ -77,6 +79,7 @@ impl Default for AgentConfig {
 }
 
 impl AgentConfig {
+    /// Checks ranges; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.rollback_probability) {
             return Err(format!(

@@ -9,6 +9,7 @@ use crate::chat::{ChatError, ChatTemplate, Message};
 /// The tool's name in the Hermes format (the paper's).
 pub const TOOL_NAME: &str = "code_interpreter";
 
+/// Which tool-call format the model writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FormatKind {
@@ -47,6 +48,7 @@ pub enum Call {
 /// A format with its observation wrapping resolved for one model.
 #[derive(Clone, Debug)]
 pub struct ToolFormat {
+    /// The format.
     pub kind: FormatKind,
     /// Text around a tool reply (Hermes: from the model's template).
     obs_prefix: String,
@@ -72,6 +74,7 @@ pub fn tool_schema() -> Json {
 const OBS_PLACEHOLDER: &str = "\u{1}OBSERVATION\u{1}";
 
 impl ToolFormat {
+    /// The Markdown format (no template needed).
     pub fn markdown() -> Self {
         ToolFormat {
             kind: FormatKind::Markdown,

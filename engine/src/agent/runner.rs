@@ -29,14 +29,19 @@ use crate::sandbox::{Execution, Outcome, Sandbox};
 /// A problem with its prompt already tokenized.
 #[derive(Clone, Debug)]
 pub struct Problem {
+    /// Problem id (copied into its trajectories).
     pub id: String,
+    /// The rendered, tokenized prompt.
     pub prompt: Vec<Token>,
 }
 
+/// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// The rollout engine failed.
     #[error(transparent)]
     Rollout(#[from] RolloutError),
+    /// A setting cannot work, explained.
     #[error("invalid agent configuration: {0}")]
     Config(String),
 }

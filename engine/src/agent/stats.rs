@@ -6,30 +6,41 @@ use serde::{Deserialize, Serialize};
 
 use super::trajectory::{CallStatus, Trajectory};
 
+/// Statistics of one `Agent::run`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct BatchStats {
+    /// Problems run.
     pub problems: usize,
+    /// Trajectories collected.
     pub rollouts: usize,
     /// Tool executions (including those rolled back).
     pub tool_calls: usize,
     /// Failed executions per trajectory while collecting, and left in the
     /// final trajectories.
     pub failures_per_trajectory_raw: f64,
+    /// Failed executions per trajectory left after purification.
     pub failures_per_trajectory_kept: f64,
     /// Failed executions by class (all, including rolled back).
     pub failures_by_class: BTreeMap<String, usize>,
+    /// Grafts that kept the old reasoning.
     pub rollbacks_shallow: usize,
+    /// Grafts that replaced reasoning and call.
     pub rollbacks_deep: usize,
+    /// Positions whose retries ran out.
     pub retries_exhausted: usize,
+    /// Lookaheads that answered without a call (purification stopped).
     pub no_tool_call_stops: usize,
     /// Tokens sampled in total, and for lookahead corrections.
     pub generated_tokens: usize,
+    /// Tokens sampled in lookahead corrections.
     pub correction_tokens: usize,
     /// Tokens prefilled for grafts.
     pub graft_tokens: usize,
     /// Share of generated tokens spent on corrections.
     pub purification_overhead: f64,
+    /// Sandbox time summed over executions.
     pub sandbox_ms: f64,
+    /// Wall time of the run.
     pub wall_s: f64,
 }
 

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::llama::Token;
 
+/// Version of the JSONL trajectory format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Who wrote a token.
@@ -23,22 +24,31 @@ pub enum Role {
     Observation,
 }
 
+/// What a segment of a trajectory is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SegmentKind {
     Prompt,
+    /// Model text before a tool call in the same turn.
     Reasoning,
+    /// The tool call itself.
     Call,
+    /// The tool's reply (never trained on).
     Observation,
+    /// A turn without a tool call.
     Answer,
 }
 
 /// A token range `[start, end)` of one kind, with its text.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Segment {
+    /// What the segment is.
     pub kind: SegmentKind,
+    /// First token.
     pub start: usize,
+    /// One past the last token.
     pub end: usize,
+    /// Decoded text (of the segment; of a trajectory: everything after the prompt).
     pub text: String,
 }
 
@@ -46,11 +56,14 @@ pub struct Segment {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallStatus {
+    /// Exit status 0.
     Ok,
     /// Failed; `class` is the statistics class (`format`, `timeout` and
     /// `memory` included), `exception` the exact name.
     Failed {
+        /// Statistics class (`SyntaxError`, ..., `format`, `timeout`, `memory`).
         class: String,
+        /// The exception's exact name.
         exception: String,
     },
 }
@@ -60,13 +73,17 @@ pub enum CallStatus {
 pub struct ToolCallRecord {
     /// Assistant turn (0-based) the call belongs to.
     pub turn: usize,
+    /// The code that ran.
     pub code: String,
+    /// How it ended.
     pub status: CallStatus,
+    /// Wall time of the execution.
     pub duration_ms: f64,
     /// Whether the call (and its observation) is in the final trajectory.
     pub kept: bool,
 }
 
+/// How a failed call was replaced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RepairKind {
@@ -97,56 +114,77 @@ pub struct PurificationEvent {
     pub turn: usize,
     /// Token position of the splice (start of the replaced tokens).
     pub position: usize,
+    /// The code of the failed call.
     pub failed_code: String,
+    /// Its error output (as the model saw it).
     pub error: String,
+    /// Its error class.
     pub error_class: String,
     /// Decoded text of the correction's call segment (or whole turn).
     pub correction: String,
     /// difflib ratio of the failed and corrected call segments.
     pub similarity: Option<f64>,
+    /// Shallow or deep (None when nothing was grafted).
     pub repair: Option<RepairKind>,
     /// Lookahead corrections spent at this position so far (1..=3).
     pub retries: usize,
+    /// How this attempt ended.
     pub result: PurifyResult,
     /// Tokens sampled for the correction and tokens prefilled for the graft.
     pub tokens_generated: usize,
+    /// Tokens prefilled for the graft.
     pub tokens_grafted: usize,
 }
 
 /// One collected trajectory.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Trajectory {
+    /// Always [`FORMAT_VERSION`].
     pub format_version: u32,
+    /// Id of the problem.
     pub problem_id: String,
+    /// Index of the rollout within its group.
     pub rollout: usize,
+    /// The final (purified) token sequence, prompt included.
     pub tokens: Vec<Token>,
+    /// Who wrote each token (the loss mask follows).
     pub roles: Vec<Role>,
     /// Sampler log-probability of each token (0 for non-model tokens).
     pub sampler_logprobs: Vec<f32>,
+    /// The sequence cut into prompt, reasoning, calls, observations, answer.
     pub segments: Vec<Segment>,
+    /// Every tool execution, kept or rolled back.
     pub tool_calls: Vec<ToolCallRecord>,
+    /// Every rollback.
     pub purification: Vec<PurificationEvent>,
     /// Whether this trajectory was collected with rollback (coin with p).
     pub purified: bool,
+    /// Assistant turns in the final trajectory.
     pub turns: usize,
     /// Model tokens counted against the response budget.
     pub response_tokens: usize,
     /// Tokens sampled in lookaheads (corrections), kept or not.
     pub correction_tokens: usize,
+    /// Decoded text (of the segment; of a trajectory: everything after the prompt).
     pub text: String,
+    /// Content of the last `\\boxed{}`.
     pub answer: Option<String>,
+    /// Set by whoever scores it (`solve`, `eval`, GRPO).
     pub reward: Option<f32>,
     /// Why generation ended (`answer`, `max_turns`, `max_tokens`, `context`).
     pub finish: String,
 }
 
+/// Why a trajectory file could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum TrajectoryError {
+    /// The file could not be opened, read or written.
     #[error("{path}: {source}")]
     Io {
         path: String,
         source: std::io::Error,
     },
+    /// A line is not a valid trajectory; `line` is 1-based.
     #[error("{path} line {line}: {why}")]
     Malformed {
         path: String,

@@ -31,6 +31,7 @@ pub struct LossConfig {
     pub dual_clip: Option<f32>,
     /// Weight of the k3 KL estimator to the reference policy (0 disables).
     pub kl_coef: f32,
+    /// How token losses are averaged.
     pub aggregation: Aggregation,
 }
 
@@ -50,18 +51,24 @@ impl Default for LossConfig {
 /// sequence's log-prob array (`n_tok - 1`); `weight` 0 marks tokens that do
 /// not train (prompt, observations).
 pub struct SeqLossInput<'a> {
+    /// Log-probs under the policy being trained.
     pub logprob: &'a [f32],
+    /// Log-probs under the policy that sampled (recomputed by the trainer).
     pub old_logprob: &'a [f32],
     /// Reference-policy log-probs, needed only when `kl_coef > 0`.
     pub ref_logprob: Option<&'a [f32]>,
+    /// Advantage of each token (GRPO: its sequence's).
     pub advantage: &'a [f32],
+    /// Loss weight (0 on prompt and observation tokens).
     pub weight: &'a [f32],
 }
 
 /// Summary statistics of a loss evaluation (over trainable tokens).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct LossStats {
+    /// The aggregated loss.
     pub loss: f64,
+    /// Trainable tokens (weights summed).
     pub tokens: f64,
     /// Fraction of tokens whose ratio was clipped (gradient zero).
     pub clip_fraction: f64,
@@ -100,7 +107,9 @@ pub fn token_loss(cfg: &LossConfig, lp: f32, old: f32, adv: f32) -> (f64, f64, b
 /// run one at a time: its trainable tokens and sequences.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchShape {
+    /// Trainable tokens (weights summed).
     pub tokens: f64,
+    /// Sequences with at least one trainable token.
     pub sequences: f64,
 }
 

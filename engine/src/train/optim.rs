@@ -11,6 +11,7 @@ use std::path::Path;
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Decay {
+    /// Stay at `lr`.
     Constant,
     /// Cosine from `lr` to `lr * min_lr_ratio` at `total_steps`.
     Cosine,
@@ -20,17 +21,25 @@ pub enum Decay {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdamWConfig {
+    /// Peak learning rate.
     pub lr: f32,
+    /// First-moment decay.
     pub beta1: f32,
+    /// Second-moment decay.
     pub beta2: f32,
+    /// Added to the second moment's root.
     pub eps: f32,
+    /// Decoupled weight decay per step (times lr).
     pub weight_decay: f32,
     /// Clip the global L2 norm of all gradients to this (0 disables).
     pub grad_clip: f32,
+    /// Updates of linear warm-up.
     pub warmup_steps: u64,
+    /// Shape after warm-up.
     pub decay: Decay,
     /// Steps over which the cosine decays (ignored for constant).
     pub total_steps: u64,
+    /// Cosine floor as a share of `lr`.
     pub min_lr_ratio: f32,
 }
 
@@ -76,13 +85,16 @@ impl AdamWConfig {
 pub struct UpdateStats {
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// Learning rate of this update.
     pub lr: f32,
+    /// Whether the norm was clipped.
     pub clipped: bool,
 }
 
 /// AdamW state for one adapter.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdamW {
+    /// Hyper-parameters.
     pub config: AdamWConfig,
     /// Updates taken so far.
     pub step: u64,
@@ -94,11 +106,14 @@ pub struct AdamW {
 #[derive(Debug, thiserror::Error)]
 #[error("optimizer state {path}: {why}")]
 pub struct OptimStateError {
+    /// The state file.
     pub path: String,
+    /// What is wrong with it.
     pub why: String,
 }
 
 impl AdamW {
+    /// Zero moments for `params`.
     pub fn new(config: AdamWConfig, params: &Lora) -> AdamW {
         let zeros: Vec<Vec<f32>> = params.tensors().map(|t| vec![0.0; t.len()]).collect();
         AdamW {

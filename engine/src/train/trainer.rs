@@ -16,19 +16,25 @@ use crate::rollout::{Policy, RolloutError};
 /// Why a training operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// The model or an adapter file.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The optimizer state file.
     #[error(transparent)]
     Optim(#[from] OptimStateError),
+    /// llama.cpp refused the adapter.
     #[error(transparent)]
     Llama(#[from] LlamaError),
+    /// The rollout engine.
     #[error(transparent)]
     Rollout(#[from] RolloutError),
+    /// A file operation.
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A bad argument, explained.
     #[error("{0}")]
     Invalid(String),
 }
@@ -40,6 +46,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     }
 }
 
+/// A LoRA adapter being trained on a mapped model (see the module documentation).
 pub struct Trainer {
     model: Transformer,
     lora: Lora,
@@ -81,12 +88,15 @@ impl Trainer {
         }
     }
 
+    /// The mapped model.
     pub fn model(&self) -> &Transformer {
         &self.model
     }
+    /// The adapter as trained so far.
     pub fn adapter(&self) -> &Lora {
         &self.lora
     }
+    /// The optimizer and its state.
     pub fn optimizer(&self) -> &AdamW {
         &self.optim
     }
