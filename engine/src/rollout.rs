@@ -22,18 +22,25 @@ use crate::sampling::{self, Rng, SamplingParams};
 /// Errors of the rollout engine.
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
+    /// llama.cpp failed.
     #[error(transparent)]
     Llama(#[from] LlamaError),
+    /// All sequence slots are open.
     #[error("all {0} sequence slots are in use (raise n_seq_max or close sequences)")]
     NoFreeSlot(u32),
+    /// The sequence is not open.
     #[error("sequence {0} is not open")]
     NotOpen(u32),
+    /// The sequence would not fit the context.
     #[error("sequence {seq} would hold {len} tokens, more than the context's {n_ctx} positions (prompt too long?)")]
     TooLong { seq: u32, len: usize, n_ctx: u32 },
+    /// Truncation past the sequence's end.
     #[error("cannot truncate sequence {seq} of {len} tokens to {pos}")]
     BadTruncate { seq: u32, pos: usize, len: usize },
+    /// The sequence is generating.
     #[error("sequence {0} is generating; wait until it finishes")]
     Busy(u32),
+    /// Parameters out of range, explained.
     #[error("invalid generation parameters: {0}")]
     Params(String),
 }
@@ -46,6 +53,7 @@ pub struct SeqId(pub u32);
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GenerateParams {
+    /// How tokens are drawn.
     pub sampling: SamplingParams,
     /// Most tokens to generate in this call.
     pub max_new_tokens: usize,
@@ -88,6 +96,7 @@ pub enum FinishReason {
 /// The tokens one generation produced, with their log-probabilities.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Generation {
+    /// The generated tokens.
     pub tokens: Vec<Token>,
     /// log p(token) under the model at temperature 1, one per token.
     pub logprobs: Vec<f32>,
@@ -95,6 +104,7 @@ pub struct Generation {
     pub sampler_logprobs: Vec<f32>,
     /// The tokens' text (special tokens rendered).
     pub text: String,
+    /// Why generation stopped.
     pub finish: FinishReason,
 }
 
@@ -160,12 +170,16 @@ pub struct Policy {
 /// Counters since the policy was created.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct PolicyStats {
+    /// llama_decode calls.
     pub decode_calls: u64,
+    /// Tokens put through llama_decode (prefill and generation).
     pub tokens_decoded: u64,
+    /// Tokens sampled.
     pub tokens_generated: u64,
 }
 
 impl Policy {
+    /// A rollout engine with its own context for `model`.
     pub fn new(model: Arc<Model>, config: &PolicyConfig) -> Result<Policy, RolloutError> {
         let ctx = Context::new(
             model,
@@ -185,10 +199,12 @@ impl Policy {
         })
     }
 
+    /// The model.
     pub fn model(&self) -> &Arc<Model> {
         self.ctx.model()
     }
 
+    /// Counters since creation.
     pub fn stats(&self) -> PolicyStats {
         self.stats
     }
@@ -198,6 +214,7 @@ impl Policy {
         self.ctx.n_ctx()
     }
 
+    /// Sequence slots.
     pub fn n_seq_max(&self) -> u32 {
         self.slots.len() as u32
     }
@@ -278,10 +295,12 @@ impl Policy {
         Ok(&self.slot(seq)?.tokens)
     }
 
+    /// Tokens in `seq`.
     pub fn len(&self, seq: SeqId) -> Result<usize, RolloutError> {
         Ok(self.slot(seq)?.tokens.len())
     }
 
+    /// Whether `seq` is generating.
     pub fn is_generating(&self, seq: SeqId) -> bool {
         self.slot(seq).map(|s| s.gen.is_some()).unwrap_or(false)
     }

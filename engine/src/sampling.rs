@@ -16,12 +16,14 @@ use crate::llama::Token;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SamplingParams {
+    /// Logits are divided by it (0: greedy).
     pub temperature: f32,
     /// Keep the smallest set of most likely tokens whose mass reaches `top_p`
     /// (1.0 keeps all).
     pub top_p: f32,
     /// Keep only the `top_k` most likely tokens (0 keeps all).
     pub top_k: usize,
+    /// Seed of the sequence's generator.
     pub seed: u64,
 }
 
@@ -37,6 +39,7 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Always the most likely token.
     pub fn greedy() -> Self {
         SamplingParams {
             temperature: 0.0,
@@ -62,6 +65,7 @@ impl SamplingParams {
 /// One sampled token and its log-probabilities.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sampled {
+    /// The token drawn.
     pub token: Token,
     /// log p(token) under the model at temperature 1 (the trainer's quantity).
     pub logprob: f32,
@@ -76,10 +80,12 @@ pub struct Sampled {
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         Rng(seed ^ 0x853c_49e6_748f_ea9b)
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         cleaner_kernels::rng::splitmix64(&mut self.0)
     }

@@ -5,15 +5,25 @@
 use crate::llama::Token;
 use crate::rollout::{GenerateParams, Generation, Policy, RolloutError, SeqId};
 
+/// What the agent needs from a rollout engine (see the module documentation).
 pub trait Backend {
+    /// A new sequence holding `tokens` (prefilled by the next step).
     fn open_with(&mut self, tokens: &[Token]) -> Result<SeqId, RolloutError>;
+    /// A new sequence sharing `seq`'s cached prefix.
     fn fork(&mut self, seq: SeqId) -> Result<SeqId, RolloutError>;
+    /// Queues tokens (observation, graft) after `seq`'s last.
     fn append(&mut self, seq: SeqId, tokens: &[Token]) -> Result<(), RolloutError>;
+    /// Drops everything from `pos` on, tokens and cache.
     fn truncate(&mut self, seq: SeqId, pos: usize) -> Result<(), RolloutError>;
+    /// Starts generating on `seq`.
     fn start(&mut self, seq: SeqId, params: GenerateParams) -> Result<(), RolloutError>;
+    /// One decode for all generating sequences; returns those that finished.
     fn step(&mut self) -> Result<Vec<(SeqId, Generation)>, RolloutError>;
+    /// Sequences generating now.
     fn n_generating(&self) -> usize;
+    /// The tokens of `seq`.
     fn tokens(&self, seq: SeqId) -> Result<Vec<Token>, RolloutError>;
+    /// Frees `seq`'s slot and cache.
     fn close(&mut self, seq: SeqId);
     /// Most sequences open at once.
     fn capacity(&self) -> usize;
@@ -22,6 +32,7 @@ pub trait Backend {
     fn tokenize(&self, text: &str) -> Result<Vec<Token>, RolloutError>;
     /// The bytes of one token.
     fn piece(&self, token: Token) -> Vec<u8>;
+    /// Text of tokens (invalid UTF-8 replaced).
     fn detokenize(&self, tokens: &[Token]) -> String {
         let bytes: Vec<u8> = tokens.iter().flat_map(|&t| self.piece(t)).collect();
         String::from_utf8_lossy(&bytes).into_owned()

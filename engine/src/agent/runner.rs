@@ -155,6 +155,7 @@ struct JobResult {
 }
 
 impl<'a, B: Backend> Agent<'a, B> {
+    /// An agent over `backend` and `sandbox`; the config is validated.
     pub fn new(
         backend: &'a mut B,
         sandbox: &'a Sandbox,

@@ -17,6 +17,7 @@ pub const FORMAT_VERSION: u32 = 1;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// The prompt.
     Prompt,
     /// Sampled by the model and kept: trained on (loss mask 1).
     Model,
@@ -28,6 +29,7 @@ pub enum Role {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SegmentKind {
+    /// The prompt.
     Prompt,
     /// Model text before a tool call in the same turn.
     Reasoning,
@@ -111,6 +113,7 @@ pub enum PurifyResult {
 /// One rollback.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PurificationEvent {
+    /// Assistant turn (0-based).
     pub turn: usize,
     /// Token position of the splice (start of the replaced tokens).
     pub position: usize,

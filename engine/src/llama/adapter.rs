@@ -11,6 +11,7 @@ use llama_cpp_sys_2 as sys;
 
 use super::{log, LlamaError, Model};
 
+/// A llama.cpp LoRA adapter loaded for one model; freed when the last holder drops it.
 pub struct LoraAdapter {
     ptr: NonNull<sys::llama_adapter_lora>,
     model: Arc<Model>,
@@ -56,10 +57,12 @@ impl LoraAdapter {
         self.ptr.as_ptr()
     }
 
+    /// The model it belongs to.
     pub fn model(&self) -> &Arc<Model> {
         &self.model
     }
 
+    /// The file it was loaded from.
     pub fn path(&self) -> &Path {
         &self.path
     }

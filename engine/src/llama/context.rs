@@ -40,13 +40,17 @@ impl Default for ContextParams {
 /// One token of a decode batch.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchEntry {
+    /// The token.
     pub token: Token,
+    /// Its position in its sequence.
     pub pos: i32,
+    /// Its sequence.
     pub seq: i32,
     /// Whether to compute the logits for this position.
     pub logits: bool,
 }
 
+/// A llama.cpp context: KV cache and decode calls for several sequences.
 pub struct Context {
     ptr: NonNull<sys::llama_context>,
     batch: sys::llama_batch,
@@ -68,6 +72,7 @@ pub(crate) fn default_threads() -> i32 {
 }
 
 impl Context {
+    /// Creates a context for `model`.
     pub fn new(model: Arc<Model>, params: ContextParams) -> Result<Context, LlamaError> {
         let p = &params;
         if p.n_ctx < 16 || p.n_seq_max == 0 || p.n_batch == 0 {
@@ -136,10 +141,12 @@ impl Context {
         })
     }
 
+    /// The parameters it was created with.
     pub fn params(&self) -> &ContextParams {
         &self.params
     }
 
+    /// Its model.
     pub fn model(&self) -> &Arc<Model> {
         &self.model
     }
@@ -280,6 +287,7 @@ impl Context {
         Ok(())
     }
 
+    /// Adapters applied to decodes, with their scales.
     pub fn adapters(&self) -> &[(Arc<LoraAdapter>, f32)] {
         &self.adapters
     }

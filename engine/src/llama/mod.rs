@@ -26,29 +26,38 @@ use std::sync::OnceLock;
 /// Errors from loading models and adapters and from running the context.
 #[derive(Debug, thiserror::Error)]
 pub enum LlamaError {
+    /// The file is not a valid GGUF.
     #[error("model file: {source}")]
     ModelFile {
         path: PathBuf,
         source: cleaner_models::GgufError,
     },
+    /// llama.cpp refused the model; `log` is its message.
     #[error("{path}: llama.cpp could not load the model: {log}")]
     ModelLoad { path: PathBuf, log: String },
+    /// llama.cpp could not create the context.
     #[error("llama.cpp could not create a context (n_ctx {n_ctx}, n_seq_max {n_seq_max}): {log}")]
     ContextInit {
         n_ctx: u32,
         n_seq_max: u32,
         log: String,
     },
+    /// Context parameters out of range.
     #[error("invalid context parameters: {0}")]
     ContextParams(String),
+    /// The adapter file does not fit the model.
     #[error("adapter {path}: {why}")]
     Adapter { path: PathBuf, why: String },
+    /// The KV cache has no room for the batch.
     #[error("the KV cache is full: no room for {n_tokens} more tokens in a context of {n_ctx} cells (close sequences or raise n_ctx)")]
     KvCacheFull { n_tokens: usize, n_ctx: u32 },
+    /// llama_decode failed.
     #[error("llama_decode failed with code {code}: {log}")]
     Decode { code: i32, log: String },
+    /// Text too long to tokenize.
     #[error("text of {0} bytes is too long to tokenize")]
     TextTooLong(usize),
+    /// A token id outside the vocabulary.
     #[error("token id {token} is outside the vocabulary of {n_vocab} tokens")]
     BadToken { token: Token, n_vocab: usize },
 }

@@ -119,6 +119,7 @@ impl Model {
         self.ptr.as_ptr()
     }
 
+    /// The GGUF file.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -138,16 +139,19 @@ impl Model {
         self.gguf.get_str("tokenizer.chat_template").ok()
     }
 
+    /// Vocabulary size.
     pub fn n_vocab(&self) -> usize {
         // SAFETY: vocab is valid for the model's life.
         unsafe { sys::llama_vocab_n_tokens(self.vocab.as_ptr()) }.max(0) as usize
     }
 
+    /// Context length the model was trained with.
     pub fn n_ctx_train(&self) -> u32 {
         // SAFETY: ptr is a live model.
         unsafe { sys::llama_model_n_ctx_train(self.ptr.as_ptr()) }.max(0) as u32
     }
 
+    /// Embedding width.
     pub fn n_embd(&self) -> usize {
         // SAFETY: ptr is a live model.
         unsafe { sys::llama_model_n_embd(self.ptr.as_ptr()) }.max(0) as usize
@@ -166,6 +170,7 @@ impl Model {
             && unsafe { sys::llama_vocab_is_eog(self.vocab.as_ptr(), token) }
     }
 
+    /// The beginning-of-sequence token, if the vocabulary has one.
     pub fn bos(&self) -> Option<Token> {
         // SAFETY: vocab is valid.
         let t = unsafe { sys::llama_vocab_bos(self.vocab.as_ptr()) };
@@ -178,6 +183,7 @@ impl Model {
         unsafe { sys::llama_vocab_get_add_bos(self.vocab.as_ptr()) }
     }
 
+    /// Rejects ids outside the vocabulary.
     pub fn check_token(&self, token: Token) -> Result<(), LlamaError> {
         if token < 0 || token as usize >= self.pieces.len().max(self.n_vocab()) {
             return Err(LlamaError::BadToken {

@@ -9,17 +9,25 @@ use serde::{Deserialize, Serialize};
 /// counts as failed").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ErrorClass {
+    /// SyntaxError.
     SyntaxError,
+    /// NameError.
     NameError,
     /// `ImportError` and its subclass `ModuleNotFoundError`.
     ImportError,
     /// `IndentationError` and its subclass `TabError`.
     IndentationError,
+    /// IndexError.
     IndexError,
+    /// TypeError.
     TypeError,
+    /// ValueError.
     ValueError,
+    /// ZeroDivisionError.
     ZeroDivisionError,
+    /// NotImplementedError.
     NotImplementedError,
+    /// Any other exception.
     Other,
 }
 
@@ -42,6 +50,7 @@ impl ErrorClass {
         }
     }
 
+    /// The class's name in statistics.
     pub fn name(self) -> &'static str {
         match self {
             ErrorClass::SyntaxError => "SyntaxError",

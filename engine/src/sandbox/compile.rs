@@ -107,7 +107,9 @@ pub(super) fn engine() -> Engine {
 /// How the module was obtained, for the benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModuleSource {
+    /// Compiled now.
     Compiled,
+    /// Loaded from the on-disk cache.
     Cache,
 }
 

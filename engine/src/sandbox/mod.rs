@@ -35,19 +35,25 @@ pub use compile::ModuleSource;
 use instance::Exit;
 use pool::{BootParams, Event, Pool, Ready};
 
+/// Why the sandbox could not start or run a call (the code's own errors are outcomes, not these).
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// The interpreter file could not be read.
     #[error("cannot read the interpreter {path}: {source}")]
     Wasm {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The interpreter could not be compiled.
     #[error("compiling the interpreter failed: {0}")]
     Compile(String),
+    /// An interpreter instance could not be created.
     #[error("starting an interpreter failed: {0}")]
     Instantiate(String),
+    /// Limits out of range, explained.
     #[error("invalid sandbox limits: {0}")]
     Limits(String),
+    /// The async runtime could not start.
     #[error("could not start the sandbox's async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -117,16 +123,18 @@ pub enum Outcome {
         class: ErrorClass,
         exception: String,
     },
+    /// Ran past its time limit.
     Timeout,
+    /// Hit its memory cap.
     MemoryLimit,
+    /// Wrote past its output cap.
     OutputLimit,
     /// The interpreter itself failed (a wasm trap).
-    Crashed {
-        reason: String,
-    },
+    Crashed { reason: String },
 }
 
 impl Outcome {
+    /// Whether the code ran to a zero exit.
     pub fn is_ok(&self) -> bool {
         matches!(self, Outcome::Ok)
     }
@@ -135,14 +143,19 @@ impl Outcome {
 /// The result of one execution.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Execution {
+    /// Standard output (capped).
     pub stdout: String,
+    /// Standard error (capped; tracebacks).
     pub stderr: String,
+    /// Whether stdout hit the cap.
     pub stdout_truncated: bool,
+    /// Whether stderr hit the cap.
     pub stderr_truncated: bool,
     /// The guest's exit status, when it exited by itself.
     pub exit_code: Option<i32>,
     /// Time from handing over the code to the end of the run.
     pub wall: Duration,
+    /// How the run ended.
     pub outcome: Outcome,
 }
 
@@ -223,6 +236,7 @@ impl Sandbox {
         (self.module_source, self.load_time)
     }
 
+    /// The set-up.
     pub fn config(&self) -> &SandboxConfig {
         &self.config
     }
