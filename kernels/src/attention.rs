@@ -20,9 +20,13 @@ pub const ATTN_K_TILE: usize = 64;
 /// Head geometry.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnShape {
+    /// Tokens (rows of q, k, v).
     pub n_tok: usize,
+    /// Query heads.
     pub n_head: usize,
+    /// Key/value heads (GQA: n_head is a multiple).
     pub n_head_kv: usize,
+    /// Width of one head.
     pub head_dim: usize,
 }
 

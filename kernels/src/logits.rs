@@ -16,8 +16,11 @@ pub const LOGITS_TILE_VALUES: usize = 1 << 22;
 /// Why targets are unusable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetOutOfVocab {
+    /// Position of the bad target.
     pub position: usize,
+    /// The target token.
     pub token: u32,
+    /// Vocabulary size.
     pub n_vocab: usize,
 }
 

@@ -13,17 +13,24 @@
 /// Which dimensions form a rotating pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RopeLayout {
+    /// Pairs adjacent dimensions (llama).
     Normal,
+    /// Pairs dimension i with i + n_rot/2 (qwen2, qwen3).
     Neox,
 }
 
 /// Geometry of one rotation.
 #[derive(Clone, Copy, Debug)]
 pub struct Rope {
+    /// Heads.
     pub n_head: usize,
+    /// Width of one head.
     pub head_dim: usize,
+    /// Dimensions rotated per head.
     pub n_rot: usize,
+    /// theta base.
     pub freq_base: f32,
+    /// Which dimensions pair up.
     pub layout: RopeLayout,
 }
 

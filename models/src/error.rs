@@ -7,27 +7,33 @@ use std::path::PathBuf;
 /// What was wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelErrorKind {
+    /// The file is not a valid GGUF.
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    /// An architecture the trainer does not implement.
     #[error("unsupported architecture {found:?}; supported: {}", supported.join(", "))]
     UnknownArchitecture {
         found: String,
         supported: Vec<&'static str>,
     },
+    /// A metadata value the architecture cannot use.
     #[error("metadata {key} = {value} is invalid: {why}")]
     BadConfig {
         key: String,
         value: String,
         why: String,
     },
+    /// A tensor the architecture needs is absent.
     #[error("missing tensor {0:?} (is this a complete model file of the declared architecture?)")]
     MissingTensor(String),
+    /// A tensor has the wrong shape.
     #[error("tensor {name:?} has shape {found:?}, expected {expected:?} (ggml order) for this configuration")]
     TensorShape {
         name: String,
         expected: Vec<u64>,
         found: Vec<u64>,
     },
+    /// A tensor has a type the trainer cannot read.
     #[error("tensor {name:?} has type {ty}: {why}")]
     TensorType {
         name: String,
@@ -37,11 +43,13 @@ pub enum ModelErrorKind {
     #[error(
         "token id {token} at position {position} is outside the vocabulary of {n_vocab} tokens"
     )]
+    /// A token id outside the vocabulary.
     TokenOutOfRange {
         position: usize,
         token: u32,
         n_vocab: usize,
     },
+    /// A call with inconsistent arguments, explained.
     #[error("{0}")]
     BadRequest(String),
 }
@@ -49,7 +57,9 @@ pub enum ModelErrorKind {
 /// A model error with the model file's path when known.
 #[derive(Debug)]
 pub struct ModelError {
+    /// The file concerned, when there is one.
     pub path: Option<PathBuf>,
+    /// What went wrong.
     pub kind: ModelErrorKind,
 }
 

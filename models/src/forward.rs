@@ -124,6 +124,7 @@ pub struct Tape {
 }
 
 impl Tape {
+    /// Tokens of the recorded forward pass.
     pub fn n_tok(&self) -> usize {
         self.tokens.len()
     }

@@ -11,16 +11,24 @@ use crate::model::Transformer;
 /// A projection that can carry an adapter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proj {
+    /// Attention query.
     Q,
+    /// Attention key.
     K,
+    /// Attention value.
     V,
+    /// Attention output.
     O,
+    /// Feed-forward gate.
     Gate,
+    /// Feed-forward up.
     Up,
+    /// Feed-forward down.
     Down,
 }
 
 impl Proj {
+    /// Every projection, in order.
     pub const ALL: [Proj; 7] = [
         Proj::Q,
         Proj::K,
@@ -71,8 +79,11 @@ impl Proj {
 /// Shape of an adapter.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoraConfig {
+    /// Rank r.
     pub rank: usize,
+    /// The update is scaled by alpha / r.
     pub alpha: f32,
+    /// Adapted projections.
     pub targets: Vec<Proj>,
 }
 
@@ -89,7 +100,9 @@ impl Default for LoraConfig {
 /// One adapted projection's factors.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoraPair {
+    /// Input features.
     pub n_in: usize,
+    /// Output features.
     pub n_out: usize,
     /// `[rank, n_in]`
     pub a: Vec<f32>,
@@ -100,6 +113,7 @@ pub struct LoraPair {
 /// An adapter for every layer of one model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Lora {
+    /// Its shape.
     pub config: LoraConfig,
     /// `layers[l]` holds the adapted projections of block `l`, in `Proj` order.
     pub layers: Vec<Vec<(Proj, LoraPair)>>,
@@ -174,6 +188,7 @@ impl Lora {
             .map(|(_, pair)| pair)
     }
 
+    /// The factors of `p` in `layer`, mutable.
     pub fn pair_mut(&mut self, layer: usize, p: Proj) -> Option<&mut LoraPair> {
         self.layers
             .get_mut(layer)?
@@ -200,6 +215,7 @@ impl Lora {
             .flat_map(|(_, p)| [p.a.as_slice(), p.b.as_slice()])
     }
 
+    /// Every factor, mutable, in a fixed order.
     pub fn tensors_mut(&mut self) -> impl Iterator<Item = &mut Vec<f32>> {
         self.layers
             .iter_mut()

@@ -14,9 +14,12 @@ use std::path::Path;
 /// (ggml dims `[n_in, n_out]`).
 #[derive(Clone, Debug)]
 pub struct MatrixRef {
+    /// Tensor name.
     pub name: String,
     index: usize,
+    /// Rows (output features).
     pub n_rows: usize,
+    /// Columns (input features).
     pub n_cols: usize,
 }
 
@@ -27,21 +30,29 @@ pub struct Layer {
     pub attn_norm: Vec<f32>,
     /// `[q_dim, n_embd]`, `[kv_dim, n_embd]`, `[kv_dim, n_embd]`, `[n_embd, q_dim]`
     pub wq: MatrixRef,
+    /// Key projection.
     pub wk: MatrixRef,
+    /// Value projection.
     pub wv: MatrixRef,
+    /// Output projection.
     pub wo: MatrixRef,
     /// `[q_dim]`, `[kv_dim]`, `[kv_dim]` (Qwen2)
     pub bq: Option<Vec<f32>>,
+    /// Key bias (qwen2).
     pub bk: Option<Vec<f32>>,
+    /// Value bias (qwen2).
     pub bv: Option<Vec<f32>>,
     /// `[head_dim]` each (Qwen3)
     pub q_norm: Option<Vec<f32>>,
+    /// Key RMSNorm weight (qwen3).
     pub k_norm: Option<Vec<f32>>,
     /// `[n_embd]`
     pub ffn_norm: Vec<f32>,
     /// `[n_ff, n_embd]`, `[n_ff, n_embd]`, `[n_embd, n_ff]`
     pub w_gate: MatrixRef,
+    /// Feed-forward up.
     pub w_up: MatrixRef,
+    /// Feed-forward down.
     pub w_down: MatrixRef,
 }
 
@@ -56,6 +67,7 @@ pub struct Transformer {
     pub output_norm: Vec<f32>,
     /// `[n_vocab, n_embd]`; the embedding itself when the model ties them.
     pub output: MatrixRef,
+    /// The blocks.
     pub layers: Vec<Layer>,
 }
 
@@ -126,6 +138,7 @@ impl Transformer {
         })
     }
 
+    /// The typed config.
     pub fn config(&self) -> &Config {
         &self.config
     }

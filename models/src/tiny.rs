@@ -10,18 +10,26 @@ use cleaner_kernels::quant::QuantType;
 /// Dimensions of a tiny model.
 #[derive(Clone, Copy, Debug)]
 pub struct TinySpec {
+    /// Family.
     pub arch: Architecture,
+    /// Vocabulary size.
     pub n_vocab: usize,
+    /// Residual width.
     pub n_embd: usize,
+    /// Query heads.
     pub n_head: usize,
+    /// Key/value heads.
     pub n_head_kv: usize,
+    /// Feed-forward width.
     pub n_ff: usize,
+    /// Blocks.
     pub n_layer: usize,
     /// Store projections as Q8_0 (needs inputs in multiples of 32) instead of f32.
     pub quantized: bool,
 }
 
 impl TinySpec {
+    /// Small defaults for `arch`.
     pub fn new(arch: Architecture) -> TinySpec {
         TinySpec {
             arch,

@@ -115,9 +115,11 @@ impl<'a> Weights<'a> {
         }
     }
 
+    /// Output features (rows of W).
     pub fn n_rows(&self) -> usize {
         self.n_rows
     }
+    /// Input features (columns of W).
     pub fn n_cols(&self) -> usize {
         self.n_cols
     }

@@ -13,8 +13,11 @@ use crate::f16::{bf16_to_f32, f16_to_f32};
 
 /// A ggml block format: `BLOCK_LEN` values stored in `BLOCK_BYTES` bytes.
 pub trait BlockFormat {
+    /// The ggml type.
     const TYPE: QuantType;
+    /// Values per block.
     const BLOCK_LEN: usize;
+    /// Bytes per block.
     const BLOCK_BYTES: usize;
     /// Decodes one block. `block.len() == BLOCK_BYTES`, `out.len() == BLOCK_LEN`
     /// (callers guarantee it; [`super::dequantize`] checks it).
@@ -26,6 +29,7 @@ fn half(b: &[u8], at: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
 }
 
+/// f32, one value per block.
 pub struct F32;
 impl BlockFormat for F32 {
     const TYPE: QuantType = QuantType::F32;
@@ -36,6 +40,7 @@ impl BlockFormat for F32 {
     }
 }
 
+/// IEEE half precision.
 pub struct F16;
 impl BlockFormat for F16 {
     const TYPE: QuantType = QuantType::F16;
@@ -46,6 +51,7 @@ impl BlockFormat for F16 {
     }
 }
 
+/// bfloat16.
 pub struct BF16;
 impl BlockFormat for BF16 {
     const TYPE: QuantType = QuantType::BF16;

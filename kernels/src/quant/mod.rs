@@ -12,37 +12,69 @@ pub mod synthetic;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[allow(non_camel_case_types)]
 pub enum QuantType {
+    /// ggml type `F32`.
     F32,
+    /// ggml type `F16`.
     F16,
+    /// ggml type `Q4_0`.
     Q4_0,
+    /// ggml type `Q4_1`.
     Q4_1,
+    /// ggml type `Q5_0`.
     Q5_0,
+    /// ggml type `Q5_1`.
     Q5_1,
+    /// ggml type `Q8_0`.
     Q8_0,
+    /// ggml type `Q8_1`.
     Q8_1,
+    /// ggml type `Q2_K`.
     Q2_K,
+    /// ggml type `Q3_K`.
     Q3_K,
+    /// ggml type `Q4_K`.
     Q4_K,
+    /// ggml type `Q5_K`.
     Q5_K,
+    /// ggml type `Q6_K`.
     Q6_K,
+    /// ggml type `Q8_K`.
     Q8_K,
+    /// ggml type `IQ2_XXS`.
     IQ2_XXS,
+    /// ggml type `IQ2_XS`.
     IQ2_XS,
+    /// ggml type `IQ3_XXS`.
     IQ3_XXS,
+    /// ggml type `IQ1_S`.
     IQ1_S,
+    /// ggml type `IQ4_NL`.
     IQ4_NL,
+    /// ggml type `IQ3_S`.
     IQ3_S,
+    /// ggml type `IQ2_S`.
     IQ2_S,
+    /// ggml type `IQ4_XS`.
     IQ4_XS,
+    /// ggml type `I8`.
     I8,
+    /// ggml type `I16`.
     I16,
+    /// ggml type `I32`.
     I32,
+    /// ggml type `I64`.
     I64,
+    /// ggml type `F64`.
     F64,
+    /// ggml type `IQ1_M`.
     IQ1_M,
+    /// ggml type `BF16`.
     BF16,
+    /// ggml type `TQ1_0`.
     TQ1_0,
+    /// ggml type `TQ2_0`.
     TQ2_0,
+    /// ggml type `MXFP4`.
     MXFP4,
 }
 

@@ -14,8 +14,11 @@ use cleaner_kernels::rope::RopeLayout;
 /// A supported family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Architecture {
+    /// llama (SmolLM2, Llama 2/3).
     Llama,
+    /// qwen2 (q/k/v biases).
     Qwen2,
+    /// qwen3 (q/k RMS norms).
     Qwen3,
 }
 
@@ -23,6 +26,7 @@ impl Architecture {
     /// `general.architecture` values this crate runs.
     pub const SUPPORTED: [&'static str; 3] = ["llama", "qwen2", "qwen3"];
 
+    /// The `general.architecture` value.
     pub fn name(self) -> &'static str {
         match self {
             Architecture::Llama => "llama",
@@ -35,20 +39,31 @@ impl Architecture {
 /// Everything the forward pass needs to know about a model's shape.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
+    /// The family.
     pub arch: Architecture,
+    /// Vocabulary size.
     pub n_vocab: usize,
+    /// Residual width.
     pub n_embd: usize,
+    /// Blocks.
     pub n_layer: usize,
+    /// Query heads.
     pub n_head: usize,
+    /// Key/value heads.
     pub n_head_kv: usize,
     /// Per-head dimension of queries and keys (and values).
     pub head_dim: usize,
+    /// Feed-forward width.
     pub n_ff: usize,
     /// Dimensions of each head that RoPE rotates.
     pub n_rot: usize,
+    /// RoPE theta base.
     pub rope_freq_base: f32,
+    /// RoPE pairing.
     pub rope_layout: RopeLayout,
+    /// RMSNorm epsilon.
     pub rms_eps: f32,
+    /// Trained context length.
     pub context_length: usize,
     /// q, k, v projections carry biases (Qwen2).
     pub qkv_bias: bool,

@@ -7,6 +7,7 @@ use crate::error::ModelError;
 use crate::gguf::GgufFile;
 use cleaner_kernels::rope::RopeLayout;
 
+/// The typed config from the file's metadata.
 pub fn config(file: &GgufFile) -> Result<Config, ModelError> {
     Ok(Config {
         rope_layout: RopeLayout::Neox,

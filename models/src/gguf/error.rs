@@ -7,12 +7,16 @@ use std::path::PathBuf;
 /// What was wrong with a GGUF file.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufErrorKind {
+    /// The file could not be read or mapped.
     #[error("cannot read the file: {0}")]
     Io(#[from] std::io::Error),
+    /// Not a GGUF file.
     #[error("not a GGUF file: expected magic bytes \"GGUF\", found {found:?}")]
     BadMagic { found: Vec<u8> },
+    /// A GGUF version other than 2 and 3.
     #[error("unsupported GGUF version {0} (this reader supports versions 2 and 3)")]
     UnsupportedVersion(u32),
+    /// The file ends inside a structure.
     #[error("file is truncated: needed {needed} bytes for {what} at offset {offset}, but the file has {len} bytes")]
     Truncated {
         what: String,
@@ -20,34 +24,45 @@ pub enum GgufErrorKind {
         needed: u64,
         len: u64,
     },
+    /// A string is not UTF-8.
     #[error("{what} at offset {offset} is not valid UTF-8")]
     InvalidUtf8 { what: String, offset: u64 },
+    /// A metadata value of an unknown type.
     #[error("metadata key {key:?} has unknown value type {ty}")]
     UnknownValueType { key: String, ty: u32 },
+    /// A count larger than the file could hold.
     #[error("{what} claims {count} entries, more than the rest of the file could hold (truncated or corrupt file)")]
     CountTooLarge { what: String, count: u64 },
+    /// Arrays nested too deeply.
     #[error("metadata nesting deeper than {0} levels in key {1:?}")]
     TooDeep(usize, String),
+    /// A metadata key appears twice.
     #[error("duplicate metadata key {0:?}")]
     DuplicateKey(String),
+    /// A tensor name appears twice.
     #[error("duplicate tensor name {0:?}")]
     DuplicateTensor(String),
+    /// A metadata value of the wrong type.
     #[error("metadata key {key:?} has the wrong type: expected {expected}, found {found}")]
     WrongType {
         key: String,
         expected: &'static str,
         found: String,
     },
+    /// An alignment that is zero or not a power of two.
     #[error("general.alignment = {0} is not a power of two between 1 and 65536")]
     BadAlignment(u64),
+    /// A tensor of an unknown ggml type.
     #[error("tensor {tensor:?} has unknown tensor type id {id}")]
     UnknownTensorType { tensor: String, id: u32 },
+    /// A tensor shape that is empty, too deep, overflowing, or ragged for its type.
     #[error("tensor {tensor:?} has an invalid shape {dims:?}: {why}")]
     BadShape {
         tensor: String,
         dims: Vec<u64>,
         why: String,
     },
+    /// A tensor's bytes extend past the data section.
     #[error("tensor {tensor:?} data [{start}, {end}) lies outside the data section, which holds {data_len} bytes")]
     TensorOutOfBounds {
         tensor: String,
@@ -55,16 +70,20 @@ pub enum GgufErrorKind {
         end: u64,
         data_len: u64,
     },
+    /// A tensor offset not on the alignment.
     #[error("tensor {tensor:?} starts at offset {offset}, which is not a multiple of the alignment {alignment}")]
     MisalignedTensor {
         tensor: String,
         offset: u64,
         alignment: u64,
     },
+    /// Two tensors share bytes.
     #[error("tensors {a:?} and {b:?} overlap in the data section")]
     OverlappingTensors { a: String, b: String },
+    /// A required metadata key is absent.
     #[error("missing metadata key {0:?}")]
     MissingKey(String),
+    /// A required tensor is absent.
     #[error("no tensor named {0:?}")]
     MissingTensor(String),
 }
@@ -72,7 +91,9 @@ pub enum GgufErrorKind {
 /// A GGUF reading error, with the path of the file when there is one.
 #[derive(Debug)]
 pub struct GgufError {
+    /// The file, when opened from one.
     pub path: Option<PathBuf>,
+    /// What went wrong.
     pub kind: GgufErrorKind,
 }
 

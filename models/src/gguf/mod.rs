@@ -31,8 +31,11 @@ const MAX_NESTING: usize = 8;
 /// `(n_out, n_in)` has `dims = [n_in, n_out]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorInfo {
+    /// Tensor name.
     pub name: String,
+    /// Dimensions, innermost first (ggml order).
     pub dims: Vec<u64>,
+    /// Storage type.
     pub ty: QuantType,
     /// Offset from the start of the data section.
     pub offset: u64,
@@ -188,12 +191,15 @@ impl GgufFile {
         })
     }
 
+    /// The file, when opened from one.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }
+    /// GGUF version (2 or 3).
     pub fn version(&self) -> u32 {
         self.version
     }
+    /// Data alignment.
     pub fn alignment(&self) -> u64 {
         self.alignment
     }
@@ -211,6 +217,7 @@ impl GgufFile {
         &self.metadata
     }
 
+    /// A metadata value.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.key_index.get(key).map(|&i| &self.metadata[i].1)
     }
@@ -260,10 +267,12 @@ impl GgufFile {
         self.get_str("general.architecture")
     }
 
+    /// All tensors, in file order.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
     }
 
+    /// A tensor by name.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }

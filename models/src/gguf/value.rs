@@ -3,18 +3,31 @@
 /// One metadata value. Arrays hold values of a single type.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
+    /// GGUF `u8`.
     U8(u8),
+    /// GGUF `i8`.
     I8(i8),
+    /// GGUF `u16`.
     U16(u16),
+    /// GGUF `i16`.
     I16(i16),
+    /// GGUF `u32`.
     U32(u32),
+    /// GGUF `i32`.
     I32(i32),
+    /// GGUF `f32`.
     F32(f32),
+    /// GGUF `bool`.
     Bool(bool),
+    /// GGUF `String`.
     String(String),
+    /// GGUF array.
     Array(Vec<Value>),
+    /// GGUF `u64`.
     U64(u64),
+    /// GGUF `i64`.
     I64(i64),
+    /// GGUF `f64`.
     F64(f64),
 }
 
@@ -69,6 +82,7 @@ impl Value {
         }
     }
 
+    /// The string, if it is one.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::String(s) => Some(s),
@@ -76,6 +90,7 @@ impl Value {
         }
     }
 
+    /// The bool, if it is one.
     pub fn as_bool(&self) -> Option<bool> {
         match *self {
             Value::Bool(b) => Some(b),
@@ -83,6 +98,7 @@ impl Value {
         }
     }
 
+    /// The elements, if it is an array.
     pub fn as_array(&self) -> Option<&[Value]> {
         match self {
             Value::Array(items) => Some(items),

@@ -16,6 +16,7 @@ pub struct GgufWriter {
 }
 
 impl GgufWriter {
+    /// An empty file.
     pub fn new() -> Self {
         Self::default()
     }
