@@ -4,7 +4,7 @@
 //! GRPO training and evaluation are built on it.
 //!
 //! ```no_run
-//! use cleaner::session::{Session, SessionOptions};
+//! use cleaner_engine::session::{Session, SessionOptions};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut session = Session::open("qwen2.5-coder-0.5b", SessionOptions::default())?;
 //! let t = session.solve("What is 17 * 23 + 4?")?;
