@@ -299,3 +299,40 @@ fn kill_during_checkpoint_writes_keeps_one_loadable() {
         assert_eq!(st, state(st.step));
     }
 }
+
+#[test]
+fn eval_reports_pass_at_1_as_the_mean_over_samples() {
+    let _serial = common::serial();
+    let mut options = cleaner::session::SessionOptions {
+        slots: 4,
+        threads: 2,
+        max_prompt_tokens: 256,
+        ..Default::default()
+    };
+    options.agent.max_response_tokens = 16;
+    options.agent.max_turn_tokens = 16;
+    let mut session =
+        cleaner::session::Session::open(&common::test_model_path().display().to_string(), options)
+            .expect("session");
+    // Solved exactly when it is a problem's first sample: pass@1 = 1/3.
+    let first_sample = |_: &Item, t: &Trajectory| if t.rollout == 0 { 1.0 } else { -1.0 };
+    let (report, trajectories) =
+        cleaner::rl::evaluate(&mut session, &tasks(), 3, &first_sample, &mut |_, _| {})
+            .expect("eval");
+    assert_eq!(trajectories.len(), 6);
+    assert_eq!((report.problems, report.samples), (2, 3));
+    assert!(
+        (report.accuracy - 1.0 / 3.0).abs() < 1e-12,
+        "{}",
+        report.accuracy
+    );
+    assert!(report
+        .per_problem
+        .iter()
+        .all(|p| p.solved == 1 && p.samples == 3));
+    // Problem means do not vary: the interval is Wilson's over the 6 samples.
+    assert_eq!(report.stderr, 0.0);
+    assert_eq!(report.ci95, cleaner::rl::eval::wilson(1.0 / 3.0, 6.0));
+    assert!(trajectories.iter().all(|t| t.reward.is_some()));
+    assert_eq!(report.purify, 1.0);
+}
