@@ -42,7 +42,9 @@ unsafe extern "C" fn callback(level: sys::ggml_log_level, text: *const c_char, _
     drop(partial);
     match level {
         sys::GGML_LOG_LEVEL_ERROR => log::error!(target: "llama.cpp", "{line}"),
-        sys::GGML_LOG_LEVEL_WARN if is_harmless(&line) => log::debug!(target: "llama.cpp", "{line}"),
+        sys::GGML_LOG_LEVEL_WARN if is_harmless(&line) => {
+            log::debug!(target: "llama.cpp", "{line}")
+        }
         sys::GGML_LOG_LEVEL_WARN => log::warn!(target: "llama.cpp", "{line}"),
         sys::GGML_LOG_LEVEL_INFO => log::debug!(target: "llama.cpp", "{line}"),
         _ => log::trace!(target: "llama.cpp", "{line}"),
