@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::agent::config::MATH_PROMPT_HERMES;
-use crate::agent::format::tool_schema;
+use crate::agent::prompt;
 use crate::agent::{
     Agent, AgentConfig, AgentError, BatchStats, FormatKind, Problem, ToolFormat, Trajectory,
 };
 use crate::assets::{self, AssetError, AssetStore};
-use crate::chat::{ChatError, ChatTemplate, Message};
+use crate::chat::{ChatError, ChatTemplate};
 use crate::llama::{LlamaError, LoraAdapter, Model, ModelParams};
 use crate::rollout::{Policy, PolicyConfig, RolloutError};
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxError};
@@ -174,30 +174,12 @@ impl Session {
 
     /// Tokenizes the prompt of each item with the model's chat template.
     pub fn problems(&self, items: &[Item]) -> Result<Vec<Problem>, SessionError> {
-        let tools = [tool_schema()];
-        let hermes = self.options.agent.format == FormatKind::Hermes;
-        items
-            .iter()
-            .map(|item| {
-                let mut messages = Vec::new();
-                if let Some(s) = &self.options.agent.system_prompt {
-                    messages.push(Message::system(s.clone()));
-                }
-                messages.push(Message::user(
-                    self.options
-                        .agent
-                        .user_prompt
-                        .replace("{problem}", &item.question),
-                ));
-                let prompt =
-                    self.template
-                        .tokenize(&self.model, &messages, hermes.then_some(&tools[..]))?;
-                Ok(Problem {
-                    id: item.id.clone(),
-                    prompt,
-                })
-            })
-            .collect()
+        Ok(prompt::problems(
+            &self.template,
+            &self.model,
+            &self.options.agent,
+            items,
+        )?)
     }
 
     /// Runs the agent on `items`, `group` rollouts each, all in one

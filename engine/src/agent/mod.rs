@@ -9,6 +9,7 @@ pub mod answer;
 pub mod backend;
 pub mod config;
 pub mod format;
+pub mod prompt;
 pub mod runner;
 pub mod similarity;
 pub mod stats;

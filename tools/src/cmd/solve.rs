@@ -3,8 +3,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use cleaner::agent::config::MATH_PROMPT_HERMES;
 use cleaner::agent::trajectory::write_jsonl;
-use cleaner::agent::{Agent, AgentConfig, FormatKind, Problem, ToolFormat};
-use cleaner::chat::{ChatTemplate, Message};
+use cleaner::agent::{Agent, AgentConfig, FormatKind, ToolFormat};
+use cleaner::chat::ChatTemplate;
 use cleaner::tasks::{math_equal, Dataset, Fields};
 use cleaner::{Policy, PolicyConfig};
 
@@ -109,22 +109,7 @@ pub fn run(a: Args) -> Result<()> {
             ToolFormat::hermes(&template)?
         }
     };
-    let tools = [cleaner::agent::format::tool_schema()];
-    let mut problems = Vec::new();
-    for item in &items {
-        let mut messages = Vec::new();
-        if let Some(s) = &config.system_prompt {
-            messages.push(Message::system(s.clone()));
-        }
-        messages.push(Message::user(
-            config.user_prompt.replace("{problem}", &item.question),
-        ));
-        let tools = (a.format == FormatKind::Hermes).then_some(&tools[..]);
-        problems.push(Problem {
-            id: item.id.clone(),
-            prompt: template.tokenize(&model, &messages, tools)?,
-        });
-    }
+    let problems = cleaner::agent::prompt::problems(&template, &model, &config, &items)?;
     let longest = problems.iter().map(|p| p.prompt.len()).max().unwrap_or(0);
     let per_seq = longest + a.max_response_tokens + 2 * config.max_turn_tokens + 512;
     let policy_config = PolicyConfig {
@@ -164,13 +149,7 @@ pub fn run(a: Args) -> Result<()> {
     let n = trajectories.len();
     let acc = correct as f64 / n as f64;
     let se = (acc * (1.0 - acc) / n as f64).sqrt();
-    // Wilson score interval: stays inside [0, 1] for small samples.
-    let (lo, hi) = {
-        let (z, nf) = (1.96f64, n as f64);
-        let centre = (acc + z * z / (2.0 * nf)) / (1.0 + z * z / nf);
-        let half = z * ((acc * (1.0 - acc) + z * z / (4.0 * nf)) / nf).sqrt() / (1.0 + z * z / nf);
-        (centre - half, centre + half)
-    };
+    let (lo, hi) = cleaner::rl::eval::wilson(acc, n as f64);
     let out = a
         .out
         .unwrap_or_else(|| PathBuf::from(format!("runs/solve-{}-{}.jsonl", a.dataset, a.purify)));

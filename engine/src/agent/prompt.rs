@@ -1,0 +1,37 @@
+//! Problems as the agent sees them: the system and user messages of the
+//! config, rendered by the model's own chat template (with the tool schema
+//! for the Hermes format) and tokenized.
+
+use super::config::AgentConfig;
+use super::format::{tool_schema, FormatKind};
+use super::runner::Problem;
+use crate::chat::{ChatError, ChatTemplate, Message};
+use crate::llama::Model;
+use crate::tasks::Item;
+
+/// The tokenized prompt of every item.
+pub fn problems(
+    template: &ChatTemplate,
+    model: &Model,
+    config: &AgentConfig,
+    items: &[Item],
+) -> Result<Vec<Problem>, ChatError> {
+    let tools = [tool_schema()];
+    let tools = (config.format == FormatKind::Hermes).then_some(&tools[..]);
+    items
+        .iter()
+        .map(|item| {
+            let mut messages = Vec::new();
+            if let Some(s) = &config.system_prompt {
+                messages.push(Message::system(s.clone()));
+            }
+            messages.push(Message::user(
+                config.user_prompt.replace("{problem}", &item.question),
+            ));
+            Ok(Problem {
+                id: item.id.clone(),
+                prompt: template.tokenize(model, &messages, tools)?,
+            })
+        })
+        .collect()
+}
