@@ -2,8 +2,9 @@
 //!
 //! An embedded, single-process engine for agentic reinforcement learning of
 //! small language models with CLEANER trajectory purification: rollouts with
-//! llama.cpp, KV-cache rollback, LoRA hot-swap, and (as they land) the Python
-//! sandbox, the purifying agent loop and GRPO training.
+//! llama.cpp, KV-cache rollback and LoRA hot-swap; the Python sandbox (CPython
+//! on WASI); the purifying agent loop; our own LoRA trainer over the
+//! memory-mapped quantized weights; GRPO training and evaluation.
 //!
 //! This crate is the public facade: it re-exports the API of the workspace
 //! crates so applications depend on one crate.
@@ -74,6 +75,8 @@
 //! trainer.export_peft(std::path::Path::new("run/peft"))?; // adapter_model.safetensors + adapter_config.json
 //! # Ok(()) }
 //! ```
+
+#![warn(missing_docs)]
 
 pub use cleaner_engine::{
     agent, assets, chat, llama, rl, rollout, sampling, sandbox, session, tasks, train,

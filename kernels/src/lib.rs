@@ -5,6 +5,8 @@
 //! keeps a plain scalar twin that serves as its test oracle and fallback.
 //! Shapes are written `[n_tok, n_embd]` style (row-major, last index fastest).
 
+#![warn(missing_docs)]
+
 pub mod activation;
 pub mod attention;
 pub mod f16;

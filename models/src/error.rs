@@ -13,14 +13,19 @@ pub enum ModelErrorKind {
     /// An architecture the trainer does not implement.
     #[error("unsupported architecture {found:?}; supported: {}", supported.join(", "))]
     UnknownArchitecture {
+        /// The architecture the file declares.
         found: String,
+        /// The architectures the trainer implements.
         supported: Vec<&'static str>,
     },
     /// A metadata value the architecture cannot use.
     #[error("metadata {key} = {value} is invalid: {why}")]
     BadConfig {
+        /// The metadata key.
         key: String,
+        /// The value found.
         value: String,
+        /// What is wrong, in words.
         why: String,
     },
     /// A tensor the architecture needs is absent.
@@ -29,15 +34,21 @@ pub enum ModelErrorKind {
     /// A tensor has the wrong shape.
     #[error("tensor {name:?} has shape {found:?}, expected {expected:?} (ggml order) for this configuration")]
     TensorShape {
+        /// The tensor name.
         name: String,
+        /// The shape this configuration needs (ggml order).
         expected: Vec<u64>,
+        /// The shape in the file (ggml order).
         found: Vec<u64>,
     },
     /// A tensor has a type the trainer cannot read.
     #[error("tensor {name:?} has type {ty}: {why}")]
     TensorType {
+        /// The tensor name.
         name: String,
+        /// The ggml type name.
         ty: String,
+        /// What is wrong, in words.
         why: String,
     },
     #[error(
@@ -45,8 +56,11 @@ pub enum ModelErrorKind {
     )]
     /// A token id outside the vocabulary.
     TokenOutOfRange {
+        /// Index of the token in the sequence.
         position: usize,
+        /// The token id.
         token: u32,
+        /// Vocabulary size.
         n_vocab: usize,
     },
     /// A call with inconsistent arguments, explained.

@@ -5,6 +5,8 @@
 //! This crate knows file formats and model structure; it knows nothing about
 //! llama.cpp, sampling, sandboxes or reinforcement learning.
 
+#![warn(missing_docs)]
+
 pub mod adapter_file;
 pub mod arch;
 pub mod backward;

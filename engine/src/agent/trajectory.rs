@@ -184,14 +184,19 @@ pub enum TrajectoryError {
     /// The file could not be opened, read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// A line is not a valid trajectory; `line` is 1-based.
     #[error("{path} line {line}: {why}")]
     Malformed {
+        /// The file.
         path: String,
+        /// 1-based line number.
         line: usize,
+        /// What is wrong, in words.
         why: String,
     },
 }

@@ -29,17 +29,27 @@ pub enum LlamaError {
     /// The file is not a valid GGUF.
     #[error("model file: {source}")]
     ModelFile {
+        /// The file.
         path: PathBuf,
+        /// The underlying error.
         source: cleaner_models::GgufError,
     },
     /// llama.cpp refused the model; `log` is its message.
     #[error("{path}: llama.cpp could not load the model: {log}")]
-    ModelLoad { path: PathBuf, log: String },
+    ModelLoad {
+        /// The file.
+        path: PathBuf,
+        /// llama.cpp's log lines explaining the failure.
+        log: String,
+    },
     /// llama.cpp could not create the context.
     #[error("llama.cpp could not create a context (n_ctx {n_ctx}, n_seq_max {n_seq_max}): {log}")]
     ContextInit {
+        /// Context size in cells.
         n_ctx: u32,
+        /// Sequences requested.
         n_seq_max: u32,
+        /// llama.cpp's log lines explaining the failure.
         log: String,
     },
     /// Context parameters out of range.
@@ -47,19 +57,39 @@ pub enum LlamaError {
     ContextParams(String),
     /// The adapter file does not fit the model.
     #[error("adapter {path}: {why}")]
-    Adapter { path: PathBuf, why: String },
+    Adapter {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, in words.
+        why: String,
+    },
     /// The KV cache has no room for the batch.
     #[error("the KV cache is full: no room for {n_tokens} more tokens in a context of {n_ctx} cells (close sequences or raise n_ctx)")]
-    KvCacheFull { n_tokens: usize, n_ctx: u32 },
+    KvCacheFull {
+        /// Tokens that did not fit.
+        n_tokens: usize,
+        /// Context size in cells.
+        n_ctx: u32,
+    },
     /// llama_decode failed.
     #[error("llama_decode failed with code {code}: {log}")]
-    Decode { code: i32, log: String },
+    Decode {
+        /// llama_decode's return code.
+        code: i32,
+        /// llama.cpp's log lines explaining the failure.
+        log: String,
+    },
     /// Text too long to tokenize.
     #[error("text of {0} bytes is too long to tokenize")]
     TextTooLong(usize),
     /// A token id outside the vocabulary.
     #[error("token id {token} is outside the vocabulary of {n_vocab} tokens")]
-    BadToken { token: Token, n_vocab: usize },
+    BadToken {
+        /// The token id.
+        token: Token,
+        /// Vocabulary size.
+        n_vocab: usize,
+    },
 }
 
 static BACKEND: OnceLock<Option<llama_cpp_2::llama_backend::LlamaBackend>> = OnceLock::new();

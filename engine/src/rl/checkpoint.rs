@@ -44,12 +44,19 @@ pub enum CheckpointError {
     /// A file or directory operation failed.
     #[error("{path}: {source}")]
     Io {
+        /// The checkpoint file or directory.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// A file is malformed.
     #[error("{path}: {why}")]
-    Invalid { path: PathBuf, why: String },
+    Invalid {
+        /// The checkpoint file or directory.
+        path: PathBuf,
+        /// What is wrong, in words.
+        why: String,
+    },
     /// The adapter or optimizer state could not be saved or loaded.
     #[error(transparent)]
     Train(#[from] TrainError),

@@ -34,14 +34,19 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("{origin}: {error}")]
     Io {
+        /// The config file (or shipped config name).
         origin: String,
+        /// The underlying error.
         error: std::io::Error,
     },
     /// A key is unknown, has the wrong type or an impossible value.
     #[error("{origin}: key `{key}`: {why}")]
     Invalid {
+        /// The config file (or shipped config name).
         origin: String,
+        /// The metadata key.
         key: String,
+        /// What is wrong, in words.
         why: String,
     },
 }

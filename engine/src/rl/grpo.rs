@@ -55,7 +55,9 @@ pub enum GrpoError {
     /// A run file.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// Anything else, explained.
@@ -75,15 +77,21 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GrpoError + '_ {
 pub enum Progress {
     /// Rollouts of `step`: `done` of `total` finished.
     Rollouts {
+        /// The step (1-based).
         step: u64,
+        /// Finished so far.
         done: usize,
+        /// How many in all.
         total: usize,
     },
     /// Forward/backward passes of `step`: `done` of `total` sequences
     /// (old log-probs, then the updates).
     Training {
+        /// The step (1-based).
         step: u64,
+        /// Finished so far.
         done: usize,
+        /// How many in all.
         total: usize,
     },
     /// A step ended.

@@ -41,7 +41,9 @@ pub enum SandboxError {
     /// The interpreter file could not be read.
     #[error("cannot read the interpreter {path}: {source}")]
     Wasm {
+        /// The file.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// The interpreter could not be compiled.
@@ -120,7 +122,9 @@ pub enum Outcome {
     /// An uncaught exception or a non-zero exit; `exception` is the Python
     /// class name, or `exit status N` for `sys.exit(N)` / `os._exit(N)`.
     Error {
+        /// Which kind of failure (syntax, name, type, ...).
         class: ErrorClass,
+        /// The exception class name, or `exit status N`.
         exception: String,
     },
     /// Ran past its time limit.
@@ -130,7 +134,10 @@ pub enum Outcome {
     /// Wrote past its output cap.
     OutputLimit,
     /// The interpreter itself failed (a wasm trap).
-    Crashed { reason: String },
+    Crashed {
+        /// The trap or runtime error.
+        reason: String,
+    },
 }
 
 impl Outcome {

@@ -43,14 +43,19 @@ pub enum DatasetError {
     /// The file could not be read.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// A line is not JSON or lacks a field; `line` is 1-based.
     #[error("{path} line {line}: {why}")]
     Malformed {
+        /// The file.
         path: PathBuf,
+        /// 1-based line number.
         line: usize,
+        /// What is wrong, in words.
         why: String,
     },
     /// Neither a known dataset name nor a `.jsonl` path.

@@ -31,7 +31,9 @@ pub enum TrainError {
     /// A file operation.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// A bad argument, explained.

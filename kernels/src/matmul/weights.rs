@@ -10,12 +10,21 @@ pub enum WeightError {
     /// The format has no dequantizer.
     Unsupported(QuantType),
     /// Rows must hold a whole number of blocks.
-    RaggedRow { ty: QuantType, n_cols: usize },
+    RaggedRow {
+        /// The quantization type.
+        ty: QuantType,
+        /// Values per row.
+        n_cols: usize,
+    },
     /// The data does not hold exactly `n_rows x n_cols` values.
     Size {
+        /// The quantization type.
         ty: QuantType,
+        /// Rows.
         n_rows: usize,
+        /// Values per row.
         n_cols: usize,
+        /// Bytes given.
         bytes: usize,
     },
 }

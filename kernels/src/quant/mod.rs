@@ -167,8 +167,11 @@ pub enum DequantError {
     Unsupported(QuantType),
     /// `bytes` and `out` do not describe the same whole number of blocks.
     Length {
+        /// The quantization type.
         ty: QuantType,
+        /// Bytes given.
         bytes: usize,
+        /// Values asked for.
         values: usize,
     },
 }

@@ -12,27 +12,49 @@ pub enum GgufErrorKind {
     Io(#[from] std::io::Error),
     /// Not a GGUF file.
     #[error("not a GGUF file: expected magic bytes \"GGUF\", found {found:?}")]
-    BadMagic { found: Vec<u8> },
+    BadMagic {
+        /// The first bytes of the file.
+        found: Vec<u8>,
+    },
     /// A GGUF version other than 2 and 3.
     #[error("unsupported GGUF version {0} (this reader supports versions 2 and 3)")]
     UnsupportedVersion(u32),
     /// The file ends inside a structure.
     #[error("file is truncated: needed {needed} bytes for {what} at offset {offset}, but the file has {len} bytes")]
     Truncated {
+        /// The structure being read.
         what: String,
+        /// Byte offset in the file.
         offset: u64,
+        /// Bytes the structure needs.
         needed: u64,
+        /// File size in bytes.
         len: u64,
     },
     /// A string is not UTF-8.
     #[error("{what} at offset {offset} is not valid UTF-8")]
-    InvalidUtf8 { what: String, offset: u64 },
+    InvalidUtf8 {
+        /// The structure being read.
+        what: String,
+        /// Byte offset in the file.
+        offset: u64,
+    },
     /// A metadata value of an unknown type.
     #[error("metadata key {key:?} has unknown value type {ty}")]
-    UnknownValueType { key: String, ty: u32 },
+    UnknownValueType {
+        /// The metadata key.
+        key: String,
+        /// The type id found.
+        ty: u32,
+    },
     /// A count larger than the file could hold.
     #[error("{what} claims {count} entries, more than the rest of the file could hold (truncated or corrupt file)")]
-    CountTooLarge { what: String, count: u64 },
+    CountTooLarge {
+        /// The structure being read.
+        what: String,
+        /// The count the file claims.
+        count: u64,
+    },
     /// Arrays nested too deeply.
     #[error("metadata nesting deeper than {0} levels in key {1:?}")]
     TooDeep(usize, String),
@@ -45,8 +67,11 @@ pub enum GgufErrorKind {
     /// A metadata value of the wrong type.
     #[error("metadata key {key:?} has the wrong type: expected {expected}, found {found}")]
     WrongType {
+        /// The metadata key.
         key: String,
+        /// The type expected.
         expected: &'static str,
+        /// The type found.
         found: String,
     },
     /// An alignment that is zero or not a power of two.
@@ -54,32 +79,52 @@ pub enum GgufErrorKind {
     BadAlignment(u64),
     /// A tensor of an unknown ggml type.
     #[error("tensor {tensor:?} has unknown tensor type id {id}")]
-    UnknownTensorType { tensor: String, id: u32 },
+    UnknownTensorType {
+        /// The tensor name.
+        tensor: String,
+        /// The ggml type id.
+        id: u32,
+    },
     /// A tensor shape that is empty, too deep, overflowing, or ragged for its type.
     #[error("tensor {tensor:?} has an invalid shape {dims:?}: {why}")]
     BadShape {
+        /// The tensor name.
         tensor: String,
+        /// The dimensions, ggml order.
         dims: Vec<u64>,
+        /// What is wrong, in words.
         why: String,
     },
     /// A tensor's bytes extend past the data section.
     #[error("tensor {tensor:?} data [{start}, {end}) lies outside the data section, which holds {data_len} bytes")]
     TensorOutOfBounds {
+        /// The tensor name.
         tensor: String,
+        /// First byte (data-section offset).
         start: u64,
+        /// One past the last byte.
         end: u64,
+        /// Size of the data section in bytes.
         data_len: u64,
     },
     /// A tensor offset not on the alignment.
     #[error("tensor {tensor:?} starts at offset {offset}, which is not a multiple of the alignment {alignment}")]
     MisalignedTensor {
+        /// The tensor name.
         tensor: String,
+        /// Byte offset in the file.
         offset: u64,
+        /// The file's alignment.
         alignment: u64,
     },
     /// Two tensors share bytes.
     #[error("tensors {a:?} and {b:?} overlap in the data section")]
-    OverlappingTensors { a: String, b: String },
+    OverlappingTensors {
+        /// One tensor.
+        a: String,
+        /// The other tensor.
+        b: String,
+    },
     /// A required metadata key is absent.
     #[error("missing metadata key {0:?}")]
     MissingKey(String),
