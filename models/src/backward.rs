@@ -4,13 +4,14 @@
 //! checkpointing), except its attention, whose output and log-sum-exps the
 //! training forward saved (the only op whose cost grows with `n_tok^2`).
 //! Memory is O(n_layer * n_tok * (n_embd + q_dim)) plus one block's
-//! intermediates. Base weights are only read.
+//! intermediates. Blocks the forward kept whole (within the memory the
+//! caller allowed) are not recomputed. Base weights are only read.
 
 use crate::error::ModelError;
 use crate::forward::{BlockActs, Tape};
 use crate::lora::{Lora, Proj};
 use crate::model::{Layer, MatrixRef, Transformer};
-use cleaner_kernels::activation::swiglu_backward;
+use cleaner_kernels::activation::{swiglu_backward, swiglu_forward};
 use cleaner_kernels::attention::{attention_backward, AttnShape};
 use cleaner_kernels::logits::token_logprobs_backward;
 use cleaner_kernels::matmul::{matmul_tn, matmul_w, Weights};
@@ -64,22 +65,31 @@ impl Transformer {
             &mut dx,
             false,
         );
-        // Blocks in reverse, each recomputed from its input.
+        // Blocks in reverse, each kept whole by the forward or recomputed
+        // from its input.
         let positions: Vec<u32> = (0..n_tok as u32).collect();
-        let mut acts = BlockActs::new(self, n_tok, Some(lora));
+        let mut recomputed = None;
         for (li, layer) in self.layers.iter().enumerate().rev() {
             let x_in = &tape.block_inputs[li];
-            let mut x = x_in.clone();
-            self.block_forward(
-                li,
-                layer,
-                Some(lora),
-                &mut x,
-                &positions,
-                &mut acts,
-                tape.attention.get(li),
-            );
-            self.block_backward(li, layer, lora, x_in, &positions, &acts, &mut dx, grads);
+            let acts = match tape.kept.get(li).and_then(Option::as_ref) {
+                Some(kept) => kept,
+                None => {
+                    let acts =
+                        recomputed.get_or_insert_with(|| BlockActs::new(self, n_tok, Some(lora)));
+                    let mut x = x_in.clone();
+                    self.block_forward(
+                        li,
+                        layer,
+                        Some(lora),
+                        &mut x,
+                        &positions,
+                        acts,
+                        tape.attention.get(li),
+                    );
+                    &*acts
+                }
+            };
+            self.block_backward(li, layer, lora, x_in, &positions, acts, &mut dx, grads);
         }
         Ok(())
     }
@@ -107,9 +117,19 @@ impl Transformer {
             n_tok,
         };
         // Feed-forward: out = x_mid + Wdown . swiglu(Wgate . xn2, Wup . xn2).
+        // A block kept whole by the forward dropped its SwiGLU output.
+        let recomputed_act;
+        let act = if a.act.is_empty() {
+            let mut act = vec![0f32; a.gate.len()];
+            swiglu_forward(&a.gate, &a.up, &mut act);
+            recomputed_act = act;
+            &recomputed_act
+        } else {
+            &a.act
+        };
         let mut d_act = vec![0f32; n_tok * c.n_ff];
         lin.run(
-            &a.act,
+            act,
             &l.w_down,
             Proj::Down,
             a.u_saved(Proj::Down),

@@ -101,14 +101,91 @@ impl BlockActs {
             .find(|(q, _)| *q == p)
             .map(|(_, u)| u)
     }
+
+    /// Bytes held by all buffers as they are now.
+    fn held_bytes(&self) -> usize {
+        let lens = [
+            &self.xn1,
+            &self.rstd1,
+            &self.q_lin,
+            &self.k_lin,
+            &self.rstd_q,
+            &self.rstd_k,
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.att,
+            &self.lse,
+            &self.x_mid,
+            &self.xn2,
+            &self.rstd2,
+            &self.gate,
+            &self.up,
+            &self.act,
+            &self.proj,
+        ]
+        .iter()
+        .map(|b| b.len())
+        .sum::<usize>();
+        let u: usize = self.lora_u.iter().map(|(_, u)| u.len()).sum();
+        (lens + u) * std::mem::size_of::<f32>()
+    }
+
+    /// Bytes this block keeps once the scratch buffers are dropped (see
+    /// [`BlockActs::into_saved`]).
+    fn saved_bytes(&self, has_qk_norm: bool) -> usize {
+        let qk_lin = if has_qk_norm {
+            self.q_lin.len() + self.k_lin.len() + self.rstd_q.len() + self.rstd_k.len()
+        } else {
+            0
+        };
+        let floats = self.xn1.len()
+            + self.rstd1.len()
+            + qk_lin
+            + self.q.len()
+            + self.k.len()
+            + self.v.len()
+            + self.att.len()
+            + self.lse.len()
+            + self.x_mid.len()
+            + self.xn2.len()
+            + self.rstd2.len()
+            + self.gate.len()
+            + self.up.len()
+            + self.lora_u.iter().map(|(_, u)| u.len()).sum::<usize>();
+        floats * std::mem::size_of::<f32>()
+    }
+
+    /// The block's intermediates as the backward pass reads them: the
+    /// projection scratch is dropped, and so are the SwiGLU output (the
+    /// backward recomputes it from gate and up, an element-wise op) and the
+    /// pre-norm q/k of models without q/k norms (their backward never reads
+    /// them).
+    fn into_saved(mut self, has_qk_norm: bool) -> BlockActs {
+        self.proj = Vec::new();
+        self.act = Vec::new();
+        if !has_qk_norm {
+            self.q_lin = Vec::new();
+            self.k_lin = Vec::new();
+            self.rstd_q = Vec::new();
+            self.rstd_k = Vec::new();
+        }
+        self
+    }
 }
 
 /// Saved state of a training forward pass: each block's input, the final
-/// hidden states and what the log-prob backward needs.
+/// hidden states and what the log-prob backward needs; and, for the first
+/// blocks that fit the memory allowed (see
+/// [`Transformer::forward_train_keeping`]), all of the block's
+/// intermediates, so the backward pass need not recompute them.
 pub struct Tape {
     pub(crate) tokens: Vec<u32>,
     /// `[n_layer][n_tok, n_embd]`: input of each block.
     pub(crate) block_inputs: Vec<Vec<f32>>,
+    /// `[n_layer]`: every intermediate of the blocks kept whole; `None` for
+    /// the blocks the backward pass recomputes from their input.
+    pub(crate) kept: Vec<Option<BlockActs>>,
     /// `[n_layer]` of (attention output `[n_tok, q_dim]`, its log-sum-exps
     /// `[n_head, n_tok]`): the backward's recomputation of a block skips its
     /// attention, the one op whose cost grows with `n_tok^2`.
@@ -127,6 +204,17 @@ impl Tape {
     /// Tokens of the recorded forward pass.
     pub fn n_tok(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// Blocks whose intermediates are kept whole (not recomputed by the
+    /// backward pass).
+    pub fn kept_blocks(&self) -> usize {
+        self.kept.iter().filter(|k| k.is_some()).count()
+    }
+
+    /// Bytes held by the blocks kept whole.
+    pub fn kept_bytes(&self) -> usize {
+        self.kept.iter().flatten().map(BlockActs::held_bytes).sum()
     }
 }
 
@@ -219,7 +307,7 @@ impl Transformer {
                 ))));
             }
         }
-        let tape = self.run_forward(tokens, lora, false);
+        let tape = self.run_forward(tokens, lora, None);
         let (logprobs, _) = self.tape_logprobs(&tape);
         let c = self.config();
         let logits = logits_for.map(|r| {
@@ -235,15 +323,32 @@ impl Transformer {
         Ok(ForwardOutput { logprobs, logits })
     }
 
-    /// Training forward: log-probs plus the tape the backward pass needs.
+    /// Training forward: log-probs plus the tape the backward pass needs,
+    /// with per-block activation checkpointing (memory
+    /// O(n_layer * n_tok * (n_embd + q_dim)); the backward pass recomputes
+    /// each block's projections).
     pub fn forward_train(
         &self,
         tokens: &[u32],
         lora: &Lora,
     ) -> Result<(Vec<f32>, Tape), ModelError> {
+        self.forward_train_keeping(tokens, lora, 0)
+    }
+
+    /// [`Transformer::forward_train`] that also keeps every intermediate of
+    /// as many leading blocks as fit in `keep_bytes`, so the backward pass
+    /// skips recomputing their projections (a third of a training step's
+    /// matrix work) at the price of that memory. The gradients are
+    /// bit-identical to those of the fully checkpointed pass.
+    pub fn forward_train_keeping(
+        &self,
+        tokens: &[u32],
+        lora: &Lora,
+        keep_bytes: usize,
+    ) -> Result<(Vec<f32>, Tape), ModelError> {
         self.check_tokens(tokens)?;
         self.check_lora(lora)?;
-        let mut tape = self.run_forward(tokens, Some(lora), true);
+        let mut tape = self.run_forward(tokens, Some(lora), Some(keep_bytes));
         let (logprobs, lse) = self.tape_logprobs(&tape);
         tape.lse = lse;
         Ok((logprobs, tape))
@@ -265,7 +370,9 @@ impl Transformer {
         (lp, lse)
     }
 
-    fn run_forward(&self, tokens: &[u32], lora: Option<&Lora>, keep_inputs: bool) -> Tape {
+    /// `train`: `None` for inference; `Some(bytes)` records the tape, with
+    /// whole blocks kept up to `bytes`.
+    fn run_forward(&self, tokens: &[u32], lora: Option<&Lora>, train: Option<usize>) -> Tape {
         let c = self.config();
         let (n_tok, n_embd) = (tokens.len(), c.n_embd);
         let embd = self.weights(&self.token_embd);
@@ -277,12 +384,26 @@ impl Transformer {
         let mut acts = BlockActs::new(self, n_tok, lora);
         let mut block_inputs = Vec::new();
         let mut attention = Vec::new();
+        let mut kept = Vec::new();
+        let mut keep_left = train.unwrap_or(0);
         for (i, layer) in self.layers.iter().enumerate() {
-            if keep_inputs {
+            if train.is_some() {
                 block_inputs.push(x.clone());
             }
             self.block_forward(i, layer, lora, &mut x, &positions, &mut acts, None);
-            if keep_inputs {
+            if train.is_none() {
+                continue;
+            }
+            let qk_norm = layer.q_norm.is_some();
+            let bytes = acts.saved_bytes(qk_norm);
+            if bytes <= keep_left {
+                keep_left -= bytes;
+                let whole = std::mem::replace(&mut acts, BlockActs::new(self, n_tok, lora));
+                kept.push(Some(whole.into_saved(qk_norm)));
+                // The kept block holds its attention output already.
+                attention.push((Vec::new(), Vec::new()));
+            } else {
+                kept.push(None);
                 attention.push((acts.att.clone(), acts.lse.clone()));
             }
         }
@@ -298,6 +419,7 @@ impl Transformer {
         Tape {
             tokens: tokens.to_vec(),
             block_inputs,
+            kept,
             attention,
             x_final: x,
             rstd_final,

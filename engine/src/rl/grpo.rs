@@ -211,11 +211,12 @@ impl Grpo {
         config: RunConfig,
         run_dir: &Path,
         session: Session,
-        trainer: Trainer,
+        mut trainer: Trainer,
         items: Vec<Item>,
         step: u64,
         elapsed_s: f64,
     ) -> Result<Grpo, GrpoError> {
+        trainer.set_activation_memory(config.trainer.activation_memory_mib.saturating_mul(1 << 20));
         if items.is_empty() {
             return Err(GrpoError::Run("no problems to train on".into()));
         }

@@ -12,4 +12,4 @@ pub use loss::{
     SeqLossInput,
 };
 pub use optim::{AdamW, AdamWConfig, Decay, UpdateStats};
-pub use trainer::{TrainError, Trainer};
+pub use trainer::{TrainError, Trainer, DEFAULT_ACTIVATION_MEMORY};

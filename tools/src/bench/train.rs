@@ -3,6 +3,14 @@
 //! PyTorch + PEFT on the CPU doing the same step on the same model
 //! (dequantized to f32 from the same GGUF by `transformers`), with the same
 //! thread count, measured in the same run (tools/bench_train_torch.py).
+//!
+//! Ours runs once per `--keep-mib` setting: 0 recomputes every block in the
+//! backward pass (per-block checkpointing, the least memory), larger values
+//! keep that much of the blocks' intermediates instead. Each implementation's
+//! rate is also given in useful GFLOP/s: the matrix work a step cannot avoid
+//! (forward and input-gradient products of every projection and the
+//! vocabulary, causal attention forward and backward), the same count for
+//! both, so the figure can be held against the CPU's sgemm rate.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -28,6 +36,10 @@ pub struct Args {
     /// ("none" skips the baseline).
     #[arg(long, default_value = "python3")]
     python: String,
+    /// Activation memory settings of ours to measure (MiB, comma-separated;
+    /// 0 = recompute every block).
+    #[arg(long, default_value = "0,2048")]
+    keep_mib: String,
 }
 
 struct Cell {
@@ -35,7 +47,27 @@ struct Cell {
     peak_mib: f64,
 }
 
-fn ours(path: &std::path::Path, n_tok: usize, reps: usize) -> Result<Cell> {
+/// The matrix work one training step cannot avoid, in FLOPs: every
+/// projection and the vocabulary projection forward and input-gradient
+/// (2 x 2 T n_in n_out), causal attention forward (QK^T, PV: 2 T^2 q_dim per
+/// block) and backward (four products: 4 T^2 q_dim). Recomputation and the
+/// small LoRA products are not counted.
+fn useful_flops(model: &Transformer, n_tok: usize) -> f64 {
+    use cleaner::models::lora::{proj_shape, Proj};
+    let c = model.config();
+    let params: usize = (0..model.layers.len())
+        .flat_map(|l| Proj::ALL.iter().map(move |&p| (l, p)))
+        .map(|(l, p)| {
+            let (o, i) = proj_shape(model, l, p);
+            o * i
+        })
+        .sum::<usize>()
+        + c.n_vocab * c.n_embd;
+    let t = n_tok as f64;
+    4.0 * t * params as f64 + 6.0 * t * t * (c.q_dim() * model.layers.len()) as f64
+}
+
+fn ours(path: &std::path::Path, n_tok: usize, reps: usize, keep_mib: usize) -> Result<Cell> {
     super::kernels::reset_peak_rss();
     let model = Transformer::open(path)?;
     let n_vocab = model.config().n_vocab as u64;
@@ -52,6 +84,7 @@ fn ours(path: &std::path::Path, n_tok: usize, reps: usize) -> Result<Cell> {
         AdamWConfig::default(),
         1,
     )?;
+    trainer.set_activation_memory(keep_mib << 20);
     let weights = vec![1f32; n_tok - 1];
     let mut times = Vec::new();
     for _ in 0..reps + 1 {
@@ -114,34 +147,54 @@ fn torch(
     }))
 }
 
+fn list(flag: &str, s: &str) -> Result<Vec<usize>> {
+    s.split(',')
+        .map(|t| {
+            t.trim()
+                .parse()
+                .with_context(|| format!("{flag}: {t:?} is not a whole number"))
+        })
+        .collect()
+}
+
 pub fn run(a: Args) -> Result<()> {
     let threads = rayon::current_num_threads();
-    let lens: Vec<usize> = a
-        .tokens
-        .split(',')
-        .map(|t| t.trim().parse().with_context(|| format!("--tokens: {t:?}")))
-        .collect::<Result<_>>()?;
-    println!("LoRA step (forward + backward, rank 16, q k v o gate up down), {threads} threads, median of {}\n", a.reps);
-    println!("| model | T | ours tok/s | PyTorch+PEFT tok/s | speed ratio | ours peak RSS MiB | PyTorch peak RSS MiB | memory ratio |");
-    println!("|---|---|---|---|---|---|---|---|");
+    let lens = list("--tokens", &a.tokens)?;
+    let keeps = list("--keep-mib", &a.keep_mib)?;
+    println!("LoRA step (forward + backward + AdamW, rank 16, q k v o gate up down), {threads} threads, median of {}", a.reps);
+    println!("(useful GFLOP/s in parentheses; ratios are ours / PyTorch)\n");
+    println!("| model | T | ours: kept MiB | ours tok/s | PyTorch+PEFT tok/s | speed ratio | ours peak RSS MiB | PyTorch peak RSS MiB | memory ratio |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for name in a.models.split(',') {
         let path = AssetStore::default().resolve_model(name.trim(), &mut |l| eprintln!("{l}"))?;
+        let flops = {
+            let m = Transformer::open(&path)?;
+            move |t| useful_flops(&m, t)
+        };
         for &t in &lens {
-            let o = ours(&path, t, a.reps)?;
+            let gflops = |tok_s: f64| tok_s / t as f64 * flops(t) / 1e9;
+            let mine = keeps
+                .iter()
+                .map(|&k| ours(&path, t, a.reps, k))
+                .collect::<Result<Vec<_>>>()?;
             let p = torch(&a.python, &path, t, a.reps, threads)?;
-            let (pt, pm, sr, mr) = match &p {
-                Some(p) => (
-                    format!("{:.1}", p.tok_s),
-                    format!("{:.0}", p.peak_mib),
-                    format!("{:.2}", o.tok_s / p.tok_s),
-                    format!("{:.2}", o.peak_mib / p.peak_mib),
-                ),
-                None => ("n/a".into(), "n/a".into(), "n/a".into(), "n/a".into()),
-            };
-            println!(
-                "| {name} | {t} | {:.1} | {pt} | {sr} | {:.0} | {pm} | {mr} |",
-                o.tok_s, o.peak_mib
-            );
+            for (o, k) in mine.iter().zip(&keeps) {
+                let (pt, pm, sr, mr) = match &p {
+                    Some(p) => (
+                        format!("{:.1} ({:.0})", p.tok_s, gflops(p.tok_s)),
+                        format!("{:.0}", p.peak_mib),
+                        format!("{:.2}", o.tok_s / p.tok_s),
+                        format!("{:.2}", o.peak_mib / p.peak_mib),
+                    ),
+                    None => ("n/a".into(), "n/a".into(), "n/a".into(), "n/a".into()),
+                };
+                println!(
+                    "| {name} | {t} | {k} | {:.1} ({:.0}) | {pt} | {sr} | {:.0} | {pm} | {mr} |",
+                    o.tok_s,
+                    gflops(o.tok_s),
+                    o.peak_mib
+                );
+            }
         }
     }
     Ok(())
