@@ -207,7 +207,14 @@ pub fn matmul_w_scalar(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
 
 /// `c = a^T b` for f32 row-major `a: [n_tok, m]`, `b: [n_tok, n]`, `c: [m, n]`:
 /// the weight gradient of a linear layer (LoRA's `dA`, `dB`). Adds into `c`
-/// when `accumulate`. Parallel over rows of `c`.
+/// when `accumulate`.
+///
+/// The narrow operand (LoRA's rank-wide one) is transposed once, which turns
+/// the product into an ordinary `[m, n_tok] x [n_tok, n]` for the matmul
+/// micro-kernel, parallel over 16-column panels; each output is one dot
+/// product over all tokens, so the result does not depend on the thread
+/// count. When `m > n` it computes `c^T = b^T a` and transposes the small
+/// result back.
 pub fn matmul_tn(a: &[f32], b: &[f32], n_tok: usize, c: &mut [f32], accumulate: bool) {
     let m = if n_tok == 0 { 0 } else { a.len() / n_tok };
     let n = if n_tok == 0 { 0 } else { b.len() / n_tok };
@@ -218,39 +225,78 @@ pub fn matmul_tn(a: &[f32], b: &[f32], n_tok: usize, c: &mut [f32], accumulate: 
     if !accumulate {
         c.fill(0.0);
     }
-    if n == 0 {
+    if n_tok == 0 || m == 0 || n == 0 {
         return;
     }
-    // Tasks own disjoint blocks of c: rows in chunks of 16 and, when there
-    // are few rows (LoRA's dA has `rank` rows), columns in chunks too.
-    const ROWS_PER_TASK: usize = 16;
-    let threads = rayon::current_num_threads();
-    let row_tasks = m.div_ceil(ROWS_PER_TASK);
-    let col_chunk = if row_tasks >= 2 * threads {
-        n
+    if m <= n {
+        tn_narrow_left(micro::select(), a, b, n_tok, m, n, c);
     } else {
-        n.div_ceil(4 * threads).max(64).min(n)
-    };
-    let col_tasks = n.div_ceil(col_chunk);
+        let mut ct = vec![0f32; n * m];
+        tn_narrow_left(micro::select(), b, a, n_tok, n, m, &mut ct);
+        for (i, row) in c.chunks_exact_mut(n).enumerate() {
+            row.iter_mut()
+                .enumerate()
+                .for_each(|(j, v)| *v += ct[j * m + i]);
+        }
+    }
+}
+
+/// `c[m, n] += a^T b` with `m` small: `a^T` is materialized `[m, n_tok]`
+/// and multiplied by `b` panel by panel.
+fn tn_narrow_left(
+    kernel: micro::MicroKernel,
+    a: &[f32],
+    b: &[f32],
+    n_tok: usize,
+    m: usize,
+    n: usize,
+    c: &mut [f32],
+) {
+    let mut at = vec![0f32; m * n_tok];
+    for (t, row) in a.chunks_exact(m).enumerate() {
+        for (i, &v) in row.iter().enumerate() {
+            at[i * n_tok + t] = v;
+        }
+    }
+    // Whole panels through the micro-kernel (it reads NR columns of each b
+    // row); a ragged last panel by plain loops.
+    let full = n / NR * NR;
+    let n_panels = full / NR;
     let out = SharedOut::new(c);
-    (0..row_tasks * col_tasks).into_par_iter().for_each(|task| {
-        let (rt, ct) = (task / col_tasks, task % col_tasks);
-        let (i0, i1) = (rt * ROWS_PER_TASK, ((rt + 1) * ROWS_PER_TASK).min(m));
-        let (j0, j1) = (ct * col_chunk, ((ct + 1) * col_chunk).min(n));
-        for t in 0..n_tok {
-            let bt = &b[t * n + j0..t * n + j1];
-            for i in i0..i1 {
-                let av = a[t * m + i];
-                if av != 0.0 {
-                    // SAFETY: c[i, j0..j1] belongs to this task only.
-                    let crow = unsafe {
-                        std::slice::from_raw_parts_mut(out.get().add(i * n + j0), j1 - j0)
-                    };
-                    crow.iter_mut().zip(bt).for_each(|(x, &y)| *x += av * y);
+    (0..n_panels.div_ceil(PANELS_PER_TASK))
+        .into_par_iter()
+        .for_each(|task| {
+            let first = task * PANELS_PER_TASK;
+            for panel in first..(first + PANELS_PER_TASK).min(n_panels) {
+                let j0 = panel * NR;
+                for i0 in (0..m).step_by(MR) {
+                    let mr = MR.min(m - i0);
+                    // SAFETY: rows i0..i0+mr of `at` hold n_tok values; b holds
+                    // n_tok rows of n >= j0 + NR values; c[i0.., j0..j0+NR]
+                    // belongs to this task's panels only.
+                    unsafe {
+                        kernel(
+                            mr,
+                            n_tok,
+                            at.as_ptr().add(i0 * n_tok),
+                            n_tok,
+                            b.as_ptr().add(j0),
+                            n,
+                            out.get().add(i0 * n + j0),
+                            n,
+                            NR,
+                            true,
+                        );
+                    }
                 }
             }
+        });
+    for i in 0..m {
+        for j in full..n {
+            let dot: f32 = (0..n_tok).map(|t| at[i * n_tok + t] * b[t * n + j]).sum();
+            c[i * n + j] += dot;
         }
-    });
+    }
 }
 
 /// `c[m x n] (+)= a[m x kc] b[kc x n]` on small dense f32 tiles with arbitrary

@@ -175,7 +175,15 @@ fn matmul_w_matches_scalar_twin_for_every_format() {
 #[test]
 fn matmul_tn_matches_naive() {
     let mut rng = TestRng(8);
-    for &(t, m, n) in &[(1, 1, 1), (7, 33, 16), (40, 16, 100), (30, 16, 900)] {
+    for &(t, m, n) in &[
+        (1, 1, 1),
+        (7, 33, 16),
+        (40, 16, 100),
+        (30, 16, 900),
+        (300, 16, 896),
+        (129, 4864, 16),
+        (5, 100, 7),
+    ] {
         let a: Vec<f32> = (0..t * m).map(|_| rng.uniform()).collect();
         let b: Vec<f32> = (0..t * n).map(|_| rng.uniform()).collect();
         let mut c = vec![1.0f32; m * n];

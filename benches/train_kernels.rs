@@ -1,0 +1,174 @@
+//! Where a training step's time goes, kernel by kernel, on Qwen2.5-0.5B's
+//! shapes with synthetic weights (no assets needed): GFLOP/s of each kernel the
+//! trainer calls, and its ratio to the f32 `x W^T` product measured in the
+//! same run (the machine is shared and noisy, so only ratios travel).
+//!
+//!     cargo bench --bench train_kernels            # the table (T = 512)
+//!     cargo bench --bench train_kernels -- 2048    # another sequence length
+//!
+//! (`cargo test --release --bench train_kernels -- --bench` does the same with
+//! the test build, which shares the release build of llama.cpp.)
+//!
+//! Under `cargo test` it runs each kernel once on a short sequence and checks
+//! the outputs are finite, so the bench cannot rot unnoticed.
+
+use std::time::Instant;
+
+use cleaner::kernels::attention::{attention_backward, attention_forward, AttnShape};
+use cleaner::kernels::matmul::{matmul_tn, matmul_w, matmul_wt, Weights};
+use cleaner::kernels::quant::{synthetic::random_tensor, QuantType};
+
+/// Qwen2.5-0.5B: model width, feed-forward width, heads, KV heads, head width.
+const N_EMBD: usize = 896;
+const N_FF: usize = 4864;
+const N_HEAD: usize = 14;
+const N_HEAD_KV: usize = 2;
+const HEAD_DIM: usize = 64;
+const RANK: usize = 16;
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+        })
+        .collect()
+}
+
+/// Median seconds of `reps` runs after one warm-up run (the warm-up's time
+/// when `reps` is 0).
+fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+    let s = Instant::now();
+    f();
+    if reps == 0 {
+        return s.elapsed().as_secs_f64();
+    }
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test` does not: then smoke-test.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let bench = args.iter().any(|a| a == "--bench");
+    let n_tok: usize = args
+        .iter()
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(if bench { 512 } else { 8 });
+    let reps = if bench { 5 } else { 0 };
+
+    let x = values(n_tok * N_EMBD, 1);
+    let w_f32 = values(N_FF * N_EMBD, 2);
+    let w_q8 = random_tensor(QuantType::Q8_0, N_FF * N_EMBD, 3).expect("whole blocks");
+    let w_q5 = random_tensor(QuantType::Q5_0, N_FF * N_EMBD, 4).expect("whole blocks");
+    let weights = |ty| match ty {
+        QuantType::Q8_0 => Weights::quantized(ty, &w_q8, N_FF, N_EMBD).expect("shape"),
+        QuantType::Q5_0 => Weights::quantized(ty, &w_q5, N_FF, N_EMBD).expect("shape"),
+        _ => Weights::f32(&w_f32, N_FF, N_EMBD),
+    };
+    let mut y = vec![0f32; n_tok * N_FF];
+    let mut rows = Vec::new();
+    let proj_flops = 2.0 * (n_tok * N_EMBD * N_FF) as f64;
+
+    let mut baseline = 0.0;
+    for (name, ty) in [
+        ("x W^T, f32 weights (baseline)", QuantType::F32),
+        ("x W^T, Q8_0 weights", QuantType::Q8_0),
+        ("x W^T, Q5_0 weights", QuantType::Q5_0),
+    ] {
+        let w = weights(ty);
+        let s = time(reps, || matmul_wt(&x, n_tok, &w, &mut y));
+        if ty == QuantType::F32 {
+            baseline = proj_flops / s;
+        }
+        rows.push((name, proj_flops / s));
+        assert!(y.iter().all(|v| v.is_finite()), "{name}: non-finite output");
+    }
+    // The backward's input gradient: dy W through the same quantized matrix.
+    let dy = values(n_tok * N_FF, 5);
+    let mut dx = vec![0f32; n_tok * N_EMBD];
+    let w = weights(QuantType::Q8_0);
+    let s = time(reps, || matmul_w(&dy, n_tok, &w, &mut dx));
+    rows.push(("dy W (input gradient), Q8_0", proj_flops / s));
+    assert!(dx.iter().all(|v| v.is_finite()), "dy W: non-finite output");
+    // LoRA's weight gradients: dA = g^T x ([rank, n_in]), dB = dy^T u.
+    let g = values(n_tok * RANK, 6);
+    let mut da = vec![0f32; RANK * N_EMBD];
+    let mut db = vec![0f32; N_FF * RANK];
+    let s = time(reps, || {
+        matmul_tn(&g, &x, n_tok, &mut da, false);
+        matmul_tn(&dy, &g, n_tok, &mut db, false);
+    });
+    rows.push((
+        "LoRA dA + dB (a^T b)",
+        2.0 * (n_tok * RANK * (N_EMBD + N_FF)) as f64 / s,
+    ));
+    assert!(
+        da.iter().chain(&db).all(|v| v.is_finite()),
+        "LoRA grads: non-finite"
+    );
+    // Causal attention, forward and backward (GQA 14/2 heads of 64).
+    let shape = AttnShape {
+        n_tok,
+        n_head: N_HEAD,
+        n_head_kv: N_HEAD_KV,
+        head_dim: HEAD_DIM,
+    };
+    let (q_dim, kv_dim) = (N_HEAD * HEAD_DIM, N_HEAD_KV * HEAD_DIM);
+    let q = values(n_tok * q_dim, 7);
+    let k = values(n_tok * kv_dim, 8);
+    let v = values(n_tok * kv_dim, 9);
+    let mut out = vec![0f32; n_tok * q_dim];
+    let mut lse = vec![0f32; N_HEAD * n_tok];
+    let scale = 1.0 / (HEAD_DIM as f32).sqrt();
+    // Causal: half of the n_tok^2 scores; QK^T and PV forward, four products back.
+    let attn_flops = 2.0 * (n_tok * n_tok * q_dim) as f64 / 2.0 * 2.0;
+    let s = time(reps, || {
+        attention_forward(&q, &k, &v, shape, scale, &mut out, &mut lse)
+    });
+    rows.push(("attention forward", attn_flops / s));
+    let dout = values(n_tok * q_dim, 10);
+    let (mut dq, mut dk, mut dv) = (
+        vec![0f32; q.len()],
+        vec![0f32; k.len()],
+        vec![0f32; v.len()],
+    );
+    let s = time(reps, || {
+        attention_backward(
+            &q, &k, &v, &out, &lse, &dout, shape, scale, &mut dq, &mut dk, &mut dv,
+        )
+    });
+    rows.push(("attention backward", 2.0 * attn_flops / s));
+    assert!(
+        out.iter()
+            .chain(&dq)
+            .chain(&dk)
+            .chain(&dv)
+            .all(|v| v.is_finite()),
+        "attention: non-finite output"
+    );
+
+    if !bench {
+        println!("train_kernels: smoke run on {n_tok} tokens passed");
+        return;
+    }
+    println!(
+        "Training-step kernels, Qwen2.5-0.5B shapes, T = {n_tok}, {} threads, median of {reps}\n",
+        rayon::current_num_threads()
+    );
+    println!("| kernel | GFLOP/s | ratio to f32 x W^T |");
+    println!("|---|---:|---:|");
+    for (name, flops) in rows {
+        println!("| {name} | {:.1} | {:.2} |", flops / 1e9, flops / baseline);
+    }
+}
