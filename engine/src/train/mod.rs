@@ -3,10 +3,12 @@
 //! and backward passes to an adapter, its optimizer, checkpoints and the hot
 //! swap into the live rollout engine.
 
+mod alloc;
 pub mod loss;
 pub mod optim;
 mod trainer;
 
+pub use alloc::retain_freed_memory;
 pub use loss::{
     nll_loss, policy_loss, sequence_loss, Aggregation, BatchShape, LossConfig, LossStats,
     SeqLossInput,

@@ -87,6 +87,7 @@ impl Trainer {
 
     /// Trains an existing adapter (shapes are checked at the first forward).
     pub fn with_adapter(model: Transformer, lora: Lora, optim: AdamWConfig) -> Trainer {
+        super::retain_freed_memory();
         let grads = lora.zeros_like();
         let optim = AdamW::new(optim, &lora);
         Trainer {
@@ -218,6 +219,7 @@ impl Trainer {
 
     /// Restores a trainer saved by [`Trainer::save`] on `model`.
     pub fn load(model: Transformer, dir: &Path) -> Result<Trainer, TrainError> {
+        super::retain_freed_memory();
         let lora = Lora::read_gguf(&model, &dir.join("adapter.gguf"))?;
         let optim = AdamW::load(&dir.join("optimizer.gguf"), &lora)?;
         let grads = lora.zeros_like();

@@ -1,0 +1,30 @@
+//! The trainer allocates and frees buffers of tens of MiB for every block of
+//! every sequence (a `[T, n_ff]` activation is 40 MiB at T = 2048 for
+//! Qwen2.5-0.5B). glibc serves blocks above its mmap threshold (at most
+//! 32 MiB by its dynamic rule) with fresh `mmap`s and unmaps them on free, so
+//! each one is page-faulted in again, zeroed by the kernel, on its next use:
+//! measured 3.4 million page faults in 4 training steps of SmolLM2 at
+//! T = 2048, and keeping more activations made a step slower, not faster.
+//! Raising the threshold and the trim threshold keeps freed memory in the heap
+//! for reuse: 0.5 million faults, and the step 1.2x faster.
+
+use std::sync::Once;
+
+/// Makes glibc's malloc keep freed memory for reuse (process-wide; once).
+/// [`crate::train::Trainer`] calls it when built. The process's resident
+/// memory then stays near its peak instead of shrinking between steps. A
+/// no-op on other C libraries.
+pub fn retain_freed_memory() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only changes allocator parameters; it is called
+        // once, and glibc serializes it with allocations.
+        unsafe {
+            // Blocks up to 1 GiB come from the heap, not their own mmap.
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+            // Give the top of the heap back only above 2 GiB free.
+            libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        }
+    });
+}
