@@ -14,8 +14,8 @@ def metrics(mode):
         return [json.loads(line) for line in f if line.strip()]
 
 
-print("| model | eval purify | pass@1 | 95% interval | failed calls / traj (raw, kept) |")
-print("|---|---|---:|---|---|")
+print("| model | eval purify | pass@1 | 95% interval | tool calls / traj | failed calls / traj (raw, kept) | generated tokens |")
+print("|---|---|---:|---|---:|---|---:|")
 for name, purify in [("base", "off"), ("grpo-off", "off"), ("grpo-on", "off"), ("grpo-on", "on")]:
     path = os.path.join(out, f"eval-{name}-purify-{purify}.json")
     if not os.path.exists(path):
@@ -23,7 +23,29 @@ for name, purify in [("base", "off"), ("grpo-off", "off"), ("grpo-on", "off"), (
     r = json.load(open(path))
     s = r["stats"]
     print(f"| {name} | {purify} | {r['accuracy']:.3f} | {r['ci95'][0]:.3f}..{r['ci95'][1]:.3f} | "
-          f"{s['failures_per_trajectory_raw']:.2f}, {s['failures_per_trajectory_kept']:.2f} |")
+          f"{r['tool_calls_per_trajectory']:.2f} | "
+          f"{s['failures_per_trajectory_raw']:.2f}, {s['failures_per_trajectory_kept']:.2f} | {s['generated_tokens']} |")
+
+
+def solved(name, purify="off"):
+    path = os.path.join(out, f"eval-{name}-purify-{purify}.json")
+    if not os.path.exists(path):
+        return None
+    return [p["solved"] / p["samples"] for p in json.load(open(path))["per_problem"]]
+
+
+# Paired differences: the evaluations share problems and seeds, so the
+# per-problem difference has a much smaller spread than two separate intervals.
+for a, b in [("grpo-off", "base"), ("grpo-on", "base"), ("grpo-on", "grpo-off")]:
+    xa, xb = solved(a), solved(b)
+    if xa is None or xb is None or len(xa) != len(xb) or len(xa) < 2:
+        continue
+    ds = [p - q for p, q in zip(xa, xb)]
+    n = len(ds)
+    m = sum(ds) / n
+    sd = (sum((x - m) ** 2 for x in ds) / (n - 1)) ** 0.5
+    print(f"\n{a} - {b}: {m:+.3f} +- {1.96 * sd / n ** 0.5:.3f} (95 %, paired over {n} problems)", end="")
+print()
 print()
 print("| step | acc off | acc on | failures/traj off | failures/traj on (raw -> kept) | step s off | step s on |")
 print("|---:|---:|---:|---:|---:|---:|---:|")
