@@ -44,7 +44,7 @@ for a, b in [("grpo-off", "base"), ("grpo-on", "base"), ("grpo-on", "grpo-off")]
     n = len(ds)
     m = sum(ds) / n
     sd = (sum((x - m) ** 2 for x in ds) / (n - 1)) ** 0.5
-    print(f"\n{a} - {b}: {m:+.3f} +- {1.96 * sd / n ** 0.5:.3f} (95 %, paired over {n} problems)", end="")
+    print(f"\n- {a} - {b}: {m:+.3f} +- {1.96 * sd / n ** 0.5:.3f} (95 %, paired over {n} problems)", end="")
 print()
 print()
 print("| step | acc off | acc on | failures/traj off | failures/traj on (raw -> kept) | step s off | step s on |")
