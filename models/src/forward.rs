@@ -131,29 +131,17 @@ impl BlockActs {
         (lens + u) * std::mem::size_of::<f32>()
     }
 
-    /// Bytes this block keeps once the scratch buffers are dropped (see
-    /// [`BlockActs::into_saved`]).
+    /// Bytes this block keeps once [`BlockActs::into_saved`] drops what the
+    /// backward pass does not read.
     fn saved_bytes(&self, has_qk_norm: bool) -> usize {
-        let qk_lin = if has_qk_norm {
-            self.q_lin.len() + self.k_lin.len() + self.rstd_q.len() + self.rstd_k.len()
-        } else {
-            0
-        };
-        let floats = self.xn1.len()
-            + self.rstd1.len()
-            + qk_lin
-            + self.q.len()
-            + self.k.len()
-            + self.v.len()
-            + self.att.len()
-            + self.lse.len()
-            + self.x_mid.len()
-            + self.xn2.len()
-            + self.rstd2.len()
-            + self.gate.len()
-            + self.up.len()
-            + self.lora_u.iter().map(|(_, u)| u.len()).sum::<usize>();
-        floats * std::mem::size_of::<f32>()
+        let dropped = self.proj.len()
+            + self.act.len()
+            + if has_qk_norm {
+                0
+            } else {
+                self.q_lin.len() + self.k_lin.len() + self.rstd_q.len() + self.rstd_k.len()
+            };
+        self.held_bytes() - dropped * std::mem::size_of::<f32>()
     }
 
     /// The block's intermediates as the backward pass reads them: the
