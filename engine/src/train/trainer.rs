@@ -87,9 +87,15 @@ impl Trainer {
 
     /// Trains an existing adapter (shapes are checked at the first forward).
     pub fn with_adapter(model: Transformer, lora: Lora, optim: AdamWConfig) -> Trainer {
+        let optim = AdamW::new(optim, &lora);
+        Trainer::from_parts(model, lora, optim)
+    }
+
+    /// The one constructor: zero gradients, default activation memory, and
+    /// the allocator set up for the trainer's large buffers.
+    fn from_parts(model: Transformer, lora: Lora, optim: AdamW) -> Trainer {
         super::retain_freed_memory();
         let grads = lora.zeros_like();
-        let optim = AdamW::new(optim, &lora);
         Trainer {
             model,
             lora,
@@ -219,17 +225,8 @@ impl Trainer {
 
     /// Restores a trainer saved by [`Trainer::save`] on `model`.
     pub fn load(model: Transformer, dir: &Path) -> Result<Trainer, TrainError> {
-        super::retain_freed_memory();
         let lora = Lora::read_gguf(&model, &dir.join("adapter.gguf"))?;
         let optim = AdamW::load(&dir.join("optimizer.gguf"), &lora)?;
-        let grads = lora.zeros_like();
-        Ok(Trainer {
-            model,
-            lora,
-            grads,
-            optim,
-            pending: 0,
-            activation_memory: DEFAULT_ACTIVATION_MEMORY,
-        })
+        Ok(Trainer::from_parts(model, lora, optim))
     }
 }
