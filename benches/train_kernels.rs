@@ -15,7 +15,9 @@
 use std::time::Instant;
 
 use cleaner::kernels::attention::{attention_backward, attention_forward, AttnShape};
-use cleaner::kernels::matmul::{matmul_tn, matmul_w, matmul_wt, Weights};
+use cleaner::kernels::matmul::{
+    matmul_tn, matmul_w, matmul_w_in, matmul_wt, matmul_wt_in, Precision, Weights,
+};
 use cleaner::kernels::quant::{synthetic::random_tensor, QuantType};
 
 /// Qwen2.5-0.5B: model width, feed-forward width, heads, KV heads, head width.
@@ -101,6 +103,38 @@ fn main() {
     let s = time(reps, || matmul_w(&dy, n_tok, &w, &mut dx));
     rows.push(("dy W (input gradient), Q8_0", proj_flops / s));
     assert!(dx.iter().all(|v| v.is_finite()), "dy W: non-finite output");
+    // The same two products in bf16 (f32 where the CPU lacks AVX-512 BF16).
+    let bf16 = Precision::Bf16.effective() == Precision::Bf16;
+    let s = time(reps, || {
+        matmul_wt_in(Precision::Bf16, &x, n_tok, &w, &mut y)
+    });
+    rows.push((
+        if bf16 {
+            "x W^T, Q8_0, bf16"
+        } else {
+            "x W^T, Q8_0, bf16 (no AVX-512 BF16: f32)"
+        },
+        proj_flops / s,
+    ));
+    assert!(
+        y.iter().all(|v| v.is_finite()),
+        "bf16 x W^T: non-finite output"
+    );
+    let s = time(reps, || {
+        matmul_w_in(Precision::Bf16, &dy, n_tok, &w, &mut dx)
+    });
+    rows.push((
+        if bf16 {
+            "dy W, Q8_0, bf16"
+        } else {
+            "dy W, Q8_0, bf16 (no AVX-512 BF16: f32)"
+        },
+        proj_flops / s,
+    ));
+    assert!(
+        dx.iter().all(|v| v.is_finite()),
+        "bf16 dy W: non-finite output"
+    );
     // LoRA's weight gradients: dA = g^T x ([rank, n_in]), dB = dy^T u.
     let g = values(n_tok * RANK, 6);
     let mut da = vec![0f32; RANK * N_EMBD];

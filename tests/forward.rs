@@ -9,6 +9,7 @@ mod common;
 use std::sync::Arc;
 
 use cleaner::assets::{self, AssetStore};
+use cleaner::kernels::matmul::Precision;
 use cleaner::models::Transformer;
 use cleaner::{Model, ModelParams, Policy, PolicyConfig};
 
@@ -55,8 +56,9 @@ fn argmax(row: &[f32]) -> usize {
         .0
 }
 
-/// Returns (ours vs llama.cpp, llama.cpp flash-attention on vs off).
-fn compare(name: &str) -> (Agreement, Agreement) {
+/// Returns (ours in `precision` vs llama.cpp, llama.cpp flash-attention on
+/// vs off).
+fn compare(name: &str, precision: Precision) -> (Agreement, Agreement) {
     let path = asset_path(name);
     let llama =
         Arc::new(Model::load(&path, &ModelParams::default()).expect("llama.cpp loads the model"));
@@ -101,7 +103,8 @@ fn compare(name: &str) -> (Agreement, Agreement) {
         "{name}: llama.cpp flash-attention on vs off: mean |dlogp| {:.2e}, max {:.2e}, argmax agreement {:.3}",
         floor.mean_abs, floor.max_abs, floor.argmax_agreement
     );
-    let ours = Transformer::open(&path).expect("our loader opens the model");
+    let mut ours = Transformer::open(&path).expect("our loader opens the model");
+    ours.set_precision(precision);
     let ids: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
     let out = {
         let _guard = common::serial();
@@ -127,7 +130,7 @@ fn compare(name: &str) -> (Agreement, Agreement) {
         argmax_agreement: agree as f64 / (N_TOK - 1) as f64,
     };
     eprintln!(
-        "{name}: mean |dlogp| {:.2e}, max {:.2e}, argmax agreement {:.3} over {} positions; mean logp ours {:.3} llama.cpp {:.3}",
+        "{name} ({precision:?}): mean |dlogp| {:.2e}, max {:.2e}, argmax agreement {:.3} over {} positions; mean logp ours {:.3} llama.cpp {:.3}",
         a.mean_abs,
         a.max_abs,
         a.argmax_agreement,
@@ -144,6 +147,9 @@ fn compare(name: &str) -> (Agreement, Agreement) {
 /// 3.51e-2 / 0.380 / 0.973 vs floor 3.36e-2 / 0.326 / 0.980, as mean, max,
 /// argmax agreement) plus absolute ceilings. llama.cpp's quantized matmuls round
 /// activations to 8 bits, so no f32 forward can agree with it more closely.
+/// The ceilings are the CPU backend's: llama.cpp's CUDA kernels disagree with
+/// each other more (H100, SmolLM2: flash attention on vs off 0.135 mean,
+/// 0.97 max), so a GPU build is held to the floor factors alone.
 const MEAN_FACTOR: f32 = 1.5;
 const MAX_FACTOR: f32 = 2.0;
 const ARGMAX_SLACK: f64 = 0.04;
@@ -152,7 +158,7 @@ const ARGMAX_FLOOR: f64 = 0.93;
 
 fn check((a, floor): (Agreement, Agreement)) {
     assert!(
-        a.mean_abs <= MEAN_FACTOR * floor.mean_abs && a.mean_abs <= MEAN_CEILING,
+        a.mean_abs <= MEAN_FACTOR * floor.mean_abs && (common::GPU || a.mean_abs <= MEAN_CEILING),
         "mean |dlogp| {} vs floor {}",
         a.mean_abs,
         floor.mean_abs
@@ -165,7 +171,7 @@ fn check((a, floor): (Agreement, Agreement)) {
     );
     assert!(
         a.argmax_agreement >= floor.argmax_agreement - ARGMAX_SLACK
-            && a.argmax_agreement >= ARGMAX_FLOOR,
+            && (common::GPU || a.argmax_agreement >= ARGMAX_FLOOR),
         "argmax agreement {} vs floor {}",
         a.argmax_agreement,
         floor.argmax_agreement
@@ -174,10 +180,23 @@ fn check((a, floor): (Agreement, Agreement)) {
 
 #[test]
 fn smollm2_q4_1_matches_llama_cpp() {
-    check(compare("smollm2-135m"));
+    check(compare("smollm2-135m", Precision::F32));
 }
 
 #[test]
 fn qwen2_5_coder_q4_k_m_matches_llama_cpp() {
-    check(compare("qwen2.5-coder-0.5b"));
+    check(compare("qwen2.5-coder-0.5b", Precision::F32));
+}
+
+/// The trainer's bf16 products (`[trainer] precision = "bf16"`) stay within
+/// the same bounds: rounding operands to bf16 (8 significant bits) is finer
+/// than llama.cpp's 8-bit activations.
+#[test]
+fn smollm2_q4_1_matches_llama_cpp_in_bf16() {
+    check(compare("smollm2-135m", Precision::Bf16));
+}
+
+#[test]
+fn qwen2_5_coder_q4_k_m_matches_llama_cpp_in_bf16() {
+    check(compare("qwen2.5-coder-0.5b", Precision::Bf16));
 }

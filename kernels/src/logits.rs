@@ -5,7 +5,7 @@
 //! Shapes: `h: [n_tok, n_embd]` (final hidden states, normalized),
 //! `W_out: [n_vocab, n_embd]`, `targets, logprob, lse: [n_tok]`.
 
-use crate::matmul::{matmul_w, matmul_wt, Weights, NR};
+use crate::matmul::{matmul_w_in, matmul_wt_in, Precision, Weights, NR};
 use crate::softmax::{exp_approx, max, sum_exp_shifted};
 use rayon::prelude::*;
 
@@ -41,8 +41,10 @@ pub fn vocab_tile(n_tok: usize, n_vocab: usize) -> usize {
     t.clamp(NR, n_vocab.max(NR))
 }
 
-/// `logprob[t] = logits[t, targets[t]] - lse[t]`, `lse[t] = logsumexp(logits[t])`.
+/// `logprob[t] = logits[t, targets[t]] - lse[t]`, `lse[t] = logsumexp(logits[t])`,
+/// the logits computed in precision `p`.
 pub fn token_logprobs_forward(
+    p: Precision,
     h: &[f32],
     n_tok: usize,
     w_out: &Weights,
@@ -51,10 +53,12 @@ pub fn token_logprobs_forward(
     lse: &mut [f32],
 ) -> Result<(), TargetOutOfVocab> {
     let tile = vocab_tile(n_tok, w_out.n_rows());
-    token_logprobs_tiled(h, n_tok, w_out, targets, logprob, lse, tile)
+    token_logprobs_tiled(p, h, n_tok, w_out, targets, logprob, lse, tile)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn token_logprobs_tiled(
+    p: Precision,
     h: &[f32],
     n_tok: usize,
     w_out: &Weights,
@@ -86,7 +90,7 @@ fn token_logprobs_tiled(
         let v1 = (v0 + tile).min(n_vocab);
         let width = v1 - v0;
         let buf = &mut logits[..n_tok * width];
-        matmul_wt(h, n_tok, &w_out.rows(v0, v1), buf);
+        matmul_wt_in(p, h, n_tok, &w_out.rows(v0, v1), buf);
         for t in 0..n_tok {
             let row = &buf[t * width..(t + 1) * width];
             let m = max(row);
@@ -112,9 +116,10 @@ fn token_logprobs_tiled(
 /// Backward: given `dlogprob[t]` (the loss gradient of each position's
 /// log-prob), adds `dh[t] = dlogprob[t] * (W[target_t] - sum_v p_tv W[v])` into
 /// `dh` (`[n_tok, n_embd]`), recomputing the logits tile by tile from `h` and
-/// the `lse` saved by the forward.
+/// the `lse` saved by the forward (which must have used the same precision).
 #[allow(clippy::too_many_arguments)]
 pub fn token_logprobs_backward(
+    p: Precision,
     h: &[f32],
     n_tok: usize,
     w_out: &Weights,
@@ -139,7 +144,7 @@ pub fn token_logprobs_backward(
         let width = v1 - v0;
         let w_tile = w_out.rows(v0, v1);
         let buf = &mut dlogits[..n_tok * width];
-        matmul_wt(h, n_tok, &w_tile, buf);
+        matmul_wt_in(p, h, n_tok, &w_tile, buf);
         buf.par_chunks_mut(width).enumerate().for_each(|(t, row)| {
             let g = dlogprob[t];
             // d logprob_t / d logit_v = onehot(v = target) - softmax_v.
@@ -151,7 +156,7 @@ pub fn token_logprobs_backward(
                 row[target - v0] += g;
             }
         });
-        matmul_w(buf, n_tok, &w_tile, &mut part);
+        matmul_w_in(p, buf, n_tok, &w_tile, &mut part);
         dh.iter_mut().zip(&part).for_each(|(a, &b)| *a += b);
     }
 }
@@ -199,7 +204,17 @@ mod tests {
         // the online log-sum-exp across 21 tiles.
         assert_eq!(vocab_tile(n_tok, n_vocab), n_vocab);
         for tile in [vocab_tile(n_tok, n_vocab), 48] {
-            token_logprobs_tiled(&h, n_tok, &w, &targets, &mut lp, &mut lse, tile).unwrap();
+            token_logprobs_tiled(
+                Precision::F32,
+                &h,
+                n_tok,
+                &w,
+                &targets,
+                &mut lp,
+                &mut lse,
+                tile,
+            )
+            .unwrap();
             for t in 0..n_tok {
                 assert!(
                     (lp[t] - lp_ref[t]).abs() <= LOGPROB_TOL,
@@ -212,9 +227,9 @@ mod tests {
         }
         // Backward vs finite differences of L = sum_t g_t logprob_t.
         let g: Vec<f32> = (0..n_tok).map(|_| rng.uniform()).collect();
-        token_logprobs_forward(&h, n_tok, &w, &targets, &mut lp, &mut lse).unwrap();
+        token_logprobs_forward(Precision::F32, &h, n_tok, &w, &targets, &mut lp, &mut lse).unwrap();
         let mut dh = vec![0f32; h.len()];
-        token_logprobs_backward(&h, n_tok, &w, &targets, &lse, &g, &mut dh);
+        token_logprobs_backward(Precision::F32, &h, n_tok, &w, &targets, &lse, &g, &mut dh);
         let loss = |h: &[f32]| -> f64 {
             let mut lp = vec![0f32; n_tok];
             token_logprobs_forward_scalar(h, n_tok, &w, &targets, &mut lp);
@@ -232,7 +247,15 @@ mod tests {
             );
         }
 
-        let bad = token_logprobs_forward(&h[..n_embd], 1, &w, &[1000], &mut lp[..1], &mut lse[..1]);
+        let bad = token_logprobs_forward(
+            Precision::F32,
+            &h[..n_embd],
+            1,
+            &w,
+            &[1000],
+            &mut lp[..1],
+            &mut lse[..1],
+        );
         assert_eq!(
             bad,
             Err(TargetOutOfVocab {

@@ -14,7 +14,7 @@ use crate::model::{Layer, MatrixRef, Transformer};
 use cleaner_kernels::activation::{swiglu_backward, swiglu_forward};
 use cleaner_kernels::attention::{attention_backward, AttnShape};
 use cleaner_kernels::logits::token_logprobs_backward;
-use cleaner_kernels::matmul::{matmul_tn, matmul_w, Weights};
+use cleaner_kernels::matmul::{matmul_tn, matmul_w, matmul_w_in, Weights};
 use cleaner_kernels::norm::rmsnorm_backward;
 
 impl Transformer {
@@ -48,6 +48,7 @@ impl Transformer {
         // Log-softmax over the vocabulary, then the final norm.
         let mut dh = vec![0f32; n_tok * n_embd];
         token_logprobs_backward(
+            self.precision(),
             &tape.h[..n * n_embd],
             n,
             &self.weights(&self.output),
@@ -259,7 +260,13 @@ impl LinearBackward<'_> {
     ) {
         let n_tok = self.n_tok;
         let mut tmp = vec![0f32; dx.len()];
-        matmul_w(dy, n_tok, &self.model.weights(w), &mut tmp);
+        matmul_w_in(
+            self.model.precision(),
+            dy,
+            n_tok,
+            &self.model.weights(w),
+            &mut tmp,
+        );
         dx.iter_mut().zip(&tmp).for_each(|(a, &b)| *a += b);
         let (Some(pair), Some(u)) = (self.lora.pair(self.li, p), u) else {
             return;

@@ -15,7 +15,7 @@ use crate::model::{Layer, MatrixRef, Transformer};
 use cleaner_kernels::activation::swiglu_forward;
 use cleaner_kernels::attention::{attention_forward, AttnShape};
 use cleaner_kernels::logits::token_logprobs_forward;
-use cleaner_kernels::matmul::{matmul_wt, Weights};
+use cleaner_kernels::matmul::{matmul_wt, matmul_wt_in, Weights};
 use cleaner_kernels::norm::rmsnorm_forward;
 use cleaner_kernels::rope::Rope;
 use std::ops::Range;
@@ -300,7 +300,8 @@ impl Transformer {
         let c = self.config();
         let logits = logits_for.map(|r| {
             let mut out = vec![0f32; r.len() * c.n_vocab];
-            matmul_wt(
+            matmul_wt_in(
+                self.precision(),
                 &tape.h[r.start * c.n_embd..r.end * c.n_embd],
                 r.len(),
                 &self.weights(&self.output),
@@ -348,6 +349,7 @@ impl Transformer {
         let (mut lp, mut lse) = (vec![0f32; n], vec![0f32; n]);
         // Targets were checked against the vocabulary in check_tokens.
         let _ = token_logprobs_forward(
+            self.precision(),
             &tape.h[..n * self.config().n_embd],
             n,
             &self.weights(&self.output),
@@ -428,7 +430,7 @@ impl Transformer {
         lora: Option<(&LoraPair, f32, &mut Vec<f32>)>,
         y: &mut [f32],
     ) {
-        matmul_wt(x, n_tok, &self.weights(w), y);
+        matmul_wt_in(self.precision(), x, n_tok, &self.weights(w), y);
         if let Some(b) = bias {
             for row in y.chunks_exact_mut(b.len()) {
                 row.iter_mut().zip(b).for_each(|(v, &bb)| *v += bb);

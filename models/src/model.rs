@@ -6,7 +6,7 @@
 use crate::arch::Config;
 use crate::error::{ModelError, ModelErrorKind};
 use crate::gguf::{GgufFile, TensorInfo};
-use cleaner_kernels::matmul::{WeightError, Weights};
+use cleaner_kernels::matmul::{Precision, WeightError, Weights};
 use cleaner_kernels::quant::dequantize;
 use std::path::Path;
 
@@ -69,6 +69,9 @@ pub struct Transformer {
     pub output: MatrixRef,
     /// The blocks.
     pub layers: Vec<Layer>,
+    /// The arithmetic of every product with a base weight matrix (the
+    /// projections and the vocabulary); LoRA's small products stay f32.
+    precision: Precision,
 }
 
 impl std::fmt::Debug for Transformer {
@@ -135,7 +138,21 @@ impl Transformer {
             output_norm,
             output,
             layers,
+            precision: Precision::F32,
         })
+    }
+
+    /// Sets the arithmetic of the products with base weights (default
+    /// [`Precision::F32`]). [`Precision::Bf16`] roughly doubles their speed
+    /// on CPUs with AVX-512 BF16 (elsewhere it runs f32), at a rounding of
+    /// at most 2^-9 per operand; see `cleaner_kernels::matmul::matmul_wt_bf16`.
+    pub fn set_precision(&mut self, p: Precision) {
+        self.precision = p;
+    }
+
+    /// The precision set by [`Transformer::set_precision`].
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The typed config.

@@ -217,6 +217,7 @@ impl Grpo {
         elapsed_s: f64,
     ) -> Result<Grpo, GrpoError> {
         trainer.set_activation_memory(config.trainer.activation_memory_mib.saturating_mul(1 << 20));
+        trainer.set_precision(config.trainer.precision.into());
         if items.is_empty() {
             return Err(GrpoError::Run("no problems to train on".into()));
         }

@@ -9,7 +9,7 @@ pub mod eval;
 pub mod grpo;
 pub mod metrics;
 
-pub use config::{ConfigError, RunConfig};
+pub use config::{ConfigError, MatmulPrecision, RunConfig};
 pub use eval::{evaluate, EvalReport};
 pub use grpo::{Grpo, GrpoError, Progress};
 pub use metrics::StepMetrics;

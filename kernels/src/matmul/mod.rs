@@ -14,9 +14,11 @@
 //! is the fallback, and [`matmul_wt_scalar`] (f64, one dot product at a time)
 //! is the oracle of the tests.
 
+mod bf16;
 mod micro;
 mod weights;
 
+pub use bf16::{available as bf16_available, from_bf16, matmul_w_bf16, matmul_wt_bf16, to_bf16};
 pub use weights::{WeightError, Weights};
 
 use crate::parallel::SharedOut;
@@ -32,6 +34,45 @@ pub const KC: usize = 256;
 /// Panels per rayon task: big enough to amortize scheduling, small enough to
 /// balance two threads on the narrowest real shape (896 outputs = 56 panels).
 const PANELS_PER_TASK: usize = 4;
+
+/// The arithmetic of a product with a weight matrix.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 operands, f32 accumulation: the reference.
+    #[default]
+    F32,
+    /// Operands rounded to bf16, f32 accumulation ([`matmul_wt_bf16`]):
+    /// twice the multiply-add rate where the CPU has AVX-512 BF16.
+    Bf16,
+}
+
+impl Precision {
+    /// What this CPU runs when asked for `self`: bf16 falls back to f32
+    /// without AVX-512 BF16.
+    pub fn effective(self) -> Precision {
+        match self {
+            Precision::Bf16 if bf16::available() => Precision::Bf16,
+            _ => Precision::F32,
+        }
+    }
+}
+
+/// `y = x W^T` in precision `p` ([`matmul_wt`] or [`matmul_wt_bf16`]; one
+/// or two rows always take the f32 GEMV, which is memory-bound anyway).
+pub fn matmul_wt_in(p: Precision, x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
+    match p.effective() {
+        Precision::Bf16 if n_tok > GEMV_MAX_TOK => matmul_wt_bf16(x, n_tok, w, y),
+        _ => matmul_wt(x, n_tok, w, y),
+    }
+}
+
+/// `y = x W` in precision `p` ([`matmul_w`] or [`matmul_w_bf16`]).
+pub fn matmul_w_in(p: Precision, x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
+    match p.effective() {
+        Precision::Bf16 => matmul_w_bf16(x, n_tok, w, y),
+        Precision::F32 => matmul_w(x, n_tok, w, y),
+    }
+}
 
 /// `y = x W^T`. Panics if the slice lengths do not match `n_tok` and `w`'s shape
 /// (shapes are validated where weights are loaded; a mismatch here is a bug).

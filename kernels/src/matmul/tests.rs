@@ -199,3 +199,106 @@ fn matmul_tn_matches_naive() {
         }
     }
 }
+
+/// The bf16 products against an f64 oracle on the same bf16-rounded
+/// operands (so only the f32 accumulation order differs: MATMUL_TOL), and
+/// against the unrounded product within the rounding of two operands
+/// (2 * 2^-9 of the mass, plus the accumulation).
+fn check_bf16(ty: QuantType, n_tok: usize, n_a: usize, n_b: usize, transposed: bool, seed: u64) {
+    let round = |v: f32| from_bf16(to_bf16(v)) as f64;
+    let mut rng = TestRng(seed);
+    // W is [n_a, n_b]; x W^T reduces over n_b, x W over n_a.
+    let bytes = random_quant(ty, n_a * n_b, &mut rng);
+    let w = Weights::quantized(ty, &bytes, n_a, n_b).unwrap();
+    let (n_red, n_out) = if transposed { (n_b, n_a) } else { (n_a, n_b) };
+    let x: Vec<f32> = (0..n_tok * n_red).map(|_| rng.uniform()).collect();
+    let mut y = vec![f32::NAN; n_tok * n_out];
+    if transposed {
+        matmul_wt_bf16(&x, n_tok, &w, &mut y);
+    } else {
+        matmul_w_bf16(&x, n_tok, &w, &mut y);
+    }
+    let mut dense = vec![0f32; n_a * n_b];
+    for (r, row) in dense.chunks_exact_mut(n_b).enumerate() {
+        w.dequantize_row(r, row);
+    }
+    let w_at = |o: usize, k: usize| {
+        if transposed {
+            dense[o * n_b + k]
+        } else {
+            dense[k * n_b + o]
+        }
+    };
+    for t in 0..n_tok {
+        for o in 0..n_out {
+            let (mut rounded, mut exact, mut mass) = (0f64, 0f64, 0f64);
+            for k in 0..n_red {
+                let (xv, wv) = (x[t * n_red + k], w_at(o, k));
+                rounded += round(xv) * round(wv);
+                exact += xv as f64 * wv as f64;
+                mass += (xv as f64 * wv as f64).abs();
+            }
+            let got = y[t * n_out + o] as f64;
+            let what = format!(
+                "{ty:?} bf16 {} t={t} o={o}",
+                if transposed { "x W^T" } else { "x W" }
+            );
+            assert!(
+                (got - rounded).abs() <= MATMUL_TOL * mass + 1e-30,
+                "{what}: {got} vs {rounded}"
+            );
+            assert!(
+                (got - exact).abs() <= (2.0 / 512.0 + MATMUL_TOL) * mass + 1e-30,
+                "{what}: {got} vs exact {exact}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bf16_products_match_their_oracles_or_fall_back_to_f32() {
+    let mut rng = TestRng(5);
+    if !bf16_available() {
+        // Without AVX-512 BF16 the bf16 request runs the f32 kernels.
+        let bytes = random_quant(QuantType::Q8_0, 40 * 256, &mut rng);
+        let w = Weights::quantized(QuantType::Q8_0, &bytes, 40, 256).unwrap();
+        let x = rng.vec(9 * 256, 1.0);
+        let (mut a, mut b) = (vec![0f32; 9 * 40], vec![0f32; 9 * 40]);
+        matmul_wt_in(Precision::Bf16, &x, 9, &w, &mut a);
+        matmul_wt(&x, 9, &w, &mut b);
+        assert_eq!(a, b);
+        assert_eq!(Precision::Bf16.effective(), Precision::F32);
+        return;
+    }
+    // (n_tok, rows of W, columns of W): ragged token counts (not multiples
+    // of the 8-row kernel), outputs that are not whole panels, reductions past
+    // one chunk and odd reductions (a half-filled last pair).
+    let shapes = [
+        (1, 16, 256),
+        (9, 21, 512),
+        (17, 40, 896),
+        (3, 300, 256),
+        (100, 16, 256),
+        (8, 33, 768),
+    ];
+    for (i, ty) in [
+        QuantType::Q4_K,
+        QuantType::Q8_0,
+        QuantType::Q5_0,
+        QuantType::Q6_K,
+        QuantType::F32,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (j, &(t, a, b)) in shapes.iter().enumerate() {
+            if b % ty.block_len() == 0 {
+                check_bf16(ty, t, a, b, true, (i * 10 + j) as u64);
+                check_bf16(ty, t, a, b, false, (i * 10 + j + 100) as u64);
+            }
+        }
+    }
+    // Odd reductions (f32 weights only: quantized rows are whole blocks).
+    check_bf16(QuantType::F32, 5, 7, 33, true, 1);
+    check_bf16(QuantType::F32, 5, 301, 32, false, 2);
+}

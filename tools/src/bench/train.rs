@@ -16,8 +16,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use cleaner::assets::AssetStore;
+use cleaner::kernels::matmul::Precision;
 use cleaner::models::{LoraConfig, Transformer};
 use cleaner::train::{nll_loss, AdamWConfig, Trainer};
 
@@ -40,6 +41,10 @@ pub struct Args {
     /// 0 = recompute every block).
     #[arg(long, default_value = "0,2048")]
     keep_mib: String,
+    /// Precisions of ours to measure (comma-separated: f32, bf16; bf16 runs
+    /// f32 on CPUs without AVX-512 BF16, and the table says so).
+    #[arg(long, default_value = "f32,bf16")]
+    precision: String,
 }
 
 struct Cell {
@@ -67,7 +72,13 @@ fn useful_flops(model: &Transformer, n_tok: usize) -> f64 {
     4.0 * t * params as f64 + 6.0 * t * t * (c.q_dim() * model.layers.len()) as f64
 }
 
-fn ours(path: &std::path::Path, n_tok: usize, reps: usize, keep_mib: usize) -> Result<Cell> {
+fn ours(
+    path: &std::path::Path,
+    n_tok: usize,
+    reps: usize,
+    keep_mib: usize,
+    precision: Precision,
+) -> Result<Cell> {
     super::kernels::reset_peak_rss();
     let model = Transformer::open(path)?;
     let n_vocab = model.config().n_vocab as u64;
@@ -85,6 +96,7 @@ fn ours(path: &std::path::Path, n_tok: usize, reps: usize, keep_mib: usize) -> R
         1,
     )?;
     trainer.set_activation_memory(keep_mib << 20);
+    trainer.set_precision(precision);
     let weights = vec![1f32; n_tok - 1];
     let mut times = Vec::new();
     for _ in 0..reps + 1 {
@@ -161,9 +173,22 @@ pub fn run(a: Args) -> Result<()> {
     let threads = rayon::current_num_threads();
     let lens = list("--tokens", &a.tokens)?;
     let keeps = list("--keep-mib", &a.keep_mib)?;
+    let precisions = a
+        .precision
+        .split(',')
+        .map(|p| match p.trim() {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => bail!("--precision: {other:?} is not f32 or bf16"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let settings: Vec<(usize, Precision)> = keeps
+        .iter()
+        .flat_map(|&k| precisions.iter().map(move |&p| (k, p)))
+        .collect();
     println!("LoRA step (forward + backward + AdamW, rank 16, q k v o gate up down), {threads} threads, median of {}", a.reps);
     println!("(useful GFLOP/s in parentheses; ratios are ours / PyTorch)\n");
-    println!("| model | T | ours: kept MiB | ours tok/s | PyTorch+PEFT tok/s | speed ratio | ours peak RSS MiB | PyTorch peak RSS MiB | memory ratio |");
+    println!("| model | T | ours: kept MiB, precision | ours tok/s | PyTorch+PEFT tok/s | speed ratio | ours peak RSS MiB | PyTorch peak RSS MiB | memory ratio |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for name in a.models.split(',') {
         let path = AssetStore::default().resolve_model(name.trim(), &mut |l| eprintln!("{l}"))?;
@@ -173,12 +198,17 @@ pub fn run(a: Args) -> Result<()> {
         };
         for &t in &lens {
             let gflops = |tok_s: f64| tok_s / t as f64 * flops(t) / 1e9;
-            let mine = keeps
+            let mine = settings
                 .iter()
-                .map(|&k| ours(&path, t, a.reps, k))
+                .map(|&(k, p)| ours(&path, t, a.reps, k, p))
                 .collect::<Result<Vec<_>>>()?;
             let p = torch(&a.python, &path, t, a.reps, threads)?;
-            for (o, k) in mine.iter().zip(&keeps) {
+            for (o, (k, prec)) in mine.iter().zip(&settings) {
+                let prec = match (prec, prec.effective()) {
+                    (Precision::F32, _) => "f32",
+                    (Precision::Bf16, Precision::Bf16) => "bf16",
+                    (Precision::Bf16, Precision::F32) => "bf16 (ran f32: no AVX-512 BF16)",
+                };
                 let (pt, pm, sr, mr) = match &p {
                     Some(p) => (
                         format!("{:.1} ({:.0})", p.tok_s, gflops(p.tok_s)),
@@ -189,7 +219,7 @@ pub fn run(a: Args) -> Result<()> {
                     None => ("n/a".into(), "n/a".into(), "n/a".into(), "n/a".into()),
                 };
                 println!(
-                    "| {name} | {t} | {k} | {:.1} ({:.0}) | {pt} | {sr} | {:.0} | {pm} | {mr} |",
+                    "| {name} | {t} | {k}, {prec} | {:.1} ({:.0}) | {pt} | {sr} | {:.0} | {pm} | {mr} |",
                     o.tok_s,
                     gflops(o.tok_s),
                     o.peak_mib
