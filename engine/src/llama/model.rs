@@ -44,6 +44,8 @@ pub struct Model {
     pieces: Vec<Box<[u8]>>,
     /// llama.cpp's adapter loader mutates the model's adapter set: one at a time.
     pub(super) adapter_lock: Mutex<()>,
+    /// Layers were offloaded to a GPU: decoding leaves the CPU cores free.
+    offloaded: bool,
 }
 
 // SAFETY: after loading, a llama_model is read-only for inference; the one
@@ -108,11 +110,19 @@ impl Model {
             gguf,
             pieces: Vec::new(),
             adapter_lock: Mutex::new(()),
+            offloaded: params.n_gpu_layers != 0
+                && cfg!(any(feature = "cuda", feature = "metal", feature = "vulkan")),
         };
         model.pieces = (0..model.n_vocab() as Token)
             .map(|t| model.piece_uncached(t).into_boxed_slice())
             .collect();
         Ok(model)
+    }
+
+    /// Whether the model's layers run on a GPU (a GPU build with
+    /// `n_gpu_layers != 0`).
+    pub fn offloaded(&self) -> bool {
+        self.offloaded
     }
 
     pub(super) fn as_ptr(&self) -> *mut sys::llama_model {
