@@ -68,6 +68,10 @@ fn seeded_sampling_is_reproducible() {
 }
 
 #[test]
+#[cfg_attr(
+    any(feature = "cuda", feature = "metal", feature = "vulkan"),
+    ignore = "GPU kernels are not batch-invariant: greedy paths diverge at near-ties (H100: from token 5)"
+)]
 fn greedy_batch_of_8_equals_batch_of_1() {
     let _serial = common::serial();
     let mut p = policy(8, 4096);
@@ -145,6 +149,10 @@ fn truncate_into_the_middle_of_a_generation_resumes_exactly() {
 }
 
 #[test]
+#[cfg_attr(
+    any(feature = "cuda", feature = "metal", feature = "vulkan"),
+    ignore = "GPU kernels are not batch-invariant: logits after a fork differ by up to 2 (H100)"
+)]
 fn shared_prefix_fork_matches_independent_prefill() {
     let _serial = common::serial();
     let prompt = tokens("List three fruits:");

@@ -9,6 +9,12 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use cleaner::assets::{self, AssetStore};
 use cleaner::{Model, ModelParams, Policy, PolicyConfig, Token};
 
+/// A GPU build: llama.cpp runs the model on a GPU, whose kernels depend on
+/// the batch's shape (exact batch invariance holds on the CPU backend only;
+/// measured on an H100, see the README).
+#[allow(dead_code)]
+pub const GPU: bool = cfg!(any(feature = "cuda", feature = "metal", feature = "vulkan"));
+
 pub fn test_model_path() -> PathBuf {
     let asset = assets::find(assets::TEST_MODEL).expect("test model in catalog");
     AssetStore::default()

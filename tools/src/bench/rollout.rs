@@ -276,6 +276,12 @@ fn theirs_tg(
     fa: &str,
 ) -> Result<f64> {
     let n_ctx = npp + b * ntg + 64;
+    // Offload exactly as our engine does: every layer in a GPU build, none otherwise.
+    let gpu_layers = if cleaner::ModelParams::default().n_gpu_layers < 0 {
+        "999"
+    } else {
+        "0"
+    };
     let out = Command::new(bin)
         .arg("-m")
         .arg(model)
@@ -301,7 +307,7 @@ fn theirs_tg(
             "-pps",
             "-kvu",
             "-ngl",
-            "0",
+            gpu_layers,
             "-fa",
             fa,
         ])
