@@ -11,17 +11,20 @@
 //! Layout: a pair of consecutive reduction indices `(2q, 2q + 1)` is one u32
 //! (low half first), which is what `vdpbf16ps` multiplies lane by lane. The
 //! activations are converted once per call (a row-major bf16 row is already a
-//! row of pairs); weight tiles are packed `[kc / 2][NR]` pairs, once per
+//! row of pairs); weight tiles are packed `[kc / 2][NB]` pairs, once per
 //! panel and chunk as in the f32 path.
 
-use super::{row_split, Weights, KC, NR};
+use super::{row_split, Weights, KC};
 use crate::parallel::SharedOut;
 use rayon::prelude::*;
 
 /// Activation rows per micro-kernel call: eight accumulators cover the
 /// latency of `vdpbf16ps` at one issue per cycle.
 const MR: usize = 8;
-const PANELS_PER_TASK: usize = 4;
+/// Output columns per micro-kernel call: two zmm registers per row, so each
+/// broadcast activation pair feeds two `vdpbf16ps`.
+const NB: usize = 32;
+const PANELS_PER_TASK: usize = 2;
 
 /// Whether this CPU runs the bf16 kernels (AVX-512F and AVX-512 BF16).
 pub fn available() -> bool {
@@ -78,26 +81,26 @@ pub fn matmul_wt_bf16(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
         return;
     }
     let (xp, lda) = pairs_of(x, n_tok, n_in);
-    let n_panels = n_out.div_ceil(NR);
+    let n_panels = n_out.div_ceil(NB);
     let n_col_tasks = n_panels.div_ceil(PANELS_PER_TASK);
     let (n_row_tasks, rows_per_task) = row_split(n_tok, n_col_tasks);
     let out = SharedOut::new(y);
     (0..n_col_tasks * n_row_tasks)
         .into_par_iter()
         .for_each_init(
-            || (vec![0u32; KC / 2 * NR], vec![0f32; KC]),
+            || (vec![0u32; KC / 2 * NB], vec![0f32; KC]),
             |(packed, row_buf), task| {
                 let (task, row_task) = (task / n_row_tasks, task % n_row_tasks);
                 let t_first = row_task * rows_per_task;
                 let t_end = (t_first + rows_per_task).min(n_tok);
                 let first = task * PANELS_PER_TASK;
                 for panel in first..(first + PANELS_PER_TASK).min(n_panels) {
-                    let n0 = panel * NR;
-                    let n_valid = NR.min(n_out - n0);
+                    let n0 = panel * NB;
+                    let n_valid = NB.min(n_out - n0);
                     for k0 in (0..n_in).step_by(KC) {
                         let kc = KC.min(n_in - k0);
                         let kp = kc.div_ceil(2);
-                        for j in 0..NR {
+                        for j in 0..NB {
                             if j < n_valid {
                                 let seg = &mut row_buf[..kc];
                                 w.dequantize_segment(n0 + j, k0, seg);
@@ -107,18 +110,18 @@ pub fn matmul_wt_bf16(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
                                     } else {
                                         0
                                     };
-                                    packed[q * NR + j] =
+                                    packed[q * NB + j] =
                                         to_bf16(seg[2 * q]) as u32 | (hi as u32) << 16;
                                 }
                             } else {
-                                (0..kp).for_each(|q| packed[q * NR + j] = 0);
+                                (0..kp).for_each(|q| packed[q * NB + j] = 0);
                             }
                         }
                         for t0 in (t_first..t_end).step_by(MR) {
                             let mr = MR.min(t_end - t0);
                             // SAFETY: the CPU has the instructions (asserted);
                             // rows t0..t0+mr of xp hold pairs k0/2..k0/2+kp; the
-                            // tile holds kp rows of NR pairs; y's columns
+                            // tile holds kp rows of NB pairs; y's columns
                             // n0..n0+n_valid belong to this task alone.
                             unsafe {
                                 kernel::dispatch(
@@ -127,7 +130,7 @@ pub fn matmul_wt_bf16(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
                                     xp.as_ptr().add(t0 * lda + k0 / 2),
                                     lda,
                                     packed.as_ptr(),
-                                    NR,
+                                    NB,
                                     out.get().add(t0 * n_out + n0),
                                     n_out,
                                     n_valid,
@@ -181,12 +184,12 @@ pub fn matmul_w_bf16(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
                     }
                     dst[width..].fill(0);
                 }
-                for j0 in (0..width).step_by(NR) {
-                    let n_valid = NR.min(width - j0);
+                for j0 in (0..width).step_by(NB) {
+                    let n_valid = NB.min(width - j0);
                     for t0 in (t_first..t_end).step_by(MR) {
                         let mr = MR.min(t_end - t0);
                         // SAFETY: as in matmul_wt_bf16; the tile holds kp rows
-                        // of gw >= j0 + NR pairs; y's columns c0+j0.. belong
+                        // of gw >= j0 + NB pairs; y's columns c0+j0.. belong
                         // to this task's group alone.
                         unsafe {
                             kernel::dispatch(
@@ -211,10 +214,10 @@ pub fn matmul_w_bf16(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod kernel {
-    use super::{MR, NR};
+    use super::{MR, NB};
     use std::arch::x86_64::*;
 
-    /// `C[mr x NR] (+)= A[mr x kp pairs] B[kp pairs x NR]`; A's row `i` starts
+    /// `C[mr x NB] (+)= A[mr x kp pairs] B[kp pairs x NB]`; A's row `i` starts
     /// at `a + i * lda`, B's pair row `q` at `b + q * ldb`.
     ///
     /// # Safety
@@ -259,29 +262,41 @@ mod kernel {
         n_valid: usize,
         accumulate: bool,
     ) {
-        debug_assert!(R <= MR && NR == 16);
-        let mut acc = [_mm512_setzero_ps(); R];
+        debug_assert!(R <= MR && NB == 32);
+        let mut lo = [_mm512_setzero_ps(); R];
+        let mut hi = [_mm512_setzero_ps(); R];
         for q in 0..kp {
-            let bv: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * ldb).cast()));
-            for (i, acc) in acc.iter_mut().enumerate() {
+            let bp = b.add(q * ldb);
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.cast()));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(16).cast()));
+            for i in 0..R {
                 let av: __m512bh =
                     std::mem::transmute(_mm512_set1_epi32(*a.add(i * lda + q) as i32));
-                *acc = _mm512_dpbf16_ps(*acc, av, bv);
+                lo[i] = _mm512_dpbf16_ps(lo[i], av, b0);
+                hi[i] = _mm512_dpbf16_ps(hi[i], av, b1);
             }
         }
-        let mask: __mmask16 = if n_valid >= NR {
-            0xffff
-        } else {
-            (1u16 << n_valid) - 1
-        };
-        for (i, &v) in acc.iter().enumerate() {
-            let cp = c.add(i * ldc);
-            let v = if accumulate {
-                _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, cp))
+        let mask = |n: usize| -> __mmask16 {
+            if n >= 16 {
+                0xffff
             } else {
-                v
-            };
-            _mm512_mask_storeu_ps(cp, mask, v);
+                (1u16 << n) - 1
+            }
+        };
+        let (m0, m1) = (mask(n_valid), mask(n_valid.saturating_sub(16)));
+        for i in 0..R {
+            let cp = c.add(i * ldc);
+            for (v, m, off) in [(lo[i], m0, 0), (hi[i], m1, 16)] {
+                if m == 0 {
+                    continue;
+                }
+                let v = if accumulate {
+                    _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, cp.add(off)))
+                } else {
+                    v
+                };
+                _mm512_mask_storeu_ps(cp.add(off), m, v);
+            }
         }
     }
 }
