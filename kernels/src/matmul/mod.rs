@@ -254,7 +254,7 @@ pub fn matmul_w_scalar(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
 /// the product into an ordinary `[m, n_tok] x [n_tok, n]` for the matmul
 /// micro-kernel, parallel over 16-column panels; each output is one dot
 /// product over all tokens, so the result does not depend on the thread
-/// count. When `m > n` it computes `c^T = b^T a` and transposes the small
+/// count (the sum runs over chunks of [`KC`] tokens in a fixed order). When `m > n` it computes `c^T = b^T a` and transposes the small
 /// result back.
 pub fn matmul_tn(a: &[f32], b: &[f32], n_tok: usize, c: &mut [f32], accumulate: bool) {
     let m = if n_tok == 0 { 0 } else { a.len() / n_tok };
@@ -299,39 +299,74 @@ fn tn_narrow_left(
             at[i * n_tok + t] = v;
         }
     }
-    // Whole panels through the micro-kernel (it reads NR columns of each b
-    // row); a ragged last panel by plain loops.
+    // Whole panels through the micro-kernel; a ragged last panel by plain
+    // loops. Up to TN_IN_PLACE_MAX_TOK tokens, b is read in place. Beyond,
+    // a task's panels are copied chunk by chunk of tokens into one contiguous
+    // tile: b's rows are n values apart, and a long sequence (T = 2048,
+    // n = 4864: 2048 pages per panel) thrashed the TLB (LoRA's gradients ran
+    // at a third of their T = 512 speed), while at T = 512 the copy costs
+    // more than it saves (the product is thin: rank 16).
+    let in_place = n_tok <= TN_IN_PLACE_MAX_TOK;
+    let chunk = if in_place { n_tok } else { KC };
     let full = n / NR * NR;
     let n_panels = full / NR;
     let out = SharedOut::new(c);
     (0..n_panels.div_ceil(PANELS_PER_TASK))
         .into_par_iter()
-        .for_each(|task| {
-            let first = task * PANELS_PER_TASK;
-            for panel in first..(first + PANELS_PER_TASK).min(n_panels) {
-                let j0 = panel * NR;
-                for i0 in (0..m).step_by(MR) {
-                    let mr = MR.min(m - i0);
-                    // SAFETY: rows i0..i0+mr of `at` hold n_tok values; b holds
-                    // n_tok rows of n >= j0 + NR values; c[i0.., j0..j0+NR]
-                    // belongs to this task's panels only.
-                    unsafe {
-                        kernel(
-                            mr,
-                            n_tok,
-                            at.as_ptr().add(i0 * n_tok),
-                            n_tok,
-                            b.as_ptr().add(j0),
-                            n,
-                            out.get().add(i0 * n + j0),
-                            n,
-                            NR,
-                            true,
-                        );
+        .for_each_init(
+            || {
+                vec![
+                    0f32;
+                    if in_place {
+                        0
+                    } else {
+                        KC * NR * PANELS_PER_TASK
+                    }
+                ]
+            },
+            |tile, task| {
+                let first = task * PANELS_PER_TASK;
+                let last = (first + PANELS_PER_TASK).min(n_panels);
+                let (j_first, width) = (first * NR, (last - first) * NR);
+                for k0 in (0..n_tok).step_by(chunk) {
+                    let kc = chunk.min(n_tok - k0);
+                    let (tile_ptr, ld) = if in_place {
+                        (b[j_first..].as_ptr(), n)
+                    } else {
+                        for p in 0..kc {
+                            let src = &b[(k0 + p) * n + j_first..][..width];
+                            tile[p * width..(p + 1) * width].copy_from_slice(src);
+                        }
+                        (tile.as_ptr(), width)
+                    };
+                    for panel in first..last {
+                        let j0 = panel * NR;
+                        for i0 in (0..m).step_by(MR) {
+                            let mr = MR.min(m - i0);
+                            // SAFETY: rows i0..i0+mr of `at` hold n_tok values
+                            // (columns k0..k0+kc used); the tile (or b in
+                            // place, k0 = 0) holds kc rows of >= j0 - j_first
+                            // + NR values at stride ld;
+                            // c[i0.., j0..j0+NR] belongs to this task alone.
+                            unsafe {
+                                kernel(
+                                    mr,
+                                    kc,
+                                    at.as_ptr().add(i0 * n_tok + k0),
+                                    n_tok,
+                                    tile_ptr.add(j0 - j_first),
+                                    ld,
+                                    out.get().add(i0 * n + j0),
+                                    n,
+                                    NR,
+                                    true,
+                                );
+                            }
+                        }
                     }
                 }
-            }
-        });
+            },
+        );
     for i in 0..m {
         for j in full..n {
             let dot: f32 = (0..n_tok).map(|t| at[i * n_tok + t] * b[t * n + j]).sum();
@@ -392,6 +427,9 @@ fn row_split(n_tok: usize, n_col_tasks: usize) -> (usize, usize) {
     let rows = (n_tok.div_ceil(n).div_ceil(MR) * MR).max(MR);
     (n_tok.div_ceil(rows).max(1), rows)
 }
+
+/// Up to this many tokens [`matmul_tn`] reads its wide operand in place.
+const TN_IN_PLACE_MAX_TOK: usize = 1024;
 
 /// Below this many rows, packing a transposed tile costs more than it saves:
 /// decode each weight row once and take plain dot products.
