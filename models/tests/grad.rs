@@ -101,6 +101,25 @@ fn lora_gradients_match_finite_differences_qwen3() {
     check(Architecture::Qwen3);
 }
 
+/// A tiny model of `arch`, an adapter with non-zero B (so every gradient is
+/// exercised), `n_tok` tokens and per-position loss weights of mixed sign.
+fn tiny_case(arch: Architecture, n_tok: u32) -> (Transformer, Lora, Vec<u32>, Vec<f32>) {
+    let model =
+        Transformer::from_gguf(GgufFile::from_bytes(tiny_model(TinySpec::new(arch), 5)).unwrap())
+            .unwrap();
+    let mut lora = Lora::new(&model, LoraConfig::default(), 9);
+    for (k, b) in lora.tensors_mut().enumerate() {
+        b.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v += ((i * 13 + k) % 7) as f32 * 0.01);
+    }
+    let tokens: Vec<u32> = (0..n_tok).map(|i| (i * 5 + 1) % 48).collect();
+    let weights: Vec<f32> = (0..tokens.len() - 1)
+        .map(|t| (t % 3) as f32 - 1.0)
+        .collect();
+    (model, lora, tokens, weights)
+}
+
 /// Keeping blocks whole (no recomputation in the backward pass) must give
 /// exactly the gradients of the fully checkpointed pass: none, one and all
 /// blocks kept, on each family.
@@ -111,20 +130,7 @@ fn kept_blocks_give_bit_identical_gradients() {
         Architecture::Qwen2,
         Architecture::Qwen3,
     ] {
-        let model = Transformer::from_gguf(
-            GgufFile::from_bytes(tiny_model(TinySpec::new(arch), 5)).unwrap(),
-        )
-        .unwrap();
-        let mut lora = Lora::new(&model, LoraConfig::default(), 9);
-        for (k, b) in lora.tensors_mut().enumerate() {
-            b.iter_mut()
-                .enumerate()
-                .for_each(|(i, v)| *v += ((i * 13 + k) % 7) as f32 * 0.01);
-        }
-        let tokens: Vec<u32> = (0..23).map(|i| (i * 5 + 1) % 48).collect();
-        let weights: Vec<f32> = (0..tokens.len() - 1)
-            .map(|t| (t % 3) as f32 - 1.0)
-            .collect();
+        let (model, lora, tokens, weights) = tiny_case(arch, 23);
         let n_layer = model.layers.len();
         let grads_with = |keep: usize| {
             let (lp, tape) = model.forward_train_keeping(&tokens, &lora, keep).unwrap();
@@ -168,20 +174,7 @@ fn bf16_products_keep_log_probs_and_gradients_close_to_f32() {
         Architecture::Qwen2,
         Architecture::Qwen3,
     ] {
-        let mut model = Transformer::from_gguf(
-            GgufFile::from_bytes(tiny_model(TinySpec::new(arch), 5)).unwrap(),
-        )
-        .unwrap();
-        let mut lora = Lora::new(&model, LoraConfig::default(), 9);
-        for (k, b) in lora.tensors_mut().enumerate() {
-            b.iter_mut()
-                .enumerate()
-                .for_each(|(i, v)| *v += ((i * 13 + k) % 7) as f32 * 0.01);
-        }
-        let tokens: Vec<u32> = (0..40).map(|i| (i * 5 + 1) % 48).collect();
-        let weights: Vec<f32> = (0..tokens.len() - 1)
-            .map(|t| (t % 3) as f32 - 1.0)
-            .collect();
+        let (mut model, lora, tokens, weights) = tiny_case(arch, 40);
         let mut run = |p: Precision| {
             model.set_precision(p);
             let (lp, tape) = model.forward_train(&tokens, &lora).unwrap();
