@@ -47,7 +47,10 @@ cat "$out/bench-rollout.md" | tee -a "$summary"
 
 # Tests that drive llama.cpp (GPU offload) or the trainer against it. The
 # Qwen forward comparison needs the real Qwen file, which cannot travel.
-for t in ${GPU_TESTS:-rollout lora forward train grpo agent_real agent_saar bad_input}; do
+# Every test binary gpu-stage.sh staged (all but the two tools), unless
+# GPU_TESTS names a subset.
+staged=$(ls "$stage/bin" | grep -vx 'cleaner\|llama-batched-bench' | tr '\n' ' ')
+for t in ${GPU_TESTS:-$staged}; do
   filter=""
   [ "$t" = forward ] && filter="smollm2"
   start=$SECONDS

@@ -55,6 +55,18 @@ pub fn from_bf16(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
+/// Two values rounded to bf16 as one `vdpbf16ps` operand lane (`lo` first).
+#[inline]
+fn pair(lo: f32, hi: f32) -> u32 {
+    to_bf16(lo) as u32 | (to_bf16(hi) as u32) << 16
+}
+
+/// Consecutive values of `v` as pairs; an odd count ends with a zero.
+#[inline]
+fn pair_at(v: &[f32], q: usize) -> u32 {
+    pair(v[2 * q], v.get(2 * q + 1).copied().unwrap_or(0.0))
+}
+
 /// `x` rounded to bf16, rows of `n` values padded to an even count, as pairs.
 fn pairs_of(x: &[f32], n_tok: usize, n: usize) -> (Vec<u32>, usize) {
     let np = n.div_ceil(2);
@@ -63,9 +75,8 @@ fn pairs_of(x: &[f32], n_tok: usize, n: usize) -> (Vec<u32>, usize) {
         .zip(x.par_chunks(n))
         .with_min_len(16)
         .for_each(|(o, row)| {
-            for (q, pair) in row.chunks(2).enumerate() {
-                let hi = pair.get(1).map_or(0, |&v| to_bf16(v));
-                o[q] = to_bf16(pair[0]) as u32 | (hi as u32) << 16;
+            for (q, out) in o.iter_mut().enumerate() {
+                *out = pair_at(row, q);
             }
         });
     (out, np)
@@ -107,13 +118,7 @@ pub fn matmul_wt_bf16(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
                                 let seg = &mut row_buf[..kc];
                                 w.dequantize_segment(n0 + j, k0, seg);
                                 for q in 0..kp {
-                                    let hi = if 2 * q + 1 < kc {
-                                        to_bf16(seg[2 * q + 1])
-                                    } else {
-                                        0
-                                    };
-                                    packed[q * NB + j] =
-                                        to_bf16(seg[2 * q]) as u32 | (hi as u32) << 16;
+                                    packed[q * NB + j] = pair_at(seg, q);
                                 }
                             } else {
                                 (0..kp).for_each(|q| packed[q * NB + j] = 0);
@@ -182,7 +187,7 @@ pub fn matmul_w_bf16(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
                     }
                     let dst = &mut tile[q * gw..(q + 1) * gw];
                     for j in 0..width {
-                        dst[j] = to_bf16(lo[j]) as u32 | (to_bf16(hi[j]) as u32) << 16;
+                        dst[j] = pair(lo[j], hi[j]);
                     }
                     dst[width..].fill(0);
                 }
