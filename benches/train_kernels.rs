@@ -151,6 +151,27 @@ fn main() {
         da.iter().chain(&db).all(|v| v.is_finite()),
         "LoRA grads: non-finite"
     );
+    // LoRA's products on activations, forward (u = x A^T, then u B^T) and
+    // backward (g = dy B, then g A): thin ones, rank columns or rank deep.
+    let a = values(RANK * N_EMBD, 11);
+    let b = values(N_FF * RANK, 12);
+    let mut u = vec![0f32; n_tok * RANK];
+    let s = time(reps, || {
+        matmul_wt(&x, n_tok, &Weights::f32(&a, RANK, N_EMBD), &mut u);
+        matmul_wt(&u, n_tok, &Weights::f32(&b, N_FF, RANK), &mut y);
+    });
+    let lora_flops = 2.0 * (n_tok * RANK * (N_EMBD + N_FF)) as f64;
+    rows.push(("LoRA forward x A^T, u B^T", lora_flops / s));
+    let mut gd = vec![0f32; n_tok * RANK];
+    let s = time(reps, || {
+        matmul_w(&dy, n_tok, &Weights::f32(&b, N_FF, RANK), &mut gd);
+        matmul_w(&gd, n_tok, &Weights::f32(&a, RANK, N_EMBD), &mut dx);
+    });
+    rows.push(("LoRA input gradient dy B, g A", lora_flops / s));
+    assert!(
+        y.iter().chain(&dx).all(|v| v.is_finite()),
+        "LoRA products: non-finite"
+    );
     // Causal attention, forward and backward (GQA 14/2 heads of 64).
     let shape = AttnShape {
         n_tok,

@@ -1,0 +1,166 @@
+//! Causal self-attention with grouped-query heads, computed in tiles with an
+//! online softmax (Milakov & Gimelshein 2018; FlashAttention's forward), so
+//! memory stays O(n_tok * head_dim) per task instead of O(n_tok^2).
+//!
+//! Shapes: `q: [n_tok, n_head, head_dim]`, `k, v: [n_tok, n_head_kv, head_dim]`,
+//! `out: [n_tok, n_head, head_dim]`, `lse: [n_head, n_tok]` (log-sum-exp of each
+//! query's scaled scores, kept so the backward pass can recompute
+//! probabilities tile by tile). Query head `h` reads key/value head
+//! `h / (n_head / n_head_kv)`, as ggml broadcasts.
+
+use crate::matmul::NR;
+
+/// Query rows per task.
+pub const ATTN_Q_TILE: usize = 32;
+/// Keys per tile.
+pub const ATTN_K_TILE: usize = 64;
+
+/// Head geometry.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    /// Tokens (rows of q, k, v).
+    pub n_tok: usize,
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads (GQA: n_head is a multiple).
+    pub n_head_kv: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+impl AttnShape {
+    fn check(&self, q: &[f32], k: &[f32], v: &[f32], out: &[f32], lse: &[f32]) {
+        let AttnShape {
+            n_tok,
+            n_head,
+            n_head_kv,
+            head_dim,
+        } = *self;
+        assert!(
+            n_head_kv > 0 && n_head % n_head_kv == 0,
+            "attention: {n_head} heads vs {n_head_kv} kv heads"
+        );
+        assert_eq!(q.len(), n_tok * n_head * head_dim, "attention: q shape");
+        assert_eq!(out.len(), q.len(), "attention: out shape");
+        assert_eq!(k.len(), n_tok * n_head_kv * head_dim, "attention: k shape");
+        assert_eq!(v.len(), k.len(), "attention: v shape");
+        assert_eq!(lse.len(), n_head * n_tok, "attention: lse shape");
+    }
+}
+
+/// Per-head copies of a `[n_tok, n_heads, hd]` tensor laid out for tile
+/// products, each padded with zeros to whole tiles (`n_pad` positions) and
+/// whole panels (`hd_pad` dimensions) so the micro-kernel never reads past a
+/// buffer: `rows` is `[n_heads][n_pad][hd_pad]`; `cols` is transposed per
+/// tile of positions, `[n_heads][n_pad / tile][hd][tile]`, so each tile's
+/// block is contiguous (16 KiB for 64 keys at hd = 64: it stays in L1 while a
+/// tile product runs).
+/// Built once per call, shared by every task.
+struct HeadLayout {
+    n_pad: usize,
+    hd_pad: usize,
+    hd: usize,
+}
+
+impl HeadLayout {
+    fn new(n_tok: usize, hd: usize) -> HeadLayout {
+        HeadLayout {
+            n_pad: n_tok.div_ceil(ATTN_K_TILE) * ATTN_K_TILE,
+            hd_pad: hd.div_ceil(NR) * NR,
+            hd,
+        }
+    }
+
+    fn rows(&self, src: &[f32], n_heads: usize) -> Vec<f32> {
+        let mut out = vec![0f32; n_heads * self.n_pad * self.hd_pad];
+        let n_tok = src.len() / (n_heads * self.hd).max(1);
+        for t in 0..n_tok {
+            for h in 0..n_heads {
+                let from = &src[(t * n_heads + h) * self.hd..][..self.hd];
+                out[(h * self.n_pad + t) * self.hd_pad..][..self.hd].copy_from_slice(from);
+            }
+        }
+        out
+    }
+
+    /// `[n_heads][n_pad / tile][hd][tile]`: each tile of `tile` positions
+    /// transposed into one contiguous block.
+    fn cols(&self, src: &[f32], n_heads: usize, tile: usize) -> Vec<f32> {
+        debug_assert!(self.n_pad % tile == 0);
+        let mut out = vec![0f32; n_heads * self.hd * self.n_pad];
+        let n_tok = src.len() / (n_heads * self.hd).max(1);
+        let n_tiles = self.n_pad / tile;
+        for t in 0..n_tok {
+            let (ti, j) = (t / tile, t % tile);
+            for h in 0..n_heads {
+                let from = &src[(t * n_heads + h) * self.hd..][..self.hd];
+                let base = (h * n_tiles + ti) * self.hd * tile + j;
+                for (d, &x) in from.iter().enumerate() {
+                    out[base + d * tile] = x;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Whether the AVX2/FMA builds of the per-task routines can run.
+fn use_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Defines `$name` (portable) and `$avx2` (the same body compiled with AVX2 and
+/// FMA) for a per-task routine; rayon's closures call one or the other. The
+/// work must live in such functions, not in the closures: code inside a
+/// closure is not compiled with the enclosing function's target features.
+macro_rules! task_fn {
+    ($name:ident, $avx2:ident, ($($arg:ident: $ty:ty),*) $body:block) => {
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($arg: $ty),*) $body
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $avx2($($arg: $ty),*) {
+            $name($($arg),*)
+        }
+    };
+}
+
+macro_rules! run_task {
+    ($avx:expr, $name:ident, $avx2:ident, $($arg:expr),*) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if $avx {
+                // SAFETY: the CPU supports AVX2 and FMA (use_avx2()).
+                unsafe { $avx2($($arg),*) }
+            } else {
+                $name($($arg),*)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = $avx;
+            $name($($arg),*)
+        }
+    }};
+}
+
+// Declared after the macros above, which they use.
+mod backward;
+mod forward;
+mod scalar;
+#[cfg(test)]
+mod tests;
+
+pub use backward::attention_backward;
+pub use forward::attention_forward;
+pub use scalar::attention_forward_scalar;
