@@ -12,7 +12,7 @@ use crate::forward::{BlockActs, Tape};
 use crate::lora::{Lora, Proj};
 use crate::model::{Layer, MatrixRef, Transformer};
 use cleaner_kernels::activation::{swiglu_backward, swiglu_forward};
-use cleaner_kernels::attention::{attention_backward, AttnShape};
+use cleaner_kernels::attention::{attention_backward_in, AttnShape};
 use cleaner_kernels::logits::token_logprobs_backward;
 use cleaner_kernels::matmul::{matmul_tn, matmul_w, matmul_w_in, Weights};
 use cleaner_kernels::norm::rmsnorm_backward;
@@ -182,7 +182,8 @@ impl Transformer {
             n_head_kv: c.n_head_kv,
             head_dim: c.head_dim,
         };
-        attention_backward(
+        attention_backward_in(
+            self.precision(),
             &a.q,
             &a.k,
             &a.v,

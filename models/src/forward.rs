@@ -13,7 +13,7 @@ use crate::error::{ModelError, ModelErrorKind};
 use crate::lora::{Lora, LoraPair, Proj};
 use crate::model::{Layer, MatrixRef, Transformer};
 use cleaner_kernels::activation::swiglu_forward;
-use cleaner_kernels::attention::{attention_forward, AttnShape};
+use cleaner_kernels::attention::{attention_forward_in, AttnShape};
 use cleaner_kernels::logits::token_logprobs_forward;
 use cleaner_kernels::matmul::{matmul_wt, matmul_wt_in, Weights};
 use cleaner_kernels::norm::rmsnorm_forward;
@@ -518,7 +518,8 @@ impl Transformer {
                 a.att.copy_from_slice(att);
                 a.lse.copy_from_slice(lse);
             }
-            None => attention_forward(
+            None => attention_forward_in(
+                self.precision(),
                 &a.q,
                 &a.k,
                 &a.v,

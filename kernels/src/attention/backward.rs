@@ -11,8 +11,9 @@
 //! afterwards in a fixed order: the result does not depend on which thread
 //! ran what, nor on how many threads there are.
 
+use super::tiles::{Bf16Tiles, F32Tiles, Tiles};
 use super::{use_avx2, AttnShape, HeadLayout, ATTN_K_TILE, ATTN_Q_TILE};
-use crate::matmul::gemm_tile;
+use crate::matmul::Precision;
 use crate::parallel::SharedOut;
 use crate::softmax::exp_approx;
 use rayon::prelude::*;
@@ -39,21 +40,9 @@ fn run_bounds(n_qb: usize, n_head: usize) -> Vec<usize> {
     bounds
 }
 
-/// Inputs shared by the backward tasks (padded per-head layouts, see
-/// [`HeadLayout`]).
+/// What every task reads besides the tile products.
 #[derive(Clone, Copy)]
-struct BackwardIn<'a> {
-    /// `[n_head][n_pad / Q][hd][Q]`: each query block transposed.
-    q_cols: &'a [f32],
-    do_cols: &'a [f32],
-    /// `[n_head][n_pad][hd_pad]`
-    q_rows: &'a [f32],
-    do_rows: &'a [f32],
-    /// `[n_head_kv][n_pad][hd_pad]`
-    k_rows: &'a [f32],
-    v_rows: &'a [f32],
-    /// `[n_head_kv][n_pad / K][hd][K]`
-    kt: &'a [f32],
+struct Rows<'a> {
     /// `[n_head][n_pad]`; padding queries get `lse = +inf` (so `p = 0`) and
     /// `delta = 0`.
     lse: &'a [f32],
@@ -64,10 +53,43 @@ struct BackwardIn<'a> {
     hd_pad: usize,
 }
 
-/// Given `dout`, writes `dq`, `dk`, `dv` of [`super::attention_forward`]'s
-/// output (`out` and `lse` as it returned them).
+/// Backward in f32: see [`attention_backward_in`].
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    dout: &[f32],
+    shape: AttnShape,
+    scale: f32,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    attention_backward_in(
+        Precision::F32,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        dout,
+        shape,
+        scale,
+        dq,
+        dk,
+        dv,
+    )
+}
+
+/// Given `dout`, writes `dq`, `dk`, `dv` of [`super::attention_forward`]'s
+/// output (`out` and `lse` as it returned them), with tile products in
+/// precision `p` (the same as the forward's, for consistent gradients).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_in(
+    p: Precision,
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -107,18 +129,7 @@ pub fn attention_backward(
                 .sum();
         }
     }
-    let (q_cols, do_cols) = (layout.cols(q, n_head, Q), layout.cols(dout, n_head, Q));
-    let (q_rows, do_rows) = (layout.rows(q, n_head), layout.rows(dout, n_head));
-    let (k_rows, v_rows) = (layout.rows(k, n_head_kv), layout.rows(v, n_head_kv));
-    let kt = layout.cols(k, n_head_kv, K);
-    let input = BackwardIn {
-        q_cols: &q_cols,
-        do_cols: &do_cols,
-        q_rows: &q_rows,
-        do_rows: &do_rows,
-        k_rows: &k_rows,
-        v_rows: &v_rows,
-        kt: &kt,
+    let rows = Rows {
         lse: &lse_pad,
         delta: &delta,
         shape,
@@ -126,36 +137,12 @@ pub fn attention_backward(
         n_pad,
         hd_pad,
     };
-    let bounds = run_bounds(n_tok.div_ceil(Q), n_head);
-    let n_runs = bounds.len() - 1;
-    let avx = use_avx2();
-    let dq_p = SharedOut::new(dq);
-    let parts: Vec<Vec<f32>> = (0..n_head * n_runs)
-        .into_par_iter()
-        .map_init(
-            || vec![0f32; 2 * K * Q + hd_pad * Q],
-            |scratch, task| {
-                let (h, run) = (task / n_runs, task % n_runs);
-                let (b0, b1) = (bounds[run], bounds[run + 1]);
-                // Keys this run's queries can see, in whole tiles.
-                let n_keys = ((b1 * Q).min(n_tok)).div_ceil(K) * K;
-                let mut part = vec![0f32; 2 * n_keys * hd_pad];
-                run_task!(
-                    avx,
-                    head_task,
-                    head_task_avx2,
-                    input,
-                    h,
-                    b0,
-                    b1,
-                    scratch,
-                    &mut part,
-                    dq_p
-                );
-                part
-            },
-        )
-        .collect();
+    let heads = (n_head, n_head_kv);
+    let parts = match p.effective() {
+        Precision::Bf16 => head_parts(&Bf16Tiles::backward(layout, q, k, v, dout, heads), rows, dq),
+        Precision::F32 => head_parts(&F32Tiles::backward(layout, q, k, v, dout, heads), rows, dq),
+    };
+    let n_runs = parts.len() / n_head;
     // dK, dV of a KV head: its query heads' partial sums, runs in order.
     let group = n_head / n_head_kv;
     let n_kt = n_tok.div_ceil(K);
@@ -190,48 +177,67 @@ pub fn attention_backward(
     });
 }
 
-task_fn!(head_task, head_task_avx2, (b: BackwardIn, h: usize, b0: usize, b1: usize, scratch: &mut [f32], part: &mut [f32], dq_p: SharedOut) {
+/// Runs every (head, run of query blocks) task: writes `dq` and returns the
+/// tasks' partial `dK`/`dV` buffers, head by head, run by run.
+fn head_parts<T: Tiles>(t: &T, rows: Rows, dq: &mut [f32]) -> Vec<Vec<f32>> {
+    let AttnShape {
+        n_tok,
+        n_head,
+        head_dim: hd,
+        ..
+    } = rows.shape;
+    let bounds = run_bounds(n_tok.div_ceil(Q), n_head);
+    let n_runs = bounds.len() - 1;
+    let avx = use_avx2();
+    let dq_p = SharedOut::new(dq);
+    (0..n_head * n_runs)
+        .into_par_iter()
+        .map_init(
+            || (vec![0f32; 2 * K * Q + hd * Q], t.scratch()),
+            |(scratch, tiles_scratch), task| {
+                let (h, run) = (task / n_runs, task % n_runs);
+                let (b0, b1) = (bounds[run], bounds[run + 1]);
+                // Keys this run's queries can see, in whole tiles.
+                let n_keys = ((b1 * Q).min(n_tok)).div_ceil(K) * K;
+                let mut part = vec![0f32; 2 * n_keys * rows.hd_pad];
+                run_task!(
+                    avx,
+                    head_task,
+                    head_task_avx2,
+                    t,
+                    rows,
+                    h,
+                    b0,
+                    b1,
+                    scratch,
+                    tiles_scratch,
+                    &mut part,
+                    dq_p
+                );
+                part
+            },
+        )
+        .collect()
+}
+
+task_fn!(head_task, head_task_avx2, <T: Tiles>, (t: &T, b: Rows, h: usize, b0: usize, b1: usize, scratch: &mut [f32], tiles_scratch: &mut T::Scratch, part: &mut [f32], dq_p: SharedOut) {
     let AttnShape { n_tok, n_head, n_head_kv, head_dim: hd } = b.shape;
-    let (n_pad, hd_pad) = (b.n_pad, b.hd_pad);
     let kvh = h / (n_head / n_head_kv);
-    let n_keys = part.len() / (2 * hd_pad);
-    let (dk_part, dv_part) = part.split_at_mut(n_keys * hd_pad);
+    let n_keys = part.len() / (2 * b.hd_pad);
+    let (dk_part, dv_part) = part.split_at_mut(n_keys * b.hd_pad);
     let (st, rest) = scratch.split_at_mut(K * Q);
     let (dst, rest) = rest.split_at_mut(K * Q);
     let dqt = &mut rest[..hd * Q];
-    let k_rows = &b.k_rows[kvh * n_pad * hd_pad..][..n_pad * hd_pad];
-    let v_rows = &b.v_rows[kvh * n_pad * hd_pad..][..n_pad * hd_pad];
-    let kt = &b.kt[kvh * hd * n_pad..][..hd * n_pad];
-    let q_rows = &b.q_rows[h * n_pad * hd_pad..][..n_pad * hd_pad];
-    let do_rows = &b.do_rows[h * n_pad * hd_pad..][..n_pad * hd_pad];
-    let q_cols = &b.q_cols[h * hd * n_pad..][..hd * n_pad];
-    let do_cols = &b.do_cols[h * hd * n_pad..][..hd * n_pad];
     for qb in b0..b1 {
         let (i0, q1) = (qb * Q, ((qb + 1) * Q).min(n_tok));
-        let lse: &[f32; Q] = b.lse[h * n_pad + i0..][..Q].try_into().expect("Q values");
-        let delta: &[f32; Q] = b.delta[h * n_pad + i0..][..Q].try_into().expect("Q values");
+        let lse: &[f32; Q] = b.lse[h * b.n_pad + i0..][..Q].try_into().expect("Q values");
+        let delta: &[f32; Q] = b.delta[h * b.n_pad + i0..][..Q].try_into().expect("Q values");
         dqt.fill(0.0);
         for k0 in (0..q1).step_by(K) {
-            // SAFETY (all five products): k_rows/v_rows/q_rows/do_rows hold
-            // n_pad >= k0 + K (and >= i0 + Q) rows of hd_pad values; the
-            // query block's transposed block in q_cols/do_cols holds hd rows
-            // of Q; kt's tile block holds hd rows of K; st/dst hold K x Q,
-            // dqt hd x Q; the partial buffers hold n_keys >= k0 + K rows of
-            // hd_pad (n_keys covers every key the run's queries see, in
-            // whole tiles). Q and hd_pad are multiples of NR.
-            unsafe {
-                // S^T = K Q^T and dP^T = V dO^T: keys by queries.
-                gemm_tile(K, Q, hd, k_rows.as_ptr().add(k0 * hd_pad), hd_pad, q_cols.as_ptr().add(qb * hd * Q), Q, st.as_mut_ptr(), Q, false);
-                gemm_tile(K, Q, hd, v_rows.as_ptr().add(k0 * hd_pad), hd_pad, do_cols.as_ptr().add(qb * hd * Q), Q, dst.as_mut_ptr(), Q, false);
-            }
+            t.scores(h, kvh, qb, k0, K, st);
+            t.dprobs(h, kvh, qb, k0, dst);
             probs_and_grads(st, dst, lse, delta, k0, i0, b.scale);
-            unsafe {
-                // dV += P^T dO, dK += dS^T Q (this tile's keys).
-                gemm_tile(K, hd_pad, Q, st.as_ptr(), Q, do_rows.as_ptr().add(i0 * hd_pad), hd_pad, dv_part.as_mut_ptr().add(k0 * hd_pad), hd_pad, true);
-                gemm_tile(K, hd_pad, Q, dst.as_ptr(), Q, q_rows.as_ptr().add(i0 * hd_pad), hd_pad, dk_part.as_mut_ptr().add(k0 * hd_pad), hd_pad, true);
-                // dQ^T += K^T dS^T (this block's queries).
-                gemm_tile(hd, Q, K, kt.as_ptr().add(k0 * hd), K, dst.as_ptr(), Q, dqt.as_mut_ptr(), Q, true);
-            }
+            t.add_grads(h, kvh, qb, k0, st, dst, dk_part, dv_part, dqt, tiles_scratch);
         }
         for i in i0..q1 {
             // SAFETY: query row (i, h) belongs to this task (its head, its run).

@@ -56,6 +56,7 @@ impl AttnShape {
 /// block is contiguous (16 KiB for 64 keys at hd = 64: it stays in L1 while a
 /// tile product runs).
 /// Built once per call, shared by every task.
+#[derive(Clone, Copy)]
 struct HeadLayout {
     n_pad: usize,
     hd_pad: usize,
@@ -117,20 +118,21 @@ fn use_avx2() -> bool {
 }
 
 /// Defines `$name` (portable) and `$avx2` (the same body compiled with AVX2 and
-/// FMA) for a per-task routine; rayon's closures call one or the other. The
-/// work must live in such functions, not in the closures: code inside a
-/// closure is not compiled with the enclosing function's target features.
+/// FMA) for a per-task routine, generic over the tile products; rayon's
+/// closures call one or the other. The work must live in such functions, not
+/// in the closures: code inside a closure is not compiled with the enclosing
+/// function's target features.
 macro_rules! task_fn {
-    ($name:ident, $avx2:ident, ($($arg:ident: $ty:ty),*) $body:block) => {
+    ($name:ident, $avx2:ident, <$g:ident: $bound:path>, ($($arg:ident: $ty:ty),*) $body:block) => {
         #[inline(always)]
         #[allow(clippy::too_many_arguments)]
-        fn $name($($arg: $ty),*) $body
+        fn $name<$g: $bound>($($arg: $ty),*) $body
 
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
         #[allow(clippy::too_many_arguments)]
-        unsafe fn $avx2($($arg: $ty),*) {
-            $name($($arg),*)
+        unsafe fn $avx2<$g: $bound>($($arg: $ty),*) {
+            $name::<$g>($($arg),*)
         }
     };
 }
@@ -160,7 +162,8 @@ mod forward;
 mod scalar;
 #[cfg(test)]
 mod tests;
+mod tiles;
 
-pub use backward::attention_backward;
-pub use forward::attention_forward;
+pub use backward::{attention_backward, attention_backward_in};
+pub use forward::{attention_forward, attention_forward_in};
 pub use scalar::attention_forward_scalar;

@@ -1,8 +1,17 @@
 use super::*;
+use crate::matmul::Precision;
 use crate::testing::{max_rel_err, TestRng};
 
 /// Relative to the largest |output|: f32 exp and accumulation over <= 200 keys.
 pub const ATTENTION_TOL: f64 = 2e-5;
+/// bf16 tiles against the f64 twin on the same rounded inputs: each
+/// probability rounded to bf16 (2^-9 relative), relative to the largest
+/// |output|.
+const BF16_ATTENTION_TOL: f64 = 5e-3;
+/// bf16 tiles against unrounded inputs: scores move by ~2^-9 of |q| |k|.
+const BF16_INPUT_TOL: f64 = 2e-2;
+/// bf16 gradients against f32 ones, relative L2.
+const BF16_GRAD_TOL: f64 = 2e-2;
 
 #[test]
 fn matches_scalar_twin_with_gqa_and_ragged_tiles() {
@@ -175,4 +184,118 @@ fn first_token_attends_only_to_itself() {
     assert_eq!(&o[..2], &[1.0, 2.0]);
     // Equal scores: the second token averages the first two values.
     assert!((o[2] - 15.5).abs() < 1e-5 && (o[3] - 21.0).abs() < 1e-5);
+}
+
+/// Rounds every value to bf16 (what the bf16 tiles do to q, k and v).
+fn bf16_rounded(x: &[f32]) -> Vec<f32> {
+    use crate::matmul::{from_bf16, to_bf16};
+    x.iter().map(|&v| from_bf16(to_bf16(v))).collect()
+}
+
+/// bf16 tiles: against the f64 twin run on the same bf16-rounded q, k, v,
+/// what remains is the probabilities' rounding to bf16 (2^-9 of each) and
+/// f32 sums; against the unrounded inputs, the inputs' rounding too.
+#[test]
+fn bf16_forward_matches_scalar_twin_on_rounded_inputs() {
+    if Precision::Bf16.effective() != Precision::Bf16 {
+        eprintln!("no AVX-512 BF16 on this CPU: bf16 runs f32, covered above");
+        return;
+    }
+    let mut rng = TestRng(14);
+    for &(n_tok, n_head, n_head_kv, head_dim) in &[
+        (1, 1, 1, 4),
+        (77, 4, 2, 16),
+        (300, 6, 2, 64),
+        (130, 2, 1, 80),
+    ] {
+        let shape = AttnShape {
+            n_tok,
+            n_head,
+            n_head_kv,
+            head_dim,
+        };
+        let q = rng.vec(n_tok * n_head * head_dim, 2.0);
+        let k = rng.vec(n_tok * n_head_kv * head_dim, 2.0);
+        let v = rng.vec(n_tok * n_head_kv * head_dim, 1.0);
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let mut o = vec![0f32; q.len()];
+        let mut lse = vec![0f32; n_head * n_tok];
+        attention_forward_in(Precision::Bf16, &q, &k, &v, shape, scale, &mut o, &mut lse);
+        let (mut o_ref, mut lse_ref) = (vec![0f32; q.len()], vec![0f32; n_head * n_tok]);
+        let (qr, kr, vr) = (bf16_rounded(&q), bf16_rounded(&k), bf16_rounded(&v));
+        attention_forward_scalar(&qr, &kr, &vr, shape, scale, &mut o_ref, &mut lse_ref);
+        let (eo, el) = (max_rel_err(&o, &o_ref), max_rel_err(&lse, &lse_ref));
+        eprintln!("{shape:?}: rounded inputs: out {eo:.2e} lse {el:.2e}");
+        assert!(eo <= BF16_ATTENTION_TOL, "{shape:?}: out {eo}");
+        assert!(el <= ATTENTION_TOL, "{shape:?}: lse {el}");
+        attention_forward_scalar(&q, &k, &v, shape, scale, &mut o_ref, &mut lse_ref);
+        let eo = max_rel_err(&o, &o_ref);
+        eprintln!("{shape:?}: unrounded: out {eo:.2e}");
+        assert!(eo <= BF16_INPUT_TOL, "{shape:?}: out vs unrounded {eo}");
+    }
+}
+
+/// Relative L2 distance `|a - b| / |b|`.
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
+    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (diff / norm.max(1e-30)).sqrt()
+}
+
+/// The bf16 backward against the f32 one (itself checked against finite
+/// differences above), gradient by gradient in relative L2: within bf16's
+/// rounding of the operands and of the probability tiles, and wrong
+/// anywhere (a tile, a head, a run) it would be far off.
+#[test]
+fn bf16_backward_matches_f32_backward() {
+    if Precision::Bf16.effective() != Precision::Bf16 {
+        eprintln!("no AVX-512 BF16 on this CPU: bf16 runs f32, covered above");
+        return;
+    }
+    let mut rng = TestRng(15);
+    for &(n_tok, n_head, n_head_kv, head_dim) in &[
+        (520, 2, 1, 8),
+        (333, 6, 3, 16),
+        (97, 2, 2, 64),
+        (70, 2, 1, 80),
+    ] {
+        let shape = AttnShape {
+            n_tok,
+            n_head,
+            n_head_kv,
+            head_dim,
+        };
+        let q = rng.vec(n_tok * n_head * head_dim, 1.5);
+        let k = rng.vec(n_tok * n_head_kv * head_dim, 1.5);
+        let v = rng.vec(n_tok * n_head_kv * head_dim, 1.0);
+        let dout = rng.vec(q.len(), 1.0);
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let grads = |p: Precision| {
+            let (mut o, mut lse) = (vec![0f32; q.len()], vec![0f32; n_head * n_tok]);
+            attention_forward_in(p, &q, &k, &v, shape, scale, &mut o, &mut lse);
+            let (mut dq, mut dk, mut dv) = (
+                vec![0f32; q.len()],
+                vec![0f32; k.len()],
+                vec![0f32; v.len()],
+            );
+            attention_backward_in(
+                p, &q, &k, &v, &o, &lse, &dout, shape, scale, &mut dq, &mut dk, &mut dv,
+            );
+            [dq, dk, dv]
+        };
+        let (bf, f) = (grads(Precision::Bf16), grads(Precision::F32));
+        for (name, a, b) in [
+            ("dq", &bf[0], &f[0]),
+            ("dk", &bf[1], &f[1]),
+            ("dv", &bf[2], &f[2]),
+        ] {
+            let err = rel_l2(a, b);
+            eprintln!("{shape:?} {name}: {err:.2e}");
+            assert!(err <= BF16_GRAD_TOL, "{shape:?} {name}: relative L2 {err}");
+        }
+    }
 }

@@ -24,7 +24,7 @@ const MR: usize = 8;
 /// Output columns per micro-kernel call: two zmm registers per row, so each
 /// broadcast activation pair feeds two `vdpbf16ps` (16 columns: 1.5x the
 /// f32 kernel; 32: 2x).
-const NB: usize = 32;
+pub(crate) const NB: usize = 32;
 /// Panels of NB weight rows per rayon task: 64 rows, as in the f32 path.
 const PANELS_PER_TASK: usize = 2;
 
@@ -57,7 +57,7 @@ pub fn from_bf16(h: u16) -> f32 {
 
 /// Two values rounded to bf16 as one `vdpbf16ps` operand lane (`lo` first).
 #[inline]
-fn pair(lo: f32, hi: f32) -> u32 {
+pub(crate) fn pair(lo: f32, hi: f32) -> u32 {
     to_bf16(lo) as u32 | (to_bf16(hi) as u32) << 16
 }
 
@@ -217,6 +217,47 @@ pub fn matmul_w_bf16(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
             }
         },
     );
+}
+
+/// `c[m x n] (+)= a[m x kp pairs] b[kp pairs x n]` on small dense tiles with
+/// arbitrary strides, through the same micro-kernel: the bf16 building block
+/// of the attention kernels.
+///
+/// # Safety
+/// The CPU must have AVX-512 BF16 ([`available`]); `a` must be readable for
+/// `m` rows of `kp` pairs (stride `lda`), `b` for `kp` rows of `n` rounded
+/// up to a multiple of [`NB`] pairs (stride `ldb`), `c` writable for `m`
+/// rows of `n` values (stride `ldc`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_tile_bf16(
+    m: usize,
+    n: usize,
+    kp: usize,
+    a: *const u32,
+    lda: usize,
+    b: *const u32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    for j0 in (0..n).step_by(NB) {
+        let n_valid = NB.min(n - j0);
+        for i0 in (0..m).step_by(MR) {
+            kernel::dispatch(
+                MR.min(m - i0),
+                kp,
+                a.add(i0 * lda),
+                lda,
+                b.add(j0),
+                ldb,
+                c.add(i0 * ldc + j0),
+                ldc,
+                n_valid,
+                accumulate,
+            );
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -14,7 +14,7 @@
 //! is the fallback, and [`matmul_wt_scalar`] (f64, one dot product at a time)
 //! is the oracle of the tests.
 
-mod bf16;
+pub(crate) mod bf16;
 mod micro;
 mod weights;
 
