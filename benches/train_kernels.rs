@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use cleaner::kernels::attention::{attention_backward, attention_forward, AttnShape};
+use cleaner::kernels::attention::{attention_backward_in, attention_forward_in, AttnShape};
 use cleaner::kernels::matmul::{
     matmul_tn, matmul_w, matmul_w_in, matmul_wt, matmul_wt_in, Precision, Weights,
 };
@@ -188,30 +188,47 @@ fn main() {
     let scale = 1.0 / (HEAD_DIM as f32).sqrt();
     // Causal: half of the n_tok^2 scores; QK^T and PV forward, four products back.
     let attn_flops = 2.0 * (n_tok * n_tok * q_dim) as f64 / 2.0 * 2.0;
-    let s = time(reps, || {
-        attention_forward(&q, &k, &v, shape, scale, &mut out, &mut lse)
-    });
-    rows.push(("attention forward", attn_flops / s));
     let dout = values(n_tok * q_dim, 10);
     let (mut dq, mut dk, mut dv) = (
         vec![0f32; q.len()],
         vec![0f32; k.len()],
         vec![0f32; v.len()],
     );
-    let s = time(reps, || {
-        attention_backward(
-            &q, &k, &v, &out, &lse, &dout, shape, scale, &mut dq, &mut dk, &mut dv,
-        )
-    });
-    rows.push(("attention backward", 2.0 * attn_flops / s));
-    assert!(
-        out.iter()
-            .chain(&dq)
-            .chain(&dk)
-            .chain(&dv)
-            .all(|v| v.is_finite()),
-        "attention: non-finite output"
-    );
+    for (p, fwd_name, bwd_name) in [
+        (Precision::F32, "attention forward", "attention backward"),
+        if bf16 {
+            (
+                Precision::Bf16,
+                "attention forward, bf16",
+                "attention backward, bf16",
+            )
+        } else {
+            (
+                Precision::Bf16,
+                "attention forward, bf16 (no AVX-512 BF16: f32)",
+                "attention backward, bf16 (no AVX-512 BF16: f32)",
+            )
+        },
+    ] {
+        let s = time(reps, || {
+            attention_forward_in(p, &q, &k, &v, shape, scale, &mut out, &mut lse)
+        });
+        rows.push((fwd_name, attn_flops / s));
+        let s = time(reps, || {
+            attention_backward_in(
+                p, &q, &k, &v, &out, &lse, &dout, shape, scale, &mut dq, &mut dk, &mut dv,
+            )
+        });
+        rows.push((bwd_name, 2.0 * attn_flops / s));
+        assert!(
+            out.iter()
+                .chain(&dq)
+                .chain(&dk)
+                .chain(&dv)
+                .all(|v| v.is_finite()),
+            "{fwd_name}: non-finite output"
+        );
+    }
 
     if !bench {
         println!("train_kernels: smoke run on {n_tok} tokens passed");

@@ -9,6 +9,7 @@
 //! `h / (n_head / n_head_kv)`, as ggml broadcasts.
 
 use crate::matmul::NR;
+use rayon::prelude::*;
 
 /// Query rows per task.
 pub const ATTN_Q_TILE: usize = 32;
@@ -72,37 +73,55 @@ impl HeadLayout {
         }
     }
 
+    /// Tokens in a `[n_tok, n_heads, hd]` tensor.
+    fn n_tok(&self, src: &[f32], n_heads: usize) -> usize {
+        src.len() / (n_heads * self.hd).max(1)
+    }
+
+    /// Token `t`'s values of head `h` in a `[n_tok, n_heads, hd]` tensor.
+    fn row<'a>(&self, src: &'a [f32], n_heads: usize, h: usize, t: usize) -> &'a [f32] {
+        &src[(t * n_heads + h) * self.hd..][..self.hd]
+    }
+
     fn rows(&self, src: &[f32], n_heads: usize) -> Vec<f32> {
-        let mut out = vec![0f32; n_heads * self.n_pad * self.hd_pad];
-        let n_tok = src.len() / (n_heads * self.hd).max(1);
-        for t in 0..n_tok {
-            for h in 0..n_heads {
-                let from = &src[(t * n_heads + h) * self.hd..][..self.hd];
-                out[(h * self.n_pad + t) * self.hd_pad..][..self.hd].copy_from_slice(from);
+        let (n_tok, hd_pad) = (self.n_tok(src, n_heads), self.hd_pad);
+        per_head(n_heads, self.n_pad * hd_pad, |h, out| {
+            for t in 0..n_tok {
+                out[t * hd_pad..][..self.hd].copy_from_slice(self.row(src, n_heads, h, t));
             }
-        }
-        out
+        })
     }
 
     /// `[n_heads][n_pad / tile][hd][tile]`: each tile of `tile` positions
     /// transposed into one contiguous block.
     fn cols(&self, src: &[f32], n_heads: usize, tile: usize) -> Vec<f32> {
         debug_assert!(self.n_pad % tile == 0);
-        let mut out = vec![0f32; n_heads * self.hd * self.n_pad];
-        let n_tok = src.len() / (n_heads * self.hd).max(1);
-        let n_tiles = self.n_pad / tile;
-        for t in 0..n_tok {
-            let (ti, j) = (t / tile, t % tile);
-            for h in 0..n_heads {
-                let from = &src[(t * n_heads + h) * self.hd..][..self.hd];
-                let base = (h * n_tiles + ti) * self.hd * tile + j;
-                for (d, &x) in from.iter().enumerate() {
+        let n_tok = self.n_tok(src, n_heads);
+        per_head(n_heads, self.hd * self.n_pad, |h, out| {
+            for t in 0..n_tok {
+                let base = t / tile * self.hd * tile + t % tile;
+                for (d, &x) in self.row(src, n_heads, h, t).iter().enumerate() {
                     out[base + d * tile] = x;
                 }
             }
-        }
-        out
+        })
     }
+}
+
+/// A zeroed `[n_heads][head_len]` buffer, each head's block filled by
+/// `fill(h, block)` in parallel.
+fn per_head<T: Copy + Default + Send>(
+    n_heads: usize,
+    head_len: usize,
+    fill: impl Fn(usize, &mut [T]) + Sync,
+) -> Vec<T> {
+    let mut out = vec![T::default(); n_heads * head_len];
+    if head_len > 0 {
+        out.par_chunks_mut(head_len)
+            .enumerate()
+            .for_each(|(h, block)| fill(h, block));
+    }
+    out
 }
 
 /// Whether the AVX2/FMA builds of the per-task routines can run.

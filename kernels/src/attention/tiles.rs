@@ -10,7 +10,7 @@
 //! are `S^T = K Q^T`, `[K][Q]`. Operands are laid out once per call per head
 //! so each product reads whole contiguous blocks (see [`HeadLayout`]).
 
-use super::{HeadLayout, ATTN_K_TILE, ATTN_Q_TILE};
+use super::{per_head, HeadLayout, ATTN_K_TILE, ATTN_Q_TILE};
 use crate::matmul::bf16::{gemm_tile_bf16, pair, NB};
 use crate::matmul::gemm_tile;
 
@@ -349,74 +349,72 @@ impl Bf16Tiles {
         }
     }
 
-    /// Value `d` of token `t`, head `h` of a `[n_tok, heads, hd]` tensor;
-    /// zero past either end (the padding).
-    #[inline]
-    fn at(&self, src: &[f32], heads: usize, h: usize, t: usize, d: usize) -> f32 {
-        let hd = self.l.hd;
-        if d < hd && t < src.len() / (heads * hd) {
-            src[(t * heads + h) * hd + d]
-        } else {
-            0.0
-        }
-    }
-
+    /// `[heads][n_pad][hdp]`: each token's values as pairs along dims.
     fn dim_pair_rows(&self, src: &[f32], heads: usize) -> Vec<u32> {
-        let (n_pad, hdp) = (self.l.n_pad, self.hdp);
-        let mut out = vec![0u32; heads * n_pad * hdp];
-        for (i, o) in out.iter_mut().enumerate() {
-            let (h, t, p) = (i / (n_pad * hdp), i / hdp % n_pad, i % hdp);
-            *o = pair(
-                self.at(src, heads, h, t, 2 * p),
-                self.at(src, heads, h, t, 2 * p + 1),
-            );
-        }
-        out
+        let (l, hdp) = (self.l, self.hdp);
+        let n_tok = l.n_tok(src, heads);
+        per_head(heads, l.n_pad * hdp, |h, out| {
+            for t in 0..n_tok {
+                let row = l.row(src, heads, h, t);
+                for (p, o) in out[t * hdp..][..hdp].iter_mut().enumerate() {
+                    *o = pair_of(row, 2 * p);
+                }
+            }
+        })
     }
 
+    /// `[heads][n_pad / Q][hdp][Q]`: each query block transposed, pairs
+    /// along dims.
     fn dim_pair_cols(&self, src: &[f32], heads: usize) -> Vec<u32> {
-        let (n_pad, hdp) = (self.l.n_pad, self.hdp);
-        let mut out = vec![0u32; heads * n_pad * hdp];
-        for (i, o) in out.iter_mut().enumerate() {
-            // [h][block][p][r]
-            let (h, rest) = (i / (n_pad * hdp), i % (n_pad * hdp));
-            let (block, p, r) = (rest / (hdp * Q), rest / Q % hdp, rest % Q);
-            let t = block * Q + r;
-            *o = pair(
-                self.at(src, heads, h, t, 2 * p),
-                self.at(src, heads, h, t, 2 * p + 1),
-            );
-        }
-        out
+        let (l, hdp) = (self.l, self.hdp);
+        let n_tok = l.n_tok(src, heads);
+        per_head(heads, l.n_pad * hdp, |h, out| {
+            for t in 0..n_tok {
+                let row = l.row(src, heads, h, t);
+                let base = t / Q * hdp * Q + t % Q;
+                for p in 0..hdp {
+                    out[base + p * Q] = pair_of(row, 2 * p);
+                }
+            }
+        })
     }
 
+    /// `[heads][n_pad / 2][hdb]`: tokens `2p, 2p + 1` as one row of pairs.
     fn tok_pair_rows(&self, src: &[f32], heads: usize) -> Vec<u32> {
-        let (n_pad, hdb) = (self.l.n_pad, self.hdb);
-        let mut out = vec![0u32; heads * n_pad / 2 * hdb];
-        for (i, o) in out.iter_mut().enumerate() {
-            let (h, p, d) = (i / (n_pad / 2 * hdb), i / hdb % (n_pad / 2), i % hdb);
-            *o = pair(
-                self.at(src, heads, h, 2 * p, d),
-                self.at(src, heads, h, 2 * p + 1, d),
-            );
-        }
-        out
+        let (l, hdb) = (self.l, self.hdb);
+        let n_tok = l.n_tok(src, heads);
+        per_head(heads, l.n_pad / 2 * hdb, |h, out| {
+            for p in 0..n_tok.div_ceil(2) {
+                let lo = l.row(src, heads, h, 2 * p);
+                let o = &mut out[p * hdb..][..l.hd];
+                if 2 * p + 1 < n_tok {
+                    let hi = l.row(src, heads, h, 2 * p + 1);
+                    o.iter_mut()
+                        .zip(lo.iter().zip(hi))
+                        .for_each(|(o, (&a, &b))| *o = pair(a, b));
+                } else {
+                    o.iter_mut().zip(lo).for_each(|(o, &a)| *o = pair(a, 0.0));
+                }
+            }
+        })
     }
 
+    /// `[heads][n_pad / K][hd][K / 2]`: each key tile transposed, pairs of
+    /// consecutive tokens.
     fn tok_pair_cols(&self, src: &[f32], heads: usize) -> Vec<u32> {
-        let (n_pad, hd) = (self.l.n_pad, self.l.hd);
-        let mut out = vec![0u32; heads * n_pad / 2 * hd];
-        for (i, o) in out.iter_mut().enumerate() {
-            // [h][tile][d][p]
-            let (h, rest) = (i / (n_pad / 2 * hd), i % (n_pad / 2 * hd));
-            let (tile, d, p) = (rest / (hd * K / 2), rest / (K / 2) % hd, rest % (K / 2));
-            let t = tile * K + 2 * p;
-            *o = pair(
-                self.at(src, heads, h, t, d),
-                self.at(src, heads, h, t + 1, d),
-            );
-        }
-        out
+        let (l, hd) = (self.l, self.l.hd);
+        let n_tok = l.n_tok(src, heads);
+        per_head(heads, l.n_pad / 2 * hd, |h, out| {
+            for p in 0..n_tok.div_ceil(2) {
+                let t = 2 * p;
+                let lo = l.row(src, heads, h, t);
+                let hi = (t + 1 < n_tok).then(|| l.row(src, heads, h, t + 1));
+                let base = t / K * hd * K / 2 + t % K / 2;
+                for d in 0..hd {
+                    out[base + d * K / 2] = pair(lo[d], hi.map_or(0.0, |r| r[d]));
+                }
+            }
+        })
     }
 
     fn pack_along_q(pt: &[f32], rows: usize, out: &mut [u32]) {
@@ -602,4 +600,10 @@ impl Tiles for Bf16Tiles {
             );
         }
     }
+}
+
+/// Values `d, d + 1` of a row as one pair (zero past its end: odd widths).
+#[inline]
+fn pair_of(row: &[f32], d: usize) -> u32 {
+    pair(row[d], row.get(d + 1).copied().unwrap_or(0.0))
 }
