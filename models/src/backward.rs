@@ -14,7 +14,7 @@ use crate::model::{Layer, MatrixRef, Transformer};
 use cleaner_kernels::activation::{swiglu_backward, swiglu_forward};
 use cleaner_kernels::attention::{attention_backward_in, AttnShape};
 use cleaner_kernels::logits::token_logprobs_backward;
-use cleaner_kernels::matmul::{matmul_tn, matmul_w, matmul_w_in, Weights};
+use cleaner_kernels::matmul::{matmul_tn, matmul_w, matmul_w_plus_acc_in, LowRank, Weights};
 use cleaner_kernels::norm::rmsnorm_backward;
 
 impl Transformer {
@@ -260,16 +260,10 @@ impl LinearBackward<'_> {
         grads: &mut Lora,
     ) {
         let n_tok = self.n_tok;
-        let mut tmp = vec![0f32; dx.len()];
-        matmul_w_in(
-            self.model.precision(),
-            dy,
-            n_tok,
-            &self.model.weights(w),
-            &mut tmp,
-        );
-        dx.iter_mut().zip(&tmp).for_each(|(a, &b)| *a += b);
+        let weights = self.model.weights(w);
+        let precision = self.model.precision();
         let (Some(pair), Some(u)) = (self.lora.pair(self.li, p), u) else {
+            matmul_w_plus_acc_in(precision, dy, n_tok, &weights, None, dx);
             return;
         };
         let (s, rank) = (self.lora.scale(), self.lora.config.rank);
@@ -277,13 +271,18 @@ impl LinearBackward<'_> {
         let mut g = vec![0f32; n_tok * rank];
         matmul_w(dy, n_tok, &Weights::f32(&pair.b, pair.n_out, rank), &mut g);
         g.iter_mut().for_each(|v| *v *= s);
+        // dx += dy W + g A, the low-rank term riding in the base product.
+        let low_rank = LowRank {
+            act: &g,
+            factor: &pair.a,
+            rank,
+        };
+        matmul_w_plus_acc_in(precision, dy, n_tok, &weights, Some(low_rank), dx);
         let su: Vec<f32> = u.iter().map(|v| v * s).collect();
         let gp = grads
             .pair_mut(self.li, p)
             .expect("grads shaped like the adapter (checked)");
         matmul_tn(dy, &su, n_tok, &mut gp.b, true);
         matmul_tn(&g, x, n_tok, &mut gp.a, true);
-        matmul_w(&g, n_tok, &Weights::f32(&pair.a, rank, pair.n_in), &mut tmp);
-        dx.iter_mut().zip(&tmp).for_each(|(a, &b)| *a += b);
     }
 }

@@ -15,7 +15,7 @@ use crate::model::{Layer, MatrixRef, Transformer};
 use cleaner_kernels::activation::swiglu_forward;
 use cleaner_kernels::attention::{attention_forward_in, AttnShape};
 use cleaner_kernels::logits::token_logprobs_forward;
-use cleaner_kernels::matmul::{matmul_wt, matmul_wt_in, Weights};
+use cleaner_kernels::matmul::{matmul_wt, matmul_wt_in, matmul_wt_plus_in, LowRank, Weights};
 use cleaner_kernels::norm::rmsnorm_forward;
 use cleaner_kernels::rope::Rope;
 use std::ops::Range;
@@ -430,23 +430,24 @@ impl Transformer {
         lora: Option<(&LoraPair, f32, &mut Vec<f32>)>,
         y: &mut [f32],
     ) {
-        matmul_wt_in(self.precision(), x, n_tok, &self.weights(w), y);
+        // u = x A^T (kept for the backward), then the base product with
+        // (alpha / r) u B^T riding along (see matmul_wt_plus_in).
+        let scaled = lora.map(|(pair, scale, u)| {
+            let rank = pair.a.len() / pair.n_in;
+            matmul_wt(x, n_tok, &Weights::f32(&pair.a, rank, pair.n_in), u);
+            let su: Vec<f32> = u.iter().map(|v| v * scale).collect();
+            (pair, su, rank)
+        });
+        let low_rank = scaled.as_ref().map(|(pair, su, rank)| LowRank {
+            act: su,
+            factor: &pair.b,
+            rank: *rank,
+        });
+        matmul_wt_plus_in(self.precision(), x, n_tok, &self.weights(w), low_rank, y);
         if let Some(b) = bias {
             for row in y.chunks_exact_mut(b.len()) {
                 row.iter_mut().zip(b).for_each(|(v, &bb)| *v += bb);
             }
-        }
-        if let Some((pair, scale, u)) = lora {
-            let rank = pair.a.len() / pair.n_in;
-            matmul_wt(x, n_tok, &Weights::f32(&pair.a, rank, pair.n_in), u);
-            let mut delta = vec![0f32; n_tok * pair.n_out];
-            matmul_wt(
-                u,
-                n_tok,
-                &Weights::f32(&pair.b, pair.n_out, rank),
-                &mut delta,
-            );
-            y.iter_mut().zip(&delta).for_each(|(v, &d)| *v += scale * d);
         }
     }
 

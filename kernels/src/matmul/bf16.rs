@@ -86,6 +86,31 @@ fn pairs_of(x: &[f32], n_tok: usize, n: usize) -> (Vec<u32>, usize) {
 /// [`super::matmul_wt`]. Panics if the CPU lacks the instructions
 /// (check [`available`]).
 pub fn matmul_wt_bf16(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
+    matmul_wt_bf16_plus(x, n_tok, w, None, y)
+}
+
+/// A rank-`rank` term that a product takes in as `rank` more reduction
+/// indices, at the cost of that many more inputs: LoRA's `(s u) B^T` in
+/// [`matmul_wt_bf16_plus`], `g A` in [`matmul_w_bf16_plus`].
+#[derive(Clone, Copy, Debug)]
+pub struct LowRank<'a> {
+    /// `[n_tok, rank]` activations (scaled as wanted).
+    pub act: &'a [f32],
+    /// `[n_out, rank]` for `x W^T` (`B`), `[rank, n_cols]` for `x W` (`A`).
+    pub factor: &'a [f32],
+    /// The shared dimension (LoRA's rank).
+    pub rank: usize,
+}
+
+/// `y = x W^T + act factor^T` in bf16, the low-rank term packed as one more
+/// chunk of the reduction (see [`LowRank`]; `rank <= KC`).
+pub fn matmul_wt_bf16_plus(
+    x: &[f32],
+    n_tok: usize,
+    w: &Weights,
+    low_rank: Option<LowRank>,
+    y: &mut [f32],
+) {
     assert!(available(), "matmul_wt_bf16: this CPU has no AVX-512 BF16");
     let (n_out, n_in) = (w.n_rows(), w.n_cols());
     assert_eq!(x.len(), n_tok * n_in, "matmul_wt_bf16: x shape");
@@ -94,6 +119,13 @@ pub fn matmul_wt_bf16(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
         return;
     }
     let (xp, lda) = pairs_of(x, n_tok, n_in);
+    let extra = low_rank.map(|lr| {
+        assert!(
+            lr.rank <= KC && lr.act.len() == n_tok * lr.rank && lr.factor.len() == n_out * lr.rank,
+            "matmul_wt_bf16: low-rank term shapes"
+        );
+        (lr, pairs_of(lr.act, n_tok, lr.rank))
+    });
     let n_panels = n_out.div_ceil(NB);
     let n_col_tasks = n_panels.div_ceil(PANELS_PER_TASK);
     let (n_row_tasks, rows_per_task) = row_split(n_tok, n_col_tasks);
@@ -146,6 +178,33 @@ pub fn matmul_wt_bf16(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
                             }
                         }
                     }
+                    if let Some((lr, (ap, ld_act))) = &extra {
+                        let kp = lr.rank.div_ceil(2);
+                        for j in 0..NB {
+                            let row =
+                                (j < n_valid).then(|| &lr.factor[(n0 + j) * lr.rank..][..lr.rank]);
+                            for q in 0..kp {
+                                packed[q * NB + j] = row.map_or(0, |r| pair_at(r, q));
+                            }
+                        }
+                        for t0 in (t_first..t_end).step_by(MR) {
+                            // SAFETY: as above; ap's rows hold kp pairs.
+                            unsafe {
+                                kernel::dispatch(
+                                    MR.min(t_end - t0),
+                                    kp,
+                                    ap.as_ptr().add(t0 * ld_act),
+                                    *ld_act,
+                                    packed.as_ptr(),
+                                    NB,
+                                    out.get().add(t0 * n_out + n0),
+                                    n_out,
+                                    n_valid,
+                                    n_in > 0,
+                                );
+                            }
+                        }
+                    }
                 }
             },
         );
@@ -154,6 +213,20 @@ pub fn matmul_wt_bf16(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
 /// `y = x W` in bf16: the backward of [`matmul_wt_bf16`] with respect to its
 /// input. Same shapes and contract as [`super::matmul_w`].
 pub fn matmul_w_bf16(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
+    matmul_w_bf16_plus(x, n_tok, w, None, y, false)
+}
+
+/// `y (+)= x W + act factor` in bf16 (`factor` is `A`, `[rank, n_cols]`),
+/// the low-rank term packed as one more chunk of the reduction; with
+/// `accumulate` the result is added into `y`.
+pub fn matmul_w_bf16_plus(
+    x: &[f32],
+    n_tok: usize,
+    w: &Weights,
+    low_rank: Option<LowRank>,
+    y: &mut [f32],
+    accumulate: bool,
+) {
     assert!(available(), "matmul_w_bf16: this CPU has no AVX-512 BF16");
     let (n_red, n_cols) = (w.n_rows(), w.n_cols());
     assert_eq!(x.len(), n_tok * n_red, "matmul_w_bf16: x shape");
@@ -162,6 +235,13 @@ pub fn matmul_w_bf16(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
         return;
     }
     let (xp, lda) = pairs_of(x, n_tok, n_red);
+    let extra = low_rank.map(|lr| {
+        assert!(
+            lr.rank <= KC && lr.act.len() == n_tok * lr.rank && lr.factor.len() == lr.rank * n_cols,
+            "matmul_w_bf16: low-rank term shapes"
+        );
+        (lr, pairs_of(lr.act, n_tok, lr.rank))
+    });
     let gw = w.group_width();
     let n_groups = n_cols.div_ceil(gw);
     let (n_row_tasks, rows_per_task) = row_split(n_tok, n_groups);
@@ -209,7 +289,40 @@ pub fn matmul_w_bf16(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
                                 out.get().add(t0 * n_cols + c0 + j0),
                                 n_cols,
                                 n_valid,
-                                r0 > 0,
+                                r0 > 0 || accumulate,
+                            );
+                        }
+                    }
+                }
+            }
+            if let Some((lr, (ap, ld_act))) = &extra {
+                let kp = lr.rank.div_ceil(2);
+                for q in 0..kp {
+                    let lo = &lr.factor[2 * q * n_cols + c0..][..width];
+                    let hi = (2 * q + 1 < lr.rank)
+                        .then(|| &lr.factor[(2 * q + 1) * n_cols + c0..][..width]);
+                    let dst = &mut tile[q * gw..(q + 1) * gw];
+                    for j in 0..width {
+                        dst[j] = pair(lo[j], hi.map_or(0.0, |h| h[j]));
+                    }
+                    dst[width..].fill(0);
+                }
+                for j0 in (0..width).step_by(NB) {
+                    for t0 in (t_first..t_end).step_by(MR) {
+                        // SAFETY: as above; ap's rows hold kp pairs, the tile
+                        // kp rows of gw pairs.
+                        unsafe {
+                            kernel::dispatch(
+                                MR.min(t_end - t0),
+                                kp,
+                                ap.as_ptr().add(t0 * ld_act),
+                                *ld_act,
+                                tile.as_ptr().add(j0),
+                                gw,
+                                out.get().add(t0 * n_cols + c0 + j0),
+                                n_cols,
+                                NB.min(width - j0),
+                                n_red > 0 || accumulate,
                             );
                         }
                     }

@@ -18,7 +18,10 @@ pub(crate) mod bf16;
 mod micro;
 mod weights;
 
-pub use bf16::{available as bf16_available, from_bf16, matmul_w_bf16, matmul_wt_bf16, to_bf16};
+pub use bf16::{
+    available as bf16_available, from_bf16, matmul_w_bf16, matmul_w_bf16_plus, matmul_wt_bf16,
+    matmul_wt_bf16_plus, to_bf16, LowRank,
+};
 pub use weights::{WeightError, Weights};
 
 use crate::parallel::SharedOut;
@@ -63,6 +66,65 @@ pub fn matmul_wt_in(p: Precision, x: &[f32], n_tok: usize, w: &Weights, y: &mut 
     match p.effective() {
         Precision::Bf16 if n_tok > GEMV_MAX_TOK => matmul_wt_bf16(x, n_tok, w, y),
         _ => matmul_wt(x, n_tok, w, y),
+    }
+}
+
+/// `y = x W^T + act factor^T` in precision `p`: LoRA's forward
+/// `x W^T + (s u) B^T` with `act = s u`, `factor = B`. In bf16 the low-rank
+/// term rides in the base product as `rank` more reduction indices
+/// ([`matmul_wt_bf16_plus`]); in f32 it is a second product added in.
+pub fn matmul_wt_plus_in(
+    p: Precision,
+    x: &[f32],
+    n_tok: usize,
+    w: &Weights,
+    low_rank: Option<LowRank>,
+    y: &mut [f32],
+) {
+    match (p.effective(), low_rank) {
+        (Precision::Bf16, _) if n_tok > GEMV_MAX_TOK => {
+            matmul_wt_bf16_plus(x, n_tok, w, low_rank, y)
+        }
+        (_, None) => matmul_wt(x, n_tok, w, y),
+        (_, Some(lr)) => {
+            matmul_wt(x, n_tok, w, y);
+            let mut term = vec![0f32; y.len()];
+            matmul_wt(
+                lr.act,
+                n_tok,
+                &Weights::f32(lr.factor, w.n_rows(), lr.rank),
+                &mut term,
+            );
+            y.iter_mut().zip(&term).for_each(|(v, d)| *v += d);
+        }
+    }
+}
+
+/// `y += x W + act factor` in precision `p`: LoRA's input gradient
+/// `dy W + g A` with `act = g`, `factor = A` ([`matmul_w_bf16_plus`] in
+/// bf16; in f32, products added in).
+pub fn matmul_w_plus_acc_in(
+    p: Precision,
+    x: &[f32],
+    n_tok: usize,
+    w: &Weights,
+    low_rank: Option<LowRank>,
+    y: &mut [f32],
+) {
+    if p.effective() == Precision::Bf16 {
+        return matmul_w_bf16_plus(x, n_tok, w, low_rank, y, true);
+    }
+    let mut term = vec![0f32; y.len()];
+    matmul_w(x, n_tok, w, &mut term);
+    y.iter_mut().zip(&term).for_each(|(v, d)| *v += d);
+    if let Some(lr) = low_rank {
+        matmul_w(
+            lr.act,
+            n_tok,
+            &Weights::f32(lr.factor, lr.rank, w.n_cols()),
+            &mut term,
+        );
+        y.iter_mut().zip(&term).for_each(|(v, d)| *v += d);
     }
 }
 

@@ -312,3 +312,72 @@ fn bf16_products_match_their_oracles_or_fall_back_to_f32() {
     check_bf16(QuantType::F32, 5, 7, 33, true, 1);
     check_bf16(QuantType::F32, 5, 301, 32, false, 2);
 }
+
+/// The low-rank term riding in a bf16 product (LoRA's `(s u) B^T` and
+/// `g A`), against the f64 sum of both unrounded products, within the
+/// rounding of two operands (as `check_bf16`); `x W` also with `accumulate`.
+#[test]
+fn bf16_products_with_a_low_rank_term_match_the_f64_sum() {
+    if !bf16_available() {
+        return; // matmul_*_plus_in run the f32 products: covered by the model tests
+    }
+    let mut rng = TestRng(6);
+    for &(n_tok, n_a, n_b, rank) in &[(9, 40, 256, 16), (17, 33, 512, 5), (3, 64, 256, 1)] {
+        let bytes = random_quant(QuantType::Q8_0, n_a * n_b, &mut rng);
+        let w = Weights::quantized(QuantType::Q8_0, &bytes, n_a, n_b).unwrap();
+        let mut dense = vec![0f32; n_a * n_b];
+        for (r, row) in dense.chunks_exact_mut(n_b).enumerate() {
+            w.dequantize_row(r, row);
+        }
+        for transposed in [true, false] {
+            // x W^T: x [n_tok, n_b], factor B [n_a, rank]; x W: x [n_tok, n_a], factor A [rank, n_b].
+            let (n_red, n_out) = if transposed { (n_b, n_a) } else { (n_a, n_b) };
+            let x = rng.vec(n_tok * n_red, 1.0);
+            let act = rng.vec(n_tok * rank, 1.0);
+            let factor = rng.vec(n_out * rank, 1.0);
+            let lr = LowRank {
+                act: &act,
+                factor: &factor,
+                rank,
+            };
+            let start = rng.vec(n_tok * n_out, 1.0);
+            let mut y = start.clone();
+            if transposed {
+                matmul_wt_bf16_plus(&x, n_tok, &w, Some(lr), &mut y);
+            } else {
+                matmul_w_bf16_plus(&x, n_tok, &w, Some(lr), &mut y, true);
+            }
+            for t in 0..n_tok {
+                for o in 0..n_out {
+                    let (mut exact, mut mass) = (0f64, 0f64);
+                    for k in 0..n_red {
+                        let wv = if transposed {
+                            dense[o * n_b + k]
+                        } else {
+                            dense[k * n_b + o]
+                        };
+                        exact += x[t * n_red + k] as f64 * wv as f64;
+                        mass += (x[t * n_red + k] as f64 * wv as f64).abs();
+                    }
+                    for r in 0..rank {
+                        let fv = if transposed {
+                            factor[o * rank + r]
+                        } else {
+                            factor[r * n_out + o]
+                        };
+                        exact += act[t * rank + r] as f64 * fv as f64;
+                        mass += (act[t * rank + r] as f64 * fv as f64).abs();
+                    }
+                    if !transposed {
+                        exact += start[t * n_out + o] as f64; // accumulated
+                    }
+                    let got = y[t * n_out + o] as f64;
+                    assert!(
+                        (got - exact).abs() <= (2.0 / 512.0 + MATMUL_TOL) * mass + 1e-6,
+                        "rank {rank} transposed {transposed} t={t} o={o}: {got} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+}
