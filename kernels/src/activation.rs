@@ -3,10 +3,58 @@
 //!
 //! Shapes: `gate, up, out: [n_tok, n_ff]` (elementwise).
 
-#[inline]
+use crate::softmax::exp_approx;
+use rayon::prelude::*;
+
+/// Elements per rayon task: big enough to amortize the task, small enough
+/// to share a 512-token step between threads.
+const CHUNK: usize = 16 * 1024;
+
+/// Branch-free (through [`exp_approx`]) so the loops below vectorize.
+#[inline(always)]
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp_approx(-x))
 }
+
+/// Defines `$name` on slices, compiled twice (portable and with AVX2/FMA,
+/// picked at run time), so the compiler vectorizes `exp_approx`.
+macro_rules! elementwise {
+    ($name:ident, $avx2:ident, ($($arg:ident: $ty:ty),*) $body:block) => {
+        #[inline(always)]
+        fn $name($($arg: $ty),*) $body
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2($($arg: $ty),*) {
+            $name($($arg),*)
+        }
+    };
+}
+
+fn use_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+elementwise!(forward_chunk, forward_chunk_avx2, (gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g * sigmoid(g) * u;
+    }
+});
+
+elementwise!(backward_chunk, backward_chunk_avx2, (gate: &[f32], up: &[f32], dout: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
+    for i in 0..gate.len().min(up.len()).min(dout.len()).min(dgate.len()).min(dup.len()) {
+        let (g, s) = (gate[i], sigmoid(gate[i]));
+        dgate[i] = dout[i] * up[i] * s * (1.0 + g * (1.0 - s));
+        dup[i] = dout[i] * g * s;
+    }
+});
 
 /// Forward.
 pub fn swiglu_forward(gate: &[f32], up: &[f32], out: &mut [f32]) {
@@ -14,9 +62,18 @@ pub fn swiglu_forward(gate: &[f32], up: &[f32], out: &mut [f32]) {
         gate.len() == up.len() && out.len() == gate.len(),
         "swiglu: shapes"
     );
-    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = g * sigmoid(g) * u;
-    }
+    let avx = use_avx2();
+    out.par_chunks_mut(CHUNK)
+        .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
+        .for_each(|(o, (g, u))| {
+            #[cfg(target_arch = "x86_64")]
+            if avx {
+                // SAFETY: the CPU has AVX2 and FMA (use_avx2).
+                return unsafe { forward_chunk_avx2(g, u, o) };
+            }
+            let _ = avx;
+            forward_chunk(g, u, o)
+        });
 }
 
 /// Backward: `dgate = dout * up * sigmoid(g) * (1 + g * (1 - sigmoid(g)))`,
@@ -27,11 +84,24 @@ pub fn swiglu_backward(gate: &[f32], up: &[f32], dout: &[f32], dgate: &mut [f32]
         up.len() == n && dout.len() == n && dgate.len() == n && dup.len() == n,
         "swiglu_backward: shapes"
     );
-    for i in 0..n {
-        let (g, s) = (gate[i], sigmoid(gate[i]));
-        dgate[i] = dout[i] * up[i] * s * (1.0 + g * (1.0 - s));
-        dup[i] = dout[i] * g * s;
-    }
+    let avx = use_avx2();
+    dgate
+        .par_chunks_mut(CHUNK)
+        .zip(dup.par_chunks_mut(CHUNK))
+        .zip(
+            gate.par_chunks(CHUNK)
+                .zip(up.par_chunks(CHUNK))
+                .zip(dout.par_chunks(CHUNK)),
+        )
+        .for_each(|((dg, du), ((g, u), d))| {
+            #[cfg(target_arch = "x86_64")]
+            if avx {
+                // SAFETY: the CPU has AVX2 and FMA (use_avx2).
+                return unsafe { backward_chunk_avx2(g, u, d, dg, du) };
+            }
+            let _ = avx;
+            backward_chunk(g, u, d, dg, du)
+        });
 }
 
 /// Scalar twin in f64.
@@ -53,8 +123,8 @@ mod tests {
     #[test]
     fn matches_scalar_twin() {
         let mut rng = TestRng(3);
-        let g = rng.vec(4099, 12.0);
-        let u = rng.vec(4099, 3.0);
+        let g = rng.vec(40_009, 12.0); // several rayon chunks, a ragged last one
+        let u = rng.vec(40_009, 3.0);
         let (mut a, mut b) = (vec![0f32; g.len()], vec![0f32; g.len()]);
         swiglu_forward(&g, &u, &mut a);
         swiglu_forward_scalar(&g, &u, &mut b);
