@@ -8,7 +8,7 @@ pub mod loss;
 pub mod optim;
 mod trainer;
 
-pub use alloc::retain_freed_memory;
+pub use alloc::{release_freed_memory, retain_freed_memory};
 pub use loss::{
     nll_loss, policy_loss, sequence_loss, Aggregation, BatchShape, LossConfig, LossStats,
     SeqLossInput,

@@ -67,6 +67,38 @@ fn pair_at(v: &[f32], q: usize) -> u32 {
     pair(v[2 * q], v.get(2 * q + 1).copied().unwrap_or(0.0))
 }
 
+/// `src` rounded to bf16 as pairs into `out` (`src.len().div_ceil(2)`
+/// values; an odd count ends with a zero). The CPU must have AVX-512 BF16
+/// (every caller asserts [`available`]): 32 values per conversion
+/// instruction, with the same rounding (to nearest even) as [`to_bf16`].
+fn to_pairs(src: &[f32], out: &mut [u32]) {
+    debug_assert_eq!(out.len(), src.len().div_ceil(2));
+    let whole = src.len() / 32 * 32;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512 BF16 is present (see above); chunks are in bounds.
+    unsafe {
+        to_pairs_avx512(&src[..whole], &mut out[..whole / 2]);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let whole = 0;
+    for (q, o) in out.iter_mut().enumerate().skip(whole / 2) {
+        *o = pair_at(src, q);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn to_pairs_avx512(src: &[f32], out: &mut [u32]) {
+    use std::arch::x86_64::*;
+    for (s, o) in src.chunks_exact(32).zip(out.chunks_exact_mut(16)) {
+        let lo = _mm512_loadu_ps(s.as_ptr());
+        let hi = _mm512_loadu_ps(s.as_ptr().add(16));
+        // The second operand fills the low half: values in memory order.
+        let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_storeu_si512(o.as_mut_ptr().cast(), v);
+    }
+}
+
 /// `x` rounded to bf16, rows of `n` values padded to an even count, as pairs.
 fn pairs_of(x: &[f32], n_tok: usize, n: usize) -> (Vec<u32>, usize) {
     let np = n.div_ceil(2);
@@ -74,11 +106,7 @@ fn pairs_of(x: &[f32], n_tok: usize, n: usize) -> (Vec<u32>, usize) {
     out.par_chunks_mut(np)
         .zip(x.par_chunks(n))
         .with_min_len(16)
-        .for_each(|(o, row)| {
-            for (q, out) in o.iter_mut().enumerate() {
-                *out = pair_at(row, q);
-            }
-        });
+        .for_each(|(o, row)| to_pairs(row, o));
     (out, np)
 }
 
@@ -133,8 +161,8 @@ pub fn matmul_wt_bf16_plus(
     (0..n_col_tasks * n_row_tasks)
         .into_par_iter()
         .for_each_init(
-            || (vec![0u32; KC / 2 * NB], vec![0f32; KC]),
-            |(packed, row_buf), task| {
+            || (vec![0u32; KC / 2 * NB], vec![0f32; KC], vec![0u32; KC / 2]),
+            |(packed, row_buf, pair_buf), task| {
                 let (task, row_task) = (task / n_row_tasks, task % n_row_tasks);
                 let t_first = row_task * rows_per_task;
                 let t_end = (t_first + rows_per_task).min(n_tok);
@@ -149,8 +177,10 @@ pub fn matmul_wt_bf16_plus(
                             if j < n_valid {
                                 let seg = &mut row_buf[..kc];
                                 w.dequantize_segment(n0 + j, k0, seg);
-                                for q in 0..kp {
-                                    packed[q * NB + j] = pair_at(seg, q);
+                                let pairs = &mut pair_buf[..kp];
+                                to_pairs(seg, pairs);
+                                for (q, &v) in pairs.iter().enumerate() {
+                                    packed[q * NB + j] = v;
                                 }
                             } else {
                                 (0..kp).for_each(|q| packed[q * NB + j] = 0);

@@ -79,6 +79,9 @@ fn ours(
     keep_mib: usize,
     precision: Precision,
 ) -> Result<Cell> {
+    // The previous cell's freed (and retained) heap would count in this
+    // one's peak: give it back first.
+    cleaner::train::release_freed_memory();
     super::kernels::reset_peak_rss();
     let model = Transformer::open(path)?;
     let n_vocab = model.config().n_vocab as u64;
