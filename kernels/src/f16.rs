@@ -6,7 +6,7 @@
 
 /// The f32 with the same value as the IEEE binary16 number `bits`
 /// (subnormals, infinities and NaN included).
-#[inline]
+#[inline(always)]
 pub fn f16_to_f32(bits: u16) -> f32 {
     let sign = ((bits as u32) & 0x8000) << 16;
     let exp = ((bits >> 10) & 0x1f) as u32;

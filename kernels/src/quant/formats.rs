@@ -24,7 +24,7 @@ pub trait BlockFormat {
     fn dequantize_block(block: &[u8], out: &mut [f32]);
 }
 
-#[inline]
+#[inline(always)]
 fn half(b: &[u8], at: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
 }
@@ -35,6 +35,7 @@ impl BlockFormat for F32 {
     const TYPE: QuantType = QuantType::F32;
     const BLOCK_LEN: usize = 1;
     const BLOCK_BYTES: usize = 4;
+    #[inline(always)]
     fn dequantize_block(b: &[u8], out: &mut [f32]) {
         out[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
@@ -46,6 +47,7 @@ impl BlockFormat for F16 {
     const TYPE: QuantType = QuantType::F16;
     const BLOCK_LEN: usize = 1;
     const BLOCK_BYTES: usize = 2;
+    #[inline(always)]
     fn dequantize_block(b: &[u8], out: &mut [f32]) {
         out[0] = half(b, 0);
     }
@@ -57,6 +59,7 @@ impl BlockFormat for BF16 {
     const TYPE: QuantType = QuantType::BF16;
     const BLOCK_LEN: usize = 1;
     const BLOCK_BYTES: usize = 2;
+    #[inline(always)]
     fn dequantize_block(b: &[u8], out: &mut [f32]) {
         out[0] = bf16_to_f32(u16::from_le_bytes([b[0], b[1]]));
     }
@@ -68,6 +71,7 @@ impl BlockFormat for Q4_0 {
     const TYPE: QuantType = QuantType::Q4_0;
     const BLOCK_LEN: usize = 32;
     const BLOCK_BYTES: usize = 18;
+    #[inline(always)]
     fn dequantize_block(b: &[u8], out: &mut [f32]) {
         let d = half(b, 0);
         let qs = &b[2..18];
@@ -84,6 +88,7 @@ impl BlockFormat for Q4_1 {
     const TYPE: QuantType = QuantType::Q4_1;
     const BLOCK_LEN: usize = 32;
     const BLOCK_BYTES: usize = 20;
+    #[inline(always)]
     fn dequantize_block(b: &[u8], out: &mut [f32]) {
         let (d, m) = (half(b, 0), half(b, 2));
         let qs = &b[4..20];
@@ -100,6 +105,7 @@ impl BlockFormat for Q5_0 {
     const TYPE: QuantType = QuantType::Q5_0;
     const BLOCK_LEN: usize = 32;
     const BLOCK_BYTES: usize = 22;
+    #[inline(always)]
     fn dequantize_block(b: &[u8], out: &mut [f32]) {
         let d = half(b, 0);
         let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
@@ -119,6 +125,7 @@ impl BlockFormat for Q5_1 {
     const TYPE: QuantType = QuantType::Q5_1;
     const BLOCK_LEN: usize = 32;
     const BLOCK_BYTES: usize = 24;
+    #[inline(always)]
     fn dequantize_block(b: &[u8], out: &mut [f32]) {
         let (d, m) = (half(b, 0), half(b, 2));
         let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
@@ -138,6 +145,7 @@ impl BlockFormat for Q8_0 {
     const TYPE: QuantType = QuantType::Q8_0;
     const BLOCK_LEN: usize = 32;
     const BLOCK_BYTES: usize = 34;
+    #[inline(always)]
     fn dequantize_block(b: &[u8], out: &mut [f32]) {
         let d = half(b, 0);
         for j in 0..32 {
@@ -153,6 +161,7 @@ impl BlockFormat for Q2_K {
     const TYPE: QuantType = QuantType::Q2_K;
     const BLOCK_LEN: usize = 256;
     const BLOCK_BYTES: usize = 84;
+    #[inline(always)]
     fn dequantize_block(b: &[u8], out: &mut [f32]) {
         let scales = &b[0..16];
         let (d, min) = (half(b, 80), half(b, 82));
@@ -184,6 +193,7 @@ impl BlockFormat for Q3_K {
     const TYPE: QuantType = QuantType::Q3_K;
     const BLOCK_LEN: usize = 256;
     const BLOCK_BYTES: usize = 110;
+    #[inline(always)]
     fn dequantize_block(b: &[u8], out: &mut [f32]) {
         let hm = &b[0..32];
         let d_all = half(b, 108);
@@ -229,7 +239,7 @@ fn q3k_scales(packed: &[u8]) -> [u8; 16] {
 
 /// The (scale, min) pair `j` of a Q4_K/Q5_K block's 12 packed bytes (ggml's
 /// `get_scale_min_k4`).
-#[inline]
+#[inline(always)]
 fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
@@ -248,6 +258,7 @@ impl BlockFormat for Q4_K {
     const TYPE: QuantType = QuantType::Q4_K;
     const BLOCK_LEN: usize = 256;
     const BLOCK_BYTES: usize = 144;
+    #[inline(always)]
     fn dequantize_block(b: &[u8], out: &mut [f32]) {
         let (d, min) = (half(b, 0), half(b, 2));
         let scales = &b[4..16];
@@ -272,6 +283,7 @@ impl BlockFormat for Q5_K {
     const TYPE: QuantType = QuantType::Q5_K;
     const BLOCK_LEN: usize = 256;
     const BLOCK_BYTES: usize = 176;
+    #[inline(always)]
     fn dequantize_block(b: &[u8], out: &mut [f32]) {
         let (d, min) = (half(b, 0), half(b, 2));
         let scales = &b[4..16];
@@ -301,6 +313,7 @@ impl BlockFormat for Q6_K {
     const TYPE: QuantType = QuantType::Q6_K;
     const BLOCK_LEN: usize = 256;
     const BLOCK_BYTES: usize = 210;
+    #[inline(always)]
     fn dequantize_block(b: &[u8], out: &mut [f32]) {
         let d = half(b, 208);
         for n in 0..2 {
@@ -324,8 +337,29 @@ impl BlockFormat for Q6_K {
     }
 }
 
-/// Decodes a run of whole blocks of format `F`.
+/// Decodes a run of whole blocks of format `F`: with AVX2 and FMA where the
+/// CPU has them (checked at run time; the block decoders are inlined into
+/// that build, so the compiler vectorizes them for it), portable otherwise.
 pub(super) fn dequantize_blocks<F: BlockFormat>(bytes: &[u8], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { dequantize_blocks_avx2::<F>(bytes, out) };
+        }
+    }
+    dequantize_blocks_body::<F>(bytes, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dequantize_blocks_avx2<F: BlockFormat>(bytes: &[u8], out: &mut [f32]) {
+    dequantize_blocks_body::<F>(bytes, out)
+}
+
+#[inline(always)]
+fn dequantize_blocks_body<F: BlockFormat>(bytes: &[u8], out: &mut [f32]) {
     for (block, y) in bytes
         .chunks_exact(F::BLOCK_BYTES)
         .zip(out.chunks_exact_mut(F::BLOCK_LEN))
