@@ -99,6 +99,17 @@ unsafe fn to_pairs_avx512(src: &[f32], out: &mut [u32]) {
     }
 }
 
+/// The reduction cut into as few chunks as [`KC`] allows, of equal length
+/// (a multiple of `align`, the weight format's block, so chunks start on
+/// block boundaries): 576 = 288 + 288, not 256 + 256 + 64, whose short last
+/// chunk paid a whole pass of loads and stores of the output tile for a
+/// quarter of the work.
+fn balanced_chunk(n: usize, align: usize) -> usize {
+    let align = align.max(2); // whole pairs
+    let n_chunks = n.div_ceil(KC).max(1);
+    n.div_ceil(n_chunks).div_ceil(align) * align
+}
+
 /// `x` rounded to bf16, rows of `n` values padded to an even count, as pairs.
 fn pairs_of(x: &[f32], n_tok: usize, n: usize) -> (Vec<u32>, usize) {
     let np = n.div_ceil(2);
@@ -147,6 +158,8 @@ pub fn matmul_wt_bf16_plus(
         return;
     }
     let (xp, lda) = pairs_of(x, n_tok, n_in);
+    let chunk = balanced_chunk(n_in, w.ty().block_len());
+    let cap = chunk.max(KC);
     let extra = low_rank.map(|lr| {
         assert!(
             lr.rank <= KC && lr.act.len() == n_tok * lr.rank && lr.factor.len() == n_out * lr.rank,
@@ -161,7 +174,13 @@ pub fn matmul_wt_bf16_plus(
     (0..n_col_tasks * n_row_tasks)
         .into_par_iter()
         .for_each_init(
-            || (vec![0u32; KC / 2 * NB], vec![0f32; KC], vec![0u32; KC / 2]),
+            || {
+                (
+                    vec![0u32; cap / 2 * NB],
+                    vec![0f32; cap],
+                    vec![0u32; cap / 2],
+                )
+            },
             |(packed, row_buf, pair_buf), task| {
                 let (task, row_task) = (task / n_row_tasks, task % n_row_tasks);
                 let t_first = row_task * rows_per_task;
@@ -170,8 +189,8 @@ pub fn matmul_wt_bf16_plus(
                 for panel in first..(first + PANELS_PER_TASK).min(n_panels) {
                     let n0 = panel * NB;
                     let n_valid = NB.min(n_out - n0);
-                    for k0 in (0..n_in).step_by(KC) {
-                        let kc = KC.min(n_in - k0);
+                    for k0 in (0..n_in).step_by(chunk) {
+                        let kc = chunk.min(n_in - k0);
                         let kp = kc.div_ceil(2);
                         for j in 0..NB {
                             if j < n_valid {
@@ -265,6 +284,8 @@ pub fn matmul_w_bf16_plus(
         return;
     }
     let (xp, lda) = pairs_of(x, n_tok, n_red);
+    let chunk = balanced_chunk(n_red, 2);
+    let cap = chunk.max(KC);
     let extra = low_rank.map(|lr| {
         assert!(
             lr.rank <= KC && lr.act.len() == n_tok * lr.rank && lr.factor.len() == lr.rank * n_cols,
@@ -277,15 +298,15 @@ pub fn matmul_w_bf16_plus(
     let (n_row_tasks, rows_per_task) = row_split(n_tok, n_groups);
     let out = SharedOut::new(y);
     (0..n_groups * n_row_tasks).into_par_iter().for_each_init(
-        || (vec![0u32; KC / 2 * gw], vec![0f32; 2 * gw]),
+        || (vec![0u32; cap / 2 * gw], vec![0f32; 2 * gw]),
         |(tile, rows), task| {
             let (group, row_task) = (task / n_row_tasks, task % n_row_tasks);
             let t_first = row_task * rows_per_task;
             let t_end = (t_first + rows_per_task).min(n_tok);
             let c0 = group * gw;
             let width = gw.min(n_cols - c0);
-            for r0 in (0..n_red).step_by(KC) {
-                let kc = KC.min(n_red - r0);
+            for r0 in (0..n_red).step_by(chunk) {
+                let kc = chunk.min(n_red - r0);
                 let kp = kc.div_ceil(2);
                 for q in 0..kp {
                     let (lo, hi) = rows.split_at_mut(gw);
