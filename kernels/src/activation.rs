@@ -31,17 +31,6 @@ macro_rules! elementwise {
     };
 }
 
-fn use_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 elementwise!(forward_chunk, forward_chunk_avx2, (gate: &[f32], up: &[f32], out: &mut [f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = g * sigmoid(g) * u;
@@ -62,13 +51,13 @@ pub fn swiglu_forward(gate: &[f32], up: &[f32], out: &mut [f32]) {
         gate.len() == up.len() && out.len() == gate.len(),
         "swiglu: shapes"
     );
-    let avx = use_avx2();
+    let avx = crate::cpu::has_avx2_fma();
     out.par_chunks_mut(CHUNK)
         .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
         .for_each(|(o, (g, u))| {
             #[cfg(target_arch = "x86_64")]
             if avx {
-                // SAFETY: the CPU has AVX2 and FMA (use_avx2).
+                // SAFETY: the CPU has AVX2 and FMA (checked above).
                 return unsafe { forward_chunk_avx2(g, u, o) };
             }
             let _ = avx;
@@ -84,7 +73,7 @@ pub fn swiglu_backward(gate: &[f32], up: &[f32], dout: &[f32], dgate: &mut [f32]
         up.len() == n && dout.len() == n && dgate.len() == n && dup.len() == n,
         "swiglu_backward: shapes"
     );
-    let avx = use_avx2();
+    let avx = crate::cpu::has_avx2_fma();
     dgate
         .par_chunks_mut(CHUNK)
         .zip(dup.par_chunks_mut(CHUNK))
@@ -96,7 +85,7 @@ pub fn swiglu_backward(gate: &[f32], up: &[f32], dout: &[f32], dgate: &mut [f32]
         .for_each(|((dg, du), ((g, u), d))| {
             #[cfg(target_arch = "x86_64")]
             if avx {
-                // SAFETY: the CPU has AVX2 and FMA (use_avx2).
+                // SAFETY: the CPU has AVX2 and FMA (checked above).
                 return unsafe { backward_chunk_avx2(g, u, d, dg, du) };
             }
             let _ = avx;

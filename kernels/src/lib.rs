@@ -18,6 +18,7 @@ pub mod rng;
 pub mod rope;
 pub mod softmax;
 
+mod cpu;
 mod parallel;
 #[cfg(test)]
 mod testing;

@@ -70,8 +70,7 @@ pub fn exp_weights(x: &[f32], scale: f32, shift: f32, out: Option<&mut [f32]>) -
     }
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if crate::cpu::has_avx2_fma() {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
             return unsafe { exp_weights_avx2(x, scale, shift, out) };
         }

@@ -12,7 +12,7 @@
 //! ran what, nor on how many threads there are.
 
 use super::tiles::{Bf16Tiles, F32Tiles, Tiles};
-use super::{use_avx2, AttnShape, HeadLayout, ATTN_K_TILE, ATTN_Q_TILE};
+use super::{AttnShape, HeadLayout, ATTN_K_TILE, ATTN_Q_TILE};
 use crate::matmul::Precision;
 use crate::parallel::SharedOut;
 use crate::softmax::exp_approx;
@@ -188,7 +188,7 @@ fn head_parts<T: Tiles>(t: &T, rows: Rows, dq: &mut [f32]) -> Vec<Vec<f32>> {
     } = rows.shape;
     let bounds = run_bounds(n_tok.div_ceil(Q), n_head);
     let n_runs = bounds.len() - 1;
-    let avx = use_avx2();
+    let avx = crate::cpu::has_avx2_fma();
     let dq_p = SharedOut::new(dq);
     (0..n_head * n_runs)
         .into_par_iter()

@@ -7,7 +7,7 @@
 //! queries, with no reduction across vector lanes.
 
 use super::tiles::{Bf16Tiles, F32Tiles, Tiles};
-use super::{use_avx2, AttnShape, HeadLayout, ATTN_K_TILE, ATTN_Q_TILE};
+use super::{AttnShape, HeadLayout, ATTN_K_TILE, ATTN_Q_TILE};
 use crate::matmul::Precision;
 use crate::parallel::SharedOut;
 use crate::softmax::exp_approx;
@@ -69,7 +69,7 @@ pub fn attention_forward_in(
 fn run<T: Tiles>(t: &T, shape: AttnShape, scale: f32, out: &mut [f32], lse: &mut [f32]) {
     let n_qb = shape.n_tok.div_ceil(Q);
     let (out_p, lse_p) = (SharedOut::new(out), SharedOut::new(lse));
-    let avx = use_avx2();
+    let avx = crate::cpu::has_avx2_fma();
     (0..shape.n_head * n_qb).into_par_iter().for_each_init(
         || (vec![0f32; K * Q + shape.head_dim * Q], t.scratch()),
         |(scratch, tiles_scratch), task| {

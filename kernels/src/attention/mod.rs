@@ -124,18 +124,6 @@ fn per_head<T: Copy + Default + Send>(
     out
 }
 
-/// Whether the AVX2/FMA builds of the per-task routines can run.
-fn use_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// Defines `$name` (portable) and `$avx2` (the same body compiled with AVX2 and
 /// FMA) for a per-task routine, generic over the tile products; rayon's
 /// closures call one or the other. The work must live in such functions, not
@@ -161,7 +149,7 @@ macro_rules! run_task {
         #[cfg(target_arch = "x86_64")]
         {
             if $avx {
-                // SAFETY: the CPU supports AVX2 and FMA (use_avx2()).
+                // SAFETY: the CPU supports AVX2 and FMA (crate::cpu::has_avx2_fma()).
                 unsafe { $avx2($($arg),*) }
             } else {
                 $name($($arg),*)

@@ -17,8 +17,7 @@ pub(super) type MicroKernel =
 pub(super) fn select() -> MicroKernel {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if crate::cpu::has_avx2_fma() {
             return avx2::dispatch;
         }
     }

@@ -525,8 +525,7 @@ fn gemv(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if crate::cpu::has_avx2_fma() {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
             return unsafe { dot_avx2(a, b) };
         }

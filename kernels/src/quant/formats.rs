@@ -343,8 +343,7 @@ impl BlockFormat for Q6_K {
 pub(super) fn dequantize_blocks<F: BlockFormat>(bytes: &[u8], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if crate::cpu::has_avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
             return unsafe { dequantize_blocks_avx2::<F>(bytes, out) };
         }
