@@ -10,6 +10,8 @@
 //! Angles are computed in f64; llama.cpp computes them in f32, a difference
 //! far below the forward test's tolerance.
 
+use rayon::prelude::*;
+
 /// Which dimensions form a rotating pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RopeLayout {
@@ -42,13 +44,11 @@ impl Rope {
         }
     }
 
-    fn angles(&self, pos: u32, cos: &mut [f32], sin: &mut [f32]) {
-        for i in 0..self.n_rot / 2 {
-            let theta =
-                pos as f64 * (self.freq_base as f64).powf(-2.0 * i as f64 / self.n_rot as f64);
-            cos[i] = theta.cos() as f32;
-            sin[i] = theta.sin() as f32;
-        }
+    /// `freq_base^(-2i / n_rot)` for each pair `i`, in f64.
+    fn inv_freqs(&self) -> Vec<f64> {
+        (0..self.n_rot / 2)
+            .map(|i| (self.freq_base as f64).powf(-2.0 * i as f64 / self.n_rot as f64))
+            .collect()
     }
 
     fn rotate(&self, x: &mut [f32], positions: &[u32], direction: f32) {
@@ -63,21 +63,33 @@ impl Rope {
             positions.len() * nh * hd,
             "rope: x is not [n_tok, n_head, head_dim]"
         );
-        let half = self.n_rot / 2;
-        let (mut cos, mut sin) = (vec![0f32; half], vec![0f32; half]);
-        for (t, &pos) in positions.iter().enumerate() {
-            self.angles(pos, &mut cos, &mut sin);
-            for h in 0..nh {
-                let head = &mut x[(t * nh + h) * hd..(t * nh + h + 1) * hd];
-                for i in 0..half {
-                    let (a, b) = self.pair(i);
-                    let (x0, x1) = (head[a], head[b]);
-                    let s = direction * sin[i];
-                    head[a] = x0 * cos[i] - x1 * s;
-                    head[b] = x0 * s + x1 * cos[i];
-                }
-            }
+        if x.is_empty() {
+            return;
         }
+        let half = self.n_rot / 2;
+        let inv_freqs = self.inv_freqs();
+        // Tokens in parallel, each computing its angles once for all heads.
+        x.par_chunks_mut(nh * hd)
+            .zip(positions.par_iter())
+            .with_min_len(16)
+            .for_each_init(
+                || (vec![0f32; half], vec![0f32; half]),
+                |(cos, sin), (row, &pos)| {
+                    for (i, f) in inv_freqs.iter().enumerate() {
+                        let theta = pos as f64 * f;
+                        cos[i] = theta.cos() as f32;
+                        sin[i] = direction * theta.sin() as f32;
+                    }
+                    for head in row.chunks_exact_mut(hd) {
+                        for i in 0..half {
+                            let (a, b) = self.pair(i);
+                            let (x0, x1) = (head[a], head[b]);
+                            head[a] = x0 * cos[i] - x1 * sin[i];
+                            head[b] = x0 * sin[i] + x1 * cos[i];
+                        }
+                    }
+                },
+            );
     }
 
     /// Rotates every head of every token by its position's angles.
@@ -122,8 +134,12 @@ mod tests {
     fn matches_scalar_twin_and_inverts() {
         let mut rng = TestRng(9);
         for layout in [RopeLayout::Normal, RopeLayout::Neox] {
-            for &(n_tok, n_head, head_dim, n_rot) in &[(3, 2, 8, 8), (7, 3, 64, 64), (4, 1, 16, 8)]
-            {
+            for &(n_tok, n_head, head_dim, n_rot) in &[
+                (3, 2, 8, 8),
+                (7, 3, 64, 64),
+                (4, 1, 16, 8),
+                (300, 2, 16, 16),
+            ] {
                 let rope = Rope {
                     n_head,
                     head_dim,
