@@ -13,6 +13,24 @@ const BF16_INPUT_TOL: f64 = 2e-2;
 /// bf16 gradients against f32 ones, relative L2.
 const BF16_GRAD_TOL: f64 = 2e-2;
 
+/// A shape and random q, k (entries within +-`qk`) and v (within +-1).
+fn random_case(
+    rng: &mut TestRng,
+    (n_tok, n_head, n_head_kv, head_dim): (usize, usize, usize, usize),
+    qk: f32,
+) -> (AttnShape, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let shape = AttnShape {
+        n_tok,
+        n_head,
+        n_head_kv,
+        head_dim,
+    };
+    let q = rng.vec(n_tok * n_head * head_dim, qk);
+    let k = rng.vec(n_tok * n_head_kv * head_dim, qk);
+    let v = rng.vec(n_tok * n_head_kv * head_dim, 1.0);
+    (shape, q, k, v)
+}
+
 #[test]
 fn matches_scalar_twin_with_gqa_and_ragged_tiles() {
     let mut rng = TestRng(11);
@@ -23,15 +41,7 @@ fn matches_scalar_twin_with_gqa_and_ragged_tiles() {
         (130, 6, 2, 64),
         (200, 3, 3, 20),
     ] {
-        let shape = AttnShape {
-            n_tok,
-            n_head,
-            n_head_kv,
-            head_dim,
-        };
-        let q = rng.vec(n_tok * n_head * head_dim, 2.0);
-        let k = rng.vec(n_tok * n_head_kv * head_dim, 2.0);
-        let v = rng.vec(n_tok * n_head_kv * head_dim, 1.0);
+        let (shape, q, k, v) = random_case(&mut rng, (n_tok, n_head, n_head_kv, head_dim), 2.0);
         let scale = 1.0 / (head_dim as f32).sqrt();
         let (mut o, mut o_ref) = (vec![0f32; q.len()], vec![0f32; q.len()]);
         let (mut lse, mut lse_ref) = (vec![0f32; n_head * n_tok], vec![0f32; n_head * n_tok]);
@@ -54,15 +64,7 @@ fn matches_scalar_twin_with_gqa_and_ragged_tiles() {
 fn backward_matches_finite_differences() {
     let mut rng = TestRng(12);
     for &(n_tok, n_head, n_head_kv, head_dim) in &[(5, 2, 1, 4), (70, 2, 2, 3)] {
-        let shape = AttnShape {
-            n_tok,
-            n_head,
-            n_head_kv,
-            head_dim,
-        };
-        let q = rng.vec(n_tok * n_head * head_dim, 1.5);
-        let k = rng.vec(n_tok * n_head_kv * head_dim, 1.5);
-        let v = rng.vec(n_tok * n_head_kv * head_dim, 1.0);
+        let (shape, q, k, v) = random_case(&mut rng, (n_tok, n_head, n_head_kv, head_dim), 1.5);
         let dout = rng.vec(q.len(), 1.0);
         let scale = 0.7;
         let (mut o, mut lse) = (vec![0f32; q.len()], vec![0f32; n_head * n_tok]);
@@ -110,15 +112,7 @@ fn backward_matches_finite_differences() {
 fn backward_over_several_runs_matches_directional_derivatives() {
     let mut rng = TestRng(13);
     for &(n_tok, n_head, n_head_kv, head_dim) in &[(520, 2, 1, 8), (333, 6, 3, 16)] {
-        let shape = AttnShape {
-            n_tok,
-            n_head,
-            n_head_kv,
-            head_dim,
-        };
-        let q = rng.vec(n_tok * n_head * head_dim, 1.5);
-        let k = rng.vec(n_tok * n_head_kv * head_dim, 1.5);
-        let v = rng.vec(n_tok * n_head_kv * head_dim, 1.0);
+        let (shape, q, k, v) = random_case(&mut rng, (n_tok, n_head, n_head_kv, head_dim), 1.5);
         let dout = rng.vec(q.len(), 1.0);
         let scale = 1.0 / (head_dim as f32).sqrt();
         let (mut o, mut lse) = (vec![0f32; q.len()], vec![0f32; n_head * n_tok]);
@@ -208,15 +202,7 @@ fn bf16_forward_matches_scalar_twin_on_rounded_inputs() {
         (300, 6, 2, 64),
         (130, 2, 1, 80),
     ] {
-        let shape = AttnShape {
-            n_tok,
-            n_head,
-            n_head_kv,
-            head_dim,
-        };
-        let q = rng.vec(n_tok * n_head * head_dim, 2.0);
-        let k = rng.vec(n_tok * n_head_kv * head_dim, 2.0);
-        let v = rng.vec(n_tok * n_head_kv * head_dim, 1.0);
+        let (shape, q, k, v) = random_case(&mut rng, (n_tok, n_head, n_head_kv, head_dim), 2.0);
         let scale = 1.0 / (head_dim as f32).sqrt();
         let mut o = vec![0f32; q.len()];
         let mut lse = vec![0f32; n_head * n_tok];
@@ -263,15 +249,7 @@ fn bf16_backward_matches_f32_backward() {
         (97, 2, 2, 64),
         (70, 2, 1, 80),
     ] {
-        let shape = AttnShape {
-            n_tok,
-            n_head,
-            n_head_kv,
-            head_dim,
-        };
-        let q = rng.vec(n_tok * n_head * head_dim, 1.5);
-        let k = rng.vec(n_tok * n_head_kv * head_dim, 1.5);
-        let v = rng.vec(n_tok * n_head_kv * head_dim, 1.0);
+        let (shape, q, k, v) = random_case(&mut rng, (n_tok, n_head, n_head_kv, head_dim), 1.5);
         let dout = rng.vec(q.len(), 1.0);
         let scale = 1.0 / (head_dim as f32).sqrt();
         let grads = |p: Precision| {
