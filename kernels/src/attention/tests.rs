@@ -31,6 +31,36 @@ fn random_case(
     (shape, q, k, v)
 }
 
+/// `[dq, dk, dv]` of `L = sum(dout * out)`: forward, then backward, in `p`.
+fn grads(
+    p: Precision,
+    shape: AttnShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dout: &[f32],
+    scale: f32,
+) -> [Vec<f32>; 3] {
+    let (mut o, mut lse) = (vec![0f32; q.len()], vec![0f32; shape.n_head * shape.n_tok]);
+    attention_forward_in(p, q, k, v, shape, scale, &mut o, &mut lse);
+    let (mut dq, mut dk, mut dv) = (
+        vec![0f32; q.len()],
+        vec![0f32; k.len()],
+        vec![0f32; v.len()],
+    );
+    attention_backward_in(
+        p, q, k, v, &o, &lse, dout, shape, scale, &mut dq, &mut dk, &mut dv,
+    );
+    [dq, dk, dv]
+}
+
+/// `L = sum(dout * out)` through the f64 twin: the finite differences' oracle.
+fn scalar_loss(shape: AttnShape, scale: f32, dout: &[f32], q: &[f32], k: &[f32], v: &[f32]) -> f64 {
+    let (mut o, mut l) = (vec![0f32; q.len()], vec![0f32; shape.n_head * shape.n_tok]);
+    attention_forward_scalar(q, k, v, shape, scale, &mut o, &mut l);
+    o.iter().zip(dout).map(|(a, b)| *a as f64 * *b as f64).sum()
+}
+
 #[test]
 fn matches_scalar_twin_with_gqa_and_ragged_tiles() {
     let mut rng = TestRng(11);
@@ -67,24 +97,8 @@ fn backward_matches_finite_differences() {
         let (shape, q, k, v) = random_case(&mut rng, (n_tok, n_head, n_head_kv, head_dim), 1.5);
         let dout = rng.vec(q.len(), 1.0);
         let scale = 0.7;
-        let (mut o, mut lse) = (vec![0f32; q.len()], vec![0f32; n_head * n_tok]);
-        attention_forward(&q, &k, &v, shape, scale, &mut o, &mut lse);
-        let (mut dq, mut dk, mut dv) = (
-            vec![0f32; q.len()],
-            vec![0f32; k.len()],
-            vec![0f32; v.len()],
-        );
-        attention_backward(
-            &q, &k, &v, &o, &lse, &dout, shape, scale, &mut dq, &mut dk, &mut dv,
-        );
-        let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
-            let (mut o, mut l) = (vec![0f32; q.len()], vec![0f32; n_head * n_tok]);
-            attention_forward_scalar(q, k, v, shape, scale, &mut o, &mut l);
-            o.iter()
-                .zip(&dout)
-                .map(|(a, b)| *a as f64 * *b as f64)
-                .sum()
-        };
+        let [dq, dk, dv] = grads(Precision::F32, shape, &q, &k, &v, &dout, scale);
+        let loss = |q: &[f32], k: &[f32], v: &[f32]| scalar_loss(shape, scale, &dout, q, k, v);
         let h = 1e-3f32;
         let fd = |which: usize, i: usize| -> f32 {
             let mut t = [q.clone(), k.clone(), v.clone()];
@@ -115,24 +129,8 @@ fn backward_over_several_runs_matches_directional_derivatives() {
         let (shape, q, k, v) = random_case(&mut rng, (n_tok, n_head, n_head_kv, head_dim), 1.5);
         let dout = rng.vec(q.len(), 1.0);
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let (mut o, mut lse) = (vec![0f32; q.len()], vec![0f32; n_head * n_tok]);
-        attention_forward(&q, &k, &v, shape, scale, &mut o, &mut lse);
-        let (mut dq, mut dk, mut dv) = (
-            vec![0f32; q.len()],
-            vec![0f32; k.len()],
-            vec![0f32; v.len()],
-        );
-        attention_backward(
-            &q, &k, &v, &o, &lse, &dout, shape, scale, &mut dq, &mut dk, &mut dv,
-        );
-        let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
-            let (mut o, mut l) = (vec![0f32; q.len()], vec![0f32; n_head * n_tok]);
-            attention_forward_scalar(q, k, v, shape, scale, &mut o, &mut l);
-            o.iter()
-                .zip(&dout)
-                .map(|(a, b)| *a as f64 * *b as f64)
-                .sum()
-        };
+        let [dq, dk, dv] = grads(Precision::F32, shape, &q, &k, &v, &dout, scale);
+        let loss = |q: &[f32], k: &[f32], v: &[f32]| scalar_loss(shape, scale, &dout, q, k, v);
         for (which, grad) in [(0, &dq), (1, &dk), (2, &dv)] {
             let mut t = [q.clone(), k.clone(), v.clone()];
             let dir = rng.vec(t[which].len(), 1.0);
@@ -252,20 +250,8 @@ fn bf16_backward_matches_f32_backward() {
         let (shape, q, k, v) = random_case(&mut rng, (n_tok, n_head, n_head_kv, head_dim), 1.5);
         let dout = rng.vec(q.len(), 1.0);
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let grads = |p: Precision| {
-            let (mut o, mut lse) = (vec![0f32; q.len()], vec![0f32; n_head * n_tok]);
-            attention_forward_in(p, &q, &k, &v, shape, scale, &mut o, &mut lse);
-            let (mut dq, mut dk, mut dv) = (
-                vec![0f32; q.len()],
-                vec![0f32; k.len()],
-                vec![0f32; v.len()],
-            );
-            attention_backward_in(
-                p, &q, &k, &v, &o, &lse, &dout, shape, scale, &mut dq, &mut dk, &mut dv,
-            );
-            [dq, dk, dv]
-        };
-        let (bf, f) = (grads(Precision::Bf16), grads(Precision::F32));
+        let bf = grads(Precision::Bf16, shape, &q, &k, &v, &dout, scale);
+        let f = grads(Precision::F32, shape, &q, &k, &v, &dout, scale);
         for (name, a, b) in [
             ("dq", &bf[0], &f[0]),
             ("dk", &bf[1], &f[1]),
