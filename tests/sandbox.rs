@@ -67,6 +67,64 @@ fn infinite_loop_times_out() {
 }
 
 #[test]
+fn loops_inside_c_code_time_out() {
+    // Seconds without a bytecode boundary: the stop check has to sit in the
+    // interpreter's compiled C loops (big-int power, regex backtracking).
+    for code in [
+        "x = 10 ** (10 ** 8)",
+        "import re\nre.match(r'(a+)+$', 'a' * 64 + 'b')",
+    ] {
+        let e = run_with(code, &limits(1.0));
+        assert_eq!(e.outcome, Outcome::Timeout, "{code}: {e:?}");
+        assert!(
+            e.wall < Duration::from_secs(2),
+            "{code}: stopped only after {:?}",
+            e.wall
+        );
+    }
+}
+
+#[test]
+fn many_stops_leave_the_host_process_healthy() {
+    // Each stop ends a guest in the middle of its work (writing output,
+    // growing memory). None may leave a lock of the host process held: a
+    // thread started afterwards registers its thread-local destructors
+    // under glibc's loader lock and would block forever, as it did when
+    // stops were signals (see engine/src/sandbox/stop.rs).
+    let l = Limits {
+        timeout: Duration::from_millis(50),
+        ..Limits::default()
+    };
+    for i in 0..30 {
+        let code = if i % 2 == 0 {
+            "while True:\n    print('spam')"
+        } else {
+            "d = {}\nwhile True:\n    d[len(d)] = str(len(d)) * 10"
+        };
+        let e = sandbox().run(code, &l).expect("sandbox run");
+        assert!(
+            matches!(
+                e.outcome,
+                Outcome::Timeout | Outcome::OutputLimit | Outcome::MemoryLimit
+            ),
+            "stop {i}: {e:?}"
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            thread_local!(static SLOT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) });
+            SLOT.with(|s| s.borrow_mut().push(1));
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no new thread could start after stop {i}"));
+    }
+    let after = sandbox()
+        .run("print(6 * 7)", &Limits::default())
+        .expect("run");
+    assert_eq!(after.stdout, "42\n", "{after:?}");
+}
+
+#[test]
 fn sleep_times_out() {
     let t0 = Instant::now();
     let e = run_with(

@@ -1,25 +1,31 @@
 //! The compiled interpreter: a wasmer engine whose memories are capped, and
-//! `python.wasm` compiled once with Cranelift (about 10 s here) and cached on
-//! disk. The cache entry is keyed by the wasm's hash, the wasmer version, the
-//! engine's compiler/target identity and the CPU's features, and carries a
-//! checksum of its payload: `Module::deserialize` trusts its input, so a stale
-//! or corrupt entry is detected first and rebuilt, never loaded.
+//! `python.wasm` compiled once with Cranelift and the stop checks
+//! (`stop.rs`; about 5 s here) and cached on disk. The cache entry is keyed
+//! by the wasm's hash, the wasmer version, the version of the inserted
+//! checks, the engine's compiler/target identity and the CPU's features, and
+//! carries a checksum of its payload: `Module::deserialize` trusts its input,
+//! so a stale or corrupt entry is detected first and rebuilt, never loaded.
 
 use std::cell::Cell;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use wasmer::sys::vm::{
     MemoryError, MemoryStyle, TableStyle, VMMemory, VMMemoryDefinition, VMTable, VMTableDefinition,
 };
-use wasmer::sys::{BaseTunables, NativeEngineExt, Tunables};
+use wasmer::sys::{BaseTunables, CompilerConfig, Cranelift, NativeEngineExt, Tunables};
 use wasmer::{Engine, MemoryType, Module, Pages, TableType};
 
+use super::stop::StopChecks;
 use super::SandboxError;
 
 const WASMER_VERSION: &str = "7.4.2";
+/// Changes whenever the code inserted into the module changes, so that no
+/// cache entry compiled without (or with other) checks is ever loaded.
+const INSTRUMENTATION: &str = "stop-checks v1";
 const CACHE_MAGIC: &[u8] = b"CLEANER-WASMER-MODULE v1\n";
 
 thread_local! {
@@ -95,9 +101,11 @@ impl Tunables for CappedMemory {
     }
 }
 
-/// A Cranelift engine with capped memories.
+/// A Cranelift engine with capped memories that inserts the stop checks.
 pub(super) fn engine() -> Engine {
-    let mut engine = Engine::default();
+    let mut compiler = Cranelift::default();
+    compiler.push_middleware(Arc::new(StopChecks::default()));
+    let mut engine: Engine = compiler.into();
     engine.set_tunables(CappedMemory {
         base: BaseTunables::new(),
     });
@@ -135,6 +143,7 @@ fn cache_key(engine: &Engine, wasm: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(wasm);
     h.update(WASMER_VERSION.as_bytes());
+    h.update(INSTRUMENTATION.as_bytes());
     h.update(engine.deterministic_id().as_bytes());
     h.update(cpu_features().as_bytes());
     h.finalize()

@@ -4,7 +4,7 @@
 //! executes `_start` on the calling thread, where CPython initializes and then
 //! blocks reading its code from stdin.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use virtual_fs::limiter::FsMemoryLimiter;
@@ -68,9 +68,12 @@ impl Entropy {
 pub(super) struct HookState {
     memory: Mutex<Option<Memory>>,
     pub entropy: Mutex<Entropy>,
+    /// Set to stop the interpreter at its next stop check (see `stop.rs`).
+    pub stop: AtomicBool,
 }
 
 /// Import overrides, installed on every instance:
+/// - `sched_yield`: the stop check (see `stop.rs`).
 /// - `poll_oneoff`: wasix 0.704 blocks forever on a poll whose only
 ///   subscriptions are zero-timeout clocks, which `import selectors` (and so
 ///   socket, asyncio, subprocess) performs; such timeouts become 1 ns.
@@ -81,8 +84,8 @@ pub(super) struct ImportFixes {
     pub state: Arc<HookState>,
 }
 
-struct FixEnv {
-    state: Arc<HookState>,
+pub(super) struct FixEnv {
+    pub state: Arc<HookState>,
     poll: Option<Function>,
     random: Option<Function>,
 }
@@ -102,6 +105,7 @@ impl InstantiationHook for ImportFixes {
         };
         let poll = as_fn(imports.get_export(WASI, "poll_oneoff"));
         let random = as_fn(imports.get_export(WASI, "random_get"));
+        let yields = imports.get_export(WASI, "sched_yield").is_some();
         let env = FunctionEnv::new(
             store,
             FixEnv {
@@ -115,6 +119,13 @@ impl InstantiationHook for ImportFixes {
                 WASI,
                 "poll_oneoff",
                 Function::new_typed_with_env(store, &env, poll_oneoff),
+            );
+        }
+        if yields {
+            imports.define(
+                WASI,
+                "sched_yield",
+                Function::new_typed_with_env(store, &env, super::stop::sched_yield),
             );
         }
         if random.is_some() {
@@ -242,7 +253,6 @@ impl FsMemoryLimiter for Quota {
 pub(super) struct Handles {
     pub stdin: Pipe,
     pub process: WasiProcess,
-    pub interrupter: wasmer::Interrupter,
     pub stdout: Arc<Capture>,
     pub stderr: Arc<Capture>,
     pub hooks: Arc<HookState>,
@@ -281,6 +291,7 @@ impl Interpreter {
                 rng: Rng::new(0),
                 host: false,
             }),
+            stop: AtomicBool::new(false),
         });
         let mut rt = PluggableRuntime::new(Arc::new(
             wasmer_wasix::runtime::task_manager::tokio::TokioTaskManager::new(
@@ -331,7 +342,6 @@ impl Interpreter {
             .instantiate(shared.module.clone(), &mut store)
             .map_err(|e| SandboxError::Instantiate(e.to_string()))?;
         let process = env.data(&store).process.clone();
-        let interrupter = store.interrupter();
         Ok((
             Interpreter {
                 store,
@@ -341,7 +351,6 @@ impl Interpreter {
             Handles {
                 stdin: stdin_tx,
                 process,
-                interrupter,
                 stdout,
                 stderr,
                 hooks,

@@ -6,9 +6,10 @@
 //! environment, and randomness from a seed unless host entropy is asked for.
 //!
 //! Limits and how they hold:
-//! - wall clock: a deadline enforced from outside the guest: the store's
-//!   interrupter traps running wasm (tight loops) and a SIGKILL to the WASIX
-//!   process wakes a guest blocked in a host call (`time.sleep`);
+//! - wall clock: a deadline enforced from outside the guest: a stop flag
+//!   that checks compiled into every loop of the interpreter read (tight
+//!   loops; see `stop.rs`), and a SIGKILL to the WASIX process that wakes a
+//!   guest blocked in a host call (`time.sleep`);
 //! - memory: the engine's tunables cap every linear memory, so `memory.grow`
 //!   fails and CPython raises `MemoryError`;
 //! - output: captured up to a cap; the first byte past it stops the guest;
@@ -21,6 +22,7 @@ mod classify;
 mod compile;
 mod instance;
 mod pool;
+mod stop;
 
 use std::path::PathBuf;
 use std::sync::mpsc::RecvTimeoutError;
@@ -385,9 +387,11 @@ fn execute(ready: Ready, code: &str, limits: &Limits) -> Execution {
     }
 }
 
-/// Stops an interpreter: the interrupter traps running wasm, the SIGKILL
-/// wakes a guest blocked in a host call (sleep, poll).
+/// Stops an interpreter: the stop flag traps running wasm at its next stop
+/// check, the SIGKILL wakes a guest blocked in a host call (sleep, poll).
 fn kill(h: &instance::Handles) {
-    h.interrupter.interrupt();
+    h.hooks
+        .stop
+        .store(true, std::sync::atomic::Ordering::Release);
     h.process.signal_process(Signal::Sigkill);
 }

@@ -47,6 +47,9 @@ pub(super) struct BootParams {
     pub output_cap: usize,
 }
 
+/// The longest a caller waits for a one-off interpreter to boot.
+const BOOT_WAIT: Duration = Duration::from_secs(60);
+
 /// Boots an interpreter on a new thread and runs it there; returns its
 /// handles once instantiated. Used for one-off calls and by the workers.
 pub(super) fn spawn_one(shared: Arc<Shared>, params: BootParams) -> Result<Ready, SandboxError> {
@@ -71,9 +74,20 @@ pub(super) fn spawn_one(shared: Arc<Shared>, params: BootParams) -> Result<Ready
             }
         })
         .map_err(|e| SandboxError::Instantiate(format!("cannot start a thread: {e}")))?;
-    let handles = handles_rx
-        .recv()
-        .map_err(|_| SandboxError::Instantiate("interpreter thread died while booting".into()))??;
+    // Booting takes about 50 ms; a boot that never ends must not hang the caller.
+    let handles = match handles_rx.recv_timeout(BOOT_WAIT) {
+        Ok(h) => h?,
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            return Err(SandboxError::Instantiate(format!(
+                "no interpreter booted within {BOOT_WAIT:?}"
+            )))
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            return Err(SandboxError::Instantiate(
+                "interpreter thread died while booting".into(),
+            ))
+        }
+    };
     Ok(Ready {
         handles,
         reply: tx,
