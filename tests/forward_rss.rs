@@ -20,10 +20,15 @@ fn rss(kind: &str) -> u64 {
 
 /// Opening reads the header through the map (5.7 MiB for Qwen2.5, mostly the
 /// tokenizer), parses its metadata onto the heap, and decodes the norm vectors
-/// and biases, whose page faults also read ahead their neighbours: file pages
-/// up to the header plus slack (measured +12 MiB of a 469 MiB file); heap well
-/// under a tenth of the file (measured +14 MiB).
-const OPEN_FILE_SLACK: u64 = 16 << 20;
+/// and biases (about 120 small tensors spread over the file). How many file
+/// pages that maps is the kernel's choice: with 4 KiB pages and fault-around
+/// it measured +12 MiB of a 469 MiB file; on kernel 6.18, whose page cache
+/// holds large folios, one touched byte maps a whole 2 MiB block
+/// (`FilePmdMapped` in smaps) and it measured +70.8 MiB. Either is far from
+/// paging in the weights (a forward pass maps more than half the file), so the
+/// bound is a quarter of the file. The heap stays well under a tenth of the
+/// file (measured +14 MiB): nothing is copied.
+const OPEN_FILE_MAX: f64 = 0.25;
 const OPEN_HEAP_MAX: f64 = 0.1;
 
 #[test]
@@ -50,7 +55,7 @@ fn opening_a_model_does_not_copy_its_weights() {
         mib(anon1.saturating_sub(anon0))
     );
     assert!(
-        file1.saturating_sub(file0) <= header + OPEN_FILE_SLACK,
+        file1.saturating_sub(file0) as f64 <= OPEN_FILE_MAX * file_len as f64,
         "opening paged in weights"
     );
     assert!(
