@@ -22,6 +22,8 @@ use cleaner::kernels::matmul::Precision;
 use cleaner::models::{LoraConfig, Transformer};
 use cleaner::train::{nll_loss, AdamWConfig, Trainer};
 
+use super::median;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Models (comma-separated asset names).
@@ -45,6 +47,12 @@ pub struct Args {
     /// f32 on CPUs without AVX-512 BF16, and the table says so).
     #[arg(long, default_value = "f32,bf16")]
     precision: String,
+    /// Rounds per cell: ours and PyTorch take turns this many times, and the
+    /// speed ratio is the median of the rounds' ratios, with their range, so
+    /// that a slow spell of this shared machine lands on one round of both
+    /// sides rather than on one side.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 struct Cell {
@@ -110,7 +118,7 @@ fn ours(
     }
     times.remove(0); // warm-up: pages the weights in
     Ok(Cell {
-        tok_s: n_tok as f64 / super::median(times),
+        tok_s: n_tok as f64 / median(times),
         peak_mib: super::peak_rss_mib().unwrap_or(f64::NAN),
     })
 }
@@ -162,6 +170,17 @@ fn torch(
     }))
 }
 
+/// `median` or, over several rounds, `median (min-max)`.
+fn ratio_text(ratios: &[f64]) -> String {
+    let m = median(ratios.to_vec());
+    if ratios.len() < 2 {
+        return format!("{m:.2}");
+    }
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{m:.2} ({lo:.2}-{hi:.2})")
+}
+
 fn list(flag: &str, s: &str) -> Result<Vec<usize>> {
     s.split(',')
         .map(|t| {
@@ -189,8 +208,14 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .flat_map(|&k| precisions.iter().map(move |&p| (k, p)))
         .collect();
-    println!("LoRA step (forward + backward + AdamW, rank 16, q k v o gate up down), {threads} threads, median of {}", a.reps);
-    println!("(useful GFLOP/s in parentheses; ratios are ours / PyTorch)\n");
+    if a.rounds == 0 || a.reps == 0 {
+        bail!("--rounds and --reps must be at least 1");
+    }
+    println!(
+        "LoRA step (forward + backward + AdamW, rank 16, q k v o gate up down), {threads} threads, median of {} steps, {} round(s) alternating ours and PyTorch",
+        a.reps, a.rounds
+    );
+    println!("(useful GFLOP/s in parentheses; tok/s are medians over rounds; the speed ratio is the median of the rounds' ratios ours / PyTorch, with their range)\n");
     println!("| model | T | ours: kept MiB, precision | ours tok/s | PyTorch+PEFT tok/s | speed ratio | ours peak RSS MiB | PyTorch peak RSS MiB | memory ratio |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for name in a.models.split(',') {
@@ -201,31 +226,47 @@ pub fn run(a: Args) -> Result<()> {
         };
         for &t in &lens {
             let gflops = |tok_s: f64| tok_s / t as f64 * flops(t) / 1e9;
-            let mine = settings
+            // rounds[r] = (ours per setting, PyTorch) of round r.
+            let mut rounds = Vec::new();
+            for _ in 0..a.rounds {
+                let mine = settings
+                    .iter()
+                    .map(|&(k, p)| ours(&path, t, a.reps, k, p))
+                    .collect::<Result<Vec<_>>>()?;
+                rounds.push((mine, torch(&a.python, &path, t, a.reps, threads)?));
+            }
+            let torch_cells: Vec<&Cell> = rounds.iter().filter_map(|r| r.1.as_ref()).collect();
+            let torch_tok_s = median(torch_cells.iter().map(|c| c.tok_s).collect());
+            let torch_peak = torch_cells
                 .iter()
-                .map(|&(k, p)| ours(&path, t, a.reps, k, p))
-                .collect::<Result<Vec<_>>>()?;
-            let p = torch(&a.python, &path, t, a.reps, threads)?;
-            for (o, (k, prec)) in mine.iter().zip(&settings) {
+                .map(|c| c.peak_mib)
+                .fold(f64::NAN, f64::max);
+            for (i, (k, prec)) in settings.iter().enumerate() {
                 let prec = match (prec, prec.effective()) {
                     (Precision::F32, _) => "f32",
                     (Precision::Bf16, Precision::Bf16) => "bf16",
                     (Precision::Bf16, Precision::F32) => "bf16 (ran f32: no AVX-512 BF16)",
                 };
-                let (pt, pm, sr, mr) = match &p {
-                    Some(p) => (
-                        format!("{:.1} ({:.0})", p.tok_s, gflops(p.tok_s)),
-                        format!("{:.0}", p.peak_mib),
-                        format!("{:.2}", o.tok_s / p.tok_s),
-                        format!("{:.2}", o.peak_mib / p.peak_mib),
-                    ),
-                    None => ("n/a".into(), "n/a".into(), "n/a".into(), "n/a".into()),
+                let mine: Vec<&Cell> = rounds.iter().map(|r| &r.0[i]).collect();
+                let tok_s = median(mine.iter().map(|c| c.tok_s).collect());
+                let peak = mine.iter().map(|c| c.peak_mib).fold(f64::NAN, f64::max);
+                let ratios: Vec<f64> = rounds
+                    .iter()
+                    .filter_map(|(m, p)| p.as_ref().map(|p| m[i].tok_s / p.tok_s))
+                    .collect();
+                let (pt, pm, sr, mr) = if torch_cells.is_empty() {
+                    ("n/a".into(), "n/a".into(), "n/a".into(), "n/a".into())
+                } else {
+                    (
+                        format!("{torch_tok_s:.1} ({:.0})", gflops(torch_tok_s)),
+                        format!("{torch_peak:.0}"),
+                        ratio_text(&ratios),
+                        format!("{:.2}", peak / torch_peak),
+                    )
                 };
                 println!(
-                    "| {name} | {t} | {k}, {prec} | {:.1} ({:.0}) | {pt} | {sr} | {:.0} | {pm} | {mr} |",
-                    o.tok_s,
-                    gflops(o.tok_s),
-                    o.peak_mib
+                    "| {name} | {t} | {k}, {prec} | {tok_s:.1} ({:.0}) | {pt} | {sr} | {peak:.0} | {pm} | {mr} |",
+                    gflops(tok_s),
                 );
             }
         }
