@@ -101,7 +101,7 @@ fn many_stops_leave_the_host_process_healthy() {
         } else {
             "d = {}\nwhile True:\n    d[len(d)] = str(len(d)) * 10"
         };
-        let e = sandbox().run(code, &l).expect("sandbox run");
+        let e = run_with(code, &l);
         assert!(
             matches!(
                 e.outcome,
@@ -118,10 +118,6 @@ fn many_stops_leave_the_host_process_healthy() {
         rx.recv_timeout(Duration::from_secs(10))
             .unwrap_or_else(|_| panic!("no new thread could start after stop {i}"));
     }
-    let after = sandbox()
-        .run("print(6 * 7)", &Limits::default())
-        .expect("run");
-    assert_eq!(after.stdout, "42\n", "{after:?}");
 }
 
 #[test]

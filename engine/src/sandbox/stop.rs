@@ -3,8 +3,8 @@
 //! wasmer's host interrupt (`experimental-host-interrupt`) sends SIGUSR1 to
 //! the guest's thread and unwinds it from wherever it is, provided its stack
 //! pointer is on the wasm stack, which includes wasmer's own libcalls and
-//! glibc code they call. Measured here (gdb on a hung test binary, 3 hangs in
-//! about 500 runs of `tests/sandbox.rs`): a pool worker was unwound while it
+//! glibc code they call. Measured here (gdb on a hung test binary, 4 hangs in
+//! about 420 runs of `tests/sandbox.rs`): a pool worker was unwound while it
 //! held glibc's `dl_load_lock`; the lock stayed held, and every thread
 //! started afterwards blocked forever in `__cxa_thread_atexit_impl`. The CI
 //! run hung that way.
