@@ -143,13 +143,19 @@ pub fn exp_approx(x: f32) -> f32 {
     // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(-87.0, 88.5);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let shifted = xc * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let pow2 = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // `shifted` is 1.5 * 2^23 + n exactly, so its bits are ROUND's plus n:
+    // the integer comes out with integer arithmetic. (`n as i32`, a
+    // saturating conversion, made the compiler fall back to scalar code
+    // with compares and cmovs in every loop this is inlined into.)
+    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let pow2 = f32::from_bits(n_int.wrapping_add(127) << 23);
     let v = p * pow2;
     if x < -87.0 {
         0.0
