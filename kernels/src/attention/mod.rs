@@ -12,7 +12,7 @@ use crate::matmul::NR;
 use rayon::prelude::*;
 
 /// Query rows per task.
-pub const ATTN_Q_TILE: usize = 32;
+pub const ATTN_Q_TILE: usize = 64;
 /// Keys per tile.
 pub const ATTN_K_TILE: usize = 64;
 
