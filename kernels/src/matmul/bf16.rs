@@ -12,7 +12,13 @@
 //! (low half first), which is what `vdpbf16ps` multiplies lane by lane. The
 //! activations are converted once per call (a row-major bf16 row is already a
 //! row of pairs); weight tiles are packed `[kc / 2][NB]` pairs, once per
-//! panel and chunk as in the f32 path.
+//! panel. Unlike the f32 path, a panel is packed for the whole reduction
+//! (up to [`PACK_BYTES`]), not in L1-sized chunks: each output tile then gets
+//! its whole sum in registers in one micro-kernel call, where with chunks
+//! every chunk after the first reloaded the tile from wherever it had been
+//! evicted to while all the other rows ran (about 10 % of the kernel's
+//! samples, on those loads). The packed panel stays in L2, and `vdpbf16ps`
+//! needs only 128 bytes of it per 16 instructions.
 
 use super::{row_split, Weights, KC};
 use crate::parallel::SharedOut;
@@ -27,6 +33,10 @@ const MR: usize = 8;
 pub(crate) const NB: usize = 32;
 /// Panels of NB weight rows per rayon task: 64 rows, as in the f32 path.
 const PANELS_PER_TASK: usize = 2;
+/// Packed weights per task at most: half of a 1 MiB L2 (32 columns of 8192
+/// reduction values for `x W^T`). Longer reductions are cut into balanced
+/// chunks of at most this size.
+const PACK_BYTES: usize = 512 << 10;
 
 /// Whether this CPU runs the bf16 kernels (AVX-512F and AVX-512 BF16).
 pub fn available() -> bool {
@@ -99,15 +109,21 @@ unsafe fn to_pairs_avx512(src: &[f32], out: &mut [u32]) {
     }
 }
 
-/// The reduction cut into as few chunks as [`KC`] allows, of equal length
-/// (a multiple of `align`, the weight format's block, so chunks start on
-/// block boundaries): 576 = 288 + 288, not 256 + 256 + 64, whose short last
-/// chunk paid a whole pass of loads and stores of the output tile for a
-/// quarter of the work.
-fn balanced_chunk(n: usize, align: usize) -> usize {
+/// The reduction cut into as few chunks of at most `max` values as
+/// possible, of equal length (a multiple of `align`, the weight format's
+/// block, so chunks start on block boundaries): 9000 = 4504 + 4496 with
+/// `max` 8192, not 8192 + 808, whose short last chunk would pay a whole pass
+/// of loads and stores of the output tile for a tenth of the work.
+fn balanced_chunk(n: usize, align: usize, max: usize) -> usize {
     let align = align.max(2); // whole pairs
-    let n_chunks = n.div_ceil(KC).max(1);
+    let n_chunks = n.div_ceil(max.max(align)).max(1);
     n.div_ceil(n_chunks).div_ceil(align) * align
+}
+
+/// Where each chunk of a reduction of `n` values starts (one empty chunk
+/// when `n` is 0, so a low-rank term still has a pass to ride in).
+fn chunk_starts(n: usize, chunk: usize) -> impl Iterator<Item = usize> {
+    (0..n.max(1)).step_by(chunk.max(1))
 }
 
 /// `x` rounded to bf16, rows of `n` values padded to an even count, as pairs.
@@ -158,8 +174,7 @@ pub fn matmul_wt_bf16_plus(
         return;
     }
     let (xp, lda) = pairs_of(x, n_tok, n_in);
-    let chunk = balanced_chunk(n_in, w.ty().block_len());
-    let cap = chunk.max(KC);
+    let chunk = balanced_chunk(n_in, w.ty().block_len(), PACK_BYTES / (4 * NB) * 2);
     let extra = low_rank.map(|lr| {
         assert!(
             lr.rank <= KC && lr.act.len() == n_tok * lr.rank && lr.factor.len() == n_out * lr.rank,
@@ -167,6 +182,7 @@ pub fn matmul_wt_bf16_plus(
         );
         (lr, pairs_of(lr.act, n_tok, lr.rank))
     });
+    let lr_pairs = extra.as_ref().map_or(0, |(lr, _)| lr.rank.div_ceil(2));
     let n_panels = n_out.div_ceil(NB);
     let n_col_tasks = n_panels.div_ceil(PANELS_PER_TASK);
     let (n_row_tasks, rows_per_task) = row_split(n_tok, n_col_tasks);
@@ -176,9 +192,9 @@ pub fn matmul_wt_bf16_plus(
         .for_each_init(
             || {
                 (
-                    vec![0u32; cap / 2 * NB],
-                    vec![0f32; cap],
-                    vec![0u32; cap / 2],
+                    vec![0u32; (chunk / 2 + lr_pairs) * NB],
+                    vec![0f32; chunk],
+                    vec![0u32; chunk / 2],
                 )
             },
             |(packed, row_buf, pair_buf), task| {
@@ -189,7 +205,7 @@ pub fn matmul_wt_bf16_plus(
                 for panel in first..(first + PANELS_PER_TASK).min(n_panels) {
                     let n0 = panel * NB;
                     let n_valid = NB.min(n_out - n0);
-                    for k0 in (0..n_in).step_by(chunk) {
+                    for k0 in chunk_starts(n_in, chunk) {
                         let kc = chunk.min(n_in - k0);
                         let kp = kc.div_ceil(2);
                         for j in 0..NB {
@@ -205,51 +221,44 @@ pub fn matmul_wt_bf16_plus(
                                 (0..kp).for_each(|q| packed[q * NB + j] = 0);
                             }
                         }
+                        // The low-rank term's factor rows follow the last
+                        // chunk's: one more run of pairs of the same sum.
+                        let tail = match &extra {
+                            Some((lr, (ap, ld_act))) if k0 + kc >= n_in => {
+                                for j in 0..NB {
+                                    let row = (j < n_valid)
+                                        .then(|| &lr.factor[(n0 + j) * lr.rank..][..lr.rank]);
+                                    for q in 0..lr_pairs {
+                                        packed[(kp + q) * NB + j] =
+                                            row.map_or(0, |r| pair_at(r, q));
+                                    }
+                                }
+                                Some((ap, *ld_act))
+                            }
+                            _ => None,
+                        };
                         for t0 in (t_first..t_end).step_by(MR) {
                             let mr = MR.min(t_end - t0);
                             // SAFETY: the CPU has the instructions (asserted);
-                            // rows t0..t0+mr of xp hold pairs k0/2..k0/2+kp; the
-                            // tile holds kp rows of NB pairs; y's columns
+                            // rows t0..t0+mr of xp hold pairs k0/2..k0/2+kp,
+                            // those of ap lr_pairs pairs; the tile holds kp
+                            // (+ lr_pairs) rows of NB pairs; y's columns
                             // n0..n0+n_valid belong to this task alone.
                             unsafe {
+                                let a = Lhs::new(xp.as_ptr().add(t0 * lda + k0 / 2), lda, kp);
+                                let a2 = tail.map_or(Lhs::NONE, |(ap, ld)| {
+                                    Lhs::new(ap.as_ptr().add(t0 * ld), ld, lr_pairs)
+                                });
                                 kernel::dispatch(
                                     mr,
-                                    kp,
-                                    xp.as_ptr().add(t0 * lda + k0 / 2),
-                                    lda,
+                                    a,
+                                    a2,
                                     packed.as_ptr(),
                                     NB,
                                     out.get().add(t0 * n_out + n0),
                                     n_out,
                                     n_valid,
                                     k0 > 0,
-                                );
-                            }
-                        }
-                    }
-                    if let Some((lr, (ap, ld_act))) = &extra {
-                        let kp = lr.rank.div_ceil(2);
-                        for j in 0..NB {
-                            let row =
-                                (j < n_valid).then(|| &lr.factor[(n0 + j) * lr.rank..][..lr.rank]);
-                            for q in 0..kp {
-                                packed[q * NB + j] = row.map_or(0, |r| pair_at(r, q));
-                            }
-                        }
-                        for t0 in (t_first..t_end).step_by(MR) {
-                            // SAFETY: as above; ap's rows hold kp pairs.
-                            unsafe {
-                                kernel::dispatch(
-                                    MR.min(t_end - t0),
-                                    kp,
-                                    ap.as_ptr().add(t0 * ld_act),
-                                    *ld_act,
-                                    packed.as_ptr(),
-                                    NB,
-                                    out.get().add(t0 * n_out + n0),
-                                    n_out,
-                                    n_valid,
-                                    n_in > 0,
                                 );
                             }
                         }
@@ -284,8 +293,8 @@ pub fn matmul_w_bf16_plus(
         return;
     }
     let (xp, lda) = pairs_of(x, n_tok, n_red);
-    let chunk = balanced_chunk(n_red, 2);
-    let cap = chunk.max(KC);
+    let gw = w.group_width();
+    let chunk = balanced_chunk(n_red, 2, (PACK_BYTES / (4 * gw) * 2).max(KC));
     let extra = low_rank.map(|lr| {
         assert!(
             lr.rank <= KC && lr.act.len() == n_tok * lr.rank && lr.factor.len() == lr.rank * n_cols,
@@ -293,19 +302,19 @@ pub fn matmul_w_bf16_plus(
         );
         (lr, pairs_of(lr.act, n_tok, lr.rank))
     });
-    let gw = w.group_width();
+    let lr_pairs = extra.as_ref().map_or(0, |(lr, _)| lr.rank.div_ceil(2));
     let n_groups = n_cols.div_ceil(gw);
     let (n_row_tasks, rows_per_task) = row_split(n_tok, n_groups);
     let out = SharedOut::new(y);
     (0..n_groups * n_row_tasks).into_par_iter().for_each_init(
-        || (vec![0u32; cap / 2 * gw], vec![0f32; 2 * gw]),
+        || (vec![0u32; (chunk / 2 + lr_pairs) * gw], vec![0f32; 2 * gw]),
         |(tile, rows), task| {
             let (group, row_task) = (task / n_row_tasks, task % n_row_tasks);
             let t_first = row_task * rows_per_task;
             let t_end = (t_first + rows_per_task).min(n_tok);
             let c0 = group * gw;
             let width = gw.min(n_cols - c0);
-            for r0 in (0..n_red).step_by(chunk) {
+            for r0 in chunk_starts(n_red, chunk) {
                 let kc = chunk.min(n_red - r0);
                 let kp = kc.div_ceil(2);
                 for q in 0..kp {
@@ -322,19 +331,39 @@ pub fn matmul_w_bf16_plus(
                     }
                     dst[width..].fill(0);
                 }
+                // The low-rank factor's rows follow the last chunk's.
+                let tail = match &extra {
+                    Some((lr, (ap, ld_act))) if r0 + kc >= n_red => {
+                        for q in 0..lr_pairs {
+                            let lo = &lr.factor[2 * q * n_cols + c0..][..width];
+                            let hi = (2 * q + 1 < lr.rank)
+                                .then(|| &lr.factor[(2 * q + 1) * n_cols + c0..][..width]);
+                            let dst = &mut tile[(kp + q) * gw..(kp + q + 1) * gw];
+                            for j in 0..width {
+                                dst[j] = pair(lo[j], hi.map_or(0.0, |h| h[j]));
+                            }
+                            dst[width..].fill(0);
+                        }
+                        Some((ap, *ld_act))
+                    }
+                    _ => None,
+                };
                 for j0 in (0..width).step_by(NB) {
                     let n_valid = NB.min(width - j0);
                     for t0 in (t_first..t_end).step_by(MR) {
                         let mr = MR.min(t_end - t0);
-                        // SAFETY: as in matmul_wt_bf16; the tile holds kp rows
-                        // of gw >= j0 + NB pairs; y's columns c0+j0.. belong
-                        // to this task's group alone.
+                        // SAFETY: as in matmul_wt_bf16; the tile holds kp
+                        // (+ lr_pairs) rows of gw >= j0 + NB pairs; y's
+                        // columns c0+j0.. belong to this task's group alone.
                         unsafe {
+                            let a = Lhs::new(xp.as_ptr().add(t0 * lda + r0 / 2), lda, kp);
+                            let a2 = tail.map_or(Lhs::NONE, |(ap, ld)| {
+                                Lhs::new(ap.as_ptr().add(t0 * ld), ld, lr_pairs)
+                            });
                             kernel::dispatch(
                                 mr,
-                                kp,
-                                xp.as_ptr().add(t0 * lda + r0 / 2),
-                                lda,
+                                a,
+                                a2,
                                 tile.as_ptr().add(j0),
                                 gw,
                                 out.get().add(t0 * n_cols + c0 + j0),
@@ -346,41 +375,32 @@ pub fn matmul_w_bf16_plus(
                     }
                 }
             }
-            if let Some((lr, (ap, ld_act))) = &extra {
-                let kp = lr.rank.div_ceil(2);
-                for q in 0..kp {
-                    let lo = &lr.factor[2 * q * n_cols + c0..][..width];
-                    let hi = (2 * q + 1 < lr.rank)
-                        .then(|| &lr.factor[(2 * q + 1) * n_cols + c0..][..width]);
-                    let dst = &mut tile[q * gw..(q + 1) * gw];
-                    for j in 0..width {
-                        dst[j] = pair(lo[j], hi.map_or(0.0, |h| h[j]));
-                    }
-                    dst[width..].fill(0);
-                }
-                for j0 in (0..width).step_by(NB) {
-                    for t0 in (t_first..t_end).step_by(MR) {
-                        // SAFETY: as above; ap's rows hold kp pairs, the tile
-                        // kp rows of gw pairs.
-                        unsafe {
-                            kernel::dispatch(
-                                MR.min(t_end - t0),
-                                kp,
-                                ap.as_ptr().add(t0 * ld_act),
-                                *ld_act,
-                                tile.as_ptr().add(j0),
-                                gw,
-                                out.get().add(t0 * n_cols + c0 + j0),
-                                n_cols,
-                                NB.min(width - j0),
-                                n_red > 0 || accumulate,
-                            );
-                        }
-                    }
-                }
-            }
         },
     );
+}
+
+/// One run of a micro-kernel call's left operand: `kp` pairs of each row,
+/// row `i` from `ptr + i * ld`. A call takes two runs (the second for a
+/// low-rank term), both summed against consecutive pair rows of the right
+/// operand.
+#[derive(Clone, Copy)]
+pub(crate) struct Lhs {
+    ptr: *const u32,
+    ld: usize,
+    kp: usize,
+}
+
+impl Lhs {
+    /// No pairs.
+    const NONE: Lhs = Lhs {
+        ptr: std::ptr::null(),
+        ld: 0,
+        kp: 0,
+    };
+
+    fn new(ptr: *const u32, ld: usize, kp: usize) -> Lhs {
+        Lhs { ptr, ld, kp }
+    }
 }
 
 /// `c[m x n] (+)= a[m x kp pairs] b[kp pairs x n]` on small dense tiles with
@@ -410,9 +430,8 @@ pub(crate) unsafe fn gemm_tile_bf16(
         for i0 in (0..m).step_by(MR) {
             kernel::dispatch(
                 MR.min(m - i0),
-                kp,
-                a.add(i0 * lda),
-                lda,
+                Lhs::new(a.add(i0 * lda), lda, kp),
+                Lhs::NONE,
                 b.add(j0),
                 ldb,
                 c.add(i0 * ldc + j0),
@@ -426,11 +445,12 @@ pub(crate) unsafe fn gemm_tile_bf16(
 
 #[cfg(target_arch = "x86_64")]
 mod kernel {
-    use super::{MR, NB};
+    use super::{Lhs, MR, NB};
     use std::arch::x86_64::*;
 
-    /// `C[mr x NB] (+)= A[mr x kp pairs] B[kp pairs x NB]`; A's row `i` starts
-    /// at `a + i * lda`, B's pair row `q` at `b + q * ldb`.
+    /// `C[mr x NB] (+)= A[mr x a.kp pairs] B[a.kp pairs x NB] + A2[mr x
+    /// a2.kp pairs] B[a.kp.. pairs x NB]`: B's pair row `q` at `b + q * ldb`,
+    /// the second run's rows after the first's.
     ///
     /// # Safety
     /// The CPU must have AVX-512F and AVX-512 BF16; the pointers must be valid
@@ -438,9 +458,8 @@ mod kernel {
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn dispatch(
         mr: usize,
-        kp: usize,
-        a: *const u32,
-        lda: usize,
+        a: Lhs,
+        a2: Lhs,
         b: *const u32,
         ldb: usize,
         c: *mut f32,
@@ -450,23 +469,44 @@ mod kernel {
     ) {
         // Monomorphized per row count so the accumulators stay in registers.
         match mr {
-            8 => kernel::<8>(kp, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-            7 => kernel::<7>(kp, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-            6 => kernel::<6>(kp, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-            5 => kernel::<5>(kp, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-            4 => kernel::<4>(kp, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-            3 => kernel::<3>(kp, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-            2 => kernel::<2>(kp, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-            _ => kernel::<1>(kp, a, lda, b, ldb, c, ldc, n_valid, accumulate),
+            8 => kernel::<8>(a, a2, b, ldb, c, ldc, n_valid, accumulate),
+            7 => kernel::<7>(a, a2, b, ldb, c, ldc, n_valid, accumulate),
+            6 => kernel::<6>(a, a2, b, ldb, c, ldc, n_valid, accumulate),
+            5 => kernel::<5>(a, a2, b, ldb, c, ldc, n_valid, accumulate),
+            4 => kernel::<4>(a, a2, b, ldb, c, ldc, n_valid, accumulate),
+            3 => kernel::<3>(a, a2, b, ldb, c, ldc, n_valid, accumulate),
+            2 => kernel::<2>(a, a2, b, ldb, c, ldc, n_valid, accumulate),
+            _ => kernel::<1>(a, a2, b, ldb, c, ldc, n_valid, accumulate),
+        }
+    }
+
+    /// `acc += A[.., run] B[run rows from b]` for one run of the left operand.
+    #[inline(always)]
+    unsafe fn run<const R: usize>(
+        lo: &mut [__m512; R],
+        hi: &mut [__m512; R],
+        a: Lhs,
+        b: *const u32,
+        ldb: usize,
+    ) {
+        for q in 0..a.kp {
+            let bp = b.add(q * ldb);
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.cast()));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(16).cast()));
+            for i in 0..R {
+                let av: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(*a.ptr.add(i * a.ld + q) as i32));
+                lo[i] = _mm512_dpbf16_ps(lo[i], av, b0);
+                hi[i] = _mm512_dpbf16_ps(hi[i], av, b1);
+            }
         }
     }
 
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn kernel<const R: usize>(
-        kp: usize,
-        a: *const u32,
-        lda: usize,
+        a: Lhs,
+        a2: Lhs,
         b: *const u32,
         ldb: usize,
         c: *mut f32,
@@ -477,17 +517,8 @@ mod kernel {
         debug_assert!(R <= MR && NB == 32);
         let mut lo = [_mm512_setzero_ps(); R];
         let mut hi = [_mm512_setzero_ps(); R];
-        for q in 0..kp {
-            let bp = b.add(q * ldb);
-            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.cast()));
-            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(16).cast()));
-            for i in 0..R {
-                let av: __m512bh =
-                    std::mem::transmute(_mm512_set1_epi32(*a.add(i * lda + q) as i32));
-                lo[i] = _mm512_dpbf16_ps(lo[i], av, b0);
-                hi[i] = _mm512_dpbf16_ps(hi[i], av, b1);
-            }
-        }
+        run::<R>(&mut lo, &mut hi, a, b, ldb);
+        run::<R>(&mut lo, &mut hi, a2, b.add(a.kp * ldb), ldb);
         let mask = |n: usize| -> __mmask16 {
             if n >= 16 {
                 0xffff
@@ -519,9 +550,8 @@ mod kernel {
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn dispatch(
         _: usize,
-        _: usize,
-        _: *const u32,
-        _: usize,
+        _: super::Lhs,
+        _: super::Lhs,
         _: *const u32,
         _: usize,
         _: *mut f32,

@@ -281,8 +281,10 @@ fn bf16_products_match_their_oracles_or_fall_back_to_f32() {
         return;
     }
     // (n_tok, rows of W, columns of W): ragged token counts (not multiples
-    // of the 8-row kernel), outputs that are not whole panels, reductions past
-    // one chunk and odd reductions (a half-filled last pair).
+    // of the 8-row kernel), outputs that are not whole panels, and
+    // reductions past one packed chunk: 9216 inputs of `x W^T` (chunks of at
+    // most 8192), 4200 rows of `x W` (at most 4096 for 64-column groups,
+    // 1024 for the K-quants' 256).
     let shapes = [
         (1, 16, 256),
         (9, 21, 512),
@@ -290,6 +292,8 @@ fn bf16_products_match_their_oracles_or_fall_back_to_f32() {
         (3, 300, 256),
         (100, 16, 256),
         (8, 33, 768),
+        (3, 40, 9216),
+        (2, 4200, 256),
     ];
     for (i, ty) in [
         QuantType::Q4_K,
@@ -322,7 +326,15 @@ fn bf16_products_with_a_low_rank_term_match_the_f64_sum() {
         return; // matmul_*_plus_in run the f32 products: covered by the model tests
     }
     let mut rng = TestRng(6);
-    for &(n_tok, n_a, n_b, rank) in &[(9, 40, 256, 16), (17, 33, 512, 5), (3, 64, 256, 1)] {
+    // The last two go past one packed chunk (see the test above): the term
+    // rides in the last chunk only.
+    for &(n_tok, n_a, n_b, rank) in &[
+        (9, 40, 256, 16),
+        (17, 33, 512, 5),
+        (3, 64, 256, 1),
+        (2, 40, 9216, 16),
+        (2, 4200, 256, 3),
+    ] {
         let bytes = random_quant(QuantType::Q8_0, n_a * n_b, &mut rng);
         let w = Weights::quantized(QuantType::Q8_0, &bytes, n_a, n_b).unwrap();
         let mut dense = vec![0f32; n_a * n_b];
@@ -333,7 +345,9 @@ fn bf16_products_with_a_low_rank_term_match_the_f64_sum() {
             // x W^T: x [n_tok, n_b], factor B [n_a, rank]; x W: x [n_tok, n_a], factor A [rank, n_b].
             let (n_red, n_out) = if transposed { (n_b, n_a) } else { (n_a, n_b) };
             let x = rng.vec(n_tok * n_red, 1.0);
-            let act = rng.vec(n_tok * rank, 1.0);
+            // Large enough that the term outweighs the bound's share of the
+            // base product's mass: a term added twice or not at all fails.
+            let act = rng.vec(n_tok * rank, n_red as f32);
             let factor = rng.vec(n_out * rank, 1.0);
             let lr = LowRank {
                 act: &act,
