@@ -11,7 +11,7 @@
 //! so each product reads whole contiguous blocks (see [`HeadLayout`]).
 
 use super::{per_head, HeadLayout, ATTN_K_TILE, ATTN_Q_TILE};
-use crate::matmul::bf16::{gemm_tile_bf16, pair, NB};
+use crate::matmul::bf16::{gemm_tile_bf16, interleave_pairs, pair, to_pairs, NB};
 use crate::matmul::gemm_tile;
 
 const Q: usize = ATTN_Q_TILE;
@@ -417,15 +417,14 @@ impl Bf16Tiles {
         })
     }
 
+    /// Each of the first `rows` rows of `pt` (`Q` values) as `Q / 2` pairs.
     fn pack_along_q(pt: &[f32], rows: usize, out: &mut [u32]) {
         for (o, row) in out
             .chunks_exact_mut(Q / 2)
             .zip(pt.chunks_exact(Q))
             .take(rows)
         {
-            for (p, o) in o.iter_mut().enumerate() {
-                *o = pair(row[2 * p], row[2 * p + 1]);
-            }
+            to_pairs(row, o);
         }
     }
 
@@ -434,14 +433,8 @@ impl Bf16Tiles {
     fn pack_along_k(pt: &[f32], rows: usize, out: &mut [u32]) {
         for (p, o) in out.chunks_exact_mut(Q).take(rows.div_ceil(2)).enumerate() {
             let lo = &pt[2 * p * Q..][..Q];
-            if 2 * p + 1 < rows {
-                let hi = &pt[(2 * p + 1) * Q..][..Q];
-                o.iter_mut()
-                    .zip(lo.iter().zip(hi))
-                    .for_each(|(o, (&a, &b))| *o = pair(a, b));
-            } else {
-                o.iter_mut().zip(lo).for_each(|(o, &a)| *o = pair(a, 0.0));
-            }
+            let hi = (2 * p + 1 < rows).then(|| &pt[(2 * p + 1) * Q..][..Q]);
+            interleave_pairs(lo, hi, o);
         }
     }
 }

@@ -81,7 +81,7 @@ fn pair_at(v: &[f32], q: usize) -> u32 {
 /// values; an odd count ends with a zero). The CPU must have AVX-512 BF16
 /// (every caller asserts [`available`]): 32 values per conversion
 /// instruction, with the same rounding (to nearest even) as [`to_bf16`].
-fn to_pairs(src: &[f32], out: &mut [u32]) {
+pub(crate) fn to_pairs(src: &[f32], out: &mut [u32]) {
     debug_assert_eq!(out.len(), src.len().div_ceil(2));
     let whole = src.len() / 32 * 32;
     #[cfg(target_arch = "x86_64")]
@@ -105,6 +105,44 @@ unsafe fn to_pairs_avx512(src: &[f32], out: &mut [u32]) {
         let hi = _mm512_loadu_ps(s.as_ptr().add(16));
         // The second operand fills the low half: values in memory order.
         let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_storeu_si512(o.as_mut_ptr().cast(), v);
+    }
+}
+
+/// `out[j] = pair(lo[j], hi[j])` (`hi` absent: zeros), as [`pair`] does one
+/// at a time: two rows interleaved into one row of pairs (the attention
+/// kernels' operands that sum over tokens). The CPU must have AVX-512 BF16
+/// (callers build bf16 operands only where [`available`]).
+pub(crate) fn interleave_pairs(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
+    debug_assert!(lo.len() == out.len() && hi.is_none_or(|h| h.len() == lo.len()));
+    let whole = lo.len() / 16 * 16;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512 BF16 is present (see above); chunks are in bounds.
+    unsafe {
+        interleave_pairs_avx512(&lo[..whole], hi.map(|h| &h[..whole]), &mut out[..whole]);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let whole = 0;
+    for j in whole..lo.len() {
+        out[j] = pair(lo[j], hi.map_or(0.0, |h| h[j]));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn interleave_pairs_avx512(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
+    use std::arch::x86_64::*;
+    for (j, o) in out.chunks_exact_mut(16).enumerate() {
+        // Round to bf16 (to nearest even, as to_bf16), widen each to the
+        // low half of a u32 lane, and put hi's in the high half.
+        let l: __m256i =
+            std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(lo.as_ptr().add(16 * j))));
+        let mut v = _mm512_cvtepu16_epi32(l);
+        if let Some(hi) = hi {
+            let h: __m256i =
+                std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(hi.as_ptr().add(16 * j))));
+            v = _mm512_or_si512(v, _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
+        }
         _mm512_storeu_si512(o.as_mut_ptr().cast(), v);
     }
 }

@@ -210,6 +210,43 @@ fn matmul_tn_matches_naive() {
     }
 }
 
+/// The vector conversions to bf16 pairs round exactly as the scalar
+/// [`bf16::pair`]: lengths around the 16- and 32-value vector widths, the
+/// second row present or absent, values across exponents and ties.
+#[test]
+fn bf16_pair_conversions_match_the_scalar_rounding() {
+    if !bf16_available() {
+        return; // only bf16 operand builders call them
+    }
+    let mut rng = TestRng(9);
+    for n in [1, 15, 16, 17, 31, 32, 33, 64, 100] {
+        let mut vals = |_| {
+            let v = rng.uniform() * 10f32.powi((rng.uniform() * 8.0) as i32 - 4);
+            // Every fourth value exactly halfway between two bf16 values.
+            if rng.uniform() < 0.25 {
+                f32::from_bits(v.to_bits() & 0xffff_0000 | 0x8000)
+            } else {
+                v
+            }
+        };
+        let lo: Vec<f32> = (0..n).map(&mut vals).collect();
+        let hi: Vec<f32> = (0..n).map(&mut vals).collect();
+        let mut out = vec![0u32; n];
+        bf16::interleave_pairs(&lo, Some(&hi), &mut out);
+        let want: Vec<u32> = (0..n).map(|j| bf16::pair(lo[j], hi[j])).collect();
+        assert_eq!(out, want, "interleave n={n}");
+        bf16::interleave_pairs(&lo, None, &mut out);
+        let want: Vec<u32> = (0..n).map(|j| bf16::pair(lo[j], 0.0)).collect();
+        assert_eq!(out, want, "interleave without hi n={n}");
+        let mut pairs = vec![0u32; n.div_ceil(2)];
+        bf16::to_pairs(&lo, &mut pairs);
+        let want: Vec<u32> = (0..n.div_ceil(2))
+            .map(|q| bf16::pair(lo[2 * q], lo.get(2 * q + 1).copied().unwrap_or(0.0)))
+            .collect();
+        assert_eq!(pairs, want, "to_pairs n={n}");
+    }
+}
+
 /// The bf16 products against an f64 oracle on the same bf16-rounded
 /// operands (so only the f32 accumulation order differs: MATMUL_TOL), and
 /// against the unrounded product within the rounding of two operands
