@@ -386,15 +386,8 @@ impl Bf16Tiles {
         per_head(heads, l.n_pad / 2 * hdb, |h, out| {
             for p in 0..n_tok.div_ceil(2) {
                 let lo = l.row(src, heads, h, 2 * p);
-                let o = &mut out[p * hdb..][..l.hd];
-                if 2 * p + 1 < n_tok {
-                    let hi = l.row(src, heads, h, 2 * p + 1);
-                    o.iter_mut()
-                        .zip(lo.iter().zip(hi))
-                        .for_each(|(o, (&a, &b))| *o = pair(a, b));
-                } else {
-                    o.iter_mut().zip(lo).for_each(|(o, &a)| *o = pair(a, 0.0));
-                }
+                let hi = (2 * p + 1 < n_tok).then(|| l.row(src, heads, h, 2 * p + 1));
+                interleave_pairs(lo, hi, &mut out[p * hdb..][..l.hd]);
             }
         })
     }
