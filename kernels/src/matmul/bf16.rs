@@ -357,16 +357,14 @@ pub fn matmul_w_bf16_plus(
                 let kp = kc.div_ceil(2);
                 for q in 0..kp {
                     let (lo, hi) = rows.split_at_mut(gw);
-                    w.dequantize_segment(r0 + 2 * q, c0, &mut lo[..width]);
-                    if 2 * q + 1 < kc {
-                        w.dequantize_segment(r0 + 2 * q + 1, c0, &mut hi[..width]);
-                    } else {
-                        hi[..width].fill(0.0);
-                    }
+                    let (lo, hi) = (&mut lo[..width], &mut hi[..width]);
+                    w.dequantize_segment(r0 + 2 * q, c0, lo);
+                    let hi = (2 * q + 1 < kc).then(|| {
+                        w.dequantize_segment(r0 + 2 * q + 1, c0, hi);
+                        &*hi
+                    });
                     let dst = &mut tile[q * gw..(q + 1) * gw];
-                    for j in 0..width {
-                        dst[j] = pair(lo[j], hi[j]);
-                    }
+                    interleave_pairs(lo, hi, &mut dst[..width]);
                     dst[width..].fill(0);
                 }
                 // The low-rank factor's rows follow the last chunk's.
@@ -377,9 +375,7 @@ pub fn matmul_w_bf16_plus(
                             let hi = (2 * q + 1 < lr.rank)
                                 .then(|| &lr.factor[(2 * q + 1) * n_cols + c0..][..width]);
                             let dst = &mut tile[(kp + q) * gw..(kp + q + 1) * gw];
-                            for j in 0..width {
-                                dst[j] = pair(lo[j], hi.map_or(0.0, |h| h[j]));
-                            }
+                            interleave_pairs(lo, hi, &mut dst[..width]);
                             dst[width..].fill(0);
                         }
                         Some((ap, *ld_act))
