@@ -1,4 +1,4 @@
-//! The agent loop with inline purification (SAAR, `shared/docs/cleaner.md`).
+//! The agent loop with inline purification (SAAR, `docs/purification.md`).
 //!
 //! All rollouts of a batch live in one continuous-batching loop: a rollout
 //! whose call runs in the sandbox is parked while the others keep decoding,

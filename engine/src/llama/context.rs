@@ -102,7 +102,7 @@ impl Context {
         cp.n_threads = threads;
         cp.n_threads_batch = threads;
         // One cache shared by all sequences: partial copies between split
-        // streams abort the process (ROLLOUT-NOTES), and a shared prompt
+        // streams abort the process (docs/rollout.md), and a shared prompt
         // prefix is stored once.
         cp.kv_unified = true;
         // Measured here (tests/agent_real.rs, bench): with flash attention

@@ -83,7 +83,8 @@ pub struct RunConfig {
 pub struct DataConfig {
     /// `gsm8k-train`, `gsm8k` (test), `aime24`, `amc23` or a `.jsonl` path.
     pub dataset: String,
-    /// Directory of the named datasets (None: `$CLEANER_DATA` or `../shared/data`).
+    /// Directory of the named datasets (None: `$CLEANER_DATA` or the
+    /// repository's `data/`).
     pub data_dir: Option<PathBuf>,
     /// Fields tried in order for the question.
     pub question_fields: Vec<String>,
@@ -280,13 +281,12 @@ impl DataConfig {
         Ok(items)
     }
 
-    /// The data directory: the configured one, `$CLEANER_DATA`, or
-    /// `../shared/data`.
+    /// The data directory: the configured one, `$CLEANER_DATA`, or the
+    /// repository's `data/` (`tasks::dataset::default_data_dir`).
     pub fn dir(&self) -> PathBuf {
         self.data_dir
             .clone()
-            .or_else(|| std::env::var_os("CLEANER_DATA").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("../shared/data"))
+            .unwrap_or_else(crate::tasks::dataset::default_data_dir)
     }
 }
 

@@ -15,7 +15,7 @@
 //! - output: captured up to a cap; the first byte past it stops the guest;
 //! - scratch: the in-memory filesystem's limiter refuses writes past the quota.
 //!
-//! See `SANDBOX-NOTES.md` for the measurements these choices rest on.
+//! See `docs/sandbox.md` for the measurements these choices rest on.
 
 mod capture;
 mod classify;

@@ -63,6 +63,15 @@ pub enum DatasetError {
     Unknown(String),
 }
 
+/// Where the named datasets are read from: `$CLEANER_DATA` when set, else the
+/// `data/` folder the repository ships (found through this crate's source
+/// directory, so it works from any clone and any working directory).
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("CLEANER_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../data"))
+}
+
 /// A loaded dataset.
 pub struct Dataset {
     /// The name or path it was loaded by.

@@ -1,4 +1,4 @@
-//! The policy-gradient loss of the paper's recipe (cleaner.md, "RL recipe"),
+//! The policy-gradient loss of the paper's recipe (docs/purification.md, "The RL recipe"),
 //! built for RL: per-token advantages and weights, old log-probs for a
 //! PPO-style clipped ratio with asymmetric clip and dual clip, an optional KL
 //! penalty to the reference policy, token-mean or sequence-mean
