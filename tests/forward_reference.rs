@@ -1,6 +1,6 @@
 //! The trainer's forward pass against an independent float64 implementation
 //! (numpy over the `gguf` package's dequantization), on the committed vectors
-//! of tools/gen_forward_reference.py. Unlike the llama.cpp comparison this is
+//! of tests/data/gen_forward_reference.py. Unlike the llama.cpp comparison this is
 //! exact up to f32 rounding, so it catches any real mistake in the forward.
 
 mod common;

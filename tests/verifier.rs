@@ -1,7 +1,7 @@
 //! The math verifier against `math-verify` (Hugging Face, sympy-based) on
 //! committed cases: real answers the model boxed, real reference answers of
 //! GSM8K/AIME24/AMC23 in the forms models write, and LaTeX forms
-//! (tools/gen_verifier_cases.py). Every case must agree with its label.
+//! (tests/data/gen_verifier_cases.py). Every case must agree with its label.
 
 use cleaner::tasks::math_equal;
 

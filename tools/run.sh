@@ -7,8 +7,7 @@
 # --purify off, --steps 10, --resume DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. tools/setup.sh
-export CLEANER_DATA="${CLEANER_DATA:-$(cd .. && pwd)/shared/data}"
+. tools/scripts/setup.sh
 run="runs/quickstart-$(date +%Y%m%d-%H%M%S)"
 if [[ " $* " == *" --resume "* ]]; then
   cleaner train "$@"

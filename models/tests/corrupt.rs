@@ -1,4 +1,4 @@
-//! The committed corpus of broken files (tools/gen_corrupt_gguf.py): every one
+//! The committed corpus of broken files (tests/data/gen_corrupt_gguf.py): every one
 //! is rejected with the expected error kind, names its path, and never panics.
 
 use cleaner_models::{GgufFile, ModelErrorKind, Transformer};

@@ -1,5 +1,5 @@
 //! Our dequantizers against the reference `gguf` Python package (numpy), on the
-//! committed vectors written by `tools/gen_dequant_vectors.py`: random blocks of
+//! committed vectors written by `tests/data/gen_dequant_vectors.py`: random blocks of
 //! every supported format next to the reference's f32 output.
 
 use cleaner_kernels::quant::{dequantize, SUPPORTED};

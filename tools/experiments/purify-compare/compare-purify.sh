@@ -2,12 +2,12 @@
 # Issue 4's measurement: the agent on the first N GSM8K test problems, G
 # rollouts each, purification off vs on with the same seeds. Prints both
 # summaries; trajectories land in runs/compare-{off,on}.jsonl.
-#   tools/compare-purify.sh [N=100] [G=4] [MODEL=qwen2.5-coder-0.5b]
+#   tools/experiments/purify-compare/compare-purify.sh [N=100] [G=4] [MODEL=qwen2.5-coder-0.5b]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../.."
 N="${1:-100}"; G="${2:-4}"; MODEL="${3:-qwen2.5-coder-0.5b}"
 CLEANER="${CLEANER:-${CARGO_TARGET_DIR:-$HOME/.cache/cleaner/target}/release/cleaner}"
-[ -x "$CLEANER" ] || { . tools/setup.sh; CLEANER=cleaner; }
+[ -x "$CLEANER" ] || { . tools/scripts/setup.sh; CLEANER=cleaner; }
 mkdir -p runs
 for mode in off on; do
   echo "=== purify $mode"

@@ -7,7 +7,7 @@ Pairs are random edits of real code snippets (what SAAR compares: a failed
 tool call and its correction), short and long, so both sides of difflib's
 200-element autojunk threshold are covered.
 
-    python3 tools/gen_difflib_vectors.py > tests/data/difflib_vectors.jsonl
+    python3 tests/data/gen_difflib_vectors.py > tests/data/difflib_vectors.jsonl
 """
 import difflib
 import json

@@ -2,7 +2,7 @@
 """Summarizes trajectory files written by `cleaner solve` (one or more JSONL
 files per setting), e.g. to merge runs over disjoint problem ranges:
 
-    python3 tools/summarize_trajectories.py off runs/compare-off.jsonl runs/compare2-off.jsonl \
+    python3 tools/experiments/purify-compare/summarize_trajectories.py off runs/compare-off.jsonl runs/compare2-off.jsonl \
                                         -- on runs/compare-on.jsonl runs/compare2-on.jsonl
 """
 import json

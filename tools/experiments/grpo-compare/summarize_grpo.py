@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Summary of tools/compare-grpo.sh: GSM8K test accuracy before and after, and
+"""Summary of tools/experiments/grpo-compare/compare-grpo.sh: GSM8K test accuracy before and after, and
 per-step training curves of GRPO without (off) and with (on) CLEANER."""
 import json
 import os

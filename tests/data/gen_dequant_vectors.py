@@ -6,7 +6,7 @@ file with our GGUF reader and compares our decoders with the references.
 
 Blocks are random bytes, so every bit pattern of the packed fields occurs; the
 f16 scale fields are overwritten with finite random values so that references
-are numbers, not NaN. Run: python3 tools/gen_dequant_vectors.py (needs
+are numbers, not NaN. Run: python3 tests/data/gen_dequant_vectors.py (needs
 `pip install gguf numpy`); the output is committed.
 """
 import os
@@ -47,10 +47,10 @@ def random_blocks(rng, qtype):
 
 
 def main():
-    out = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "dequant_vectors.gguf")
+    out = os.path.join(os.path.dirname(__file__), "dequant_vectors.gguf")
     rng = np.random.default_rng(20261126)
     w = gguf.GGUFWriter(out, "dequant-vectors")
-    w.add_string("cleaner.generator", "tools/gen_dequant_vectors.py")
+    w.add_string("cleaner.generator", "tests/data/gen_dequant_vectors.py")
     w.add_string("cleaner.gguf_package_version", getattr(gguf, "__version__", "unknown"))
     types = [Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0,
              Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks run on a lent CUDA machine, which has no Rust toolchain and no
-# network: everything arrives prebuilt in STAGE (see tools/gpu-stage.sh).
-#   tools/gpu-check.sh STAGE [OUT]
+# network: everything arrives prebuilt in STAGE (see tools/scripts/gpu-stage.sh).
+#   tools/scripts/gpu-check.sh STAGE [OUT]
 # STAGE: bin/ (cleaner, llama-batched-bench, test binaries), lib/ (llama.cpp's
 # shared libraries), smollm2.part-* (the test model in pieces), python.wasm.xz,
 # qwen.skel (Qwen2.5-Coder-0.5B's header, for a random-weight stand-in).
@@ -34,7 +34,7 @@ missing=$(ldd "$stage/bin/cleaner" | grep 'not found')
 cat "$stage"/smollm2.part-* >"$CLEANER_HOME/assets/SmolLM2-135M-Instruct.Q4_1.gguf"
 # The interpreter is needed by the sandboxed tests only (GPU_TESTS may leave them out).
 [ ! -f "$stage/python.wasm.xz" ] || xz -dc "$stage/python.wasm.xz" >"$CLEANER_HOME/assets/python-3.12.0.wasm"
-python3 tools/synth_gguf.py fill "$stage/qwen.skel" /tmp/qwen2.5-coder-0.5b-random.gguf
+python3 tools/scripts/synth_gguf.py fill "$stage/qwen.skel" /tmp/qwen2.5-coder-0.5b-random.gguf
 
 # Most wanted first: the rollout bench, then the tests, then the trainer.
 start=$SECONDS

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds cleaner with --features cuda on this (GPU-less) machine and stages
-# what tools/gpu-check.sh needs on a lent CUDA machine, which has no Rust
+# what tools/scripts/gpu-check.sh needs on a lent CUDA machine, which has no Rust
 # toolchain, no network, and takes at most 64 MiB per call.
-#   tools/gpu-stage.sh STAGE
+#   tools/scripts/gpu-stage.sh STAGE
 # CUDA comes from NVIDIA's pip wheels (13.0, the version the lent machines'
 # driver and libraries have): nvcc, crt, nvvm, runtime, cccl, cuBLAS.
 # llama.cpp is linked as shared libraries (LLAMA_BUILD_SHARED_LIBS=1): the

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Issue 4's comparison in ranges of 10 problems, off then on, same seed.
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../.."
 C="${CLEANER:-${CARGO_TARGET_DIR:-$HOME/.cache/cleaner/target}/release/cleaner}"
-export CLEANER_DATA="${CLEANER_DATA:-../shared/data}"
 for off in 0 10 20 30 40 50 60 70 80 90; do
   for mode in off on; do
     f=runs/range-$off-$mode

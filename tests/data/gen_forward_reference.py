@@ -5,7 +5,7 @@ fixed token ids, for tests/forward_reference.rs. Per position it records the
 log-probability of the next token, the log-sum-exp of the logits, and the
 top-5 token ids.
 
-    python3 tools/gen_forward_reference.py [MODEL.gguf ...]
+    python3 tests/data/gen_forward_reference.py [MODEL.gguf ...]
 
 (defaults: the SmolLM2 and Qwen2.5-Coder files in the asset cache). Needs
 `pip install gguf numpy`; the output is committed.
@@ -101,11 +101,11 @@ def main():
         os.path.join(cache, "assets", "SmolLM2-135M-Instruct.Q4_1.gguf"),
         os.path.join(cache, "assets", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"),
     ]
-    out = {"generator": "tools/gen_forward_reference.py", "models": {}}
+    out = {"generator": "tests/data/gen_forward_reference.py", "models": {}}
     for path in paths:
         out["models"][os.path.basename(path)] = forward(path)
         print(f"{os.path.basename(path)}: done")
-    dest = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "forward_reference.json")
+    dest = os.path.join(os.path.dirname(__file__), "forward_reference.json")
     with open(dest, "w") as f:
         json.dump(out, f)
         f.write("\n")

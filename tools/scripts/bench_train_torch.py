@@ -2,7 +2,7 @@
 """Baseline for `cleaner bench train`: one LoRA training step with PyTorch +
 PEFT on the CPU, on the same GGUF model dequantized to f32 by transformers.
 
-    python3 tools/bench_train_torch.py MODEL.gguf N_TOK REPS THREADS
+    python3 tools/scripts/bench_train_torch.py MODEL.gguf N_TOK REPS THREADS
 
 Prints one JSON line: {"tok_s": ..., "peak_mib": ...}. Needs torch,
 transformers, peft and gguf (pip).

@@ -5,14 +5,14 @@ broken in one way, and expected.json naming the error kind our reader
 models/tests/corrupt.rs opens every file and checks the kind.
 
 The files are written byte by byte (not with the gguf package, which refuses
-to write most of these). Run: python3 tools/gen_corrupt_gguf.py; the output
+to write most of these). Run: python3 tests/data/gen_corrupt_gguf.py; the output
 is committed.
 """
 import json
 import os
 import struct
 
-OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "corrupt")
+OUT = os.path.join(os.path.dirname(__file__), "corrupt")
 U8, I8, U16, I16, U32, I32, F32, BOOL, STR, ARR, U64, I64, F64 = range(13)
 
 

@@ -3,19 +3,18 @@
 # same config, seed and budget (steps, prompts, rollouts), then GSM8K test
 # accuracy of the base model and of both adapters, and a summary table.
 #
-#   tools/compare-grpo.sh [STEPS] [EVAL_PROBLEMS] [EVAL_SAMPLES]
+#   tools/experiments/grpo-compare/compare-grpo.sh [STEPS] [EVAL_PROBLEMS] [EVAL_SAMPLES]
 #
 # Resumable: finished runs and evaluations are skipped, interrupted runs
 # continue from their last checkpoint; raise STEPS to extend both runs.
 # CONFIG (default gsm8k-qwen0.5b) picks the shipped config or a TOML file.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../.."
 STEPS="${1:-40}"
 N="${2:-100}"
 K="${3:-4}"
 CONFIG="${CONFIG:-gsm8k-qwen0.5b}"
 C="${CLEANER:-${CARGO_TARGET_DIR:-$HOME/.cache/cleaner/target}/release/cleaner}"
-export CLEANER_DATA="${CLEANER_DATA:-../shared/data}"
 OUT="${OUT:-runs/grpo-compare}"
 mkdir -p "$OUT"
 for mode in off on; do
@@ -38,4 +37,4 @@ evaluate base none off
 evaluate grpo-off "$OUT/train-off" off
 evaluate grpo-on "$OUT/train-on" off
 evaluate grpo-on "$OUT/train-on" on
-python3 tools/summarize_grpo.py "$OUT"
+python3 tools/experiments/grpo-compare/summarize_grpo.py "$OUT"

@@ -13,17 +13,18 @@ means 50), the case carries `convention` with the reason and the label we
 expect; the test checks every case against `expected`.
 
     pip install math-verify
-    python3 tools/gen_verifier_cases.py ../shared/data > tests/data/verifier_cases.jsonl
+    python3 tests/data/gen_verifier_cases.py data > tests/data/verifier_cases.jsonl
 """
 import glob
 import gzip
 import json
+import os
 import random
 import sys
 
 from math_verify import parse, verify
 
-DATA = sys.argv[1] if len(sys.argv) > 1 else "../shared/data"
+DATA = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "..", "data")
 rng = random.Random(7)
 
 

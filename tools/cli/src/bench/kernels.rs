@@ -1,0 +1,237 @@
+//! `cleaner bench kernels`: GFLOP/s of our `y = x W^T` on Qwen2.5-0.5B's real
+//! shapes for each quantized format, next to numpy's f32 `x @ W.T` (OpenBLAS
+//! sgemm, the practical peak of the machine) on the same shapes with the same
+//! thread count, measured in the same run; then the trainer's forward pass on
+//! a 512-token sequence next to llama.cpp's prefill of the same tokens.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use cleaner::assets::AssetStore;
+use cleaner::kernels::matmul::{matmul_wt, Weights};
+use cleaner::kernels::quant::{synthetic::random_tensor, QuantType};
+use cleaner::models::Transformer;
+use cleaner::{Model, ModelParams, Policy, PolicyConfig};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Weight formats to measure (comma-separated ggml names, or "all").
+    #[arg(long, default_value = "Q4_1,Q5_0,Q8_0,Q4_K,Q6_K")]
+    types: String,
+    /// Token counts (rows of x).
+    #[arg(long, default_value = "1,64,512")]
+    tokens: String,
+    /// Timed repetitions per cell (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Skip the 896 -> 151936 output projection (the slowest shape).
+    #[arg(long)]
+    skip_vocab: bool,
+    /// Models for the forward-pass comparison (comma-separated; "none" to skip).
+    #[arg(long, default_value = "smollm2-135m,qwen2.5-coder-0.5b")]
+    forward_models: String,
+}
+
+/// (n_in, n_out) of Qwen2.5-0.5B's projections: attention, ffn up/gate, ffn down, output.
+const SHAPES: [(usize, usize); 4] = [(896, 896), (896, 4864), (4864, 896), (896, 151936)];
+
+const NUMPY_SGEMM: &str = r#"
+import sys, time, json
+import numpy as np
+t, n_in, n_out, reps = map(int, sys.argv[1:5])
+rng = np.random.default_rng(0)
+x = rng.standard_normal((t, n_in), dtype=np.float32)
+w = rng.standard_normal((n_out, n_in), dtype=np.float32)
+x @ w.T
+times = []
+for _ in range(reps):
+    s = time.perf_counter(); x @ w.T; times.append(time.perf_counter() - s)
+times.sort()
+print(json.dumps({"seconds": times[len(times) // 2]}))
+"#;
+
+fn parse_types(s: &str) -> Result<Vec<QuantType>> {
+    if s == "all" {
+        return Ok(cleaner::kernels::quant::SUPPORTED.to_vec());
+    }
+    s.split(',')
+        .map(|name| {
+            cleaner::kernels::quant::SUPPORTED
+                .into_iter()
+                .find(|t| t.name().eq_ignore_ascii_case(name.trim()))
+                .with_context(|| format!("--types: unknown or unsupported format {name:?}"))
+        })
+        .collect()
+}
+
+fn numpy_seconds(t: usize, n_in: usize, n_out: usize, reps: usize, threads: usize) -> Result<f64> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            NUMPY_SGEMM,
+            &t.to_string(),
+            &n_in.to_string(),
+            &n_out.to_string(),
+            &reps.to_string(),
+        ])
+        .env("OPENBLAS_NUM_THREADS", threads.to_string())
+        .env("OMP_NUM_THREADS", threads.to_string())
+        .output()
+        .context("running python3 for the numpy baseline")?;
+    if !out.status.success() {
+        bail!(
+            "numpy baseline failed (pip install numpy): {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("numpy baseline output")?;
+    v["seconds"]
+        .as_f64()
+        .context("numpy baseline printed no time")
+}
+
+fn time_median(reps: usize, mut f: impl FnMut()) -> f64 {
+    f(); // warm-up: page in, fill caches
+    let times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    super::median(times)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let types = parse_types(&a.types)?;
+    let tokens: Vec<usize> = a
+        .tokens
+        .split(',')
+        .map(|t| {
+            t.trim()
+                .parse()
+                .with_context(|| format!("--tokens: {t:?} is not a count"))
+        })
+        .collect::<Result<_>>()?;
+    let threads = rayon::current_num_threads();
+    println!("x W^T, {threads} threads, median of {} (GFLOP/s; ratio to numpy/OpenBLAS f32 sgemm in parentheses)\n", a.reps);
+    print!("| n_in -> n_out | T | numpy sgemm |");
+    for ty in &types {
+        print!(" {} |", ty.name());
+    }
+    println!();
+    println!("|---|---|---|{}", "---|".repeat(types.len()));
+    let mut min_ratio_512 = f64::INFINITY;
+    for &(n_in, n_out) in SHAPES.iter().filter(|s| !(a.skip_vocab && s.1 > 100_000)) {
+        // K-quants need rows of whole 256-value blocks: Qwen2.5-0.5B stores its
+        // 896-wide rows as Q5_0/Q8_0 for that reason; such cells print n/a.
+        let weights: Vec<(QuantType, Option<Vec<u8>>)> = types
+            .iter()
+            .map(|&ty| {
+                (
+                    ty,
+                    (n_in % ty.block_len() == 0)
+                        .then(|| random_tensor(ty, n_in * n_out, 7).expect("whole blocks")),
+                )
+            })
+            .collect();
+        for &t in &tokens {
+            let flop = 2.0 * (t * n_in * n_out) as f64;
+            let base = flop / numpy_seconds(t, n_in, n_out, a.reps, threads)? / 1e9;
+            print!("| {n_in} -> {n_out} | {t} | {base:.1} |");
+            let x: Vec<f32> = (0..t * n_in)
+                .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+                .collect();
+            let mut y = vec![0f32; t * n_out];
+            for (ty, bytes) in &weights {
+                let Some(bytes) = bytes else {
+                    print!(" n/a |");
+                    continue;
+                };
+                let w = Weights::quantized(*ty, bytes, n_out, n_in)?;
+                let gflops = flop / time_median(a.reps, || matmul_wt(&x, t, &w, &mut y)) / 1e9;
+                if t >= 512 {
+                    min_ratio_512 = min_ratio_512.min(gflops / base);
+                }
+                print!(" {gflops:.1} ({:.2}) |", gflops / base);
+            }
+            println!();
+        }
+    }
+    if min_ratio_512.is_finite() {
+        println!("\nlowest ratio to sgemm at T >= 512: {min_ratio_512:.2} (goal >= 0.6)");
+    }
+    if a.forward_models != "none" {
+        forward_vs_llama(&a.forward_models, threads)?;
+    }
+    Ok(())
+}
+
+/// Resets the kernel's peak-RSS counter (Linux `clear_refs` 5), so each
+/// measurement reports its own peak.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+const TEXT: &str = "The harbour town woke slowly. Fishing boats returned with the tide, gulls argued \
+over the nets, and the baker pulled the first loaves from an oven older than anyone could remember. \
+def area(r):\n    return 3.14159 * r * r\nprint(area(2.5))\n";
+
+fn forward_vs_llama(models: &str, threads: usize) -> Result<()> {
+    const N: usize = 512;
+    println!("\nForward pass over {N} tokens (all positions' next-token log-probs), {threads} threads:\n");
+    println!("| model | ours tok/s | llama.cpp prefill tok/s | ratio | our peak RSS MiB | llama.cpp peak RSS MiB | file MiB |");
+    println!("|---|---|---|---|---|---|---|");
+    for name in models.split(',') {
+        let path = AssetStore::default().resolve_model(name.trim(), &mut |l| eprintln!("{l}"))?;
+        let file_mib = std::fs::metadata(&path)?.len() as f64 / 1048576.0;
+        let toks = {
+            // Tokenize, then let llama.cpp's copy of the model go so each
+            // side's peak memory is its own.
+            let llama = Model::load(&path, &ModelParams::default())?;
+            let mut toks = Vec::new();
+            while toks.len() < N {
+                toks.extend(llama.tokenize(TEXT, toks.is_empty(), false)?);
+            }
+            toks.truncate(N);
+            toks
+        };
+        let ids: Vec<u32> = toks.iter().map(|&t| t as u32).collect();
+
+        reset_peak_rss();
+        let ours = Transformer::open(&path)?;
+        let ours_s = time_median(2, || {
+            ours.forward(&ids, None, None).expect("forward");
+        });
+        let ours_rss = super::peak_rss_mib().unwrap_or(f64::NAN);
+        drop(ours);
+
+        reset_peak_rss();
+        let llama = Arc::new(Model::load(&path, &ModelParams::default())?);
+        let config = PolicyConfig {
+            n_ctx: 1024,
+            n_seq_max: 1,
+            n_batch: 512,
+            n_threads: threads as i32,
+            flash_attention: None,
+        };
+        let mut policy = Policy::new(llama.clone(), &config)?;
+        let llama_s = time_median(2, || {
+            policy.score(&toks, false).expect("llama.cpp prefill");
+        });
+        let llama_rss = super::peak_rss_mib().unwrap_or(f64::NAN);
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.2} | {ours_rss:.0} | {llama_rss:.0} | {file_mib:.0} |",
+            N as f64 / ours_s,
+            N as f64 / llama_s,
+            llama_s / ours_s
+        );
+    }
+    Ok(())
+}

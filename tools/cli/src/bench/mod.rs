@@ -1,0 +1,52 @@
+//! `cleaner bench ...`: measurements next to a baseline run in the same
+//! invocation, reported as ratios (the machine is shared and noisy).
+
+pub mod kernels;
+pub mod rollout;
+pub mod sandbox;
+pub mod train;
+
+use anyhow::Result;
+
+#[derive(clap::Subcommand)]
+pub enum Which {
+    /// Quantized x W^T GFLOP/s vs numpy/OpenBLAS sgemm; trainer forward vs llama.cpp prefill.
+    Kernels(kernels::Args),
+    /// Rollout throughput vs llama.cpp's llama-batched-bench; LoRA swap and rollback latency; peak RSS.
+    Rollout(rollout::Args),
+    /// LoRA training step tokens/s and peak RSS vs PyTorch + PEFT on the CPU.
+    Train(train::Args),
+    /// Sandbox compile/load time, per-call latency and throughput vs the host's python3.
+    Sandbox(sandbox::Args),
+}
+
+pub fn run(which: Which) -> Result<()> {
+    match which {
+        Which::Kernels(a) => kernels::run(a),
+        Which::Rollout(a) => rollout::run(a),
+        Which::Sandbox(a) => sandbox::run(a),
+        Which::Train(a) => train::run(a),
+    }
+}
+
+/// Peak resident set size of this process so far, in MiB (Linux).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Median of a non-empty sample.
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}

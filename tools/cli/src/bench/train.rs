@@ -1,0 +1,275 @@
+//! `cleaner bench train`: one LoRA training step (forward + backward, rank 16
+//! on all seven projections) over T tokens, tokens/s and peak RSS, next to
+//! PyTorch + PEFT on the CPU doing the same step on the same model
+//! (dequantized to f32 from the same GGUF by `transformers`), with the same
+//! thread count, measured in the same run (tools/scripts/bench_train_torch.py).
+//!
+//! Ours runs once per `--keep-mib` setting: 0 recomputes every block in the
+//! backward pass (per-block checkpointing, the least memory), larger values
+//! keep that much of the blocks' intermediates instead. Each implementation's
+//! rate is also given in useful GFLOP/s: the matrix work a step cannot avoid
+//! (forward and input-gradient products of every projection and the
+//! vocabulary, causal attention forward and backward), the same count for
+//! both, so the figure can be held against the CPU's sgemm rate.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use cleaner::assets::AssetStore;
+use cleaner::kernels::matmul::Precision;
+use cleaner::models::{LoraConfig, Transformer};
+use cleaner::train::{nll_loss, AdamWConfig, Trainer};
+
+use super::median;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Models (comma-separated asset names).
+    #[arg(long, default_value = "smollm2-135m,qwen2.5-coder-0.5b")]
+    models: String,
+    /// Sequence lengths (comma-separated).
+    #[arg(long, default_value = "512,2048")]
+    tokens: String,
+    /// Timed steps per cell (the median is reported).
+    #[arg(long, default_value_t = 2)]
+    reps: usize,
+    /// Python interpreter with torch, transformers, peft and gguf installed
+    /// ("none" skips the baseline).
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// Activation memory settings of ours to measure (MiB, comma-separated;
+    /// 0 = recompute every block).
+    #[arg(long, default_value = "0,2048")]
+    keep_mib: String,
+    /// Precisions of ours to measure (comma-separated: f32, bf16; bf16 runs
+    /// f32 on CPUs without AVX-512 BF16, and the table says so).
+    #[arg(long, default_value = "f32,bf16")]
+    precision: String,
+    /// Rounds per cell: ours and PyTorch take turns this many times, and the
+    /// speed ratio is the median of the rounds' ratios, with their range, so
+    /// that a slow spell of this shared machine lands on one round of both
+    /// sides rather than on one side.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+}
+
+struct Cell {
+    tok_s: f64,
+    peak_mib: f64,
+}
+
+/// The matrix work one training step cannot avoid, in FLOPs: every
+/// projection and the vocabulary projection forward and input-gradient
+/// (2 x 2 T n_in n_out), causal attention forward (QK^T, PV: 2 T^2 q_dim per
+/// block) and backward (four products: 4 T^2 q_dim). Recomputation and the
+/// small LoRA products are not counted.
+fn useful_flops(model: &Transformer, n_tok: usize) -> f64 {
+    use cleaner::models::lora::{proj_shape, Proj};
+    let c = model.config();
+    let params: usize = (0..model.layers.len())
+        .flat_map(|l| Proj::ALL.iter().map(move |&p| (l, p)))
+        .map(|(l, p)| {
+            let (o, i) = proj_shape(model, l, p);
+            o * i
+        })
+        .sum::<usize>()
+        + c.n_vocab * c.n_embd;
+    let t = n_tok as f64;
+    4.0 * t * params as f64 + 6.0 * t * t * (c.q_dim() * model.layers.len()) as f64
+}
+
+fn ours(
+    path: &std::path::Path,
+    n_tok: usize,
+    reps: usize,
+    keep_mib: usize,
+    precision: Precision,
+) -> Result<Cell> {
+    // The previous cell's freed (and retained) heap would count in this
+    // one's peak: give it back first.
+    cleaner::train::release_freed_memory();
+    super::kernels::reset_peak_rss();
+    let model = Transformer::open(path)?;
+    let n_vocab = model.config().n_vocab as u64;
+    let tokens: Vec<u32> = (0..n_tok as u64)
+        .map(|i| ((i * 7919 + 11) % n_vocab.min(32000)) as u32)
+        .collect();
+    let mut trainer = Trainer::new(
+        model,
+        LoraConfig {
+            rank: 16,
+            alpha: 32.0,
+            ..Default::default()
+        },
+        AdamWConfig::default(),
+        1,
+    )?;
+    trainer.set_activation_memory(keep_mib << 20);
+    trainer.set_precision(precision);
+    let weights = vec![1f32; n_tok - 1];
+    let mut times = Vec::new();
+    for _ in 0..reps + 1 {
+        let s = Instant::now();
+        trainer.accumulate(&tokens, |lp| nll_loss(lp, &weights).1)?;
+        trainer.update();
+        times.push(s.elapsed().as_secs_f64());
+    }
+    times.remove(0); // warm-up: pages the weights in
+    Ok(Cell {
+        tok_s: n_tok as f64 / median(times),
+        peak_mib: super::peak_rss_mib().unwrap_or(f64::NAN),
+    })
+}
+
+fn torch(
+    python: &str,
+    path: &std::path::Path,
+    n_tok: usize,
+    reps: usize,
+    threads: usize,
+) -> Result<Option<Cell>> {
+    if python == "none" {
+        return Ok(None);
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_train_torch.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .args([
+            path.to_string_lossy().as_ref(),
+            &n_tok.to_string(),
+            &reps.to_string(),
+            &threads.to_string(),
+        ])
+        .output()
+        .with_context(|| format!("running {python} {}", script.display()))?;
+    if !out.status.success() {
+        eprintln!(
+            "PyTorch baseline failed ({}): {}",
+            python,
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        return Ok(None);
+    }
+    let v: serde_json::Value = serde_json::from_slice(
+        out.stdout
+            .split(|&b| b == b'\n')
+            .rfind(|l| !l.is_empty())
+            .unwrap_or(b"{}"),
+    )
+    .context("PyTorch baseline output")?;
+    Ok(Some(Cell {
+        tok_s: v["tok_s"].as_f64().unwrap_or(f64::NAN),
+        peak_mib: v["peak_mib"].as_f64().unwrap_or(f64::NAN),
+    }))
+}
+
+/// `median` or, over several rounds, `median (min-max)`.
+fn ratio_text(ratios: &[f64]) -> String {
+    let m = median(ratios.to_vec());
+    if ratios.len() < 2 {
+        return format!("{m:.2}");
+    }
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{m:.2} ({lo:.2}-{hi:.2})")
+}
+
+fn list(flag: &str, s: &str) -> Result<Vec<usize>> {
+    s.split(',')
+        .map(|t| {
+            t.trim()
+                .parse()
+                .with_context(|| format!("{flag}: {t:?} is not a whole number"))
+        })
+        .collect()
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let threads = rayon::current_num_threads();
+    let lens = list("--tokens", &a.tokens)?;
+    let keeps = list("--keep-mib", &a.keep_mib)?;
+    let precisions = a
+        .precision
+        .split(',')
+        .map(|p| match p.trim() {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => bail!("--precision: {other:?} is not f32 or bf16"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let settings: Vec<(usize, Precision)> = keeps
+        .iter()
+        .flat_map(|&k| precisions.iter().map(move |&p| (k, p)))
+        .collect();
+    if a.rounds == 0 || a.reps == 0 {
+        bail!("--rounds and --reps must be at least 1");
+    }
+    println!(
+        "LoRA step (forward + backward + AdamW, rank 16, q k v o gate up down), {threads} threads, median of {} steps, {} round(s) alternating ours and PyTorch",
+        a.reps, a.rounds
+    );
+    println!("(useful GFLOP/s in parentheses; tok/s are medians over rounds; the speed ratio is the median of the rounds' ratios ours / PyTorch, with their range)\n");
+    println!("| model | T | ours: kept MiB, precision | ours tok/s | PyTorch+PEFT tok/s | speed ratio | ours peak RSS MiB | PyTorch peak RSS MiB | memory ratio |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for name in a.models.split(',') {
+        let path = AssetStore::default().resolve_model(name.trim(), &mut |l| eprintln!("{l}"))?;
+        let flops = {
+            let m = Transformer::open(&path)?;
+            move |t| useful_flops(&m, t)
+        };
+        for &t in &lens {
+            let gflops = |tok_s: f64| tok_s / t as f64 * flops(t) / 1e9;
+            // rounds[r] = (ours per setting, PyTorch) of round r.
+            let mut rounds = Vec::new();
+            for _ in 0..a.rounds {
+                let mine = settings
+                    .iter()
+                    .map(|&(k, p)| ours(&path, t, a.reps, k, p))
+                    .collect::<Result<Vec<_>>>()?;
+                rounds.push((mine, torch(&a.python, &path, t, a.reps, threads)?));
+            }
+            let torch_cells: Vec<&Cell> = rounds.iter().filter_map(|r| r.1.as_ref()).collect();
+            let torch_tok_s = median(torch_cells.iter().map(|c| c.tok_s).collect());
+            let torch_peak = torch_cells
+                .iter()
+                .map(|c| c.peak_mib)
+                .fold(f64::NAN, f64::max);
+            for (i, (k, prec)) in settings.iter().enumerate() {
+                let prec = match (prec, prec.effective()) {
+                    (Precision::F32, _) => "f32",
+                    (Precision::Bf16, Precision::Bf16) => "bf16",
+                    (Precision::Bf16, Precision::F32) => "bf16 (ran f32: no AVX-512 BF16)",
+                };
+                let mine: Vec<&Cell> = rounds.iter().map(|r| &r.0[i]).collect();
+                let tok_s = median(mine.iter().map(|c| c.tok_s).collect());
+                let peak = mine.iter().map(|c| c.peak_mib).fold(f64::NAN, f64::max);
+                let ratios: Vec<f64> = rounds
+                    .iter()
+                    .filter_map(|(m, p)| p.as_ref().map(|p| m[i].tok_s / p.tok_s))
+                    .collect();
+                let (pt, pm, sr, mr) = if torch_cells.is_empty() {
+                    ("n/a".into(), "n/a".into(), "n/a".into(), "n/a".into())
+                } else {
+                    (
+                        format!("{torch_tok_s:.1} ({:.0})", gflops(torch_tok_s)),
+                        format!("{torch_peak:.0}"),
+                        ratio_text(&ratios),
+                        format!("{:.2}", peak / torch_peak),
+                    )
+                };
+                println!(
+                    "| {name} | {t} | {k}, {prec} | {tok_s:.1} ({:.0}) | {pt} | {sr} | {peak:.0} | {pm} | {mr} |",
+                    gflops(tok_s),
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! `cleaner eval`: pass@1 over K samples per problem, with a 95 % interval.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use cleaner::agent::trajectory::write_jsonl;
+use cleaner::agent::{AgentConfig, FormatKind};
+use cleaner::rl::{checkpoint, evaluate};
+use cleaner::session::{Session, SessionOptions};
+use cleaner::tasks::dataset::default_data_dir;
+use cleaner::tasks::{Dataset, Fields, MathReward};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model short name or GGUF path.
+    #[arg(long, default_value = cleaner::assets::DEFAULT_MODEL)]
+    model: String,
+    /// LoRA adapter: a llama.cpp GGUF adapter file, or a run directory (its
+    /// newest checkpoint's adapter).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// gsm8k (test split), gsm8k-train, aime24, amc23, or a .jsonl file.
+    #[arg(long, default_value = "gsm8k")]
+    dataset: String,
+    /// Folder holding the named datasets (default: the repository's data/).
+    #[arg(long, env = "CLEANER_DATA")]
+    data_dir: Option<PathBuf>,
+    /// Samples per problem (pass@1 is their mean).
+    #[arg(long, default_value_t = 4)]
+    samples: usize,
+    /// First N problems (0: all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// Purification while evaluating: on, off, or P (the paper evaluates
+    /// CLEANER-trained models with it on).
+    #[arg(long, default_value = "on")]
+    purify: String,
+    #[arg(long, default_value = "markdown")]
+    format: FormatKind,
+    /// The paper evaluates at temperature 1.0, top-p 0.6.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0.6)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 768)]
+    max_response_tokens: usize,
+    #[arg(long, default_value_t = 6)]
+    max_turns: usize,
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+    /// Write the report (JSON) here; trajectories go next to it (.jsonl).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.samples == 0 {
+        bail!("--samples must be at least 1");
+    }
+    let data = Dataset::load(
+        &a.dataset,
+        &a.data_dir.clone().unwrap_or_else(default_data_dir),
+        &Fields::default(),
+    ).with_context(|| {
+        format!(
+            "loading dataset {} (set --data-dir or CLEANER_DATA)",
+            a.dataset
+        )
+    })?;
+    let take = if a.limit == 0 { usize::MAX } else { a.limit };
+    let items: Vec<_> = data
+        .items
+        .iter()
+        .skip(a.offset)
+        .take(take)
+        .cloned()
+        .collect();
+    if items.is_empty() {
+        bail!(
+            "no problems selected from {} (offset {}, limit {})",
+            a.dataset,
+            a.offset,
+            a.limit
+        );
+    }
+    let mut agent = AgentConfig {
+        format: a.format,
+        rollback_probability: super::solve::parse_purify(&a.purify)?,
+        max_response_tokens: a.max_response_tokens,
+        max_turns: a.max_turns,
+        ..AgentConfig::default()
+    };
+    agent.sampling.temperature = a.temperature;
+    agent.sampling.top_p = a.top_p;
+    agent.sampling.seed = a.seed;
+    let mut session = Session::open(
+        &a.model,
+        SessionOptions {
+            agent,
+            slots: (a.samples as u32 + 1).max(17),
+            threads: a.threads,
+            max_prompt_tokens: 1024,
+            ..Default::default()
+        },
+    )?;
+    let adapter = match &a.adapter {
+        Some(p) if p.is_dir() => Some(checkpoint::latest(p)?.join("adapter.gguf")),
+        Some(p) => Some(p.clone()),
+        None => None,
+    };
+    session.set_adapter(adapter.as_deref())?;
+    eprintln!(
+        "eval {} problems of {} x {} samples, model {}, adapter {}, purify {}",
+        items.len(),
+        a.dataset,
+        a.samples,
+        a.model,
+        adapter
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "none".into()),
+        a.purify
+    );
+    let bar = ProgressBar::new((items.len() * a.samples) as u64).with_style(
+        ProgressStyle::with_template("rollouts [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let b = bar.clone();
+    let (report, trajectories) = evaluate(
+        &mut session,
+        &items,
+        a.samples,
+        &MathReward::default(),
+        &mut |done, _| b.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    println!(
+        "pass@1 (mean over {} samples of {} problems): {:.3} +- {:.3} s.e., 95% interval {:.3}..{:.3}",
+        a.samples, report.problems, report.accuracy, report.stderr, report.ci95.0, report.ci95.1
+    );
+    println!(
+        "tool calls per trajectory {:.2}; failed calls per trajectory {:.2} raw, {:.2} kept; purify p = {}",
+        report.tool_calls_per_trajectory,
+        report.stats.failures_per_trajectory_raw,
+        report.stats.failures_per_trajectory_kept,
+        report.purify
+    );
+    println!("wall time {:.1} s", report.stats.wall_s);
+    if let Some(out) = &a.out {
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
+        let tj = out.with_extension("jsonl");
+        write_jsonl(&tj, &trajectories)?;
+        println!("report {}, trajectories {}", out.display(), tj.display());
+    }
+    Ok(())
+}

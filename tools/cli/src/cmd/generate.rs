@@ -1,0 +1,107 @@
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use cleaner::chat::{ChatTemplate, Message};
+use cleaner::{GenerateParams, Policy, PolicyConfig, SamplingParams};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model short name (smollm2-135m, qwen2.5-coder-0.5b) or GGUF path.
+    #[arg(long, default_value = cleaner::assets::DEFAULT_MODEL)]
+    model: String,
+    /// The user message.
+    #[arg(long)]
+    prompt: String,
+    /// Optional system message.
+    #[arg(long)]
+    system: Option<String>,
+    /// Send the prompt as raw text instead of through the chat template.
+    #[arg(long)]
+    raw: bool,
+    /// Completions to sample (they share the prompt's prefill).
+    #[arg(short = 'n', long, default_value_t = 1)]
+    n: usize,
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop strings (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Path to a LoRA adapter in llama.cpp's GGUF format.
+    #[arg(long)]
+    adapter: Option<std::path::PathBuf>,
+    /// Decode threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.n == 0 || a.n > 256 {
+        bail!("-n must be between 1 and 256, got {}", a.n);
+    }
+    let (_, model) = super::load_model(&a.model)?;
+    let prompt = if a.raw {
+        model.tokenize(&a.prompt, true, false)?
+    } else {
+        let mut messages = Vec::new();
+        if let Some(s) = &a.system {
+            messages.push(Message::system(s.clone()));
+        }
+        messages.push(Message::user(a.prompt.clone()));
+        ChatTemplate::from_model(&model)?.tokenize(&model, &messages, None)?
+    };
+    let n_ctx = ((prompt.len() + a.max_tokens) * (a.n + 1)).max(512) as u32;
+    let config = PolicyConfig {
+        n_ctx,
+        n_seq_max: a.n as u32 + 1,
+        n_threads: a.threads,
+        ..Default::default()
+    };
+    let mut policy = Policy::new(model.clone(), &config)?;
+    if let Some(path) = &a.adapter {
+        policy.set_adapter(Some(cleaner::LoraAdapter::load(&model, path)?))?;
+    }
+    let params: Vec<GenerateParams> = (0..a.n as u64)
+        .map(|i| GenerateParams {
+            sampling: SamplingParams {
+                temperature: a.temperature,
+                top_p: a.top_p,
+                top_k: a.top_k,
+                seed: a.seed.wrapping_add(i),
+            },
+            max_new_tokens: a.max_tokens,
+            stop: a.stop.clone(),
+            stop_at_eog: true,
+            stop_after: None,
+        })
+        .collect();
+    let t0 = Instant::now();
+    let outs = policy.generate_group(&prompt, &params)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let total: usize = outs.iter().map(|g| g.tokens.len()).sum();
+    for (i, g) in outs.iter().enumerate() {
+        println!(
+            "--- completion {} ({} tokens, {:?})",
+            i + 1,
+            g.tokens.len(),
+            g.finish
+        );
+        println!("{}", g.text);
+    }
+    eprintln!(
+        "{} completions, {} prompt tokens, {} generated tokens in {:.2} s: {:.1} tokens/s",
+        outs.len(),
+        prompt.len(),
+        total,
+        secs,
+        total as f64 / secs
+    );
+    Ok(())
+}

@@ -1,0 +1,177 @@
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use cleaner::agent::config::MATH_PROMPT_HERMES;
+use cleaner::agent::trajectory::write_jsonl;
+use cleaner::agent::{Agent, AgentConfig, FormatKind, ToolFormat};
+use cleaner::chat::ChatTemplate;
+use cleaner::tasks::dataset::default_data_dir;
+use cleaner::tasks::{math_equal, Dataset, Fields};
+use cleaner::{Policy, PolicyConfig};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model short name or GGUF path.
+    #[arg(long, default_value = cleaner::assets::DEFAULT_MODEL)]
+    model: String,
+    /// gsm8k (test split), gsm8k-train, aime24, amc23, or a .jsonl file.
+    #[arg(long, default_value = "gsm8k")]
+    dataset: String,
+    /// Directory holding the named datasets.
+    /// Folder holding the named datasets (default: the repository's data/).
+    #[arg(long, env = "CLEANER_DATA")]
+    data_dir: Option<PathBuf>,
+    /// First N problems.
+    #[arg(long, default_value_t = 10)]
+    limit: usize,
+    /// Skip the first K problems.
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// Rollouts per problem.
+    #[arg(long, default_value_t = 4)]
+    rollouts: usize,
+    /// Purification: on, off, or a rollback probability in [0, 1].
+    #[arg(long, default_value = "on")]
+    purify: String,
+    /// Tool-call format: markdown or hermes.
+    #[arg(long, default_value = "markdown")]
+    format: FormatKind,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 768)]
+    max_response_tokens: usize,
+    #[arg(long, default_value_t = 6)]
+    max_turns: usize,
+    /// Sequences decoded together (at least rollouts + 1).
+    #[arg(long, default_value_t = 17)]
+    slots: u32,
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+    /// Where to write the trajectories (JSONL).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn parse_purify(s: &str) -> Result<f64> {
+    match s {
+        "on" => Ok(1.0),
+        "off" => Ok(0.0),
+        p => match p.parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+            _ => bail!("--purify must be on, off or a probability in [0, 1], got {p:?}"),
+        },
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let p = parse_purify(&a.purify)?;
+    let data = Dataset::load(
+        &a.dataset,
+        &a.data_dir.clone().unwrap_or_else(default_data_dir),
+        &Fields::default(),
+    ).with_context(|| {
+        format!(
+            "loading dataset {} (set --data-dir or CLEANER_DATA)",
+            a.dataset
+        )
+    })?;
+    let items: Vec<_> = data
+        .items
+        .iter()
+        .skip(a.offset)
+        .take(a.limit)
+        .cloned()
+        .collect();
+    if items.is_empty() {
+        bail!(
+            "no problems selected from {} ({} items, offset {}, limit {})",
+            a.dataset,
+            data.items.len(),
+            a.offset,
+            a.limit
+        );
+    }
+    let (_, model) = super::load_model(&a.model)?;
+    let sandbox = super::sandbox::open(None)?;
+    let template = ChatTemplate::from_model(&model)?;
+    let mut config = AgentConfig {
+        format: a.format,
+        rollback_probability: p,
+        max_response_tokens: a.max_response_tokens,
+        max_turns: a.max_turns,
+        ..AgentConfig::default()
+    };
+    config.sampling.temperature = a.temperature;
+    config.sampling.top_p = a.top_p;
+    config.sampling.seed = a.seed;
+    let format = match a.format {
+        FormatKind::Markdown => ToolFormat::markdown(),
+        FormatKind::Hermes => {
+            config.user_prompt = MATH_PROMPT_HERMES.to_string();
+            ToolFormat::hermes(&template)?
+        }
+    };
+    let problems = cleaner::agent::prompt::problems(&template, &model, &config, &items)?;
+    let longest = problems.iter().map(|p| p.prompt.len()).max().unwrap_or(0);
+    let per_seq = longest + a.max_response_tokens + 2 * config.max_turn_tokens + 512;
+    let policy_config = PolicyConfig {
+        n_ctx: (per_seq as u32) * a.slots,
+        n_seq_max: a.slots,
+        n_batch: 512,
+        n_threads: a.threads,
+        ..Default::default()
+    };
+    let mut policy = Policy::new(model.clone(), &policy_config)?;
+    eprintln!(
+        "{} problems x {} rollouts, purify {} (p = {p}), format {:?}, {} slots",
+        problems.len(),
+        a.rollouts,
+        a.purify,
+        a.format,
+        a.slots
+    );
+    let (mut trajectories, stats) = {
+        let mut agent = Agent::new(&mut policy, &sandbox, format, config)?;
+        agent.run(&problems, a.rollouts)?
+    };
+    let mut correct = 0usize;
+    for t in &mut trajectories {
+        let truth = &items
+            .iter()
+            .find(|i| i.id == t.problem_id)
+            .map(|i| i.answer.clone())
+            .unwrap_or_default();
+        let ok = t
+            .answer
+            .as_deref()
+            .is_some_and(|ans| math_equal(ans, truth));
+        t.reward = Some(if ok { 1.0 } else { -1.0 });
+        correct += ok as usize;
+    }
+    let n = trajectories.len();
+    let acc = correct as f64 / n as f64;
+    let se = (acc * (1.0 - acc) / n as f64).sqrt();
+    let (lo, hi) = cleaner::rl::eval::wilson(acc, n as f64);
+    let out = a
+        .out
+        .unwrap_or_else(|| PathBuf::from(format!("runs/solve-{}-{}.jsonl", a.dataset, a.purify)));
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    write_jsonl(&out, &trajectories)?;
+    println!(
+        "accuracy (pass@1, mean over {n} rollouts): {acc:.3} +- {se:.3} s.e. (95% Wilson interval {lo:.3}..{hi:.3})"
+    );
+    println!(
+        "wall time: {:.1} s ({:.1} s per problem)",
+        stats.wall_s,
+        stats.wall_s / problems.len() as f64
+    );
+    println!("{}", serde_json::to_string_pretty(&stats)?);
+    println!("trajectories: {}", out.display());
+    Ok(())
+}
