@@ -13,7 +13,7 @@ fn open(cache: &std::path::Path) -> Sandbox {
     Sandbox::new(SandboxConfig {
         cache_dir: cache.to_path_buf(),
         warm: 0,
-        ..SandboxConfig::new(wasm)
+        ..SandboxConfig::new(wasm, cleaner::assets::sandbox_cache_dir())
     })
     .expect("sandbox")
 }
@@ -86,17 +86,20 @@ fn cache_is_reused_and_corruption_is_detected() {
 
 #[test]
 fn bad_limits_and_missing_interpreter_are_clear_errors() {
-    let e = Sandbox::new(SandboxConfig::new("/nonexistent/python.wasm"))
-        .err()
-        .unwrap()
-        .to_string();
+    let e = Sandbox::new(SandboxConfig::new(
+        "/nonexistent/python.wasm",
+        cleaner::assets::sandbox_cache_dir(),
+    ))
+    .err()
+    .unwrap()
+    .to_string();
     assert!(e.contains("/nonexistent/python.wasm"), "{e}");
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"not wasm at all").unwrap();
     let e = Sandbox::new(SandboxConfig {
         cache_dir: dir.path().into(),
-        ..SandboxConfig::new(&junk)
+        ..SandboxConfig::new(&junk, cleaner::assets::sandbox_cache_dir())
     })
     .err()
     .unwrap()

@@ -21,7 +21,11 @@ fn many_runs_correct_and_no_leak() {
             eprintln!("{l}")
         })
         .expect("fetch python-wasm");
-    let sandbox = Sandbox::new(SandboxConfig::new(wasm)).expect("sandbox");
+    let sandbox = Sandbox::new(SandboxConfig::new(
+        wasm,
+        cleaner::assets::sandbox_cache_dir(),
+    ))
+    .expect("sandbox");
     let sb = &sandbox;
     for i in 0..20 {
         sb.run(&format!("print({i} * {i})"), &Limits::default())

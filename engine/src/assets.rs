@@ -214,6 +214,12 @@ pub fn home_dir() -> PathBuf {
     home.join(".cache").join("cleaner")
 }
 
+/// Where the sandbox caches its compiled interpreter: `sandbox/` in the
+/// cleaner home directory.
+pub fn sandbox_cache_dir() -> PathBuf {
+    home_dir().join("sandbox")
+}
+
 /// A cache directory of assets.
 #[derive(Clone, Debug)]
 pub struct AssetStore {

@@ -1,15 +1,19 @@
-//! The cleaner engine: rollouts over llama.cpp, the asset store, and (built on
-//! them) the sandbox, agent loop, purification and RL.
+//! The cleaner engine: the agent loop with purification, tasks and rewards,
+//! the LoRA trainer, GRPO, the asset store and the session that ties them
+//! together. It is built on two crates with a native build each:
+//! `cleaner-rollout` (llama.cpp: models, chat templates, sampling, the
+//! continuous-batching decoder) and `cleaner-sandbox` (CPython on WASI under
+//! wasmer), re-exported here as `rollout`, `llama`, `chat`, `sampling` and
+//! `sandbox`.
 //!
 //! It must not know how kernels are implemented or how GGUF bytes are laid out
 //! beyond what `cleaner-models` exposes.
 
 #![warn(missing_docs)]
 
-pub mod llama;
-pub mod rollout;
-pub mod sampling;
-pub mod sandbox;
+pub use cleaner_rollout as rollout;
+pub use cleaner_rollout::{chat, llama, sampling};
+pub use cleaner_sandbox as sandbox;
 pub mod tasks;
 pub mod train;
 
@@ -20,6 +24,5 @@ pub use rollout::{
 pub use sampling::SamplingParams;
 pub mod agent;
 pub mod assets;
-pub mod chat;
 pub mod rl;
 pub mod session;

@@ -135,7 +135,7 @@ impl Session {
                 ..Default::default()
             },
         )?;
-        let sandbox = Sandbox::new(SandboxConfig::new(wasm))?;
+        let sandbox = Sandbox::new(SandboxConfig::new(wasm, crate::assets::sandbox_cache_dir()))?;
         Ok(Session {
             model_path,
             model: llama,

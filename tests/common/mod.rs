@@ -111,6 +111,10 @@ pub fn sandbox() -> &'static cleaner::sandbox::Sandbox {
                 &mut |l| eprintln!("{l}"),
             )
             .expect("fetch python-wasm");
-        cleaner::sandbox::Sandbox::new(cleaner::sandbox::SandboxConfig::new(wasm)).expect("sandbox")
+        cleaner::sandbox::Sandbox::new(cleaner::sandbox::SandboxConfig::new(
+            wasm,
+            cleaner::assets::sandbox_cache_dir(),
+        ))
+        .expect("sandbox")
     })
 }

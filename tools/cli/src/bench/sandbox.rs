@@ -130,7 +130,7 @@ pub fn run(a: Args) -> Result<()> {
         let cfg = SandboxConfig {
             cache_dir: dir.clone(),
             warm: 0,
-            ..SandboxConfig::new(&wasm)
+            ..SandboxConfig::new(&wasm, cleaner::assets::sandbox_cache_dir())
         };
         let sb = Sandbox::new(cfg)?;
         rows.push((
@@ -142,7 +142,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let plain = Sandbox::new(SandboxConfig {
         warm: 0,
-        ..SandboxConfig::new(&wasm)
+        ..SandboxConfig::new(&wasm, cleaner::assets::sandbox_cache_dir())
     })?;
     rows.push((
         "cache load".into(),
@@ -152,7 +152,10 @@ pub fn run(a: Args) -> Result<()> {
             plain.module_load().0
         ),
     ));
-    let warm = Sandbox::new(SandboxConfig::new(&wasm))?;
+    let warm = Sandbox::new(SandboxConfig::new(
+        &wasm,
+        cleaner::assets::sandbox_cache_dir(),
+    ))?;
     let pause = Duration::from_millis(150);
     eprintln!("measuring latency ({} calls each)...", a.calls);
     let mut lat = Vec::new();

@@ -66,7 +66,8 @@ pub fn run(a: Args) -> Result<()> {
         &a.dataset,
         &a.data_dir.clone().unwrap_or_else(default_data_dir),
         &Fields::default(),
-    ).with_context(|| {
+    )
+    .with_context(|| {
         format!(
             "loading dataset {} (set --data-dir or CLEANER_DATA)",
             a.dataset

@@ -30,7 +30,7 @@ pub struct RunArgs {
 pub fn open(warm: Option<usize>) -> Result<Sandbox> {
     let wasm =
         AssetStore::default().fetch(assets::find("python-wasm")?, &mut |l| eprintln!("{l}"))?;
-    let mut config = SandboxConfig::new(wasm);
+    let mut config = SandboxConfig::new(wasm, cleaner::assets::sandbox_cache_dir());
     if let Some(w) = warm {
         config.warm = w;
     }

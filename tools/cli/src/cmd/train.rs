@@ -41,7 +41,9 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let mut grpo = if let Some(dir) = &a.resume {
-        if a.purify.is_some() || a.seed.is_some() || a.model.is_some()
+        if a.purify.is_some()
+            || a.seed.is_some()
+            || a.model.is_some()
             || a.limit.is_some()
             || a.data_dir.is_some()
         {

@@ -14,24 +14,18 @@
 //! loop (and before every tail call), the only ways wasm code runs without
 //! end (plain recursion ends at the stack limit). Every [`CHECK_EVERY`]
 //! iterations the countdown calls the module's own `sched_yield` import,
-//! which [`sched_yield`] serves: it traps the guest, from a host function
+//! which `instance.rs`'s `sched_yield` serves: it traps the guest, from a host function
 //! and so through wasmer's ordinary error path, once the interpreter's stop
 //! flag is set. A guest blocked in a host call (sleep, poll, read) is woken
-//! by the WASIX SIGKILL instead (see `kill` in `mod.rs`).
+//! by the WASIX SIGKILL instead (see `kill` in `lib.rs`).
 
-use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use wasmer::sys::wasmparser::{BlockType, Operator};
 use wasmer::sys::{FunctionMiddleware, MiddlewareError, MiddlewareReaderState, ModuleMiddleware};
-use wasmer::{
-    FunctionEnvMut, GlobalInit, GlobalType, LocalFunctionIndex, ModuleInfo, Mutability,
-    RuntimeError, Type,
-};
+use wasmer::{GlobalInit, GlobalType, LocalFunctionIndex, ModuleInfo, Mutability, Type};
 use wasmer_types::entity::EntityRef;
 use wasmer_types::ImportIndex;
-
-use super::instance::FixEnv;
 
 /// Loop iterations between two looks at the stop flag. A host call costs
 /// about 0.1 µs and a loop iteration of CPython's interpreter some 10 ns, so
@@ -157,14 +151,4 @@ impl<'a> FunctionMiddleware<'a> for FunctionStopChecks {
         }
         Ok(())
     }
-}
-
-/// Serves `sched_yield`: for the stop checks, and for the guest's own calls,
-/// where yielding in a one-thread guest is a no-op. Traps once the
-/// interpreter was told to stop.
-pub(super) fn sched_yield(env: FunctionEnvMut<FixEnv>) -> Result<i32, RuntimeError> {
-    if env.data().state.stop.load(Ordering::Acquire) {
-        return Err(RuntimeError::new("stopped by the sandbox"));
-    }
-    Ok(0)
 }

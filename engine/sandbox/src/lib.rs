@@ -20,7 +20,9 @@
 mod capture;
 mod classify;
 mod compile;
+mod events;
 mod instance;
+mod memory_cap;
 mod pool;
 mod stop;
 
@@ -34,8 +36,8 @@ use wasmer_wasix::types::wasi::Signal;
 
 pub use classify::{exception_name, ErrorClass};
 pub use compile::ModuleSource;
-use instance::Exit;
-use pool::{BootParams, Event, Pool, Ready};
+use events::{Event, Exit};
+use pool::{BootParams, Pool, Ready};
 
 /// Why the sandbox could not start or run a call (the code's own errors are outcomes, not these).
 #[derive(Debug, thiserror::Error)]
@@ -183,11 +185,12 @@ pub struct SandboxConfig {
 }
 
 impl SandboxConfig {
-    /// Defaults: the cached `python-wasm` asset, one warm interpreter per core.
-    pub fn new(wasm: impl Into<PathBuf>) -> Self {
+    /// Defaults for the interpreter at `wasm`, compiled once into
+    /// `cache_dir`: one warm interpreter per core, default limits.
+    pub fn new(wasm: impl Into<PathBuf>, cache_dir: impl Into<PathBuf>) -> Self {
         SandboxConfig {
             wasm: wasm.into(),
-            cache_dir: crate::assets::home_dir().join("sandbox"),
+            cache_dir: cache_dir.into(),
             warm: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),

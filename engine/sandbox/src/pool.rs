@@ -13,16 +13,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::compile::set_thread_memory_cap;
-use super::instance::{Exit, Handles, Interpreter, Shared};
+use super::events::Event;
+use super::instance::{Handles, Interpreter, Shared};
+use super::memory_cap::set_thread_memory_cap;
 use super::SandboxError;
-
-/// What the waiting caller hears about its execution.
-#[derive(Debug)]
-pub(super) enum Event {
-    OutputOverflow,
-    Finished(Exit),
-}
 
 /// An interpreter that is starting or blocked on stdin, with the channel its
 /// result will come back on.

@@ -19,8 +19,9 @@ use wasmer_wasix::{
 };
 
 use super::capture::{Capture, CaptureFile};
+use super::events::Exit;
 use super::SandboxError;
-use crate::sampling::Rng;
+use cleaner_kernels::rng::splitmix64;
 
 /// The command line: `-S` skips `site` (nothing to find, 5-10 ms saved), `-B`
 /// writes no bytecode. The bootstrap (one line, so its traceback frame is
@@ -52,14 +53,29 @@ __run()
 /// Randomness the guest sees: a seeded generator unless host entropy is asked.
 #[derive(Debug)]
 pub(super) struct Entropy {
-    rng: Rng,
+    /// splitmix64 state; seeded as the rollout sampler seeds its generator
+    /// (`seed ^ SEED_MIX`), so a seed gives the guest the bytes it always did.
+    state: u64,
     host: bool,
 }
 
+/// Mixed into the seed before the first draw.
+const SEED_MIX: u64 = 0x853c_49e6_748f_ea9b;
+
 impl Entropy {
+    fn seeded(seed: u64, host: bool) -> Entropy {
+        Entropy {
+            state: seed ^ SEED_MIX,
+            host,
+        }
+    }
+
     pub fn set(&mut self, seed: u64, host: bool) {
-        self.rng = Rng::new(seed);
-        self.host = host;
+        *self = Entropy::seeded(seed, host);
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        splitmix64(&mut self.state)
     }
 }
 
@@ -73,7 +89,7 @@ pub(super) struct HookState {
 }
 
 /// Import overrides, installed on every instance:
-/// - `sched_yield`: the stop check (see `stop.rs`).
+/// - `sched_yield`: the stop check (inserted by `stop.rs`; served below).
 /// - `poll_oneoff`: wasix 0.704 blocks forever on a poll whose only
 ///   subscriptions are zero-timeout clocks, which `import selectors` (and so
 ///   socket, asyncio, subprocess) performs; such timeouts become 1 ns.
@@ -125,7 +141,7 @@ impl InstantiationHook for ImportFixes {
             imports.define(
                 WASI,
                 "sched_yield",
-                Function::new_typed_with_env(store, &env, super::stop::sched_yield),
+                Function::new_typed_with_env(store, &env, sched_yield),
             );
         }
         if random.is_some() {
@@ -217,7 +233,7 @@ fn random_get(mut env: FunctionEnvMut<FixEnv>, buf: i32, len: i32) -> Result<i32
     let mut bytes = vec![0u8; len.max(0) as usize];
     if let Ok(mut e) = state.entropy.lock() {
         for chunk in bytes.chunks_mut(8) {
-            let v = e.rng.next_u64().to_le_bytes();
+            let v = e.next_u64().to_le_bytes();
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
     }
@@ -265,13 +281,6 @@ pub(super) struct Interpreter {
     env: WasiFunctionEnv,
 }
 
-/// How `_start` ended.
-#[derive(Clone, Debug)]
-pub(super) enum Exit {
-    Code(i32),
-    Trap(String),
-}
-
 pub(super) struct Shared {
     pub engine: wasmer::Engine,
     pub module: Module,
@@ -287,10 +296,7 @@ impl Interpreter {
     ) -> Result<(Interpreter, Handles), SandboxError> {
         let hooks = Arc::new(HookState {
             memory: Mutex::new(None),
-            entropy: Mutex::new(Entropy {
-                rng: Rng::new(0),
-                host: false,
-            }),
+            entropy: Mutex::new(Entropy::seeded(0, false)),
             stop: AtomicBool::new(false),
         });
         let mut rt = PluggableRuntime::new(Arc::new(
@@ -380,4 +386,14 @@ impl Interpreter {
         self.env.on_exit(&mut self.store, Some(code));
         exit
     }
+}
+
+/// Serves `sched_yield`: for the stop checks, and for the guest's own calls,
+/// where yielding in a one-thread guest is a no-op. Traps once the
+/// interpreter was told to stop.
+fn sched_yield(env: FunctionEnvMut<FixEnv>) -> Result<i32, RuntimeError> {
+    if env.data().state.stop.load(Ordering::Acquire) {
+        return Err(RuntimeError::new("stopped by the sandbox"));
+    }
+    Ok(0)
 }

@@ -6,19 +6,15 @@
 //! carries a checksum of its payload: `Module::deserialize` trusts its input,
 //! so a stale or corrupt entry is detected first and rebuilt, never loaded.
 
-use std::cell::Cell;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::ptr::NonNull;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use wasmer::sys::vm::{
-    MemoryError, MemoryStyle, TableStyle, VMMemory, VMMemoryDefinition, VMTable, VMTableDefinition,
-};
-use wasmer::sys::{BaseTunables, CompilerConfig, Cranelift, NativeEngineExt, Tunables};
-use wasmer::{Engine, MemoryType, Module, Pages, TableType};
+use wasmer::sys::{BaseTunables, CompilerConfig, Cranelift, NativeEngineExt};
+use wasmer::{Engine, Module};
 
+use super::memory_cap::CappedMemory;
 use super::stop::StopChecks;
 use super::SandboxError;
 
@@ -28,87 +24,12 @@ const WASMER_VERSION: &str = "7.4.2";
 const INSTRUMENTATION: &str = "stop-checks v1";
 const CACHE_MAGIC: &[u8] = b"CLEANER-WASMER-MODULE v1\n";
 
-thread_local! {
-    /// Linear-memory cap (bytes) for instances created on this thread. Tunables
-    /// belong to the engine, limits to the call, so the call sets this before
-    /// instantiating.
-    static MEMORY_CAP: Cell<u64> = const { Cell::new(256 << 20) };
-}
-
-/// Sets the memory cap for instances created on this thread from now on.
-pub(super) fn set_thread_memory_cap(bytes: u64) {
-    MEMORY_CAP.with(|c| c.set(bytes));
-}
-
-/// Base tunables with every memory's maximum lowered to the thread's cap, so
-/// `memory.grow` past it fails and CPython raises `MemoryError` cleanly.
-struct CappedMemory {
-    base: BaseTunables,
-}
-
-impl CappedMemory {
-    fn capped(&self, ty: &MemoryType) -> MemoryType {
-        let cap_pages = Pages((MEMORY_CAP.with(|c| c.get()) / 65536).max(1) as u32);
-        let mut ty = *ty;
-        let max = ty.maximum.map_or(cap_pages, |m| m.min(cap_pages));
-        ty.maximum = Some(max.max(ty.minimum));
-        ty
-    }
-}
-
-impl Tunables for CappedMemory {
-    fn memory_style(&self, memory: &MemoryType) -> MemoryStyle {
-        self.base.memory_style(memory)
-    }
-
-    fn table_style(&self, table: &TableType) -> TableStyle {
-        self.base.table_style(table)
-    }
-
-    fn create_host_memory(
-        &self,
-        ty: &MemoryType,
-        style: &MemoryStyle,
-    ) -> Result<VMMemory, MemoryError> {
-        self.base.create_host_memory(&self.capped(ty), style)
-    }
-
-    unsafe fn create_vm_memory(
-        &self,
-        ty: &MemoryType,
-        style: &MemoryStyle,
-        vm_definition_location: NonNull<VMMemoryDefinition>,
-    ) -> Result<VMMemory, MemoryError> {
-        // SAFETY: forwarded unchanged from our caller, who guarantees it.
-        unsafe {
-            self.base
-                .create_vm_memory(&self.capped(ty), style, vm_definition_location)
-        }
-    }
-
-    fn create_host_table(&self, ty: &TableType, style: &TableStyle) -> Result<VMTable, String> {
-        self.base.create_host_table(ty, style)
-    }
-
-    unsafe fn create_vm_table(
-        &self,
-        ty: &TableType,
-        style: &TableStyle,
-        vm_definition_location: NonNull<VMTableDefinition>,
-    ) -> Result<VMTable, String> {
-        // SAFETY: forwarded unchanged from our caller, who guarantees it.
-        unsafe { self.base.create_vm_table(ty, style, vm_definition_location) }
-    }
-}
-
 /// A Cranelift engine with capped memories that inserts the stop checks.
 pub(super) fn engine() -> Engine {
     let mut compiler = Cranelift::default();
     compiler.push_middleware(Arc::new(StopChecks::default()));
     let mut engine: Engine = compiler.into();
-    engine.set_tunables(CappedMemory {
-        base: BaseTunables::new(),
-    });
+    engine.set_tunables(CappedMemory::new(BaseTunables::new()));
     engine
 }
 

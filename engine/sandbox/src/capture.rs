@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 
 use virtual_fs::{AsyncRead, AsyncSeek, AsyncWrite, VirtualFile};
 
-use super::pool::Event;
+use super::events::Event;
 
 /// One captured stream.
 #[derive(Debug, Default)]
