@@ -95,7 +95,7 @@ impl HeadLayout {
     /// `[n_heads][n_pad / tile][hd][tile]`: each tile of `tile` positions
     /// transposed into one contiguous block.
     fn cols(&self, src: &[f32], n_heads: usize, tile: usize) -> Vec<f32> {
-        debug_assert!(self.n_pad % tile == 0);
+        debug_assert!(self.n_pad.is_multiple_of(tile));
         let n_tok = self.n_tok(src, n_heads);
         per_head(n_heads, self.hd * self.n_pad, |h, out| {
             for t in 0..n_tok {

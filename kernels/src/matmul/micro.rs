@@ -33,6 +33,7 @@ pub(super) fn portable() -> MicroKernel {
     portable_dispatch
 }
 
+#[allow(clippy::too_many_arguments)]
 unsafe fn portable_dispatch(
     mr: usize,
     kc: usize,
@@ -79,6 +80,7 @@ mod avx2 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn dispatch(
         mr: usize,
         kc: usize,
@@ -102,6 +104,7 @@ mod avx2 {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn kernel<const R: usize>(
         kc: usize,

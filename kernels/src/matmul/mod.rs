@@ -320,8 +320,8 @@ pub fn matmul_w_scalar(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
 /// count (the sum runs over chunks of [`KC`] tokens in a fixed order). When `m > n` it computes `c^T = b^T a` and transposes the small
 /// result back.
 pub fn matmul_tn(a: &[f32], b: &[f32], n_tok: usize, c: &mut [f32], accumulate: bool) {
-    let m = if n_tok == 0 { 0 } else { a.len() / n_tok };
-    let n = if n_tok == 0 { 0 } else { b.len() / n_tok };
+    let m = a.len().checked_div(n_tok).unwrap_or(0);
+    let n = b.len().checked_div(n_tok).unwrap_or(0);
     assert!(
         a.len() == n_tok * m && b.len() == n_tok * n && c.len() == m * n,
         "matmul_tn: shapes"
