@@ -15,6 +15,7 @@
 use std::time::Instant;
 
 use cleaner::kernels::attention::{attention_backward_in, attention_forward_in, AttnShape};
+use cleaner::kernels::cpu::kernels;
 use cleaner::kernels::matmul::{
     matmul_tn, matmul_w, matmul_w_in, matmul_wt, matmul_wt_in, Precision, Weights,
 };
@@ -231,13 +232,17 @@ fn main() {
     }
 
     if !bench {
-        println!("train_kernels: smoke run on {n_tok} tokens passed");
+        println!(
+            "train_kernels: smoke run on {n_tok} tokens passed ({})",
+            kernels().describe()
+        );
         return;
     }
     println!(
-        "Training-step kernels, Qwen2.5-0.5B shapes, T = {n_tok}, {} threads, median of {reps}\n",
+        "Training-step kernels, Qwen2.5-0.5B shapes, T = {n_tok}, {} threads, median of {reps}",
         rayon::current_num_threads()
     );
+    println!("Kernel set: {}\n", kernels().describe());
     println!("| kernel | GFLOP/s | ratio to f32 x W^T |");
     println!("|---|---:|---:|");
     for (name, flops) in rows {

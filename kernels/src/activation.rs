@@ -3,6 +3,7 @@
 //!
 //! Shapes: `gate, up, out: [n_tok, n_ff]` (elementwise).
 
+use crate::cpu::{call_twin, kernels, twin};
 use crate::softmax::exp_approx;
 use rayon::prelude::*;
 
@@ -16,28 +17,18 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp_approx(-x))
 }
 
-/// Defines `$name` on slices, compiled twice (portable and with AVX2/FMA,
-/// picked at run time), so the compiler vectorizes `exp_approx`.
-macro_rules! elementwise {
-    ($name:ident, $avx2:ident, ($($arg:ident: $ty:ty),*) $body:block) => {
-        #[inline(always)]
-        fn $name($($arg: $ty),*) $body
-
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn $avx2($($arg: $ty),*) {
-            $name($($arg),*)
-        }
-    };
-}
-
-elementwise!(forward_chunk, forward_chunk_avx2, (gate: &[f32], up: &[f32], out: &mut [f32]) {
+twin!(
+    /// One chunk of [`swiglu_forward`]; compiled twice so the compiler
+    /// vectorizes `exp_approx` for AVX2.
+    fn forward_chunk, forward_chunk_avx2 (gate: &[f32], up: &[f32], out: &mut [f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = g * sigmoid(g) * u;
     }
 });
 
-elementwise!(backward_chunk, backward_chunk_avx2, (gate: &[f32], up: &[f32], dout: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
+twin!(
+    /// One chunk of [`swiglu_backward`].
+    fn backward_chunk, backward_chunk_avx2 (gate: &[f32], up: &[f32], dout: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
     for i in 0..gate.len().min(up.len()).min(dout.len()).min(dgate.len()).min(dup.len()) {
         let (g, s) = (gate[i], sigmoid(gate[i]));
         dgate[i] = dout[i] * up[i] * s * (1.0 + g * (1.0 - s));
@@ -51,18 +42,10 @@ pub fn swiglu_forward(gate: &[f32], up: &[f32], out: &mut [f32]) {
         gate.len() == up.len() && out.len() == gate.len(),
         "swiglu: shapes"
     );
-    let avx = crate::cpu::has_avx2_fma();
+    let isa = kernels().swiglu;
     out.par_chunks_mut(CHUNK)
         .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-        .for_each(|(o, (g, u))| {
-            #[cfg(target_arch = "x86_64")]
-            if avx {
-                // SAFETY: the CPU has AVX2 and FMA (checked above).
-                return unsafe { forward_chunk_avx2(g, u, o) };
-            }
-            let _ = avx;
-            forward_chunk(g, u, o)
-        });
+        .for_each(|(o, (g, u))| call_twin!(isa, forward_chunk, forward_chunk_avx2, g, u, o));
 }
 
 /// Backward: `dgate = dout * up * sigmoid(g) * (1 + g * (1 - sigmoid(g)))`,
@@ -73,7 +56,7 @@ pub fn swiglu_backward(gate: &[f32], up: &[f32], dout: &[f32], dgate: &mut [f32]
         up.len() == n && dout.len() == n && dgate.len() == n && dup.len() == n,
         "swiglu_backward: shapes"
     );
-    let avx = crate::cpu::has_avx2_fma();
+    let isa = kernels().swiglu;
     dgate
         .par_chunks_mut(CHUNK)
         .zip(dup.par_chunks_mut(CHUNK))
@@ -83,13 +66,7 @@ pub fn swiglu_backward(gate: &[f32], up: &[f32], dout: &[f32], dgate: &mut [f32]
                 .zip(dout.par_chunks(CHUNK)),
         )
         .for_each(|((dg, du), ((g, u), d))| {
-            #[cfg(target_arch = "x86_64")]
-            if avx {
-                // SAFETY: the CPU has AVX2 and FMA (checked above).
-                return unsafe { backward_chunk_avx2(g, u, d, dg, du) };
-            }
-            let _ = avx;
-            backward_chunk(g, u, d, dg, du)
+            call_twin!(isa, backward_chunk, backward_chunk_avx2, g, u, d, dg, du)
         });
 }
 

@@ -1,15 +1,197 @@
-//! Run-time CPU feature checks shared by the kernels.
+//! The kernel set this CPU runs, chosen once.
+//!
+//! Every kernel family with more than one build (plain Rust, the same code
+//! compiled for AVX2 and FMA, AVX-512 BF16) asks [`kernels`] which one to
+//! run. The CPU is probed once, on first use, and the answer is one table,
+//! [`KernelSet`], so what runs is decided in one place and can be printed
+//! next to a benchmark ([`KernelSet::describe`]).
 
-/// Whether the CPU has AVX2 and FMA, which every `*_avx2` build of a kernel
-/// is compiled for (`is_x86_feature_detected!` caches the answer).
-#[inline]
-pub(crate) fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+use std::fmt;
+use std::sync::OnceLock;
+
+/// An instruction-set build of a kernel family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Plain Rust for the baseline target: runs on any CPU.
+    Portable,
+    /// AVX2 and FMA: the plain-Rust body compiled for them (vectorized by
+    /// the compiler), or hand-written intrinsics for the GEMM micro-kernel.
+    Avx2Fma,
+    /// AVX-512F and AVX-512 BF16 (`vdpbf16ps`, `vcvtne2ps2bf16`).
+    Avx512Bf16,
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Isa::Portable => "portable",
+            Isa::Avx2Fma => "avx2+fma",
+            Isa::Avx512Bf16 => "avx512-bf16",
+        })
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+}
+
+/// Which build each kernel family runs: one row per family.
+///
+/// A row never names an instruction set the CPU lacks: the kernels call
+/// their `#[target_feature]` builds on the strength of this table alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelSet {
+    /// The f32 GEMM micro-kernel (6 x 16 tile) behind `matmul_wt`,
+    /// `matmul_w` and `matmul_tn`.
+    pub gemm_f32: Isa,
+    /// Dot products of the one- and two-row products (GEMV).
+    pub dot: Isa,
+    /// The block decoders of quantized weights.
+    pub dequant: Isa,
+    /// `exp_weights`: the `exp` approximation summed over a row (softmax,
+    /// sampling).
+    pub exp: Isa,
+    /// SwiGLU forward and backward.
+    pub swiglu: Isa,
+    /// The per-task routines of flash attention, forward and backward.
+    pub attention: Isa,
+    /// The bf16 products and f32 -> bf16 conversions of `Precision::Bf16`;
+    /// `None`: that precision runs the f32 kernels.
+    pub bf16: Option<Isa>,
+}
+
+/// What the CPU offers that some kernel build needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Features {
+    avx2_fma: bool,
+    avx512_bf16: bool,
+}
+
+impl Features {
+    fn detect() -> Features {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            Features {
+                avx2_fma: has!("avx2") && has!("fma"),
+                avx512_bf16: has!("avx512f") && has!("avx512bf16"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Features {
+                avx2_fma: false,
+                avx512_bf16: false,
+            }
+        }
+    }
+}
+
+impl KernelSet {
+    /// The table for a CPU with `features`: the fastest build of each family
+    /// that it runs.
+    fn for_features(features: Features) -> KernelSet {
+        let f32 = if features.avx2_fma {
+            Isa::Avx2Fma
+        } else {
+            Isa::Portable
+        };
+        KernelSet {
+            gemm_f32: f32,
+            dot: f32,
+            dequant: f32,
+            exp: f32,
+            swiglu: f32,
+            attention: f32,
+            bf16: features.avx512_bf16.then_some(Isa::Avx512Bf16),
+        }
+    }
+
+    /// One line naming each family's build, for benchmark headers and logs:
+    /// `gemm_f32 avx2+fma, dot avx2+fma, ..., bf16 avx512-bf16`.
+    pub fn describe(&self) -> String {
+        let bf16 = self
+            .bf16
+            .map_or("none (runs f32)".to_string(), |i| i.to_string());
+        format!(
+            "gemm_f32 {}, dot {}, dequant {}, exp {}, swiglu {}, attention {}, bf16 {bf16}",
+            self.gemm_f32, self.dot, self.dequant, self.exp, self.swiglu, self.attention
+        )
+    }
+}
+
+/// The kernel set of this CPU (probed on the first call).
+pub fn kernels() -> &'static KernelSet {
+    static SET: OnceLock<KernelSet> = OnceLock::new();
+    SET.get_or_init(|| KernelSet::for_features(Features::detect()))
+}
+
+/// Defines `$name` (plain Rust, inlined into its callers) and `$avx2`, the
+/// same body compiled with AVX2 and FMA, which the compiler vectorizes for
+/// them; [`call_twin!`] calls one or the other. The work must live in such
+/// functions, not in closures: code inside a closure is not compiled with
+/// the enclosing function's target features.
+macro_rules! twin {
+    ($(#[$meta:meta])* fn $name:ident, $avx2:ident $(<$g:ident: $bound:path>)?
+        ($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        fn $name$(<$g: $bound>)?($($arg: $ty),*) $(-> $ret)? $body
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $avx2$(<$g: $bound>)?($($arg: $ty),*) $(-> $ret)? {
+            $name$(::<$g>)?($($arg),*)
+        }
+    };
+}
+pub(crate) use twin;
+
+/// Calls the build of a [`twin!`] pair that `$isa` (a [`KernelSet`] row)
+/// names: `call_twin!(kernels().exp, body, body_avx2, x, out)`.
+macro_rules! call_twin {
+    ($isa:expr, $name:expr, $avx2:expr, $($arg:expr),*) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if $isa == $crate::cpu::Isa::Avx2Fma {
+                // SAFETY: the kernel set names AVX2 and FMA only where the
+                // CPU has them.
+                unsafe { $avx2($($arg),*) }
+            } else {
+                $name($($arg),*)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = $isa;
+            $name($($arg),*)
+        }
+    }};
+}
+pub(crate) use call_twin;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cpu_without_extensions_runs_portable_builds_and_no_bf16() {
+        let none = Features {
+            avx2_fma: false,
+            avx512_bf16: false,
+        };
+        let set = KernelSet::for_features(none);
+        assert_eq!(
+            set.describe(),
+            "gemm_f32 portable, dot portable, dequant portable, exp portable, \
+             swiglu portable, attention portable, bf16 none (runs f32)"
+        );
+    }
+
+    #[test]
+    fn the_table_follows_the_detected_features() {
+        let set = kernels();
+        let f = Features::detect();
+        assert_eq!(set.gemm_f32 == Isa::Avx2Fma, f.avx2_fma);
+        assert_eq!(set.bf16.is_some(), f.avx512_bf16);
+        assert_eq!(*set, KernelSet::for_features(f));
     }
 }

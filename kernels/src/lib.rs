@@ -9,6 +9,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod cpu;
 pub mod f16;
 pub mod logits;
 pub mod matmul;
@@ -18,7 +19,6 @@ pub mod rng;
 pub mod rope;
 pub mod softmax;
 
-mod cpu;
 mod parallel;
 #[cfg(test)]
 mod testing;

@@ -14,7 +14,7 @@ pub fn rmsnorm_forward(
 ) {
     let n_embd = weight.len();
     assert!(
-        n_embd > 0 && x.len() % n_embd == 0 && y.len() == x.len(),
+        n_embd > 0 && x.len().is_multiple_of(n_embd) && y.len() == x.len(),
         "rmsnorm: shapes"
     );
     for (t, (xr, yr)) in x

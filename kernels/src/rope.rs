@@ -54,7 +54,7 @@ impl Rope {
     fn rotate(&self, x: &mut [f32], positions: &[u32], direction: f32) {
         let (hd, nh) = (self.head_dim, self.n_head);
         assert!(
-            self.n_rot % 2 == 0 && self.n_rot <= hd,
+            self.n_rot.is_multiple_of(2) && self.n_rot <= hd,
             "rope: n_rot {} vs head_dim {hd}",
             self.n_rot
         );

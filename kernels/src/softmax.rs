@@ -5,6 +5,8 @@
 //! 49k-152k entries, so these run once per generated token and must be cheap:
 //! the loops are written in chunks of 8 lanes so the compiler vectorizes them.
 
+use crate::cpu::{call_twin, kernels, twin};
+
 /// `log(sum(exp(x)))` computed stably (max-shifted). Returns `-inf` for an
 /// empty row and `NaN` if any entry is `NaN`.
 pub fn logsumexp(x: &[f32]) -> f32 {
@@ -63,31 +65,26 @@ pub fn sum_exp_shifted(x: &[f32], shift: f32) -> f64 {
 /// `out[i] = exp(scale * x[i] - shift)` (when `out` is given) and returns the
 /// sum of those values. The workhorse of sampling: one pass gives both the
 /// normaliser and the unnormalised probabilities. Uses [`exp_approx`], with
-/// AVX2/FMA when the CPU has them (checked at run time).
+/// AVX2/FMA where the kernel set ([`crate::cpu::kernels`]) names them.
 pub fn exp_weights(x: &[f32], scale: f32, shift: f32, out: Option<&mut [f32]>) -> f64 {
     if let Some(o) = &out {
         assert_eq!(o.len(), x.len(), "exp_weights: output length mismatch");
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::cpu::has_avx2_fma() {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { exp_weights_avx2(x, scale, shift, out) };
-        }
-    }
-    exp_weights_body(x, scale, shift, out)
+    call_twin!(
+        kernels().exp,
+        exp_weights_body,
+        exp_weights_avx2,
+        x,
+        scale,
+        shift,
+        out
+    )
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp_weights_avx2(x: &[f32], scale: f32, shift: f32, out: Option<&mut [f32]>) -> f64 {
-    exp_weights_body(x, scale, shift, out)
-}
-
-/// Portable body; inlined into the AVX2 variant so the compiler vectorizes it
-/// for that target too.
-#[inline(always)]
-fn exp_weights_body(x: &[f32], scale: f32, shift: f32, out: Option<&mut [f32]>) -> f64 {
+twin!(
+    /// Portable body; compiled again for AVX2 so the compiler vectorizes it
+    /// for that target too.
+    fn exp_weights_body, exp_weights_avx2 (x: &[f32], scale: f32, shift: f32, out: Option<&mut [f32]>) -> f64 {
     const BLOCK: usize = 1024;
     let mut total = 0f64;
     match out {
@@ -128,7 +125,7 @@ fn exp_weights_body(x: &[f32], scale: f32, shift: f32, out: Option<&mut [f32]>) 
         }
     }
     total
-}
+});
 
 /// `exp(x)` in f32, branch-free so loops over it vectorize: range reduction
 /// `x = n ln2 + r`, a degree-6 polynomial for `exp(r)` on |r| <= ln2/2, and

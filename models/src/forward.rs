@@ -464,6 +464,7 @@ impl Transformer {
 
     /// One block: `x` in, `x` out (residuals added in place); intermediates
     /// land in `a`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn block_forward(
         &self,
         li: usize,

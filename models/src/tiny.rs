@@ -103,7 +103,7 @@ pub fn tiny_model(spec: TinySpec, seed: u64) -> Vec<u8> {
     let mut matrix =
         |w: &mut GgufWriter, name: &str, n_out: usize, n_in: usize, scale: f32, quantize: bool| {
             let vals: Vec<f32> = (0..n_out * n_in).map(|_| uniform() * scale).collect();
-            if quantize && n_in % 32 == 0 {
+            if quantize && n_in.is_multiple_of(32) {
                 w.add_tensor(
                     name,
                     &[n_in as u64, n_out as u64],

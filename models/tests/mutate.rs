@@ -50,7 +50,7 @@ fn mutate(base: &[u8], rng: &mut Rng) -> Vec<u8> {
             3 => b.truncate(at),
             4 => {
                 let n = 1 + rng.below(16);
-                b.splice(at..at, std::iter::repeat(rng.next() as u8).take(n));
+                b.splice(at..at, std::iter::repeat_n(rng.next() as u8, n));
             }
             _ => {
                 let end = (at + 1 + rng.below(16)).min(b.len());

@@ -13,6 +13,7 @@
 
 use super::tiles::{Bf16Tiles, F32Tiles, Tiles};
 use super::{AttnShape, HeadLayout, ATTN_K_TILE, ATTN_Q_TILE};
+use crate::cpu::{call_twin, kernels, twin};
 use crate::matmul::Precision;
 use crate::parallel::SharedOut;
 use crate::softmax::exp_approx;
@@ -188,7 +189,7 @@ fn head_parts<T: Tiles>(t: &T, rows: Rows, dq: &mut [f32]) -> Vec<Vec<f32>> {
     } = rows.shape;
     let bounds = run_bounds(n_tok.div_ceil(Q), n_head);
     let n_runs = bounds.len() - 1;
-    let avx = crate::cpu::has_avx2_fma();
+    let isa = kernels().attention;
     let dq_p = SharedOut::new(dq);
     (0..n_head * n_runs)
         .into_par_iter()
@@ -200,8 +201,8 @@ fn head_parts<T: Tiles>(t: &T, rows: Rows, dq: &mut [f32]) -> Vec<Vec<f32>> {
                 // Keys this run's queries can see, in whole tiles.
                 let n_keys = ((b1 * Q).min(n_tok)).div_ceil(K) * K;
                 let mut part = vec![0f32; 2 * n_keys * rows.hd_pad];
-                run_task!(
-                    avx,
+                call_twin!(
+                    isa,
                     head_task,
                     head_task_avx2,
                     t,
@@ -220,7 +221,7 @@ fn head_parts<T: Tiles>(t: &T, rows: Rows, dq: &mut [f32]) -> Vec<Vec<f32>> {
         .collect()
 }
 
-task_fn!(head_task, head_task_avx2, <T: Tiles>, (t: &T, b: Rows, h: usize, b0: usize, b1: usize, scratch: &mut [f32], tiles_scratch: &mut T::Scratch, part: &mut [f32], dq_p: SharedOut) {
+twin!(fn head_task, head_task_avx2<T: Tiles> (t: &T, b: Rows, h: usize, b0: usize, b1: usize, scratch: &mut [f32], tiles_scratch: &mut T::Scratch, part: &mut [f32], dq_p: SharedOut) {
     let AttnShape { n_tok, n_head, n_head_kv, head_dim: hd } = b.shape;
     let kvh = h / (n_head / n_head_kv);
     let n_keys = part.len() / (2 * b.hd_pad);

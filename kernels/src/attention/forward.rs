@@ -8,6 +8,7 @@
 
 use super::tiles::{Bf16Tiles, F32Tiles, Tiles};
 use super::{AttnShape, HeadLayout, ATTN_K_TILE, ATTN_Q_TILE};
+use crate::cpu::{call_twin, kernels, twin};
 use crate::matmul::Precision;
 use crate::parallel::SharedOut;
 use crate::softmax::exp_approx;
@@ -69,12 +70,12 @@ pub fn attention_forward_in(
 fn run<T: Tiles>(t: &T, shape: AttnShape, scale: f32, out: &mut [f32], lse: &mut [f32]) {
     let n_qb = shape.n_tok.div_ceil(Q);
     let (out_p, lse_p) = (SharedOut::new(out), SharedOut::new(lse));
-    let avx = crate::cpu::has_avx2_fma();
+    let isa = kernels().attention;
     (0..shape.n_head * n_qb).into_par_iter().for_each_init(
         || (vec![0f32; K * Q + shape.head_dim * Q], t.scratch()),
         |(scratch, tiles_scratch), task| {
-            run_task!(
-                avx,
+            call_twin!(
+                isa,
                 forward_task,
                 forward_task_avx2,
                 t,
@@ -90,7 +91,7 @@ fn run<T: Tiles>(t: &T, shape: AttnShape, scale: f32, out: &mut [f32], lse: &mut
     );
 }
 
-task_fn!(forward_task, forward_task_avx2, <T: Tiles>, (t: &T, shape: AttnShape, scale: f32, task: usize, scratch: &mut [f32], tiles_scratch: &mut T::Scratch, out_p: SharedOut, lse_p: SharedOut) {
+twin!(fn forward_task, forward_task_avx2<T: Tiles> (t: &T, shape: AttnShape, scale: f32, task: usize, scratch: &mut [f32], tiles_scratch: &mut T::Scratch, out_p: SharedOut, lse_p: SharedOut) {
     let AttnShape { n_tok, n_head, n_head_kv, head_dim: hd } = shape;
     let n_qb = n_tok.div_ceil(Q);
     let (h, qb) = (task / n_qb, task % n_qb);

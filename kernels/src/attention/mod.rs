@@ -95,7 +95,7 @@ impl HeadLayout {
     /// `[n_heads][n_pad / tile][hd][tile]`: each tile of `tile` positions
     /// transposed into one contiguous block.
     fn cols(&self, src: &[f32], n_heads: usize, tile: usize) -> Vec<f32> {
-        debug_assert!(self.n_pad % tile == 0);
+        debug_assert!(self.n_pad.is_multiple_of(tile));
         let n_tok = self.n_tok(src, n_heads);
         per_head(n_heads, self.hd * self.n_pad, |h, out| {
             for t in 0..n_tok {
@@ -124,46 +124,6 @@ fn per_head<T: Copy + Default + Send>(
     out
 }
 
-/// Defines `$name` (portable) and `$avx2` (the same body compiled with AVX2 and
-/// FMA) for a per-task routine, generic over the tile products; rayon's
-/// closures call one or the other. The work must live in such functions, not
-/// in the closures: code inside a closure is not compiled with the enclosing
-/// function's target features.
-macro_rules! task_fn {
-    ($name:ident, $avx2:ident, <$g:ident: $bound:path>, ($($arg:ident: $ty:ty),*) $body:block) => {
-        #[inline(always)]
-        #[allow(clippy::too_many_arguments)]
-        fn $name<$g: $bound>($($arg: $ty),*) $body
-
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn $avx2<$g: $bound>($($arg: $ty),*) {
-            $name::<$g>($($arg),*)
-        }
-    };
-}
-
-macro_rules! run_task {
-    ($avx:expr, $name:ident, $avx2:ident, $($arg:expr),*) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            if $avx {
-                // SAFETY: the CPU supports AVX2 and FMA (crate::cpu::has_avx2_fma()).
-                unsafe { $avx2($($arg),*) }
-            } else {
-                $name($($arg),*)
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = $avx;
-            $name($($arg),*)
-        }
-    }};
-}
-
-// Declared after the macros above, which they use.
 mod backward;
 mod forward;
 mod scalar;

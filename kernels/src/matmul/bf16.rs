@@ -21,6 +21,7 @@
 //! needs only 128 bytes of it per 16 instructions.
 
 use super::{row_split, Weights, KC};
+use crate::cpu::Isa;
 use crate::parallel::SharedOut;
 use rayon::prelude::*;
 
@@ -38,17 +39,10 @@ const PANELS_PER_TASK: usize = 2;
 /// chunks of at most this size.
 const PACK_BYTES: usize = 512 << 10;
 
-/// Whether this CPU runs the bf16 kernels (AVX-512F and AVX-512 BF16).
+/// Whether this CPU runs the bf16 kernels (AVX-512F and AVX-512 BF16): the
+/// kernel set's `bf16` row.
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::cpu::kernels().bf16 == Some(Isa::Avx512Bf16)
 }
 
 /// f32 -> bf16, round to nearest even (finite inputs; the matmul never sees

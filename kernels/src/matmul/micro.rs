@@ -1,9 +1,11 @@
 //! Register-blocked micro-kernels: `C[mr x NR] (+)= A[mr x kc] * B[kc x NR]`
 //! with B packed `[kc][NR]`. The AVX2/FMA version keeps the 6x16 block of C in
 //! twelve ymm registers; the portable one is the same loop on arrays. Chosen
-//! once per call by [`select`], the one place that looks at CPU features.
+//! by [`select`] from the kernel set's `gemm_f32` row.
 
 use super::{MR, NR};
+#[cfg(target_arch = "x86_64")]
+use crate::cpu::Isa;
 
 /// `(mr, kc, a, lda, b_packed, ldb, c, ldc, n_valid, accumulate)`; B's row `p`
 /// (NR values) starts at `b + p * ldb`.
@@ -14,10 +16,11 @@ use super::{MR, NR};
 pub(super) type MicroKernel =
     unsafe fn(usize, usize, *const f32, usize, *const f32, usize, *mut f32, usize, usize, bool);
 
+/// The micro-kernel the kernel set names.
 pub(super) fn select() -> MicroKernel {
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::cpu::has_avx2_fma() {
+        if crate::cpu::kernels().gemm_f32 == Isa::Avx2Fma {
             return avx2::dispatch;
         }
     }
@@ -30,6 +33,7 @@ pub(super) fn portable() -> MicroKernel {
     portable_dispatch
 }
 
+#[allow(clippy::too_many_arguments)]
 unsafe fn portable_dispatch(
     mr: usize,
     kc: usize,
@@ -76,6 +80,7 @@ mod avx2 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn dispatch(
         mr: usize,
         kc: usize,
@@ -99,6 +104,7 @@ mod avx2 {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn kernel<const R: usize>(
         kc: usize,

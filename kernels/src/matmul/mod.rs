@@ -24,6 +24,7 @@ pub use bf16::{
 };
 pub use weights::{WeightError, Weights};
 
+use crate::cpu::{call_twin, kernels, twin};
 use crate::parallel::SharedOut;
 use rayon::prelude::*;
 
@@ -319,8 +320,8 @@ pub fn matmul_w_scalar(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
 /// count (the sum runs over chunks of [`KC`] tokens in a fixed order). When `m > n` it computes `c^T = b^T a` and transposes the small
 /// result back.
 pub fn matmul_tn(a: &[f32], b: &[f32], n_tok: usize, c: &mut [f32], accumulate: bool) {
-    let m = if n_tok == 0 { 0 } else { a.len() / n_tok };
-    let n = if n_tok == 0 { 0 } else { b.len() / n_tok };
+    let m = a.len().checked_div(n_tok).unwrap_or(0);
+    let n = b.len().checked_div(n_tok).unwrap_or(0);
     assert!(
         a.len() == n_tok * m && b.len() == n_tok * n && c.len() == m * n,
         "matmul_tn: shapes"
@@ -534,27 +535,14 @@ fn gemv(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
 
 /// Dot product of two equal-length slices, AVX2/FMA when the CPU has it.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::cpu::has_avx2_fma() {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { dot_avx2(a, b) };
-        }
-    }
-    dot_body(a, b)
+    call_twin!(kernels().dot, dot_body, dot_avx2, a, b)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_body(a, b)
-}
-
-/// Sixteen independent lanes, so the compiler vectorizes (and, inside
-/// `dot_avx2`, fuses) the loop. No `mul_add`: without FMA in the target it
-/// becomes a libm call.
-#[inline(always)]
-fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+twin!(
+    /// Sixteen independent lanes, so the compiler vectorizes (and, inside
+    /// `dot_avx2`, fuses) the loop. No `mul_add`: without FMA in the target it
+    /// becomes a libm call.
+    fn dot_body, dot_avx2 (a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = ca
@@ -569,7 +557,7 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     lanes.iter().sum::<f32>() + tail
-}
+});
 
 /// Scalar twin of [`matmul_wt`]: each output is one dot product accumulated in
 /// f64 over the dequantized weight row. Slow; the oracle for tests.

@@ -85,7 +85,7 @@ impl<'a> Weights<'a> {
         n_cols: usize,
     ) -> Result<Self, WeightError> {
         let decode = ty.dequantizer().ok_or(WeightError::Unsupported(ty))?;
-        if n_cols % ty.block_len() != 0 {
+        if !n_cols.is_multiple_of(ty.block_len()) {
             return Err(WeightError::RaggedRow { ty, n_cols });
         }
         let row_bytes = n_cols / ty.block_len() * ty.block_bytes();
@@ -188,7 +188,7 @@ impl<'a> Weights<'a> {
             } => {
                 let bl = ty.block_len();
                 let bb = ty.block_bytes();
-                debug_assert!(k0 % bl == 0 && (out.len() % bl == 0));
+                debug_assert!(k0.is_multiple_of(bl) && out.len().is_multiple_of(bl));
                 let start = n * row_bytes + k0 / bl * bb;
                 decode(&data[start..start + out.len() / bl * bb], out);
             }

@@ -9,6 +9,7 @@
 #![allow(non_camel_case_types)] // the formats keep ggml's names: Q4_K, not Q4K
 
 use super::QuantType;
+use crate::cpu::{call_twin, kernels, twin};
 use crate::f16::{bf16_to_f32, f16_to_f32};
 
 /// A ggml block format: `BLOCK_LEN` values stored in `BLOCK_BYTES` bytes.
@@ -337,32 +338,24 @@ impl BlockFormat for Q6_K {
     }
 }
 
-/// Decodes a run of whole blocks of format `F`: with AVX2 and FMA where the
-/// CPU has them (checked at run time; the block decoders are inlined into
-/// that build, so the compiler vectorizes them for it), portable otherwise.
+/// Decodes a run of whole blocks of format `F` in the build the kernel set
+/// names (with AVX2 and FMA the block decoders are inlined into that build,
+/// so the compiler vectorizes them for it).
 pub(super) fn dequantize_blocks<F: BlockFormat>(bytes: &[u8], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::cpu::has_avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { dequantize_blocks_avx2::<F>(bytes, out) };
-        }
-    }
-    dequantize_blocks_body::<F>(bytes, out)
+    call_twin!(
+        kernels().dequant,
+        dequantize_blocks_body::<F>,
+        dequantize_blocks_avx2::<F>,
+        bytes,
+        out
+    )
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dequantize_blocks_avx2<F: BlockFormat>(bytes: &[u8], out: &mut [f32]) {
-    dequantize_blocks_body::<F>(bytes, out)
-}
-
-#[inline(always)]
-fn dequantize_blocks_body<F: BlockFormat>(bytes: &[u8], out: &mut [f32]) {
+twin!(fn dequantize_blocks_body, dequantize_blocks_avx2<F: BlockFormat> (bytes: &[u8], out: &mut [f32]) {
     for (block, y) in bytes
         .chunks_exact(F::BLOCK_BYTES)
         .zip(out.chunks_exact_mut(F::BLOCK_LEN))
     {
         F::dequantize_block(block, y);
     }
-}
+});

@@ -147,7 +147,7 @@ impl QuantType {
     /// whole number of blocks or the size overflows.
     pub fn bytes_for(self, n_elements: u64) -> Option<u64> {
         let block = self.block_len() as u64;
-        if n_elements % block != 0 {
+        if !n_elements.is_multiple_of(block) {
             return None;
         }
         (n_elements / block).checked_mul(self.block_bytes() as u64)
@@ -245,7 +245,7 @@ fn f32_from_le_bytes(bytes: &[u8], out: &mut [f32]) {
 pub fn dequantize(ty: QuantType, bytes: &[u8], out: &mut [f32]) -> Result<(), DequantError> {
     let f = ty.dequantizer().ok_or(DequantError::Unsupported(ty))?;
     let blocks = out.len() / ty.block_len();
-    if out.len() % ty.block_len() != 0 || bytes.len() != blocks * ty.block_bytes() {
+    if !out.len().is_multiple_of(ty.block_len()) || bytes.len() != blocks * ty.block_bytes() {
         return Err(DequantError::Length {
             ty,
             bytes: bytes.len(),

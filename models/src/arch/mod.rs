@@ -149,7 +149,7 @@ pub(crate) fn common(file: &GgufFile, arch: Architecture) -> Result<Config, Mode
             n_embd / n_head
         }
     };
-    if let Some(_) = file.get(&format!("{a}.attention.value_length")) {
+    if file.get(&format!("{a}.attention.value_length")).is_some() {
         let v = req("attention.value_length")?;
         if v != head_dim {
             return Err(bad(

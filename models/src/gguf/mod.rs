@@ -422,7 +422,7 @@ fn read_tensor_info(cur: &mut Cursor, alignment: u64) -> Result<TensorInfo, Gguf
 
 fn check_tensor_layout(tensors: &[TensorInfo], data_len: u64) -> Result<(), GgufErrorKind> {
     for t in tensors {
-        let end = t.offset.checked_add(t.size).unwrap_or(u64::MAX);
+        let end = t.offset.saturating_add(t.size);
         if end > data_len {
             return Err(GgufErrorKind::TensorOutOfBounds {
                 tensor: t.name.clone(),

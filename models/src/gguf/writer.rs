@@ -97,7 +97,7 @@ impl GgufWriter {
 }
 
 fn pad(out: &mut Vec<u8>, align: u64) {
-    while out.len() as u64 % align != 0 {
+    while !(out.len() as u64).is_multiple_of(align) {
         out.push(0);
     }
 }
