@@ -4,8 +4,12 @@
 //! `Agent::run` collects trajectories for a batch of problems; `format` says
 //! how tool calls look; `trajectory` is what comes out (and what the trainer
 //! reads); `similarity` is difflib's ratio, exactly.
+//!
+//! `tasks` builds on `agent`: a task's rewards score agent [`Trajectory`]s
+//! and its items are prompted through [`prompt::Question`]. The agent knows
+//! no task's types; it takes one rule from `tasks`, the math tasks' final
+//! answer (`tasks::answer::last_boxed`), to fill [`Trajectory::answer`].
 
-pub mod answer;
 pub mod backend;
 pub mod config;
 pub mod format;

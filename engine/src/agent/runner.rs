@@ -11,7 +11,6 @@
 use std::sync::mpsc;
 use std::time::Instant;
 
-use super::answer::last_boxed;
 use super::backend::Backend;
 use super::config::{AgentConfig, EXHAUSTED_NOTE};
 use super::format::{truncate_middle, Call, ToolFormat};
@@ -25,6 +24,7 @@ use crate::llama::Token;
 use crate::rollout::{FinishReason, GenerateParams, Generation, RolloutError, SeqId};
 use crate::sampling::{Rng, SamplingParams};
 use crate::sandbox::{Execution, Outcome, Sandbox};
+use crate::tasks::answer::last_boxed;
 
 /// A problem with its prompt already tokenized.
 #[derive(Clone, Debug)]
