@@ -158,30 +158,23 @@ pub fn repair_kind(similarity: Option<f64>, gamma: f64) -> RepairKind {
 /// (as spliced so far), `lookahead` the correction sampled after its error,
 /// `gamma` the similarity threshold.
 pub fn purify(failed: &Turn, lookahead: &Turn, failure: &Failure, gamma: f64) -> Purified {
-    let event =
-        |correction: String, similarity, repair, result, grafted, position| PurificationEvent {
-            turn: failure.turn,
-            position,
-            failed_code: failure.code.clone(),
-            error: failure.error.clone(),
-            error_class: failure.class,
-            correction,
-            similarity,
-            repair,
-            retries: failure.retries,
-            result,
-            tokens_generated: lookahead.len,
-            tokens_grafted: grafted,
-        };
+    // Spec step 3 first: an answer keeps everything.
+    let kept = PurificationEvent {
+        turn: failure.turn,
+        position: failed.start,
+        failed_code: failure.code.clone(),
+        error: failure.error.clone(),
+        error_class: failure.class,
+        correction: String::new(),
+        similarity: None,
+        repair: None,
+        retries: failure.retries,
+        result: PurifyResult::NoToolCall,
+        tokens_generated: lookahead.len,
+        tokens_grafted: 0,
+    };
     if !lookahead.has_call {
-        return Purified::KeepAll(event(
-            String::new(),
-            None,
-            None,
-            PurifyResult::NoToolCall,
-            0,
-            failed.start,
-        ));
+        return Purified::KeepAll(kept);
     }
     let similarity = match (failed.call, lookahead.call) {
         (Some(_), Some(_)) => Some(ratio(failed.call_text(), lookahead.call_text())),
@@ -193,23 +186,24 @@ pub fn purify(failed: &Turn, lookahead: &Turn, failure: &Failure, gamma: f64) ->
         _ => (failed.start, 0),
     };
     let graft = lookahead.start + graft_from..lookahead.start + lookahead.len;
-    let grafted = graft.len();
-    Purified::Splice(
-        Splice { cut, graft },
-        event(
-            lookahead.text.to_string(),
-            similarity,
-            Some(repair),
-            PurifyResult::Retried,
-            grafted,
-            cut,
-        ),
-    )
+    let event = PurificationEvent {
+        position: cut,
+        correction: lookahead.text.to_string(),
+        similarity,
+        repair: Some(repair),
+        result: PurifyResult::Retried,
+        tokens_grafted: graft.len(),
+        ..kept
+    };
+    Purified::Splice(Splice { cut, graft }, event)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::sequence::Sequence;
+    use crate::agent::trajectory::{Role, SegmentKind};
+    use crate::llama::Token;
     use crate::sandbox::ErrorClass;
 
     const MARKER: &str = "```python";
@@ -242,8 +236,10 @@ mod tests {
     const HALF_ALIKE: &str = "Again.\n```python\nbbbbbbbbbb";
     const PROMPT: usize = 8;
 
+    const OBSERVATION: &str = "\n```output\nerror\n```\n";
+
     fn lookahead_start() -> usize {
-        PROMPT + FAILED.len() + "\n```output\nerror\n```\n".len()
+        PROMPT + FAILED.len() + OBSERVATION.len()
     }
 
     #[test]
@@ -300,6 +296,37 @@ mod tests {
                 1
             )
         );
+    }
+
+    #[test]
+    fn the_splice_applied_to_the_sequence_leaves_the_corrected_turn() {
+        let bytes = |s: &str| s.bytes().map(Token::from).collect::<Vec<_>>();
+        let mut seq = Sequence::default();
+        seq.push(&bytes("<prompt>"), Role::Prompt, None, SegmentKind::Prompt);
+        seq.push(&bytes(FAILED), Role::Model, None, SegmentKind::Call);
+        seq.push(
+            &bytes(OBSERVATION),
+            Role::Observation,
+            None,
+            SegmentKind::Observation,
+        );
+        seq.push(&bytes(HALF_ALIKE), Role::Model, None, SegmentKind::Call);
+        assert_eq!(seq.len(), lookahead_start() + HALF_ALIKE.len());
+        for (gamma, expected) in [
+            (0.5, "<prompt>Think.\n```python\nbbbbbbbbbb"),
+            (0.5001, "<prompt>Again.\n```python\nbbbbbbbbbb"),
+        ] {
+            let failed = turn(PROMPT, FAILED);
+            let look = turn(lookahead_start(), HALF_ALIKE);
+            let Purified::Splice(splice, _) = purify(&failed, &look, &failure(), gamma) else {
+                panic!("a lookahead with a call is spliced");
+            };
+            let mut s = seq.clone();
+            s.splice(&splice);
+            let text: Vec<u8> = s.tokens.iter().map(|&t| t as u8).collect();
+            assert_eq!(String::from_utf8(text).unwrap(), expected, "gamma {gamma}");
+            assert!(s.roles[PROMPT..].iter().all(|r| *r == Role::Model));
+        }
     }
 
     #[test]
