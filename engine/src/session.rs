@@ -18,7 +18,8 @@ use std::sync::Arc;
 use crate::agent::config::MATH_PROMPT_HERMES;
 use crate::agent::prompt;
 use crate::agent::{
-    Agent, AgentConfig, AgentError, BatchStats, FormatKind, Problem, ToolFormat, Trajectory,
+    Agent, AgentConfig, AgentError, BatchStats, ConfigError, FormatKind, Problem, ToolFormat,
+    Trajectory,
 };
 use crate::assets::{self, AssetError, AssetStore};
 use crate::chat::{ChatError, ChatTemplate};
@@ -48,9 +49,26 @@ pub enum SessionError {
     /// The agent.
     #[error(transparent)]
     Agent(#[from] AgentError),
-    /// An option out of range, explained.
-    #[error("invalid session option: {0}")]
-    Options(String),
+    /// `SessionOptions::agent` is out of range.
+    #[error("invalid agent settings")]
+    AgentConfig(#[source] ConfigError),
+    /// `SessionOptions::slots` leaves no sequence for rollouts.
+    #[error("slots must be at least 2 (one prefills each prompt), got {slots}")]
+    TooFewSlots {
+        /// The value asked for.
+        slots: u32,
+    },
+    /// Prompts longer than the context was sized for.
+    #[error(
+        "the prompts of problems {} are longer than max_prompt_tokens = {max_prompt_tokens}",
+        problems.join(", ")
+    )]
+    PromptsTooLong {
+        /// Ids of the problems whose prompts are too long.
+        problems: Vec<String>,
+        /// `SessionOptions::max_prompt_tokens`.
+        max_prompt_tokens: usize,
+    },
 }
 
 /// How a session is sized.
@@ -96,12 +114,14 @@ impl Session {
     /// Opens `model` (a short name such as `qwen2.5-coder-0.5b`, fetched on
     /// first use, or a GGUF path) and the sandbox (the `python-wasm` asset).
     pub fn open(model: &str, mut options: SessionOptions) -> Result<Session, SessionError> {
-        options.agent.validate().map_err(SessionError::Options)?;
+        options
+            .agent
+            .validate()
+            .map_err(SessionError::AgentConfig)?;
         if options.slots < 2 {
-            return Err(SessionError::Options(format!(
-                "slots must be at least 2, got {}",
-                options.slots
-            )));
+            return Err(SessionError::TooFewSlots {
+                slots: options.slots,
+            });
         }
         let store = options
             .asset_dir
@@ -201,16 +221,17 @@ impl Session {
         group: usize,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<(Vec<Trajectory>, BatchStats), SessionError> {
-        let too_long: Vec<&str> = problems
+        let max_prompt_tokens = self.options.max_prompt_tokens;
+        let too_long: Vec<String> = problems
             .iter()
-            .filter(|p| p.prompt.len() > self.options.max_prompt_tokens)
-            .map(|p| p.id.as_str())
+            .filter(|p| p.prompt.len() > max_prompt_tokens)
+            .map(|p| p.id.clone())
             .collect();
         if !too_long.is_empty() {
-            return Err(SessionError::Options(format!(
-                "prompts of problems {too_long:?} are longer than max_prompt_tokens = {}",
-                self.options.max_prompt_tokens
-            )));
+            return Err(SessionError::PromptsTooLong {
+                problems: too_long,
+                max_prompt_tokens,
+            });
         }
         let mut agent = Agent::new(
             &mut self.policy,

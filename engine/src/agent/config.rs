@@ -80,27 +80,172 @@ impl Default for AgentConfig {
 
 impl AgentConfig {
     /// Checks ranges; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        if !(0.0..=1.0).contains(&self.rollback_probability) {
-            return Err(format!(
-                "rollback_probability must be in [0, 1], got {}",
-                self.rollback_probability
-            ));
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, value) in [
+            ("rollback_probability", self.rollback_probability),
+            ("similarity_threshold", self.similarity_threshold),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(ConfigError::NotAProbability { field, value });
+            }
         }
-        if !(0.0..=1.0).contains(&self.similarity_threshold) {
-            return Err(format!(
-                "similarity_threshold must be in [0, 1], got {}",
-                self.similarity_threshold
-            ));
-        }
-        if self.max_turns == 0 || self.max_turn_tokens == 0 || self.max_response_tokens == 0 {
-            return Err(
-                "max_turns, max_turn_tokens and max_response_tokens must be at least 1".into(),
-            );
+        for (field, value) in [
+            ("max_turns", self.max_turns),
+            ("max_turn_tokens", self.max_turn_tokens),
+            ("max_response_tokens", self.max_response_tokens),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero { field });
+            }
         }
         if !self.user_prompt.contains("{problem}") {
-            return Err("user_prompt must contain {problem}".into());
+            return Err(ConfigError::PromptWithoutProblem);
         }
-        self.sampling.validate()
+        self.sampling.validate().map_err(ConfigError::Sampling)
+    }
+}
+
+/// A setting of an [`AgentConfig`] out of range.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// A probability or similarity outside [0, 1] (NaN included).
+    #[error("{field} must be in [0, 1], got {value}")]
+    NotAProbability {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// A count or budget that must be at least 1 is 0.
+    #[error("{field} must be at least 1, got 0")]
+    Zero {
+        /// The field.
+        field: &'static str,
+    },
+    /// `user_prompt` has no `{problem}` for the problem text to go in.
+    #[error("user_prompt must contain {{problem}}, where the problem text goes")]
+    PromptWithoutProblem,
+    /// `sampling` is out of range; `SamplingParams::validate` says how, in
+    /// words that name the field.
+    #[error("sampling: {0}")]
+    Sampling(String),
+}
+
+/// How much a run purifies, as the command line says it: `on` (every
+/// trajectory, p = 1), `off` (none, p = 0) or a rollback probability in
+/// [0, 1]. It sets [`AgentConfig::rollback_probability`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Purify {
+    /// Every trajectory is purified.
+    On,
+    /// Plain rollouts.
+    Off,
+    /// Each trajectory is purified with this probability.
+    Probability(f64),
+}
+
+impl Purify {
+    /// The rollback probability it stands for.
+    pub fn rollback_probability(self) -> f64 {
+        match self {
+            Purify::On => 1.0,
+            Purify::Off => 0.0,
+            Purify::Probability(p) => p,
+        }
+    }
+}
+
+/// Why a `--purify` value was rejected; it holds the value. The message
+/// leaves the value out, since clap (like most callers) already shows it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("expected on, off or a probability in [0, 1]")]
+pub struct PurifyParseError(pub String);
+
+impl std::str::FromStr for Purify {
+    type Err = PurifyParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "on" => Ok(Purify::On),
+            "off" => Ok(Purify::Off),
+            p => match p.parse::<f64>() {
+                Ok(v) if (0.0..=1.0).contains(&v) => Ok(Purify::Probability(v)),
+                _ => Err(PurifyParseError(p.to_string())),
+            },
+        }
+    }
+}
+
+/// `on`, `off`, or the probability (run names are made of it).
+impl std::fmt::Display for Purify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Purify::On => f.write_str("on"),
+            Purify::Off => f.write_str("off"),
+            Purify::Probability(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_field() {
+        let bad = |c: AgentConfig| c.validate().unwrap_err();
+        assert_eq!(
+            bad(AgentConfig {
+                similarity_threshold: 1.5,
+                ..AgentConfig::default()
+            }),
+            ConfigError::NotAProbability {
+                field: "similarity_threshold",
+                value: 1.5
+            }
+        );
+        assert_eq!(
+            bad(AgentConfig {
+                max_turn_tokens: 0,
+                ..AgentConfig::default()
+            }),
+            ConfigError::Zero {
+                field: "max_turn_tokens"
+            }
+        );
+        assert_eq!(
+            bad(AgentConfig {
+                user_prompt: "no slot".into(),
+                ..AgentConfig::default()
+            }),
+            ConfigError::PromptWithoutProblem
+        );
+        let nan = bad(AgentConfig {
+            rollback_probability: f64::NAN,
+            ..AgentConfig::default()
+        });
+        assert!(nan
+            .to_string()
+            .starts_with("rollback_probability must be in [0, 1]"));
+        assert_eq!(AgentConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn purify_reads_on_off_and_probabilities() {
+        assert_eq!("on".parse(), Ok(Purify::On));
+        assert_eq!("off".parse(), Ok(Purify::Off));
+        assert_eq!("0.25".parse(), Ok(Purify::Probability(0.25)));
+        assert_eq!(Purify::Probability(0.25).rollback_probability(), 0.25);
+        assert_eq!(Purify::On.rollback_probability(), 1.0);
+        for bad in ["1.5", "-0.1", "NaN", "yes", ""] {
+            let e = bad.parse::<Purify>().unwrap_err();
+            assert_eq!(e, PurifyParseError(bad.to_string()));
+        }
+        assert_eq!(
+            "maybe".parse::<Purify>().unwrap_err().to_string(),
+            "expected on, off or a probability in [0, 1]"
+        );
+        for p in ["on", "off", "0.5"] {
+            assert_eq!(p.parse::<Purify>().unwrap().to_string(), p);
+        }
     }
 }

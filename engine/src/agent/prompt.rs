@@ -7,14 +7,22 @@ use super::format::{tool_schema, FormatKind};
 use super::runner::Problem;
 use crate::chat::{ChatError, ChatTemplate, Message};
 use crate::llama::Model;
-use crate::tasks::Item;
+
+/// What the agent needs of a task's problem to prompt for it (the dataset's
+/// `tasks::Item` is one).
+pub trait Question {
+    /// Identifier, copied into the problem's trajectories.
+    fn id(&self) -> &str;
+    /// The problem statement, put in place of `{problem}` in the user prompt.
+    fn question(&self) -> &str;
+}
 
 /// The tokenized prompt of every item.
-pub fn problems(
+pub fn problems<Q: Question>(
     template: &ChatTemplate,
     model: &Model,
     config: &AgentConfig,
-    items: &[Item],
+    items: &[Q],
 ) -> Result<Vec<Problem>, ChatError> {
     let tools = [tool_schema()];
     let tools = (config.format == FormatKind::Hermes).then_some(&tools[..]);
@@ -26,10 +34,10 @@ pub fn problems(
                 messages.push(Message::system(s.clone()));
             }
             messages.push(Message::user(
-                config.user_prompt.replace("{problem}", &item.question),
+                config.user_prompt.replace("{problem}", item.question()),
             ));
             Ok(Problem {
-                id: item.id.clone(),
+                id: item.id().to_string(),
                 prompt: template.tokenize(model, &messages, tools)?,
             })
         })

@@ -1,22 +1,29 @@
-//! The agent loop with inline purification (SAAR, `docs/purification.md`).
+//! The agent loop: generate a turn, parse its call, run it in the sandbox,
+//! and on a failure let purification (SAAR, [`super::purify`]) decide what
+//! follows: a lookahead correction, spliced over the failure when it comes
+//! in. The rules live in `purify`; this file owns the sequences, the backend
+//! and the sandbox threads.
 //!
 //! All rollouts of a batch live in one continuous-batching loop: a rollout
 //! whose call runs in the sandbox is parked while the others keep decoding,
 //! and sandbox calls run in parallel on their own threads.
 //!
-//! Each rollout mirrors its backend sequence token for token (`tokens`,
-//! `roles`, `logprobs`, `kinds`), so a rollback is one `truncate` of both and
-//! a graft one `append`: nothing before the splice point is recomputed.
+//! Each rollout mirrors its backend sequence token for token ([`Sequence`]),
+//! so a splice is one `truncate` and one `append` of both: nothing before the
+//! splice point is recomputed.
 
 use std::sync::mpsc;
 use std::time::Instant;
 
-use super::answer::last_boxed;
 use super::backend::Backend;
-use super::config::{AgentConfig, EXHAUSTED_NOTE};
+use super::config::{AgentConfig, ConfigError};
+use super::failure::FailureClass;
+use super::finish::Finish;
 use super::format::{truncate_middle, Call, ToolFormat};
-use super::similarity::ratio;
+use super::purify::{self, AfterFailure, CallStart, Failure, Purified};
+use super::sequence::Sequence;
 use super::stats::BatchStats;
+use super::tool_result::{observation_text, status_of};
 use super::trajectory::{
     CallStatus, PurificationEvent, PurifyResult, RepairKind, Role, Segment, SegmentKind,
     ToolCallRecord, Trajectory, FORMAT_VERSION,
@@ -24,7 +31,8 @@ use super::trajectory::{
 use crate::llama::Token;
 use crate::rollout::{FinishReason, GenerateParams, Generation, RolloutError, SeqId};
 use crate::sampling::{Rng, SamplingParams};
-use crate::sandbox::{Execution, Outcome, Sandbox};
+use crate::sandbox::{Execution, Sandbox};
+use crate::tasks::answer::last_boxed;
 
 /// A problem with its prompt already tokenized.
 #[derive(Clone, Debug)]
@@ -41,9 +49,25 @@ pub enum AgentError {
     /// The rollout engine failed.
     #[error(transparent)]
     Rollout(#[from] RolloutError),
-    /// A setting cannot work, explained.
-    #[error("invalid agent configuration: {0}")]
-    Config(String),
+    /// A setting of the [`AgentConfig`] is out of range.
+    #[error("invalid agent configuration")]
+    Config(#[from] ConfigError),
+    /// `Agent::run` was asked for no rollouts per problem.
+    #[error("rollouts per problem must be at least 1")]
+    NoRollouts,
+    /// A group and the sequence that prefills its prompt do not fit the
+    /// backend's sequence slots.
+    #[error(
+        "{group} rollouts per problem need {} sequence slots (one more prefills the prompt), \
+         the context has {capacity}",
+        group + 1
+    )]
+    TooFewSlots {
+        /// Rollouts per problem asked for.
+        group: usize,
+        /// Sequences the backend holds at once.
+        capacity: usize,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -58,37 +82,30 @@ enum Phase {
     Generating(GenKind),
     /// Waiting for the sandbox; `true` when the call is a spliced correction.
     Sandbox(bool),
-    Done,
+    Done(Finish),
 }
 
-/// The failed position being purified.
+/// The failed position being purified: what failed, and where.
 struct Pending {
-    /// Split token of the turn that failed last (R_old) and its call text.
-    old_split: Option<usize>,
-    old_call_text: String,
-    failed_code: String,
-    error: String,
-    error_class: String,
-    /// Lookahead corrections spent at this position.
-    retries: usize,
-    /// Where the lookahead turn starts (after the error observation).
-    lookahead_start: usize,
+    failure: Failure,
+    /// End of the failed turn, where its error observation starts.
+    call_end: usize,
 }
 
 struct Rollout {
     problem: usize,
     index: usize,
-    seq: Option<SeqId>,
+    /// The backend sequence (None before admission and once finished).
+    id: Option<SeqId>,
     prompt_len: usize,
-    tokens: Vec<Token>,
-    roles: Vec<Role>,
-    logprobs: Vec<f32>,
-    kinds: Vec<SegmentKind>,
+    seq: Sequence,
     turn_start: usize,
     turns: usize,
     response_tokens: usize,
     correction_tokens: usize,
+    /// Whether failures are still purified (off after spec steps 3, 7, 8).
     rollback: bool,
+    /// Whether the trajectory was drawn for purification at all.
     purified: bool,
     attempts: usize,
     seed: u64,
@@ -97,37 +114,11 @@ struct Rollout {
     pending: Option<Pending>,
     tool_calls: Vec<ToolCallRecord>,
     events: Vec<PurificationEvent>,
-    finish: String,
 }
 
 impl Rollout {
-    fn push(&mut self, tokens: &[Token], role: Role, logprobs: Option<&[f32]>, kind: SegmentKind) {
-        self.tokens.extend_from_slice(tokens);
-        self.roles.extend(std::iter::repeat_n(role, tokens.len()));
-        match logprobs {
-            Some(l) => self.logprobs.extend_from_slice(l),
-            None => self.logprobs.extend(std::iter::repeat_n(0.0, tokens.len())),
-        }
-        self.kinds.extend(std::iter::repeat_n(kind, tokens.len()));
-    }
-
-    fn cut(&mut self, len: usize) {
-        self.tokens.truncate(len);
-        self.roles.truncate(len);
-        self.logprobs.truncate(len);
-        self.kinds.truncate(len);
-    }
-
-    /// Marks `[from, to)` as reasoning up to `split` and call from there (or
-    /// all answer when there is no call).
-    fn label_turn(&mut self, from: usize, split: Option<usize>, has_call: bool) {
-        for k in from..self.kinds.len() {
-            self.kinds[k] = match (has_call, split) {
-                (false, _) => SegmentKind::Answer,
-                (true, Some(s)) if k < from + s => SegmentKind::Reasoning,
-                (true, _) => SegmentKind::Call,
-            };
-        }
+    fn is_done(&self) -> bool {
+        matches!(self.phase, Phase::Done(_))
     }
 }
 
@@ -162,7 +153,7 @@ impl<'a, B: Backend> Agent<'a, B> {
         format: ToolFormat,
         config: AgentConfig,
     ) -> Result<Self, AgentError> {
-        config.validate().map_err(AgentError::Config)?;
+        config.validate()?;
         Ok(Agent {
             backend,
             sandbox,
@@ -184,12 +175,12 @@ impl<'a, B: Backend> Agent<'a, B> {
         problems: &[Problem],
         group: usize,
     ) -> Result<(Vec<Trajectory>, BatchStats), AgentError> {
-        if group == 0 || group + 1 > self.backend.capacity() {
-            return Err(AgentError::Config(format!(
-                "{group} rollouts per problem need {} sequence slots, the context has {}",
-                group + 1,
-                self.backend.capacity()
-            )));
+        if group == 0 {
+            return Err(AgentError::NoRollouts);
+        }
+        let capacity = self.backend.capacity();
+        if group + 1 > capacity {
+            return Err(AgentError::TooFewSlots { group, capacity });
         }
         let t0 = Instant::now();
         let mut rollouts: Vec<Rollout> = Vec::new();
@@ -201,12 +192,9 @@ impl<'a, B: Backend> Agent<'a, B> {
                 let mut r = Rollout {
                     problem: p,
                     index: i,
-                    seq: None,
+                    id: None,
                     prompt_len: problem.prompt.len(),
-                    tokens: Vec::new(),
-                    roles: Vec::new(),
-                    logprobs: Vec::new(),
-                    kinds: Vec::new(),
+                    seq: Sequence::default(),
                     turn_start: problem.prompt.len(),
                     turns: 0,
                     response_tokens: 0,
@@ -220,9 +208,9 @@ impl<'a, B: Backend> Agent<'a, B> {
                     pending: None,
                     tool_calls: Vec::new(),
                     events: Vec::new(),
-                    finish: String::new(),
                 };
-                r.push(&problem.prompt, Role::Prompt, None, SegmentKind::Prompt);
+                r.seq
+                    .push(&problem.prompt, Role::Prompt, None, SegmentKind::Prompt);
                 rollouts.push(r);
             }
         }
@@ -265,8 +253,8 @@ impl<'a, B: Backend> Agent<'a, B> {
             drop(job_tx);
             if result.is_err() {
                 for r in &rollouts {
-                    if let Some(seq) = r.seq {
-                        self.backend.close(seq);
+                    if let Some(id) = r.id {
+                        self.backend.close(id);
                     }
                 }
             }
@@ -297,8 +285,7 @@ impl<'a, B: Backend> Agent<'a, B> {
             while next_problem < problems.len() && open + group < self.backend.capacity() {
                 let root = self.backend.open_with(&problems[next_problem].prompt)?;
                 for r in rollouts.iter_mut().filter(|r| r.problem == next_problem) {
-                    let seq = self.backend.fork(root)?;
-                    r.seq = Some(seq);
+                    r.id = Some(self.backend.fork(root)?);
                     open += 1;
                 }
                 self.backend.close(root);
@@ -312,7 +299,7 @@ impl<'a, B: Backend> Agent<'a, B> {
             }
             if self.backend.n_generating() > 0 {
                 for (seq, generation) in self.backend.step()? {
-                    if let Some(k) = rollouts.iter().position(|r| r.seq == Some(seq)) {
+                    if let Some(k) = rollouts.iter().position(|r| r.id == Some(seq)) {
                         self.on_generation(&mut rollouts[k], k, generation, jobs, stats)?;
                     }
                 }
@@ -335,9 +322,9 @@ impl<'a, B: Backend> Agent<'a, B> {
             // Free the slots of finished rollouts.
             let mut finished_now = 0;
             for r in rollouts.iter_mut() {
-                if r.phase == Phase::Done {
-                    if let Some(seq) = r.seq.take() {
-                        self.backend.close(seq);
+                if r.is_done() {
+                    if let Some(id) = r.id.take() {
+                        self.backend.close(id);
                         open -= 1;
                         finished_now += 1;
                     }
@@ -345,11 +332,11 @@ impl<'a, B: Backend> Agent<'a, B> {
             }
             if finished_now > 0 {
                 if let Some(progress) = self.progress.as_mut() {
-                    let done = rollouts.iter().filter(|r| r.phase == Phase::Done).count();
+                    let done = rollouts.iter().filter(|r| r.is_done()).count();
                     progress(done, rollouts.len());
                 }
             }
-            if next_problem >= problems.len() && rollouts.iter().all(|r| r.phase == Phase::Done) {
+            if next_problem >= problems.len() && rollouts.iter().all(Rollout::is_done) {
                 return Ok(());
             }
         }
@@ -366,8 +353,7 @@ impl<'a, B: Backend> Agent<'a, B> {
             GenKind::Lookahead => self.config.max_turn_tokens,
         };
         if budget == 0 {
-            r.finish = "max_tokens".into();
-            r.phase = Phase::Done;
+            r.phase = Phase::Done(Finish::MaxTokens);
             return Ok(());
         }
         let (stop, stop_after) = self.format.stops();
@@ -382,32 +368,25 @@ impl<'a, B: Backend> Agent<'a, B> {
             stop_at_eog: true,
             stop_after,
         };
-        let Some(seq) = r.seq else { return Ok(()) };
-        match self.backend.start(seq, params) {
+        let Some(id) = r.id else { return Ok(()) };
+        match self.backend.start(id, params) {
             Ok(()) => r.phase = Phase::Generating(kind),
-            Err(RolloutError::TooLong { .. }) => {
-                r.finish = "context".into();
-                r.phase = Phase::Done;
-            }
+            Err(RolloutError::TooLong { .. }) => r.phase = Phase::Done(Finish::Context),
             Err(e) => return Err(e.into()),
         }
         Ok(())
     }
 
-    /// Byte offset of the call marker in `text` and the index of the token
-    /// that contains it (the splice point within the turn).
-    fn split(&self, turn: &[Token], text: &str) -> Option<(usize, usize)> {
-        let at = text.rfind(self.format.marker())?;
-        let mut end = 0usize;
-        for (k, &t) in turn.iter().enumerate() {
-            end += self.backend.piece(t).len();
-            if end > at {
-                return Some((at, k));
-            }
-        }
-        None
+    /// A turn's text and where its call marker is.
+    fn read_turn(&self, turn: &[Token]) -> (String, Option<CallStart>) {
+        let text = self.backend.detokenize(turn);
+        let pieces = turn.iter().map(|&t| self.backend.piece(t).len());
+        let call = purify::call_start(&text, self.format.marker(), pieces);
+        (text, call)
     }
 
+    /// A turn or a lookahead is in: an answer ends the rollout, a call goes
+    /// to the sandbox, a lookahead goes to purification first.
     fn on_generation(
         &mut self,
         r: &mut Rollout,
@@ -419,132 +398,106 @@ impl<'a, B: Backend> Agent<'a, B> {
         let Phase::Generating(kind) = r.phase else {
             return Ok(());
         };
-        let from = r.tokens.len();
-        r.push(
+        let generated = r.seq.len();
+        r.seq.push(
             &g.tokens,
             Role::Model,
             Some(&g.sampler_logprobs),
             SegmentKind::Answer,
         );
         stats.generated_tokens += g.tokens.len();
+        // A lookahead turn is exactly the generation just pushed.
         let start = match kind {
             GenKind::Turn => r.turn_start,
-            GenKind::Lookahead => r
-                .pending
-                .as_ref()
-                .map(|p| p.lookahead_start)
-                .unwrap_or(from),
+            GenKind::Lookahead => generated,
         };
-        let turn: Vec<Token> = r.tokens[start..].to_vec();
-        let text = self.backend.detokenize(&turn);
+        let (text, call_at) = self.read_turn(&r.seq.tokens[start..]);
         let call = self.format.parse(&text);
-        let split = self.split(&turn, &text);
-        r.label_turn(start, split.map(|s| s.1), call != Call::None);
+        r.seq
+            .label_turn(start, call_at.map(|c| c.token), call != Call::None);
         match kind {
             GenKind::Turn => {
                 r.response_tokens += g.tokens.len();
-                match call {
-                    Call::None => {
-                        r.turns += 1;
-                        r.finish = match g.finish {
-                            FinishReason::MaxTokens => "max_tokens",
-                            FinishReason::ContextLength => "context",
-                            _ => "answer",
-                        }
-                        .into();
-                        r.phase = Phase::Done;
-                    }
-                    call => self.dispatch(r, k, call, false, jobs, stats)?,
+                if call == Call::None {
+                    r.turns += 1;
+                    r.phase = Phase::Done(match g.finish {
+                        FinishReason::MaxTokens => Finish::MaxTokens,
+                        FinishReason::ContextLength => Finish::Context,
+                        FinishReason::Eog | FinishReason::Stop(_) => Finish::Answer,
+                    });
+                    return Ok(());
                 }
+                self.dispatch(r, k, call, false, jobs, stats)
             }
             GenKind::Lookahead => {
                 stats.correction_tokens += g.tokens.len();
                 r.correction_tokens += g.tokens.len();
-                let Some(mut p) = r.pending.take() else {
-                    return Ok(());
+                let lookahead = purify::Turn {
+                    start,
+                    len: g.tokens.len(),
+                    text: &text,
+                    call: call_at,
+                    has_call: call != Call::None,
                 };
-                if call == Call::None {
-                    // Spec step 3: keep R_old, E, R_new; no more purification.
-                    r.rollback = false;
-                    r.turns += 2; // R_old (kept, with its error) and R_new (the answer)
-                    r.events.push(event(
-                        &p,
-                        String::new(),
-                        None,
-                        None,
-                        PurifyResult::NoToolCall,
-                        g.tokens.len(),
-                        0,
-                        r.turn_start,
-                    ));
-                    stats.no_tool_call_stops += 1;
-                    if let Some(e) = r.events.last_mut() {
-                        e.turn = r.turns - 2;
-                    }
-                    r.finish = "answer".into();
-                    r.phase = Phase::Done;
-                    return Ok(());
-                }
-                // Spec steps 4-5: similarity of the call segments, then splice.
-                let new_call_text = split
-                    .map(|(at, _)| text[at..].to_string())
-                    .unwrap_or_default();
-                let both_split = split.is_some() && p.old_split.is_some();
-                let similarity = both_split.then(|| ratio(&p.old_call_text, &new_call_text));
-                let repair = match similarity {
-                    Some(s) if s >= self.config.similarity_threshold => RepairKind::Shallow,
-                    _ => RepairKind::Deep,
-                };
-                let (cut, graft_from) = match (repair, p.old_split, split) {
-                    (RepairKind::Shallow, Some(old), Some((_, new))) => (r.turn_start + old, new),
-                    _ => (r.turn_start, 0),
-                };
-                let graft: Vec<Token> = turn[graft_from..].to_vec();
-                let graft_logprobs: Vec<f32> = r.logprobs[start + graft_from..].to_vec();
-                let graft_kinds: Vec<SegmentKind> = r.kinds[start + graft_from..].to_vec();
-                let Some(seq) = r.seq else { return Ok(()) };
-                self.backend.truncate(seq, cut)?;
-                self.backend.append(seq, &graft)?;
-                r.cut(cut);
-                r.tokens.extend_from_slice(&graft);
-                r.roles
-                    .extend(std::iter::repeat_n(Role::Model, graft.len()));
-                r.logprobs.extend_from_slice(&graft_logprobs);
-                r.kinds.extend_from_slice(&graft_kinds);
+                self.after_lookahead(r, k, &lookahead, call, jobs, stats)
+            }
+        }
+    }
+
+    /// Spec steps 3-5: purification decides on the failed turn and its
+    /// lookahead; a splice is applied to the backend and to the mirror, and
+    /// the grafted call runs next.
+    fn after_lookahead(
+        &mut self,
+        r: &mut Rollout,
+        k: usize,
+        lookahead: &purify::Turn,
+        call: Call,
+        jobs: &mpsc::Sender<Job>,
+        stats: &mut BatchStats,
+    ) -> Result<(), AgentError> {
+        let Some(pending) = r.pending.take() else {
+            return Ok(());
+        };
+        let (failed_text, failed_call) =
+            self.read_turn(&r.seq.tokens[r.turn_start..pending.call_end]);
+        let failed = purify::Turn {
+            start: r.turn_start,
+            len: pending.call_end - r.turn_start,
+            text: &failed_text,
+            call: failed_call,
+            has_call: true,
+        };
+        let gamma = self.config.similarity_threshold;
+        match purify::purify(&failed, lookahead, &pending.failure, gamma) {
+            Purified::KeepAll(event) => {
+                r.rollback = false;
+                r.turns += 2; // the failed turn (kept, with its error) and the answer
+                r.events.push(event);
+                stats.no_tool_call_stops += 1;
+                r.phase = Phase::Done(Finish::Answer);
+                Ok(())
+            }
+            Purified::Splice(splice, event) => {
+                let Some(id) = r.id else { return Ok(()) };
+                self.backend.truncate(id, splice.cut)?;
+                self.backend
+                    .append(id, &r.seq.tokens[splice.graft.clone()])?;
+                r.seq.splice(&splice);
                 if let Some(last) = r.tool_calls.last_mut() {
                     last.kept = false;
                 }
-                match repair {
-                    RepairKind::Shallow => stats.rollbacks_shallow += 1,
-                    RepairKind::Deep => stats.rollbacks_deep += 1,
+                match event.repair {
+                    Some(RepairKind::Shallow) => stats.rollbacks_shallow += 1,
+                    _ => stats.rollbacks_deep += 1,
                 }
-                stats.graft_tokens += graft.len();
-                r.events.push(event(
-                    &p,
-                    text.clone(),
-                    similarity,
-                    Some(repair),
-                    PurifyResult::Retried,
-                    g.tokens.len(),
-                    graft.len(),
-                    cut,
-                ));
-                if let Some(e) = r.events.last_mut() {
-                    e.turn = r.turns;
-                }
-                // The spliced turn becomes the one checked next (R_old on failure).
-                let spliced: Vec<Token> = r.tokens[r.turn_start..].to_vec();
-                let spliced_text = self.backend.detokenize(&spliced);
-                let spliced_split = self.split(&spliced, &spliced_text);
-                p.old_split = spliced_split.map(|s| s.1);
-                p.old_call_text = spliced_split
-                    .map(|(at, _)| spliced_text[at..].to_string())
-                    .unwrap_or_default();
-                r.pending = Some(p);
-                self.dispatch(r, k, call, true, jobs, stats)?;
+                stats.graft_tokens += splice.graft.len();
+                r.events.push(event);
+                // The spliced turn is the one purified next if its call fails.
+                r.pending = Some(pending);
+                self.dispatch(r, k, call, true, jobs, stats)
             }
         }
-        Ok(())
     }
 
     /// Sends a parsed call to the sandbox, or fails it at once when it could
@@ -594,6 +547,8 @@ impl<'a, B: Backend> Agent<'a, B> {
         });
     }
 
+    /// A call's result is in: record it, then continue, or on a failure let
+    /// purification say whether a lookahead follows (spec steps 2, 7, 8).
     fn on_result(
         &mut self,
         r: &mut Rollout,
@@ -609,7 +564,7 @@ impl<'a, B: Backend> Agent<'a, B> {
             Err(why) => (
                 format!("Error: the tool call could not be parsed: {why}"),
                 CallStatus::Failed {
-                    class: "format".into(),
+                    class: FailureClass::Format,
                     exception: "format".into(),
                 },
                 0.0,
@@ -625,8 +580,7 @@ impl<'a, B: Backend> Agent<'a, B> {
             kept: true,
         });
         let content = truncate_middle(&content, self.config.observation_chars);
-        let turn_text = self.backend.detokenize(&r.tokens[r.turn_start..]);
-        let Some(seq) = r.seq else { return Ok(()) };
+        let Some(id) = r.id else { return Ok(()) };
         let CallStatus::Failed { class, .. } = status else {
             // A spliced call that ran: the purification at this position is done.
             if res.spliced && r.pending.take().is_some() {
@@ -634,92 +588,84 @@ impl<'a, B: Backend> Agent<'a, B> {
                     last.result = PurifyResult::Grafted;
                 }
             }
-            return self.observe_and_continue(r, seq, &turn_text, &content);
+            return self.observe_and_continue(r, id, &content);
         };
-        if r.attempts >= self.config.max_tool_attempts {
-            r.rollback = false; // spec step 8
-        }
-        if !r.rollback {
-            r.pending = None;
-            return self.observe_and_continue(r, seq, &turn_text, &content);
-        }
-        let mut p = match r.pending.take() {
-            Some(p) if res.spliced => p,
-            _ => {
-                let turn: Vec<Token> = r.tokens[r.turn_start..].to_vec();
-                let split = self.split(&turn, &turn_text);
-                Pending {
-                    old_split: split.map(|s| s.1),
-                    old_call_text: split
-                        .map(|(at, _)| turn_text[at..].to_string())
-                        .unwrap_or_default(),
-                    failed_code: res.code.clone(),
-                    error: content.clone(),
-                    error_class: class.clone(),
-                    retries: 0,
-                    lookahead_start: 0,
+        let retries = match r.pending.take() {
+            Some(p) if res.spliced => p.failure.retries,
+            _ => 0,
+        };
+        match purify::after_failure(r.rollback, r.attempts, retries, &self.config) {
+            AfterFailure::Keep => {
+                r.rollback = false;
+                self.observe_and_continue(r, id, &content)
+            }
+            AfterFailure::Exhausted { note } => {
+                stats.retries_exhausted += 1;
+                if let Some(last) = r.events.last_mut() {
+                    last.result = PurifyResult::Exhausted;
                 }
+                r.rollback = false;
+                self.observe_and_continue(r, id, &format!("{content}{note}"))
             }
-        };
-        p.failed_code = res.code.clone();
-        p.error = content.clone();
-        p.error_class = class;
-        if p.retries >= self.config.max_retries {
-            // Spec step 7: keep the last failure (with the note) and stop purifying.
-            stats.retries_exhausted += 1;
-            if let Some(last) = r.events.last_mut() {
-                last.result = PurifyResult::Exhausted;
+            AfterFailure::Lookahead => {
+                // Spec step 2: the error as an ordinary observation, then a lookahead.
+                let call_end = r.seq.len();
+                if !self.append_observation(r, id, &content)? {
+                    return Ok(());
+                }
+                r.pending = Some(Pending {
+                    failure: Failure {
+                        turn: r.turns,
+                        code: res.code,
+                        error: content,
+                        class,
+                        retries: retries + 1,
+                    },
+                    call_end,
+                });
+                self.start_generation(r, GenKind::Lookahead)
             }
-            r.rollback = false;
-            let note = if p.retries >= 2 { EXHAUSTED_NOTE } else { "" };
-            return self.observe_and_continue(r, seq, &turn_text, &format!("{content}{note}"));
         }
-        // Spec step 2: the error as an ordinary observation, then a lookahead turn.
-        if !self.append_observation(r, seq, &turn_text, &content)? {
-            return Ok(());
-        }
-        p.retries += 1;
-        p.lookahead_start = r.tokens.len();
-        r.pending = Some(p);
-        self.start_generation(r, GenKind::Lookahead)
     }
 
     fn observe_and_continue(
         &mut self,
         r: &mut Rollout,
-        seq: SeqId,
-        turn_text: &str,
+        id: SeqId,
         content: &str,
     ) -> Result<(), AgentError> {
-        if !self.append_observation(r, seq, turn_text, content)? {
+        if !self.append_observation(r, id, content)? {
             return Ok(());
         }
         r.turns += 1;
-        r.turn_start = r.tokens.len();
+        r.turn_start = r.seq.len();
         if r.turns >= self.config.max_turns {
-            r.finish = "max_turns".into();
-            r.phase = Phase::Done;
+            r.phase = Phase::Done(Finish::MaxTurns);
             return Ok(());
         }
         self.start_generation(r, GenKind::Turn)
     }
 
-    /// Appends the tool's reply after the turn, tokenized once. Returns
-    /// false when the context is full (the rollout is then finished).
+    /// Appends the tool's reply after the current turn, tokenized once.
+    /// Returns false when the context is full (the rollout is then finished).
     fn append_observation(
         &mut self,
         r: &mut Rollout,
-        seq: SeqId,
-        turn_text: &str,
+        id: SeqId,
         content: &str,
     ) -> Result<bool, AgentError> {
-        let obs = self.format.observation(turn_text, content);
+        let turn_text = self.backend.detokenize(&r.seq.tokens[r.turn_start..]);
+        let obs = self.format.observation(&turn_text, content);
         let obs_tokens = self.backend.tokenize(&obs)?;
-        if let Err(e) = self.backend.append(seq, &obs_tokens) {
-            self.stop_on_context(r, e)?;
-            return Ok(false);
+        match self.backend.append(id, &obs_tokens) {
+            Ok(()) => {}
+            Err(RolloutError::TooLong { .. }) => {
+                r.phase = Phase::Done(Finish::Context);
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
         }
-        r.push(
+        r.seq.push(
             &obs_tokens,
             Role::Observation,
             None,
@@ -728,22 +674,14 @@ impl<'a, B: Backend> Agent<'a, B> {
         Ok(true)
     }
 
-    fn stop_on_context(&mut self, r: &mut Rollout, e: RolloutError) -> Result<(), AgentError> {
-        match e {
-            RolloutError::TooLong { .. } => {
-                r.finish = "context".into();
-                r.phase = Phase::Done;
-                Ok(())
-            }
-            e => Err(e.into()),
-        }
-    }
-
     fn finish(&self, r: Rollout, problems: &[Problem]) -> Trajectory {
-        let text = self.backend.detokenize(&r.tokens[r.prompt_len..]);
+        let Phase::Done(finish) = r.phase else {
+            unreachable!("trajectories are collected once every rollout is done")
+        };
+        let text = self.backend.detokenize(&r.seq.tokens[r.prompt_len..]);
         let answer = last_boxed(&text);
         let mut segments: Vec<Segment> = Vec::new();
-        for (i, &kind) in r.kinds.iter().enumerate() {
+        for (i, &kind) in r.seq.kinds.iter().enumerate() {
             match segments.last_mut() {
                 Some(s) if s.kind == kind && s.end == i => s.end = i + 1,
                 _ => segments.push(Segment {
@@ -755,15 +693,21 @@ impl<'a, B: Backend> Agent<'a, B> {
             }
         }
         for s in &mut segments {
-            s.text = self.backend.detokenize(&r.tokens[s.start..s.end]);
+            s.text = self.backend.detokenize(&r.seq.tokens[s.start..s.end]);
         }
+        let Sequence {
+            tokens,
+            roles,
+            logprobs,
+            ..
+        } = r.seq;
         Trajectory {
             format_version: FORMAT_VERSION,
             problem_id: problems[r.problem].id.clone(),
             rollout: r.index,
-            tokens: r.tokens,
-            roles: r.roles,
-            sampler_logprobs: r.logprobs,
+            tokens,
+            roles,
+            sampler_logprobs: logprobs,
             segments,
             tool_calls: r.tool_calls,
             purification: r.events,
@@ -774,71 +718,8 @@ impl<'a, B: Backend> Agent<'a, B> {
             text,
             answer,
             reward: None,
-            finish: r.finish,
+            finish,
         }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn event(
-    p: &Pending,
-    correction: String,
-    similarity: Option<f64>,
-    repair: Option<RepairKind>,
-    result: PurifyResult,
-    generated: usize,
-    grafted: usize,
-    position: usize,
-) -> PurificationEvent {
-    PurificationEvent {
-        turn: 0,
-        position,
-        failed_code: p.failed_code.clone(),
-        error: p.error.clone(),
-        error_class: p.error_class.clone(),
-        correction,
-        similarity,
-        repair,
-        retries: p.retries,
-        result,
-        tokens_generated: generated,
-        tokens_grafted: grafted,
-    }
-}
-
-/// What the model is shown for an execution.
-fn observation_text(e: &Execution) -> String {
-    let mut s = e.stdout.clone();
-    match &e.outcome {
-        Outcome::Ok => {
-            if s.is_empty() {
-                s = "(no output)".into();
-            }
-        }
-        Outcome::Error { .. } | Outcome::Crashed { .. } => s.push_str(&e.stderr),
-        Outcome::Timeout => s.push_str("TimeoutError: the code ran longer than the time limit"),
-        Outcome::MemoryLimit => s.push_str(if e.stderr.is_empty() {
-            "MemoryError: the code used more memory than allowed"
-        } else {
-            &e.stderr
-        }),
-        Outcome::OutputLimit => s.push_str("\n[output limit exceeded]"),
-    }
-    s.trim_end().to_string()
-}
-
-fn status_of(e: &Execution) -> CallStatus {
-    let failed = |class: &str, exception: &str| CallStatus::Failed {
-        class: class.into(),
-        exception: exception.into(),
-    };
-    match &e.outcome {
-        Outcome::Ok => CallStatus::Ok,
-        Outcome::Error { class, exception } => failed(class.name(), exception),
-        Outcome::Timeout => failed("timeout", "timeout"),
-        Outcome::MemoryLimit => failed("memory", "MemoryError"),
-        Outcome::OutputLimit => failed("other", "output limit"),
-        Outcome::Crashed { .. } => failed("other", "crashed"),
     }
 }
 

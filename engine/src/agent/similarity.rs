@@ -4,7 +4,8 @@
 //! elements, elements occurring more than `len(b) // 100 + 1` times are not
 //! indexed). SAAR's shallow/deep decision compares this value with 0.5, and
 //! tool calls are often longer than 200 characters, so the autojunk rule
-//! matters (CLEANER.md: the `difflib` crate disagrees on 628 of 656 long pairs).
+//! matters (measured: the `difflib` crate disagrees with Python on 628 of 656
+//! long pairs).
 //! Checked against Python on committed vectors (`tests/data/gen_difflib_vectors.py`).
 
 use std::collections::HashMap;

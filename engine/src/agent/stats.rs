@@ -54,7 +54,10 @@ impl BatchStats {
         for t in ts {
             for c in &t.tool_calls {
                 if let CallStatus::Failed { class, .. } = &c.status {
-                    *self.failures_by_class.entry(class.clone()).or_default() += 1;
+                    *self
+                        .failures_by_class
+                        .entry(class.name().to_string())
+                        .or_default() += 1;
                 }
             }
         }

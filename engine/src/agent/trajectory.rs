@@ -8,6 +8,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::failure::FailureClass;
+use super::finish::Finish;
 use crate::llama::Token;
 
 /// Version of the JSONL trajectory format this build writes and reads.
@@ -64,7 +66,7 @@ pub enum CallStatus {
     /// `memory` included), `exception` the exact name.
     Failed {
         /// Statistics class (`SyntaxError`, ..., `format`, `timeout`, `memory`).
-        class: String,
+        class: FailureClass,
         /// The exception's exact name.
         exception: String,
     },
@@ -122,7 +124,7 @@ pub struct PurificationEvent {
     /// Its error output (as the model saw it).
     pub error: String,
     /// Its error class.
-    pub error_class: String,
+    pub error_class: FailureClass,
     /// Decoded text of the correction's call segment (or whole turn).
     pub correction: String,
     /// difflib ratio of the failed and corrected call segments.
@@ -175,7 +177,7 @@ pub struct Trajectory {
     /// Set by whoever scores it (`solve`, `eval`, GRPO).
     pub reward: Option<f32>,
     /// Why generation ended (`answer`, `max_turns`, `max_tokens`, `context`).
-    pub finish: String,
+    pub finish: Finish,
 }
 
 /// Why a trajectory file could not be read or written.

@@ -431,7 +431,9 @@ impl RunConfig {
                 ),
             ));
         }
-        self.agent.validate().map_err(|why| ("agent", why))?;
+        self.agent
+            .validate()
+            .map_err(|why| ("agent", why.to_string()))?;
         if self.lora.rank == 0 {
             return Err(("lora.rank", "must be at least 1".into()));
         }

@@ -63,7 +63,7 @@ fn choice_letter(s: &str) -> Option<char> {
 /// Canonical text of an answer (see the module documentation).
 pub fn normalize_answer(s: &str) -> String {
     let mut t = s.trim().to_string();
-    if let Some(inner) = crate::agent::answer::last_boxed(&t) {
+    if let Some(inner) = super::answer::last_boxed(&t) {
         if t.starts_with("\\boxed{") && t.ends_with('}') {
             t = inner;
         }
@@ -135,7 +135,7 @@ fn unwrap_text_commands(s: &str) -> String {
 
 /// Index of the brace closing one already opened.
 fn close_brace(s: &str) -> Option<usize> {
-    crate::agent::answer::balanced(s).map(str::len)
+    super::answer::balanced(s).map(str::len)
 }
 
 /// `1,234,567` -> `1234567`; commas between other things (tuples) stay.

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use cleaner::agent::config::Purify;
 use cleaner::agent::trajectory::write_jsonl;
 use cleaner::agent::{AgentConfig, FormatKind};
 use cleaner::rl::{checkpoint, evaluate};
@@ -37,7 +38,7 @@ pub struct Args {
     /// Purification while evaluating: on, off, or P (the paper evaluates
     /// CLEANER-trained models with it on).
     #[arg(long, default_value = "on")]
-    purify: String,
+    purify: Purify,
     #[arg(long, default_value = "markdown")]
     format: FormatKind,
     /// The paper evaluates at temperature 1.0, top-p 0.6.
@@ -91,7 +92,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let mut agent = AgentConfig {
         format: a.format,
-        rollback_probability: super::solve::parse_purify(&a.purify)?,
+        rollback_probability: a.purify.rollback_probability(),
         max_response_tokens: a.max_response_tokens,
         max_turns: a.max_turns,
         ..AgentConfig::default()

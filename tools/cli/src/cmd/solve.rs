@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use cleaner::agent::config::MATH_PROMPT_HERMES;
+use cleaner::agent::config::{Purify, MATH_PROMPT_HERMES};
 use cleaner::agent::trajectory::write_jsonl;
 use cleaner::agent::{Agent, AgentConfig, FormatKind, ToolFormat};
 use cleaner::chat::ChatTemplate;
@@ -32,7 +32,7 @@ pub struct Args {
     rollouts: usize,
     /// Purification: on, off, or a rollback probability in [0, 1].
     #[arg(long, default_value = "on")]
-    purify: String,
+    purify: Purify,
     /// Tool-call format: markdown or hermes.
     #[arg(long, default_value = "markdown")]
     format: FormatKind,
@@ -56,19 +56,8 @@ pub struct Args {
     out: Option<PathBuf>,
 }
 
-pub fn parse_purify(s: &str) -> Result<f64> {
-    match s {
-        "on" => Ok(1.0),
-        "off" => Ok(0.0),
-        p => match p.parse::<f64>() {
-            Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
-            _ => bail!("--purify must be on, off or a probability in [0, 1], got {p:?}"),
-        },
-    }
-}
-
 pub fn run(a: Args) -> Result<()> {
-    let p = parse_purify(&a.purify)?;
+    let p = a.purify.rollback_probability();
     let data = Dataset::load(
         &a.dataset,
         &a.data_dir.clone().unwrap_or_else(default_data_dir),

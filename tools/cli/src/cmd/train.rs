@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use cleaner::agent::config::Purify;
 use cleaner::rl::{Grpo, Progress, RunConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -23,7 +24,7 @@ pub struct Args {
     steps: Option<u64>,
     /// Override agent.rollback_probability: on, off, or P in [0, 1].
     #[arg(long)]
-    purify: Option<String>,
+    purify: Option<Purify>,
     /// Override grpo.seed.
     #[arg(long)]
     seed: Option<u64>,
@@ -52,8 +53,8 @@ pub fn run(a: Args) -> Result<()> {
         Grpo::resume(dir, a.steps)?
     } else {
         let mut config = RunConfig::load(&a.config)?;
-        if let Some(p) = &a.purify {
-            config.agent.rollback_probability = super::solve::parse_purify(p)?;
+        if let Some(p) = a.purify {
+            config.agent.rollback_probability = p.rollback_probability();
         }
         if let Some(s) = a.steps {
             config.grpo.steps = s;

@@ -1,5 +1,7 @@
 //! Final answers: the last `\boxed{...}` of a text (nested braces allowed)
-//! for math, the last fenced code block for code tasks.
+//! for math, the last fenced code block for code tasks. Task knowledge: the
+//! agent reads a trajectory's answer with [`last_boxed`], the verifier
+//! normalizes `\boxed`/`\frac` arguments with `balanced`.
 
 /// Content of the last `\boxed{...}` (or `\fbox{...}`), braces balanced.
 pub fn last_boxed(text: &str) -> Option<String> {
