@@ -52,7 +52,7 @@ const fn part(package: &'static str, version: &'static str, member: &'static str
     }
 }
 
-/// Every asset the engine knows (from `shared/docs/ASSETS.md`).
+/// Every asset the engine knows (see `docs/assets.md`).
 pub const CATALOG: &[Asset] = &[
     Asset {
         name: "smollm2-135m",
