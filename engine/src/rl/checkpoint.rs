@@ -223,7 +223,7 @@ pub fn find_latest(run: &Path) -> Result<Found, CheckpointError> {
         .map(|n| root.join(n.trim()));
     let mut candidates: Vec<PathBuf> = named.into_iter().collect();
     let mut steps = list(&root);
-    steps.sort_by(|a, b| b.0.cmp(&a.0));
+    steps.sort_by_key(|s| std::cmp::Reverse(s.0));
     for (_, dir) in steps {
         if !candidates.contains(&dir) {
             candidates.push(dir);
@@ -231,9 +231,9 @@ pub fn find_latest(run: &Path) -> Result<Found, CheckpointError> {
     }
     let mut skipped = Vec::new();
     for dir in candidates {
-        match check(&dir) {
-            Ok(()) => return Ok(Found { dir, skipped }),
-            Err(why) => skipped.push(Skipped { dir, why }),
+        match damage(&dir) {
+            None => return Ok(Found { dir, skipped }),
+            Some(why) => skipped.push(Skipped { dir, why }),
         }
     }
     if skipped.is_empty() {
@@ -243,20 +243,20 @@ pub fn find_latest(run: &Path) -> Result<Found, CheckpointError> {
     }
 }
 
-/// Whether `dir` holds a checkpoint that loads: its state reads and the
-/// adapter and optimizer files are there.
-fn check(dir: &Path) -> Result<(), CheckpointError> {
-    read_state(dir)?;
-    for file in ["adapter.gguf", "optimizer.gguf"] {
-        let path = dir.join(file);
-        if !path.is_file() {
-            return Err(CheckpointError::Invalid {
-                path,
-                why: "missing (the checkpoint is incomplete)".into(),
-            });
-        }
+/// What keeps the checkpoint in `dir` from loading, if anything: a state
+/// that does not read, or a missing adapter or optimizer file.
+fn damage(dir: &Path) -> Option<CheckpointError> {
+    if let Err(e) = read_state(dir) {
+        return Some(e);
     }
-    Ok(())
+    ["adapter.gguf", "optimizer.gguf"]
+        .into_iter()
+        .map(|file| dir.join(file))
+        .find(|path| !path.is_file())
+        .map(|path| CheckpointError::Invalid {
+            path,
+            why: "missing (the checkpoint is incomplete)".into(),
+        })
 }
 
 /// [`find_latest`]'s checkpoint; each one passed over is logged as a warning,
