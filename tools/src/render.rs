@@ -53,22 +53,24 @@ pub fn purify_result(r: PurifyResult) -> &'static str {
     }
 }
 
-/// The repair of a graft (`shallow repair`), or `no repair` when nothing was
-/// grafted.
-pub fn repair(r: Option<RepairKind>) -> &'static str {
-    match r {
-        Some(RepairKind::Shallow) => "shallow repair",
-        Some(RepairKind::Deep) => "deep repair",
-        None => "no repair",
+/// A purification attempt: how it ended, then the repair and the difflib
+/// similarity where there are any (`grafted, shallow repair, similarity
+/// 0.873`; `no tool call`).
+pub fn purification(
+    r: PurifyResult,
+    repair: Option<RepairKind>,
+    similarity: Option<f64>,
+) -> String {
+    let mut parts = vec![purify_result(r).to_string()];
+    match repair {
+        Some(RepairKind::Shallow) => parts.push("shallow repair".into()),
+        Some(RepairKind::Deep) => parts.push("deep repair".into()),
+        None => {}
     }
-}
-
-/// A difflib similarity (`similarity 0.873`), or nothing when not measured.
-pub fn similarity(s: Option<f64>) -> String {
-    match s {
-        Some(s) => format!("similarity {s:.3}"),
-        None => "similarity not measured".to_string(),
+    if let Some(s) = similarity {
+        parts.push(format!("similarity {s:.3}"));
     }
+    parts.join(", ")
 }
 
 /// Why a generation stopped, in words.
@@ -136,7 +138,18 @@ mod tests {
         assert_eq!(reward(None), "no reward");
         assert_eq!(answer(Some("3")), "answer 3");
         assert_eq!(answer(None), "no answer");
-        assert_eq!(purify_result(PurifyResult::NoToolCall), "no tool call");
+        assert_eq!(
+            purification(PurifyResult::NoToolCall, None, None),
+            "no tool call"
+        );
+        assert_eq!(
+            purification(
+                PurifyResult::Grafted,
+                Some(RepairKind::Shallow),
+                Some(0.8734)
+            ),
+            "grafted, shallow repair, similarity 0.873"
+        );
         assert_eq!(
             outcome(&Outcome::Error {
                 class: ErrorClass::Other,

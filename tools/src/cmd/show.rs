@@ -59,13 +59,11 @@ pub fn run(a: Args) -> Result<()> {
         println!();
         for (n, e) in t.purification.iter().enumerate() {
             println!(
-                "{}--- purification {n} at token {} (turn {}): {}, {}, {}, retry {}{}",
+                "{}--- purification {n} at token {} (turn {}): {}, retry {}{}",
                 c(BOLD),
                 e.position,
                 e.turn,
-                render::purify_result(e.result),
-                render::repair(e.repair),
-                render::similarity(e.similarity),
+                render::purification(e.result, e.repair, e.similarity),
                 e.retries,
                 c(RESET)
             );

@@ -52,8 +52,11 @@ pub fn run(a: Args) -> Result<()> {
     let last = metrics.last().expect("non-empty");
     write!(
         html,
-        "<p>{} steps; last step: reward {:+.3}, accuracy {:.3}, failed calls per trajectory {:.2} raw / {:.2} kept, {:.0} s.</p><div class=\"grid\">",
-        metrics.len(),
+        "<p>{}; last step: reward {:+.3}, accuracy {:.3}, failed calls per trajectory {:.2} raw / {:.2} kept, {:.0} s.</p><div class=\"grid\">",
+        match metrics.len() {
+            1 => "1 step".to_string(),
+            n => format!("{n} steps"),
+        },
         last.reward_mean,
         last.accuracy,
         last.failures_raw,
@@ -312,12 +315,10 @@ fn trajectory_html(file: &str, t: &Trajectory) -> String {
         };
         let _ = write!(
             s,
-            "<p>Purification {k} at token {} (turn {}): {}, {}, {}</p><pre><del>{}</del>\n<del>{}</del>\n<ins>{label}: {}</ins></pre>",
+            "<p>Purification {k} at token {} (turn {}): {}</p><pre><del>{}</del>\n<del>{}</del>\n<ins>{label}: {}</ins></pre>",
             e.position,
             e.turn,
-            render::purify_result(e.result),
-            render::repair(e.repair),
-            render::similarity(e.similarity),
+            render::purification(e.result, e.repair, e.similarity),
             esc(&e.failed_code),
             esc(&e.error),
             esc(&e.correction)
