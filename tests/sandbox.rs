@@ -237,6 +237,38 @@ fn scratch_quota_holds() {
 }
 
 #[test]
+fn a_full_scratch_dir_is_no_space_left_on_device() {
+    // Past the quota a write fails the way a full disk fails (ENOSPC, not EIO),
+    // so code that handles a full disk works here too.
+    let fill = "f = open('big', 'wb')\nfor _ in range(40):\n    f.write(b'x' * 10**6)";
+    let e = run(fill);
+    assert_error(&e, ErrorClass::Other, "OSError");
+    assert!(
+        e.stderr.contains("No space left on device") && !e.stderr.contains("I/O error"),
+        "{}",
+        e.stderr
+    );
+    // Handled like ENOSPC anywhere: the errno matches, and deleting the file
+    // frees its space for the next write.
+    let e = run(r#"import errno, os
+f = open('big', 'wb')
+try:
+    for _ in range(40):
+        f.write(b'x' * 10**6)
+except OSError as err:
+    print(err.errno == errno.ENOSPC, err.strerror)
+try:
+    f.close()
+except OSError:
+    pass
+os.remove('big')
+open('small', 'wb').write(b'y' * 10**6)
+print('written')"#);
+    assert_eq!(e.outcome, Outcome::Ok, "{e:?}");
+    assert_eq!(e.stdout, "True No space left on device\nwritten\n");
+}
+
+#[test]
 fn deleting_the_scratch_dir_is_harmless() {
     let e = run("import os, shutil\nos.chdir('/')\nshutil.rmtree('/tmp')\nprint('gone')");
     assert!(e.outcome != Outcome::Timeout, "{e:?}");

@@ -1,14 +1,13 @@
 //! One interpreter: a fresh wasmer store, a WASIX environment whose only
 //! filesystem is an in-memory scratch directory with a quota, captured stdio,
-//! and two import overrides (see [`ImportFixes`]). `boot` prepares it; `run`
+//! and import overrides (see [`ImportFixes`]). `boot` prepares it; `run`
 //! executes `_start` on the calling thread, where CPython initializes and then
 //! blocks reading its code from stdin.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use virtual_fs::limiter::FsMemoryLimiter;
-use virtual_fs::{FsError, MountFileSystem, Pipe, TmpFileSystem};
+use virtual_fs::{MountFileSystem, Pipe, TmpFileSystem};
 use wasmer::{
     Function, FunctionEnv, FunctionEnvMut, Imports, Instance, Memory, Module, RuntimeError, Store,
 };
@@ -20,6 +19,7 @@ use wasmer_wasix::{
 
 use super::capture::{Capture, CaptureFile};
 use super::events::Exit;
+use super::quota::{self, Quota};
 use super::SandboxError;
 use cleaner_kernels::rng::splitmix64;
 
@@ -86,6 +86,8 @@ pub(super) struct HookState {
     pub entropy: Mutex<Entropy>,
     /// Set to stop the interpreter at its next stop check (see `stop.rs`).
     pub stop: AtomicBool,
+    /// The scratch directory's quota (see `quota.rs`).
+    pub quota: Arc<Quota>,
 }
 
 /// Import overrides, installed on every instance:
@@ -95,6 +97,8 @@ pub(super) struct HookState {
 ///   socket, asyncio, subprocess) performs; such timeouts become 1 ns.
 /// - `random_get`: served from a seeded generator so rollouts are
 ///   reproducible and the guest gets no host entropy unless asked.
+/// - the calls that grow files: a write past the scratch quota fails with
+///   `ENOSPC`, not `EIO` (see `quota.rs`).
 #[derive(Debug)]
 pub(super) struct ImportFixes {
     pub state: Arc<HookState>,
@@ -150,6 +154,12 @@ impl InstantiationHook for ImportFixes {
                 "random_get",
                 Function::new_typed_with_env(store, &env, random_get),
             );
+        }
+        for name in quota::GROWING_CALLS {
+            if let Some(original) = as_fn(imports.get_export(WASI, name)) {
+                let wrapped = quota::reporting_full_as_nospc(store, &env, original);
+                imports.define(WASI, name, wrapped);
+            }
         }
         Ok(InstantiationState::empty())
     }
@@ -244,27 +254,6 @@ fn random_get(mut env: FunctionEnvMut<FixEnv>, buf: i32, len: i32) -> Result<i32
     }
 }
 
-/// Byte quota of the scratch filesystem.
-#[derive(Debug)]
-struct Quota {
-    used: AtomicU64,
-    limit: u64,
-}
-
-impl FsMemoryLimiter for Quota {
-    fn on_grow(&self, grown: usize) -> Result<(), FsError> {
-        let new = self.used.fetch_add(grown as u64, Ordering::SeqCst) + grown as u64;
-        if new > self.limit {
-            self.used.fetch_sub(grown as u64, Ordering::SeqCst);
-            return Err(FsError::StorageFull);
-        }
-        Ok(())
-    }
-    fn on_shrink(&self, shrunk: usize) {
-        self.used.fetch_sub(shrunk as u64, Ordering::SeqCst);
-    }
-}
-
 /// What the waiting side needs to feed and stop an interpreter.
 pub(super) struct Handles {
     pub stdin: Pipe,
@@ -298,6 +287,7 @@ impl Interpreter {
             memory: Mutex::new(None),
             entropy: Mutex::new(Entropy::seeded(0, false)),
             stop: AtomicBool::new(false),
+            quota: Quota::new(scratch_bytes),
         });
         let mut rt = PluggableRuntime::new(Arc::new(
             wasmer_wasix::runtime::task_manager::tokio::TokioTaskManager::new(
@@ -311,10 +301,7 @@ impl Interpreter {
         let runtime: Arc<dyn Runtime + Send + Sync> = Arc::new(rt);
 
         let scratch = TmpFileSystem::new();
-        scratch.set_memory_limiter(Arc::new(Quota {
-            used: AtomicU64::new(0),
-            limit: scratch_bytes,
-        }));
+        scratch.set_memory_limiter(hooks.quota.clone());
         let root = MountFileSystem::new();
         root.mount("/tmp", Arc::new(scratch))
             .map_err(|e| SandboxError::Instantiate(format!("mounting /tmp: {e}")))?;

@@ -13,7 +13,8 @@
 //! - memory: the engine's tunables cap every linear memory, so `memory.grow`
 //!   fails and CPython raises `MemoryError`;
 //! - output: captured up to a cap; the first byte past it stops the guest;
-//! - scratch: the in-memory filesystem's limiter refuses writes past the quota.
+//! - scratch: the in-memory filesystem's limiter refuses writes past the
+//!   quota, and the guest gets `ENOSPC` as from a full disk (`quota.rs`).
 //!
 //! See `docs/sandbox.md` for the measurements these choices rest on.
 
@@ -24,6 +25,7 @@ mod events;
 mod instance;
 mod memory_cap;
 mod pool;
+mod quota;
 mod stop;
 
 use std::path::PathBuf;

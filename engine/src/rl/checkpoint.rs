@@ -63,6 +63,25 @@ pub enum CheckpointError {
     /// The run has no complete checkpoint.
     #[error("{0}: no complete checkpoint")]
     None(PathBuf),
+    /// The run has checkpoints, but none loads.
+    #[error("{}: no checkpoint loads; {}", root.display(), describe(skipped))]
+    AllDamaged {
+        /// The run's checkpoint directory.
+        root: PathBuf,
+        /// Every checkpoint tried, newest first, and why it does not load.
+        skipped: Vec<Skipped>,
+    },
+}
+
+fn describe(skipped: &[Skipped]) -> String {
+    let newest = skipped
+        .first()
+        .map(|s| format!("the newest, {}, is damaged: {}", s.dir.display(), s.why))
+        .unwrap_or_default();
+    match skipped.len() {
+        0 | 1 => newest,
+        n => format!("{newest} (and {} older ones)", n - 1),
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -176,25 +195,83 @@ pub fn read_state(dir: &Path) -> Result<TrainState, CheckpointError> {
     Ok(state)
 }
 
+/// A checkpoint newer than the one found that does not load, and why.
+#[derive(Debug)]
+pub struct Skipped {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// What is wrong with it.
+    pub why: CheckpointError,
+}
+
+/// The checkpoint a resume starts from, and the newer ones passed over.
+#[derive(Debug)]
+pub struct Found {
+    /// The newest checkpoint that loads.
+    pub dir: PathBuf,
+    /// Checkpoints tried before it that are damaged or incomplete, newest first.
+    pub skipped: Vec<Skipped>,
+}
+
 /// The newest checkpoint of `run` that loads: the one `latest` names, else
-/// (if that is missing or damaged) the highest complete step.
-pub fn latest(run: &Path) -> Result<PathBuf, CheckpointError> {
+/// (if that is missing or damaged) the highest complete step; each one passed
+/// over is returned with the reason.
+pub fn find_latest(run: &Path) -> Result<Found, CheckpointError> {
     let root = checkpoints_dir(run);
     let named = std::fs::read_to_string(root.join("latest"))
         .ok()
         .map(|n| root.join(n.trim()));
     let mut candidates: Vec<PathBuf> = named.into_iter().collect();
     let mut steps = list(&root);
-    steps.sort_by(|a, b| b.0.cmp(&a.0));
-    candidates.extend(steps.into_iter().map(|(_, d)| d));
-    candidates
+    steps.sort_by_key(|s| std::cmp::Reverse(s.0));
+    for (_, dir) in steps {
+        if !candidates.contains(&dir) {
+            candidates.push(dir);
+        }
+    }
+    let mut skipped = Vec::new();
+    for dir in candidates {
+        match damage(&dir) {
+            None => return Ok(Found { dir, skipped }),
+            Some(why) => skipped.push(Skipped { dir, why }),
+        }
+    }
+    if skipped.is_empty() {
+        Err(CheckpointError::None(root))
+    } else {
+        Err(CheckpointError::AllDamaged { root, skipped })
+    }
+}
+
+/// What keeps the checkpoint in `dir` from loading, if anything: a state
+/// that does not read, or a missing adapter or optimizer file.
+fn damage(dir: &Path) -> Option<CheckpointError> {
+    if let Err(e) = read_state(dir) {
+        return Some(e);
+    }
+    ["adapter.gguf", "optimizer.gguf"]
         .into_iter()
-        .find(|d| {
-            read_state(d).is_ok()
-                && d.join("adapter.gguf").is_file()
-                && d.join("optimizer.gguf").is_file()
+        .map(|file| dir.join(file))
+        .find(|path| !path.is_file())
+        .map(|path| CheckpointError::Invalid {
+            path,
+            why: "missing (the checkpoint is incomplete)".into(),
         })
-        .ok_or(CheckpointError::None(root))
+}
+
+/// [`find_latest`]'s checkpoint; each one passed over is logged as a warning,
+/// so a resume never falls back without saying so.
+pub fn latest(run: &Path) -> Result<PathBuf, CheckpointError> {
+    let found = find_latest(run)?;
+    for s in &found.skipped {
+        log::warn!(
+            "checkpoint {} skipped: {}; using {}",
+            s.dir.display(),
+            s.why,
+            found.dir.display()
+        );
+    }
+    Ok(found.dir)
 }
 
 /// Loads the trainer and state of checkpoint `dir` on `model`.
@@ -202,4 +279,102 @@ pub fn load(dir: &Path, model: Transformer) -> Result<(Trainer, TrainState), Che
     let state = read_state(dir)?;
     let trainer = Trainer::load(model, dir)?;
     Ok((trainer, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpoint as `write` leaves it, without a trainer: the state and
+    /// the two files `find_latest` looks for.
+    fn fake_checkpoint(run: &Path, step: u64) -> PathBuf {
+        let dir = checkpoints_dir(run).join(step_name(step));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = TrainState {
+            format_version: STATE_VERSION,
+            step,
+            seed: 1,
+            prompts_drawn: 4 * step,
+            next_rollout_seed: 7,
+            elapsed_s: 1.5,
+            config: String::new(),
+        };
+        std::fs::write(
+            dir.join("state.json"),
+            serde_json::to_vec_pretty(&state).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(dir.join("adapter.gguf"), b"a").unwrap();
+        std::fs::write(dir.join("optimizer.gguf"), b"o").unwrap();
+        std::fs::write(checkpoints_dir(run).join("latest"), step_name(step)).unwrap();
+        dir
+    }
+
+    fn cut_short(file: &Path) {
+        let text = std::fs::read(file).unwrap();
+        std::fs::write(file, &text[..text.len() / 2]).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_newest_checkpoint_is_skipped_and_reported() {
+        let run = tempfile::tempdir().unwrap();
+        let older = fake_checkpoint(run.path(), 2);
+        let newest = fake_checkpoint(run.path(), 3);
+        cut_short(&newest.join("state.json"));
+
+        let found = find_latest(run.path()).unwrap();
+        assert_eq!(found.dir, older, "falls back to the one before");
+        assert_eq!(found.skipped.len(), 1, "{:?}", found.skipped);
+        assert_eq!(found.skipped[0].dir, newest);
+        let why = found.skipped[0].why.to_string();
+        assert!(
+            matches!(&found.skipped[0].why, CheckpointError::Invalid { path, .. } if *path == newest.join("state.json")),
+            "{why}"
+        );
+        assert_eq!(latest(run.path()).unwrap(), older);
+    }
+
+    #[test]
+    fn an_incomplete_checkpoint_is_skipped_with_the_missing_file_named() {
+        let run = tempfile::tempdir().unwrap();
+        let older = fake_checkpoint(run.path(), 1);
+        let newest = fake_checkpoint(run.path(), 2);
+        std::fs::remove_file(newest.join("optimizer.gguf")).unwrap();
+
+        let found = find_latest(run.path()).unwrap();
+        assert_eq!(found.dir, older);
+        assert_eq!(found.skipped.len(), 1);
+        let why = found.skipped[0].why.to_string();
+        assert!(
+            why.contains("optimizer.gguf") && why.contains("missing"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_sound_newest_checkpoint_skips_nothing() {
+        let run = tempfile::tempdir().unwrap();
+        fake_checkpoint(run.path(), 1);
+        let newest = fake_checkpoint(run.path(), 2);
+        let found = find_latest(run.path()).unwrap();
+        assert_eq!(found.dir, newest);
+        assert!(found.skipped.is_empty(), "{:?}", found.skipped);
+    }
+
+    #[test]
+    fn no_loadable_checkpoint_says_why() {
+        let run = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            find_latest(run.path()),
+            Err(CheckpointError::None(_))
+        ));
+        let only = fake_checkpoint(run.path(), 1);
+        cut_short(&only.join("state.json"));
+        let err = find_latest(run.path()).unwrap_err();
+        assert!(
+            matches!(&err, CheckpointError::AllDamaged { skipped, .. } if skipped.len() == 1),
+            "{err}"
+        );
+        assert!(err.to_string().contains("state.json"), "{err}");
+    }
 }

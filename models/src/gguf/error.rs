@@ -11,7 +11,10 @@ pub enum GgufErrorKind {
     #[error("cannot read the file: {0}")]
     Io(#[from] std::io::Error),
     /// Not a GGUF file.
-    #[error("not a GGUF file: expected magic bytes \"GGUF\", found {found:?}")]
+    #[error(
+        "not a GGUF file: expected magic bytes \"GGUF\", found {}",
+        magic_text(found)
+    )]
     BadMagic {
         /// The first bytes of the file.
         found: Vec<u8>,
@@ -131,6 +134,17 @@ pub enum GgufErrorKind {
     /// A required tensor is absent.
     #[error("no tensor named {0:?}")]
     MissingTensor(String),
+}
+
+/// The first bytes of a file as a reader recognizes them: text where they
+/// are printable (`"127."` for a hosts file, `"\x7fELF"` for a program),
+/// and plainly when the file is too short to hold any.
+fn magic_text(found: &[u8]) -> String {
+    if found.is_empty() {
+        "an empty file".to_string()
+    } else {
+        format!("\"{}\"", found.escape_ascii())
+    }
 }
 
 /// A GGUF reading error, with the path of the file when there is one.

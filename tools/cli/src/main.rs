@@ -2,6 +2,8 @@
 
 mod bench;
 mod cmd;
+mod error_text;
+mod render;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -62,7 +64,7 @@ fn main() {
         Command::Bench { which } => bench::run(which),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("{}", error_text::render(&e));
         std::process::exit(1);
     }
 }

@@ -88,6 +88,21 @@ impl Context {
                 p.n_seq_max
             )));
         }
+        // The cache is shared, so llama.cpp's own check compares all of it
+        // with the training context (and is kept out of the terminal, see
+        // `log.rs`); callers size it as a share per sequence, which is what
+        // must stay within the positions the model was trained on.
+        let share = p.n_ctx / p.n_seq_max;
+        let n_ctx_train = model.n_ctx_train();
+        if n_ctx_train > 0 && share > n_ctx_train {
+            ::log::warn!(
+                "a context of {} cells for {} sequences gives each about {share} positions, \
+                 more than the {n_ctx_train} the model was trained with: text past that \
+                 length may degrade (ask for fewer tokens per sequence)",
+                p.n_ctx,
+                p.n_seq_max
+            );
+        }
         let threads = if p.n_threads > 0 {
             p.n_threads
         } else {

@@ -4,16 +4,19 @@
 //! thread count, measured in the same run; then the trainer's forward pass on
 //! a 512-token sequence next to llama.cpp's prefill of the same tokens.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use cleaner::assets::AssetStore;
 use cleaner::kernels::matmul::{matmul_wt, Weights};
 use cleaner::kernels::quant::{synthetic::random_tensor, QuantType};
 use cleaner::models::Transformer;
 use cleaner::{Model, ModelParams, Policy, PolicyConfig};
+
+use super::python_env;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -32,6 +35,10 @@ pub struct Args {
     /// Models for the forward-pass comparison (comma-separated; "none" to skip).
     #[arg(long, default_value = "smollm2-135m,qwen2.5-coder-0.5b")]
     forward_models: String,
+    /// Python for the numpy baseline: "venv" (made in the cache on first
+    /// use), an interpreter with numpy, or "none" to leave the baseline out.
+    #[arg(long, default_value = "venv")]
+    python: String,
 }
 
 /// (n_in, n_out) of Qwen2.5-0.5B's projections: attention, ffn up/gate, ffn down, output.
@@ -66,8 +73,16 @@ fn parse_types(s: &str) -> Result<Vec<QuantType>> {
         .collect()
 }
 
-fn numpy_seconds(t: usize, n_in: usize, n_out: usize, reps: usize, threads: usize) -> Result<f64> {
-    let out = Command::new("python3")
+/// numpy's median seconds for `x @ W.T`; the reason when it cannot run.
+fn numpy_seconds(
+    python: &Path,
+    t: usize,
+    n_in: usize,
+    n_out: usize,
+    reps: usize,
+    threads: usize,
+) -> Result<f64, String> {
+    let out = Command::new(python)
         .args([
             "-c",
             NUMPY_SGEMM,
@@ -79,21 +94,22 @@ fn numpy_seconds(t: usize, n_in: usize, n_out: usize, reps: usize, threads: usiz
         .env("OPENBLAS_NUM_THREADS", threads.to_string())
         .env("OMP_NUM_THREADS", threads.to_string())
         .output()
-        .context("running python3 for the numpy baseline")?;
+        .map_err(|e| format!("running {}: {e}", python.display()))?;
     if !out.status.success() {
-        bail!(
-            "numpy baseline failed (pip install numpy): {}",
+        return Err(format!(
+            "{} failed: {}",
+            python.display(),
             String::from_utf8_lossy(&out.stderr)
                 .lines()
                 .last()
                 .unwrap_or("")
-        );
+        ));
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("numpy baseline output")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{} printed no result: {e}", python.display()))?;
     v["seconds"]
         .as_f64()
-        .context("numpy baseline printed no time")
+        .ok_or_else(|| format!("{} printed no time", python.display()))
 }
 
 fn time_median(reps: usize, mut f: impl FnMut()) -> f64 {
@@ -120,6 +136,7 @@ pub fn run(a: Args) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let threads = rayon::current_num_threads();
+    let mut python: Option<PathBuf> = python_env::interpreter(&a.python, &python_env::NUMPY);
     println!("x W^T, {threads} threads, median of {} (GFLOP/s; ratio to numpy/OpenBLAS f32 sgemm in parentheses)\n", a.reps);
     print!("| n_in -> n_out | T | numpy sgemm |");
     for ty in &types {
@@ -143,8 +160,22 @@ pub fn run(a: Args) -> Result<()> {
             .collect();
         for &t in &tokens {
             let flop = 2.0 * (t * n_in * n_out) as f64;
-            let base = flop / numpy_seconds(t, n_in, n_out, a.reps, threads)? / 1e9;
-            print!("| {n_in} -> {n_out} | {t} | {base:.1} |");
+            let base = python.as_deref().and_then(|py| {
+                match numpy_seconds(py, t, n_in, n_out, a.reps, threads) {
+                    Ok(s) => Some(flop / s / 1e9),
+                    Err(why) => {
+                        python_env::left_out(&python_env::NUMPY, &why);
+                        None
+                    }
+                }
+            });
+            if base.is_none() {
+                python = None;
+            }
+            match base {
+                Some(b) => print!("| {n_in} -> {n_out} | {t} | {b:.1} |"),
+                None => print!("| {n_in} -> {n_out} | {t} | n/a |"),
+            }
             let x: Vec<f32> = (0..t * n_in)
                 .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
                 .collect();
@@ -156,10 +187,15 @@ pub fn run(a: Args) -> Result<()> {
                 };
                 let w = Weights::quantized(*ty, bytes, n_out, n_in)?;
                 let gflops = flop / time_median(a.reps, || matmul_wt(&x, t, &w, &mut y)) / 1e9;
-                if t >= 512 {
-                    min_ratio_512 = min_ratio_512.min(gflops / base);
+                match base {
+                    Some(base) => {
+                        if t >= 512 {
+                            min_ratio_512 = min_ratio_512.min(gflops / base);
+                        }
+                        print!(" {gflops:.1} ({:.2}) |", gflops / base);
+                    }
+                    None => print!(" {gflops:.1} |"),
                 }
-                print!(" {gflops:.1} ({:.2}) |", gflops / base);
             }
             println!();
         }

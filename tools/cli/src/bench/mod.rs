@@ -2,11 +2,25 @@
 //! invocation, reported as ratios (the machine is shared and noisy).
 
 pub mod kernels;
+pub mod python_env;
 pub mod rollout;
 pub mod sandbox;
 pub mod train;
 
+use std::path::{Path, PathBuf};
+
 use anyhow::Result;
+
+/// Where the scripts the benches run live, relative to the tools crate:
+/// the one place to change when they move.
+const SCRIPTS_DIR: &str = "../scripts";
+
+/// A script a bench runs (`bench_train_torch.py`, `build-batched-bench.sh`).
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(SCRIPTS_DIR)
+        .join(name)
+}
 
 #[derive(clap::Subcommand)]
 pub enum Which {

@@ -165,7 +165,7 @@ fn find_baseline(given: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(p) = given {
         return Ok(p);
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-batched-bench.sh");
+    let script = super::script("build-batched-bench.sh");
     eprintln!(
         "building llama-batched-bench with {} (once; several minutes)",
         script.display()

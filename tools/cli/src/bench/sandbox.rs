@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use cleaner::assets::{self, AssetStore};
-use cleaner::sandbox::{Limits, Outcome, Sandbox, SandboxConfig};
+use cleaner::sandbox::{Limits, ModuleSource, Outcome, Sandbox, SandboxConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -78,7 +78,11 @@ fn host_python(code: &str) -> Result<String> {
 fn ours(sb: &Sandbox, code: &str) -> Result<String> {
     let e = sb.run(code, &Limits::default())?;
     if e.outcome != Outcome::Ok {
-        bail!("sandbox run failed: {:?}\n{}", e.outcome, e.stderr);
+        bail!(
+            "sandbox run failed ({})\n{}",
+            crate::render::outcome(&e.outcome),
+            e.stderr
+        );
     }
     Ok(e.stdout)
 }
@@ -147,9 +151,12 @@ pub fn run(a: Args) -> Result<()> {
     rows.push((
         "cache load".into(),
         format!(
-            "{:.1} ms ({:?})",
+            "{:.1} ms ({})",
             plain.module_load().1.as_secs_f64() * 1e3,
-            plain.module_load().0
+            match plain.module_load().0 {
+                ModuleSource::Compiled => "compiled now",
+                ModuleSource::Cache => "from the cache",
+            }
         ),
     ));
     let warm = Sandbox::new(SandboxConfig::new(

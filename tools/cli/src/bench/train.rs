@@ -2,7 +2,8 @@
 //! on all seven projections) over T tokens, tokens/s and peak RSS, next to
 //! PyTorch + PEFT on the CPU doing the same step on the same model
 //! (dequantized to f32 from the same GGUF by `transformers`), with the same
-//! thread count, measured in the same run (tools/scripts/bench_train_torch.py).
+//! thread count, measured in the same run (`tools/scripts/bench_train_torch.py`, in an
+//! environment made in the cache on first use: see `python_env.rs`).
 //!
 //! Ours runs once per `--keep-mib` setting: 0 recomputes every block in the
 //! backward pass (per-block checkpointing, the least memory), larger values
@@ -12,7 +13,7 @@
 //! vocabulary, causal attention forward and backward), the same count for
 //! both, so the figure can be held against the CPU's sgemm rate.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -22,7 +23,7 @@ use cleaner::kernels::matmul::Precision;
 use cleaner::models::{LoraConfig, Transformer};
 use cleaner::train::{nll_loss, AdamWConfig, Trainer};
 
-use super::median;
+use super::{median, python_env};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -35,9 +36,10 @@ pub struct Args {
     /// Timed steps per cell (the median is reported).
     #[arg(long, default_value_t = 2)]
     reps: usize,
-    /// Python interpreter with torch, transformers, peft and gguf installed
-    /// ("none" skips the baseline).
-    #[arg(long, default_value = "python3")]
+    /// Python for the PyTorch baseline: "venv" (made in the cache on first
+    /// use: several GB of wheels), an interpreter with torch, transformers,
+    /// peft and gguf, or "none" to leave the baseline out.
+    #[arg(long, default_value = "venv")]
     python: String,
     /// Activation memory settings of ours to measure (MiB, comma-separated;
     /// 0 = recompute every block).
@@ -123,17 +125,15 @@ fn ours(
     })
 }
 
+/// One PyTorch + PEFT cell; the reason when the baseline cannot run.
 fn torch(
-    python: &str,
+    python: &Path,
     path: &std::path::Path,
     n_tok: usize,
     reps: usize,
     threads: usize,
-) -> Result<Option<Cell>> {
-    if python == "none" {
-        return Ok(None);
-    }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_train_torch.py");
+) -> Result<Cell, String> {
+    let script = super::script("bench_train_torch.py");
     let out = Command::new(python)
         .arg(&script)
         .args([
@@ -143,19 +143,18 @@ fn torch(
             &threads.to_string(),
         ])
         .output()
-        .with_context(|| format!("running {python} {}", script.display()))?;
+        .map_err(|e| format!("running {} {}: {e}", python.display(), script.display()))?;
     if !out.status.success() {
-        eprintln!(
-            "PyTorch baseline failed ({}): {}",
-            python,
+        return Err(format!(
+            "{} failed: {}",
+            python.display(),
             String::from_utf8_lossy(&out.stderr)
                 .lines()
                 .rev()
                 .take(3)
                 .collect::<Vec<_>>()
                 .join(" | ")
-        );
-        return Ok(None);
+        ));
     }
     let v: serde_json::Value = serde_json::from_slice(
         out.stdout
@@ -163,11 +162,11 @@ fn torch(
             .rfind(|l| !l.is_empty())
             .unwrap_or(b"{}"),
     )
-    .context("PyTorch baseline output")?;
-    Ok(Some(Cell {
+    .map_err(|e| format!("{} printed no result: {e}", python.display()))?;
+    Ok(Cell {
         tok_s: v["tok_s"].as_f64().unwrap_or(f64::NAN),
         peak_mib: v["peak_mib"].as_f64().unwrap_or(f64::NAN),
-    }))
+    })
 }
 
 /// `median` or, over several rounds, `median (min-max)`.
@@ -211,6 +210,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.rounds == 0 || a.reps == 0 {
         bail!("--rounds and --reps must be at least 1");
     }
+    let mut python = python_env::interpreter(&a.python, &python_env::TORCH);
     println!(
         "LoRA step (forward + backward + AdamW, rank 16, q k v o gate up down), {threads} threads, median of {} steps, {} round(s) alternating ours and PyTorch",
         a.reps, a.rounds
@@ -233,7 +233,16 @@ pub fn run(a: Args) -> Result<()> {
                     .iter()
                     .map(|&(k, p)| ours(&path, t, a.reps, k, p))
                     .collect::<Result<Vec<_>>>()?;
-                rounds.push((mine, torch(&a.python, &path, t, a.reps, threads)?));
+                let theirs = python.as_deref().and_then(|py| {
+                    torch(py, &path, t, a.reps, threads)
+                        .map_err(|why| python_env::left_out(&python_env::TORCH, &why))
+                        .ok()
+                });
+                if theirs.is_none() {
+                    // Failed once, it would fail again: stop trying.
+                    python = None;
+                }
+                rounds.push((mine, theirs));
             }
             let torch_cells: Vec<&Cell> = rounds.iter().filter_map(|r| r.1.as_ref()).collect();
             let torch_tok_s = median(torch_cells.iter().map(|c| c.tok_s).collect());

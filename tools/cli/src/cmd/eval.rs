@@ -2,14 +2,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use cleaner::agent::config::Purify;
 use cleaner::agent::trajectory::write_jsonl;
 use cleaner::agent::{AgentConfig, FormatKind};
 use cleaner::rl::{checkpoint, evaluate};
 use cleaner::session::{Session, SessionOptions};
-use cleaner::tasks::dataset::default_data_dir;
-use cleaner::tasks::{Dataset, Fields, MathReward};
+use cleaner::tasks::MathReward;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(clap::Args)]
@@ -63,17 +62,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.samples == 0 {
         bail!("--samples must be at least 1");
     }
-    let data = Dataset::load(
-        &a.dataset,
-        &a.data_dir.clone().unwrap_or_else(default_data_dir),
-        &Fields::default(),
-    )
-    .with_context(|| {
-        format!(
-            "loading dataset {} (set --data-dir or CLEANER_DATA)",
-            a.dataset
-        )
-    })?;
+    let data = super::load_dataset(&a.dataset, a.data_dir.as_deref())?;
     let take = if a.limit == 0 { usize::MAX } else { a.limit };
     let items: Vec<_> = data
         .items

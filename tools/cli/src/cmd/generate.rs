@@ -57,7 +57,24 @@ pub fn run(a: Args) -> Result<()> {
         messages.push(Message::user(a.prompt.clone()));
         ChatTemplate::from_model(&model)?.tokenize(&model, &messages, None)?
     };
-    let n_ctx = ((prompt.len() + a.max_tokens) * (a.n + 1)).max(512) as u32;
+    // Each sequence stays within the positions the model was trained on.
+    let n_ctx_train = model.n_ctx_train() as usize;
+    let mut max_tokens = a.max_tokens;
+    if n_ctx_train > 0 && prompt.len() + max_tokens > n_ctx_train {
+        if prompt.len() >= n_ctx_train {
+            bail!(
+                "the prompt is {} tokens, more than the {n_ctx_train} the model was trained with",
+                prompt.len()
+            );
+        }
+        max_tokens = n_ctx_train - prompt.len();
+        eprintln!(
+            "--max-tokens {} lowered to {max_tokens}: the model was trained on {n_ctx_train} positions and the prompt takes {}",
+            a.max_tokens,
+            prompt.len()
+        );
+    }
+    let n_ctx = ((prompt.len() + max_tokens) * (a.n + 1)).max(512) as u32;
     let config = PolicyConfig {
         n_ctx,
         n_seq_max: a.n as u32 + 1,
@@ -76,7 +93,7 @@ pub fn run(a: Args) -> Result<()> {
                 top_k: a.top_k,
                 seed: a.seed.wrapping_add(i),
             },
-            max_new_tokens: a.max_tokens,
+            max_new_tokens: max_tokens,
             stop: a.stop.clone(),
             stop_at_eog: true,
             stop_after: None,
@@ -88,10 +105,10 @@ pub fn run(a: Args) -> Result<()> {
     let total: usize = outs.iter().map(|g| g.tokens.len()).sum();
     for (i, g) in outs.iter().enumerate() {
         println!(
-            "--- completion {} ({} tokens, {:?})",
+            "--- completion {} ({} tokens, stopped at {})",
             i + 1,
             g.tokens.len(),
-            g.finish
+            crate::render::finish_reason(&g.finish)
         );
         println!("{}", g.text);
     }

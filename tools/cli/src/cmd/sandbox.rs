@@ -68,10 +68,10 @@ pub fn run(which: Which) -> Result<()> {
                 ""
             };
             eprintln!(
-                "--- {:?} in {:.1} ms, exit code {:?}{trunc}",
-                e.outcome,
+                "--- {} in {:.1} ms, {}{trunc}",
+                crate::render::outcome(&e.outcome),
                 e.wall.as_secs_f64() * 1e3,
-                e.exit_code
+                crate::render::exit_code(e.exit_code)
             );
             if e.outcome != Outcome::Ok {
                 std::process::exit(2);

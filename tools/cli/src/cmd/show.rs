@@ -3,6 +3,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use cleaner::agent::trajectory::{read_jsonl, PurifyResult, SegmentKind};
 
+use crate::render;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Trajectory file (JSONL written by `cleaner solve`).
@@ -30,12 +32,12 @@ pub fn run(a: Args) -> Result<()> {
             continue;
         }
         println!(
-            "{}=== trajectory {i}: problem {} rollout {} | reward {:?} | answer {:?} | turns {} | tool calls {} (failed: {} raw, {} kept) | {}{}",
+            "{}=== trajectory {i}: problem {} rollout {} | {} | {} | turns {} | tool calls {} (failed: {} raw, {} kept) | {}{}",
             c(BOLD),
             t.problem_id,
             t.rollout,
-            t.reward,
-            t.answer,
+            render::reward(t.reward),
+            render::answer(t.answer.as_deref()),
             t.turns,
             t.tool_calls.len(),
             t.failures_raw(),
@@ -57,13 +59,11 @@ pub fn run(a: Args) -> Result<()> {
         println!();
         for (n, e) in t.purification.iter().enumerate() {
             println!(
-                "{}--- purification {n} at token {} (turn {}): {:?}, {:?}, similarity {}, retry {}{}",
+                "{}--- purification {n} at token {} (turn {}): {}, retry {}{}",
                 c(BOLD),
                 e.position,
                 e.turn,
-                e.result,
-                e.repair,
-                e.similarity.map(|s| format!("{s:.3}")).unwrap_or_else(|| "-".into()),
+                render::purification(e.result, e.repair, e.similarity),
                 e.retries,
                 c(RESET)
             );

@@ -1,12 +1,11 @@
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use cleaner::agent::config::{Purify, MATH_PROMPT_HERMES};
 use cleaner::agent::trajectory::write_jsonl;
 use cleaner::agent::{Agent, AgentConfig, FormatKind, ToolFormat};
 use cleaner::chat::ChatTemplate;
-use cleaner::tasks::dataset::default_data_dir;
-use cleaner::tasks::{math_equal, Dataset, Fields};
+use cleaner::tasks::math_equal;
 use cleaner::{Policy, PolicyConfig};
 
 #[derive(clap::Args)]
@@ -58,17 +57,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let p = a.purify.rollback_probability();
-    let data = Dataset::load(
-        &a.dataset,
-        &a.data_dir.clone().unwrap_or_else(default_data_dir),
-        &Fields::default(),
-    )
-    .with_context(|| {
-        format!(
-            "loading dataset {} (set --data-dir or CLEANER_DATA)",
-            a.dataset
-        )
-    })?;
+    let data = super::load_dataset(&a.dataset, a.data_dir.as_deref())?;
     let items: Vec<_> = data
         .items
         .iter()
@@ -107,7 +96,17 @@ pub fn run(a: Args) -> Result<()> {
     };
     let problems = cleaner::agent::prompt::problems(&template, &model, &config, &items)?;
     let longest = problems.iter().map(|p| p.prompt.len()).max().unwrap_or(0);
-    let per_seq = longest + a.max_response_tokens + 2 * config.max_turn_tokens + 512;
+    let mut per_seq = longest + a.max_response_tokens + 2 * config.max_turn_tokens + 512;
+    // No sequence gets more positions than the model was trained on.
+    let n_ctx_train = model.n_ctx_train() as usize;
+    if n_ctx_train > 0 && per_seq > n_ctx_train {
+        eprintln!(
+            "each sequence would need up to {per_seq} positions (longest prompt {longest}, --max-response-tokens {}); \
+             capped at the model's training context of {n_ctx_train}",
+            a.max_response_tokens
+        );
+        per_seq = n_ctx_train;
+    }
     let policy_config = PolicyConfig {
         n_ctx: (per_seq as u32) * a.slots,
         n_seq_max: a.slots,
@@ -117,11 +116,11 @@ pub fn run(a: Args) -> Result<()> {
     };
     let mut policy = Policy::new(model.clone(), &policy_config)?;
     eprintln!(
-        "{} problems x {} rollouts, purify {} (p = {p}), format {:?}, {} slots",
+        "{} problems x {} rollouts, purify {} (p = {p}), format {}, {} slots",
         problems.len(),
         a.rollouts,
         a.purify,
-        a.format,
+        crate::render::format_kind(a.format),
         a.slots
     );
     let (mut trajectories, stats) = {

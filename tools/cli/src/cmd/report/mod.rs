@@ -2,6 +2,8 @@
 //! scripts, no external files) with the run's curves and a few purified
 //! trajectories shown before/after.
 
+mod ticks;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -10,6 +12,8 @@ use cleaner::agent::trajectory::{read_jsonl, PurifyResult, SegmentKind};
 use cleaner::agent::Trajectory;
 use cleaner::rl::metrics::MetricsLog;
 use cleaner::rl::StepMetrics;
+
+use crate::render;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,7 +33,7 @@ pub fn run(a: Args) -> Result<()> {
     let metrics_path = a.run.join("metrics.jsonl");
     let metrics = MetricsLog::read(&metrics_path).with_context(|| {
         format!(
-            "{} is not a training run (no readable metrics.jsonl)",
+            "{} is not a training run (no readable metrics.jsonl; `cleaner train --run DIR` makes one)",
             a.run.display()
         )
     })?;
@@ -48,8 +52,11 @@ pub fn run(a: Args) -> Result<()> {
     let last = metrics.last().expect("non-empty");
     write!(
         html,
-        "<p>{} steps; last step: reward {:+.3}, accuracy {:.3}, failed calls per trajectory {:.2} raw / {:.2} kept, {:.0} s.</p><div class=\"grid\">",
-        metrics.len(),
+        "<p>{}; last step: reward {:+.3}, accuracy {:.3}, failed calls per trajectory {:.2} raw / {:.2} kept, {:.0} s.</p><div class=\"grid\">",
+        match metrics.len() {
+            1 => "1 step".to_string(),
+            n => format!("{n} steps"),
+        },
         last.reward_mean,
         last.accuracy,
         last.failures_raw,
@@ -171,39 +178,51 @@ fn chart(name: &str, metrics: &[StepMetrics], series: &[Series]) -> String {
         .collect();
     let all: Vec<(f64, f64)> = values.iter().flatten().copied().collect();
     let (x0, x1) = bounds(all.iter().map(|p| p.0));
-    let (y0, y1) = bounds(all.iter().map(|p| p.1));
+    // The steps drawn (a single step is drawn in the middle of a wider axis).
+    let first_step = all.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
+    let last_step = all.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = bounds(all.iter().map(|p| p.1));
+    // The value axis runs from tick to tick, so its ends are labelled.
+    let y_ticks = ticks::ticks(lo, hi, 4);
+    // (min and max: a tick computed as k * step can miss a round end by an ulp.)
+    let y0 = y_ticks[0].0.min(lo);
+    let y1 = y_ticks[y_ticks.len() - 1].0.max(hi);
     let sx = |x: f64| pad + (x - x0) / (x1 - x0) * (w - 1.5 * pad);
     let sy = |y: f64| h - pad + -(y - y0) / (y1 - y0) * (h - 1.5 * pad);
     let mut s = format!(
         "<figure><figcaption>{}</figcaption><svg viewBox=\"0 0 {w} {h}\" width=\"100%\">",
         esc(name)
     );
+    for (y, label) in &y_ticks {
+        let _ = write!(
+            s,
+            "<line x1=\"{pad}\" y1=\"{py:.1}\" x2=\"{}\" y2=\"{py:.1}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"end\">{}</text>",
+            w - pad / 2.0,
+            pad - 3.0,
+            sy(*y) + 3.0,
+            esc(label),
+            py = sy(*y)
+        );
+    }
     let _ = write!(
         s,
         "<line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#999\"/><line x1=\"{pad}\" y1=\"{}\" x2=\"{pad}\" y2=\"{}\" stroke=\"#999\"/>",
         h - pad, w - pad / 2.0, h - pad, pad / 2.0, h - pad
     );
-    for (y, label) in [(y0, y0), (y1, y1)] {
+    // The first and last step drawn label the step axis (one label when
+    // there is one step, none when nothing was recorded).
+    let mut step_labels = vec![(first_step, "middle")];
+    if last_step > first_step {
+        step_labels = vec![(first_step, "start"), (last_step, "end")];
+    }
+    for (step, anchor) in step_labels.into_iter().filter(|(x, _)| x.is_finite()) {
         let _ = write!(
             s,
-            "<text x=\"2\" y=\"{:.1}\" font-size=\"10\">{}</text>",
-            sy(y) + 3.0,
-            short(label)
+            "<text x=\"{:.1}\" y=\"{}\" font-size=\"10\" text-anchor=\"{anchor}\">step {step}</text>",
+            sx(step),
+            h - 8.0
         );
     }
-    let _ = write!(
-        s,
-        "<text x=\"{pad}\" y=\"{}\" font-size=\"10\">step {}</text>",
-        h - 8.0,
-        x0
-    );
-    let _ = write!(
-        s,
-        "<text x=\"{}\" y=\"{}\" font-size=\"10\">{}</text>",
-        w - pad - 10.0,
-        h - 8.0,
-        x1
-    );
     for (k, pts) in values.iter().enumerate() {
         let colour = COLOURS[k % COLOURS.len()];
         let path: Vec<String> = pts
@@ -216,7 +235,13 @@ fn chart(name: &str, metrics: &[StepMetrics], series: &[Series]) -> String {
             path.join(" ")
         );
         for &(x, y) in pts {
-            let _ = write!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2\" fill=\"{colour}\"><title>step {x}: {y:.4}</title></circle>", sx(x), sy(y));
+            let _ = write!(
+                s,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2\" fill=\"{colour}\"><title>step {x}: {}</title></circle>",
+                sx(x),
+                sy(y),
+                ticks::value(y)
+            );
         }
     }
     s.push_str("</svg><div class=\"legend\">");
@@ -247,14 +272,6 @@ fn bounds(v: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo, hi)
 }
 
-fn short(x: f64) -> String {
-    if x.abs() >= 1000.0 || (x != 0.0 && x.abs() < 0.01) {
-        format!("{x:.1e}")
-    } else {
-        format!("{x:.2}")
-    }
-}
-
 /// Up to `n` trajectories with purification events, newest steps first.
 fn purified_examples(run: &Path, n: usize) -> Vec<(String, Trajectory)> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(run.join("trajectories"))
@@ -280,12 +297,12 @@ fn purified_examples(run: &Path, n: usize) -> Vec<(String, Trajectory)> {
 
 fn trajectory_html(file: &str, t: &Trajectory) -> String {
     let mut s = format!(
-        "<h3>{} problem {} rollout {}: reward {:?}, answer {:?}, {} tool calls ({} failed raw, {} kept)</h3>",
+        "<h3>{} problem {} rollout {}: {}, {}, {} tool calls ({} failed raw, {} kept)</h3>",
         esc(file),
         esc(&t.problem_id),
         t.rollout,
-        t.reward,
-        t.answer.as_deref().map(esc),
+        render::reward(t.reward),
+        esc(&render::answer(t.answer.as_deref())),
         t.tool_calls.len(),
         t.failures_raw(),
         t.failures_kept()
@@ -298,12 +315,10 @@ fn trajectory_html(file: &str, t: &Trajectory) -> String {
         };
         let _ = write!(
             s,
-            "<p>Purification {k} at token {} (turn {}): {:?}, {:?}, similarity {}</p><pre><del>{}</del>\n<del>{}</del>\n<ins>{label}: {}</ins></pre>",
+            "<p>Purification {k} at token {} (turn {}): {}</p><pre><del>{}</del>\n<del>{}</del>\n<ins>{label}: {}</ins></pre>",
             e.position,
             e.turn,
-            e.result,
-            e.repair,
-            e.similarity.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into()),
+            render::purification(e.result, e.repair, e.similarity),
             esc(&e.failed_code),
             esc(&e.error),
             esc(&e.correction)
