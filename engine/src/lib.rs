@@ -10,6 +10,7 @@ pub mod llama;
 pub mod rollout;
 pub mod sampling;
 pub mod sandbox;
+pub mod seeds;
 pub mod tasks;
 pub mod train;
 

@@ -15,7 +15,7 @@
 //! 8. append the step's metrics, and checkpoint every `checkpoint_every`.
 //!
 //! Prompt order, rollout seeds and the adapter's init are functions of
-//! `grpo.seed` and the step number, so a run resumed from a checkpoint
+//! `grpo.seed` and the step number ([`crate::seeds`]), so a run resumed from a checkpoint
 //! draws exactly what the uninterrupted run would have (on the CPU, where
 //! llama.cpp and our trainer are deterministic).
 
@@ -29,6 +29,7 @@ use super::metrics::{MetricsLog, StepMetrics};
 use crate::agent::trajectory::write_jsonl;
 use crate::agent::{Role, Trajectory};
 use crate::sampling::Rng;
+use crate::seeds;
 use crate::session::{Session, SessionError, SessionOptions};
 use crate::tasks::{DatasetError, Item, Reward};
 use crate::train::{sequence_loss, BatchShape, LossStats, SeqLossInput, TrainError, Trainer};
@@ -142,7 +143,8 @@ impl Grpo {
         let session = open_session(&config)?;
         let lora = config.lora.to_config().map_err(GrpoError::Run)?;
         let model = Transformer::open(session.model_path())?;
-        let trainer = Trainer::new(model, lora, config.optim.clone(), config.grpo.seed)?;
+        let seed = seeds::adapter_init(config.grpo.seed);
+        let trainer = Trainer::new(model, lora, config.optim.clone(), seed)?;
         Grpo::assemble(config, run_dir, session, trainer, items, 0, 0.0)
     }
 
@@ -293,7 +295,7 @@ impl Grpo {
                         epoch,
                         shuffled(
                             self.items.len(),
-                            mix(self.config.grpo.seed, 0x0e90c4, epoch),
+                            seeds::problem_order(self.config.grpo.seed, epoch),
                         ),
                     ));
                 }
@@ -325,7 +327,8 @@ impl Grpo {
             .unzip();
         m.prompts = items.len();
         m.prompts_skipped = self.config.grpo.prompts_per_step - items.len();
-        self.session.agent_config_mut().sampling.seed = mix(self.config.grpo.seed, 0x5a3b1e, step);
+        self.session.agent_config_mut().sampling.seed =
+            seeds::rollout_sampling(self.config.grpo.seed, step);
         let t_roll = Instant::now();
         let (mut trajectories, stats) = {
             let progress = &mut self.progress;
@@ -533,7 +536,7 @@ impl Grpo {
             step: self.step,
             seed: self.config.grpo.seed,
             prompts_drawn: self.step * self.config.grpo.prompts_per_step as u64,
-            next_rollout_seed: mix(self.config.grpo.seed, 0x5a3b1e, self.step),
+            next_rollout_seed: seeds::rollout_sampling(self.config.grpo.seed, self.step),
             elapsed_s: self.elapsed_s,
             config: self.config.to_toml(),
         };
@@ -595,15 +598,6 @@ pub fn open_session(config: &RunConfig) -> Result<Session, SessionError> {
             asset_dir: None,
         },
     )
-}
-
-/// A seed derived from a base seed, a purpose and an index.
-fn mix(base: u64, purpose: u64, index: u64) -> u64 {
-    Rng::new(
-        base ^ purpose.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
-            ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-    )
-    .next_u64()
 }
 
 /// A Fisher-Yates shuffle of `0..n`.
