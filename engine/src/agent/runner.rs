@@ -760,6 +760,7 @@ impl<'a, B: Backend> Agent<'a, B> {
         Trajectory {
             format_version: FORMAT_VERSION,
             problem_id: problems[r.problem].id.clone(),
+            problem_index: Some(r.problem),
             rollout: r.index,
             tokens: r.tokens,
             roles: r.roles,

@@ -26,6 +26,7 @@ use super::advantage::group_advantages;
 use super::checkpoint::{self, CheckpointError, TrainState, STATE_VERSION};
 use super::config::RunConfig;
 use super::metrics::{MetricsLog, StepMetrics};
+use super::problem_index::{problem_index, ProblemIndexError};
 use crate::agent::trajectory::write_jsonl;
 use crate::agent::{Role, Trajectory};
 use crate::sampling::Rng;
@@ -61,6 +62,9 @@ pub enum GrpoError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A trajectory that does not name its problem.
+    #[error(transparent)]
+    ProblemIndex(#[from] ProblemIndexError),
     /// Anything else, explained.
     #[error("{0}")]
     Run(String),
@@ -368,7 +372,7 @@ impl Grpo {
         let mut rewards = Vec::with_capacity(trajectories.len());
         let mut solved = 0usize;
         for t in trajectories.iter_mut() {
-            let item = &items[t_index(&problems, t)];
+            let item = &items[problem_index(t, &items)?];
             let r = self.reward.score(item, t);
             solved += self.reward.solved(item, t) as usize;
             t.reward = Some(r);
@@ -576,14 +580,6 @@ impl Sample {
             weight,
         })
     }
-}
-
-/// Index of the problem a trajectory belongs to.
-fn t_index(problems: &[crate::agent::Problem], t: &Trajectory) -> usize {
-    problems
-        .iter()
-        .position(|p| p.id == t.problem_id)
-        .unwrap_or(0)
 }
 
 /// The session a run's config describes.

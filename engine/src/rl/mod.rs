@@ -8,8 +8,9 @@ pub mod config;
 pub mod eval;
 pub mod grpo;
 pub mod metrics;
+pub mod problem_index;
 
 pub use config::{ConfigError, MatmulPrecision, RunConfig};
-pub use eval::{evaluate, EvalReport};
+pub use eval::{evaluate, EvalError, EvalReport};
 pub use grpo::{Grpo, GrpoError, Progress};
 pub use metrics::StepMetrics;
