@@ -24,10 +24,10 @@ use std::time::Instant;
 
 use super::advantage::group_advantages;
 use super::checkpoint::{self, CheckpointError, TrainState, STATE_VERSION};
-use super::config::RunConfig;
+use super::config::{ConfigError, RunConfig, UnknownLoraTarget};
 use super::metrics::{MetricsLog, StepMetrics};
 use super::problem_index::{problem_index, ProblemIndexError};
-use crate::agent::trajectory::write_jsonl;
+use crate::agent::trajectory::{write_jsonl, TrajectoryError};
 use crate::agent::{Role, Trajectory};
 use crate::sampling::Rng;
 use crate::seeds;
@@ -62,12 +62,30 @@ pub enum GrpoError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A new run was started in a directory that holds a checkpoint.
+    #[error(
+        "{} already holds a checkpoint: resume it, or choose another run directory",
+        run_dir.display()
+    )]
+    RunDirTaken {
+        /// The run directory.
+        run_dir: PathBuf,
+    },
+    /// The config saved in the checkpoint being resumed.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The adapter's target projections.
+    #[error(transparent)]
+    LoraTarget(#[from] UnknownLoraTarget),
+    /// The dataset (or the caller) gave no problems.
+    #[error("no problems to train on")]
+    NoProblems,
+    /// Saving a step's trajectories.
+    #[error(transparent)]
+    Trajectories(#[from] TrajectoryError),
     /// A trajectory that does not name its problem.
     #[error(transparent)]
     ProblemIndex(#[from] ProblemIndexError),
-    /// Anything else, explained.
-    #[error("{0}")]
-    Run(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GrpoError + '_ {
@@ -132,10 +150,9 @@ impl Grpo {
         items: Vec<Item>,
     ) -> Result<Grpo, GrpoError> {
         if checkpoint::latest(run_dir).is_ok() {
-            return Err(GrpoError::Run(format!(
-                "{} already holds a checkpoint: resume it, or choose another run directory",
-                run_dir.display()
-            )));
+            return Err(GrpoError::RunDirTaken {
+                run_dir: run_dir.to_path_buf(),
+            });
         }
         std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
         let config_path = run_dir.join("config.toml");
@@ -145,7 +162,7 @@ impl Grpo {
             std::fs::remove_file(metrics.path()).map_err(io(metrics.path()))?;
         }
         let session = open_session(&config)?;
-        let lora = config.lora.to_config().map_err(GrpoError::Run)?;
+        let lora = config.lora.to_config()?;
         let model = Transformer::open(session.model_path())?;
         let seed = seeds::adapter_init(config.grpo.seed);
         let trainer = Trainer::new(model, lora, config.optim.clone(), seed)?;
@@ -177,8 +194,7 @@ impl Grpo {
         let dir = checkpoint::latest(run_dir)?;
         let state = checkpoint::read_state(&dir)?;
         let mut config =
-            RunConfig::from_toml(&state.config, &dir.join("state.json").display().to_string())
-                .map_err(|e| GrpoError::Run(e.to_string()))?;
+            RunConfig::from_toml(&state.config, &dir.join("state.json").display().to_string())?;
         if let Some(s) = steps {
             config.grpo.steps = s;
         }
@@ -225,7 +241,7 @@ impl Grpo {
         trainer.set_activation_memory(config.trainer.activation_memory_mib.saturating_mul(1 << 20));
         trainer.set_precision(config.trainer.precision.into());
         if items.is_empty() {
-            return Err(GrpoError::Run("no problems to train on".into()));
+            return Err(GrpoError::NoProblems);
         }
         let reward = Box::new(config.reward);
         Ok(Grpo {
@@ -509,7 +525,7 @@ impl Grpo {
             let dir = self.run_dir.join("trajectories");
             std::fs::create_dir_all(&dir).map_err(io(&dir))?;
             let path = dir.join(format!("step-{:06}.jsonl", step + 1));
-            write_jsonl(&path, &trajectories).map_err(|e| GrpoError::Run(e.to_string()))?;
+            write_jsonl(&path, &trajectories)?;
         }
 
         // 8. Metrics, then the checkpoint (a resume drops metrics of steps
