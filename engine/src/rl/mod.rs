@@ -9,6 +9,8 @@ pub mod eval;
 pub mod grpo;
 pub mod metrics;
 pub mod problem_index;
+mod problem_order;
+mod samples;
 
 pub use config::{ConfigError, MatmulPrecision, RunConfig};
 pub use eval::{evaluate, EvalError, EvalReport};
