@@ -8,15 +8,21 @@ use crate::agent::{BatchStats, Trajectory};
 use crate::session::{Session, SessionError};
 use crate::tasks::{Item, Reward};
 
-/// Why an evaluation failed.
+/// Why an evaluation failed (the session's error boxed: it is large).
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     /// Model, sandbox or agent.
     #[error(transparent)]
-    Session(#[from] SessionError),
+    Session(Box<SessionError>),
     /// A trajectory that does not name its problem.
     #[error(transparent)]
     ProblemIndex(#[from] ProblemIndexError),
+}
+
+impl From<SessionError> for EvalError {
+    fn from(e: SessionError) -> Self {
+        EvalError::Session(Box::new(e))
+    }
 }
 
 /// One problem's result.

@@ -39,21 +39,22 @@ use crate::tasks::{DatasetError, Item, Reward};
 use crate::train::{sequence_loss, BatchShape, LossStats, SeqLossInput, TrainError, Trainer};
 use cleaner_models::{ModelError, Transformer};
 
-/// Why a run could not start or a step failed.
+/// Why a run could not start or a step failed. The three large sources are
+/// boxed so every `Result` of the loop stays small.
 #[derive(Debug, thiserror::Error)]
 pub enum GrpoError {
     /// Model, sandbox or agent.
     #[error(transparent)]
-    Session(#[from] SessionError),
+    Session(Box<SessionError>),
     /// Trainer (forward, backward, adapter files).
     #[error(transparent)]
-    Train(#[from] TrainError),
+    Train(Box<TrainError>),
     /// The model file for training.
     #[error(transparent)]
     Model(#[from] ModelError),
     /// Writing or reading a checkpoint.
     #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
+    Checkpoint(Box<CheckpointError>),
     /// The dataset.
     #[error(transparent)]
     Dataset(#[from] DatasetError),
@@ -89,6 +90,24 @@ pub enum GrpoError {
     /// A trajectory that does not name its problem.
     #[error(transparent)]
     ProblemIndex(#[from] ProblemIndexError),
+}
+
+impl From<SessionError> for GrpoError {
+    fn from(e: SessionError) -> Self {
+        GrpoError::Session(Box::new(e))
+    }
+}
+
+impl From<TrainError> for GrpoError {
+    fn from(e: TrainError) -> Self {
+        GrpoError::Train(Box::new(e))
+    }
+}
+
+impl From<CheckpointError> for GrpoError {
+    fn from(e: CheckpointError) -> Self {
+        GrpoError::Checkpoint(Box::new(e))
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GrpoError + '_ {
@@ -524,7 +543,7 @@ impl Grpo {
         self.elapsed_s += m.time_step_s;
         self.metrics.append(&m).map_err(io(self.metrics.path()))?;
         let every = self.config.grpo.checkpoint_every;
-        if self.step % every == 0 || self.step == self.config.grpo.steps {
+        if self.step.is_multiple_of(every) || self.step == self.config.grpo.steps {
             self.checkpoint()?;
         }
         (self.progress)(Progress::StepDone(Box::new(m.clone())));
