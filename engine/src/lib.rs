@@ -14,6 +14,7 @@
 pub use cleaner_rollout as rollout;
 pub use cleaner_rollout::{chat, llama, sampling};
 pub use cleaner_sandbox as sandbox;
+pub mod seeds;
 pub mod tasks;
 pub mod train;
 

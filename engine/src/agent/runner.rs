@@ -30,8 +30,9 @@ use super::trajectory::{
 };
 use crate::llama::Token;
 use crate::rollout::{FinishReason, GenerateParams, Generation, RolloutError, SeqId};
-use crate::sampling::{Rng, SamplingParams};
+use crate::sampling::SamplingParams;
 use crate::sandbox::{Execution, Sandbox};
+use crate::seeds;
 use crate::tasks::answer::last_boxed;
 
 /// A problem with its prompt already tokenized.
@@ -186,9 +187,8 @@ impl<'a, B: Backend> Agent<'a, B> {
         let mut rollouts: Vec<Rollout> = Vec::new();
         for (p, problem) in problems.iter().enumerate() {
             for i in 0..group {
-                let seed = mix(self.config.sampling.seed, p as u64, i as u64);
-                let purified =
-                    Rng::new(seed ^ 0x5eed_c0ffee).next_f64() < self.config.rollback_probability;
+                let seed = seeds::rollout(self.config.sampling.seed, p as u64, i as u64);
+                let purified = seeds::rollback_draw(seed) < self.config.rollback_probability;
                 let mut r = Rollout {
                     problem: p,
                     index: i,
@@ -360,7 +360,7 @@ impl<'a, B: Backend> Agent<'a, B> {
         r.generations += 1;
         let params = GenerateParams {
             sampling: SamplingParams {
-                seed: mix(r.seed, r.generations, 0x9e37),
+                seed: seeds::generation(r.seed, r.generations),
                 ..self.config.sampling.clone()
             },
             max_new_tokens: budget,
@@ -704,6 +704,7 @@ impl<'a, B: Backend> Agent<'a, B> {
         Trajectory {
             format_version: FORMAT_VERSION,
             problem_id: problems[r.problem].id.clone(),
+            problem_index: Some(r.problem),
             rollout: r.index,
             tokens,
             roles,
@@ -721,12 +722,4 @@ impl<'a, B: Backend> Agent<'a, B> {
             finish,
         }
     }
-}
-
-/// A seed for (base, a, b): SplitMix64 over the combination.
-fn mix(base: u64, a: u64, b: u64) -> u64 {
-    let mut r = Rng::new(
-        base ^ a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b.wrapping_mul(0xc2b2_ae3d_27d4_eb4f),
-    );
-    r.next_u64()
 }

@@ -148,6 +148,10 @@ pub struct Trajectory {
     pub format_version: u32,
     /// Id of the problem.
     pub problem_id: String,
+    /// Index of the problem in the batch the agent ran; absent (`None`) in
+    /// files written before trajectories recorded it.
+    #[serde(default)]
+    pub problem_index: Option<usize>,
     /// Index of the rollout within its group.
     pub rollout: usize,
     /// The final (purified) token sequence, prompt included.

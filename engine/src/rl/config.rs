@@ -51,6 +51,14 @@ pub enum ConfigError {
     },
 }
 
+/// A LoRA target that names no projection.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown target {target:?} (expected any of q k v o gate up down)")]
+pub struct UnknownLoraTarget {
+    /// The name as written.
+    pub target: String,
+}
+
 /// A whole run: model, data, agent, GRPO, adapter, optimizer and loss.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -292,12 +300,10 @@ impl DataConfig {
 
 impl LoraSection {
     /// The adapter shape, target names checked.
-    pub fn to_config(&self) -> Result<LoraConfig, String> {
+    pub fn to_config(&self) -> Result<LoraConfig, UnknownLoraTarget> {
         let mut targets = Vec::new();
         for t in &self.targets {
-            let p = Proj::parse(t).ok_or_else(|| {
-                format!("unknown target {t:?} (expected any of q k v o gate up down)")
-            })?;
+            let p = Proj::parse(t).ok_or_else(|| UnknownLoraTarget { target: t.clone() })?;
             if !targets.contains(&p) {
                 targets.push(p);
             }
@@ -438,7 +444,10 @@ impl RunConfig {
             return Err(("lora.rank", "must be at least 1".into()));
         }
         positive("lora.alpha", self.lora.alpha as f64)?;
-        let lora = self.lora.to_config().map_err(|why| ("lora.targets", why))?;
+        let lora = self
+            .lora
+            .to_config()
+            .map_err(|e| ("lora.targets", e.to_string()))?;
         if lora.targets.is_empty() {
             return Err(("lora.targets", "must name at least one projection".into()));
         }

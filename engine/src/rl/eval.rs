@@ -3,9 +3,27 @@
 
 use serde::Serialize;
 
+use super::problem_index::{problem_index, ProblemIndexError};
 use crate::agent::{BatchStats, Trajectory};
 use crate::session::{Session, SessionError};
 use crate::tasks::{Item, Reward};
+
+/// Why an evaluation failed (the session's error boxed: it is large).
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// Model, sandbox or agent.
+    #[error(transparent)]
+    Session(Box<SessionError>),
+    /// A trajectory that does not name its problem.
+    #[error(transparent)]
+    ProblemIndex(#[from] ProblemIndexError),
+}
+
+impl From<SessionError> for EvalError {
+    fn from(e: SessionError) -> Self {
+        EvalError::Session(Box::new(e))
+    }
+}
 
 /// One problem's result.
 #[derive(Clone, Debug, Serialize)]
@@ -49,7 +67,7 @@ pub fn evaluate(
     samples: usize,
     reward: &dyn Reward,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<(EvalReport, Vec<Trajectory>), SessionError> {
+) -> Result<(EvalReport, Vec<Trajectory>), EvalError> {
     let problems = session.problems(items)?;
     let (mut trajectories, stats) = session.run_problems(&problems, samples, progress)?;
     let mut per_problem: Vec<ProblemResult> = items
@@ -61,7 +79,7 @@ pub fn evaluate(
         })
         .collect();
     for t in trajectories.iter_mut() {
-        let k = items.iter().position(|i| i.id == t.problem_id).unwrap_or(0);
+        let k = problem_index(t, items)?;
         let ok = reward.solved(&items[k], t);
         t.reward = Some(reward.score(&items[k], t));
         per_problem[k].samples += 1;

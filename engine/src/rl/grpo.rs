@@ -14,41 +14,47 @@
 //! 7. hot-swap the new adapter into the rollout engine;
 //! 8. append the step's metrics, and checkpoint every `checkpoint_every`.
 //!
+//! [`Grpo::train_step`] runs these phases in this order, each a method of
+//! its own (4 and 7 are one line).
 //! Prompt order, rollout seeds and the adapter's init are functions of
-//! `grpo.seed` and the step number, so a run resumed from a checkpoint
-//! draws exactly what the uninterrupted run would have (on the CPU, where
-//! llama.cpp and our trainer are deterministic).
+//! `grpo.seed` and the step number ([`crate::seeds`]), so a run resumed from
+//! a checkpoint draws exactly what the uninterrupted run would have (on the
+//! CPU, where llama.cpp and our trainer are deterministic).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::advantage::group_advantages;
 use super::checkpoint::{self, CheckpointError, TrainState, STATE_VERSION};
-use super::config::RunConfig;
+use super::config::{ConfigError, RunConfig, UnknownLoraTarget};
 use super::metrics::{MetricsLog, StepMetrics};
-use crate::agent::trajectory::write_jsonl;
-use crate::agent::{Role, Trajectory};
-use crate::sampling::Rng;
+use super::problem_index::{problem_index, ProblemIndexError};
+use super::problem_order::problems_of_step;
+use super::samples::{mini_batches, samples_of, Sample, StepLogprobs};
+use crate::agent::trajectory::{write_jsonl, TrajectoryError};
+use crate::agent::{Problem, Trajectory};
+use crate::seeds;
 use crate::session::{Session, SessionError, SessionOptions};
 use crate::tasks::{DatasetError, Item, Reward};
 use crate::train::{sequence_loss, BatchShape, LossStats, SeqLossInput, TrainError, Trainer};
 use cleaner_models::{ModelError, Transformer};
 
-/// Why a run could not start or a step failed.
+/// Why a run could not start or a step failed. The three large sources are
+/// boxed so every `Result` of the loop stays small.
 #[derive(Debug, thiserror::Error)]
 pub enum GrpoError {
     /// Model, sandbox or agent.
     #[error(transparent)]
-    Session(#[from] SessionError),
+    Session(Box<SessionError>),
     /// Trainer (forward, backward, adapter files).
     #[error(transparent)]
-    Train(#[from] TrainError),
+    Train(Box<TrainError>),
     /// The model file for training.
     #[error(transparent)]
     Model(#[from] ModelError),
     /// Writing or reading a checkpoint.
     #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
+    Checkpoint(Box<CheckpointError>),
     /// The dataset.
     #[error(transparent)]
     Dataset(#[from] DatasetError),
@@ -60,9 +66,48 @@ pub enum GrpoError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// Anything else, explained.
-    #[error("{0}")]
-    Run(String),
+    /// A new run was started in a directory that holds a checkpoint.
+    #[error(
+        "{} already holds a checkpoint: resume it, or choose another run directory",
+        run_dir.display()
+    )]
+    RunDirTaken {
+        /// The run directory.
+        run_dir: PathBuf,
+    },
+    /// The config saved in the checkpoint being resumed.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The adapter's target projections.
+    #[error(transparent)]
+    LoraTarget(#[from] UnknownLoraTarget),
+    /// The dataset (or the caller) gave no problems.
+    #[error("no problems to train on")]
+    NoProblems,
+    /// Saving a step's trajectories.
+    #[error(transparent)]
+    Trajectories(#[from] TrajectoryError),
+    /// A trajectory that does not name its problem.
+    #[error(transparent)]
+    ProblemIndex(#[from] ProblemIndexError),
+}
+
+impl From<SessionError> for GrpoError {
+    fn from(e: SessionError) -> Self {
+        GrpoError::Session(Box::new(e))
+    }
+}
+
+impl From<TrainError> for GrpoError {
+    fn from(e: TrainError) -> Self {
+        GrpoError::Train(Box::new(e))
+    }
+}
+
+impl From<CheckpointError> for GrpoError {
+    fn from(e: CheckpointError) -> Self {
+        GrpoError::Checkpoint(Box::new(e))
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GrpoError + '_ {
@@ -127,10 +172,9 @@ impl Grpo {
         items: Vec<Item>,
     ) -> Result<Grpo, GrpoError> {
         if checkpoint::latest(run_dir).is_ok() {
-            return Err(GrpoError::Run(format!(
-                "{} already holds a checkpoint: resume it, or choose another run directory",
-                run_dir.display()
-            )));
+            return Err(GrpoError::RunDirTaken {
+                run_dir: run_dir.to_path_buf(),
+            });
         }
         std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
         let config_path = run_dir.join("config.toml");
@@ -140,9 +184,10 @@ impl Grpo {
             std::fs::remove_file(metrics.path()).map_err(io(metrics.path()))?;
         }
         let session = open_session(&config)?;
-        let lora = config.lora.to_config().map_err(GrpoError::Run)?;
+        let lora = config.lora.to_config()?;
         let model = Transformer::open(session.model_path())?;
-        let trainer = Trainer::new(model, lora, config.optim.clone(), config.grpo.seed)?;
+        let seed = seeds::adapter_init(config.grpo.seed);
+        let trainer = Trainer::new(model, lora, config.optim.clone(), seed)?;
         Grpo::assemble(config, run_dir, session, trainer, items, 0, 0.0)
     }
 
@@ -171,8 +216,7 @@ impl Grpo {
         let dir = checkpoint::latest(run_dir)?;
         let state = checkpoint::read_state(&dir)?;
         let mut config =
-            RunConfig::from_toml(&state.config, &dir.join("state.json").display().to_string())
-                .map_err(|e| GrpoError::Run(e.to_string()))?;
+            RunConfig::from_toml(&state.config, &dir.join("state.json").display().to_string())?;
         if let Some(s) = steps {
             config.grpo.steps = s;
         }
@@ -219,7 +263,7 @@ impl Grpo {
         trainer.set_activation_memory(config.trainer.activation_memory_mib.saturating_mul(1 << 20));
         trainer.set_precision(config.trainer.precision.into());
         if items.is_empty() {
-            return Err(GrpoError::Run("no problems to train on".into()));
+            return Err(GrpoError::NoProblems);
         }
         let reward = Box::new(config.reward);
         Ok(Grpo {
@@ -279,165 +323,185 @@ impl Grpo {
         Ok(out)
     }
 
-    /// The problems of step `step` (0-based): a seeded shuffle per epoch.
-    fn prompts_for(&self, step: u64) -> Vec<Item> {
-        let n = self.items.len() as u64;
-        let p = self.config.grpo.prompts_per_step as u64;
-        let mut cached: Option<(u64, Vec<usize>)> = None;
-        (0..p)
-            .map(|k| {
-                let global = step * p + k;
-                let (epoch, pos) = (global / n, global % n);
-                if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                    cached = Some((
-                        epoch,
-                        shuffled(
-                            self.items.len(),
-                            mix(self.config.grpo.seed, 0x0e90c4, epoch),
-                        ),
-                    ));
-                }
-                let order = &cached.as_ref().expect("just set").1;
-                self.items[order[pos as usize]].clone()
-            })
-            .collect()
-    }
-
-    /// One GRPO step (see the module documentation).
+    /// One GRPO step (see the module documentation), phase by phase.
     pub fn train_step(&mut self) -> Result<StepMetrics, GrpoError> {
         let t_step = Instant::now();
         let step = self.step;
-        let g = &self.config.grpo;
-        let (group, mini_batches) = (g.group_size, g.mini_batches);
         let mut m = StepMetrics {
             step: step + 1,
             ..Default::default()
         };
 
-        // 1-2. Problems and rollouts.
-        let drawn = self.prompts_for(step);
+        let batch = self.draw_problems(step, &mut m)?;
+        let rollout_seed = seeds::rollout_sampling(self.config.grpo.seed, step);
+        let mut trajectories = self.roll_out(&batch, rollout_seed, &mut m)?;
+        let rewards = self.score(&batch.items, &mut trajectories, &mut m)?;
+        let advantages = group_advantages(&rewards, self.config.grpo.group_size);
+        m.degenerate_groups = advantages.degenerate_groups;
+
+        let t_train = Instant::now();
+        let samples = samples_of(&trajectories, &advantages.values);
+        m.trained_sequences = samples.len();
+        m.trained_tokens = samples.iter().map(Sample::trained_tokens).sum();
+        let batches = mini_batches(samples.len(), self.config.grpo.mini_batches);
+        let mut passes = self.training_passes(step, &samples, &batches);
+        let mut logprobs = self.old_logprobs(&samples, &batches, &mut passes)?;
+        self.update(&samples, &batches, &mut logprobs, &mut passes, &mut m)?;
+        (m.entropy, m.kl_to_start) = logprobs.entropy_and_kl(&samples);
+        m.time_train_s = t_train.elapsed().as_secs_f64();
+        let sequence_tokens: usize = samples.iter().map(|s| s.tokens.len()).sum();
+        m.train_tokens_per_s = sequence_tokens as f64 / m.time_train_s.max(1e-9);
+
+        let t_swap = Instant::now();
+        if m.updates > 0 {
+            self.swap()?;
+        }
+        m.time_swap_s = t_swap.elapsed().as_secs_f64();
+
+        self.save_trajectories(step, &trajectories)?;
+        self.end_step(m, t_step)
+    }
+
+    /// Phase 1: the step's problems, tokenized; those whose prompt is longer
+    /// than `engine.max_prompt_tokens` are skipped (and counted).
+    fn draw_problems(&self, step: u64, m: &mut StepMetrics) -> Result<Batch, GrpoError> {
+        let per_step = self.config.grpo.prompts_per_step;
+        let drawn: Vec<Item> =
+            problems_of_step(self.items.len(), per_step, self.config.grpo.seed, step)
+                .into_iter()
+                .map(|i| self.items[i].clone())
+                .collect();
         let problems = self.session.problems(&drawn)?;
         let max_prompt = self.config.engine.max_prompt_tokens;
-        let (items, problems): (Vec<Item>, Vec<_>) = drawn
+        let (items, problems): (Vec<Item>, Vec<Problem>) = drawn
             .into_iter()
             .zip(problems)
             .filter(|(_, p)| p.prompt.len() <= max_prompt)
             .unzip();
         m.prompts = items.len();
-        m.prompts_skipped = self.config.grpo.prompts_per_step - items.len();
-        self.session.agent_config_mut().sampling.seed = mix(self.config.grpo.seed, 0x5a3b1e, step);
-        let t_roll = Instant::now();
-        let (mut trajectories, stats) = {
-            let progress = &mut self.progress;
-            let mut report = |done, total| {
-                progress(Progress::Rollouts {
-                    step: step + 1,
-                    done,
-                    total,
-                })
-            };
-            self.session.run_problems(&problems, group, &mut report)?
-        };
-        m.time_rollout_s = t_roll.elapsed().as_secs_f64();
-        m.time_sandbox_s = stats.sandbox_ms / 1e3;
-        m.rollouts = trajectories.len();
-        m.generated_tokens = stats.generated_tokens;
-        m.rollout_tokens_per_s = stats.generated_tokens as f64 / m.time_rollout_s.max(1e-9);
-        m.failures_raw = stats.failures_per_trajectory_raw;
-        m.failures_kept = stats.failures_per_trajectory_kept;
-        m.rollbacks_shallow = stats.rollbacks_shallow;
-        m.rollbacks_deep = stats.rollbacks_deep;
-        m.retries_exhausted = stats.retries_exhausted;
-        m.purification_overhead = stats.purification_overhead;
-        let n = trajectories.len().max(1) as f64;
-        m.tool_calls_per_trajectory = trajectories
-            .iter()
-            .map(|t| t.tool_calls.len())
-            .sum::<usize>() as f64
-            / n;
-        m.response_tokens_mean = trajectories
-            .iter()
-            .map(|t| t.response_tokens)
-            .sum::<usize>() as f64
-            / n;
+        m.prompts_skipped = per_step - items.len();
+        Ok(Batch { items, problems })
+    }
 
-        // 3-4. Rewards and group-normalized advantages.
+    /// Phase 2: `group_size` rollouts of every problem, from rollout seed
+    /// `seed`, with their statistics.
+    fn roll_out(
+        &mut self,
+        batch: &Batch,
+        seed: u64,
+        m: &mut StepMetrics,
+    ) -> Result<Vec<Trajectory>, GrpoError> {
+        // The session hands its agent config to every run: the seed goes in
+        // there (and stays, as the seed of the session's latest run).
+        self.session.agent_config_mut().sampling.seed = seed;
+        let step = m.step;
+        let t_roll = Instant::now();
+        let (trajectories, stats) = {
+            let progress = &mut self.progress;
+            let mut report = |done, total| progress(Progress::Rollouts { step, done, total });
+            self.session
+                .run_problems(&batch.problems, self.config.grpo.group_size, &mut report)?
+        };
+        m.record_rollouts(&trajectories, &stats, t_roll.elapsed().as_secs_f64());
+        Ok(trajectories)
+    }
+
+    /// Phase 3: every trajectory's reward (stored in it), against the
+    /// problem it answers.
+    fn score(
+        &self,
+        items: &[Item],
+        trajectories: &mut [Trajectory],
+        m: &mut StepMetrics,
+    ) -> Result<Vec<f32>, GrpoError> {
         let mut rewards = Vec::with_capacity(trajectories.len());
         let mut solved = 0usize;
         for t in trajectories.iter_mut() {
-            let item = &items[t_index(&problems, t)];
+            let item = &items[problem_index(t, items)?];
             let r = self.reward.score(item, t);
             solved += self.reward.solved(item, t) as usize;
             t.reward = Some(r);
             rewards.push(r);
         }
+        let n = trajectories.len().max(1) as f64;
         m.reward_mean = rewards.iter().map(|&r| r as f64).sum::<f64>() / n;
         m.accuracy = solved as f64 / n;
-        let adv = group_advantages(&rewards, group);
-        m.degenerate_groups = adv.degenerate_groups;
+        Ok(rewards)
+    }
 
-        // 5. Old (and reference) log-probs on the final sequences.
-        let t_train = Instant::now();
-        let train: Vec<Sample> = trajectories
-            .iter()
-            .zip(&adv.values)
-            .filter_map(|(t, a)| Sample::new(t, (*a)?))
-            .collect();
-        m.trained_sequences = train.len();
-        m.trained_tokens = train
-            .iter()
-            .map(|s| s.weight.iter().filter(|&&w| w > 0.0).count())
-            .sum();
-        let want_ref = self.config.grpo.kl_to_start || self.config.loss.kl_coef > 0.0;
-        let chunks: Vec<Vec<usize>> = if train.is_empty() {
-            Vec::new()
-        } else {
-            let per = train.len().div_ceil(mini_batches.min(train.len()));
-            (0..train.len())
-                .collect::<Vec<_>>()
-                .chunks(per)
-                .map(<[usize]>::to_vec)
-                .collect()
-        };
-        // The first mini-batch trains the policy that is current now, so its
-        // ratio is exactly 1 and its old log-probs are those of its own
-        // forward pass: only later mini-batches need them computed up front.
-        let first = chunks.first().map_or(0, Vec::len);
-        let passes = (train.len() - first) + want_ref as usize * train.len() + train.len();
-        let mut done = 0;
-        let mut old: Vec<Option<Vec<f32>>> = vec![None; train.len()];
-        let mut refs = Vec::with_capacity(train.len());
-        for (i, s) in train.iter().enumerate() {
+    /// The forward and backward passes phases 5 and 6 will run, for progress.
+    fn training_passes(&self, step: u64, samples: &[Sample], batches: &[Vec<usize>]) -> Passes {
+        let n = samples.len();
+        let first = batches.first().map_or(0, Vec::len);
+        let reference = self.wants_reference() as usize;
+        Passes {
+            step: step + 1,
+            done: 0,
+            total: (n - first) + reference * n + n,
+        }
+    }
+
+    /// Whether the loss or the metrics need the reference (adapter off).
+    fn wants_reference(&self) -> bool {
+        self.config.grpo.kl_to_start || self.config.loss.kl_coef > 0.0
+    }
+
+    /// Phase 5: old (and reference) log-probs of the final sequences, from
+    /// the trainer (never the sampler's: grafted tokens were sampled in
+    /// another context). The first mini-batch trains the policy that is
+    /// current now, so its ratio is exactly 1 and its old log-probs are those
+    /// of its own forward pass: only later mini-batches need them up front.
+    fn old_logprobs(
+        &mut self,
+        samples: &[Sample],
+        batches: &[Vec<usize>],
+        passes: &mut Passes,
+    ) -> Result<StepLogprobs, GrpoError> {
+        let first = batches.first().map_or(0, Vec::len);
+        let mut old = vec![None; samples.len()];
+        let mut reference = self
+            .wants_reference()
+            .then(|| Vec::with_capacity(samples.len()));
+        for (i, s) in samples.iter().enumerate() {
             if i >= first {
                 old[i] = Some(self.trainer.logprobs(&s.tokens, true)?);
-                done += 1;
+                passes.done += 1;
             }
-            if want_ref {
-                refs.push(self.trainer.logprobs(&s.tokens, false)?);
-                done += 1;
+            if let Some(reference) = &mut reference {
+                reference.push(self.trainer.logprobs(&s.tokens, false)?);
+                passes.done += 1;
             }
-            (self.progress)(Progress::Training {
-                step: step + 1,
-                done,
-                total: passes,
-            });
+            (self.progress)(passes.progress());
         }
+        Ok(StepLogprobs { old, reference })
+    }
 
-        // 6. Mini-batch updates with the clipped loss.
+    /// Phase 6: for each mini-batch, the clipped policy loss accumulated over
+    /// its sequences, then one AdamW update. Old log-probs the first
+    /// mini-batch lacked are filled in from its forward passes.
+    fn update(
+        &mut self,
+        samples: &[Sample],
+        batches: &[Vec<usize>],
+        logprobs: &mut StepLogprobs,
+        passes: &mut Passes,
+        m: &mut StepMetrics,
+    ) -> Result<(), GrpoError> {
         let mut loss = LossStats::default();
         let mut grad_norms = Vec::new();
-        for chunk in &chunks {
-            let shape = BatchShape::of(chunk.iter().map(|&i| train[i].weight.as_slice()));
-            for &i in chunk {
-                let s = &train[i];
+        for batch in batches {
+            let shape = BatchShape::of(batch.iter().map(|&i| samples[i].weight.as_slice()));
+            for &i in batch {
+                let s = &samples[i];
                 let cfg = &self.config.loss;
-                let (old_i, ref_i) = (old[i].as_deref(), refs.get(i));
+                let old_i = logprobs.old[i].as_deref();
+                let ref_i = logprobs.reference.as_ref().map(|r| r[i].as_slice());
                 let mut share = LossStats::default();
                 let lp = self.trainer.accumulate(&s.tokens, |lp| {
                     let input = SeqLossInput {
                         logprob: lp,
                         old_logprob: old_i.unwrap_or(lp),
-                        ref_logprob: ref_i.map(|r| r.as_slice()),
+                        ref_logprob: ref_i,
                         advantage: &s.advantage,
                         weight: &s.weight,
                     };
@@ -445,74 +509,41 @@ impl Grpo {
                     share = st;
                     grad
                 })?;
-                if old[i].is_none() {
-                    old[i] = Some(lp);
-                }
-                // Clip fraction and KL are shares of their mini-batch; averaged over batches below.
+                logprobs.old[i].get_or_insert(lp);
                 loss.add(&share);
-                done += 1;
-                (self.progress)(Progress::Training {
-                    step: step + 1,
-                    done,
-                    total: passes,
-                });
+                passes.done += 1;
+                (self.progress)(passes.progress());
             }
             let u = self.trainer.update();
             grad_norms.push(u.grad_norm);
             m.lr = u.lr as f64;
         }
+        m.record_updates(&loss, &grad_norms);
+        Ok(())
+    }
 
-        // Entropy and KL to the start of the policy that sampled this step.
-        let (mut nll, mut kl, mut w_sum) = (0f64, 0f64, 0f64);
-        for (i, s) in train.iter().enumerate() {
-            let old_i = old[i].as_deref().unwrap_or_default();
-            for (t, &w) in s.weight.iter().enumerate() {
-                if w > 0.0 && t < old_i.len() {
-                    nll -= old_i[t] as f64;
-                    w_sum += 1.0;
-                    if want_ref {
-                        let x = (refs[i][t] - old_i[t]) as f64;
-                        kl += x.exp() - x - 1.0;
-                    }
-                }
-            }
+    /// The step's trajectories as `trajectories/step-NNNNNN.jsonl`, when the
+    /// config asks for them.
+    fn save_trajectories(&self, step: u64, trajectories: &[Trajectory]) -> Result<(), GrpoError> {
+        if !self.config.grpo.save_trajectories {
+            return Ok(());
         }
-        if w_sum > 0.0 {
-            m.entropy = Some(nll / w_sum);
-            m.kl_to_start = want_ref.then(|| kl / w_sum);
-        }
-        let batches = grad_norms.len().max(1) as f64;
-        m.updates = grad_norms.len();
-        m.loss = loss.loss / batches;
-        m.clip_fraction = loss.clip_fraction / batches;
-        m.approx_kl = loss.approx_kl / batches;
-        m.grad_norm = grad_norms.iter().fold(0.0, |a, g| a + g) / batches;
-        m.time_train_s = t_train.elapsed().as_secs_f64();
-        let sequence_tokens: usize = train.iter().map(|s| s.tokens.len()).sum();
-        m.train_tokens_per_s = sequence_tokens as f64 / m.time_train_s.max(1e-9);
+        let dir = self.run_dir.join("trajectories");
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = dir.join(format!("step-{:06}.jsonl", step + 1));
+        Ok(write_jsonl(&path, trajectories)?)
+    }
 
-        // 7. Hot swap.
-        let t_swap = Instant::now();
-        if m.updates > 0 {
-            self.swap()?;
-        }
-        m.time_swap_s = t_swap.elapsed().as_secs_f64();
-
-        if self.config.grpo.save_trajectories {
-            let dir = self.run_dir.join("trajectories");
-            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-            let path = dir.join(format!("step-{:06}.jsonl", step + 1));
-            write_jsonl(&path, &trajectories).map_err(|e| GrpoError::Run(e.to_string()))?;
-        }
-
-        // 8. Metrics, then the checkpoint (a resume drops metrics of steps
-        // after its checkpoint, so this order never loses a line it keeps).
+    /// Phase 8: the step counted, its metrics appended, then the checkpoint
+    /// (a resume drops metrics of steps after its checkpoint, so this order
+    /// never loses a line it keeps).
+    fn end_step(&mut self, mut m: StepMetrics, t_step: Instant) -> Result<StepMetrics, GrpoError> {
         self.step += 1;
         m.time_step_s = t_step.elapsed().as_secs_f64();
         self.elapsed_s += m.time_step_s;
         self.metrics.append(&m).map_err(io(self.metrics.path()))?;
         let every = self.config.grpo.checkpoint_every;
-        if self.step % every == 0 || self.step == self.config.grpo.steps {
+        if self.step.is_multiple_of(every) || self.step == self.config.grpo.steps {
             self.checkpoint()?;
         }
         (self.progress)(Progress::StepDone(Box::new(m.clone())));
@@ -533,7 +564,7 @@ impl Grpo {
             step: self.step,
             seed: self.config.grpo.seed,
             prompts_drawn: self.step * self.config.grpo.prompts_per_step as u64,
-            next_rollout_seed: mix(self.config.grpo.seed, 0x5a3b1e, self.step),
+            next_rollout_seed: seeds::rollout_sampling(self.config.grpo.seed, self.step),
             elapsed_s: self.elapsed_s,
             config: self.config.to_toml(),
         };
@@ -546,41 +577,31 @@ impl Grpo {
     }
 }
 
-/// A trajectory ready to train on: token ids, and per next-token position
-/// (`n - 1` of them) its advantage and loss weight (1 where the predicted
-/// token is a kept model token).
-struct Sample {
-    tokens: Vec<u32>,
-    advantage: Vec<f32>,
-    weight: Vec<f32>,
+/// The problems of a step that are rolled out: dataset items and their
+/// tokenized prompts, in the same order (a trajectory's problem index points
+/// into both).
+struct Batch {
+    items: Vec<Item>,
+    problems: Vec<Problem>,
 }
 
-impl Sample {
-    fn new(t: &Trajectory, advantage: f32) -> Option<Sample> {
-        if t.tokens.len() < 2 {
-            return None;
+/// Training passes of a step (old and reference log-probs, then forward and
+/// backward per sequence), counted for progress displays.
+struct Passes {
+    /// The step (1-based).
+    step: u64,
+    done: usize,
+    total: usize,
+}
+
+impl Passes {
+    fn progress(&self) -> Progress {
+        Progress::Training {
+            step: self.step,
+            done: self.done,
+            total: self.total,
         }
-        let weight: Vec<f32> = t.roles[1..]
-            .iter()
-            .map(|r| (*r == Role::Model) as u8 as f32)
-            .collect();
-        if !weight.iter().any(|&w| w > 0.0) {
-            return None;
-        }
-        Some(Sample {
-            tokens: t.tokens.iter().map(|&x| x as u32).collect(),
-            advantage: vec![advantage; weight.len()],
-            weight,
-        })
     }
-}
-
-/// Index of the problem a trajectory belongs to.
-fn t_index(problems: &[crate::agent::Problem], t: &Trajectory) -> usize {
-    problems
-        .iter()
-        .position(|p| p.id == t.problem_id)
-        .unwrap_or(0)
 }
 
 /// The session a run's config describes.
@@ -595,39 +616,4 @@ pub fn open_session(config: &RunConfig) -> Result<Session, SessionError> {
             asset_dir: None,
         },
     )
-}
-
-/// A seed derived from a base seed, a purpose and an index.
-fn mix(base: u64, purpose: u64, index: u64) -> u64 {
-    Rng::new(
-        base ^ purpose.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
-            ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-    )
-    .next_u64()
-}
-
-/// A Fisher-Yates shuffle of `0..n`.
-fn shuffled(n: usize, seed: u64) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = Rng::new(seed);
-    for i in (1..n).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        order.swap(i, j);
-    }
-    order
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shuffle_is_a_permutation_and_seeded() {
-        let a = shuffled(100, 1);
-        let mut sorted = a.clone();
-        sorted.sort();
-        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
-        assert_eq!(a, shuffled(100, 1));
-        assert_ne!(a, shuffled(100, 2));
-    }
 }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::agent::{BatchStats, Trajectory};
+use crate::train::LossStats;
 use cleaner_models::adapter_file::atomic_write;
 
 /// What one GRPO step did. Times are wall seconds.
@@ -82,6 +84,51 @@ pub struct StepMetrics {
     pub time_swap_s: f64,
     /// The whole step (the checkpoint written after it excluded).
     pub time_step_s: f64,
+}
+
+impl StepMetrics {
+    /// Records a step's rollouts: their statistics and `seconds` of wall time.
+    pub(crate) fn record_rollouts(
+        &mut self,
+        trajectories: &[Trajectory],
+        stats: &BatchStats,
+        seconds: f64,
+    ) {
+        self.time_rollout_s = seconds;
+        self.time_sandbox_s = stats.sandbox_ms / 1e3;
+        self.rollouts = trajectories.len();
+        self.generated_tokens = stats.generated_tokens;
+        self.rollout_tokens_per_s = stats.generated_tokens as f64 / seconds.max(1e-9);
+        self.failures_raw = stats.failures_per_trajectory_raw;
+        self.failures_kept = stats.failures_per_trajectory_kept;
+        self.rollbacks_shallow = stats.rollbacks_shallow;
+        self.rollbacks_deep = stats.rollbacks_deep;
+        self.retries_exhausted = stats.retries_exhausted;
+        self.purification_overhead = stats.purification_overhead;
+        let n = trajectories.len().max(1) as f64;
+        self.tool_calls_per_trajectory = trajectories
+            .iter()
+            .map(|t| t.tool_calls.len())
+            .sum::<usize>() as f64
+            / n;
+        self.response_tokens_mean = trajectories
+            .iter()
+            .map(|t| t.response_tokens)
+            .sum::<usize>() as f64
+            / n;
+    }
+
+    /// Records a step's updates: `loss` summed over them (clip fraction and
+    /// KL are shares of their mini-batch, so the sums average over
+    /// mini-batches) and each update's gradient norm.
+    pub(crate) fn record_updates(&mut self, loss: &LossStats, grad_norms: &[f64]) {
+        let updates = grad_norms.len().max(1) as f64;
+        self.updates = grad_norms.len();
+        self.loss = loss.loss / updates;
+        self.clip_fraction = loss.clip_fraction / updates;
+        self.approx_kl = loss.approx_kl / updates;
+        self.grad_norm = grad_norms.iter().fold(0.0, |a, g| a + g) / updates;
+    }
 }
 
 /// The metrics file of a run.

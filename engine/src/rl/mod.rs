@@ -8,8 +8,11 @@ pub mod config;
 pub mod eval;
 pub mod grpo;
 pub mod metrics;
+pub mod problem_index;
+mod problem_order;
+mod samples;
 
 pub use config::{ConfigError, MatmulPrecision, RunConfig};
-pub use eval::{evaluate, EvalReport};
+pub use eval::{evaluate, EvalError, EvalReport};
 pub use grpo::{Grpo, GrpoError, Progress};
 pub use metrics::StepMetrics;

@@ -37,9 +37,30 @@ pub enum TrainError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// A bad argument, explained.
-    #[error("{0}")]
-    Invalid(String),
+    /// An adapter shape with no rank or no target projection.
+    #[error("LoRA rank must be positive and targets non-empty (rank {rank}, {targets} targets)")]
+    EmptyAdapter {
+        /// The rank asked for.
+        rank: usize,
+        /// Target projections asked for.
+        targets: usize,
+    },
+    /// The loss returned a gradient of another length than the log-probs.
+    #[error("loss gradient has {gradients} entries for {logprobs} log-probs")]
+    GradientLength {
+        /// Entries of the returned gradient.
+        gradients: usize,
+        /// Log-probs of the sequence (the expected length).
+        logprobs: usize,
+    },
+    /// The loss returned a NaN or infinite gradient entry.
+    #[error("loss gradient is not finite ({value} at position {position})")]
+    GradientNotFinite {
+        /// The first offending position.
+        position: usize,
+        /// Its value.
+        value: f32,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -76,11 +97,10 @@ impl Trainer {
         seed: u64,
     ) -> Result<Trainer, TrainError> {
         if lora.rank == 0 || lora.targets.is_empty() {
-            return Err(TrainError::Invalid(format!(
-                "LoRA rank must be positive and targets non-empty (rank {}, {} targets)",
-                lora.rank,
-                lora.targets.len()
-            )));
+            return Err(TrainError::EmptyAdapter {
+                rank: lora.rank,
+                targets: lora.targets.len(),
+            });
         }
         let lora = Lora::new(&model, lora, seed);
         Ok(Trainer::with_adapter(model, lora, optim))
@@ -166,14 +186,16 @@ impl Trainer {
                 .forward_train_keeping(tokens, &self.lora, self.activation_memory)?;
         let dlogprob = loss_grad(&logprobs);
         if dlogprob.len() != logprobs.len() {
-            return Err(TrainError::Invalid(format!(
-                "loss gradient has {} entries for {} log-probs",
-                dlogprob.len(),
-                logprobs.len()
-            )));
+            return Err(TrainError::GradientLength {
+                gradients: dlogprob.len(),
+                logprobs: logprobs.len(),
+            });
         }
-        if dlogprob.iter().any(|g| !g.is_finite()) {
-            return Err(TrainError::Invalid("loss gradient is not finite".into()));
+        if let Some(position) = dlogprob.iter().position(|g| !g.is_finite()) {
+            return Err(TrainError::GradientNotFinite {
+                position,
+                value: dlogprob[position],
+            });
         }
         self.model
             .backward(&tape, &self.lora, &dlogprob, &mut self.grads)?;
