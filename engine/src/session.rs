@@ -210,15 +210,19 @@ impl Session {
         group: usize,
     ) -> Result<(Vec<Trajectory>, BatchStats), SessionError> {
         let problems = self.problems(items)?;
-        self.run_problems(&problems, group, &mut |_, _| {})
+        let seed = self.options.agent.sampling.seed;
+        self.run_problems(&problems, group, seed, &mut |_, _| {})
     }
 
-    /// Runs the agent on tokenized problems, reporting (finished, total)
-    /// rollouts to `progress`.
+    /// Runs the agent on tokenized problems from rollout seed `seed` (every
+    /// rollout's sampling and rollback draws derive from it), reporting
+    /// (finished, total) rollouts to `progress`. The session's own agent
+    /// settings are not changed.
     pub fn run_problems(
         &mut self,
         problems: &[Problem],
         group: usize,
+        seed: u64,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<(Vec<Trajectory>, BatchStats), SessionError> {
         let max_prompt_tokens = self.options.max_prompt_tokens;
@@ -233,13 +237,10 @@ impl Session {
                 max_prompt_tokens,
             });
         }
-        let mut agent = Agent::new(
-            &mut self.policy,
-            &self.sandbox,
-            self.format.clone(),
-            self.options.agent.clone(),
-        )?
-        .with_progress(progress);
+        let mut config = self.options.agent.clone();
+        config.sampling.seed = seed;
+        let mut agent = Agent::new(&mut self.policy, &self.sandbox, self.format.clone(), config)?
+            .with_progress(progress);
         Ok(agent.run(problems, group)?)
     }
 

@@ -7,10 +7,11 @@
 //! what comes out (and what the trainer reads); `similarity` is difflib's
 //! ratio, exactly.
 //!
-//! `tasks` builds on `agent`: a task's rewards score agent [`Trajectory`]s
-//! and its items are prompted through [`prompt::Question`]. The agent knows
-//! no task's types; it takes one rule from `tasks`, the math tasks' final
-//! answer (`tasks::answer::last_boxed`), to fill [`Trajectory::answer`].
+//! `agent` builds on `tasks`, never the other way round: it prompts any
+//! [`prompt::Question`] (a dataset's `tasks::Item` is one) and takes the
+//! final-answer rule (`tasks::answer::last_boxed`) to fill
+//! [`Trajectory::answer`]. Scoring trajectories against tasks is `rl`'s job
+//! (`rl::reward`).
 
 pub mod backend;
 pub mod config;

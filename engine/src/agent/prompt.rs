@@ -7,6 +7,7 @@ use super::format::{tool_schema, FormatKind};
 use super::runner::Problem;
 use crate::chat::{ChatError, ChatTemplate, Message};
 use crate::llama::Model;
+use crate::tasks::Item;
 
 /// What the agent needs of a task's problem to prompt for it (the dataset's
 /// `tasks::Item` is one).
@@ -15,6 +16,15 @@ pub trait Question {
     fn id(&self) -> &str;
     /// The problem statement, put in place of `{problem}` in the user prompt.
     fn question(&self) -> &str;
+}
+
+impl Question for Item {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn question(&self) -> &str {
+        &self.question
+    }
 }
 
 /// The tokenized prompt of every item.

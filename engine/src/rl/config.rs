@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::reward::MathReward;
 use crate::agent::AgentConfig;
-use crate::tasks::{Dataset, DatasetError, Fields, Item, MathReward};
+use crate::tasks::{Dataset, DatasetError, Fields, Item};
 use crate::train::{AdamWConfig, LossConfig};
 use cleaner_models::{LoraConfig, Proj};
 

@@ -4,9 +4,10 @@
 use serde::Serialize;
 
 use super::problem_index::{problem_index, ProblemIndexError};
+use super::reward::Reward;
 use crate::agent::{BatchStats, Trajectory};
 use crate::session::{Session, SessionError};
-use crate::tasks::{Item, Reward};
+use crate::tasks::Item;
 
 /// Why an evaluation failed (the session's error boxed: it is large).
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +70,8 @@ pub fn evaluate(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(EvalReport, Vec<Trajectory>), EvalError> {
     let problems = session.problems(items)?;
-    let (mut trajectories, stats) = session.run_problems(&problems, samples, progress)?;
+    let seed = session.agent_config().sampling.seed;
+    let (mut trajectories, stats) = session.run_problems(&problems, samples, seed, progress)?;
     let mut per_problem: Vec<ProblemResult> = items
         .iter()
         .map(|i| ProblemResult {

@@ -30,12 +30,13 @@ use super::config::{ConfigError, RunConfig, UnknownLoraTarget};
 use super::metrics::{MetricsLog, StepMetrics};
 use super::problem_index::{problem_index, ProblemIndexError};
 use super::problem_order::problems_of_step;
+use super::reward::Reward;
 use super::samples::{mini_batches, samples_of, Sample, StepLogprobs};
 use crate::agent::trajectory::{write_jsonl, TrajectoryError};
 use crate::agent::{Problem, Trajectory};
 use crate::seeds;
 use crate::session::{Session, SessionError, SessionOptions};
-use crate::tasks::{DatasetError, Item, Reward};
+use crate::tasks::{DatasetError, Item};
 use crate::train::{sequence_loss, BatchShape, LossStats, SeqLossInput, TrainError, Trainer};
 use cleaner_models::{ModelError, Transformer};
 
@@ -391,16 +392,17 @@ impl Grpo {
         seed: u64,
         m: &mut StepMetrics,
     ) -> Result<Vec<Trajectory>, GrpoError> {
-        // The session hands its agent config to every run: the seed goes in
-        // there (and stays, as the seed of the session's latest run).
-        self.session.agent_config_mut().sampling.seed = seed;
         let step = m.step;
         let t_roll = Instant::now();
         let (trajectories, stats) = {
             let progress = &mut self.progress;
             let mut report = |done, total| progress(Progress::Rollouts { step, done, total });
-            self.session
-                .run_problems(&batch.problems, self.config.grpo.group_size, &mut report)?
+            self.session.run_problems(
+                &batch.problems,
+                self.config.grpo.group_size,
+                seed,
+                &mut report,
+            )?
         };
         m.record_rollouts(&trajectories, &stats, t_roll.elapsed().as_secs_f64());
         Ok(trajectories)

@@ -1,6 +1,6 @@
 //! Reinforcement learning: GRPO over purified trajectories ([`grpo`]), its
 //! config ([`config`]), checkpoints ([`checkpoint`]), per-step metrics
-//! ([`metrics`]) and evaluation ([`eval`]).
+//! ([`metrics`]), rewards ([`reward`]) and evaluation ([`eval`]).
 
 pub mod advantage;
 pub mod checkpoint;
@@ -10,9 +10,11 @@ pub mod grpo;
 pub mod metrics;
 pub mod problem_index;
 mod problem_order;
+pub mod reward;
 mod samples;
 
 pub use config::{ConfigError, MatmulPrecision, RunConfig};
 pub use eval::{evaluate, EvalError, EvalReport};
 pub use grpo::{Grpo, GrpoError, Progress};
 pub use metrics::StepMetrics;
+pub use reward::{MathReward, Reward};

@@ -4,8 +4,6 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 
-use crate::agent::prompt::Question;
-
 /// One problem and its reference answer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Item {
@@ -15,15 +13,6 @@ pub struct Item {
     pub question: String,
     /// The reference answer (GSM8K: the text after `####`).
     pub answer: String,
-}
-
-impl Question for Item {
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn question(&self) -> &str {
-        &self.question
-    }
 }
 
 /// Which JSON fields hold the question and the answer; GSM8K answers end in

@@ -1,16 +1,14 @@
 //! Tasks: problems with reference answers read from JSONL, final-answer
-//! extraction, the math verifier, and rewards.
+//! extraction and the math verifier.
 //!
-//! `tasks` builds on `agent`, not the other way round: rewards score agent
-//! trajectories and items are prompted through `agent::prompt::Question`.
-//! The agent takes one rule from here, [`answer::last_boxed`], for the
-//! answer its trajectories report.
+//! `tasks` knows nothing of agents, rollouts or training: the agent takes
+//! [`answer::last_boxed`] from here for the answer its trajectories report
+//! and prompts [`Item`]s (`agent::prompt`), and `rl` scores trajectories
+//! against items (`rl::reward`).
 
 pub mod answer;
 pub mod dataset;
-pub mod reward;
 pub mod verify;
 
 pub use dataset::{Dataset, DatasetError, Fields, Item};
-pub use reward::{MathReward, Reward};
 pub use verify::{math_equal, normalize_answer};

@@ -6,9 +6,9 @@ use anyhow::{bail, Result};
 use cleaner::agent::config::Purify;
 use cleaner::agent::trajectory::write_jsonl;
 use cleaner::agent::{AgentConfig, FormatKind};
+use cleaner::rl::MathReward;
 use cleaner::rl::{checkpoint, evaluate};
 use cleaner::session::{Session, SessionOptions};
-use cleaner::tasks::MathReward;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(clap::Args)]

@@ -2,9 +2,8 @@
 //! last `\boxed{}` against the reference answer (+1 / -1 as in the paper);
 //! any closure `Fn(&Item, &Trajectory) -> f32` is a reward too.
 
-use super::dataset::Item;
-use super::verify::math_equal;
 use crate::agent::Trajectory;
+use crate::tasks::{math_equal, Item};
 
 /// Scores a finished trajectory of `item`.
 pub trait Reward: Send {
