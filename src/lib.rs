@@ -11,17 +11,17 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use cleaner::{assets::AssetStore, chat::{ChatTemplate, Message}, GenerateParams, Model, ModelParams, Policy, PolicyConfig};
+//! use cleaner::{assets::AssetStore, chat::{ChatTemplate, Message}, GenerateParams, Model, ModelParams, Decoder, DecoderConfig};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let path = AssetStore::default().resolve_model("smollm2-135m", &mut |line| eprintln!("{line}"))?;
 //! let model = Arc::new(Model::load(&path, &ModelParams::default())?);
 //! let prompt = ChatTemplate::from_model(&model)?.tokenize(&model, &[Message::user("What is 2 + 3?")], None)?;
-//! let mut policy = Policy::new(model, &PolicyConfig::default())?;
+//! let mut decoder = Decoder::new(model, &DecoderConfig::default())?;
 //! let params: Vec<GenerateParams> = (0..4u64)
 //!     .map(|seed| GenerateParams { sampling: cleaner::SamplingParams { seed, ..Default::default() }, ..Default::default() })
 //!     .collect();
-//! for g in policy.generate_group(&prompt, &params)? {
+//! for g in decoder.generate_group(&prompt, &params)? {
 //!     println!("{} ({} tokens, {:?})", g.text, g.tokens.len(), g.finish);
 //! }
 //! # Ok(()) }
@@ -57,7 +57,7 @@
 //! use std::sync::Arc;
 //! use cleaner::models::{LoraConfig, Transformer};
 //! use cleaner::train::{nll_loss, AdamWConfig, Trainer};
-//! use cleaner::{assets::AssetStore, Model, ModelParams, Policy, PolicyConfig};
+//! use cleaner::{assets::AssetStore, Model, ModelParams, Decoder, DecoderConfig};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let path = AssetStore::default().resolve_model("smollm2-135m", &mut |line| eprintln!("{line}"))?;
@@ -70,8 +70,8 @@
 //!     let stats = trainer.update();
 //!     println!("grad norm {:.3}", stats.grad_norm);
 //! }
-//! let mut policy = Policy::new(llama, &PolicyConfig::default())?;
-//! trainer.hot_swap(&mut policy, std::path::Path::new("run/adapters"))?; // llama.cpp now samples from the trained adapter
+//! let mut decoder = Decoder::new(llama, &DecoderConfig::default())?;
+//! trainer.hot_swap(&mut decoder, std::path::Path::new("run/adapters"))?; // llama.cpp now samples from the trained adapter
 //! trainer.export_peft(std::path::Path::new("run/peft"))?; // adapter_model.safetensors + adapter_config.json
 //! # Ok(()) }
 //! ```
@@ -82,8 +82,8 @@ pub use cleaner_engine::{
     agent, assets, chat, llama, rl, rollout, sampling, sandbox, session, tasks, train,
 };
 pub use cleaner_engine::{
-    FinishReason, GenerateParams, Generation, LlamaError, LoraAdapter, Model, ModelParams, Policy,
-    PolicyConfig, RolloutError, SamplingParams, SeqId, Token,
+    Decoder, DecoderConfig, FinishReason, GenerateParams, Generation, LlamaError, LoraAdapter,
+    Model, ModelParams, RolloutError, SamplingParams, SeqId, Token,
 };
 pub use cleaner_kernels as kernels;
 pub use cleaner_models as models;

@@ -11,13 +11,13 @@ mod common;
 use cleaner::agent::trajectory::{RepairKind, Role};
 use cleaner::agent::{Agent, AgentConfig, Backend, Problem, ToolFormat};
 use cleaner::rollout::{FinishReason, GenerateParams, Generation, RolloutError, SeqId};
-use cleaner::{Policy, PolicyConfig, Token};
+use cleaner::{Decoder, DecoderConfig, Token};
 use common::{max_abs_diff, sandbox, serial, tokens};
 use std::collections::{HashMap, VecDeque};
 
-/// The real policy, with each generation replaced by forced text.
+/// The real decoder, with each generation replaced by forced text.
 struct Forced {
-    policy: Policy,
+    decoder: Decoder,
     script: VecDeque<String>,
     pending: Vec<(SeqId, String)>,
     /// Live next-token logits and tokens of each sequence when it was closed.
@@ -26,16 +26,16 @@ struct Forced {
 
 impl Backend for Forced {
     fn open_with(&mut self, t: &[Token]) -> Result<SeqId, RolloutError> {
-        self.policy.open_with(t)
+        self.decoder.open_with(t)
     }
     fn fork(&mut self, s: SeqId) -> Result<SeqId, RolloutError> {
-        self.policy.fork(s)
+        self.decoder.fork(s)
     }
     fn append(&mut self, s: SeqId, t: &[Token]) -> Result<(), RolloutError> {
-        self.policy.append(s, t)
+        self.decoder.append(s, t)
     }
     fn truncate(&mut self, s: SeqId, pos: usize) -> Result<(), RolloutError> {
-        self.policy.truncate(s, pos)
+        self.decoder.truncate(s, pos)
     }
     fn start(&mut self, s: SeqId, _p: GenerateParams) -> Result<(), RolloutError> {
         let text = self.script.pop_front().expect("script exhausted");
@@ -45,9 +45,9 @@ impl Backend for Forced {
     fn step(&mut self) -> Result<Vec<(SeqId, Generation)>, RolloutError> {
         let mut out = Vec::new();
         for (s, text) in std::mem::take(&mut self.pending) {
-            let toks = self.policy.model().tokenize(&text, false, true)?;
-            self.policy.append(s, &toks)?;
-            self.policy.flush()?; // decoded into the live cache now, like sampled tokens
+            let toks = self.decoder.model().tokenize(&text, false, true)?;
+            self.decoder.append(s, &toks)?;
+            self.decoder.flush()?; // decoded into the live cache now, like sampled tokens
             let n = toks.len();
             let finish = if text.ends_with("\n```") {
                 FinishReason::Stop("\n```".into())
@@ -71,25 +71,25 @@ impl Backend for Forced {
         self.pending.len()
     }
     fn tokens(&self, s: SeqId) -> Result<Vec<Token>, RolloutError> {
-        self.policy.tokens(s).map(|t| t.to_vec())
+        self.decoder.tokens(s).map(|t| t.to_vec())
     }
     fn close(&mut self, s: SeqId) {
         if let (Ok(toks), Ok(logits)) = (
-            self.policy.tokens(s).map(|t| t.to_vec()),
-            self.policy.next_logits(s).map(|l| l.to_vec()),
+            self.decoder.tokens(s).map(|t| t.to_vec()),
+            self.decoder.next_logits(s).map(|l| l.to_vec()),
         ) {
             self.at_close.insert(s.0, (logits, toks));
         }
-        self.policy.close(s)
+        self.decoder.close(s)
     }
     fn capacity(&self) -> usize {
-        self.policy.n_seq_max() as usize
+        self.decoder.n_seq_max() as usize
     }
     fn tokenize(&self, text: &str) -> Result<Vec<Token>, RolloutError> {
-        Ok(self.policy.model().tokenize(text, false, true)?)
+        Ok(self.decoder.model().tokenize(text, false, true)?)
     }
     fn piece(&self, t: Token) -> Vec<u8> {
-        self.policy.model().piece(t).to_vec()
+        self.decoder.model().piece(t).to_vec()
     }
 }
 
@@ -112,17 +112,17 @@ fn purified_sequence_rescored_fresh_matches_the_live_context() {
     // Flash attention off: every split of a sequence into decode calls then
     // gives bit-identical logits, so any difference would be the edits'.
     let exact = |n| {
-        let cfg = PolicyConfig {
+        let cfg = DecoderConfig {
             n_ctx: 4096,
             n_seq_max: n,
             n_threads: 2,
             flash_attention: Some(false),
             ..Default::default()
         };
-        Policy::new(common::model(), &cfg).unwrap()
+        Decoder::new(common::model(), &cfg).unwrap()
     };
     let mut backend = Forced {
-        policy: exact(4),
+        decoder: exact(4),
         script: script.iter().map(|s| s.to_string()).collect(),
         pending: vec![],
         at_close: HashMap::new(),

@@ -1,6 +1,6 @@
 //! Every SAAR branch, driven by a scripted backend (a test double emitting
 //! predetermined turns through the same `Backend` interface as the llama.cpp
-//! policy) and the real sandbox. Tokens are bytes, so expected sequences are
+//! decoder) and the real sandbox. Tokens are bytes, so expected sequences are
 //! written as text; roles and masks are checked token by token.
 
 mod common;

@@ -7,7 +7,7 @@ use std::io::Write;
 
 use cleaner::models::GgufErrorKind;
 use cleaner::{GenerateParams, LlamaError, Model, ModelParams, RolloutError, SamplingParams};
-use common::{policy, serial, test_model_path, tokens};
+use common::{decoder, serial, test_model_path, tokens};
 
 fn load_err(path: &std::path::Path) -> LlamaError {
     Model::load(path, &ModelParams::default())
@@ -60,7 +60,7 @@ fn not_a_gguf() {
 #[test]
 fn prompt_longer_than_context() {
     let _serial = serial();
-    let mut p = policy(2, 64);
+    let mut p = decoder(2, 64);
     let n_ctx = p.n_ctx();
     let long = tokens(&"many words ".repeat(n_ctx as usize));
     assert!(long.len() > n_ctx as usize);
@@ -71,7 +71,7 @@ fn prompt_longer_than_context() {
     );
     assert!(e.to_string().contains("prompt too long"), "{e}");
     assert_eq!(p.n_open(), 0, "a failed open must not leak its slot");
-    // The policy still works afterwards.
+    // The decoder still works afterwards.
     let out = p
         .generate(&[(
             tokens("Hi"),
@@ -87,7 +87,7 @@ fn prompt_longer_than_context() {
 #[test]
 fn invalid_tokens_and_params() {
     let _serial = serial();
-    let mut p = policy(2, 256);
+    let mut p = decoder(2, 256);
     let seq = p.open().unwrap();
     let e = p.append(seq, &[1, -5]).err().unwrap();
     assert!(e.to_string().contains("-5"), "{e}");

@@ -1,6 +1,6 @@
 //! The trainer's forward pass (our kernels over the memory-mapped quantized
 //! weights) against llama.cpp's logits for the same 256 tokens, through the
-//! rollout engine. The policy that samples and the policy that is trained must
+//! rollout engine. The decoder that samples and the decoder that is trained must
 //! be the same function, up to llama.cpp quantizing activations to 8 bits
 //! inside its quantized matmuls.
 
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use cleaner::assets::{self, AssetStore};
 use cleaner::kernels::matmul::Precision;
 use cleaner::models::Transformer;
-use cleaner::{Model, ModelParams, Policy, PolicyConfig};
+use cleaner::{Decoder, DecoderConfig, Model, ModelParams};
 
 /// 256 tokens of mixed prose and code (both tokenizers give more; we cut).
 const TEXT: &str = "The harbour town woke slowly. Fishing boats returned with the tide, \
@@ -71,15 +71,15 @@ fn compare(name: &str, precision: Precision) -> (Agreement, Agreement) {
     tokens.truncate(N_TOK);
     let score = |flash_attention: bool| {
         let _guard = common::serial();
-        let config = PolicyConfig {
+        let config = DecoderConfig {
             n_ctx: 512,
             n_seq_max: 1,
             n_batch: 512,
             n_threads: 2,
             flash_attention: Some(flash_attention),
         };
-        let mut policy = Policy::new(llama.clone(), &config).expect("policy");
-        policy.score(&tokens, true).expect("llama.cpp scores")
+        let mut decoder = Decoder::new(llama.clone(), &config).expect("decoder");
+        decoder.score(&tokens, true).expect("llama.cpp scores")
     };
     let (ref_lp, ref_rows) = score(false);
     // llama.cpp against itself: its flash-attention kernel computes the same

@@ -144,7 +144,7 @@ fn two_steps_train_swap_checkpoint_and_resume_bit_for_bit() {
     let ids: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
     let trainer_lp = grpo.trainer().logprobs(&ids, true).unwrap();
     let base_lp = grpo.trainer().logprobs(&ids, false).unwrap();
-    let (llama_adapted, _) = grpo.session().policy().score(&tokens, false).unwrap();
+    let (llama_adapted, _) = grpo.session().decoder().score(&tokens, false).unwrap();
     let mean = |a: &[f32], b: &[f32]| {
         a.iter()
             .zip(b)

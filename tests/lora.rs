@@ -3,7 +3,7 @@
 mod common;
 
 use cleaner::LoraAdapter;
-use common::{max_abs_diff, model, policy, serial, tokens, write_adapter};
+use common::{decoder, max_abs_diff, model, serial, tokens, write_adapter};
 
 #[test]
 fn adapter_changes_logits_clear_restores_them_swap_works() {
@@ -14,8 +14,8 @@ fn adapter_changes_logits_clear_restores_them_swap_works() {
     write_adapter(&py, "llama", 4, 2, 2);
     let text = tokens("The adapter should change what comes next in this sentence");
 
-    let mut p = policy(2, 512);
-    let last = |p: &mut cleaner::Policy| p.score(&text, true).unwrap().1.pop().unwrap();
+    let mut p = decoder(2, 512);
+    let last = |p: &mut cleaner::Decoder| p.score(&text, true).unwrap().1.pop().unwrap();
     let base = last(&mut p);
 
     let x = LoraAdapter::load(&model(), &px).unwrap();

@@ -4,7 +4,7 @@
 mod common;
 
 use cleaner::{FinishReason, GenerateParams, SamplingParams};
-use common::{max_abs_diff, model, policy, tokens};
+use common::{decoder, max_abs_diff, model, tokens};
 
 /// llama.cpp computes a position's logits with matrix kernels whose blocking
 /// depends on how many tokens share the decode call, so the same position
@@ -35,7 +35,7 @@ fn greedy(n: usize) -> GenerateParams {
 #[test]
 fn seeded_sampling_is_reproducible() {
     let _serial = common::serial();
-    let mut p = policy(4, 2048);
+    let mut p = decoder(4, 2048);
     let prompt = tokens("Write a short poem about the sea.");
     let params: Vec<GenerateParams> = (0..3)
         .map(|seed| GenerateParams {
@@ -74,7 +74,7 @@ fn seeded_sampling_is_reproducible() {
 )]
 fn greedy_batch_of_8_equals_batch_of_1() {
     let _serial = common::serial();
-    let mut p = policy(8, 4096);
+    let mut p = decoder(8, 4096);
     let jobs: Vec<_> = PROMPTS.iter().map(|t| (tokens(t), greedy(32))).collect();
     let batched = p.generate(&jobs).unwrap();
     for (k, job) in jobs.iter().enumerate() {
@@ -95,7 +95,7 @@ fn greedy_batch_of_8_equals_batch_of_1() {
 #[test]
 fn continuous_batching_serves_more_jobs_than_slots() {
     let _serial = common::serial();
-    let mut p = policy(3, 2048);
+    let mut p = decoder(3, 2048);
     let jobs: Vec<_> = PROMPTS.iter().map(|t| (tokens(t), greedy(12))).collect();
     let out = p.generate(&jobs).unwrap();
     assert_eq!(out.len(), 8);
@@ -114,13 +114,13 @@ fn rollback_then_append_equals_fresh_decode() {
         .unwrap();
     let new_tail = model().tokenize("print(12 * 7)\n84", false, false).unwrap();
 
-    let mut live = policy(2, 1024);
+    let mut live = decoder(2, 1024);
     let seq = live.open_with(&prefix).unwrap();
     live.append_with_logits(seq, &old_tail).unwrap();
     live.truncate(seq, prefix.len()).unwrap();
     let grafted = live.append_with_logits(seq, &new_tail).unwrap();
 
-    let mut fresh = policy(1, 1024);
+    let mut fresh = decoder(1, 1024);
     let mut all = prefix.clone();
     all.extend(&new_tail);
     let (_, rows) = fresh.score(&all, true).unwrap();
@@ -137,7 +137,7 @@ fn rollback_then_append_equals_fresh_decode() {
 fn truncate_into_the_middle_of_a_generation_resumes_exactly() {
     let _serial = common::serial();
     // Generate, cut back, and generate again greedily: the same tokens return.
-    let mut p = policy(1, 1024);
+    let mut p = decoder(1, 1024);
     let seq = p.open_with(&tokens("The capital of France is")).unwrap();
     p.start(seq, greedy(16)).unwrap();
     let first = p.run_to_completion().unwrap().remove(0).1;
@@ -156,7 +156,7 @@ fn truncate_into_the_middle_of_a_generation_resumes_exactly() {
 fn shared_prefix_fork_matches_independent_prefill() {
     let _serial = common::serial();
     let prompt = tokens("List three fruits:");
-    let mut p = policy(4, 1024);
+    let mut p = decoder(4, 1024);
     let root = p.open_with(&prompt).unwrap();
     let a = p.fork(root).unwrap();
     let b = p.fork(root).unwrap();
@@ -167,7 +167,7 @@ fn shared_prefix_fork_matches_independent_prefill() {
     let decoded_before = p.stats().tokens_decoded as usize;
     let expected = prompt.len() + tail_a.len() + tail_b.len();
 
-    let mut fresh = policy(1, 1024);
+    let mut fresh = decoder(1, 1024);
     for (tail, rows) in [(tail_a, la), (tail_b, lb)] {
         let mut all = prompt.clone();
         all.extend(&tail);

@@ -6,7 +6,7 @@ mod common;
 
 use cleaner::models::{Lora, LoraConfig, Transformer};
 use cleaner::train::{nll_loss, AdamWConfig, Trainer};
-use cleaner::{GenerateParams, LoraAdapter, Policy, PolicyConfig, SamplingParams};
+use cleaner::{Decoder, DecoderConfig, GenerateParams, LoraAdapter, SamplingParams};
 
 fn transformer() -> Transformer {
     Transformer::open(common::test_model_path()).expect("open test model")
@@ -16,15 +16,15 @@ fn ids(tokens: &[cleaner::Token]) -> Vec<u32> {
     tokens.iter().map(|&t| t as u32).collect()
 }
 
-fn llama_policy() -> Policy {
-    let config = PolicyConfig {
+fn llama_decoder() -> Decoder {
+    let config = DecoderConfig {
         n_ctx: 512,
         n_seq_max: 1,
         n_batch: 512,
         n_threads: 2,
         flash_attention: Some(false),
     };
-    Policy::new(common::model(), &config).expect("policy")
+    Decoder::new(common::model(), &config).expect("decoder")
 }
 
 /// Same bounds as the base-model comparison in tests/forward.rs: llama.cpp's
@@ -67,12 +67,12 @@ fn adapter_round_trip_llama_cpp_matches_trainer() {
         .logprobs;
     let (theirs, theirs_base) = {
         let _g = common::serial();
-        let mut policy = llama_policy();
-        let base = policy.score(&tokens, false).unwrap().0;
+        let mut decoder = llama_decoder();
+        let base = decoder.score(&tokens, false).unwrap().0;
         let adapter =
-            LoraAdapter::load(policy.model(), &path).expect("llama.cpp loads our adapter");
-        policy.set_adapter(Some(adapter)).unwrap();
-        (policy.score(&tokens, false).unwrap().0, base)
+            LoraAdapter::load(decoder.model(), &path).expect("llama.cpp loads our adapter");
+        decoder.set_adapter(Some(adapter)).unwrap();
+        (decoder.score(&tokens, false).unwrap().0, base)
     };
     let mean = |a: &[f32], b: &[f32]| {
         a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32
@@ -164,9 +164,9 @@ fn sft_learns_one_sequence_and_llama_cpp_reproduces_it() {
     // token into the whole sequence.
     let dir = tempfile::tempdir().unwrap();
     let _g = common::serial();
-    let mut policy = llama_policy();
-    trainer.hot_swap(&mut policy, dir.path()).unwrap();
-    let (llama_lp, _) = policy.score(&tokens, false).unwrap();
+    let mut decoder = llama_decoder();
+    trainer.hot_swap(&mut decoder, dir.path()).unwrap();
+    let (llama_lp, _) = decoder.score(&tokens, false).unwrap();
     let ours_lp = trainer.logprobs(&seq, true).unwrap();
     eprintln!(
         "after hot swap: llama.cpp NLL {:.4}, trainer NLL {:.4}",
@@ -182,7 +182,7 @@ fn sft_learns_one_sequence_and_llama_cpp_reproduces_it() {
         stop_at_eog: false,
         ..Default::default()
     };
-    let out = policy
+    let out = decoder
         .generate(&[(tokens[..1].to_vec(), params)])
         .unwrap()
         .remove(0);

@@ -20,7 +20,7 @@ pub mod train;
 
 pub use llama::{LlamaError, LoraAdapter, Model, ModelParams, Token};
 pub use rollout::{
-    FinishReason, GenerateParams, Generation, Policy, PolicyConfig, RolloutError, SeqId,
+    Decoder, DecoderConfig, FinishReason, GenerateParams, Generation, RolloutError, SeqId,
 };
 pub use sampling::SamplingParams;
 pub mod agent;

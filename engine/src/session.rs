@@ -24,7 +24,7 @@ use crate::agent::{
 use crate::assets::{self, AssetError, AssetStore};
 use crate::chat::{ChatError, ChatTemplate};
 use crate::llama::{LlamaError, LoraAdapter, Model, ModelParams};
-use crate::rollout::{Policy, PolicyConfig, RolloutError};
+use crate::rollout::{Decoder, DecoderConfig, RolloutError};
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxError};
 use crate::tasks::Item;
 
@@ -103,7 +103,7 @@ impl Default for SessionOptions {
 pub struct Session {
     model_path: PathBuf,
     model: Arc<Model>,
-    policy: Policy,
+    decoder: Decoder,
     sandbox: Sandbox,
     template: ChatTemplate,
     format: ToolFormat,
@@ -145,9 +145,9 @@ impl Session {
         let a = &options.agent;
         let per_seq =
             options.max_prompt_tokens + a.max_response_tokens + 2 * a.max_turn_tokens + 256;
-        let policy = Policy::new(
+        let decoder = Decoder::new(
             llama.clone(),
-            &PolicyConfig {
+            &DecoderConfig {
                 n_ctx: (per_seq as u32).saturating_mul(options.slots),
                 n_seq_max: options.slots,
                 n_batch: 512,
@@ -159,7 +159,7 @@ impl Session {
         Ok(Session {
             model_path,
             model: llama,
-            policy,
+            decoder,
             sandbox,
             template,
             format,
@@ -176,8 +176,8 @@ impl Session {
         &self.model
     }
     /// The rollout engine.
-    pub fn policy(&mut self) -> &mut Policy {
-        &mut self.policy
+    pub fn decoder(&mut self) -> &mut Decoder {
+        &mut self.decoder
     }
     /// The Python sandbox.
     pub fn sandbox(&self) -> &Sandbox {
@@ -239,8 +239,13 @@ impl Session {
         }
         let mut config = self.options.agent.clone();
         config.sampling.seed = seed;
-        let mut agent = Agent::new(&mut self.policy, &self.sandbox, self.format.clone(), config)?
-            .with_progress(progress);
+        let mut agent = Agent::new(
+            &mut self.decoder,
+            &self.sandbox,
+            self.format.clone(),
+            config,
+        )?
+        .with_progress(progress);
         Ok(agent.run(problems, group)?)
     }
 
@@ -262,7 +267,7 @@ impl Session {
             Some(path) => Some(LoraAdapter::load(&self.model, path)?),
             None => None,
         };
-        self.policy.set_adapter(adapter)?;
+        self.decoder.set_adapter(adapter)?;
         Ok(())
     }
 }

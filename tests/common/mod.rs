@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cleaner::assets::{self, AssetStore};
-use cleaner::{Model, ModelParams, Policy, PolicyConfig, Token};
+use cleaner::{Decoder, DecoderConfig, Model, ModelParams, Token};
 
 /// A GPU build: llama.cpp runs the model on a GPU, whose kernels depend on
 /// the batch's shape (exact batch invariance holds on the CPU backend only;
@@ -34,10 +34,10 @@ pub fn model() -> Arc<Model> {
         .clone()
 }
 
-pub fn policy(n_seq_max: u32, n_ctx: u32) -> Policy {
-    Policy::new(
+pub fn decoder(n_seq_max: u32, n_ctx: u32) -> Decoder {
+    Decoder::new(
         model(),
-        &PolicyConfig {
+        &DecoderConfig {
             n_ctx,
             n_seq_max,
             n_batch: 512,
@@ -45,7 +45,7 @@ pub fn policy(n_seq_max: u32, n_ctx: u32) -> Policy {
             ..Default::default()
         },
     )
-    .expect("policy")
+    .expect("decoder")
 }
 
 pub fn tokens(text: &str) -> Vec<Token> {

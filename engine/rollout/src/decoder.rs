@@ -8,7 +8,7 @@
 //! invariant makes rollback, grafting and prefix sharing plain list edits:
 //! `truncate` cuts the list (and the cache if needed), `append` extends it.
 //!
-//! Sequences that are generating advance one token per [`Policy::step`]; the
+//! Sequences that are generating advance one token per [`Decoder::step`]; the
 //! same decode call also prefills whatever other sequences have pending
 //! (observations, grafts), so parked sequences never stall the batch.
 
@@ -123,10 +123,10 @@ pub struct Generation {
     pub finish: FinishReason,
 }
 
-/// Context shape and threading of a [`Policy`].
+/// Context shape and threading of a [`Decoder`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct PolicyConfig {
+pub struct DecoderConfig {
     /// KV cells shared by all sequences; a shared prefix counts once.
     pub n_ctx: u32,
     /// Most sequences open at once.
@@ -143,9 +143,9 @@ pub struct PolicyConfig {
     pub flash_attention: Option<bool>,
 }
 
-impl Default for PolicyConfig {
+impl Default for DecoderConfig {
     fn default() -> Self {
-        PolicyConfig {
+        DecoderConfig {
             n_ctx: 8192,
             n_seq_max: 16,
             n_batch: 512,
@@ -176,15 +176,15 @@ struct Slot {
 }
 
 /// The rollout engine. See the module documentation.
-pub struct Policy {
+pub struct Decoder {
     ctx: Context,
     slots: Vec<Slot>,
-    stats: PolicyStats,
+    stats: DecoderStats,
 }
 
-/// Counters since the policy was created.
+/// Counters since the decoder was created.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
-pub struct PolicyStats {
+pub struct DecoderStats {
     /// llama_decode calls.
     pub decode_calls: u64,
     /// Tokens put through llama_decode (prefill and generation).
@@ -193,9 +193,9 @@ pub struct PolicyStats {
     pub tokens_generated: u64,
 }
 
-impl Policy {
+impl Decoder {
     /// A rollout engine with its own context for `model`.
-    pub fn new(model: Arc<Model>, config: &PolicyConfig) -> Result<Policy, RolloutError> {
+    pub fn new(model: Arc<Model>, config: &DecoderConfig) -> Result<Decoder, RolloutError> {
         let ctx = Context::new(
             model,
             ContextParams {
@@ -207,10 +207,10 @@ impl Policy {
             },
         )?;
         let slots = (0..config.n_seq_max).map(|_| Slot::default()).collect();
-        Ok(Policy {
+        Ok(Decoder {
             ctx,
             slots,
-            stats: PolicyStats::default(),
+            stats: DecoderStats::default(),
         })
     }
 
@@ -220,7 +220,7 @@ impl Policy {
     }
 
     /// Counters since creation.
-    pub fn stats(&self) -> PolicyStats {
+    pub fn stats(&self) -> DecoderStats {
         self.stats
     }
 

@@ -14,7 +14,7 @@ pub mod llama;
 pub mod sampling;
 
 pub use decoder::{
-    FinishReason, GenerateParams, Generation, Policy, PolicyConfig, RolloutError, SeqId,
+    Decoder, DecoderConfig, FinishReason, GenerateParams, Generation, RolloutError, SeqId,
 };
 pub use llama::{LlamaError, LoraAdapter, Model, ModelParams, Token};
 pub use sampling::SamplingParams;

@@ -1,9 +1,9 @@
-//! What the agent needs from a rollout engine. [`Policy`] implements it over
+//! What the agent needs from a rollout engine. [`Decoder`] implements it over
 //! llama.cpp; tests drive the agent with a scripted implementation through
 //! the same interface, so every SAAR branch can be checked token by token.
 
 use crate::llama::Token;
-use crate::rollout::{GenerateParams, Generation, Policy, RolloutError, SeqId};
+use crate::rollout::{Decoder, GenerateParams, Generation, RolloutError, SeqId};
 
 /// What the agent needs from a rollout engine (see the module documentation).
 pub trait Backend {
@@ -39,33 +39,33 @@ pub trait Backend {
     }
 }
 
-impl Backend for Policy {
+impl Backend for Decoder {
     fn open_with(&mut self, tokens: &[Token]) -> Result<SeqId, RolloutError> {
-        Policy::open_with(self, tokens)
+        Decoder::open_with(self, tokens)
     }
     fn fork(&mut self, seq: SeqId) -> Result<SeqId, RolloutError> {
-        Policy::fork(self, seq)
+        Decoder::fork(self, seq)
     }
     fn append(&mut self, seq: SeqId, tokens: &[Token]) -> Result<(), RolloutError> {
-        Policy::append(self, seq, tokens)
+        Decoder::append(self, seq, tokens)
     }
     fn truncate(&mut self, seq: SeqId, pos: usize) -> Result<(), RolloutError> {
-        Policy::truncate(self, seq, pos)
+        Decoder::truncate(self, seq, pos)
     }
     fn start(&mut self, seq: SeqId, params: GenerateParams) -> Result<(), RolloutError> {
-        Policy::start(self, seq, params)
+        Decoder::start(self, seq, params)
     }
     fn step(&mut self) -> Result<Vec<(SeqId, Generation)>, RolloutError> {
-        Policy::step(self)
+        Decoder::step(self)
     }
     fn n_generating(&self) -> usize {
-        Policy::n_generating(self)
+        Decoder::n_generating(self)
     }
     fn tokens(&self, seq: SeqId) -> Result<Vec<Token>, RolloutError> {
-        Policy::tokens(self, seq).map(|t| t.to_vec())
+        Decoder::tokens(self, seq).map(|t| t.to_vec())
     }
     fn close(&mut self, seq: SeqId) {
-        Policy::close(self, seq)
+        Decoder::close(self, seq)
     }
     fn capacity(&self) -> usize {
         self.n_seq_max() as usize

@@ -555,7 +555,7 @@ impl Grpo {
     /// Writes the adapter into the rollout engine.
     fn swap(&mut self) -> Result<(), GrpoError> {
         let dir = self.run_dir.join("adapters");
-        self.trainer.hot_swap(self.session.policy(), &dir)?;
+        self.trainer.hot_swap(self.session.decoder(), &dir)?;
         Ok(())
     }
 

@@ -51,7 +51,7 @@ pub struct StepMetrics {
     pub response_tokens_mean: f64,
     /// Tokens sampled, corrections included.
     pub generated_tokens: usize,
-    /// Policy loss, mean over the step's mini-batches.
+    /// Decoder loss, mean over the step's mini-batches.
     pub loss: f64,
     /// Share of trained tokens whose ratio was clipped.
     pub clip_fraction: f64,

@@ -1,7 +1,7 @@
 //! [`Trainer`]: the model (read-only, mapped), one LoRA adapter, its gradient
 //! buffers and optimizer. Gradients accumulate over any number of sequences
 //! ([`Trainer::accumulate`]) until [`Trainer::update`] applies them; the
-//! adapter then goes into a live [`Policy`] without reloading anything
+//! adapter then goes into a live [`Decoder`] without reloading anything
 //! ([`Trainer::hot_swap`]).
 
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use cleaner_models::{Lora, LoraConfig, ModelError, Transformer};
 
 use super::optim::{AdamW, AdamWConfig, OptimStateError, UpdateStats};
 use crate::llama::{LlamaError, LoraAdapter};
-use crate::rollout::{Policy, RolloutError};
+use crate::rollout::{Decoder, RolloutError};
 
 /// Why a training operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -228,19 +228,19 @@ impl Trainer {
 
     /// Puts the current adapter into the live rollout engine: writes it to
     /// `dir/adapter-{step}.gguf`, loads it into llama.cpp next to the model
-    /// already in memory, and makes `policy` decode with it from now on. The
+    /// already in memory, and makes `decoder` decode with it from now on. The
     /// previous adapter is freed once nothing holds it; its file is removed.
     pub fn hot_swap(
         &self,
-        policy: &mut Policy,
+        decoder: &mut Decoder,
         dir: &Path,
     ) -> Result<Arc<LoraAdapter>, TrainError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let path = dir.join(format!("adapter-{}.gguf", self.step()));
         self.export_gguf(&path)?;
-        let adapter = LoraAdapter::load(policy.model(), &path)?;
-        let previous = policy.adapter().map(|a| a.path().to_path_buf());
-        policy.set_adapter(Some(adapter.clone()))?;
+        let adapter = LoraAdapter::load(decoder.model(), &path)?;
+        let previous = decoder.adapter().map(|a| a.path().to_path_buf());
+        decoder.set_adapter(Some(adapter.clone()))?;
         if let Some(old) = previous.filter(|p| p != &path && p.starts_with(dir)) {
             let _ = std::fs::remove_file(old);
         }

@@ -14,7 +14,7 @@ use cleaner::assets::AssetStore;
 use cleaner::kernels::matmul::{matmul_wt, Weights};
 use cleaner::kernels::quant::{synthetic::random_tensor, QuantType};
 use cleaner::models::Transformer;
-use cleaner::{Model, ModelParams, Policy, PolicyConfig};
+use cleaner::{Decoder, DecoderConfig, Model, ModelParams};
 
 use super::python_env;
 
@@ -250,16 +250,16 @@ fn forward_vs_llama(models: &str, threads: usize) -> Result<()> {
 
         reset_peak_rss();
         let llama = Arc::new(Model::load(&path, &ModelParams::default())?);
-        let config = PolicyConfig {
+        let config = DecoderConfig {
             n_ctx: 1024,
             n_seq_max: 1,
             n_batch: 512,
             n_threads: threads as i32,
             flash_attention: None,
         };
-        let mut policy = Policy::new(llama.clone(), &config)?;
+        let mut decoder = Decoder::new(llama.clone(), &config)?;
         let llama_s = time_median(2, || {
-            policy.score(&toks, false).expect("llama.cpp prefill");
+            decoder.score(&toks, false).expect("llama.cpp prefill");
         });
         let llama_rss = super::peak_rss_mib().unwrap_or(f64::NAN);
         println!(

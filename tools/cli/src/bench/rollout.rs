@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use cleaner::models::{GgufWriter, Value};
-use cleaner::{GenerateParams, LoraAdapter, Model, Policy, PolicyConfig, SamplingParams, Token};
+use cleaner::{Decoder, DecoderConfig, GenerateParams, LoraAdapter, Model, SamplingParams, Token};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -217,17 +217,17 @@ fn ours_tg(
     fa: &str,
 ) -> Result<f64> {
     let n_ctx = (npp + b * (ntg + 2) + 64) as u32;
-    let cfg = PolicyConfig {
+    let cfg = DecoderConfig {
         n_ctx,
         n_seq_max: b as u32 + 1,
         n_batch: 512,
         n_threads: threads as i32,
         flash_attention: fa_choice(fa)?,
     };
-    let mut policy = Policy::new(model.clone(), &cfg)?;
+    let mut decoder = Decoder::new(model.clone(), &cfg)?;
     let prompt = prompt_tokens(model, npp)?;
     // Warm-up outside the timing (page in weights, allocate buffers).
-    policy.generate(&[(
+    decoder.generate(&[(
         prompt.clone(),
         GenerateParams {
             max_new_tokens: 4,
@@ -235,12 +235,12 @@ fn ours_tg(
             ..Default::default()
         },
     )])?;
-    let root = policy.open_with(&prompt)?;
-    policy.next_logits(root)?;
+    let root = decoder.open_with(&prompt)?;
+    decoder.next_logits(root)?;
     let mut seqs = Vec::new();
     for i in 0..b {
-        let s = policy.fork(root)?;
-        policy.start(
+        let s = decoder.fork(root)?;
+        decoder.start(
             s,
             GenerateParams {
                 sampling: SamplingParams {
@@ -256,9 +256,9 @@ fn ours_tg(
         )?;
         seqs.push(s);
     }
-    policy.close(root);
+    decoder.close(root);
     let t0 = Instant::now();
-    let done = policy.run_to_completion()?;
+    let done = decoder.run_to_completion()?;
     let secs = t0.elapsed().as_secs_f64();
     if done.len() != b || done.iter().any(|(_, g)| g.tokens.len() != ntg + 1) {
         bail!("benchmark generation ended early");
@@ -348,21 +348,21 @@ struct Latencies {
 
 fn latencies(model: &Arc<Model>, threads: usize, reps: usize) -> Result<Latencies> {
     let reps = reps.max(1);
-    let cfg = PolicyConfig {
+    let cfg = DecoderConfig {
         n_ctx: 2048,
         n_seq_max: 2,
         n_batch: 512,
         n_threads: threads as i32,
         ..Default::default()
     };
-    let mut policy = Policy::new(model.clone(), &cfg)?;
+    let mut decoder = Decoder::new(model.clone(), &cfg)?;
     let toks = prompt_tokens(model, LAT_SEQ)?;
     let alt = prompt_tokens(model, LAT_SEQ + 64)?[LAT_SEQ..].to_vec();
 
     // Rollback: drop the last 64 tokens of a cached 512-token sequence and
     // prefill 64 others, vs prefilling all 512 in a fresh sequence.
-    let seq = policy.open_with(&toks)?;
-    policy.next_logits(seq)?;
+    let seq = decoder.open_with(&toks)?;
+    decoder.next_logits(seq)?;
     let mut rollback = Vec::new();
     let mut full = Vec::new();
     for r in 0..reps {
@@ -372,16 +372,16 @@ fn latencies(model: &Arc<Model>, threads: usize, reps: usize) -> Result<Latencie
             &toks[LAT_SEQ - 64..]
         };
         let t0 = Instant::now();
-        policy.truncate(seq, LAT_SEQ - 64)?;
-        policy.append(seq, tail)?;
-        policy.next_logits(seq)?;
+        decoder.truncate(seq, LAT_SEQ - 64)?;
+        decoder.append(seq, tail)?;
+        decoder.next_logits(seq)?;
         rollback.push(t0.elapsed().as_secs_f64() * 1e3);
 
         let t0 = Instant::now();
-        let fresh = policy.open_with(&toks)?;
-        policy.next_logits(fresh)?;
+        let fresh = decoder.open_with(&toks)?;
+        decoder.next_logits(fresh)?;
         full.push(t0.elapsed().as_secs_f64() * 1e3);
-        policy.close(fresh);
+        decoder.close(fresh);
     }
 
     // LoRA: a rank-16 adapter on every attention and MLP projection.
@@ -391,17 +391,17 @@ fn latencies(model: &Arc<Model>, threads: usize, reps: usize) -> Result<Latencie
     let mut load_set = Vec::new();
     let mut set_only = Vec::new();
     for _ in 0..reps {
-        policy.set_adapter(None)?;
+        decoder.set_adapter(None)?;
         let t0 = Instant::now();
         let adapter = LoraAdapter::load(model, &path)?;
-        policy.set_adapter(Some(adapter.clone()))?;
+        decoder.set_adapter(Some(adapter.clone()))?;
         load_set.push(t0.elapsed().as_secs_f64() * 1e3);
-        policy.set_adapter(None)?;
+        decoder.set_adapter(None)?;
         let t0 = Instant::now();
-        policy.set_adapter(Some(adapter))?;
+        decoder.set_adapter(Some(adapter))?;
         set_only.push(t0.elapsed().as_secs_f64() * 1e3);
     }
-    policy.set_adapter(None)?;
+    decoder.set_adapter(None)?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Latencies {
         lora_load_set_ms: super::median(load_set),

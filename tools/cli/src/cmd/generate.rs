@@ -2,7 +2,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use cleaner::chat::{ChatTemplate, Message};
-use cleaner::{GenerateParams, Policy, PolicyConfig, SamplingParams};
+use cleaner::{Decoder, DecoderConfig, GenerateParams, SamplingParams};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -75,15 +75,15 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let n_ctx = ((prompt.len() + max_tokens) * (a.n + 1)).max(512) as u32;
-    let config = PolicyConfig {
+    let config = DecoderConfig {
         n_ctx,
         n_seq_max: a.n as u32 + 1,
         n_threads: a.threads,
         ..Default::default()
     };
-    let mut policy = Policy::new(model.clone(), &config)?;
+    let mut decoder = Decoder::new(model.clone(), &config)?;
     if let Some(path) = &a.adapter {
-        policy.set_adapter(Some(cleaner::LoraAdapter::load(&model, path)?))?;
+        decoder.set_adapter(Some(cleaner::LoraAdapter::load(&model, path)?))?;
     }
     let params: Vec<GenerateParams> = (0..a.n as u64)
         .map(|i| GenerateParams {
@@ -100,7 +100,7 @@ pub fn run(a: Args) -> Result<()> {
         })
         .collect();
     let t0 = Instant::now();
-    let outs = policy.generate_group(&prompt, &params)?;
+    let outs = decoder.generate_group(&prompt, &params)?;
     let secs = t0.elapsed().as_secs_f64();
     let total: usize = outs.iter().map(|g| g.tokens.len()).sum();
     for (i, g) in outs.iter().enumerate() {

@@ -6,7 +6,7 @@ use cleaner::agent::trajectory::write_jsonl;
 use cleaner::agent::{Agent, AgentConfig, FormatKind, ToolFormat};
 use cleaner::chat::ChatTemplate;
 use cleaner::tasks::math_equal;
-use cleaner::{Policy, PolicyConfig};
+use cleaner::{Decoder, DecoderConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -107,14 +107,14 @@ pub fn run(a: Args) -> Result<()> {
         );
         per_seq = n_ctx_train;
     }
-    let policy_config = PolicyConfig {
+    let policy_config = DecoderConfig {
         n_ctx: (per_seq as u32) * a.slots,
         n_seq_max: a.slots,
         n_batch: 512,
         n_threads: a.threads,
         ..Default::default()
     };
-    let mut policy = Policy::new(model.clone(), &policy_config)?;
+    let mut decoder = Decoder::new(model.clone(), &policy_config)?;
     eprintln!(
         "{} problems x {} rollouts, purify {} (p = {p}), format {}, {} slots",
         problems.len(),
@@ -124,7 +124,7 @@ pub fn run(a: Args) -> Result<()> {
         a.slots
     );
     let (mut trajectories, stats) = {
-        let mut agent = Agent::new(&mut policy, &sandbox, format, config)?;
+        let mut agent = Agent::new(&mut decoder, &sandbox, format, config)?;
         agent.run(&problems, a.rollouts)?
     };
     let mut correct = 0usize;
