@@ -1,4 +1,5 @@
-//! The LoRA trainer on ggml: the forward of `cleaner_models`' transformer as ggml graphs, so one graph
+//! The LoRA trainer on ggml: the forward (and, for now, the automatic
+//! backward) of `cleaner_models`' transformer as ggml graphs, so one graph
 //! runs on every backend llama.cpp was built with: CPU always, CUDA, Metal
 //! and Vulkan through this crate's `cuda`, `metal` and `vulkan` features
 //! (forwarded to llama-cpp-sys-2). The CPU trainer in `cleaner_models`
@@ -23,6 +24,8 @@
 //! - [`logprobs`]: the forward graph for llama, qwen2 and qwen3 (see
 //!   [`forward`] for the arithmetic and why products run on `get_rows`-
 //!   dequantized f32 weights).
+//! - [`backward`]: LoRA gradients by `ggml_build_backward_expand` over the
+//!   whole sequence (see [`backward`](mod@backward) for its limits).
 //!
 //! # What is next (issue 17, in order)
 //! 1. Backward from forward ops, block by block: the forward graph keeps
@@ -41,11 +44,13 @@
 //!    the op audit at Qwen3-4B shapes against the vendored CUDA/Metal
 //!    `supports_op`, benches, and the GPU check script.
 
+pub mod backward;
 pub mod error;
 pub mod ffi;
 pub mod forward;
 pub mod weights;
 
+pub use backward::backward;
 pub use error::GgmlError;
 pub use ffi::{quantize, Backend, Context, Device, Graph, Tensor};
 pub use forward::logprobs;
