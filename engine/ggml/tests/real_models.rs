@@ -1,8 +1,11 @@
-//! SmolLM2-135M (llama, Q4_1) on a real prompt: ggml's forward on its CPU
-//! backend against the CPU trainer, 128 tokens of prose and code tokenized by
-//! llama.cpp, with and without an adapter. Needs the model asset
-//! (`cleaner` fetches it into `~/.cache/cleaner/assets`; `CLEANER_HOME` and
-//! `XDG_CACHE_HOME` move it as for the engine).
+//! Real models on a real prompt: ggml's forward on its CPU backend against
+//! the CPU trainer, 128 tokens of prose and code tokenized by llama.cpp, with
+//! and without an adapter. SmolLM2-135M (llama; Q4_1 and Q8_0 matrices; tied
+//! output; NORM RoPE) and Qwen2.5-Coder-0.5B (qwen2, Q4_K_M: Q4_K, Q5_0,
+//! Q6_K and Q8_0 matrices in one file; tied output; q/k/v biases; NEOX
+//! RoPE). Needs the model assets (`cleaner` fetches them into
+//! `~/.cache/cleaner/assets`; `CLEANER_HOME` and `XDG_CACHE_HOME` move them
+//! as for the engine).
 
 mod common;
 
@@ -11,7 +14,6 @@ use cleaner_models::Transformer;
 use common::*;
 use std::path::PathBuf;
 
-const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const TEXT: &str = "The harbour town woke slowly. Fishing boats returned with the tide, \
 gulls argued over the nets, and the baker on Quay Street pulled the first loaves from an oven \
 older than anyone could remember.\n\n\
@@ -46,7 +48,16 @@ fn asset(name: &str) -> PathBuf {
 
 #[test]
 fn smollm2_log_probs_match_the_cpu_trainer() {
-    let path = asset(FILE);
+    check("SmolLM2-135M-Instruct.Q4_1.gguf");
+}
+
+#[test]
+fn qwen2_5_coder_log_probs_match_the_cpu_trainer() {
+    check("Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf");
+}
+
+fn check(file: &str) {
+    let path = asset(file);
     let llama = cleaner_rollout::Model::load(&path, &cleaner_rollout::ModelParams::default())
         .expect("llama.cpp loads the model");
     let mut toks: Vec<u32> = llama
@@ -60,6 +71,16 @@ fn smollm2_log_probs_match_the_cpu_trainer() {
     drop(llama);
 
     let model = Transformer::open(&path).unwrap();
+    let mut types: Vec<String> = model
+        .file()
+        .tensors()
+        .iter()
+        .filter(|t| t.dims.len() == 2)
+        .map(|t| t.ty.name())
+        .collect();
+    types.sort();
+    types.dedup();
+    eprintln!("{file}: matrices in {}", types.join(", "));
     let lora = adapter(&model, 17);
     let backend = cpu();
     let dev = DeviceModel::upload(&model, &backend).unwrap();
@@ -77,10 +98,10 @@ fn smollm2_log_probs_match_the_cpu_trainer() {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         eprintln!(
-            "SmolLM2 lora={with_lora}: {} positions, worst |dlogp|/max(|logp|,1) {rel:.2e}, max |dlogp| {max_abs:.2e}, mean log-prob {:.3}",
+            "{file} lora={with_lora}: {} positions, worst |dlogp|/max(|logp|,1) {rel:.2e}, max |dlogp| {max_abs:.2e}, mean log-prob {:.3}",
             cpu.len(),
             cpu.iter().sum::<f32>() / cpu.len() as f32
         );
-        assert!(rel <= LOGPROB_TOL, "lora={with_lora}: {rel:e}");
+        assert!(rel <= LOGPROB_TOL, "{file} lora={with_lora}: {rel:e}");
     }
 }
