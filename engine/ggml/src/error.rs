@@ -34,7 +34,7 @@ pub enum GgmlError {
     Unsupported {
         /// ggml's op description (`MUL_MAT`, `SILU`, ...).
         op: String,
-        /// Type of the node's first source (or of the node when it has none).
+        /// Types of the node's sources and of its result (`q8_0, q4_0 -> f32`).
         ty: String,
         /// The backend's name.
         backend: String,

@@ -238,7 +238,12 @@ impl Backend {
     pub fn check(&self, graph: &Graph<'_>) -> Result<(), GgmlError> {
         for node in graph.nodes() {
             if !self.supports(node) {
-                let ty = node.src(0).unwrap_or(node).type_name();
+                let n_src = node.raw().src.len();
+                let srcs: Vec<String> = (0..n_src)
+                    .filter_map(|i| node.src(i))
+                    .map(|t| t.type_name())
+                    .collect();
+                let ty = format!("{} -> {}", srcs.join(", "), node.type_name());
                 return Err(GgmlError::Unsupported {
                     op: node.op_desc(),
                     ty,

@@ -83,3 +83,36 @@ fn forward_graph_runs_only_supported_ops() {
     let toks = tokens(8, model.config().n_vocab);
     assert_eq!(logprobs(&backend, &dev, None, &toks).unwrap().len(), 7);
 }
+
+/// A node the backend cannot run is refused before compute, with op, types
+/// and backend named: ggml's CPU backend has no product of Q8_0 weights with
+/// Q4_0 activations (it wants f32 or Q8_0 on the right).
+#[test]
+fn an_unsupported_node_is_named_not_run() {
+    let backend = cpu();
+    let weights = Context::new(2, 0).unwrap();
+    let a = weights
+        .new_tensor(QuantType::Q8_0.ggml_id(), &[32, 4], "w")
+        .unwrap();
+    let b = weights
+        .new_tensor(QuantType::Q4_0.ggml_id(), &[32, 3], "x")
+        .unwrap();
+    weights.allocate(&backend).unwrap();
+    let ctx = Context::new(4, 2).unwrap();
+    let y = ctx.mul_mat(a, b).unwrap().set_name("y").set_output();
+    let graph = ctx.graph(&[y], false).unwrap();
+    ctx.allocate_graph(&graph, &backend).unwrap();
+    match backend.compute(&graph) {
+        Err(GgmlError::Unsupported {
+            op,
+            ty,
+            backend: name,
+            node,
+        }) => {
+            assert_eq!((op.as_str(), node.as_str()), ("MUL_MAT", "y"));
+            assert_eq!(ty, "q8_0, q4_0 -> f32");
+            assert_eq!(name, backend.name());
+        }
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+}
