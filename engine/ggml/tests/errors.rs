@@ -29,7 +29,7 @@ fn a_backend_the_build_lacks_is_named() {
 
 #[test]
 fn bad_requests_are_typed_errors() {
-    let backend = cpu();
+    let (_serial, backend) = cpu();
     let model = tiny(Architecture::Llama, QuantType::Q8_0, 1);
     let dev = DeviceModel::upload(&model, &backend).unwrap();
     let n_vocab = model.config().n_vocab as u32;
@@ -47,7 +47,7 @@ fn bad_requests_are_typed_errors() {
 
 #[test]
 fn data_and_shape_errors_do_not_abort() {
-    let backend = cpu();
+    let (_serial, backend) = cpu();
     let ctx = Context::new(8, 0).unwrap();
     let a = ctx.new_tensor(types::F32, &[4, 3], "a").unwrap();
     let b = ctx.new_tensor(types::F32, &[5, 3], "b").unwrap();
@@ -77,7 +77,7 @@ fn data_and_shape_errors_do_not_abort() {
 /// (the check `Backend::compute` makes before running).
 #[test]
 fn forward_graph_runs_only_supported_ops() {
-    let backend = cpu();
+    let (_serial, backend) = cpu();
     let model = tiny(Architecture::Qwen3, QuantType::Q4_K, 1);
     let dev = DeviceModel::upload(&model, &backend).unwrap();
     let toks = tokens(8, model.config().n_vocab);
@@ -89,7 +89,7 @@ fn forward_graph_runs_only_supported_ops() {
 /// Q4_0 activations (it wants f32 or Q8_0 on the right).
 #[test]
 fn an_unsupported_node_is_named_not_run() {
-    let backend = cpu();
+    let (_serial, backend) = cpu();
     let weights = Context::new(2, 0).unwrap();
     let a = weights
         .new_tensor(QuantType::Q8_0.ggml_id(), &[32, 4], "w")

@@ -17,7 +17,7 @@ const N_TOK: usize = 40;
 
 #[test]
 fn tiny_models_log_probs_match_the_cpu_trainer() {
-    let backend = cpu();
+    let (_serial, backend) = cpu();
     let mut worst = 0f64;
     for arch in ARCHS {
         for ty in TYPES {
@@ -55,7 +55,7 @@ fn tiny_models_log_probs_match_the_cpu_trainer() {
 /// file's bytes, not a dequantized copy.
 #[test]
 fn weights_are_uploaded_quantized() {
-    let backend = cpu();
+    let (_serial, backend) = cpu();
     for ty in [
         cleaner_kernels::quant::QuantType::Q4_K,
         cleaner_kernels::quant::QuantType::Q8_0,

@@ -17,7 +17,7 @@ const N_TOK: usize = 24;
 
 #[test]
 fn lora_gradients_match_the_cpu_trainer() {
-    let backend = cpu();
+    let (_serial, backend) = cpu();
     let (mut worst_cos, mut worst_rel) = (1f64, 0f64);
     for arch in ARCHS {
         for ty in TYPES {
@@ -81,7 +81,7 @@ fn worst_rel_lp(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Central finite differences of the loss through ggml's own forward (the
-/// adapter re-uploaded per step) against its backward, a few parameters of
+/// adapter re-uploaded per step) against its backward, one parameter of
 /// every tensor of a tiny qwen3 model: the backward is the derivative of the
 /// function the device computes, not only close to the CPU trainer's.
 /// Bound as in `models/tests/grad.rs`: |analytic - numeric| <= FD_TOL *
@@ -90,7 +90,7 @@ fn worst_rel_lp(a: &[f32], b: &[f32]) -> f64 {
 fn lora_gradients_match_finite_differences_through_ggml() {
     const FD_TOL: f64 = 1e-2;
     const STEP: f32 = 1e-2;
-    let backend = cpu();
+    let (_serial, backend) = cpu();
     // The model models/tests/grad.rs checks the CPU trainer on (Q8_0 and
     // f32 matrices, log-probs of a few nats, so f32 rounding of the loss
     // stays far below the differences).
@@ -115,7 +115,8 @@ fn lora_gradients_match_finite_differences_through_ggml() {
     let mut worst = 0f64;
     for ti in 0..lora.tensors().count() {
         let len = lora.tensors().nth(ti).unwrap().len();
-        let idx: Vec<usize> = (0..2).map(|k| (k * 7919 + ti * 31) % len).collect();
+        // One parameter per tensor: every factor of every projection.
+        let idx: Vec<usize> = vec![(7919 + ti * 31) % len];
         let mut numeric = Vec::new();
         for &i in &idx {
             let mut plus = lora.clone();

@@ -82,7 +82,7 @@ fn check(file: &str) {
     types.dedup();
     eprintln!("{file}: matrices in {}", types.join(", "));
     let lora = adapter(&model, 17);
-    let backend = cpu();
+    let (_serial, backend) = cpu();
     let dev = DeviceModel::upload(&model, &backend).unwrap();
     let dev_lora = DeviceLora::upload(&lora, &dev, &backend).unwrap();
     for with_lora in [false, true] {

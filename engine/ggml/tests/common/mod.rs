@@ -8,6 +8,7 @@ use cleaner_ggml::{quantize, Backend, Device};
 use cleaner_kernels::quant::QuantType;
 use cleaner_models::tiny::{tiny_model, TinySpec};
 use cleaner_models::{Architecture, GgufFile, GgufWriter, Lora, LoraConfig, Transformer};
+use std::sync::{Mutex, MutexGuard};
 
 /// Families the trainer runs.
 pub const ARCHS: [Architecture; 3] = [
@@ -95,9 +96,17 @@ pub fn tokens(n_tok: usize, n_vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-/// The CPU backend on two threads.
-pub fn cpu() -> Backend {
-    Backend::new(Device::Cpu, 2).expect("ggml CPU backend")
+/// The CPU backend on two threads, with a lock held for the test's length:
+/// ggml's CPU workers (and the CPU trainer's) spin while they wait, so two
+/// tests computing at once on a 2-core machine slow each other many times
+/// over; tests of one binary take turns.
+pub fn cpu() -> (MutexGuard<'static, ()>, Backend) {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    (
+        guard,
+        Backend::new(Device::Cpu, 2).expect("ggml CPU backend"),
+    )
 }
 
 /// Largest `|a - b| / max(|b|, 1)`: relative for log-probs beyond one nat,
