@@ -234,9 +234,35 @@ impl Backend {
         Ok(())
     }
 
-    /// The first node of `graph` this backend cannot run, as an error.
+    /// The first node of `graph` this backend cannot run, as an error: an
+    /// op it does not support, or an operand without memory or in memory
+    /// this backend cannot read (weights uploaded to another device).
     pub fn check(&self, graph: &Graph<'_>) -> Result<(), GgmlError> {
         for node in graph.nodes() {
+            let n_src = node.raw().src.len();
+            for t in std::iter::once(node).chain((0..n_src).filter_map(|i| node.src(i))) {
+                let buf = t.buffer();
+                // SAFETY: `buf` is a live buffer (a tensor's memory lives as
+                // long as its context); the backend is live. Both calls only
+                // read them.
+                let readable = !buf.is_null()
+                    && unsafe {
+                        sys::ggml_backend_supports_buft(
+                            self.ptr.as_ptr(),
+                            sys::ggml_backend_buffer_get_type(buf),
+                        )
+                    };
+                if !readable || !t.has_memory() {
+                    return Err(GgmlError::Data {
+                        name: t.name(),
+                        detail: format!(
+                            "has no memory that backend {} can use (node `{}`)",
+                            self.name,
+                            node.name()
+                        ),
+                    });
+                }
+            }
             if !self.supports(node) {
                 let n_src = node.raw().src.len();
                 let srcs: Vec<String> = (0..n_src)
@@ -551,6 +577,7 @@ impl Context {
             ptr,
             ctx: self,
             grads,
+            loss: None,
         };
         for &t in outputs {
             g.expand(t)?;
@@ -568,6 +595,7 @@ impl Context {
                 detail: "a context allocates one graph of its own, once".into(),
             });
         }
+        graph.check_leaves()?;
         // SAFETY: the buffer type is ggml's, for the life of the process.
         let galloc = unsafe { sys::ggml_gallocr_new(backend.buffer_type()) };
         let galloc = NonNull::new(galloc).ok_or_else(|| GgmlError::OutOfMemory {
@@ -1057,15 +1085,19 @@ impl<'a> Tensor<'a> {
         Ok(self)
     }
 
-    fn has_memory(&self) -> bool {
+    /// The buffer holding its data (its view source's, for a view), or null.
+    fn buffer(&self) -> *mut sys::ggml_backend_buffer {
         let r = self.raw();
-        let buf = if r.view_src.is_null() {
+        if r.view_src.is_null() {
             r.buffer
         } else {
             // SAFETY: a view's source lives in a context at least as long.
             unsafe { (*r.view_src).buffer }
-        };
-        !buf.is_null() && !r.data.is_null()
+        }
+    }
+
+    fn has_memory(&self) -> bool {
+        !self.buffer().is_null() && !self.raw().data.is_null()
     }
 
     fn check_data(&self, ty: u32, bytes: usize) -> Result<(), GgmlError> {
@@ -1144,9 +1176,43 @@ pub struct Graph<'a> {
     ptr: *mut sys::ggml_cgraph,
     ctx: &'a Context,
     grads: bool,
+    /// The loss of the backward pass, once built.
+    loss: Option<Tensor<'a>>,
 }
 
 impl<'a> Graph<'a> {
+    /// Every leaf the graph reads must have data: memory of its own
+    /// (weights, adapters) or be a marked graph input that the caller fills.
+    /// The graph allocator would otherwise give an unallocated weight fresh,
+    /// uninitialized memory and the graph would compute on garbage. The one
+    /// other leaf is the loss gradient the backward adds (set to 1 at
+    /// allocation).
+    fn check_leaves(&self) -> Result<(), GgmlError> {
+        let loss_grad = self.loss.and_then(|l| {
+            // SAFETY: live graph with gradients (a loss is only recorded by
+            // build_backward) and live tensor; reads the graph's table.
+            NonNull::new(unsafe { sys::ggml_graph_get_grad_acc(self.ptr, l.ptr.as_ptr()) })
+        });
+        for node in self.nodes() {
+            let n_src = node.raw().src.len();
+            for t in (0..n_src).filter_map(|i| node.src(i)) {
+                let r = t.raw();
+                let input = r.flags & sys::GGML_TENSOR_FLAG_INPUT as i32 != 0;
+                let leaf = r.op == sys::GGML_OP_NONE && r.view_src.is_null();
+                if leaf && !input && !t.has_memory() && Some(t.ptr) != loss_grad {
+                    return Err(GgmlError::Data {
+                        name: t.name(),
+                        detail: format!(
+                            "read by `{}` but has no data: allocate its context or mark it as a graph input",
+                            node.name()
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Nodes (computed tensors), in execution order.
     pub fn nodes(&self) -> impl Iterator<Item = Tensor<'a>> + '_ {
         // SAFETY: live graph.
@@ -1209,6 +1275,7 @@ impl<'a> Graph<'a> {
         unsafe {
             sys::ggml_build_backward_expand(self.ctx.ptr.as_ptr(), self.ptr, std::ptr::null_mut())
         };
+        self.loss = Some(loss);
         Ok(())
     }
 

@@ -116,3 +116,26 @@ fn an_unsupported_node_is_named_not_run() {
         other => panic!("expected Unsupported, got {other:?}"),
     }
 }
+
+/// A graph reading weights that were never given memory is refused when it
+/// is allocated (the graph allocator would hand them uninitialized memory).
+#[test]
+fn an_operand_without_memory_is_refused() {
+    let (_serial, backend) = cpu();
+    let weights = Context::new(1, 0).unwrap();
+    let w = weights.new_tensor(types::F32, &[8, 4], "w").unwrap();
+    let ctx = Context::new(4, 1).unwrap();
+    let x = ctx
+        .new_tensor(types::F32, &[8, 2], "x")
+        .unwrap()
+        .set_input();
+    let y = ctx.mul_mat(w, x).unwrap().set_name("y").set_output();
+    let graph = ctx.graph(&[y], false).unwrap();
+    match ctx.allocate_graph(&graph, &backend) {
+        Err(GgmlError::Data { name, detail }) => {
+            assert_eq!(name, "w");
+            assert!(detail.contains("read by `y` but has no data"), "{detail}");
+        }
+        other => panic!("expected a Data error, got {other:?}"),
+    }
+}
