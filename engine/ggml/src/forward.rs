@@ -73,28 +73,69 @@ pub(crate) fn build<'a>(
     lora: Option<&'a DeviceLora>,
     n_tok: usize,
 ) -> Result<(Inputs<'a>, Tensor<'a>), GgmlError> {
-    let c = model.config();
-    let i32_input = |n: usize, name: &str| -> Result<Tensor<'a>, GgmlError> {
-        Ok(ctx.new_tensor(types::I32, &[n], name)?.set_input())
-    };
-    let mut iotas: Vec<(usize, Tensor<'a>)> = Vec::new();
-    for n in [c.q_dim(), c.kv_dim(), c.n_embd, c.n_ff, c.n_vocab] {
-        if !iotas.iter().any(|(m, _)| *m == n) {
-            iotas.push((n, i32_input(n, &format!("rows_0_{n}"))?));
-        }
+    let b = Builder::new(ctx, model, lora, n_tok)?;
+    let mut x = b.embed()?;
+    for l in 0..model.config().n_layer {
+        x = b.block(l, x)?;
     }
-    let inputs = Inputs {
-        tokens: i32_input(n_tok, "tokens")?,
-        pos: i32_input(n_tok, "positions")?,
-        targets: i32_input(n_tok - 1, "targets")?,
-        mask: ctx
-            .new_tensor(types::F32, &[n_tok, n_tok], "causal_mask")?
-            .set_input(),
-        iotas,
-    };
-    let dequant = |w: Tensor<'a>| -> Result<Tensor<'a>, GgmlError> {
+    let lp = b.logprobs(x)?;
+    Ok((b.inputs, lp))
+}
+
+/// The pieces of the graph, each a function of its input tensor so that
+/// later graphs can cut the model where memory demands: `embed`, one
+/// `block` per layer (the unit of activation checkpointing: a backward
+/// graph rebuilds one block from its saved input), and the `logprobs` head
+/// (the unit of chunking over tokens).
+pub(crate) struct Builder<'a> {
+    ctx: &'a Context,
+    model: &'a DeviceModel,
+    lora: Option<&'a DeviceLora>,
+    n_tok: usize,
+    pub inputs: Inputs<'a>,
+}
+
+impl<'a> Builder<'a> {
+    /// Makes the graph inputs for `n_tok` tokens.
+    pub fn new(
+        ctx: &'a Context,
+        model: &'a DeviceModel,
+        lora: Option<&'a DeviceLora>,
+        n_tok: usize,
+    ) -> Result<Builder<'a>, GgmlError> {
+        let c = model.config();
+        let i32_input = |n: usize, name: &str| -> Result<Tensor<'a>, GgmlError> {
+            Ok(ctx.new_tensor(types::I32, &[n], name)?.set_input())
+        };
+        let mut iotas: Vec<(usize, Tensor<'a>)> = Vec::new();
+        for n in [c.q_dim(), c.kv_dim(), c.n_embd, c.n_ff, c.n_vocab] {
+            if !iotas.iter().any(|(m, _)| *m == n) {
+                iotas.push((n, i32_input(n, &format!("rows_0_{n}"))?));
+            }
+        }
+        let inputs = Inputs {
+            tokens: i32_input(n_tok, "tokens")?,
+            pos: i32_input(n_tok, "positions")?,
+            targets: i32_input(n_tok - 1, "targets")?,
+            mask: ctx
+                .new_tensor(types::F32, &[n_tok, n_tok], "causal_mask")?
+                .set_input(),
+            iotas,
+        };
+        Ok(Builder {
+            ctx,
+            model,
+            lora,
+            n_tok,
+            inputs,
+        })
+    }
+
+    /// A weight matrix `[n_in, n_out]` dequantized to f32 (a transient).
+    fn dequant(&self, w: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
         let n_rows = w.ne()[1] as usize;
-        let idx = inputs
+        let idx = self
+            .inputs
             .iotas
             .iter()
             .find(|(n, _)| *n == n_rows)
@@ -103,34 +144,50 @@ pub(crate) fn build<'a>(
                 op: "dequantize",
                 detail: format!("no row index of {n_rows} rows for {w:?}"),
             })?;
-        ctx.get_rows(w, idx)
-    };
-    let rms = |x: Tensor<'a>, w: Tensor<'a>| -> Result<Tensor<'a>, GgmlError> {
-        ctx.mul(ctx.rms_norm(x, c.rms_eps)?, w)
-    };
-    let weight = |l: usize, stem: &str| -> Result<Tensor<'a>, GgmlError> {
-        model.tensor(&format!("blk.{l}.{stem}"))
-    };
-    let neox = c.arch != Architecture::Llama;
-    let hd = c.head_dim;
+        self.ctx.get_rows(w, idx)
+    }
 
-    let mut x = ctx.get_rows(model.tensor("token_embd.weight")?, inputs.tokens)?;
-    for l in 0..c.n_layer {
-        let lin = |x: Tensor<'a>, p: Proj, bias: Option<Tensor<'a>>| {
-            let w = weight(l, &format!("{}.weight", p.gguf_name()))?;
-            linear(
-                ctx,
-                x,
-                dequant(w)?,
-                bias,
-                lora.and_then(|d| d.factors(l, p).map(|f| (f, d.scale()))),
-            )
-        };
+    /// `rmsnorm(x) * w` over dim 0.
+    fn rms(&self, x: Tensor<'a>, w: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
+        self.ctx
+            .mul(self.ctx.rms_norm(x, self.model.config().rms_eps)?, w)
+    }
+
+    fn weight(&self, l: usize, stem: &str) -> Result<Tensor<'a>, GgmlError> {
+        self.model.tensor(&format!("blk.{l}.{stem}"))
+    }
+
+    /// Projection `p` of block `l` on `x: [n_in, n_tok]`, through [`linear`].
+    fn lin(
+        &self,
+        l: usize,
+        p: Proj,
+        x: Tensor<'a>,
+        bias: Option<Tensor<'a>>,
+    ) -> Result<Tensor<'a>, GgmlError> {
+        let w = self.weight(l, &format!("{}.weight", p.gguf_name()))?;
+        let lora = self
+            .lora
+            .and_then(|d| d.factors(l, p).map(|f| (f, d.scale())));
+        linear(self.ctx, x, self.dequant(w)?, bias, lora)
+    }
+
+    /// The token embeddings, `[n_embd, n_tok]`.
+    pub fn embed(&self) -> Result<Tensor<'a>, GgmlError> {
+        self.ctx
+            .get_rows(self.model.tensor("token_embd.weight")?, self.inputs.tokens)
+    }
+
+    /// Block `l`: `x: [n_embd, n_tok]` in, the residual stream after it out.
+    pub fn block(&self, l: usize, x: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
+        let (ctx, model, c) = (self.ctx, self.model, self.model.config());
+        let (hd, n_tok) = (c.head_dim, self.n_tok);
+        let neox = c.arch != Architecture::Llama;
         // Attention.
-        let xn = rms(x, weight(l, "attn_norm.weight")?)?;
-        let q = lin(xn, Proj::Q, model.layer_tensor(l, "attn_q.bias"))?;
-        let k = lin(xn, Proj::K, model.layer_tensor(l, "attn_k.bias"))?;
-        let v = lin(xn, Proj::V, model.layer_tensor(l, "attn_v.bias"))?;
+        let xn = self.rms(x, self.weight(l, "attn_norm.weight")?)?;
+        let q = self.lin(l, Proj::Q, xn, model.layer_tensor(l, "attn_q.bias"))?;
+        let k = self.lin(l, Proj::K, xn, model.layer_tensor(l, "attn_k.bias"))?;
+        let v = self.lin(l, Proj::V, xn, model.layer_tensor(l, "attn_v.bias"))?;
         let mut q = ctx.reshape(q, &[hd, c.n_head, n_tok])?;
         let mut k = ctx.reshape(k, &[hd, c.n_head_kv, n_tok])?;
         let v = ctx.reshape(v, &[hd, c.n_head_kv, n_tok])?;
@@ -138,41 +195,48 @@ pub(crate) fn build<'a>(
             model.layer_tensor(l, "attn_q_norm.weight"),
             model.layer_tensor(l, "attn_k_norm.weight"),
         ) {
-            q = rms(q, qn)?;
-            k = rms(k, kn)?;
+            q = self.rms(q, qn)?;
+            k = self.rms(k, kn)?;
         }
-        let q = ctx.rope(q, inputs.pos, c.n_rot, neox, c.rope_freq_base)?;
-        let k = ctx.rope(k, inputs.pos, c.n_rot, neox, c.rope_freq_base)?;
-        let att = attention(ctx, q, k, v, inputs.mask, 1.0 / (hd as f32).sqrt())?;
+        let pos = self.inputs.pos;
+        let q = ctx.rope(q, pos, c.n_rot, neox, c.rope_freq_base)?;
+        let k = ctx.rope(k, pos, c.n_rot, neox, c.rope_freq_base)?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let att = attention(ctx, q, k, v, self.inputs.mask, scale)?;
         let att = ctx.reshape(att, &[c.q_dim(), n_tok])?;
-        x = ctx.add(x, lin(att, Proj::O, None)?)?;
+        let x = ctx.add(x, self.lin(l, Proj::O, att, None)?)?;
         // Feed-forward.
-        let xn = rms(x, weight(l, "ffn_norm.weight")?)?;
-        let gate = lin(xn, Proj::Gate, None)?;
-        let up = lin(xn, Proj::Up, None)?;
+        let xn = self.rms(x, self.weight(l, "ffn_norm.weight")?)?;
+        let gate = self.lin(l, Proj::Gate, xn, None)?;
+        let up = self.lin(l, Proj::Up, xn, None)?;
         let act = ctx.mul(ctx.silu(gate)?, up)?;
-        x = ctx.add(x, lin(act, Proj::Down, None)?)?;
+        ctx.add(x, self.lin(l, Proj::Down, act, None)?)
     }
-    // Next-token log-probs of positions 0..n_tok - 1:
-    // logit[target] - m - log(sum(exp(logits - m))) with m = E_p[logit]
-    // (p the softmax). m is within the entropy H(p) <= ln(n_vocab) below
-    // the largest logit (lse - m = H(p), lse >= max), so no exponential
-    // overflows and the sum is at least 1: log-probs of -100 nats and below
-    // stay exact, where log(softmax) would underflow. Every op has ggml's
-    // automatic backward; m's gradient cancels (d lse / d m = 1 - sum p).
-    let n = n_tok - 1;
-    let h = rms(x, model.tensor("output_norm.weight")?)?;
-    let h = ctx.columns(h, n)?;
-    let logits = ctx.mul_mat(dequant(model.output()?)?, h)?;
-    let p = ctx.soft_max_ext(logits, None, 1.0)?;
-    let m = ctx.sum_rows(ctx.mul(logits, p)?)?;
-    let sum = ctx.sum_rows(ctx.exp(ctx.add(logits, ctx.scale(m, -1.0)?)?)?)?;
-    let flat = ctx.reshape(logits, &[1, c.n_vocab * n])?;
-    let target = ctx.get_rows(flat, inputs.targets)?;
-    let lp = ctx
-        .sub(ctx.sub(target, m)?, ctx.log(sum)?)?
-        .set_name("logprobs");
-    Ok((inputs, lp))
+
+    /// Next-token log-probs of positions `0..n_tok - 1` from the last
+    /// block's output, `[1, n_tok - 1]`:
+    /// `logit[target] - m - log(sum(exp(logits - m)))` with `m = E_p[logit]`
+    /// (`p` the softmax). `m` is within the entropy `H(p) <= ln(n_vocab)`
+    /// below the largest logit (`lse - m = H(p)`, `lse >= max`), so no
+    /// exponential overflows and the sum is at least 1: log-probs of -100
+    /// nats and below stay exact, where `log(softmax)` would underflow.
+    /// Every op has ggml's automatic backward; `m`'s gradient cancels
+    /// (`d lse / d m = 1 - sum p`).
+    pub fn logprobs(&self, x: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
+        let (ctx, c) = (self.ctx, self.model.config());
+        let n = self.n_tok - 1;
+        let h = self.rms(x, self.model.tensor("output_norm.weight")?)?;
+        let h = ctx.columns(h, n)?;
+        let logits = ctx.mul_mat(self.dequant(self.model.output()?)?, h)?;
+        let p = ctx.soft_max_ext(logits, None, 1.0)?;
+        let m = ctx.sum_rows(ctx.mul(logits, p)?)?;
+        let sum = ctx.sum_rows(ctx.exp(ctx.add(logits, ctx.scale(m, -1.0)?)?)?)?;
+        let flat = ctx.reshape(logits, &[1, c.n_vocab * n])?;
+        let target = ctx.get_rows(flat, self.inputs.targets)?;
+        Ok(ctx
+            .sub(ctx.sub(target, m)?, ctx.log(sum)?)?
+            .set_name("logprobs"))
+    }
 }
 
 /// The one LoRA choke point: `x: [n_in, n_tok]`, `w: [n_in, n_out]` f32 ->

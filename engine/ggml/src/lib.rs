@@ -30,7 +30,8 @@
 //! # What is next (issue 17, in order)
 //! 1. Backward from forward ops, block by block: the forward graph keeps
 //!    only each block's input (f32 `[n_embd, n_tok]`); the backward rebuilds
-//!    one block at a time, dequantizes its weights with `get_rows` and
+//!    one block at a time from it (`forward::Builder::block`, the unit the
+//!    forward is already written in), dequantizes its weights with `get_rows` and
 //!    multiplies by the transpose (no OUT_PROD on quantized weights), RMSNorm
 //!    and softmax backward as elementwise ops, so every node passes CUDA's
 //!    and Metal's `supports_op`.
