@@ -13,7 +13,7 @@
 //! `mul_mat` broadcast), RoPE in llama.cpp's mode for the family (`NORM` for
 //! llama, whose converter permutes q/k rows; `NEOX` for qwen2/qwen3).
 //!
-//! Every product with a base weight goes through [`linear`], the one choke
+//! Every product with a base weight goes through `linear`, the one choke
 //! point of LoRA: `y = x W^T (+ b) + (alpha / rank) (x A^T) B^T`. `W` is first
 //! dequantized to f32 with `get_rows` (a transient of one matrix), so the
 //! product is f32 x f32 as in the CPU trainer. ggml's quantized `mul_mat`

@@ -24,20 +24,30 @@
 //! - [`logprobs`]: the forward graph for llama, qwen2 and qwen3 (see
 //!   [`forward`] for the arithmetic and why products run on `get_rows`-
 //!   dequantized f32 weights).
-//! - [`backward`]: LoRA gradients by `ggml_build_backward_expand` over the
+//! - [`backward()`]: LoRA gradients by `ggml_build_backward_expand` over the
 //!   whole sequence (see [`backward`](mod@backward) for its limits).
+//!
+//! # Checked (`cargo test --release -p cleaner-ggml`, ggml's CPU backend)
+//! Log-probs within `1e-3 * max(|log p|, 1)` of the CPU trainer: tiny
+//! llama/qwen2/qwen3 models in Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K with and
+//! without an adapter (measured 2.3e-6), SmolLM2-135M and
+//! Qwen2.5-Coder-0.5B on a real prompt (1.3e-5, 4.4e-5). Every LoRA
+//! gradient tensor of the tiny models: cosine >= 0.999 and relative L2
+//! error <= 1e-3 (measured 1.0000000, 7.6e-6), plus finite differences
+//! through ggml's own forward. Bad input: typed errors, no abort.
 //!
 //! # What is next (issue 17, in order)
 //! 1. Backward from forward ops, block by block: the forward graph keeps
-//!    only each block's input (f32 `[n_embd, n_tok]`); the backward rebuilds
-//!    one block at a time from it (`forward::Builder::block`, the unit the
-//!    forward is already written in), dequantizes its weights with `get_rows` and
-//!    multiplies by the transpose (no OUT_PROD on quantized weights), RMSNorm
-//!    and softmax backward as elementwise ops, so every node passes CUDA's
-//!    and Metal's `supports_op`.
+//!    only each block's input (f32 `[n_embd, n_tok]`); the backward
+//!    rebuilds one block at a time from it (`forward::Builder::block`, the
+//!    unit the forward is already written in), dequantizes its weights with
+//!    `get_rows` and multiplies by the transpose (no OUT_PROD on quantized
+//!    weights), RMSNorm and softmax backward as elementwise ops, so every
+//!    node passes CUDA's and Metal's `supports_op`. The automatic
+//!    [`backward()`] stays as its test reference.
 //! 2. Attention in query blocks (no `n_tok^2 x n_head` score tensor) and
-//!    logits/log-softmax in token chunks (no `T x vocab` matrix; also
-//!    each chunk's log-sum-exp stays shifted by its largest logit, as now).
+//!    the log-prob head in token chunks (`forward::Builder::logprobs` on a
+//!    column range: no `T x vocab` matrix).
 //! 3. A memory budget: graphs reserved with `ggml_gallocr_reserve` at the
 //!    configured chunk sizes, planned peak checked against the budget,
 //!    working buffers freed between steps.
