@@ -304,6 +304,10 @@ pub struct Context {
     mem_size: usize,
     graph_size: usize,
     memory: OnceCell<Memory>,
+    /// Tensors of other contexts its ops may read, at most.
+    max_outside: usize,
+    /// Those read so far (addresses).
+    outside: std::cell::RefCell<std::collections::HashSet<usize>>,
     /// Whether the context's one graph was made (its metadata then counts
     /// in `used`).
     graph_made: std::cell::Cell<bool>,
@@ -401,8 +405,9 @@ pub fn quantize(ty: u32, values: &[f32], n_per_row: usize) -> Result<Vec<u8>, Gg
 
 impl Context {
     /// A metadata-only context for up to `max_tensors` tensors created in it
-    /// and one graph (with room for gradients) that may also read up to
-    /// `max_outside` tensors of other contexts (weights, adapters).
+    /// and one graph (with room for gradients) over them that may also read
+    /// up to `max_outside` tensors of other contexts (weights, adapters).
+    /// Going past either bound is a [`GgmlError::ContextFull`].
     pub fn new(max_tensors: usize, max_outside: usize) -> Result<Context, GgmlError> {
         let graph_size = max_tensors + max_outside;
         // SAFETY: size queries without arguments of ours.
@@ -426,6 +431,8 @@ impl Context {
             ptr,
             mem_size,
             graph_size: graph_size.max(1),
+            max_outside,
+            outside: std::cell::RefCell::new(std::collections::HashSet::new()),
             memory: OnceCell::new(),
             graph_made: std::cell::Cell::new(false),
             placed_on: OnceCell::new(),
@@ -461,7 +468,7 @@ impl Context {
     }
 
     fn wrap(&self, p: *mut sys::ggml_tensor, op: &'static str) -> Result<Tensor<'_>, GgmlError> {
-        NonNull::new(p)
+        let t = NonNull::new(p)
             .map(|ptr| Tensor {
                 ptr,
                 _ctx: PhantomData,
@@ -469,7 +476,33 @@ impl Context {
             .ok_or_else(|| GgmlError::Shape {
                 op,
                 detail: "ggml returned no tensor".into(),
-            })
+            })?;
+        // Count the operands from other contexts: the graph has room for
+        // `max_outside` of them as leaves (ggml aborts past its size).
+        let r = t.raw();
+        let mut outside = self.outside.borrow_mut();
+        for &q in r.src.iter().chain(std::iter::once(&r.view_src)) {
+            if !q.is_null() && !self.owns(q) {
+                outside.insert(q as usize);
+            }
+        }
+        if outside.len() > self.max_outside {
+            return Err(GgmlError::ContextFull {
+                detail: format!(
+                    "{op} reads more than the {} tensors of other contexts the context was made for",
+                    self.max_outside
+                ),
+            });
+        }
+        Ok(t)
+    }
+
+    /// Whether `t` was made in this context (its metadata lies in the
+    /// context's memory pool).
+    fn owns(&self, t: *const sys::ggml_tensor) -> bool {
+        // SAFETY: live context; reads its pool's address.
+        let base = unsafe { sys::ggml_get_mem_buffer(self.ptr.as_ptr()) } as usize;
+        (base..base + self.mem_size).contains(&(t as usize))
     }
 
     /// Once tensors have memory, no more may join the context: they would
@@ -552,7 +585,8 @@ impl Context {
         }
     }
 
-    /// A graph computing `outputs` (and everything they need). With `grads`,
+    /// A graph computing `outputs` (tensors of this context, and everything
+    /// they need). With `grads`,
     /// the graph has room for [`Graph::build_backward`].
     pub fn graph<'a>(
         &'a self,
@@ -1233,13 +1267,20 @@ impl<'a> Graph<'a> {
         unsafe { sys::ggml_graph_n_nodes(self.ptr) as usize }
     }
 
-    /// Adds `t` and what it needs.
+    /// Adds `t` (a tensor of the graph's context) and what it needs.
     pub fn expand(&mut self, t: Tensor<'a>) -> Result<(), GgmlError> {
+        if !self.ctx.owns(t.ptr.as_ptr()) {
+            return Err(GgmlError::Shape {
+                op: "graph",
+                detail: format!("{t:?} belongs to another context"),
+            });
+        }
         // SAFETY: live graph and tensor. The graph holds `graph_size` nodes
         // and as many leaves: nodes are tensors of this context (at most
-        // `max_tensors`, enforced at creation), leaves those plus at most
-        // `max_outside` tensors of other contexts (the caller's bound, see
-        // `Context::new`), so ggml's capacity assertion cannot fire.
+        // `max_tensors`, enforced at creation; `t` is one), leaves those
+        // plus the tensors of other contexts its ops read (at most
+        // `max_outside`, counted by every op), so ggml's capacity assertion
+        // cannot fire.
         unsafe { sys::ggml_build_forward_expand(self.ptr, t.ptr.as_ptr()) };
         Ok(())
     }

@@ -139,3 +139,28 @@ fn an_operand_without_memory_is_refused() {
         other => panic!("expected a Data error, got {other:?}"),
     }
 }
+
+/// Reading more tensors of other contexts than a context was made for is an
+/// error, not ggml's abort on a full graph; so is a graph over a tensor of
+/// another context.
+#[test]
+fn outside_tensors_are_bounded() {
+    let (_serial, backend) = cpu();
+    let weights = Context::new(3, 0).unwrap();
+    let ws: Vec<_> = (0..3)
+        .map(|i| {
+            weights
+                .new_tensor(types::F32, &[4], &format!("w{i}"))
+                .unwrap()
+        })
+        .collect();
+    weights.allocate(&backend).unwrap();
+    let ctx = Context::new(8, 2).unwrap();
+    let x = ctx.new_tensor(types::F32, &[4], "x").unwrap();
+    let y = ctx.add(x, ws[0]).unwrap();
+    let y = ctx.add(y, ws[1]).unwrap();
+    let e = ctx.add(y, ws[2]).unwrap_err();
+    assert!(matches!(e, GgmlError::ContextFull { .. }), "{e}");
+    let e = ctx.graph(&[ws[0]], false).map(|_| ()).unwrap_err();
+    assert!(e.to_string().contains("another context"), "{e}");
+}
