@@ -11,8 +11,8 @@ use common::{decoder, serial, test_model_path, tokens};
 
 fn load_err(path: &std::path::Path) -> LlamaError {
     Model::load(path, &ModelParams::default())
-        .err()
-        .expect("load must fail")
+        .map(|_| ())
+        .expect_err("load must fail")
 }
 
 #[test]

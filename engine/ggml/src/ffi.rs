@@ -1163,31 +1163,22 @@ impl<'a> Tensor<'a> {
 
     /// Copies f32 values into it (an f32 tensor of that many elements).
     pub fn set_f32(&self, data: &[f32]) -> Result<(), GgmlError> {
-        self.check_data(types::F32, std::mem::size_of_val(data))?;
-        // SAFETY: as `set_bytes`: size, type and memory checked.
-        unsafe {
-            sys::ggml_backend_tensor_set(
-                self.ptr.as_ptr(),
-                data.as_ptr().cast(),
-                0,
-                std::mem::size_of_val(data),
-            )
-        };
-        Ok(())
+        self.set_values(types::F32, data)
     }
 
     /// Copies i32 values into it.
     pub fn set_i32(&self, data: &[i32]) -> Result<(), GgmlError> {
-        self.check_data(types::I32, std::mem::size_of_val(data))?;
-        // SAFETY: as `set_bytes`.
-        unsafe {
-            sys::ggml_backend_tensor_set(
-                self.ptr.as_ptr(),
-                data.as_ptr().cast(),
-                0,
-                std::mem::size_of_val(data),
-            )
-        };
+        self.set_values(types::I32, data)
+    }
+
+    /// Copies plain values (f32, i32) into a tensor of type `ty` holding
+    /// exactly as many bytes.
+    fn set_values<T: Copy>(&self, ty: u32, data: &[T]) -> Result<(), GgmlError> {
+        let bytes = std::mem::size_of_val(data);
+        self.check_data(ty, bytes)?;
+        // SAFETY: as `set_bytes`: size, type and memory checked; `T` is a
+        // plain number type, so its bytes are the tensor's elements.
+        unsafe { sys::ggml_backend_tensor_set(self.ptr.as_ptr(), data.as_ptr().cast(), 0, bytes) };
         Ok(())
     }
 

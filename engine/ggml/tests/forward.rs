@@ -7,7 +7,7 @@
 
 mod common;
 
-use cleaner_ggml::{logprobs, DeviceLora, DeviceModel};
+use cleaner_ggml::DeviceModel;
 use common::*;
 
 /// `|ggml - cpu| <= LOGPROB_TOL * max(|cpu|, 1)` for every position
@@ -24,14 +24,8 @@ fn tiny_models_log_probs_match_the_cpu_trainer() {
             let model = tiny(arch, ty, 7);
             let lora = adapter(&model, 3);
             let toks = tokens(N_TOK, model.config().n_vocab);
-            let dev = DeviceModel::upload(&model, &backend).unwrap();
-            let dev_lora = DeviceLora::upload(&lora, &dev, &backend).unwrap();
-            for with_lora in [false, true] {
-                let cpu = model
-                    .forward(&toks, with_lora.then_some(&lora), None)
-                    .unwrap()
-                    .logprobs;
-                let ours = logprobs(&backend, &dev, with_lora.then_some(&dev_lora), &toks).unwrap();
+            let runs = cpu_and_ggml_logprobs(&model, &lora, &backend, &toks);
+            for (with_lora, (cpu, ours)) in [false, true].into_iter().zip(runs) {
                 let rel = worst_rel(&ours, &cpu);
                 eprintln!(
                     "{arch:?} {} lora={with_lora}: worst |dlogp|/max(|logp|,1) {rel:.2e} (log-probs {:.2}..{:.2})",

@@ -9,7 +9,6 @@
 
 mod common;
 
-use cleaner_ggml::{logprobs, DeviceLora, DeviceModel};
 use cleaner_models::Transformer;
 use common::*;
 use std::path::PathBuf;
@@ -83,14 +82,8 @@ fn check(file: &str) {
     eprintln!("{file}: matrices in {}", types.join(", "));
     let lora = adapter(&model, 17);
     let (_serial, backend) = cpu();
-    let dev = DeviceModel::upload(&model, &backend).unwrap();
-    let dev_lora = DeviceLora::upload(&lora, &dev, &backend).unwrap();
-    for with_lora in [false, true] {
-        let cpu = model
-            .forward(&toks, with_lora.then_some(&lora), None)
-            .unwrap()
-            .logprobs;
-        let ours = logprobs(&backend, &dev, with_lora.then_some(&dev_lora), &toks).unwrap();
+    let runs = cpu_and_ggml_logprobs(&model, &lora, &backend, &toks);
+    for (with_lora, (cpu, ours)) in [false, true].into_iter().zip(runs) {
         let rel = worst_rel(&ours, &cpu);
         let max_abs = ours
             .iter()

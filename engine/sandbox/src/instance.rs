@@ -359,7 +359,7 @@ impl Interpreter {
             Ok(start) => match start.call(&mut self.store, &[]) {
                 Ok(_) => Exit::Code(0),
                 Err(e) => match e.downcast::<WasiError>() {
-                    Ok(WasiError::Exit(code)) => Exit::Code(code.raw() as i32),
+                    Ok(WasiError::Exit(code)) => Exit::Code(code.raw()),
                     Ok(other) => Exit::Trap(other.to_string()),
                     Err(e) => Exit::Trap(e.message()),
                 },

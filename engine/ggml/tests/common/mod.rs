@@ -118,3 +118,24 @@ pub fn worst_rel(a: &[f32], b: &[f32]) -> f64 {
         .map(|(&x, &y)| (x as f64 - y as f64).abs() / (y as f64).abs().max(1.0))
         .fold(0.0, f64::max)
 }
+
+/// Per-token log-probs of `toks` from the CPU trainer and from ggml on
+/// `backend`: `[(cpu, ggml) without the adapter, (cpu, ggml) with it]`.
+pub fn cpu_and_ggml_logprobs(
+    model: &Transformer,
+    lora: &Lora,
+    backend: &Backend,
+    toks: &[u32],
+) -> [(Vec<f32>, Vec<f32>); 2] {
+    let dev = cleaner_ggml::DeviceModel::upload(model, backend).unwrap();
+    let dev_lora = cleaner_ggml::DeviceLora::upload(lora, &dev, backend).unwrap();
+    [false, true].map(|with_lora| {
+        let cpu = model
+            .forward(toks, with_lora.then_some(lora), None)
+            .unwrap()
+            .logprobs;
+        let ours =
+            cleaner_ggml::logprobs(backend, &dev, with_lora.then_some(&dev_lora), toks).unwrap();
+        (cpu, ours)
+    })
+}

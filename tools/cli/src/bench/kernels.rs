@@ -82,31 +82,18 @@ fn numpy_seconds(
     reps: usize,
     threads: usize,
 ) -> Result<f64, String> {
-    let out = Command::new(python)
-        .args([
-            "-c",
-            NUMPY_SGEMM,
-            &t.to_string(),
-            &n_in.to_string(),
-            &n_out.to_string(),
-            &reps.to_string(),
-        ])
-        .env("OPENBLAS_NUM_THREADS", threads.to_string())
-        .env("OMP_NUM_THREADS", threads.to_string())
-        .output()
-        .map_err(|e| format!("running {}: {e}", python.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} failed: {}",
-            python.display(),
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        ));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("{} printed no result: {e}", python.display()))?;
+    let mut cmd = Command::new(python);
+    cmd.args([
+        "-c",
+        NUMPY_SGEMM,
+        &t.to_string(),
+        &n_in.to_string(),
+        &n_out.to_string(),
+        &reps.to_string(),
+    ])
+    .env("OPENBLAS_NUM_THREADS", threads.to_string())
+    .env("OMP_NUM_THREADS", threads.to_string());
+    let v = super::python_env::run_baseline(python, &mut cmd)?;
     v["seconds"]
         .as_f64()
         .ok_or_else(|| format!("{} printed no time", python.display()))

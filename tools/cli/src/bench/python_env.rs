@@ -5,7 +5,7 @@
 //! packages, `--python none` leaves the baseline out. A baseline that cannot
 //! be had is left out with a plain note: a bench never stops for it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// A baseline's environment: its cache folder and pinned packages.
@@ -138,4 +138,31 @@ fn run(cmd: &mut Command) -> Result<(), String> {
         out.status,
         tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
     ))
+}
+
+/// Runs a baseline (`cmd`, started with `python`) and reads the JSON object
+/// it prints on its last line; the reason, with the end of its stderr, when
+/// it fails.
+pub fn run_baseline(python: &Path, cmd: &mut Command) -> Result<serde_json::Value, String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("running {}: {e}", python.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed: {}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ));
+    }
+    let last = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .rfind(|l| !l.is_empty())
+        .unwrap_or(b"{}");
+    serde_json::from_slice(last).map_err(|e| format!("{} printed no result: {e}", python.display()))
 }

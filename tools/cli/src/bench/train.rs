@@ -134,35 +134,14 @@ fn torch(
     threads: usize,
 ) -> Result<Cell, String> {
     let script = super::script("bench_train_torch.py");
-    let out = Command::new(python)
-        .arg(&script)
-        .args([
-            path.to_string_lossy().as_ref(),
-            &n_tok.to_string(),
-            &reps.to_string(),
-            &threads.to_string(),
-        ])
-        .output()
-        .map_err(|e| format!("running {} {}: {e}", python.display(), script.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} failed: {}",
-            python.display(),
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .rev()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" | ")
-        ));
-    }
-    let v: serde_json::Value = serde_json::from_slice(
-        out.stdout
-            .split(|&b| b == b'\n')
-            .rfind(|l| !l.is_empty())
-            .unwrap_or(b"{}"),
-    )
-    .map_err(|e| format!("{} printed no result: {e}", python.display()))?;
+    let mut cmd = Command::new(python);
+    cmd.arg(&script).args([
+        path.to_string_lossy().as_ref(),
+        &n_tok.to_string(),
+        &reps.to_string(),
+        &threads.to_string(),
+    ]);
+    let v = super::python_env::run_baseline(python, &mut cmd)?;
     Ok(Cell {
         tok_s: v["tok_s"].as_f64().unwrap_or(f64::NAN),
         peak_mib: v["peak_mib"].as_f64().unwrap_or(f64::NAN),

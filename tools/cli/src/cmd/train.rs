@@ -79,8 +79,8 @@ pub fn run(a: Args) -> Result<()> {
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_else(|| a.config.clone());
         let purify = match config.agent.rollback_probability {
-            p if p == 1.0 => "on".to_string(),
-            p if p == 0.0 => "off".to_string(),
+            1.0 => "on".to_string(),
+            0.0 => "off".to_string(),
             p => format!("p{p}"),
         };
         let run = a
