@@ -215,6 +215,25 @@ impl Lora {
             .flat_map(|(_, p)| [p.a.as_slice(), p.b.as_slice()])
     }
 
+    /// The central difference `(loss(θ + h) - loss(θ - h)) / 2h` of `loss`
+    /// in element `index` of tensor `tensor` (in [`Lora::tensors`] order):
+    /// the numerical gradient finite-difference checks compare analytic
+    /// gradients with. `None` when there is no such element.
+    pub fn central_difference(
+        &self,
+        tensor: usize,
+        index: usize,
+        step: f32,
+        loss: impl Fn(&Lora) -> f64,
+    ) -> Option<f64> {
+        let nudged = |delta: f32| {
+            let mut moved = self.clone();
+            *moved.tensors_mut().nth(tensor)?.get_mut(index)? += delta;
+            Some(loss(&moved))
+        };
+        Some((nudged(step)? - nudged(-step)?) / (2.0 * step as f64))
+    }
+
     /// Every factor, mutable, in a fixed order.
     pub fn tensors_mut(&mut self) -> impl Iterator<Item = &mut Vec<f32>> {
         self.layers

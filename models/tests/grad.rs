@@ -66,11 +66,7 @@ fn check(arch: Architecture) {
             .map(|k| (k * 7919 + ti * 31) % len)
             .collect();
         for &i in &idx {
-            let mut plus = lora.clone();
-            plus.tensors_mut().nth(ti).unwrap()[i] += STEP;
-            let mut minus = lora.clone();
-            minus.tensors_mut().nth(ti).unwrap()[i] -= STEP;
-            numeric.push((loss(&plus) - loss(&minus)) / (2.0 * STEP as f64));
+            numeric.push(lora.central_difference(ti, i, STEP, &loss).unwrap());
         }
         let scale = numeric.iter().fold(0f64, |m, v| m.max(v.abs()));
         for (k, &i) in idx.iter().enumerate() {

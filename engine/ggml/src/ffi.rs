@@ -403,6 +403,18 @@ pub fn quantize(ty: u32, values: &[f32], n_per_row: usize) -> Result<Vec<u8>, Gg
     Ok(out)
 }
 
+/// Ops of one operand that are a plain call of the ggml function of the
+/// same name, checked like every other node.
+macro_rules! unary_ops {
+    ($($(#[$doc:meta])* $name:ident => $ffi:ident;)*) => {$(
+        $(#[$doc])*
+        pub fn $name<'a>(&'a self, a: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
+            // SAFETY (closure): as for `scale`.
+            self.unary(a, stringify!($name), |c, t| unsafe { sys::$ffi(c, t) })
+        }
+    )*};
+}
+
 impl Context {
     /// A metadata-only context for up to `max_tensors` tensors created in it
     /// and one graph (with room for gradients) over them that may also read
@@ -748,40 +760,19 @@ impl Context {
         })
     }
 
-    /// `a * sigmoid(a)`.
-    pub fn silu<'a>(&'a self, a: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
-        // SAFETY (closure): as for `scale`.
-        self.unary(a, "silu", |c, t| unsafe { sys::ggml_silu(c, t) })
-    }
-
-    /// Natural log, elementwise.
-    pub fn log<'a>(&'a self, a: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
-        // SAFETY (closure): as for `scale`.
-        self.unary(a, "log", |c, t| unsafe { sys::ggml_log(c, t) })
-    }
-
-    /// `e^a`, elementwise.
-    pub fn exp<'a>(&'a self, a: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
-        // SAFETY (closure): as for `scale`.
-        self.unary(a, "exp", |c, t| unsafe { sys::ggml_exp(c, t) })
-    }
-
-    /// Sums over dim 0: `[n0, n1, ..]` -> `[1, n1, ..]`.
-    pub fn sum_rows<'a>(&'a self, a: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
-        // SAFETY (closure): as for `scale`.
-        self.unary(a, "sum_rows", |c, t| unsafe { sys::ggml_sum_rows(c, t) })
-    }
-
-    /// Sum of all elements, `[1]`.
-    pub fn sum<'a>(&'a self, a: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
-        // SAFETY (closure): as for `scale`.
-        self.unary(a, "sum", |c, t| unsafe { sys::ggml_sum(c, t) })
-    }
-
-    /// A contiguous copy (of a permuted or viewed tensor).
-    pub fn cont<'a>(&'a self, a: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
-        // SAFETY (closure): as for `scale`.
-        self.unary(a, "cont", |c, t| unsafe { sys::ggml_cont(c, t) })
+    unary_ops! {
+        /// `a * sigmoid(a)`.
+        silu => ggml_silu;
+        /// Natural log, elementwise.
+        log => ggml_log;
+        /// `e^a`, elementwise.
+        exp => ggml_exp;
+        /// Sums over dim 0: `[n0, n1, ..]` -> `[1, n1, ..]`.
+        sum_rows => ggml_sum_rows;
+        /// Sum of all elements, `[1]`.
+        sum => ggml_sum;
+        /// A contiguous copy (of a permuted or viewed tensor).
+        cont => ggml_cont;
     }
 
     /// `softmax(scale * a + mask)` over dim 0; `mask: [a.ne0, >= a.ne1]` f32,

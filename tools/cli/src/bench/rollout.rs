@@ -87,25 +87,17 @@ pub fn run(a: Args) -> Result<()> {
         for &b in &a.batch {
             let mut ours_runs = Vec::new();
             let mut theirs_runs = Vec::new();
+            let case = TgCase {
+                b,
+                npp: a.npp,
+                ntg: a.ntg,
+                threads,
+                fa: &a.flash_attention,
+            };
             for _ in 0..a.rounds.max(1) {
-                ours_runs.push(ours_tg(
-                    &model,
-                    b,
-                    a.npp,
-                    a.ntg,
-                    threads,
-                    &a.flash_attention,
-                )?);
+                ours_runs.push(ours_tg(&model, case)?);
                 if let Some(bin) = &baseline {
-                    theirs_runs.push(theirs_tg(
-                        bin,
-                        &path,
-                        b,
-                        a.npp,
-                        a.ntg,
-                        threads,
-                        &a.flash_attention,
-                    )?);
+                    theirs_runs.push(theirs_tg(bin, &path, case)?);
                 }
             }
             let ours = super::median(ours_runs);
@@ -208,24 +200,29 @@ fn fa_choice(s: &str) -> Result<Option<bool>> {
     }
 }
 
-fn ours_tg(
-    model: &Arc<Model>,
+/// One generation-throughput measurement: `b` sequences after a shared
+/// prompt of `npp` tokens, `ntg` generated each.
+#[derive(Clone, Copy)]
+struct TgCase<'a> {
     b: usize,
     npp: usize,
     ntg: usize,
     threads: usize,
-    fa: &str,
-) -> Result<f64> {
-    let n_ctx = (npp + b * (ntg + 2) + 64) as u32;
+    /// Flash attention: auto, on or off.
+    fa: &'a str,
+}
+
+fn ours_tg(model: &Arc<Model>, case: TgCase) -> Result<f64> {
+    let n_ctx = (case.npp + case.b * (case.ntg + 2) + 64) as u32;
     let cfg = DecoderConfig {
         n_ctx,
-        n_seq_max: b as u32 + 1,
+        n_seq_max: case.b as u32 + 1,
         n_batch: 512,
-        n_threads: threads as i32,
-        flash_attention: fa_choice(fa)?,
+        n_threads: case.threads as i32,
+        flash_attention: fa_choice(case.fa)?,
     };
     let mut decoder = Decoder::new(model.clone(), &cfg)?;
-    let prompt = prompt_tokens(model, npp)?;
+    let prompt = prompt_tokens(model, case.npp)?;
     // Warm-up outside the timing (page in weights, allocate buffers).
     decoder.generate(&[(
         prompt.clone(),
@@ -238,7 +235,7 @@ fn ours_tg(
     let root = decoder.open_with(&prompt)?;
     decoder.next_logits(root)?;
     let mut seqs = Vec::new();
-    for i in 0..b {
+    for i in 0..case.b {
         let s = decoder.fork(root)?;
         decoder.start(
             s,
@@ -248,7 +245,7 @@ fn ours_tg(
                     seed: i as u64,
                     ..Default::default()
                 },
-                max_new_tokens: ntg + 1,
+                max_new_tokens: case.ntg + 1,
                 stop: Vec::new(),
                 stop_at_eog: false,
                 stop_after: None,
@@ -260,22 +257,14 @@ fn ours_tg(
     let t0 = Instant::now();
     let done = decoder.run_to_completion()?;
     let secs = t0.elapsed().as_secs_f64();
-    if done.len() != b || done.iter().any(|(_, g)| g.tokens.len() != ntg + 1) {
+    if done.len() != case.b || done.iter().any(|(_, g)| g.tokens.len() != case.ntg + 1) {
         bail!("benchmark generation ended early");
     }
-    Ok((b * ntg) as f64 / secs)
+    Ok((case.b * case.ntg) as f64 / secs)
 }
 
-fn theirs_tg(
-    bin: &Path,
-    model: &Path,
-    b: usize,
-    npp: usize,
-    ntg: usize,
-    threads: usize,
-    fa: &str,
-) -> Result<f64> {
-    let n_ctx = npp + b * ntg + 64;
+fn theirs_tg(bin: &Path, model: &Path, case: TgCase) -> Result<f64> {
+    let n_ctx = case.npp + case.b * case.ntg + 64;
     // Offload exactly as our engine does: every layer in a GPU build, none otherwise.
     let gpu_layers = if cleaner::ModelParams::default().n_gpu_layers < 0 {
         "999"
@@ -293,23 +282,23 @@ fn theirs_tg(
             "-ub",
             "512",
             "-t",
-            &threads.to_string(),
+            &case.threads.to_string(),
             "-tb",
-            &threads.to_string(),
+            &case.threads.to_string(),
         ])
         .args([
             "-npp",
-            &npp.to_string(),
+            &case.npp.to_string(),
             "-ntg",
-            &ntg.to_string(),
+            &case.ntg.to_string(),
             "-npl",
-            &b.to_string(),
+            &case.b.to_string(),
             "-pps",
             "-kvu",
             "-ngl",
             gpu_layers,
             "-fa",
-            fa,
+            case.fa,
         ])
         .output()
         .with_context(|| format!("running {}", bin.display()))?;
@@ -328,7 +317,7 @@ fn theirs_tg(
             .map(str::trim)
             .filter(|c| !c.is_empty())
             .collect();
-        if cells.len() == 10 && cells[0] == npp.to_string() && cells[2] == b.to_string() {
+        if cells.len() == 10 && cells[0] == case.npp.to_string() && cells[2] == case.b.to_string() {
             return cells[7]
                 .parse::<f64>()
                 .with_context(|| format!("parsing S_TG in {line:?}"));

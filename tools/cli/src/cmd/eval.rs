@@ -3,9 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use cleaner::agent::config::Purify;
 use cleaner::agent::trajectory::write_jsonl;
-use cleaner::agent::{AgentConfig, FormatKind};
 use cleaner::rl::MathReward;
 use cleaner::rl::{checkpoint, evaluate};
 use cleaner::session::{Session, SessionOptions};
@@ -20,12 +18,10 @@ pub struct Args {
     /// newest checkpoint's adapter).
     #[arg(long)]
     adapter: Option<PathBuf>,
-    /// gsm8k (test split), gsm8k-train, aime24, amc23, or a .jsonl file.
-    #[arg(long, default_value = "gsm8k")]
-    dataset: String,
-    /// Folder holding the named datasets (default: the repository's data/).
-    #[arg(long, env = "CLEANER_DATA")]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    data: super::DataArgs,
+    #[command(flatten)]
+    agent: super::AgentArgs,
     /// Samples per problem (pass@1 is their mean).
     #[arg(long, default_value_t = 4)]
     samples: usize,
@@ -34,25 +30,11 @@ pub struct Args {
     limit: usize,
     #[arg(long, default_value_t = 0)]
     offset: usize,
-    /// Purification while evaluating: on, off, or P (the paper evaluates
-    /// CLEANER-trained models with it on).
-    #[arg(long, default_value = "on")]
-    purify: Purify,
-    #[arg(long, default_value = "markdown")]
-    format: FormatKind,
     /// The paper evaluates at temperature 1.0, top-p 0.6.
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
     #[arg(long, default_value_t = 0.6)]
     top_p: f32,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    #[arg(long, default_value_t = 768)]
-    max_response_tokens: usize,
-    #[arg(long, default_value_t = 6)]
-    max_turns: usize,
-    #[arg(long, default_value_t = 0)]
-    threads: i32,
     /// Write the report (JSON) here; trajectories go next to it (.jsonl).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -62,7 +44,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.samples == 0 {
         bail!("--samples must be at least 1");
     }
-    let data = super::load_dataset(&a.dataset, a.data_dir.as_deref())?;
+    let data = a.data.load()?;
     let take = if a.limit == 0 { usize::MAX } else { a.limit };
     let items: Vec<_> = data
         .items
@@ -74,27 +56,18 @@ pub fn run(a: Args) -> Result<()> {
     if items.is_empty() {
         bail!(
             "no problems selected from {} (offset {}, limit {})",
-            a.dataset,
+            a.data.dataset,
             a.offset,
             a.limit
         );
     }
-    let mut agent = AgentConfig {
-        format: a.format,
-        rollback_probability: a.purify.rollback_probability(),
-        max_response_tokens: a.max_response_tokens,
-        max_turns: a.max_turns,
-        ..AgentConfig::default()
-    };
-    agent.sampling.temperature = a.temperature;
-    agent.sampling.top_p = a.top_p;
-    agent.sampling.seed = a.seed;
+    let agent = a.agent.config(a.temperature, a.top_p);
     let mut session = Session::open(
         &a.model,
         SessionOptions {
             agent,
             slots: (a.samples as u32 + 1).max(17),
-            threads: a.threads,
+            threads: a.agent.threads,
             max_prompt_tokens: 1024,
             ..Default::default()
         },
@@ -108,14 +81,14 @@ pub fn run(a: Args) -> Result<()> {
     eprintln!(
         "eval {} problems of {} x {} samples, model {}, adapter {}, purify {}",
         items.len(),
-        a.dataset,
+        a.data.dataset,
         a.samples,
         a.model,
         adapter
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "none".into()),
-        a.purify
+        a.agent.purify
     );
     let bar = ProgressBar::new((items.len() * a.samples) as u64).with_style(
         ProgressStyle::with_template("rollouts [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")

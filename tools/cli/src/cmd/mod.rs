@@ -41,3 +41,59 @@ pub fn load_dataset(spec: &str, data_dir: Option<&Path>) -> Result<Dataset> {
         data.with_context(|| format!("dataset {spec}"))
     }
 }
+
+/// Which problems: a named dataset or a `.jsonl` file (`eval`, `solve`).
+#[derive(clap::Args)]
+pub struct DataArgs {
+    /// gsm8k (test split), gsm8k-train, aime24, amc23, or a .jsonl file.
+    #[arg(long, default_value = "gsm8k")]
+    pub dataset: String,
+    /// Folder holding the named datasets (default: the repository's data/).
+    #[arg(long, env = "CLEANER_DATA")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DataArgs {
+    /// The dataset (see [`load_dataset`]).
+    pub fn load(&self) -> Result<Dataset> {
+        load_dataset(&self.dataset, self.data_dir.as_deref())
+    }
+}
+
+/// How the agent runs (`eval`, `solve`).
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// Purification: on, off, or a rollback probability in [0, 1] (the paper
+    /// evaluates CLEANER-trained models with it on).
+    #[arg(long, default_value = "on")]
+    pub purify: cleaner::agent::Purify,
+    /// Tool-call format: markdown or hermes.
+    #[arg(long, default_value = "markdown")]
+    pub format: cleaner::agent::FormatKind,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 768)]
+    pub max_response_tokens: usize,
+    #[arg(long, default_value_t = 6)]
+    pub max_turns: usize,
+    #[arg(long, default_value_t = 0)]
+    pub threads: i32,
+}
+
+impl AgentArgs {
+    /// The agent's config from these options, sampling at `temperature` and
+    /// `top_p` (whose defaults differ between commands).
+    pub fn config(&self, temperature: f32, top_p: f32) -> cleaner::agent::AgentConfig {
+        let mut config = cleaner::agent::AgentConfig {
+            format: self.format,
+            rollback_probability: self.purify.rollback_probability(),
+            max_response_tokens: self.max_response_tokens,
+            max_turns: self.max_turns,
+            ..Default::default()
+        };
+        config.sampling.temperature = temperature;
+        config.sampling.top_p = top_p;
+        config.sampling.seed = self.seed;
+        config
+    }
+}

@@ -1,9 +1,9 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use cleaner::agent::config::{Purify, MATH_PROMPT_HERMES};
+use cleaner::agent::config::MATH_PROMPT_HERMES;
 use cleaner::agent::trajectory::write_jsonl;
-use cleaner::agent::{Agent, AgentConfig, FormatKind, ToolFormat};
+use cleaner::agent::{Agent, FormatKind, ToolFormat};
 use cleaner::chat::ChatTemplate;
 use cleaner::tasks::math_equal;
 use cleaner::{Decoder, DecoderConfig};
@@ -13,13 +13,10 @@ pub struct Args {
     /// Model short name or GGUF path.
     #[arg(long, default_value = cleaner::assets::DEFAULT_MODEL)]
     model: String,
-    /// gsm8k (test split), gsm8k-train, aime24, amc23, or a .jsonl file.
-    #[arg(long, default_value = "gsm8k")]
-    dataset: String,
-    /// Directory holding the named datasets.
-    /// Folder holding the named datasets (default: the repository's data/).
-    #[arg(long, env = "CLEANER_DATA")]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    data: super::DataArgs,
+    #[command(flatten)]
+    agent: super::AgentArgs,
     /// First N problems.
     #[arg(long, default_value_t = 10)]
     limit: usize,
@@ -29,35 +26,21 @@ pub struct Args {
     /// Rollouts per problem.
     #[arg(long, default_value_t = 4)]
     rollouts: usize,
-    /// Purification: on, off, or a rollback probability in [0, 1].
-    #[arg(long, default_value = "on")]
-    purify: Purify,
-    /// Tool-call format: markdown or hermes.
-    #[arg(long, default_value = "markdown")]
-    format: FormatKind,
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    #[arg(long, default_value_t = 768)]
-    max_response_tokens: usize,
-    #[arg(long, default_value_t = 6)]
-    max_turns: usize,
     /// Sequences decoded together (at least rollouts + 1).
     #[arg(long, default_value_t = 17)]
     slots: u32,
-    #[arg(long, default_value_t = 0)]
-    threads: i32,
     /// Where to write the trajectories (JSONL).
     #[arg(long)]
     out: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let p = a.purify.rollback_probability();
-    let data = super::load_dataset(&a.dataset, a.data_dir.as_deref())?;
+    let p = a.agent.purify.rollback_probability();
+    let data = a.data.load()?;
     let items: Vec<_> = data
         .items
         .iter()
@@ -68,7 +51,7 @@ pub fn run(a: Args) -> Result<()> {
     if items.is_empty() {
         bail!(
             "no problems selected from {} ({} items, offset {}, limit {})",
-            a.dataset,
+            a.data.dataset,
             data.items.len(),
             a.offset,
             a.limit
@@ -77,17 +60,8 @@ pub fn run(a: Args) -> Result<()> {
     let (_, model) = super::load_model(&a.model)?;
     let sandbox = super::sandbox::open(None)?;
     let template = ChatTemplate::from_model(&model)?;
-    let mut config = AgentConfig {
-        format: a.format,
-        rollback_probability: p,
-        max_response_tokens: a.max_response_tokens,
-        max_turns: a.max_turns,
-        ..AgentConfig::default()
-    };
-    config.sampling.temperature = a.temperature;
-    config.sampling.top_p = a.top_p;
-    config.sampling.seed = a.seed;
-    let format = match a.format {
+    let mut config = a.agent.config(a.temperature, a.top_p);
+    let format = match a.agent.format {
         FormatKind::Markdown => ToolFormat::markdown(),
         FormatKind::Hermes => {
             config.user_prompt = MATH_PROMPT_HERMES.to_string();
@@ -96,14 +70,14 @@ pub fn run(a: Args) -> Result<()> {
     };
     let problems = cleaner::agent::prompt::problems(&template, &model, &config, &items)?;
     let longest = problems.iter().map(|p| p.prompt.len()).max().unwrap_or(0);
-    let mut per_seq = longest + a.max_response_tokens + 2 * config.max_turn_tokens + 512;
+    let mut per_seq = longest + a.agent.max_response_tokens + 2 * config.max_turn_tokens + 512;
     // No sequence gets more positions than the model was trained on.
     let n_ctx_train = model.n_ctx_train() as usize;
     if n_ctx_train > 0 && per_seq > n_ctx_train {
         eprintln!(
             "each sequence would need up to {per_seq} positions (longest prompt {longest}, --max-response-tokens {}); \
              capped at the model's training context of {n_ctx_train}",
-            a.max_response_tokens
+            a.agent.max_response_tokens
         );
         per_seq = n_ctx_train;
     }
@@ -111,7 +85,7 @@ pub fn run(a: Args) -> Result<()> {
         n_ctx: (per_seq as u32) * a.slots,
         n_seq_max: a.slots,
         n_batch: 512,
-        n_threads: a.threads,
+        n_threads: a.agent.threads,
         ..Default::default()
     };
     let mut decoder = Decoder::new(model.clone(), &policy_config)?;
@@ -119,8 +93,8 @@ pub fn run(a: Args) -> Result<()> {
         "{} problems x {} rollouts, purify {} (p = {p}), format {}, {} slots",
         problems.len(),
         a.rollouts,
-        a.purify,
-        crate::render::format_kind(a.format),
+        a.agent.purify,
+        crate::render::format_kind(a.agent.format),
         a.slots
     );
     let (mut trajectories, stats) = {
@@ -145,9 +119,12 @@ pub fn run(a: Args) -> Result<()> {
     let acc = correct as f64 / n as f64;
     let se = (acc * (1.0 - acc) / n as f64).sqrt();
     let (lo, hi) = cleaner::rl::eval::wilson(acc, n as f64);
-    let out = a
-        .out
-        .unwrap_or_else(|| PathBuf::from(format!("runs/solve-{}-{}.jsonl", a.dataset, a.purify)));
+    let out = a.out.unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "runs/solve-{}-{}.jsonl",
+            a.data.dataset, a.agent.purify
+        ))
+    });
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).ok();
     }
