@@ -66,7 +66,7 @@ fn check(arch: Architecture) {
             .map(|k| (k * 7919 + ti * 31) % len)
             .collect();
         for &i in &idx {
-            numeric.push(lora.central_difference(ti, i, STEP, &loss).unwrap());
+            numeric.push(lora.central_difference(ti, i, STEP, loss).unwrap());
         }
         let scale = numeric.iter().fold(0f64, |m, v| m.max(v.abs()));
         for (k, &i) in idx.iter().enumerate() {

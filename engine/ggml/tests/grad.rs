@@ -119,7 +119,7 @@ fn lora_gradients_match_finite_differences_through_ggml() {
         let idx: Vec<usize> = vec![(7919 + ti * 31) % len];
         let mut numeric = Vec::new();
         for &i in &idx {
-            numeric.push(lora.central_difference(ti, i, STEP, &loss).unwrap());
+            numeric.push(lora.central_difference(ti, i, STEP, loss).unwrap());
         }
         let scale = numeric.iter().fold(0f64, |m, v| m.max(v.abs()));
         let analytic = g.tensors().nth(ti).unwrap();

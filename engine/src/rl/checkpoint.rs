@@ -57,9 +57,10 @@ pub enum CheckpointError {
         /// What is wrong, in words.
         why: String,
     },
-    /// The adapter or optimizer state could not be saved or loaded.
+    /// The adapter or optimizer state could not be saved or loaded (boxed:
+    /// the trainer's error is large, and every checkpoint call returns this).
     #[error(transparent)]
-    Train(#[from] TrainError),
+    Train(Box<TrainError>),
     /// The run has no complete checkpoint.
     #[error("{0}: no complete checkpoint")]
     None(PathBuf),
@@ -71,6 +72,12 @@ pub enum CheckpointError {
         /// Every checkpoint tried, newest first, and why it does not load.
         skipped: Vec<Skipped>,
     },
+}
+
+impl From<TrainError> for CheckpointError {
+    fn from(e: TrainError) -> Self {
+        CheckpointError::Train(Box::new(e))
+    }
 }
 
 fn describe(skipped: &[Skipped]) -> String {

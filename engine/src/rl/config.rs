@@ -361,6 +361,8 @@ impl RunConfig {
     }
 
     /// Checks values that parse but cannot work; the error names the key.
+    // `!(a > b)` rather than `a <= b`: the negated comparisons reject NaN too.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let g = &self.grpo;
         let positive = |key: &'static str, v: f64| {

@@ -303,7 +303,7 @@ impl Number {
         match self {
             Number::Exact(0, _) => None,
             Number::Exact(p, q) => Number::exact(q, p),
-            Number::Approx(x) if x == 0.0 => None,
+            Number::Approx(0.0) => None,
             Number::Approx(x) => Some(Number::Approx(1.0 / x)),
         }
     }
@@ -339,7 +339,7 @@ impl Number {
             }
         }
         let x = self.value();
-        if x < 0.0 && n % 2 == 0 {
+        if x < 0.0 && n.is_multiple_of(2) {
             return None;
         }
         let r = x.signum() * x.abs().powf(1.0 / n as f64);
