@@ -58,6 +58,9 @@ pub enum RolloutError {
     /// Parameters out of range, explained.
     #[error("invalid generation parameters: {0}")]
     Params(String),
+    /// Sampling parameters out of range.
+    #[error("invalid generation parameters: {0}")]
+    Sampling(crate::sampling::SamplingError),
 }
 
 /// A sequence handle (a slot in the context).
@@ -438,7 +441,7 @@ impl Decoder {
 
     /// Starts generating on `seq`; tokens come with the following `step`s.
     pub fn start(&mut self, seq: SeqId, params: GenerateParams) -> Result<(), RolloutError> {
-        params.sampling.validate().map_err(RolloutError::Params)?;
+        params.sampling.validate().map_err(RolloutError::Sampling)?;
         if params.max_new_tokens == 0 {
             return Err(RolloutError::Params(
                 "max_new_tokens must be at least 1".into(),

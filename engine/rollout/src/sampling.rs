@@ -48,18 +48,26 @@ impl SamplingParams {
     }
 
     /// Checks the ranges; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SamplingError> {
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(format!(
-                "temperature must be a finite number >= 0, got {}",
-                self.temperature
-            ));
+            return Err(SamplingError::Temperature(self.temperature));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
+            return Err(SamplingError::TopP(self.top_p));
         }
         Ok(())
     }
+}
+
+/// A sampling parameter out of range: which one, and its value.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum SamplingError {
+    /// `temperature` is negative or not a number.
+    #[error("temperature must be a finite number >= 0, got {0}")]
+    Temperature(f32),
+    /// `top_p` is outside (0, 1].
+    #[error("top_p must be in (0, 1], got {0}")]
+    TopP(f32),
 }
 
 /// One sampled token and its log-probabilities.

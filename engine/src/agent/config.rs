@@ -128,7 +128,7 @@ pub enum ConfigError {
     /// `sampling` is out of range; `SamplingParams::validate` says how, in
     /// words that name the field.
     #[error("sampling: {0}")]
-    Sampling(String),
+    Sampling(crate::sampling::SamplingError),
 }
 
 /// How much a run purifies, as the command line says it: `on` (every
