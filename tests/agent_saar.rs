@@ -17,8 +17,10 @@ struct Scripted {
     seqs: HashMap<u32, Vec<Token>>,
     next_id: u32,
     script: VecDeque<String>,
-    generating: Vec<(SeqId, String)>,
+    generating: Vec<(SeqId, String, GenerateParams)>,
     log: Vec<String>,
+    /// The token limit of each generation started, in order.
+    limits: Vec<usize>,
 }
 
 impl Scripted {
@@ -29,6 +31,7 @@ impl Scripted {
             script: turns.iter().map(|s| s.to_string()).collect(),
             generating: vec![],
             log: vec![],
+            limits: vec![],
         }
     }
 }
@@ -62,26 +65,32 @@ impl Backend for Scripted {
             .truncate(pos);
         Ok(())
     }
-    fn start(&mut self, seq: SeqId, _params: GenerateParams) -> Result<(), RolloutError> {
+    fn start(&mut self, seq: SeqId, params: GenerateParams) -> Result<(), RolloutError> {
         let turn = self
             .script
             .pop_front()
             .expect("the agent asked for more turns than scripted");
-        self.generating.push((seq, turn));
+        self.limits.push(params.max_new_tokens);
+        self.generating.push((seq, turn, params));
         Ok(())
     }
     fn step(&mut self) -> Result<Vec<(SeqId, Generation)>, RolloutError> {
         let mut out = Vec::new();
-        for (seq, text) in self.generating.drain(..) {
+        for (seq, mut text, params) in self.generating.drain(..) {
+            // The limits it is given are honoured: a turn longer than
+            // `max_new_tokens` is cut there (tokens are bytes).
+            let cut = text.len() > params.max_new_tokens;
+            text.truncate(params.max_new_tokens);
             let tokens = bytes(&text);
             self.seqs
                 .get_mut(&seq.0)
                 .unwrap()
                 .extend_from_slice(&tokens);
-            let finish = if text.ends_with("\n```") {
-                FinishReason::Stop("\n```".into())
-            } else {
-                FinishReason::Eog
+            let stop = params.stop.iter().find(|s| text.ends_with(s.as_str()));
+            let finish = match stop {
+                _ if cut => FinishReason::MaxTokens,
+                Some(s) => FinishReason::Stop(s.clone()),
+                None => FinishReason::Eog,
             };
             let n = tokens.len();
             out.push((
@@ -120,14 +129,17 @@ impl Backend for Scripted {
 const PROMPT: &str = "<prompt>";
 
 fn collect(turns: &[&str], config: AgentConfig) -> (Trajectory, Scripted) {
+    collect_with(turns, config, ToolFormat::markdown())
+}
+
+fn collect_with(turns: &[&str], config: AgentConfig, format: ToolFormat) -> (Trajectory, Scripted) {
     let mut backend = Scripted::new(turns);
     let problem = Problem {
         id: "p".into(),
         prompt: bytes(PROMPT),
     };
     let (mut ts, _) = {
-        let mut agent =
-            Agent::new(&mut backend, sandbox(), ToolFormat::markdown(), config).unwrap();
+        let mut agent = Agent::new(&mut backend, sandbox(), format, config).unwrap();
         agent.run(&[problem], 1).unwrap()
     };
     assert!(
@@ -393,4 +405,55 @@ fn trajectories_round_trip_through_jsonl_and_bad_files_are_rejected() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("line 1") && e.contains("missing field"), "{e}");
+}
+
+/// A ChatML template that renders tool calls as `<tool_call>` (Hermes).
+const HERMES_TEMPLATE: &str = "{%- for m in messages %}<|im_start|>{% if m.role == 'tool' %}user\n<tool_response>\n{{ m.content }}\n</tool_response>{% else %}{{ m.role }}\n{{ m.content }}{% if m.tool_calls %}{% for c in m.tool_calls %}<tool_call>\n{{ c.function | tojson }}\n</tool_call>{% endfor %}{% endif %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+fn hermes() -> ToolFormat {
+    let template = cleaner::chat::ChatTemplate::new(HERMES_TEMPLATE, "", "<|im_end|>").unwrap();
+    ToolFormat::hermes(&template).unwrap()
+}
+
+/// A first call runs; the second turn's call is cut off by the turn's token
+/// limit: the trajectory ends there as `max_tokens`, the cut call neither
+/// runs nor starts a lookahead (the script has no turn left for one).
+fn cut_off_call_ends_the_trajectory(format: ToolFormat, first: &str, second: &str) {
+    let limit = 100;
+    assert!(first.len() < limit && second.len() > limit);
+    let config = AgentConfig {
+        max_turn_tokens: limit,
+        ..AgentConfig::default()
+    };
+    let (t, b) = collect_with(&[first, second], config, format.clone());
+    let obs = format.observation(first, "2");
+    assert_eq!(
+        text_of(&t),
+        format!("{PROMPT}{first}{obs}{}", &second[..limit])
+    );
+    check_invariants(&t);
+    assert_eq!(t.finish, cleaner::agent::Finish::MaxTokens);
+    assert!(t.purification.is_empty(), "{:?}", t.purification);
+    assert_eq!(t.tool_calls.len(), 1, "only the first call ran");
+    assert_eq!(t.answer, None);
+    assert_eq!(b.limits.len(), 2, "no lookahead was started");
+    assert!(b.log.is_empty(), "nothing was truncated");
+}
+
+#[test]
+fn markdown_call_cut_off_at_the_limit_ends_the_trajectory() {
+    cut_off_call_ends_the_trajectory(
+        ToolFormat::markdown(),
+        "Compute it.\n```python\nprint(2)\n```",
+        "Now divide the two numbers, carefully and slowly, step by step.\n```python\nx = 7\ny = 0\nprint(x / y)\n```",
+    );
+}
+
+#[test]
+fn hermes_call_cut_off_at_the_limit_ends_the_trajectory() {
+    cut_off_call_ends_the_trajectory(
+        hermes(),
+        "<tool_call>\n{\"name\": \"code_interpreter\", \"arguments\": {\"code\": \"print(2)\"}}\n</tool_call>",
+        "Now divide.\n<tool_call>\n{\"name\": \"code_interpreter\", \"arguments\": {\"code\": \"x = 7\\ny = 0\\nprint(x / y)\"}}\n</tool_call>",
+    );
 }

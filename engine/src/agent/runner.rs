@@ -412,7 +412,18 @@ impl<'a, B: Backend> Agent<'a, B> {
             GenKind::Lookahead => generated,
         };
         let (text, call_at) = self.read_turn(&r.seq.tokens[start..]);
-        let call = self.format.parse(&text);
+        // A turn cut off by a length limit ends the trajectory before its
+        // call is read: a call it opened is never run nor purified (the
+        // reference stops on length before parsing).
+        let cut = matches!(
+            g.finish,
+            FinishReason::MaxTokens | FinishReason::ContextLength
+        );
+        let call = if cut && kind == GenKind::Turn {
+            Call::None
+        } else {
+            self.format.parse(&text)
+        };
         r.seq
             .label_turn(start, call_at.map(|c| c.token), call != Call::None);
         match kind {
