@@ -8,6 +8,7 @@ use common::sandbox;
 
 use cleaner::agent::trajectory::{PurifyResult, RepairKind, Role};
 use cleaner::agent::{Agent, AgentConfig, Backend, Problem, ToolFormat, Trajectory};
+use cleaner::rl::{AnswerMatch, MathReward, Reward};
 use cleaner::rollout::{FinishReason, GenerateParams, Generation, RolloutError, SeqId};
 use cleaner::Token;
 use std::collections::{HashMap, VecDeque};
@@ -456,4 +457,69 @@ fn hermes_call_cut_off_at_the_limit_ends_the_trajectory() {
         "<tool_call>\n{\"name\": \"code_interpreter\", \"arguments\": {\"code\": \"print(2)\"}}\n</tool_call>",
         "Now divide.\n<tool_call>\n{\"name\": \"code_interpreter\", \"arguments\": {\"code\": \"x = 7\\ny = 0\\nprint(x / y)\"}}\n</tool_call>",
     );
+}
+
+#[test]
+fn the_answer_is_read_from_the_final_turn_only() {
+    // A box in an earlier turn and one in the tool's output: neither is the answer.
+    let (t, _) = collect(
+        &[
+            "Maybe \\boxed{3}.\n```python\nprint('\\\\boxed{7}')\n```",
+            "I am not sure.",
+        ],
+        AgentConfig::default(),
+    );
+    assert!(text_of(&t).contains("\\boxed{3}") && text_of(&t).contains("\\boxed{7}"));
+    assert_eq!(t.final_turn(), "I am not sure.");
+    assert_eq!(t.answer, None);
+    let item = cleaner::tasks::Item {
+        id: "p".into(),
+        question: String::new(),
+        answer: "7".into(),
+    };
+    for matching in [AnswerMatch::Math, AnswerMatch::Strict] {
+        let reward = MathReward {
+            matching,
+            ..MathReward::default()
+        };
+        assert_eq!(reward.score(&item, &t), -1.0, "{matching:?}");
+    }
+}
+
+#[test]
+fn strict_and_math_rewards_on_the_same_answers() {
+    let item = cleaner::tasks::Item {
+        id: "p".into(),
+        question: String::new(),
+        answer: "\\frac{1}{2}".into(),
+    };
+    let padding = "x".repeat(300);
+    let strict = MathReward {
+        matching: AnswerMatch::Strict,
+        ..MathReward::default()
+    };
+    let math = MathReward::default();
+    // (final turn, strict, math)
+    let cases = [
+        ("So \\boxed{\\frac{1}{2}}.".to_string(), 1.0, 1.0),
+        ("So \\boxed{\\dfrac{1}{2}}.".to_string(), 1.0, 1.0),
+        ("So \\boxed{0.5}.".to_string(), -1.0, 1.0),
+        ("So \\boxed{1/2}.".to_string(), -1.0, 1.0),
+        ("So \\boxed{\\frac{1}{3}}.".to_string(), -1.0, -1.0),
+        // The box is more than 300 characters before the end of the turn.
+        (
+            format!("So \\boxed{{\\frac{{1}}{{2}}}}.{padding}"),
+            -1.0,
+            1.0,
+        ),
+        ("No answer.".to_string(), -1.0, -1.0),
+    ];
+    for (turn, want_strict, want_math) in &cases {
+        let (t, _) = collect(&[turn.as_str()], AgentConfig::default());
+        assert_eq!(
+            (strict.score(&item, &t), math.score(&item, &t)),
+            (*want_strict, *want_math),
+            "{turn:?}"
+        );
+    }
 }

@@ -37,3 +37,25 @@ fn agrees_with_math_verify_on_committed_cases() {
         wrong.join("\n")
     );
 }
+
+#[test]
+fn strict_match_is_normalized_text_equality() {
+    use cleaner::tasks::strict_equal;
+    // (pred, truth, strict, math)
+    for (pred, truth, strict, math) in [
+        ("\\dfrac{1}{2}", "\\frac{1}{2}", true, true),
+        ("$18$", "18", true, true),
+        ("1,000", "1000", true, true),
+        ("0.5", "\\frac{1}{2}", false, true),
+        ("2\\sqrt{3}", "\\sqrt{12}", false, true),
+        ("18", "19", false, false),
+        ("", "", false, false),
+    ] {
+        assert_eq!(
+            strict_equal(pred, truth),
+            strict,
+            "strict {pred:?} vs {truth:?}"
+        );
+        assert_eq!(math_equal(pred, truth), math, "math {pred:?} vs {truth:?}");
+    }
+}

@@ -690,7 +690,6 @@ impl<'a, B: Backend> Agent<'a, B> {
             unreachable!("trajectories are collected once every rollout is done")
         };
         let text = self.backend.detokenize(&r.seq.tokens[r.prompt_len..]);
-        let answer = last_boxed(&text);
         let mut segments: Vec<Segment> = Vec::new();
         for (i, &kind) in r.seq.kinds.iter().enumerate() {
             match segments.last_mut() {
@@ -712,7 +711,7 @@ impl<'a, B: Backend> Agent<'a, B> {
             logprobs,
             ..
         } = r.seq;
-        Trajectory {
+        let mut t = Trajectory {
             format_version: FORMAT_VERSION,
             problem_id: problems[r.problem].id.clone(),
             problem_index: Some(r.problem),
@@ -728,9 +727,11 @@ impl<'a, B: Backend> Agent<'a, B> {
             response_tokens: r.response_tokens,
             correction_tokens: r.correction_tokens,
             text,
-            answer,
+            answer: None,
             reward: None,
             finish,
-        }
+        };
+        t.answer = last_boxed(&t.final_turn());
+        t
     }
 }

@@ -208,6 +208,22 @@ pub enum TrajectoryError {
 }
 
 impl Trajectory {
+    /// The text of the final assistant turn: the model's text after the last
+    /// observation (all of the response when no tool replied). The answer is
+    /// read here only, never from tool output or an earlier turn.
+    pub fn final_turn(&self) -> String {
+        let from = self
+            .segments
+            .iter()
+            .rposition(|s| s.kind == SegmentKind::Observation)
+            .map_or(0, |i| i + 1);
+        self.segments[from..]
+            .iter()
+            .filter(|s| s.kind != SegmentKind::Prompt)
+            .map(|s| s.text.as_str())
+            .collect()
+    }
+
     /// Loss mask: 1 on model tokens, 0 on prompt and observations.
     pub fn loss_mask(&self) -> Vec<u8> {
         self.roles

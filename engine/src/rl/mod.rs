@@ -17,4 +17,4 @@ pub use config::{ConfigError, MatmulPrecision, RunConfig};
 pub use eval::{evaluate, EvalError, EvalReport};
 pub use grpo::{Grpo, GrpoError, Progress};
 pub use metrics::StepMetrics;
-pub use reward::{MathReward, Reward};
+pub use reward::{AnswerMatch, MathReward, Reward};

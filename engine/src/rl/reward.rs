@@ -1,9 +1,12 @@
 //! Rewards: one number per trajectory. The built-in [`MathReward`] checks the
-//! last `\boxed{}` against the reference answer (+1 / -1 as in the paper);
-//! any closure `Fn(&Item, &Trajectory) -> f32` is a reward too.
+//! final assistant turn's last `\boxed{}` against the reference answer
+//! (+1 / -1 as in the paper), strictly or with the math verifier
+//! ([`AnswerMatch`]); any closure `Fn(&Item, &Trajectory) -> f32` is a reward
+//! too.
 
 use crate::agent::Trajectory;
-use crate::tasks::{math_equal, Item};
+use crate::tasks::answer::last_boxed_strict;
+use crate::tasks::{math_equal, strict_equal, Item};
 
 /// Scores a finished trajectory of `item`.
 pub trait Reward: Send {
@@ -22,8 +25,23 @@ impl<F: Fn(&Item, &Trajectory) -> f32 + Send> Reward for F {
     }
 }
 
-/// Outcome reward for math: `correct` when the last `\boxed{}` equals the
-/// reference answer ([`math_equal`]), `wrong` otherwise (no answer included).
+/// How a final answer is compared with the reference (`[reward] match`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerMatch {
+    /// The reference's: the last `\boxed{}` within the last 300 characters of
+    /// the final assistant turn, equal to the reference as normalized text
+    /// ([`strict_equal`]).
+    Strict,
+    /// The lenient math verifier: the final turn's last `\boxed{}`, equal
+    /// under [`math_equal`] (arithmetic, fractions, tolerances).
+    #[default]
+    Math,
+}
+
+/// Outcome reward for math: `correct` when the final assistant turn's answer
+/// equals the reference answer (as `matching` says), `wrong` otherwise (no
+/// answer included).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MathReward {
@@ -31,6 +49,9 @@ pub struct MathReward {
     pub correct: f32,
     /// Reward of a wrong or missing one.
     pub wrong: f32,
+    /// How the answer is compared (`match`: `strict` or `math`).
+    #[serde(rename = "match")]
+    pub matching: AnswerMatch,
 }
 
 impl Default for MathReward {
@@ -38,6 +59,7 @@ impl Default for MathReward {
         MathReward {
             correct: 1.0,
             wrong: -1.0,
+            matching: AnswerMatch::Math,
         }
     }
 }
@@ -51,8 +73,40 @@ impl Reward for MathReward {
         }
     }
     fn solved(&self, item: &Item, t: &Trajectory) -> bool {
-        t.answer
-            .as_deref()
-            .is_some_and(|a| math_equal(a, &item.answer))
+        match self.matching {
+            AnswerMatch::Math => t
+                .answer
+                .as_deref()
+                .is_some_and(|a| math_equal(a, &item.answer)),
+            AnswerMatch::Strict => {
+                last_boxed_strict(&t.final_turn()).is_some_and(|a| strict_equal(&a, &item.answer))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rl::config::{RunConfig, SHIPPED};
+
+    #[test]
+    fn match_key_in_configs() {
+        for (name, text) in SHIPPED {
+            let c = RunConfig::from_toml(text, name).unwrap();
+            let want = if name == "paper-qwen3-4b" {
+                AnswerMatch::Strict
+            } else {
+                AnswerMatch::Math
+            };
+            assert_eq!(c.reward.matching, want, "{name}");
+        }
+        let err = RunConfig::from_toml("[reward]\nmatch = \"loose\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("reward.match") && err.contains("strict"),
+            "{err}"
+        );
     }
 }

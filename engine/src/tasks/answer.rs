@@ -21,6 +21,22 @@ pub fn last_boxed(text: &str) -> Option<String> {
     best.map(|(_, c)| c)
 }
 
+/// How many characters at the end of a response the strict match reads (the
+/// reference's window).
+pub const STRICT_WINDOW: usize = 300;
+
+/// The last `\boxed{}` within the last [`STRICT_WINDOW`] characters of
+/// `text` (the reference's strict extraction: a box that starts earlier is
+/// not read).
+pub fn last_boxed_strict(text: &str) -> Option<String> {
+    let n = text.chars().count();
+    let from = text
+        .char_indices()
+        .nth(n.saturating_sub(STRICT_WINDOW))
+        .map_or(text.len(), |(i, _)| i);
+    last_boxed(&text[from..])
+}
+
 /// The text up to the brace closing an already opened one.
 pub(crate) fn balanced(s: &str) -> Option<&str> {
     let mut depth = 1usize;
@@ -61,6 +77,18 @@ mod tests {
         );
         assert_eq!(last_boxed("\\boxed{unclosed"), None);
         assert_eq!(last_boxed("none"), None);
+    }
+
+    #[test]
+    fn strict_window() {
+        let tail = "x".repeat(STRICT_WINDOW - "\\boxed{7}".len());
+        assert_eq!(
+            last_boxed_strict(&format!("\\boxed{{7}}{tail}")).as_deref(),
+            Some("7")
+        );
+        // One character more and the box starts outside the window.
+        assert_eq!(last_boxed_strict(&format!("\\boxed{{7}}{tail}x")), None);
+        assert_eq!(last_boxed_strict("é \\boxed{1}").as_deref(), Some("1"));
     }
 
     #[test]

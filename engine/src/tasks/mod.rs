@@ -11,4 +11,4 @@ pub mod dataset;
 pub mod verify;
 
 pub use dataset::{Dataset, DatasetError, Fields, Item};
-pub use verify::{math_equal, normalize_answer};
+pub use verify::{math_equal, normalize_answer, strict_equal};

@@ -60,6 +60,13 @@ fn choice_letter(s: &str) -> Option<char> {
     }
 }
 
+/// The reference's strict match: both sides normalized, then equal as text
+/// (no arithmetic: `0.5` is not `\frac{1}{2}`).
+pub fn strict_equal(pred: &str, truth: &str) -> bool {
+    let (p, t) = (normalize_answer(pred), normalize_answer(truth));
+    !p.is_empty() && p == t
+}
+
 /// Canonical text of an answer (see the module documentation).
 pub fn normalize_answer(s: &str) -> String {
     let mut t = s.trim().to_string();
