@@ -336,3 +336,35 @@ fn eval_reports_pass_at_1_as_the_mean_over_samples() {
     assert!(trajectories.iter().all(|t| t.reward.is_some()));
     assert_eq!(report.purify, 1.0);
 }
+
+/// The schedule counts training steps: with 3 mini-batch updates per step
+/// and 4 warm-up steps, the three updates of step `s` all take
+/// `lr * (s + 1) / 4`, and the peak is reached at step 3 (update 10), not
+/// at update 4.
+#[test]
+fn warm_up_counts_training_steps_not_updates() {
+    let model = tiny();
+    let lora = Lora::new(&model, LoraConfig::default(), 1);
+    let optim = AdamWConfig {
+        lr: 1.0,
+        warmup_steps: 4,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::with_adapter(model, lora, optim);
+    let tokens = [1u32, 2, 3, 4];
+    let mut lrs = Vec::new();
+    for step in 0..6u64 {
+        for _ in 0..3 {
+            trainer
+                .accumulate(&tokens, |lp| vec![-1.0; lp.len()])
+                .unwrap();
+            lrs.push(trainer.update_at(step).lr);
+        }
+    }
+    let want: Vec<f32> = [0.25f32, 0.5, 0.75, 1.0, 1.0, 1.0]
+        .iter()
+        .flat_map(|&lr| [lr; 3])
+        .collect();
+    assert_eq!(lrs, want);
+    assert_eq!(trainer.step(), 18, "Adam counts updates");
+}

@@ -347,7 +347,7 @@ impl Grpo {
         let batches = mini_batches(samples.len(), self.config.grpo.mini_batches);
         let mut passes = self.training_passes(step, &samples, &batches);
         let mut logprobs = self.old_logprobs(&samples, &batches, &mut passes)?;
-        self.update(&samples, &batches, &mut logprobs, &mut passes, &mut m)?;
+        self.update(step, &samples, &batches, &mut logprobs, &mut passes, &mut m)?;
         (m.entropy, m.kl_to_start) = logprobs.entropy_and_kl(&samples);
         m.time_train_s = t_train.elapsed().as_secs_f64();
         let sequence_tokens: usize = samples.iter().map(|s| s.tokens.len()).sum();
@@ -480,9 +480,11 @@ impl Grpo {
 
     /// Phase 6: for each mini-batch, the clipped policy loss accumulated over
     /// its sequences, then one AdamW update. Old log-probs the first
-    /// mini-batch lacked are filled in from its forward passes.
+    /// mini-batch lacked are filled in from its forward passes. Every update
+    /// of the step takes the learning rate of training step `step` (0-based).
     fn update(
         &mut self,
+        step: u64,
         samples: &[Sample],
         batches: &[Vec<usize>],
         logprobs: &mut StepLogprobs,
@@ -516,7 +518,7 @@ impl Grpo {
                 passes.done += 1;
                 (self.progress)(passes.progress());
             }
-            let u = self.trainer.update();
+            let u = self.trainer.update_at(step);
             grad_norms.push(u.grad_norm);
             m.lr = u.lr as f64;
         }
