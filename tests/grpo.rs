@@ -368,3 +368,91 @@ fn warm_up_counts_training_steps_not_updates() {
     assert_eq!(lrs, want);
     assert_eq!(trainer.step(), 18, "Adam counts updates");
 }
+
+/// A hand-made trajectory: a one-token prompt, then `model` model tokens.
+fn made(rollout: usize, model: usize) -> Trajectory {
+    use cleaner::agent::{Finish, Role};
+    let tokens: Vec<_> = (0..=model)
+        .map(|i| (i * (rollout + 2) % 7 + 1) as _)
+        .collect();
+    let mut roles = vec![Role::Model; model + 1];
+    roles[0] = Role::Prompt;
+    Trajectory {
+        format_version: cleaner::agent::trajectory::FORMAT_VERSION,
+        problem_id: "1".into(),
+        problem_index: Some(0),
+        rollout,
+        sampler_logprobs: vec![0.0; tokens.len()],
+        tokens,
+        roles,
+        segments: Vec::new(),
+        tool_calls: Vec::new(),
+        purification: Vec::new(),
+        purified: false,
+        turns: 1,
+        response_tokens: model,
+        correction_tokens: 0,
+        text: String::new(),
+        answer: None,
+        reward: None,
+        finish: Finish::Answer,
+    }
+}
+
+/// One GRPO update (one mini-batch) of a fresh tiny adapter on
+/// `trajectories`; the step's metrics.
+fn one_update(trajectories: &[Trajectory], rewards: &[f32]) -> StepMetrics {
+    let mut c = config();
+    c.grpo.group_size = 2;
+    c.grpo.mini_batches = 1;
+    c.grpo.kl_to_start = false;
+    let model = tiny();
+    let lora = Lora::new(&model, LoraConfig::default(), 1);
+    let mut trainer = Trainer::with_adapter(model, lora, c.optim.clone());
+    let mut m = StepMetrics::default();
+    let mut passes = 0;
+    let mut progress = |p| {
+        if let cleaner::rl::Progress::Training { total, .. } = p {
+            passes = total;
+        }
+    };
+    cleaner::rl::train_on(
+        &mut trainer,
+        &c,
+        0,
+        trajectories,
+        rewards,
+        &mut progress,
+        &mut m,
+    )
+    .unwrap();
+    assert_eq!(
+        passes, m.trained_sequences,
+        "no pass for zero-signal groups"
+    );
+    m
+}
+
+/// Zero-signal groups (all rewards equal) stay in the token-mean's
+/// denominator with advantage 0: next to an informative group of 2 x 3
+/// model tokens, a zero-signal group of 2 x 9 scales the gradient by
+/// 6 / 24, and alone it gives none.
+#[test]
+fn zero_signal_groups_count_in_the_denominator_without_gradient() {
+    let informative = [made(0, 3), made(1, 3)];
+    let silent = [made(2, 9), made(3, 9)];
+    let alone = one_update(&informative, &[1.0, -1.0]);
+    let both: Vec<Trajectory> = informative.iter().chain(&silent).cloned().collect();
+    let mixed = one_update(&both, &[1.0, -1.0, 0.5, 0.5]);
+    assert_eq!((mixed.degenerate_groups, mixed.trained_sequences), (1, 2));
+    assert_eq!((mixed.trained_tokens, mixed.zero_signal_tokens), (6, 18));
+    assert!(alone.grad_norm > 0.0);
+    let ratio = mixed.grad_norm / alone.grad_norm;
+    assert!(
+        (ratio - 0.25).abs() < 1e-5,
+        "gradient scaled by {ratio}, not 6/24"
+    );
+    let none = one_update(&silent, &[0.5, 0.5]);
+    assert_eq!((none.degenerate_groups, none.zero_signal_tokens), (1, 18));
+    assert_eq!(none.grad_norm, 0.0);
+}
