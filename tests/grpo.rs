@@ -456,3 +456,28 @@ fn zero_signal_groups_count_in_the_denominator_without_gradient() {
     assert_eq!((none.degenerate_groups, none.zero_signal_tokens), (1, 18));
     assert_eq!(none.grad_norm, 0.0);
 }
+
+/// DAPO overlong shaping with a 20-token response limit and a buffer of 8:
+/// nothing up to 12 tokens, linear to -factor at 20, -factor beyond; off
+/// with a buffer of 0; the config rejects a buffer longer than the limit.
+#[test]
+fn overlong_penalty_is_linear_inside_the_buffer() {
+    use cleaner::rl::reward::overlong_penalty;
+    let p = |response| overlong_penalty(response, 20, 8, 1.0);
+    assert_eq!(
+        [p(0), p(12), p(14), p(16), p(20), p(25)],
+        [0.0, 0.0, -0.25, -0.5, -1.0, -1.0]
+    );
+    assert_eq!(overlong_penalty(13, 20, 8, 0.5), -0.0625);
+    assert_eq!(overlong_penalty(20, 20, 0, 1.0), 0.0);
+    let mut c = config();
+    c.reward.overlong_buffer = 49;
+    let e = c.validate().unwrap_err();
+    assert_eq!(e.0, "reward.overlong_buffer", "{e:?}");
+    c.reward.overlong_buffer = 48;
+    c.reward.overlong_penalty_factor = -1.0;
+    assert_eq!(
+        c.validate().unwrap_err().0,
+        "reward.overlong_penalty_factor"
+    );
+}

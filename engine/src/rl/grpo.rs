@@ -31,7 +31,7 @@ use super::config::{ConfigError, RunConfig, UnknownLoraTarget};
 use super::metrics::{MetricsLog, StepMetrics};
 use super::problem_index::{problem_index, ProblemIndexError};
 use super::problem_order::problems_of_step;
-use super::reward::Reward;
+use super::reward::{overlong_penalty, Reward};
 use super::samples::{mini_batches, samples_of, Sample, StepLogprobs};
 use crate::agent::trajectory::{write_jsonl, TrajectoryError};
 use crate::agent::{Problem, Trajectory};
@@ -404,7 +404,8 @@ impl Grpo {
     }
 
     /// Phase 3: every trajectory's reward (stored in it), against the
-    /// problem it answers.
+    /// problem it answers, plus the overlong shaping (`[reward]`
+    /// `overlong_buffer`, off by default).
     fn score(
         &self,
         items: &[Item],
@@ -415,7 +416,7 @@ impl Grpo {
         let mut solved = 0usize;
         for t in trajectories.iter_mut() {
             let item = &items[problem_index(t, items)?];
-            let r = self.reward.score(item, t);
+            let r = self.reward.score(item, t) + self.overlong(t);
             solved += self.reward.solved(item, t) as usize;
             t.reward = Some(r);
             rewards.push(r);
@@ -424,6 +425,17 @@ impl Grpo {
         m.reward_mean = rewards.iter().map(|&r| r as f64).sum::<f64>() / n;
         m.accuracy = solved as f64 / n;
         Ok(rewards)
+    }
+
+    /// The overlong shaping of `t` (`[reward] overlong_buffer`; 0 when off).
+    fn overlong(&self, t: &Trajectory) -> f32 {
+        let r = &self.config.reward;
+        overlong_penalty(
+            t.response_tokens,
+            self.config.agent.max_response_tokens,
+            r.overlong_buffer,
+            r.overlong_penalty_factor,
+        )
     }
 
     /// The step's trajectories as `trajectories/step-NNNNNN.jsonl`, when the

@@ -31,6 +31,12 @@ pub struct MathReward {
     pub correct: f32,
     /// Reward of a wrong or missing one.
     pub wrong: f32,
+    /// DAPO overlong shaping (applied by the GRPO loop to any reward, see
+    /// [`overlong_penalty`]): response tokens before `agent.max_response_tokens`
+    /// where the linear penalty starts; 0 turns it off.
+    pub overlong_buffer: usize,
+    /// The penalty at the response limit (and beyond).
+    pub overlong_penalty_factor: f32,
 }
 
 impl Default for MathReward {
@@ -38,6 +44,8 @@ impl Default for MathReward {
         MathReward {
             correct: 1.0,
             wrong: -1.0,
+            overlong_buffer: 0,
+            overlong_penalty_factor: 1.0,
         }
     }
 }
@@ -55,4 +63,16 @@ impl Reward for MathReward {
             .as_deref()
             .is_some_and(|a| math_equal(a, &item.answer))
     }
+}
+
+/// DAPO's overlong reward shaping: 0 up to `max_response - buffer` response
+/// tokens, then falling linearly to `-factor` at `max_response` (and
+/// `-factor` beyond it). Added to the reward; `buffer` 0 turns it off.
+pub fn overlong_penalty(response: usize, max_response: usize, buffer: usize, factor: f32) -> f32 {
+    if buffer == 0 {
+        return 0.0;
+    }
+    let expected = max_response.saturating_sub(buffer);
+    let over = response.saturating_sub(expected) as f64;
+    -((over / buffer as f64).min(1.0) * factor as f64) as f32
 }
