@@ -336,3 +336,148 @@ fn eval_reports_pass_at_1_as_the_mean_over_samples() {
     assert!(trajectories.iter().all(|t| t.reward.is_some()));
     assert_eq!(report.purify, 1.0);
 }
+
+/// The schedule counts training steps: with 3 mini-batch updates per step
+/// and 4 warm-up steps, the three updates of step `s` all take
+/// `lr * (s + 1) / 4`, and the peak is reached at step 3 (update 10), not
+/// at update 4.
+#[test]
+fn warm_up_counts_training_steps_not_updates() {
+    let model = tiny();
+    let lora = Lora::new(&model, LoraConfig::default(), 1);
+    let optim = AdamWConfig {
+        lr: 1.0,
+        warmup_steps: 4,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::with_adapter(model, lora, optim);
+    let tokens = [1u32, 2, 3, 4];
+    let mut lrs = Vec::new();
+    for step in 0..6u64 {
+        for _ in 0..3 {
+            trainer
+                .accumulate(&tokens, |lp| vec![-1.0; lp.len()])
+                .unwrap();
+            lrs.push(trainer.update_at(step).lr);
+        }
+    }
+    let want: Vec<f32> = [0.25f32, 0.5, 0.75, 1.0, 1.0, 1.0]
+        .iter()
+        .flat_map(|&lr| [lr; 3])
+        .collect();
+    assert_eq!(lrs, want);
+    assert_eq!(trainer.step(), 18, "Adam counts updates");
+}
+
+/// A hand-made trajectory: a one-token prompt, then `model` model tokens.
+fn made(rollout: usize, model: usize) -> Trajectory {
+    use cleaner::agent::{Finish, Role};
+    let tokens: Vec<_> = (0..=model)
+        .map(|i| (i * (rollout + 2) % 7 + 1) as _)
+        .collect();
+    let mut roles = vec![Role::Model; model + 1];
+    roles[0] = Role::Prompt;
+    Trajectory {
+        format_version: cleaner::agent::trajectory::FORMAT_VERSION,
+        problem_id: "1".into(),
+        problem_index: Some(0),
+        rollout,
+        sampler_logprobs: vec![0.0; tokens.len()],
+        tokens,
+        roles,
+        segments: Vec::new(),
+        tool_calls: Vec::new(),
+        purification: Vec::new(),
+        purified: false,
+        turns: 1,
+        response_tokens: model,
+        correction_tokens: 0,
+        text: String::new(),
+        answer: None,
+        reward: None,
+        finish: Finish::Answer,
+    }
+}
+
+/// One GRPO update (one mini-batch) of a fresh tiny adapter on
+/// `trajectories`; the step's metrics.
+fn one_update(trajectories: &[Trajectory], rewards: &[f32]) -> StepMetrics {
+    let mut c = config();
+    c.grpo.group_size = 2;
+    c.grpo.mini_batches = 1;
+    c.grpo.kl_to_start = false;
+    let model = tiny();
+    let lora = Lora::new(&model, LoraConfig::default(), 1);
+    let mut trainer = Trainer::with_adapter(model, lora, c.optim.clone());
+    let mut m = StepMetrics::default();
+    let mut passes = 0;
+    let mut progress = |p| {
+        if let cleaner::rl::Progress::Training { total, .. } = p {
+            passes = total;
+        }
+    };
+    cleaner::rl::train_on(
+        &mut trainer,
+        &c,
+        0,
+        trajectories,
+        rewards,
+        &mut progress,
+        &mut m,
+    )
+    .unwrap();
+    assert_eq!(
+        passes, m.trained_sequences,
+        "no pass for zero-signal groups"
+    );
+    m
+}
+
+/// Zero-signal groups (all rewards equal) stay in the token-mean's
+/// denominator with advantage 0: next to an informative group of 2 x 3
+/// model tokens, a zero-signal group of 2 x 9 scales the gradient by
+/// 6 / 24, and alone it gives none.
+#[test]
+fn zero_signal_groups_count_in_the_denominator_without_gradient() {
+    let informative = [made(0, 3), made(1, 3)];
+    let silent = [made(2, 9), made(3, 9)];
+    let alone = one_update(&informative, &[1.0, -1.0]);
+    let both: Vec<Trajectory> = informative.iter().chain(&silent).cloned().collect();
+    let mixed = one_update(&both, &[1.0, -1.0, 0.5, 0.5]);
+    assert_eq!((mixed.degenerate_groups, mixed.trained_sequences), (1, 2));
+    assert_eq!((mixed.trained_tokens, mixed.zero_signal_tokens), (6, 18));
+    assert!(alone.grad_norm > 0.0);
+    let ratio = mixed.grad_norm / alone.grad_norm;
+    assert!(
+        (ratio - 0.25).abs() < 1e-5,
+        "gradient scaled by {ratio}, not 6/24"
+    );
+    let none = one_update(&silent, &[0.5, 0.5]);
+    assert_eq!((none.degenerate_groups, none.zero_signal_tokens), (1, 18));
+    assert_eq!(none.grad_norm, 0.0);
+}
+
+/// DAPO overlong shaping with a 20-token response limit and a buffer of 8:
+/// nothing up to 12 tokens, linear to -factor at 20, -factor beyond; off
+/// with a buffer of 0; the config rejects a buffer longer than the limit.
+#[test]
+fn overlong_penalty_is_linear_inside_the_buffer() {
+    use cleaner::rl::reward::overlong_penalty;
+    let p = |response| overlong_penalty(response, 20, 8, 1.0);
+    assert_eq!(
+        [p(0), p(12), p(14), p(16), p(20), p(25)],
+        [0.0, 0.0, -0.25, -0.5, -1.0, -1.0]
+    );
+    assert_eq!(overlong_penalty(13, 20, 8, 0.5), -0.0625);
+    assert_eq!(overlong_penalty(20, 20, 0, 1.0), 0.0);
+    let mut c = config();
+    c.reward.overlong_buffer = 49;
+    let e = c.validate().unwrap_err();
+    assert_eq!(e.0, "reward.overlong_buffer", "{e:?}");
+    c.reward.overlong_buffer = 48;
+    c.reward.overlong_penalty_factor = -1.0;
+    assert_eq!(
+        c.validate().unwrap_err().0,
+        "reward.overlong_penalty_factor"
+    );
+}

@@ -1,6 +1,7 @@
 //! Group-normalized advantages (GRPO): within each group of rollouts of one
 //! problem, `(r - mean) / (std + eps)` with the unbiased standard deviation.
-//! A group whose rewards are all equal carries no signal; it is skipped.
+//! A group whose rewards are all equal carries no signal (`None`: GRPO
+//! trains it with advantage 0, so its tokens still count in the token-mean).
 
 /// Added to the standard deviation.
 pub const EPS: f32 = 1e-6;

@@ -440,6 +440,21 @@ impl RunConfig {
                 ),
             ));
         }
+        if self.reward.overlong_buffer > self.agent.max_response_tokens {
+            return Err((
+                "reward.overlong_buffer",
+                format!(
+                    "must be at most agent.max_response_tokens ({} vs {})",
+                    self.reward.overlong_buffer, self.agent.max_response_tokens
+                ),
+            ));
+        }
+        if !(self.reward.overlong_penalty_factor >= 0.0) {
+            return Err((
+                "reward.overlong_penalty_factor",
+                format!("must be >= 0, got {}", self.reward.overlong_penalty_factor),
+            ));
+        }
         self.agent
             .validate()
             .map_err(|why| ("agent", why.to_string()))?;

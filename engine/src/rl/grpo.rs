@@ -5,7 +5,8 @@
 //!    probability `agent.rollback_probability` (1: CLEANER, 0: plain GRPO);
 //! 3. score every trajectory with the reward;
 //! 4. normalize rewards within each group (groups whose rewards are all
-//!    equal carry no signal: counted and skipped);
+//!    equal carry no signal: advantage 0, their tokens count in the
+//!    token-mean's denominator, their passes are skipped);
 //! 5. recompute the old log-probs with the trainer on the final (purified)
 //!    sequences, never the sampler's (spec: grafted tokens were sampled in
 //!    another context);
@@ -30,7 +31,7 @@ use super::config::{ConfigError, RunConfig, UnknownLoraTarget};
 use super::metrics::{MetricsLog, StepMetrics};
 use super::problem_index::{problem_index, ProblemIndexError};
 use super::problem_order::problems_of_step;
-use super::reward::Reward;
+use super::reward::{overlong_penalty, Reward};
 use super::samples::{mini_batches, samples_of, Sample, StepLogprobs};
 use crate::agent::trajectory::{write_jsonl, TrajectoryError};
 use crate::agent::{Problem, Trajectory};
@@ -337,21 +338,15 @@ impl Grpo {
         let rollout_seed = seeds::rollout_sampling(self.config.grpo.seed, step);
         let mut trajectories = self.roll_out(&batch, rollout_seed, &mut m)?;
         let rewards = self.score(&batch.items, &mut trajectories, &mut m)?;
-        let advantages = group_advantages(&rewards, self.config.grpo.group_size);
-        m.degenerate_groups = advantages.degenerate_groups;
-
-        let t_train = Instant::now();
-        let samples = samples_of(&trajectories, &advantages.values);
-        m.trained_sequences = samples.len();
-        m.trained_tokens = samples.iter().map(Sample::trained_tokens).sum();
-        let batches = mini_batches(samples.len(), self.config.grpo.mini_batches);
-        let mut passes = self.training_passes(step, &samples, &batches);
-        let mut logprobs = self.old_logprobs(&samples, &batches, &mut passes)?;
-        self.update(&samples, &batches, &mut logprobs, &mut passes, &mut m)?;
-        (m.entropy, m.kl_to_start) = logprobs.entropy_and_kl(&samples);
-        m.time_train_s = t_train.elapsed().as_secs_f64();
-        let sequence_tokens: usize = samples.iter().map(|s| s.tokens.len()).sum();
-        m.train_tokens_per_s = sequence_tokens as f64 / m.time_train_s.max(1e-9);
+        train_on(
+            &mut self.trainer,
+            &self.config,
+            step,
+            &trajectories,
+            &rewards,
+            &mut *self.progress,
+            &mut m,
+        )?;
 
         let t_swap = Instant::now();
         if m.updates > 0 {
@@ -409,7 +404,8 @@ impl Grpo {
     }
 
     /// Phase 3: every trajectory's reward (stored in it), against the
-    /// problem it answers.
+    /// problem it answers, plus the overlong shaping (`[reward]`
+    /// `overlong_buffer`, off by default).
     fn score(
         &self,
         items: &[Item],
@@ -420,7 +416,7 @@ impl Grpo {
         let mut solved = 0usize;
         for t in trajectories.iter_mut() {
             let item = &items[problem_index(t, items)?];
-            let r = self.reward.score(item, t);
+            let r = self.reward.score(item, t) + self.overlong(t);
             solved += self.reward.solved(item, t) as usize;
             t.reward = Some(r);
             rewards.push(r);
@@ -431,97 +427,15 @@ impl Grpo {
         Ok(rewards)
     }
 
-    /// The forward and backward passes phases 5 and 6 will run, for progress.
-    fn training_passes(&self, step: u64, samples: &[Sample], batches: &[Vec<usize>]) -> Passes {
-        let n = samples.len();
-        let first = batches.first().map_or(0, Vec::len);
-        let reference = self.wants_reference() as usize;
-        Passes {
-            step: step + 1,
-            done: 0,
-            total: (n - first) + reference * n + n,
-        }
-    }
-
-    /// Whether the loss or the metrics need the reference (adapter off).
-    fn wants_reference(&self) -> bool {
-        self.config.grpo.kl_to_start || self.config.loss.kl_coef > 0.0
-    }
-
-    /// Phase 5: old (and reference) log-probs of the final sequences, from
-    /// the trainer (never the sampler's: grafted tokens were sampled in
-    /// another context). The first mini-batch trains the policy that is
-    /// current now, so its ratio is exactly 1 and its old log-probs are those
-    /// of its own forward pass: only later mini-batches need them up front.
-    fn old_logprobs(
-        &mut self,
-        samples: &[Sample],
-        batches: &[Vec<usize>],
-        passes: &mut Passes,
-    ) -> Result<StepLogprobs, GrpoError> {
-        let first = batches.first().map_or(0, Vec::len);
-        let mut old = vec![None; samples.len()];
-        let mut reference = self
-            .wants_reference()
-            .then(|| Vec::with_capacity(samples.len()));
-        for (i, s) in samples.iter().enumerate() {
-            if i >= first {
-                old[i] = Some(self.trainer.logprobs(&s.tokens, true)?);
-                passes.done += 1;
-            }
-            if let Some(reference) = &mut reference {
-                reference.push(self.trainer.logprobs(&s.tokens, false)?);
-                passes.done += 1;
-            }
-            (self.progress)(passes.progress());
-        }
-        Ok(StepLogprobs { old, reference })
-    }
-
-    /// Phase 6: for each mini-batch, the clipped policy loss accumulated over
-    /// its sequences, then one AdamW update. Old log-probs the first
-    /// mini-batch lacked are filled in from its forward passes.
-    fn update(
-        &mut self,
-        samples: &[Sample],
-        batches: &[Vec<usize>],
-        logprobs: &mut StepLogprobs,
-        passes: &mut Passes,
-        m: &mut StepMetrics,
-    ) -> Result<(), GrpoError> {
-        let mut loss = LossStats::default();
-        let mut grad_norms = Vec::new();
-        for batch in batches {
-            let shape = BatchShape::of(batch.iter().map(|&i| samples[i].weight.as_slice()));
-            for &i in batch {
-                let s = &samples[i];
-                let cfg = &self.config.loss;
-                let old_i = logprobs.old[i].as_deref();
-                let ref_i = logprobs.reference.as_ref().map(|r| r[i].as_slice());
-                let mut share = LossStats::default();
-                let lp = self.trainer.accumulate(&s.tokens, |lp| {
-                    let input = SeqLossInput {
-                        logprob: lp,
-                        old_logprob: old_i.unwrap_or(lp),
-                        ref_logprob: ref_i,
-                        advantage: &s.advantage,
-                        weight: &s.weight,
-                    };
-                    let (st, grad) = sequence_loss(cfg, &input, shape);
-                    share = st;
-                    grad
-                })?;
-                logprobs.old[i].get_or_insert(lp);
-                loss.add(&share);
-                passes.done += 1;
-                (self.progress)(passes.progress());
-            }
-            let u = self.trainer.update();
-            grad_norms.push(u.grad_norm);
-            m.lr = u.lr as f64;
-        }
-        m.record_updates(&loss, &grad_norms);
-        Ok(())
+    /// The overlong shaping of `t` (`[reward] overlong_buffer`; 0 when off).
+    fn overlong(&self, t: &Trajectory) -> f32 {
+        let r = &self.config.reward;
+        overlong_penalty(
+            t.response_tokens,
+            self.config.agent.max_response_tokens,
+            r.overlong_buffer,
+            r.overlong_penalty_factor,
+        )
     }
 
     /// The step's trajectories as `trajectories/step-NNNNNN.jsonl`, when the
@@ -576,6 +490,179 @@ impl Grpo {
             &state,
             self.config.grpo.keep_checkpoints,
         )?)
+    }
+}
+
+/// Phases 4 to 6 of step `step` (0-based) on scored `trajectories`
+/// (`rewards` in the same order, groups of `grpo.group_size`): advantages,
+/// old log-probs, one update per mini-batch; the step's training metrics go
+/// into `m`. Groups whose rewards are all equal (zero signal) keep advantage
+/// 0 and stay in their mini-batch's token count (the token-mean's
+/// denominator), as in the reference; they add nothing to the gradient, so
+/// their forward and backward passes are skipped (unless the loss has a KL
+/// term, which they do feed).
+pub fn train_on(
+    trainer: &mut Trainer,
+    config: &RunConfig,
+    step: u64,
+    trajectories: &[Trajectory],
+    rewards: &[f32],
+    progress: &mut dyn FnMut(Progress),
+    m: &mut StepMetrics,
+) -> Result<(), GrpoError> {
+    let advantages = group_advantages(rewards, config.grpo.group_size);
+    m.degenerate_groups = advantages.degenerate_groups;
+    let t_train = Instant::now();
+    let samples = samples_of(trajectories, &advantages.values);
+    let runs = |s: &Sample| !s.zero_signal || config.loss.kl_coef > 0.0;
+    m.trained_sequences = samples.iter().filter(|s| !s.zero_signal).count();
+    m.trained_tokens = samples
+        .iter()
+        .filter(|s| !s.zero_signal)
+        .map(Sample::trained_tokens)
+        .sum();
+    m.zero_signal_tokens = samples
+        .iter()
+        .filter(|s| s.zero_signal)
+        .map(Sample::trained_tokens)
+        .sum();
+    let batches = mini_batches(samples.len(), config.grpo.mini_batches);
+    let mut t = StepTrainer {
+        trainer,
+        config,
+        progress,
+        runs: samples.iter().map(runs).collect(),
+    };
+    let mut passes = t.training_passes(step, &batches);
+    let mut logprobs = t.old_logprobs(&samples, &batches, &mut passes)?;
+    t.update(step, &samples, &batches, &mut logprobs, &mut passes, m)?;
+    (m.entropy, m.kl_to_start) = logprobs.entropy_and_kl(&samples);
+    m.time_train_s = t_train.elapsed().as_secs_f64();
+    let sequence_tokens: usize = samples
+        .iter()
+        .zip(&t.runs)
+        .filter(|(_, &r)| r)
+        .map(|(s, _)| s.tokens.len())
+        .sum();
+    m.train_tokens_per_s = sequence_tokens as f64 / m.time_train_s.max(1e-9);
+    Ok(())
+}
+
+/// The trainer, config and progress sink of one step's training phases, and
+/// which samples get forward and backward passes.
+struct StepTrainer<'a> {
+    trainer: &'a mut Trainer,
+    config: &'a RunConfig,
+    progress: &'a mut dyn FnMut(Progress),
+    runs: Vec<bool>,
+}
+
+impl StepTrainer<'_> {
+    /// The forward and backward passes phases 5 and 6 will run, for progress.
+    /// (Zero-signal samples without a KL term run none.)
+    fn training_passes(&self, step: u64, batches: &[Vec<usize>]) -> Passes {
+        let first = batches.first().map_or(0, Vec::len);
+        let n = self.runs.iter().filter(|&&r| r).count();
+        let later = self.runs.iter().skip(first).filter(|&&r| r).count();
+        let reference = self.wants_reference() as usize;
+        Passes {
+            step: step + 1,
+            done: 0,
+            total: later + reference * n + n,
+        }
+    }
+
+    /// Whether the loss or the metrics need the reference (adapter off).
+    fn wants_reference(&self) -> bool {
+        self.config.grpo.kl_to_start || self.config.loss.kl_coef > 0.0
+    }
+
+    /// Phase 5: old (and reference) log-probs of the final sequences, from
+    /// the trainer (never the sampler's: grafted tokens were sampled in
+    /// another context). The first mini-batch trains the policy that is
+    /// current now, so its ratio is exactly 1 and its old log-probs are those
+    /// of its own forward pass: only later mini-batches need them up front.
+    fn old_logprobs(
+        &mut self,
+        samples: &[Sample],
+        batches: &[Vec<usize>],
+        passes: &mut Passes,
+    ) -> Result<StepLogprobs, GrpoError> {
+        let first = batches.first().map_or(0, Vec::len);
+        let mut old = vec![None; samples.len()];
+        let mut reference = self
+            .wants_reference()
+            .then(|| Vec::with_capacity(samples.len()));
+        for (i, s) in samples.iter().enumerate() {
+            if !self.runs[i] {
+                // Keeps the indices of `reference` aligned; never read.
+                if let Some(reference) = &mut reference {
+                    reference.push(Vec::new());
+                }
+                continue;
+            }
+            if i >= first {
+                old[i] = Some(self.trainer.logprobs(&s.tokens, true)?);
+                passes.done += 1;
+            }
+            if let Some(reference) = &mut reference {
+                reference.push(self.trainer.logprobs(&s.tokens, false)?);
+                passes.done += 1;
+            }
+            (self.progress)(passes.progress());
+        }
+        Ok(StepLogprobs { old, reference })
+    }
+
+    /// Phase 6: for each mini-batch, the clipped policy loss accumulated over
+    /// its sequences, then one AdamW update. Old log-probs the first
+    /// mini-batch lacked are filled in from its forward passes. Every update
+    /// of the step takes the learning rate of training step `step` (0-based).
+    fn update(
+        &mut self,
+        step: u64,
+        samples: &[Sample],
+        batches: &[Vec<usize>],
+        logprobs: &mut StepLogprobs,
+        passes: &mut Passes,
+        m: &mut StepMetrics,
+    ) -> Result<(), GrpoError> {
+        let mut loss = LossStats::default();
+        let mut grad_norms = Vec::new();
+        for batch in batches {
+            let shape = BatchShape::of(batch.iter().map(|&i| samples[i].weight.as_slice()));
+            for &i in batch {
+                if !self.runs[i] {
+                    continue;
+                }
+                let s = &samples[i];
+                let cfg = &self.config.loss;
+                let old_i = logprobs.old[i].as_deref();
+                let ref_i = logprobs.reference.as_ref().map(|r| r[i].as_slice());
+                let mut share = LossStats::default();
+                let lp = self.trainer.accumulate(&s.tokens, |lp| {
+                    let input = SeqLossInput {
+                        logprob: lp,
+                        old_logprob: old_i.unwrap_or(lp),
+                        ref_logprob: ref_i,
+                        advantage: &s.advantage,
+                        weight: &s.weight,
+                    };
+                    let (st, grad) = sequence_loss(cfg, &input, shape);
+                    share = st;
+                    grad
+                })?;
+                logprobs.old[i].get_or_insert(lp);
+                loss.add(&share);
+                passes.done += 1;
+                (self.progress)(passes.progress());
+            }
+            let u = self.trainer.update_at(step);
+            grad_norms.push(u.grad_norm);
+            m.lr = u.lr as f64;
+        }
+        m.record_updates(&loss, &grad_norms);
+        Ok(())
     }
 }
 

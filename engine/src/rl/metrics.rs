@@ -27,12 +27,17 @@ pub struct StepMetrics {
     pub reward_mean: f64,
     /// Share of rollouts the reward counts as solved.
     pub accuracy: f64,
-    /// Groups whose rewards were all equal (no signal; skipped).
+    /// Groups whose rewards were all equal (zero signal: advantage 0, their
+    /// tokens counted in the token-mean's denominator, no passes run).
     pub degenerate_groups: usize,
     /// Trajectories trained on (non-degenerate groups, with model tokens).
     pub trained_sequences: usize,
     /// Their loss-masked (model) tokens.
     pub trained_tokens: usize,
+    /// Model tokens of the degenerate groups' trajectories: in the
+    /// denominator, not in the gradient.
+    #[serde(default)]
+    pub zero_signal_tokens: usize,
     /// Tool executions per trajectory, rolled back ones included.
     pub tool_calls_per_trajectory: f64,
     /// Failed calls per trajectory while collecting, and left after purification.

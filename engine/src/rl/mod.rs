@@ -15,6 +15,6 @@ mod samples;
 
 pub use config::{ConfigError, MatmulPrecision, RunConfig};
 pub use eval::{evaluate, EvalError, EvalReport};
-pub use grpo::{Grpo, GrpoError, Progress};
+pub use grpo::{train_on, Grpo, GrpoError, Progress};
 pub use metrics::StepMetrics;
 pub use reward::{AnswerMatch, MathReward, Reward};

@@ -52,6 +52,12 @@ pub struct MathReward {
     /// How the answer is compared (`match`: `strict` or `math`).
     #[serde(rename = "match")]
     pub matching: AnswerMatch,
+    /// DAPO overlong shaping (applied by the GRPO loop to any reward, see
+    /// [`overlong_penalty`]): response tokens before `agent.max_response_tokens`
+    /// where the linear penalty starts; 0 turns it off.
+    pub overlong_buffer: usize,
+    /// The penalty at the response limit (and beyond).
+    pub overlong_penalty_factor: f32,
 }
 
 impl Default for MathReward {
@@ -60,6 +66,8 @@ impl Default for MathReward {
             correct: 1.0,
             wrong: -1.0,
             matching: AnswerMatch::Math,
+            overlong_buffer: 0,
+            overlong_penalty_factor: 1.0,
         }
     }
 }
@@ -109,4 +117,16 @@ mod tests {
             "{err}"
         );
     }
+}
+
+/// DAPO's overlong reward shaping: 0 up to `max_response - buffer` response
+/// tokens, then falling linearly to `-factor` at `max_response` (and
+/// `-factor` beyond it). Added to the reward; `buffer` 0 turns it off.
+pub fn overlong_penalty(response: usize, max_response: usize, buffer: usize, factor: f32) -> f32 {
+    if buffer == 0 {
+        return 0.0;
+    }
+    let expected = max_response.saturating_sub(buffer);
+    let over = response.saturating_sub(expected) as f64;
+    -((over / buffer as f64).min(1.0) * factor as f64) as f32
 }

@@ -14,6 +14,9 @@ pub struct Sample {
     pub advantage: Vec<f32>,
     /// 1 where the predicted token is a model token, else 0.
     pub weight: Vec<f32>,
+    /// From a group whose rewards are all equal: advantage 0, counted in the
+    /// token-mean's denominator, no gradient.
+    pub zero_signal: bool,
 }
 
 impl Sample {
@@ -34,6 +37,7 @@ impl Sample {
             tokens: t.tokens.iter().map(|&x| x as u32).collect(),
             advantage: vec![advantage; weight.len()],
             weight,
+            zero_signal: false,
         })
     }
 
@@ -43,13 +47,17 @@ impl Sample {
     }
 }
 
-/// The samples of `trajectories` whose advantage is defined (`None`: a
-/// degenerate group), in order.
+/// The samples of `trajectories`, in order; those of a degenerate group
+/// (advantage `None`) with advantage 0, marked [`Sample::zero_signal`].
 pub fn samples_of(trajectories: &[Trajectory], advantages: &[Option<f32>]) -> Vec<Sample> {
     trajectories
         .iter()
         .zip(advantages)
-        .filter_map(|(t, a)| Sample::new(t, (*a)?))
+        .filter_map(|(t, a)| {
+            let mut s = Sample::new(t, a.unwrap_or(0.0))?;
+            s.zero_signal = a.is_none();
+            Some(s)
+        })
         .collect()
 }
 
@@ -125,6 +133,7 @@ mod tests {
             tokens: vec![1, 2, 3],
             advantage: vec![1.0; 2],
             weight: vec![0.0, 1.0],
+            zero_signal: false,
         };
         let mut lp = StepLogprobs {
             old: vec![Some(vec![-9.0, -0.5])],
@@ -136,6 +145,7 @@ mod tests {
             tokens: vec![1, 2, 3],
             advantage: vec![1.0; 2],
             weight: vec![0.0, 1.0],
+            zero_signal: false,
         };
         assert_eq!(lp.entropy_and_kl(&[sample]), (Some(0.5), Some(0.0)));
     }

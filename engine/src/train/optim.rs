@@ -29,15 +29,18 @@ pub struct AdamWConfig {
     pub beta2: f32,
     /// Added to the second moment's root.
     pub eps: f32,
-    /// Decoupled weight decay per step (times lr).
+    /// Decoupled weight decay per update (times lr).
     pub weight_decay: f32,
     /// Clip the global L2 norm of all gradients to this (0 disables).
     pub grad_clip: f32,
-    /// Updates of linear warm-up.
+    /// Training steps of linear warm-up. A training step is what the caller
+    /// passes to [`AdamW::update_at`] (a GRPO step, whose `mini_batches`
+    /// updates share one learning rate); [`AdamW::update`] counts each
+    /// update as a step.
     pub warmup_steps: u64,
     /// Shape after warm-up.
     pub decay: Decay,
-    /// Steps over which the cosine decays (ignored for constant).
+    /// Training steps over which the cosine decays (ignored for constant).
     pub total_steps: u64,
     /// Cosine floor as a share of `lr`.
     pub min_lr_ratio: f32,
@@ -61,7 +64,7 @@ impl Default for AdamWConfig {
 }
 
 impl AdamWConfig {
-    /// Learning rate of update number `step` (0-based).
+    /// Learning rate of training step `step` (0-based).
     pub fn lr_at(&self, step: u64) -> f32 {
         if step < self.warmup_steps {
             return self.lr * (step + 1) as f32 / self.warmup_steps as f32;
@@ -124,9 +127,18 @@ impl AdamW {
         }
     }
 
-    /// One update of `params` from `grads` (same shapes). Gradients are
-    /// clipped to `grad_clip` by global norm first.
+    /// One update of `params` from `grads` (same shapes), at the learning
+    /// rate of training step `self.step` (every update its own step).
     pub fn update(&mut self, params: &mut Lora, grads: &Lora) -> UpdateStats {
+        self.update_at(params, grads, self.step)
+    }
+
+    /// One update of `params` from `grads` (same shapes) at the learning
+    /// rate of training step `train_step` (0-based): the schedule counts
+    /// training steps, so all updates of one step share its rate. Gradients
+    /// are clipped to `grad_clip` by global norm first; Adam's bias
+    /// correction counts updates.
+    pub fn update_at(&mut self, params: &mut Lora, grads: &Lora, train_step: u64) -> UpdateStats {
         let norm = grads
             .tensors()
             .flat_map(|t| t.iter())
@@ -139,7 +151,7 @@ impl AdamW {
         } else {
             1.0
         };
-        let lr = self.config.lr_at(self.step);
+        let lr = self.config.lr_at(train_step);
         self.step += 1;
         let c = &self.config;
         let bc1 = 1.0 - (c.beta1 as f64).powi(self.step as i32);

@@ -203,9 +203,20 @@ impl Trainer {
         Ok(logprobs)
     }
 
-    /// Applies the pending gradients (AdamW, global norm clip) and clears them.
+    /// Applies the pending gradients (AdamW, global norm clip) and clears
+    /// them; the schedule counts every update as a training step.
     pub fn update(&mut self) -> UpdateStats {
-        let stats = self.optim.update(&mut self.lora, &self.grads);
+        let step = self.optim.step;
+        self.update_at(step)
+    }
+
+    /// Applies the pending gradients at the learning rate of training step
+    /// `train_step` (0-based; a GRPO step's mini-batch updates share it)
+    /// and clears them.
+    pub fn update_at(&mut self, train_step: u64) -> UpdateStats {
+        let stats = self
+            .optim
+            .update_at(&mut self.lora, &self.grads, train_step);
         self.grads.tensors_mut().for_each(|t| t.fill(0.0));
         self.pending = 0;
         stats
