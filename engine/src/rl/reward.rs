@@ -93,6 +93,18 @@ impl Reward for MathReward {
     }
 }
 
+/// DAPO's overlong reward shaping: 0 up to `max_response - buffer` response
+/// tokens, then falling linearly to `-factor` at `max_response` (and
+/// `-factor` beyond it). Added to the reward; `buffer` 0 turns it off.
+pub fn overlong_penalty(response: usize, max_response: usize, buffer: usize, factor: f32) -> f32 {
+    if buffer == 0 {
+        return 0.0;
+    }
+    let expected = max_response.saturating_sub(buffer);
+    let over = response.saturating_sub(expected) as f64;
+    -((over / buffer as f64).min(1.0) * factor as f64) as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,16 +129,4 @@ mod tests {
             "{err}"
         );
     }
-}
-
-/// DAPO's overlong reward shaping: 0 up to `max_response - buffer` response
-/// tokens, then falling linearly to `-factor` at `max_response` (and
-/// `-factor` beyond it). Added to the reward; `buffer` 0 turns it off.
-pub fn overlong_penalty(response: usize, max_response: usize, buffer: usize, factor: f32) -> f32 {
-    if buffer == 0 {
-        return 0.0;
-    }
-    let expected = max_response.saturating_sub(buffer);
-    let over = response.saturating_sub(expected) as f64;
-    -((over / buffer as f64).min(1.0) * factor as f64) as f32
 }
