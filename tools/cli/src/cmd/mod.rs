@@ -29,19 +29,6 @@ pub fn load_model(spec: &str) -> Result<(PathBuf, Arc<Model>)> {
     Ok((path, Arc::new(model)))
 }
 
-/// Loads a named dataset (from `data_dir`, default the repository's data/) or
-/// a `.jsonl` file.
-pub fn load_dataset(spec: &str, data_dir: Option<&Path>) -> Result<Dataset> {
-    let data_dir = data_dir.map_or_else(default_data_dir, Path::to_path_buf);
-    let data = Dataset::load(spec, &data_dir, &Fields::default());
-    // The error names the file; a dataset's name is added, a path would repeat.
-    if spec.ends_with(".jsonl") {
-        Ok(data?)
-    } else {
-        data.with_context(|| format!("dataset {spec}"))
-    }
-}
-
 /// Which problems: a named dataset or a `.jsonl` file (`eval`, `solve`).
 #[derive(clap::Args)]
 pub struct DataArgs {
@@ -54,9 +41,17 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
-    /// The dataset (see [`load_dataset`]).
+    /// Loads the named dataset (from `data_dir`, default the repository's
+    /// data/) or the `.jsonl` file.
     pub fn load(&self) -> Result<Dataset> {
-        load_dataset(&self.dataset, self.data_dir.as_deref())
+        let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
+        let data = Dataset::load(&self.dataset, &data_dir, &Fields::default());
+        // The error names the file; a dataset's name is added, a path would repeat.
+        if self.dataset.ends_with(".jsonl") {
+            Ok(data?)
+        } else {
+            data.with_context(|| format!("dataset {}", self.dataset))
+        }
     }
 }
 
