@@ -55,13 +55,6 @@ impl std::fmt::Display for FailureClass {
     }
 }
 
-/// Compares with a class name, as statistics and tests spell classes.
-impl PartialEq<&str> for FailureClass {
-    fn eq(&self, other: &&str) -> bool {
-        self.name() == *other
-    }
-}
-
 impl Serialize for FailureClass {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.name())

@@ -29,11 +29,12 @@ pub const STRICT_WINDOW: usize = 300;
 /// `text` (the reference's strict extraction: a box that starts earlier is
 /// not read).
 pub fn last_boxed_strict(text: &str) -> Option<String> {
-    let n = text.chars().count();
+    // The window's first character, counted back from the end in one pass.
     let from = text
         .char_indices()
-        .nth(n.saturating_sub(STRICT_WINDOW))
-        .map_or(text.len(), |(i, _)| i);
+        .rev()
+        .nth(STRICT_WINDOW - 1)
+        .map_or(0, |(i, _)| i);
     last_boxed(&text[from..])
 }
 
