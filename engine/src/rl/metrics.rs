@@ -56,7 +56,7 @@ pub struct StepMetrics {
     pub response_tokens_mean: f64,
     /// Tokens sampled, corrections included.
     pub generated_tokens: usize,
-    /// Decoder loss, mean over the step's mini-batches.
+    /// Policy loss, mean over the step's mini-batches.
     pub loss: f64,
     /// Share of trained tokens whose ratio was clipped.
     pub clip_fraction: f64,

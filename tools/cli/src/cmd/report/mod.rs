@@ -87,7 +87,7 @@ pub fn run(a: Args) -> Result<()> {
             ],
         ),
         (
-            "Decoder change",
+            "Policy change",
             vec![
                 ("clip fraction", |m| Some(m.clip_fraction)),
                 ("approx. KL to sampler", |m| Some(m.approx_kl)),
