@@ -99,16 +99,17 @@ fn numpy_seconds(
         .ok_or_else(|| format!("{} printed no time", python.display()))
 }
 
-fn time_median(reps: usize, mut f: impl FnMut()) -> f64 {
-    f(); // warm-up: page in, fill caches
-    let times: Vec<f64> = (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    super::median(times)
+/// Median seconds of `reps` runs of `f` after one warm-up run; the first
+/// error `f` returns (a model that cannot run) ends the measurement.
+fn time_median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?; // warm-up: page in, fill caches
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let s = Instant::now();
+        f()?;
+        times.push(s.elapsed().as_secs_f64());
+    }
+    Ok(super::median(times))
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -173,7 +174,11 @@ pub fn run(a: Args) -> Result<()> {
                     continue;
                 };
                 let w = Weights::quantized(*ty, bytes, n_out, n_in)?;
-                let gflops = flop / time_median(a.reps, || matmul_wt(&x, t, &w, &mut y)) / 1e9;
+                let gflops =
+                    flop / time_median(a.reps, || {
+                        matmul_wt(&x, t, &w, &mut y);
+                        Ok(())
+                    })? / 1e9;
                 match base {
                     Some(base) => {
                         if t >= 512 {
@@ -230,8 +235,9 @@ fn forward_vs_llama(models: &str, threads: usize) -> Result<()> {
         reset_peak_rss();
         let ours = Transformer::open(&path)?;
         let ours_s = time_median(2, || {
-            ours.forward(&ids, None, None).expect("forward");
-        });
+            ours.forward(&ids, None, None)?;
+            Ok(())
+        })?;
         let ours_rss = super::peak_rss_mib().unwrap_or(f64::NAN);
         drop(ours);
 
@@ -246,8 +252,9 @@ fn forward_vs_llama(models: &str, threads: usize) -> Result<()> {
         };
         let mut decoder = Decoder::new(llama.clone(), &config)?;
         let llama_s = time_median(2, || {
-            decoder.score(&toks, false).expect("llama.cpp prefill");
-        });
+            decoder.score(&toks, false)?;
+            Ok(())
+        })?;
         let llama_rss = super::peak_rss_mib().unwrap_or(f64::NAN);
         println!(
             "| {name} | {:.1} | {:.1} | {:.2} | {ours_rss:.0} | {llama_rss:.0} | {file_mib:.0} |",
