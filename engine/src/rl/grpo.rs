@@ -173,7 +173,7 @@ impl Grpo {
         run_dir: &Path,
         items: Vec<Item>,
     ) -> Result<Grpo, GrpoError> {
-        if checkpoint::latest(run_dir).is_ok() {
+        if checkpoint::find_latest(run_dir).is_ok() {
             return Err(GrpoError::RunDirTaken {
                 run_dir: run_dir.to_path_buf(),
             });

@@ -35,8 +35,9 @@ pub struct DataArgs {
     /// gsm8k (test split), gsm8k-train, aime24, amc23, or a .jsonl file.
     #[arg(long, default_value = "gsm8k")]
     pub dataset: String,
-    /// Folder holding the named datasets (default: the repository's data/).
-    #[arg(long, env = "CLEANER_DATA")]
+    /// Folder holding the named datasets (default: $CLEANER_DATA, else the
+    /// repository's data/).
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
 }
 
