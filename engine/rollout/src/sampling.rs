@@ -82,27 +82,9 @@ pub struct Sampled {
     pub sampler_logprob: f32,
 }
 
-/// SplitMix64: tiny, fast and stable across versions, so a seed reproduces a
-/// rollout on any build.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x853c_49e6_748f_ea9b)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        cleaner_kernels::rng::splitmix64(&mut self.0)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+/// The seeded generator sampling draws from (it lives in `cleaner-kernels`
+/// so the sandbox seeds its guest's randomness the same way).
+pub use cleaner_kernels::rng::Rng;
 
 /// Samples one token from `logits` (one row, `n_vocab` long).
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> Sampled {

@@ -21,7 +21,7 @@ use super::capture::{Capture, CaptureFile};
 use super::events::Exit;
 use super::quota::{self, Quota};
 use super::SandboxError;
-use cleaner_kernels::rng::splitmix64;
+use cleaner_kernels::rng::Rng;
 
 /// The command line: `-S` skips `site` (nothing to find, 5-10 ms saved), `-B`
 /// writes no bytecode. The bootstrap (one line, so its traceback frame is
@@ -53,29 +53,20 @@ __run()
 /// Randomness the guest sees: a seeded generator unless host entropy is asked.
 #[derive(Debug)]
 pub(super) struct Entropy {
-    /// splitmix64 state; seeded as the rollout sampler seeds its generator
-    /// (`seed ^ SEED_MIX`), so a seed gives the guest the bytes it always did.
-    state: u64,
+    rng: Rng,
     host: bool,
 }
-
-/// Mixed into the seed before the first draw.
-const SEED_MIX: u64 = 0x853c_49e6_748f_ea9b;
 
 impl Entropy {
     fn seeded(seed: u64, host: bool) -> Entropy {
         Entropy {
-            state: seed ^ SEED_MIX,
+            rng: Rng::new(seed),
             host,
         }
     }
 
     pub fn set(&mut self, seed: u64, host: bool) {
         *self = Entropy::seeded(seed, host);
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        splitmix64(&mut self.state)
     }
 }
 
@@ -243,7 +234,7 @@ fn random_get(mut env: FunctionEnvMut<FixEnv>, buf: i32, len: i32) -> Result<i32
     let mut bytes = vec![0u8; len.max(0) as usize];
     if let Ok(mut e) = state.entropy.lock() {
         for chunk in bytes.chunks_mut(8) {
-            let v = e.next_u64().to_le_bytes();
+            let v = e.rng.next_u64().to_le_bytes();
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
     }
