@@ -6,7 +6,7 @@
 //! A starts Kaiming-uniform (PEFT's `kaiming_uniform_(a = sqrt(5))`, bound
 //! `1 / sqrt(n_in)`), B at zero, so a fresh adapter is exactly the base model.
 
-use crate::model::Transformer;
+use crate::model::{MatrixRef, Transformer};
 
 /// A projection that can carry an adapter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -119,10 +119,10 @@ pub struct Lora {
     pub layers: Vec<Vec<(Proj, LoraPair)>>,
 }
 
-/// (n_out, n_in) of a projection in `model`.
-pub fn proj_shape(model: &Transformer, layer: usize, p: Proj) -> (usize, usize) {
+/// The base matrix of projection `p` in block `layer` of `model`.
+pub fn proj_matrix(model: &Transformer, layer: usize, p: Proj) -> &MatrixRef {
     let l = &model.layers[layer];
-    let m = match p {
+    match p {
         Proj::Q => &l.wq,
         Proj::K => &l.wk,
         Proj::V => &l.wv,
@@ -130,7 +130,12 @@ pub fn proj_shape(model: &Transformer, layer: usize, p: Proj) -> (usize, usize) 
         Proj::Gate => &l.w_gate,
         Proj::Up => &l.w_up,
         Proj::Down => &l.w_down,
-    };
+    }
+}
+
+/// (n_out, n_in) of a projection in `model`.
+pub fn proj_shape(model: &Transformer, layer: usize, p: Proj) -> (usize, usize) {
+    let m = proj_matrix(model, layer, p);
     (m.n_rows, m.n_cols)
 }
 

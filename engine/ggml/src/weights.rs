@@ -11,6 +11,7 @@
 
 use crate::error::GgmlError;
 use crate::ffi::{row_size, type_name, types, Backend, Context, Tensor};
+use cleaner_models::lora::proj_matrix;
 use cleaner_models::{Config, Lora, MatrixRef, Proj, Transformer};
 
 /// A model's weights on a backend.
@@ -28,20 +29,6 @@ impl std::fmt::Debug for DeviceModel {
             .field("config", &self.config)
             .field("bytes", &self.ctx.allocated_bytes())
             .finish()
-    }
-}
-
-/// The matrix of projection `p` in block `l`.
-pub(crate) fn proj_matrix(model: &Transformer, l: usize, p: Proj) -> &MatrixRef {
-    let layer = &model.layers[l];
-    match p {
-        Proj::Q => &layer.wq,
-        Proj::K => &layer.wk,
-        Proj::V => &layer.wv,
-        Proj::O => &layer.wo,
-        Proj::Gate => &layer.w_gate,
-        Proj::Up => &layer.w_up,
-        Proj::Down => &layer.w_down,
     }
 }
 
