@@ -59,32 +59,34 @@ pub fn backward(
     let lp = lp.set_output();
     let dlp = ctx.new_tensor(types::F32, &[1, n], "dlogprob")?.set_input();
     let loss = ctx.sum(ctx.mul(lp, dlp)?)?.set_loss()?;
-    let mut params = Vec::new();
+    // Per adapted projection, its A and B marked as parameters; one list
+    // serves both the backward and reading the gradients back.
+    let mut params = Vec::with_capacity(lora.pairs().len());
     for &(l, p) in lora.pairs() {
-        if let Some((a, b)) = lora.factors(l, p) {
-            params.push(a.set_param()?);
-            params.push(b.set_param()?);
-        }
+        let (a, b) = lora.factors(l, p).ok_or_else(|| {
+            GgmlError::BadRequest(format!("adapter lacks blk.{l}.{}", p.gguf_name()))
+        })?;
+        params.push(((l, p), a.set_param()?, b.set_param()?));
     }
+    let factors: Vec<_> = params.iter().flat_map(|&(_, a, b)| [a, b]).collect();
     let mut graph = ctx.graph(&[loss], true)?;
-    graph.build_backward(loss, &params)?;
-    let mut grad_tensors = Vec::with_capacity(params.len());
-    for &p in &params {
-        // A parameter the loss does not reach has no gradient (cannot
-        // happen: every factor feeds a projection), and reads as zero.
-        grad_tensors.push(graph.grad(p).map(|g| g.set_output()));
-    }
+    graph.build_backward(loss, &factors)?;
+    // A parameter the loss does not reach has no gradient (cannot happen:
+    // every factor feeds a projection), and reads as zero.
+    let grad_tensors: Vec<_> = params
+        .iter()
+        .map(|&(pair, a, b)| (pair, [a, b].map(|f| graph.grad(f).map(|g| g.set_output()))))
+        .collect();
     ctx.allocate_graph(&graph, backend)?;
     inputs.fill(tokens, model.config().n_vocab)?;
     dlp.set_f32(dlogprob)?;
     backend.compute(&graph)?;
-    let mut it = grad_tensors.into_iter();
-    for &(l, p) in lora.pairs() {
+    for ((l, p), [grad_a, grad_b]) in grad_tensors {
         let pair = grads.pair_mut(l, p).ok_or_else(|| {
             GgmlError::BadRequest(format!("gradient buffer lacks blk.{l}.{}", p.gguf_name()))
         })?;
-        for dst in [&mut pair.a, &mut pair.b] {
-            if let Some(Some(g)) = it.next() {
+        for (dst, grad) in [(&mut pair.a, grad_a), (&mut pair.b, grad_b)] {
+            if let Some(g) = grad {
                 for (d, v) in dst.iter_mut().zip(g.get_f32()?) {
                     *d += v;
                 }
