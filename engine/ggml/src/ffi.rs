@@ -773,6 +773,12 @@ impl Context {
         sum => ggml_sum;
         /// A contiguous copy (of a permuted or viewed tensor).
         cont => ggml_cont;
+        /// `a^2`, elementwise.
+        sqr => ggml_sqr;
+        /// `sqrt(a)`, elementwise.
+        sqrt => ggml_sqrt;
+        /// `1 / (1 + e^-a)`, elementwise.
+        sigmoid => ggml_sigmoid;
     }
 
     /// `softmax(scale * a + mask)` over dim 0; `mask: [a.ne0, >= a.ne1]` f32,
@@ -946,6 +952,142 @@ impl Context {
             )
         };
         self.wrap(t, "columns")
+    }
+
+    /// A view of `a` with dims `ne` and `a`'s strides, starting `offset`
+    /// bytes into it: a slice along any dims (columns of a matrix, a block
+    /// of tokens, rows of a vocabulary chunk). Must lie inside `a`.
+    pub fn view<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        ne: [usize; 4],
+        offset: usize,
+    ) -> Result<Tensor<'a>, GgmlError> {
+        let nb = a.nb();
+        let last = ne
+            .iter()
+            .zip(nb)
+            .map(|(&n, b)| n.saturating_sub(1) * b)
+            .sum::<usize>();
+        // SAFETY: live tensor; reads its type's size.
+        let elem = unsafe { sys::ggml_type_size(a.ty()) };
+        let plain = row_size(a.ty(), 1) == Some(elem);
+        if ne.contains(&0) || !plain || offset + last + elem > a.n_bytes() {
+            return Err(GgmlError::Shape {
+                op: "view",
+                detail: format!("{ne:?} at byte {offset} of {}", describe(a)),
+            });
+        }
+        self.room(1)?;
+        let [n0, n1, n2, n3] = ne.map(|v| v as i64);
+        // SAFETY: context live with room; the view lies inside `a` (checked
+        // against its byte size with its own strides, one element per block).
+        let t = unsafe {
+            sys::ggml_view_4d(
+                self.ptr.as_ptr(),
+                a.ptr.as_ptr(),
+                n0,
+                n1,
+                n2,
+                n3,
+                nb[1],
+                nb[2],
+                nb[3],
+                offset,
+            )
+        };
+        self.wrap(t, "view")
+    }
+
+    /// `a` with dims 0 and 1 swapped (a view; [`Context::cont`] makes it
+    /// contiguous, as `mul_mat` needs).
+    pub fn transpose<'a>(&'a self, a: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
+        self.room(1)?;
+        // SAFETY: context live with room; any tensor can be transposed.
+        self.wrap(
+            unsafe { sys::ggml_transpose(self.ptr.as_ptr(), a.ptr.as_ptr()) },
+            "transpose",
+        )
+    }
+
+    /// Copies `a` into `b` (same element count, both f32; `b` may be a
+    /// view of a tensor that outlives the graph): the node that writes a
+    /// graph's result into memory of another context.
+    pub fn cpy<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
+        if a.n_elements() != b.n_elements() || a.ty() != types::F32 || b.ty() != types::F32 {
+            return Err(shape("cpy", &[a, b]));
+        }
+        self.room(1)?;
+        // SAFETY: context live with room; equal element counts, as ggml asserts.
+        self.wrap(
+            unsafe { sys::ggml_cpy(self.ptr.as_ptr(), a.ptr.as_ptr(), b.ptr.as_ptr()) },
+            "cpy",
+        )
+    }
+
+    /// `a / b` elementwise, `b` broadcast over `a`.
+    pub fn div<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
+        self.binary(a, b, "div", sys::ggml_div)
+    }
+
+    /// `s * a + bias`.
+    pub fn scale_bias<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        s: f32,
+        bias: f32,
+    ) -> Result<Tensor<'a>, GgmlError> {
+        // SAFETY (closure): as for `scale`.
+        self.unary(a, "scale_bias", |c, t| unsafe {
+            sys::ggml_scale_bias(c, t, s, bias)
+        })
+    }
+
+    /// `a` and `b` joined along `dim` (every other dim equal; f32).
+    pub fn concat<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        b: Tensor<'a>,
+        dim: usize,
+    ) -> Result<Tensor<'a>, GgmlError> {
+        let (x, y) = (a.ne(), b.ne());
+        if dim > 3
+            || (0..4).any(|i| i != dim && x[i] != y[i])
+            || a.ty() != types::F32
+            || b.ty() != types::F32
+        {
+            return Err(shape("concat", &[a, b]));
+        }
+        self.room(1)?;
+        // SAFETY: context live with room; same type, dims equal but `dim`.
+        self.wrap(
+            unsafe {
+                sys::ggml_concat(
+                    self.ptr.as_ptr(),
+                    a.ptr.as_ptr(),
+                    b.ptr.as_ptr(),
+                    dim as i32,
+                )
+            },
+            "concat",
+        )
+    }
+
+    /// `a` with `before[i]` zeros prepended and `after[i]` appended along
+    /// each dim `i` (f32).
+    pub fn pad<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        before: [usize; 4],
+        after: [usize; 4],
+    ) -> Result<Tensor<'a>, GgmlError> {
+        let [l0, l1, l2, l3] = before.map(|v| v as i32);
+        let [r0, r1, r2, r3] = after.map(|v| v as i32);
+        // SAFETY (closure): as for `scale`; ggml_pad_ext takes any f32 tensor
+        // and non-negative pads.
+        self.unary(a, "pad", |c, t| unsafe {
+            sys::ggml_pad_ext(c, t, l0, r0, l1, r1, l2, r2, l3, r3)
+        })
     }
 }
 

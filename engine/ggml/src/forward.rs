@@ -22,142 +22,95 @@
 //! rounding, and `get_rows` on quantized types runs on every backend, which
 //! the backward pass needs anyway (CUDA's OUT_PROD refuses quantized inputs).
 
+//!
+//! Attention runs in blocks of queries (block `[q0, q1)` reads keys
+//! `0..q1`, its mask the causal triangle left-padded with `q0` zeros), and
+//! the head in chunks of positions with the output matrix dequantized a
+//! vocabulary block at a time (see [`crate::seq::Chunks`]). With one block
+//! and one chunk covering the sequence, the graph is the whole-sequence
+//! forward that ggml's automatic backward differentiates
+//! ([`crate::reference`]).
+//!
+//! [`Builder::block_acts`] returns every intermediate of a block: the
+//! forward keeps only its output, the backward ([`crate::block_backward`])
+//! rebuilds the block from its saved input and reads them.
+
 use crate::error::GgmlError;
-use crate::ffi::{types, Context, Tensor};
+use crate::ffi::{Context, Tensor};
+use crate::seq::{Chunks, Seq};
 use crate::weights::{DeviceLora, DeviceModel};
 use cleaner_models::{Architecture, Proj};
 
-/// Graph inputs that the caller fills after allocation.
-pub(crate) struct Inputs<'a> {
-    /// `[n_tok]` i32 token ids.
-    pub tokens: Tensor<'a>,
-    /// `[n_tok]` i32 positions `0..n_tok`.
-    pub pos: Tensor<'a>,
-    /// `[n_tok - 1]` i32 flat indices `t * n_vocab + tokens[t + 1]` into the
-    /// logits `[n_vocab, n_tok - 1]`.
-    pub targets: Tensor<'a>,
-    /// `[n_tok, n_tok]` f32 causal mask: 0 where key <= query, -inf above.
-    pub mask: Tensor<'a>,
-    /// `(n, [n] i32 0..n)` row indices that dequantize a whole matrix of n rows.
-    pub iotas: Vec<(usize, Tensor<'a>)>,
-}
-
-impl Inputs<'_> {
-    /// Writes the input values for `tokens`.
-    pub fn fill(&self, tokens: &[u32], n_vocab: usize) -> Result<(), GgmlError> {
-        let n_tok = tokens.len();
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        self.tokens.set_i32(&ids)?;
-        self.pos.set_i32(&(0..n_tok as i32).collect::<Vec<_>>())?;
-        let targets: Vec<i32> = (0..n_tok - 1)
-            .map(|t| (t * n_vocab) as i32 + ids[t + 1])
-            .collect();
-        self.targets.set_i32(&targets)?;
-        let mut mask = vec![0f32; n_tok * n_tok];
-        for q in 0..n_tok {
-            mask[q * n_tok + q + 1..(q + 1) * n_tok].fill(f32::NEG_INFINITY);
-        }
-        self.mask.set_f32(&mask)?;
-        for (n, t) in &self.iotas {
-            t.set_i32(&(0..*n as i32).collect::<Vec<_>>())?;
-        }
-        Ok(())
-    }
-}
-
-/// Builds the log-prob graph's tensors in `ctx` (not yet a graph):
-/// returns its inputs and the log-probs, `[1, n_tok - 1]`.
-pub(crate) fn build<'a>(
-    ctx: &'a Context,
-    model: &'a DeviceModel,
-    lora: Option<&'a DeviceLora>,
-    n_tok: usize,
-) -> Result<(Inputs<'a>, Tensor<'a>), GgmlError> {
-    let b = Builder::new(ctx, model, lora, n_tok)?;
-    let mut x = b.embed()?;
-    for l in 0..model.config().n_layer {
-        x = b.block(l, x)?;
-    }
-    let lp = b.logprobs(x)?;
-    Ok((b.inputs, lp))
-}
-
-/// The pieces of the graph, each a function of its input tensor so that
-/// later graphs can cut the model where memory demands: `embed`, one
-/// `block` per layer (the unit of activation checkpointing: a backward
-/// graph rebuilds one block from its saved input), and the `logprobs` head
-/// (the unit of chunking over tokens).
+/// The pieces of the graphs, each a function of its input tensor: `embed`,
+/// one `block` per layer (the unit of activation checkpointing) and the
+/// log-prob `head` over a range of positions (the unit of chunking).
 pub(crate) struct Builder<'a> {
-    ctx: &'a Context,
-    model: &'a DeviceModel,
-    lora: Option<&'a DeviceLora>,
-    n_tok: usize,
-    pub inputs: Inputs<'a>,
+    pub ctx: &'a Context,
+    pub model: &'a DeviceModel,
+    pub lora: Option<&'a DeviceLora>,
+    pub seq: &'a Seq,
+}
+
+/// Every intermediate of one block's forward, for its backward.
+pub(crate) struct BlockActs<'a> {
+    /// `rmsnorm(x) * attn_norm`.
+    pub xn: Tensor<'a>,
+    /// q and k before their per-head norm (qwen3) and RoPE, as
+    /// `[hd, heads, T]`.
+    pub q_lin: Tensor<'a>,
+    pub k_lin: Tensor<'a>,
+    /// After RoPE: what attention reads.
+    pub q: Tensor<'a>,
+    pub k: Tensor<'a>,
+    /// `[hd, n_head_kv, T]`.
+    pub v: Tensor<'a>,
+    /// Attention output, `[q_dim, T]`.
+    pub att: Tensor<'a>,
+    /// The residual stream after attention.
+    pub x1: Tensor<'a>,
+    /// `rmsnorm(x1) * ffn_norm`.
+    pub xn2: Tensor<'a>,
+    pub gate: Tensor<'a>,
+    pub up: Tensor<'a>,
+    /// `silu(gate) * up`.
+    pub act: Tensor<'a>,
+    /// The block's output.
+    pub out: Tensor<'a>,
 }
 
 impl<'a> Builder<'a> {
-    /// Makes the graph inputs for `n_tok` tokens.
-    pub fn new(
-        ctx: &'a Context,
-        model: &'a DeviceModel,
-        lora: Option<&'a DeviceLora>,
-        n_tok: usize,
-    ) -> Result<Builder<'a>, GgmlError> {
-        let c = model.config();
-        let i32_input = |n: usize, name: &str| -> Result<Tensor<'a>, GgmlError> {
-            Ok(ctx.new_tensor(types::I32, &[n], name)?.set_input())
-        };
-        let mut iotas: Vec<(usize, Tensor<'a>)> = Vec::new();
-        for n in [c.q_dim(), c.kv_dim(), c.n_embd, c.n_ff, c.n_vocab] {
-            if !iotas.iter().any(|(m, _)| *m == n) {
-                iotas.push((n, i32_input(n, &format!("rows_0_{n}"))?));
-            }
-        }
-        let inputs = Inputs {
-            tokens: i32_input(n_tok, "tokens")?,
-            pos: i32_input(n_tok, "positions")?,
-            targets: i32_input(n_tok - 1, "targets")?,
-            mask: ctx
-                .new_tensor(types::F32, &[n_tok, n_tok], "causal_mask")?
-                .set_input(),
-            iotas,
-        };
-        Ok(Builder {
-            ctx,
-            model,
-            lora,
-            n_tok,
-            inputs,
-        })
+    pub fn chunks(&self) -> Chunks {
+        self.seq.chunks()
     }
 
     /// A weight matrix `[n_in, n_out]` dequantized to f32 (a transient).
-    fn dequant(&self, w: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
-        let n_rows = w.ne()[1] as usize;
-        let idx = self
-            .inputs
-            .iotas
-            .iter()
-            .find(|(n, _)| *n == n_rows)
-            .map(|(_, t)| *t)
-            .ok_or_else(|| GgmlError::Shape {
-                op: "dequantize",
-                detail: format!("no row index of {n_rows} rows for {w:?}"),
-            })?;
-        self.ctx.get_rows(w, idx)
+    pub fn dequant(&self, w: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
+        let rows = self.seq.rows(self.ctx, 0, w.ne()[1] as usize)?;
+        self.ctx.get_rows(w, rows)
     }
 
     /// `rmsnorm(x) * w` over dim 0.
-    fn rms(&self, x: Tensor<'a>, w: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
+    pub fn rms(&self, x: Tensor<'a>, w: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
         self.ctx
             .mul(self.ctx.rms_norm(x, self.model.config().rms_eps)?, w)
     }
 
-    fn weight(&self, l: usize, stem: &str) -> Result<Tensor<'a>, GgmlError> {
+    pub fn weight(&self, l: usize, stem: &str) -> Result<Tensor<'a>, GgmlError> {
         self.model.tensor(&format!("blk.{l}.{stem}"))
     }
 
-    /// Projection `p` of block `l` on `x: [n_in, n_tok]`, through [`linear`].
+    /// The base matrix of projection `p` in block `l` (stored type).
+    pub fn proj_weight(&self, l: usize, p: Proj) -> Result<Tensor<'a>, GgmlError> {
+        self.weight(l, &format!("{}.weight", p.gguf_name()))
+    }
+
+    /// `(A, B, alpha / rank)` of projection `p` in block `l`, if adapted.
+    pub fn factors(&self, l: usize, p: Proj) -> Option<(Tensor<'a>, Tensor<'a>, f32)> {
+        let d = self.lora?;
+        d.factors(l, p).map(|(a, b)| (a, b, d.scale()))
+    }
+
+    /// Projection `p` of block `l` on `x: [n_in, T]`, through [`linear`].
     fn lin(
         &self,
         l: usize,
@@ -165,91 +118,147 @@ impl<'a> Builder<'a> {
         x: Tensor<'a>,
         bias: Option<Tensor<'a>>,
     ) -> Result<Tensor<'a>, GgmlError> {
-        let w = self.weight(l, &format!("{}.weight", p.gguf_name()))?;
-        let lora = self
-            .lora
-            .and_then(|d| d.factors(l, p).map(|f| (f, d.scale())));
-        linear(self.ctx, x, self.dequant(w)?, bias, lora)
+        let w = self.dequant(self.proj_weight(l, p)?)?;
+        linear(self.ctx, x, w, bias, self.factors(l, p))
     }
 
-    /// The token embeddings, `[n_embd, n_tok]`.
+    /// The token embeddings, `[n_embd, T]`.
     pub fn embed(&self) -> Result<Tensor<'a>, GgmlError> {
         self.ctx
-            .get_rows(self.model.tensor("token_embd.weight")?, self.inputs.tokens)
+            .get_rows(self.model.tensor("token_embd.weight")?, self.seq.tokens()?)
     }
 
-    /// Block `l`: `x: [n_embd, n_tok]` in, the residual stream after it out.
+    /// Block `l`: `x: [n_embd, T]` in, the residual stream after it out.
     pub fn block(&self, l: usize, x: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
+        Ok(self.block_acts(l, x)?.out)
+    }
+
+    /// Block `l` with every intermediate.
+    pub fn block_acts(&self, l: usize, x: Tensor<'a>) -> Result<BlockActs<'a>, GgmlError> {
         let (ctx, model, c) = (self.ctx, self.model, self.model.config());
-        let (hd, n_tok) = (c.head_dim, self.n_tok);
+        let (hd, n_tok) = (c.head_dim, self.seq.n_tok());
         let neox = c.arch != Architecture::Llama;
         // Attention.
         let xn = self.rms(x, self.weight(l, "attn_norm.weight")?)?;
         let q = self.lin(l, Proj::Q, xn, model.layer_tensor(l, "attn_q.bias"))?;
         let k = self.lin(l, Proj::K, xn, model.layer_tensor(l, "attn_k.bias"))?;
         let v = self.lin(l, Proj::V, xn, model.layer_tensor(l, "attn_v.bias"))?;
-        let mut q = ctx.reshape(q, &[hd, c.n_head, n_tok])?;
-        let mut k = ctx.reshape(k, &[hd, c.n_head_kv, n_tok])?;
+        let q_lin = ctx.reshape(q, &[hd, c.n_head, n_tok])?;
+        let k_lin = ctx.reshape(k, &[hd, c.n_head_kv, n_tok])?;
         let v = ctx.reshape(v, &[hd, c.n_head_kv, n_tok])?;
-        if let (Some(qn), Some(kn)) = (
+        let (q_normed, k_normed) = match (
             model.layer_tensor(l, "attn_q_norm.weight"),
             model.layer_tensor(l, "attn_k_norm.weight"),
         ) {
-            q = self.rms(q, qn)?;
-            k = self.rms(k, kn)?;
-        }
-        let pos = self.inputs.pos;
-        let q = ctx.rope(q, pos, c.n_rot, neox, c.rope_freq_base)?;
-        let k = ctx.rope(k, pos, c.n_rot, neox, c.rope_freq_base)?;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let att = attention(ctx, q, k, v, self.inputs.mask, scale)?;
+            (Some(qn), Some(kn)) => (self.rms(q_lin, qn)?, self.rms(k_lin, kn)?),
+            _ => (q_lin, k_lin),
+        };
+        let pos = self.seq.pos()?;
+        let q = ctx.rope(q_normed, pos, c.n_rot, neox, c.rope_freq_base)?;
+        let k = ctx.rope(k_normed, pos, c.n_rot, neox, c.rope_freq_base)?;
+        let att = crate::attention::forward(self, q, k, v)?;
         let att = ctx.reshape(att, &[c.q_dim(), n_tok])?;
-        let x = ctx.add(x, self.lin(l, Proj::O, att, None)?)?;
+        let x1 = ctx.add(x, self.lin(l, Proj::O, att, None)?)?;
         // Feed-forward.
-        let xn = self.rms(x, self.weight(l, "ffn_norm.weight")?)?;
-        let gate = self.lin(l, Proj::Gate, xn, None)?;
-        let up = self.lin(l, Proj::Up, xn, None)?;
+        let xn2 = self.rms(x1, self.weight(l, "ffn_norm.weight")?)?;
+        let gate = self.lin(l, Proj::Gate, xn2, None)?;
+        let up = self.lin(l, Proj::Up, xn2, None)?;
         let act = ctx.mul(ctx.silu(gate)?, up)?;
-        ctx.add(x, self.lin(l, Proj::Down, act, None)?)
+        let out = ctx.add(x1, self.lin(l, Proj::Down, act, None)?)?;
+        Ok(BlockActs {
+            xn,
+            q_lin,
+            k_lin,
+            q,
+            k,
+            v,
+            att,
+            x1,
+            xn2,
+            gate,
+            up,
+            act,
+            out,
+        })
     }
 
-    /// Next-token log-probs of positions `0..n_tok - 1` from the last
-    /// block's output, `[1, n_tok - 1]`:
-    /// `logit[target] - m - log(sum(exp(logits - m)))` with `m = E_p[logit]`
-    /// (`p` the softmax). `m` is within the entropy `H(p) <= ln(n_vocab)`
-    /// below the largest logit (`lse - m = H(p)`, `lse >= max`), so no
-    /// exponential overflows and the sum is at least 1: log-probs of -100
-    /// nats and below stay exact, where `log(softmax)` would underflow.
-    /// Every op has ggml's automatic backward; `m`'s gradient cancels
-    /// (`d lse / d m = 1 - sum p`).
-    pub fn logprobs(&self, x: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
-        let (ctx, c) = (self.ctx, self.model.config());
-        let n = self.n_tok - 1;
-        let h = self.rms(x, self.model.tensor("output_norm.weight")?)?;
-        let h = ctx.columns(h, n)?;
-        let logits = ctx.mul_mat(self.dequant(self.model.output()?)?, h)?;
+    /// The output matrix's rows `[v0, v1)` dequantized, `[n_embd, v1 - v0]`.
+    pub fn output_rows(&self, v0: usize, v1: usize) -> Result<Tensor<'a>, GgmlError> {
+        let rows = self.seq.rows(self.ctx, v0, v1 - v0)?;
+        self.ctx.get_rows(self.model.output()?, rows)
+    }
+
+    /// The logits of `h: [n_embd, n]`, `[n_vocab, n]`: the output matrix
+    /// dequantized one vocabulary block at a time, the blocks' logits
+    /// joined.
+    pub fn logits(&self, h: Tensor<'a>) -> Result<Tensor<'a>, GgmlError> {
+        let n_vocab = self.model.config().n_vocab;
+        let mut logits: Option<Tensor<'a>> = None;
+        for (v0, v1) in Chunks::ranges(n_vocab, self.chunks().vocab_block) {
+            let part = self.ctx.mul_mat(self.output_rows(v0, v1)?, h)?;
+            logits = Some(match logits {
+                None => part,
+                Some(l) => self.ctx.concat(l, part, 0)?,
+            });
+        }
+        logits.ok_or_else(|| GgmlError::BadRequest("empty vocabulary".into()))
+    }
+
+    /// The final norm of positions `[t0, t1)` of the last block's output
+    /// `x: [n_embd, T]`: `(x_chunk, rmsnorm(x_chunk) * output_norm)`.
+    pub fn head_input(
+        &self,
+        x: Tensor<'a>,
+        t0: usize,
+        t1: usize,
+    ) -> Result<(Tensor<'a>, Tensor<'a>), GgmlError> {
+        let xc = if t0 == 0 && t1 as i64 == x.ne()[1] {
+            x
+        } else {
+            self.ctx
+                .view(x, [x.ne()[0] as usize, t1 - t0, 1, 1], t0 * x.nb()[1])?
+        };
+        let h = self.rms(xc, self.model.tensor("output_norm.weight")?)?;
+        Ok((xc, h))
+    }
+
+    /// Next-token log-probs of positions `[t0, t1)` from the last block's
+    /// output, `[1, t1 - t0]` (the last position's is of token 0, dropped
+    /// by the caller): `logit[target] - m - log(sum(exp(logits - m)))`
+    /// with `m = E_p[logit]` (`p` the softmax). `m` is within the entropy
+    /// `H(p) <= ln(n_vocab)` below the largest logit (`lse - m = H(p)`,
+    /// `lse >= max`), so no exponential overflows and the sum is at least
+    /// 1: log-probs of -100 nats and below stay exact, where
+    /// `log(softmax)` would underflow. Every op has ggml's automatic
+    /// backward; `m`'s gradient cancels (`d lse / d m = 1 - sum p`).
+    pub fn head(&self, x: Tensor<'a>, t0: usize, t1: usize) -> Result<Tensor<'a>, GgmlError> {
+        let ctx = self.ctx;
+        let n_vocab = self.model.config().n_vocab;
+        let (_, h) = self.head_input(x, t0, t1)?;
+        let logits = self.logits(h)?;
         let p = ctx.soft_max_ext(logits, None, 1.0)?;
         let m = ctx.sum_rows(ctx.mul(logits, p)?)?;
         let sum = ctx.sum_rows(ctx.exp(ctx.add(logits, ctx.scale(m, -1.0)?)?)?)?;
-        let flat = ctx.reshape(logits, &[1, c.n_vocab * n])?;
-        let target = ctx.get_rows(flat, self.inputs.targets)?;
+        let flat = ctx.reshape(logits, &[1, n_vocab * (t1 - t0)])?;
+        let targets = ctx.view(self.seq.target_flat()?, [t1 - t0, 1, 1, 1], t0 * 4)?;
+        let target = ctx.get_rows(flat, targets)?;
         Ok(ctx
             .sub(ctx.sub(target, m)?, ctx.log(sum)?)?
             .set_name("logprobs"))
     }
 }
 
-/// The one LoRA choke point: `x: [n_in, n_tok]`, `w: [n_in, n_out]` f32 ->
-/// `w x (+ b) + scale * B (A x)`, `[n_out, n_tok]`.
+/// The one LoRA choke point: `x: [n_in, T]`, `w: [n_in, n_out]` f32 ->
+/// `w x (+ b) + scale * B (A x)`, `[n_out, T]`.
 pub(crate) fn linear<'a>(
     ctx: &'a Context,
     x: Tensor<'a>,
     w: Tensor<'a>,
     bias: Option<Tensor<'a>>,
-    lora: Option<((Tensor<'a>, Tensor<'a>), f32)>,
+    lora: Option<(Tensor<'a>, Tensor<'a>, f32)>,
 ) -> Result<Tensor<'a>, GgmlError> {
     let mut y = ctx.mul_mat(w, x)?;
-    if let Some(((a, b), scale)) = lora {
+    if let Some((a, b, scale)) = lora {
         let u = ctx.mul_mat(a, x)?;
         y = ctx.add(y, ctx.scale(ctx.mul_mat(b, u)?, scale)?)?;
     }
@@ -257,35 +266,6 @@ pub(crate) fn linear<'a>(
         y = ctx.add(y, b)?;
     }
     Ok(y)
-}
-
-/// Causal softmax attention with GQA. `q: [hd, n_head, n_tok]`,
-/// `k, v: [hd, n_head_kv, n_tok]` -> `[hd, n_head, n_tok]`.
-fn attention<'a>(
-    ctx: &'a Context,
-    q: Tensor<'a>,
-    k: Tensor<'a>,
-    v: Tensor<'a>,
-    mask: Tensor<'a>,
-    scale: f32,
-) -> Result<Tensor<'a>, GgmlError> {
-    // [hd, n_tok, heads]: one matrix of tokens per head.
-    let qp = ctx.cont(ctx.permute(q, [0, 2, 1, 3])?)?;
-    let kp = ctx.cont(ctx.permute(k, [0, 2, 1, 3])?)?;
-    // [n_tok (keys), hd, n_head_kv]
-    let vt = ctx.cont(ctx.permute(v, [1, 2, 0, 3])?)?;
-    // [n_tok (keys), n_tok (queries), n_head]
-    let scores = ctx.mul_mat(kp, qp)?;
-    let probs = ctx.soft_max_ext(scores, Some(mask), scale)?;
-    // [hd, n_tok, n_head] -> [hd, n_head, n_tok]
-    let out = ctx.mul_mat(vt, probs)?;
-    ctx.cont(ctx.permute(out, [0, 2, 1, 3])?)
-}
-
-/// Upper bound on the tensors [`build`] makes (times `factor` for a
-/// backward pass).
-pub(crate) fn max_tensors(model: &DeviceModel, factor: usize) -> usize {
-    (128 * model.config().n_layer + 64) * factor
 }
 
 /// Checks a token sequence against the model before any graph is built.
@@ -312,25 +292,4 @@ pub(crate) fn check_tokens(model: &DeviceModel, tokens: &[u32]) -> Result<(), Gg
         return Ok(());
     };
     Err(GgmlError::BadRequest(why))
-}
-
-/// `log p(tokens[t + 1] | tokens[..=t])` for `t` in `0..n_tok - 1`, with an
-/// optional adapter, computed on `backend` (every node checked with
-/// `ggml_backend_supports_op` first).
-pub fn logprobs(
-    backend: &crate::Backend,
-    model: &DeviceModel,
-    lora: Option<&DeviceLora>,
-    tokens: &[u32],
-) -> Result<Vec<f32>, GgmlError> {
-    check_tokens(model, tokens)?;
-    let outside = model.n_tensors() + lora.map_or(0, |l| 2 * l.pairs().len());
-    let ctx = Context::new(max_tensors(model, 1), outside)?;
-    let (inputs, lp) = build(&ctx, model, lora, tokens.len())?;
-    let lp = lp.set_output();
-    let graph = ctx.graph(&[lp], false)?;
-    ctx.allocate_graph(&graph, backend)?;
-    inputs.fill(tokens, model.config().n_vocab)?;
-    backend.compute(&graph)?;
-    lp.get_f32()
 }

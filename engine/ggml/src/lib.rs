@@ -1,5 +1,5 @@
-//! The LoRA trainer on ggml: the forward (and, for now, the automatic
-//! backward) of `cleaner_models`' transformer as ggml graphs, so one graph
+//! The LoRA trainer on ggml: the forward and backward of
+//! `cleaner_models`' transformer as ggml graphs, so one graph
 //! runs on every backend llama.cpp was built with: CPU always, CUDA, Metal
 //! and Vulkan through this crate's `cuda`, `metal` and `vulkan` features
 //! (forwarded to llama-cpp-sys-2). The CPU trainer in `cleaner_models`
@@ -21,48 +21,54 @@
 //! - [`DeviceModel`]: base weights copied from the memory-mapped GGUF in
 //!   their stored quantized types (no dequantized copy); [`DeviceLora`]: A/B
 //!   as f32 tensors on the backend.
-//! - [`logprobs`]: the forward graph for llama, qwen2 and qwen3 (see
-//!   [`forward`] for the arithmetic and why products run on `get_rows`-
-//!   dequantized f32 weights).
-//! - [`backward()`]: LoRA gradients by `ggml_build_backward_expand` over the
-//!   whole sequence (see [`backward`](mod@backward) for its limits).
+//! - [`train`]: the trainer's passes as a series of small graphs over a
+//!   sequence ([`seq`]): the forward keeps each block's input
+//!   (checkpointing) and [`backward_from`] rebuilds one block at a time in
+//!   reverse and runs its backward, written from forward ops only
+//!   (dequantize with `get_rows` and multiply by the transpose, RMSNorm
+//!   and softmax backward as elementwise ops, RoPE backward as RoPE at
+//!   negated positions), so no node needs OUT_PROD, RMS_NORM_BACK or
+//!   SOFT_MAX_BACK. Attention runs in query blocks and the log-prob head
+//!   in position chunks with the output matrix dequantized a vocabulary
+//!   block at a time ([`Chunks`]): no `T x T` or `T x vocab` tensor, and
+//!   memory bounded by the chunk sizes plus the saved block inputs.
+//! - [`reference`]: ggml's automatic backward of the whole-sequence graph,
+//!   the independent check of [`train`] in the tests.
 //!
 //! # Checked (`cargo test --release -p cleaner-ggml`, ggml's CPU backend)
 //! Log-probs within `1e-3 * max(|log p|, 1)` of the CPU trainer: tiny
 //! llama/qwen2/qwen3 models in Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K with and
-//! without an adapter (measured 2.3e-6), SmolLM2-135M and
-//! Qwen2.5-Coder-0.5B on a real prompt (1.3e-5, 4.4e-5). Every LoRA
-//! gradient tensor of the tiny models: cosine >= 0.999 and relative L2
-//! error <= 1e-3 (measured 1.0000000, 7.6e-6), plus finite differences
-//! through ggml's own forward. Bad input: typed errors, no abort.
+//! without an adapter, whole and in small chunks, SmolLM2-135M and
+//! Qwen2.5-Coder-0.5B on a real prompt in several blocks and chunks. Every
+//! LoRA gradient tensor of the tiny models, from the chunked backward and
+//! from the automatic one: cosine >= 0.999 and relative L2 error <= 1e-3,
+//! plus finite differences through ggml's own chunked forward. Bad input:
+//! typed errors, no abort.
 //!
 //! # What is next (issue 17, in order)
-//! 1. Backward from forward ops, block by block: the forward graph keeps
-//!    only each block's input (f32 `[n_embd, n_tok]`); the backward
-//!    rebuilds one block at a time from it (`forward::Builder::block`, the
-//!    unit the forward is already written in), dequantizes its weights with
-//!    `get_rows` and multiplies by the transpose (no OUT_PROD on quantized
-//!    weights), RMSNorm and softmax backward as elementwise ops, so every
-//!    node passes CUDA's and Metal's `supports_op`. The automatic
-//!    [`backward()`] stays as its test reference.
-//! 2. Attention in query blocks (no `n_tok^2 x n_head` score tensor) and
-//!    the log-prob head in token chunks (`forward::Builder::logprobs` on a
-//!    column range: no `T x vocab` matrix).
-//! 3. A memory budget: graphs reserved with `ggml_gallocr_reserve` at the
-//!    configured chunk sizes, planned peak checked against the budget,
-//!    working buffers freed between steps.
-//! 4. The trainer interface (`[trainer] backend`, `device`) in the engine,
+//! 1. A memory budget: the stage graphs reserved with `ggml_gallocr_reserve`
+//!    at the configured chunk sizes, planned peak checked against the
+//!    budget, chunk sizes derived from it.
+//! 2. The trainer interface (`[trainer] backend`, `device`) in the engine,
 //!    the op audit at Qwen3-4B shapes against the vendored CUDA/Metal
 //!    `supports_op`, benches, and the GPU check script.
 
-pub mod backward;
+mod attention;
+mod block_backward;
 pub mod error;
 pub mod ffi;
 pub mod forward;
+mod head;
+pub mod reference;
+pub mod seq;
+pub mod train;
 pub mod weights;
 
-pub use backward::backward;
 pub use error::GgmlError;
 pub use ffi::{quantize, Backend, Context, Device, Graph, Tensor};
-pub use forward::logprobs;
+pub use seq::Chunks;
+pub use train::{
+    backward, backward_chunked, backward_from, forward_train, logprobs, logprobs_chunked,
+    Checkpoints,
+};
 pub use weights::{DeviceLora, DeviceModel};

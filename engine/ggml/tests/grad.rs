@@ -1,12 +1,15 @@
-//! LoRA gradients from ggml's automatic backward (CPU backend) against the
-//! CPU trainer's hand-written backward (`Transformer::backward`, itself
-//! checked against finite differences in `models/tests/grad.rs`), for the
-//! same loss `sum_t w[t] * logprob[t]` with weights of mixed sign, on tiny
-//! llama, qwen2 and qwen3 models in Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K.
+//! LoRA gradients of the ggml trainer (CPU backend) against the CPU
+//! trainer's hand-written backward (`Transformer::backward`, itself checked
+//! against finite differences in `models/tests/grad.rs`), for the same loss
+//! `sum_t w[t] * logprob[t]` with weights of mixed sign, on tiny llama,
+//! qwen2 and qwen3 models in Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K: the
+//! block-checkpointed backward built from forward ops, with one block and
+//! chunk covering the sequence and with [`SMALL`] chunks, and ggml's
+//! automatic backward of the whole-sequence graph ([`reference`]).
 
 mod common;
 
-use cleaner_ggml::{backward, DeviceLora, DeviceModel};
+use cleaner_ggml::{backward_chunked, reference, Chunks, DeviceLora, DeviceModel};
 use common::*;
 
 /// Per gradient tensor: cosine with the CPU trainer's >= COS_MIN and
@@ -15,8 +18,29 @@ const COS_MIN: f64 = 0.999;
 const REL_MAX: f64 = 1e-3;
 const N_TOK: usize = 24;
 
+/// Which ggml backward a check runs.
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    Chunked(Chunks),
+    Autograd,
+}
+
 #[test]
 fn lora_gradients_match_the_cpu_trainer() {
+    check_against_cpu(Path::Chunked(Chunks::default()));
+}
+
+#[test]
+fn chunked_lora_gradients_match_the_cpu_trainer() {
+    check_against_cpu(Path::Chunked(SMALL));
+}
+
+#[test]
+fn autograd_reference_gradients_match_the_cpu_trainer() {
+    check_against_cpu(Path::Autograd);
+}
+
+fn check_against_cpu(path: Path) {
     let (_serial, backend) = cpu();
     let (mut worst_cos, mut worst_rel) = (1f64, 0f64);
     for arch in ARCHS {
@@ -34,7 +58,13 @@ fn lora_gradients_match_the_cpu_trainer() {
             let dev = DeviceModel::upload(&model, &backend).unwrap();
             let dev_lora = DeviceLora::upload(&lora, &dev, &backend).unwrap();
             let mut g = lora.zeros_like();
-            let lp = backward(&backend, &dev, &dev_lora, &toks, &w, &mut g).unwrap();
+            let lp = match path {
+                Path::Chunked(chunks) => {
+                    backward_chunked(&backend, &dev, &dev_lora, &toks, &w, &mut g, chunks)
+                }
+                Path::Autograd => reference::backward(&backend, &dev, &dev_lora, &toks, &w, &mut g),
+            }
+            .unwrap();
             assert!(worst_rel_lp(&lp, &lp_cpu) <= 1e-3);
 
             let (mut cos_min, mut rel_max) = (1f64, 0f64);
@@ -72,7 +102,7 @@ fn lora_gradients_match_the_cpu_trainer() {
         }
     }
     eprintln!(
-        "worst over 3 families x 6 types: cosine {worst_cos:.7}, relative error {worst_rel:.2e}"
+        "{path:?}: worst over 3 families x 6 types: cosine {worst_cos:.7}, relative error {worst_rel:.2e}"
     );
 }
 
@@ -80,8 +110,8 @@ fn worst_rel_lp(a: &[f32], b: &[f32]) -> f64 {
     worst_rel(a, b)
 }
 
-/// Central finite differences of the loss through ggml's own forward (the
-/// adapter re-uploaded per step) against its backward, one parameter of
+/// Central finite differences of the loss through ggml's own chunked
+/// forward (the adapter re-uploaded per step) against its chunked backward, one parameter of
 /// every tensor of a tiny qwen3 model: the backward is the derivative of the
 /// function the device computes, not only close to the CPU trainer's.
 /// Bound as in `models/tests/grad.rs`: |analytic - numeric| <= FD_TOL *
@@ -106,10 +136,11 @@ fn lora_gradients_match_finite_differences_through_ggml() {
     let dev = DeviceModel::upload(&model, &backend).unwrap();
     let dev_lora = DeviceLora::upload(&lora, &dev, &backend).unwrap();
     let mut g = lora.zeros_like();
-    backward(&backend, &dev, &dev_lora, &toks, &w, &mut g).unwrap();
+    backward_chunked(&backend, &dev, &dev_lora, &toks, &w, &mut g, SMALL).unwrap();
     let loss = |l: &cleaner_models::Lora| -> f64 {
         dev_lora.set(l).unwrap();
-        let lp = cleaner_ggml::logprobs(&backend, &dev, Some(&dev_lora), &toks).unwrap();
+        let lp =
+            cleaner_ggml::logprobs_chunked(&backend, &dev, Some(&dev_lora), &toks, SMALL).unwrap();
         lp.iter().zip(&w).map(|(a, b)| *a as f64 * *b as f64).sum()
     };
     let mut worst = 0f64;

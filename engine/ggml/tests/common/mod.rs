@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use cleaner_ggml::{quantize, Backend, Device};
+use cleaner_ggml::{quantize, Backend, Chunks, Device};
 use cleaner_kernels::quant::QuantType;
 use cleaner_models::tiny::{tiny_model, TinySpec};
 use cleaner_models::{Architecture, GgufFile, GgufWriter, Lora, LoraConfig, Transformer};
@@ -119,13 +119,25 @@ pub fn worst_rel(a: &[f32], b: &[f32]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Chunk sizes far below the tests' sequence lengths and vocabularies, so
+/// that attention runs in several query blocks (a last, shorter one
+/// included), the head in several position chunks and the output matrix in
+/// several vocabulary blocks.
+pub const SMALL: Chunks = Chunks {
+    query_block: 7,
+    head_tokens: 9,
+    vocab_block: 40,
+};
+
 /// Per-token log-probs of `toks` from the CPU trainer and from ggml on
-/// `backend`: `[(cpu, ggml) without the adapter, (cpu, ggml) with it]`.
+/// `backend` with `chunks`: `[(cpu, ggml) without the adapter, (cpu, ggml)
+/// with it]`.
 pub fn cpu_and_ggml_logprobs(
     model: &Transformer,
     lora: &Lora,
     backend: &Backend,
     toks: &[u32],
+    chunks: Chunks,
 ) -> [(Vec<f32>, Vec<f32>); 2] {
     let dev = cleaner_ggml::DeviceModel::upload(model, backend).unwrap();
     let dev_lora = cleaner_ggml::DeviceLora::upload(lora, &dev, backend).unwrap();
@@ -134,8 +146,14 @@ pub fn cpu_and_ggml_logprobs(
             .forward(toks, with_lora.then_some(lora), None)
             .unwrap()
             .logprobs;
-        let ours =
-            cleaner_ggml::logprobs(backend, &dev, with_lora.then_some(&dev_lora), toks).unwrap();
+        let ours = cleaner_ggml::logprobs_chunked(
+            backend,
+            &dev,
+            with_lora.then_some(&dev_lora),
+            toks,
+            chunks,
+        )
+        .unwrap();
         (cpu, ours)
     })
 }

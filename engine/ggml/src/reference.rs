@@ -1,23 +1,32 @@
-//! LoRA gradients through ggml's automatic differentiation: the forward graph
-//! of [`crate::forward`], a loss `sum_t dlogprob[t] * logprob[t]` (the
-//! contract of `cleaner_models::Transformer::backward`: the caller's loss
-//! gives `dlogprob`), the adapter's A and B factors as the only parameters,
-//! and `ggml_build_backward_expand` for the rest.
+//! The test reference for [`crate::train`]: LoRA gradients through ggml's
+//! automatic differentiation of the whole-sequence forward (one query
+//! block, one head chunk, one vocabulary block: the same [`Builder`]
+//! pieces in a single graph), a loss `sum_t dlogprob[t] * logprob[t]` (the
+//! contract of `cleaner_models::Transformer::backward`), the adapter's A
+//! and B factors as the only parameters, and `ggml_build_backward_expand`
+//! for the rest.
 //!
-//! This differentiates the whole sequence at once and keeps every
-//! activation, including each layer's dequantized weights and its
-//! `n_tok x n_tok x n_head` attention scores, until the backward uses them:
-//! right for tests and short sequences, not for T = 4096. The backward also
-//! uses OUT_PROD, RMS_NORM_BACK and SOFT_MAX_BACK, which ggml's CPU backend
-//! runs and some GPU backends lack; [`crate::ffi::Backend::compute`] refuses
-//! such a graph with a typed error before running it. The block-checkpointed
-//! backward built from forward ops replaces it (see the crate docs).
+//! It keeps every activation of the sequence, including `T x T x n_head`
+//! attention scores, and its backward uses OUT_PROD, RMS_NORM_BACK and
+//! SOFT_MAX_BACK, which some GPU backends lack: right for tests on the CPU
+//! backend, not for training.
 
 use crate::error::GgmlError;
 use crate::ffi::{types, Backend, Context};
-use crate::forward::{build, check_tokens, max_tensors};
+use crate::forward::{check_tokens, Builder};
+use crate::seq::{Chunks, Keep, Seq};
+use crate::train::check_grads;
 use crate::weights::{DeviceLora, DeviceModel};
 use cleaner_models::Lora;
+
+/// Chunk sizes that make every piece cover the whole sequence.
+fn whole(model: &DeviceModel, n_tok: usize) -> Chunks {
+    Chunks {
+        query_block: n_tok,
+        head_tokens: n_tok,
+        vocab_block: model.config().n_vocab,
+    }
+}
 
 /// Adds into `grads` (an adapter shaped like the one on the device, e.g.
 /// from [`Lora::zeros_like`]) the gradient of `sum_t dlogprob[t] *
@@ -32,31 +41,30 @@ pub fn backward(
     grads: &mut Lora,
 ) -> Result<Vec<f32>, GgmlError> {
     check_tokens(model, tokens)?;
-    let n = tokens.len() - 1;
-    if dlogprob.len() != n {
+    let n = tokens.len();
+    if dlogprob.len() + 1 != n {
         return Err(GgmlError::BadRequest(format!(
-            "{} log-prob gradients for {} tokens (expected {n})",
+            "{} log-prob gradients for {n} tokens (expected {})",
             dlogprob.len(),
-            tokens.len()
+            n - 1
         )));
     }
-    for &(l, p) in lora.pairs() {
-        let fits = grads.pair(l, p).is_some_and(|g| {
-            let (n_out, n_in) = crate::weights::proj_dims(model.config(), p);
-            g.a.len() == lora.rank() * n_in && g.b.len() == n_out * lora.rank()
-        });
-        if !fits {
-            return Err(GgmlError::BadRequest(format!(
-                "gradient buffer lacks blk.{l}.{} of rank {}",
-                p.gguf_name(),
-                lora.rank()
-            )));
-        }
+    check_grads(model, lora, grads)?;
+    let seq = Seq::new(backend, model, tokens, whole(model, n), Keep::PingPong)?;
+    let outside = model.n_tensors() + 2 * lora.pairs().len() + seq.n_tensors();
+    let ctx = Context::new((128 * model.config().n_layer + 64) * 10, outside)?;
+    let b = Builder {
+        ctx: &ctx,
+        model,
+        lora: Some(lora),
+        seq: &seq,
+    };
+    let mut x = b.embed()?;
+    for l in 0..model.config().n_layer {
+        x = b.block(l, x)?;
     }
-    let outside = model.n_tensors() + 2 * lora.pairs().len();
-    let ctx = Context::new(max_tensors(model, 10), outside)?;
-    let (inputs, lp) = build(&ctx, model, Some(lora), tokens.len())?;
-    let lp = lp.set_output();
+    // All n positions; the last one's (of token 0) gets weight 0.
+    let lp = b.head(x, 0, n)?.set_output();
     let dlp = ctx.new_tensor(types::F32, &[1, n], "dlogprob")?.set_input();
     let loss = ctx.sum(ctx.mul(lp, dlp)?)?.set_loss()?;
     // Per adapted projection, its A and B marked as parameters; one list
@@ -78,8 +86,9 @@ pub fn backward(
         .map(|&(pair, a, b)| (pair, [a, b].map(|f| graph.grad(f).map(|g| g.set_output()))))
         .collect();
     ctx.allocate_graph(&graph, backend)?;
-    inputs.fill(tokens, model.config().n_vocab)?;
-    dlp.set_f32(dlogprob)?;
+    let mut padded = dlogprob.to_vec();
+    padded.push(0.0);
+    dlp.set_f32(&padded)?;
     backend.compute(&graph)?;
     for ((l, p), [grad_a, grad_b]) in grad_tensors {
         let pair = grads.pair_mut(l, p).ok_or_else(|| {
@@ -93,5 +102,7 @@ pub fn backward(
             }
         }
     }
-    lp.get_f32()
+    let mut lp = lp.get_f32()?;
+    lp.truncate(n - 1);
+    Ok(lp)
 }
