@@ -55,7 +55,10 @@ for t in ${GPU_TESTS:-$staged}; do
   [ "$t" = forward ] && filter="smollm2"
   start=$SECONDS
   [ $((deadline - SECONDS)) -gt 20 ] || { note "test $t: not run (deadline)"; continue; }
-  timeout "$(limit 90)" "$stage/bin/$t" $filter >"$out/test-$t.log" 2>&1
+  # The ggml trainer's tests compare it on the GPU against the CPU trainer.
+  device=""
+  case "$t" in ggml-*) device=cuda ;; esac
+  CLEANER_GGML_DEVICE=$device timeout "$(limit 90)" "$stage/bin/$t" $filter >"$out/test-$t.log" 2>&1
   rc=$?
   note "test $t: rc $rc, $((SECONDS - start)) s, $(grep -h '^test result' "$out/test-$t.log" | tail -n 1)"
   [ $rc -eq 0 ] || grep -h -A12 -- '---- \|panicked' "$out/test-$t.log" | head -n 40 | tee -a "$summary"

@@ -47,6 +47,16 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["target"]["name"], m["executable"])')
+# The ggml trainer's agreement tests (they run on CLEANER_GGML_DEVICE), staged
+# as ggml-NAME: the root package has a `forward` test of its own.
+mapfile -t ggml_exes < <(cargo test --release -p cleaner-ggml --features cuda --no-run \
+  --test forward --test grad --test errors --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print("ggml-" + m["target"]["name"], m["executable"])')
+exes+=("${ggml_exes[@]}")
 
 # llama-batched-bench on the same ggml build (CUDA included): only llama and
 # the tool are compiled again, for the CPU.

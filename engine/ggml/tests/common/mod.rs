@@ -96,17 +96,22 @@ pub fn tokens(n_tok: usize, n_vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-/// The CPU backend on two threads, with a lock held for the test's length:
-/// ggml's CPU workers (and the CPU trainer's) spin while they wait, so two
-/// tests computing at once on a 2-core machine slow each other many times
-/// over; tests of one binary take turns.
+/// The backend under test, with a lock held for the test's length: ggml's
+/// CPU workers (and the CPU trainer's) spin while they wait, so two tests
+/// computing at once on a 2-core machine slow each other many times over;
+/// tests of one binary take turns. ggml's CPU backend on two threads,
+/// unless `CLEANER_GGML_DEVICE` names another (`cuda`, `metal`, `vulkan`:
+/// the GPU check script runs the same agreement tests on the GPU).
 pub fn cpu() -> (MutexGuard<'static, ()>, Backend) {
     static LOCK: Mutex<()> = Mutex::new(());
     let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    (
-        guard,
-        Backend::new(Device::Cpu, 2).expect("ggml CPU backend"),
-    )
+    let device = match std::env::var("CLEANER_GGML_DEVICE") {
+        Ok(name) if !name.trim().is_empty() => Device::parse(&name)
+            .unwrap_or_else(|| panic!("CLEANER_GGML_DEVICE={name}: not a device name")),
+        _ => Device::Cpu,
+    };
+    let backend = Backend::new(device, 2).unwrap_or_else(|e| panic!("{device}: {e}"));
+    (guard, backend)
 }
 
 /// Largest `|a - b| / max(|b|, 1)`: relative for log-probs beyond one nat,
