@@ -69,6 +69,6 @@ pub use ffi::{quantize, Backend, Context, Device, Graph, Tensor};
 pub use seq::Chunks;
 pub use train::{
     backward, backward_chunked, backward_from, forward_train, logprobs, logprobs_chunked,
-    Checkpoints,
+    Checkpoints, Stage,
 };
 pub use weights::{DeviceLora, DeviceModel};

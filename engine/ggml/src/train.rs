@@ -16,12 +16,12 @@
 
 use crate::block_backward::{self, FactorGrads};
 use crate::error::GgmlError;
-use crate::ffi::{Backend, Context, Tensor};
+use crate::ffi::{Backend, Context, Graph, Tensor};
 use crate::forward::{check_tokens, Builder};
 use crate::head;
 use crate::seq::{Chunks, Keep, Seq};
 use crate::weights::{proj_dims, DeviceLora, DeviceModel};
-use cleaner_models::Lora;
+use cleaner_models::{Lora, Proj};
 
 /// A sequence after a training forward: its block inputs on the device,
 /// ready for [`backward_from`].
@@ -39,16 +39,56 @@ impl Checkpoints {
     }
 }
 
-/// Runs one graph over `seq`: `build` makes its outputs (side-effect nodes
-/// such as copies into the sequence's buffers included), `read` reads them
-/// back after the compute.
-fn run<'s, R>(
-    backend: &Backend,
-    model: &'s DeviceModel,
-    lora: Option<&'s DeviceLora>,
-    seq: &'s Seq,
-    build: impl for<'a> FnOnce(&Builder<'a>) -> Result<Vec<Tensor<'a>>, GgmlError>,
-    read: impl for<'a> FnOnce(&[Tensor<'a>]) -> Result<R, GgmlError>,
+/// One graph of a pass over a sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Token embeddings into residual slot 0.
+    Embed,
+    /// Block `l`: slot `l` in, slot `l + 1` out.
+    Block(usize),
+    /// Log-probs of positions `[t0, t1)` from the last slot.
+    Head(usize, usize),
+    /// The head's backward for positions `[t0, t1)` into gradient buffer 0.
+    HeadBackward(usize, usize),
+    /// Block `l`'s backward: its LoRA gradients, and its input's gradient
+    /// into the other gradient buffer (not for block 0, where nothing
+    /// needs it).
+    BlockBackward(usize),
+}
+
+impl Stage {
+    /// Every stage of a forward (`training = false`) or a training step
+    /// (forward and backward) over `n_tok` tokens, in order.
+    pub fn all(n_layer: usize, n_tok: usize, chunks: Chunks, training: bool) -> Vec<Stage> {
+        let heads = || Chunks::ranges(n_tok, chunks.head_tokens);
+        let mut v = vec![Stage::Embed];
+        v.extend((0..n_layer).map(Stage::Block));
+        v.extend(heads().map(|(a, b)| Stage::Head(a, b)));
+        if training {
+            v.extend(heads().map(|(a, b)| Stage::HeadBackward(a, b)));
+            v.extend((0..n_layer).rev().map(Stage::BlockBackward));
+        }
+        v
+    }
+}
+
+/// A built stage: its graph, its outputs, and for a block backward the
+/// `(layer, projection)` of each pair of gradient outputs (A then B),
+/// which come first.
+pub(crate) struct Built<'a> {
+    pub graph: Graph<'a>,
+    pub outputs: Vec<Tensor<'a>>,
+    pub pairs: Vec<(usize, Proj)>,
+}
+
+/// Builds `stage`'s graph over `seq` in a fresh context and hands it to
+/// `use_graph` (compute it, plan it, audit it).
+pub(crate) fn with_stage<R>(
+    model: &DeviceModel,
+    lora: Option<&DeviceLora>,
+    seq: &Seq,
+    stage: Stage,
+    use_graph: impl for<'a> FnOnce(&'a Context, Built<'a>) -> Result<R, GgmlError>,
 ) -> Result<R, GgmlError> {
     let chunks = seq.chunks();
     let n_tok = seq.n_tok();
@@ -66,11 +106,85 @@ fn run<'s, R>(
         lora,
         seq,
     };
-    let outputs: Vec<Tensor<'_>> = build(&b)?.into_iter().map(|t| t.set_output()).collect();
+    let mut pairs = Vec::new();
+    let outputs = build_stage(&b, stage, &mut pairs)?;
+    let outputs: Vec<Tensor<'_>> = outputs.into_iter().map(|t| t.set_output()).collect();
     let graph = ctx.graph(&outputs, false)?;
-    ctx.allocate_graph(&graph, backend)?;
-    backend.compute(&graph)?;
-    read(&outputs)
+    use_graph(
+        &ctx,
+        Built {
+            graph,
+            outputs,
+            pairs,
+        },
+    )
+}
+
+/// The outputs of `stage` (copies into the sequence's buffers included).
+fn build_stage<'a>(
+    b: &Builder<'a>,
+    stage: Stage,
+    pairs: &mut Vec<(usize, Proj)>,
+) -> Result<Vec<Tensor<'a>>, GgmlError> {
+    let (ctx, seq) = (b.ctx, b.seq);
+    let n_layer = b.model.config().n_layer;
+    let n_embd = b.model.config().n_embd;
+    Ok(match stage {
+        Stage::Embed => vec![ctx.cpy(b.embed()?, seq.x(0)?)?],
+        Stage::Block(l) => vec![ctx.cpy(b.block(l, seq.x(l)?)?, seq.x(l + 1)?)?],
+        Stage::Head(t0, t1) => vec![b.head(seq.x(n_layer)?, t0, t1)?],
+        Stage::HeadBackward(t0, t1) => {
+            let dx = head::backward(b, seq.x(n_layer)?, t0, t1)?;
+            let dst = ctx.view(seq.dx(0)?, [n_embd, t1 - t0, 1, 1], t0 * n_embd * 4)?;
+            vec![ctx.cpy(dx, dst)?]
+        }
+        Stage::BlockBackward(l) => {
+            // Block l reads gradient buffer (n_layer - 1 - l) and writes
+            // the other one.
+            let read = n_layer - 1 - l;
+            let mut grads: Vec<FactorGrads<'_>> = Vec::new();
+            let dx = block_backward::backward(b, l, seq.x(l)?, seq.dx(read)?, &mut grads)?;
+            let mut outs = Vec::with_capacity(2 * grads.len() + 1);
+            for g in grads {
+                pairs.push((g.layer, g.proj));
+                outs.push(g.a);
+                outs.push(g.b);
+            }
+            if l > 0 {
+                outs.push(ctx.cpy(dx, seq.dx(read + 1)?)?);
+            }
+            outs
+        }
+    })
+}
+
+/// A computed stage's read-back values and the pairs its gradients belong to.
+type StageValues = (Vec<Vec<f32>>, Vec<(usize, Proj)>);
+
+/// Computes `stage` on `backend`; returns the values of its log-prob or
+/// gradient outputs (none for stages that only write the sequence's
+/// buffers) with the pairs the gradients belong to.
+fn run(
+    backend: &Backend,
+    model: &DeviceModel,
+    lora: Option<&DeviceLora>,
+    seq: &Seq,
+    stage: Stage,
+) -> Result<StageValues, GgmlError> {
+    with_stage(model, lora, seq, stage, |ctx, built| {
+        ctx.allocate_graph(&built.graph, backend)?;
+        backend.compute(&built.graph)?;
+        let n_read = match stage {
+            Stage::Head(..) => 1,
+            Stage::BlockBackward(_) => 2 * built.pairs.len(),
+            _ => 0,
+        };
+        let values = built.outputs[..n_read]
+            .iter()
+            .map(|t| t.get_f32())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((values, built.pairs))
+    })
 }
 
 /// The forward over `seq` (filled for `tokens`): the per-position log-probs,
@@ -81,41 +195,13 @@ fn forward(
     lora: Option<&DeviceLora>,
     seq: &Seq,
 ) -> Result<Vec<f32>, GgmlError> {
-    let n_layer = model.config().n_layer;
-    run(
-        backend,
-        model,
-        lora,
-        seq,
-        |b| Ok(vec![b.ctx.cpy(b.embed()?, b.seq.x(0)?)?]),
-        |_| Ok(()),
-    )?;
-    for l in 0..n_layer {
-        run(
-            backend,
-            model,
-            lora,
-            seq,
-            |b| {
-                Ok(vec![b
-                    .ctx
-                    .cpy(b.block(l, b.seq.x(l)?)?, b.seq.x(l + 1)?)?])
-            },
-            |_| Ok(()),
-        )?;
-    }
     let n = seq.n_tok();
     let mut lp = Vec::with_capacity(n);
-    for (t0, t1) in Chunks::ranges(n, seq.chunks().head_tokens) {
-        let part = run(
-            backend,
-            model,
-            lora,
-            seq,
-            |b| Ok(vec![b.head(b.seq.x(n_layer)?, t0, t1)?]),
-            |out| out[0].get_f32(),
-        )?;
-        lp.extend(part);
+    for stage in Stage::all(model.config().n_layer, n, seq.chunks(), false) {
+        let (values, _) = run(backend, model, lora, seq, stage)?;
+        for v in values {
+            lp.extend(v);
+        }
     }
     // The last position predicts nothing.
     lp.truncate(n - 1);
@@ -198,58 +284,14 @@ pub fn backward_from(
     let mut g = dlogprob.to_vec();
     g.push(0.0);
     seq.dlogprob()?.set_f32(&g)?;
-    let n_layer = model.config().n_layer;
-    let n_embd = model.config().n_embd;
-    // The head's backward, chunk by chunk, into gradient buffer 0.
-    for (t0, t1) in Chunks::ranges(n, seq.chunks().head_tokens) {
-        run(
-            backend,
-            model,
-            Some(lora),
-            seq,
-            |b| {
-                let dx = head::backward(b, b.seq.x(n_layer)?, t0, t1)?;
-                let dst = b
-                    .ctx
-                    .view(b.seq.dx(0)?, [n_embd, t1 - t0, 1, 1], t0 * n_embd * 4)?;
-                Ok(vec![b.ctx.cpy(dx, dst)?])
-            },
-            |_| Ok(()),
-        )?;
-    }
-    // Blocks in reverse: block l reads gradient buffer (n_layer - 1 - l)
-    // and writes the other one; block 0's input gradient is not needed.
-    for l in (0..n_layer).rev() {
-        let read_buf = n_layer - 1 - l;
-        // Filled by the build, read by the read-back (both borrow it).
-        let pairs = std::cell::RefCell::new(Vec::new());
-        let values = run(
-            backend,
-            model,
-            Some(lora),
-            seq,
-            |b| {
-                let mut fg: Vec<FactorGrads<'_>> = Vec::new();
-                let dx = block_backward::backward(b, l, b.seq.x(l)?, b.seq.dx(read_buf)?, &mut fg)?;
-                let mut outs = Vec::with_capacity(2 * fg.len() + 1);
-                for f in fg {
-                    pairs.borrow_mut().push((f.layer, f.proj));
-                    outs.push(f.a);
-                    outs.push(f.b);
-                }
-                if l > 0 {
-                    outs.push(b.ctx.cpy(dx, b.seq.dx(read_buf + 1)?)?);
-                }
-                Ok(outs)
-            },
-            |outs| {
-                outs.iter()
-                    .take(2 * pairs.borrow().len())
-                    .map(|t| t.get_f32())
-                    .collect::<Result<Vec<_>, _>>()
-            },
-        )?;
-        for (i, (layer, proj)) in pairs.into_inner().into_iter().enumerate() {
+    let c = model.config();
+    let stages = Stage::all(c.n_layer, n, seq.chunks(), true);
+    for stage in stages
+        .into_iter()
+        .filter(|s| matches!(s, Stage::HeadBackward(..) | Stage::BlockBackward(_)))
+    {
+        let (values, pairs) = run(backend, model, Some(lora), seq, stage)?;
+        for (i, (layer, proj)) in pairs.into_iter().enumerate() {
             let pair = grads.pair_mut(layer, proj).ok_or_else(|| {
                 GgmlError::BadRequest(format!(
                     "gradient buffer lacks blk.{layer}.{}",
