@@ -26,6 +26,12 @@
 //!   dequantized f32 weights).
 //! - [`backward()`]: LoRA gradients by `ggml_build_backward_expand` over the
 //!   whole sequence (see [`backward`](mod@backward) for its limits).
+//! - [`audit`]: the op audit. The pinned ggml's CUDA and Metal
+//!   `supports_op`, transcribed into pure Rust over a node description
+//!   (op, op params, types, shapes, strides), so any machine can tell which
+//!   nodes of a graph those GPUs would refuse ([`audit::audit`] gives a
+//!   [`audit::Violation`] per node naming op, types and rule); ops it does
+//!   not transcribe count as refused.
 //!
 //! # Checked (`cargo test --release -p cleaner-ggml`, ggml's CPU backend)
 //! Log-probs within `1e-3 * max(|log p|, 1)` of the CPU trainer: tiny
@@ -52,15 +58,17 @@
 //!    configured chunk sizes, planned peak checked against the budget,
 //!    working buffers freed between steps.
 //! 4. The trainer interface (`[trainer] backend`, `device`) in the engine,
-//!    the op audit at Qwen3-4B shapes against the vendored CUDA/Metal
-//!    `supports_op`, benches, and the GPU check script.
+//!    the op audit of every graph the trainer makes (today's forward
+//!    passes it, see [`audit`]), benches, and the GPU check script.
 
+pub mod audit;
 pub mod backward;
 pub mod error;
 pub mod ffi;
 pub mod forward;
 pub mod weights;
 
+pub use audit::{audit, GpuTarget, Violation};
 pub use backward::backward;
 pub use error::GgmlError;
 pub use ffi::{quantize, Backend, Context, Device, Graph, Tensor};
