@@ -31,7 +31,11 @@
 //!   (op, op params, types, shapes, strides), so any machine can tell which
 //!   nodes of a graph those GPUs would refuse ([`audit::audit`] gives a
 //!   [`audit::Violation`] per node naming op, types and rule); ops it does
-//!   not transcribe count as refused.
+//!   not transcribe count as refused. [`shapes`] holds weightless model
+//!   shapes (Qwen2.5-0.5B and Qwen3-4B in Q4_K_M), [`DeviceModel::planned`]
+//!   turns one into tensors without memory, [`plan`] builds today's graphs
+//!   over them and [`plan::plan_bytes`] plans a graph's working memory with
+//!   ggml's graph allocator without allocating it.
 //!
 //! # Checked (`cargo test --release -p cleaner-ggml`, ggml's CPU backend)
 //! Log-probs within `1e-3 * max(|log p|, 1)` of the CPU trainer: tiny
@@ -66,6 +70,8 @@ pub mod backward;
 pub mod error;
 pub mod ffi;
 pub mod forward;
+pub mod plan;
+pub mod shapes;
 pub mod weights;
 
 pub use audit::{audit, GpuTarget, Violation};
@@ -73,4 +79,5 @@ pub use backward::backward;
 pub use error::GgmlError;
 pub use ffi::{quantize, Backend, Context, Device, Graph, Tensor};
 pub use forward::logprobs;
+pub use plan::plan_bytes;
 pub use weights::{DeviceLora, DeviceModel};

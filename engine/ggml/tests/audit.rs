@@ -1,0 +1,158 @@
+//! The op audit on the graphs the trainer builds today, at the shapes and
+//! weight types of Qwen2.5-0.5B and Qwen3-4B in Q4_K_M (no weights: planned
+//! tensors without memory): the forward must pass CUDA's and Metal's
+//! `supports_op` as transcribed in `cleaner_ggml::audit`; ggml's automatic
+//! backward must fail it with exactly the ops it is known to need and
+//! Metal to lack, which shows the audit can fail.
+
+use cleaner_ggml::audit::{audit, GpuTarget, Node, Violation};
+use cleaner_ggml::plan::{
+    autograd_backward_graph, backward_context, forward_context, forward_graph,
+};
+use cleaner_ggml::shapes::{qwen2_5_coder_0_5b_q4_k_m, qwen3_4b_q4_k_m, ModelShape};
+use cleaner_ggml::{DeviceLora, DeviceModel, Graph};
+use cleaner_models::Proj;
+use std::collections::BTreeSet;
+
+/// LoRA as the issue sizes it: rank 16 on every projection.
+const RANK: usize = 16;
+
+fn shapes() -> [ModelShape; 2] {
+    [qwen2_5_coder_0_5b_q4_k_m(), qwen3_4b_q4_k_m()]
+}
+
+fn list(v: &[Violation]) -> String {
+    v.iter()
+        .map(|v| format!("  {v}\n"))
+        .collect::<Vec<_>>()
+        .concat()
+}
+
+#[test]
+fn forward_runs_on_cuda_and_metal_at_qwen_shapes() {
+    for shape in shapes() {
+        let model = DeviceModel::planned(&shape).unwrap();
+        let lora = DeviceLora::planned(&model, RANK, 32.0, &Proj::ALL).unwrap();
+        for lora in [None, Some(&lora)] {
+            let ctx = forward_context(&model, lora).unwrap();
+            let graph = forward_graph(&ctx, &model, lora, 4096).unwrap();
+            for target in GpuTarget::ALL {
+                let v = audit(&graph, target);
+                assert!(
+                    v.is_empty(),
+                    "{} forward (adapter: {}) on {target}: {} nodes refused:\n{}",
+                    shape.name,
+                    lora.is_some(),
+                    v.len(),
+                    list(&v)
+                );
+            }
+            eprintln!(
+                "{} forward, T = 4096, adapter {}: {} nodes, all run on CUDA and Metal",
+                shape.name,
+                lora.is_some(),
+                graph.n_nodes()
+            );
+        }
+    }
+}
+
+/// The ops of `v`, by ggml's description.
+fn ops(v: &[Violation]) -> BTreeSet<String> {
+    v.iter().map(|v| v.op.clone()).collect()
+}
+
+#[test]
+fn autograd_backward_fails_with_the_ops_metal_lacks() {
+    // ggml's backward of the forward: OUT_PROD for every product's
+    // gradient, RMS_NORM_BACK, SOFT_MAX_BACK for the attention and the
+    // log-softmax head, GET_ROWS_BACK for the gather of the target logits,
+    // REPEAT_BACK for the head's row mean broadcast over the vocabulary.
+    // Metal's supports_op has none of them; CUDA runs all five on the f32
+    // operands this graph gives them (its OUT_PROD refuses only non-f32, and
+    // the forward dequantizes every weight before its product).
+    let metal_lacks: BTreeSet<String> = [
+        "GET_ROWS_BACK",
+        "OUT_PROD",
+        "REPEAT_BACK",
+        "RMS_NORM_BACK",
+        "SOFT_MAX_BACK",
+    ]
+    .map(String::from)
+    .into();
+    for shape in shapes() {
+        let model = DeviceModel::planned(&shape).unwrap();
+        let lora = DeviceLora::planned(&model, RANK, 32.0, &Proj::ALL).unwrap();
+        let ctx = backward_context(&model, &lora).unwrap();
+        let graph = autograd_backward_graph(&ctx, &model, &lora, 32).unwrap();
+        let cuda = audit(&graph, GpuTarget::Cuda);
+        assert!(
+            cuda.is_empty(),
+            "{} backward on CUDA:\n{}",
+            shape.name,
+            list(&cuda)
+        );
+        let metal = audit(&graph, GpuTarget::Metal);
+        assert_eq!(
+            ops(&metal),
+            metal_lacks,
+            "{}:\n{}",
+            shape.name,
+            list(&metal)
+        );
+        for v in &metal {
+            assert!(v.rule.contains("Metal has no"), "{v}");
+        }
+        eprintln!(
+            "{} autograd backward: {} nodes, {} refused by Metal ({:?}), e.g. {}",
+            shape.name,
+            graph.n_nodes(),
+            metal.len(),
+            ops(&metal),
+            metal[0]
+        );
+    }
+}
+
+/// Every node and source of `graph`: the audit's contiguity predicates
+/// (pure Rust) against ggml's own.
+fn contiguity_matches_ggml(graph: &Graph<'_>) -> usize {
+    let mut n = 0;
+    for t in graph.nodes() {
+        for (i, u) in std::iter::once(Some(t))
+            .chain((0..10).map(|i| t.src(i)))
+            .enumerate()
+        {
+            let Some(u) = u else { continue };
+            let d = Node::of(u).out;
+            let ours = [
+                d.is_contiguous(),
+                d.is_contiguous_1(),
+                d.is_contiguous_2(),
+                d.is_contiguous_rows(),
+                d.is_transposed(),
+            ];
+            assert_eq!(
+                ours,
+                u.ggml_contiguity(),
+                "node `{}` operand {i} ({:?}, {:?})",
+                t.name(),
+                d.ne,
+                d.nb
+            );
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn the_audits_contiguity_is_ggmls() {
+    let shape = qwen3_4b_q4_k_m();
+    let model = DeviceModel::planned(&shape).unwrap();
+    let lora = DeviceLora::planned(&model, RANK, 32.0, &Proj::ALL).unwrap();
+    let ctx = backward_context(&model, &lora).unwrap();
+    let graph = autograd_backward_graph(&ctx, &model, &lora, 32).unwrap();
+    let n = contiguity_matches_ggml(&graph);
+    assert!(n > 10_000, "{n} operands");
+}
