@@ -14,13 +14,18 @@
 //!   ggml_metal_device_supports_op` for an Apple7-family GPU (M1 and later,
 //!   `audit/metal.rs`).
 //!
+//! - [`GpuTarget::Vulkan`], from `ggml/src/ggml-vulkan/ggml-vulkan.cpp,
+//!   ggml_backend_vk_device_supports_op` for a device of given limits
+//!   ([`VulkanDevice`]; `audit/vulkan.rs`).
+//!
 //! Only the ops a training graph could use are transcribed; any other op
 //! is reported as a violation ("not transcribed"), never assumed to run.
-//! Vulkan is not transcribed yet: its `supports_op` also depends on each
-//! device's buffer limits.
 
 mod cuda;
 mod metal;
+mod vulkan;
+
+pub use vulkan::VulkanDevice;
 
 use crate::ffi::{op_name, type_name, type_traits, Graph, Tensor};
 use llama_cpp_sys_2 as sys;
@@ -34,17 +39,24 @@ pub enum GpuTarget {
     /// group reduction and matrix ops and bfloat present, 32 KiB of
     /// threadgroup memory.
     Metal,
+    /// ggml's Vulkan backend on a device with these limits.
+    Vulkan(VulkanDevice),
 }
 
 impl GpuTarget {
-    /// Both targets.
-    pub const ALL: [GpuTarget; 2] = [GpuTarget::Cuda, GpuTarget::Metal];
+    /// CUDA, Metal, and Vulkan at [`VulkanDevice::LIMIT_32BIT`].
+    pub const ALL: [GpuTarget; 3] = [
+        GpuTarget::Cuda,
+        GpuTarget::Metal,
+        GpuTarget::Vulkan(VulkanDevice::LIMIT_32BIT),
+    ];
 
     /// Its name in messages.
     pub fn name(self) -> &'static str {
         match self {
             GpuTarget::Cuda => "CUDA",
             GpuTarget::Metal => "Metal",
+            GpuTarget::Vulkan(_) => "Vulkan",
         }
     }
 }
@@ -149,6 +161,29 @@ impl Operand {
     /// `ggml_is_transposed`.
     pub fn is_transposed(&self) -> bool {
         self.nb[0] > self.nb[1]
+    }
+
+    /// `ggml_nbytes`: bytes from its first to its last element.
+    pub fn n_bytes(&self) -> u64 {
+        if self.ne.iter().any(|&n| n <= 0) {
+            return 0;
+        }
+        let blck = self.blck_size().max(1);
+        let first = if blck == 1 {
+            self.type_size() as u64
+        } else {
+            self.ne[0] as u64 * self.nb[0] as u64 / blck as u64
+        };
+        let from = if blck == 1 { 0 } else { 1 };
+        first
+            + (from..4)
+                .map(|i| (self.ne[i] - 1) as u64 * self.nb[i] as u64)
+                .sum::<u64>()
+    }
+
+    /// `ggml_is_scalar`: one element.
+    pub fn is_scalar(&self) -> bool {
+        self.ne == [1, 1, 1, 1]
     }
 
     /// `ggml_are_same_shape`.
@@ -319,6 +354,7 @@ pub fn check(node: &Node, target: GpuTarget) -> Result<(), String> {
     match target {
         GpuTarget::Cuda => cuda::supports(node),
         GpuTarget::Metal => metal::supports(node, &metal::APPLE7),
+        GpuTarget::Vulkan(device) => vulkan::supports(node, &device),
     }
 }
 

@@ -26,7 +26,7 @@
 //!   dequantized f32 weights).
 //! - [`backward()`]: LoRA gradients by `ggml_build_backward_expand` over the
 //!   whole sequence (see [`backward`](mod@backward) for its limits).
-//! - [`audit`]: the op audit. The pinned ggml's CUDA and Metal
+//! - [`audit`]: the op audit. The pinned ggml's CUDA, Metal and Vulkan
 //!   `supports_op`, transcribed into pure Rust over a node description
 //!   (op, op params, types, shapes, strides), so any machine can tell which
 //!   nodes of a graph those GPUs would refuse ([`audit::audit`] gives a
@@ -47,9 +47,10 @@
 //! through ggml's own forward. Bad input: typed errors, no abort.
 //! Op audit (`tests/audit.rs`): today's forward at Qwen2.5-0.5B and
 //! Qwen3-4B Q4_K_M shapes, T = 4096, with and without a rank-16 adapter on
-//! every projection, passes CUDA's and Metal's `supports_op`; the automatic
-//! backward is refused by Metal for exactly OUT_PROD, RMS_NORM_BACK,
-//! SOFT_MAX_BACK, GET_ROWS_BACK and REPEAT_BACK (CUDA runs it). Plan
+//! every projection, passes CUDA's, Metal's and Vulkan's `supports_op`; the
+//! automatic backward is refused by Metal for exactly OUT_PROD,
+//! RMS_NORM_BACK, SOFT_MAX_BACK, GET_ROWS_BACK and REPEAT_BACK, by Vulkan
+//! for OUT_PROD of a transposed gradient (CUDA runs it). Plan
 //! (`tests/plan.rs`): that forward at Qwen3-4B, T = 4096, needs 6.19 GiB of
 //! working memory besides the 2.32 GiB of weights, most of it the
 //! `T x vocab` log-prob head.

@@ -1,11 +1,11 @@
 //! The op audit on the graphs the trainer builds today, at the shapes and
 //! weight types of Qwen2.5-0.5B and Qwen3-4B in Q4_K_M (no weights: planned
-//! tensors without memory): the forward must pass CUDA's and Metal's
-//! `supports_op` as transcribed in `cleaner_ggml::audit`; ggml's automatic
-//! backward must fail it with exactly the ops it is known to need and
-//! Metal to lack, which shows the audit can fail.
+//! tensors without memory): the forward must pass CUDA's, Metal's and
+//! Vulkan's `supports_op` as transcribed in `cleaner_ggml::audit`; ggml's
+//! automatic backward must fail Metal and Vulkan with exactly the ops known
+//! to be missing there, which shows the audit can fail.
 
-use cleaner_ggml::audit::{audit, GpuTarget, Node, Violation};
+use cleaner_ggml::audit::{audit, GpuTarget, Node, Violation, VulkanDevice};
 use cleaner_ggml::plan::{
     autograd_backward_graph, backward_context, forward_context, forward_graph,
 };
@@ -29,7 +29,7 @@ fn list(v: &[Violation]) -> String {
 }
 
 #[test]
-fn forward_runs_on_cuda_and_metal_at_qwen_shapes() {
+fn forward_runs_on_cuda_metal_and_vulkan_at_qwen_shapes() {
     for shape in shapes() {
         let model = DeviceModel::planned(&shape).unwrap();
         let lora = DeviceLora::planned(&model, RANK, 32.0, &Proj::ALL).unwrap();
@@ -48,7 +48,7 @@ fn forward_runs_on_cuda_and_metal_at_qwen_shapes() {
                 );
             }
             eprintln!(
-                "{} forward, T = 4096, adapter {}: {} nodes, all run on CUDA and Metal",
+                "{} forward, T = 4096, adapter {}: {} nodes, all run on CUDA, Metal and Vulkan",
                 shape.name,
                 lora.is_some(),
                 graph.n_nodes()
@@ -63,7 +63,7 @@ fn ops(v: &[Violation]) -> BTreeSet<String> {
 }
 
 #[test]
-fn autograd_backward_fails_with_the_ops_metal_lacks() {
+fn autograd_backward_fails_on_metal_and_vulkan() {
     // ggml's backward of the forward: OUT_PROD for every product's
     // gradient, RMS_NORM_BACK, SOFT_MAX_BACK for the attention and the
     // log-softmax head, GET_ROWS_BACK for the gather of the target logits,
@@ -103,13 +103,27 @@ fn autograd_backward_fails_with_the_ops_metal_lacks() {
         for v in &metal {
             assert!(v.rule.contains("Metal has no"), "{v}");
         }
+        // Vulkan has all five, but its OUT_PROD needs contiguous operands
+        // and ggml's backward of a product feeds it a transposed gradient.
+        let vulkan = audit(&graph, GpuTarget::Vulkan(VulkanDevice::LIMIT_32BIT));
+        assert_eq!(
+            ops(&vulkan),
+            ["OUT_PROD".to_string()].into(),
+            "{}:\n{}",
+            shape.name,
+            list(&vulkan)
+        );
+        for v in &vulkan {
+            assert!(v.rule.contains("contiguous"), "{v}");
+        }
         eprintln!(
-            "{} autograd backward: {} nodes, {} refused by Metal ({:?}), e.g. {}",
+            "{} autograd backward: {} nodes, {} refused by Metal ({:?}), {} by Vulkan, e.g. {}",
             shape.name,
             graph.n_nodes(),
             metal.len(),
             ops(&metal),
-            metal[0]
+            vulkan.len(),
+            vulkan[0]
         );
     }
 }

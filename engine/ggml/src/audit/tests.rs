@@ -188,3 +188,65 @@ fn contiguity_follows_ggml() {
     let q = op(GGML_TYPE_Q4_K, [512, 4, 1, 1]);
     assert!(q.quantized() && q.is_contiguous() && q.is_contiguous_to_3());
 }
+
+const VK: GpuTarget = GpuTarget::Vulkan(VulkanDevice::LIMIT_32BIT);
+
+#[test]
+fn vulkan_mul_mat_does_not_broadcast_dim_3() {
+    // ggml-vulkan.cpp: MUL_MAT needs src0->ne[3] == src1->ne[3]; CUDA
+    // broadcasts.
+    let a = op(GGML_TYPE_F32, [64, 32, 1, 1]);
+    let b = op(GGML_TYPE_F32, [64, 8, 1, 2]);
+    let n = Node::new(GGML_OP_MUL_MAT, op(GGML_TYPE_F32, [32, 8, 1, 2]), &[a, b]);
+    assert!(check(&n, VK).unwrap_err().contains("dim 3"));
+    assert_eq!(cuda(&n), Ok(()));
+}
+
+#[test]
+fn vulkan_refuses_operands_past_the_devices_range() {
+    // ggml-vulkan.cpp: every operand within max_buffer_size and, without
+    // 64-bit shader indexing, maxStorageBufferRange. 5 GiB of f32:
+    let big = op(GGML_TYPE_F32, [1 << 20, 1280, 1, 1]);
+    assert_eq!(big.n_bytes(), 5 << 30);
+    let n = Node::new(GGML_OP_SCALE, big, &[big]);
+    assert!(check(&n, VK).unwrap_err().contains("exceeds"));
+    let wide = VulkanDevice {
+        max_buffer_size: 1 << 40,
+        shader_64b_indexing: true,
+        ..VulkanDevice::LIMIT_32BIT
+    };
+    assert_eq!(check(&n, GpuTarget::Vulkan(wide)), Ok(()));
+    assert_eq!(cuda(&n), Ok(()));
+}
+
+#[test]
+fn vulkan_out_prod_needs_contiguous_operands() {
+    // ggml-vulkan.cpp: OUT_PROD of contiguous f32 only; CUDA takes any
+    // layout of f32.
+    let a = op(GGML_TYPE_F32, [256, 32, 1, 1]);
+    let g = op(GGML_TYPE_F32, [64, 32, 1, 1]).swapped(0, 1);
+    let n = Node::new(
+        GGML_OP_OUT_PROD,
+        op(GGML_TYPE_F32, [256, 64, 1, 1]),
+        &[a, g],
+    );
+    assert!(check(&n, VK).unwrap_err().contains("contiguous"));
+    assert_eq!(cuda(&n), Ok(()));
+    let g = op(GGML_TYPE_F32, [32, 64, 1, 1]);
+    let n = Node::new(
+        GGML_OP_OUT_PROD,
+        op(GGML_TYPE_F32, [256, 64, 1, 1]),
+        &[a, g],
+    );
+    assert_eq!(check(&n, VK), Ok(()));
+}
+
+#[test]
+fn n_bytes_follows_ggml() {
+    // ggml.c, ggml_nbytes: a view spans first to last element.
+    let x = op(GGML_TYPE_F32, [128, 8, 16, 1]);
+    assert_eq!(x.n_bytes(), 128 * 8 * 16 * 4);
+    assert_eq!(x.swapped(1, 2).n_bytes(), x.n_bytes());
+    let q = op(GGML_TYPE_Q4_K, [512, 4, 1, 1]);
+    assert_eq!(q.n_bytes(), 4 * 2 * 144);
+}
