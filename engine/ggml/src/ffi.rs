@@ -294,6 +294,8 @@ impl Drop for Backend {
 enum Memory {
     Buffer(NonNull<sys::ggml_backend_buffer>),
     Graph(NonNull<sys::ggml_gallocr>),
+    /// Metadata only, for planning ([`Context::plan_only`]): no memory.
+    PlanOnly,
 }
 
 /// A ggml context holding tensor and graph metadata (never tensor data: its
@@ -359,6 +361,69 @@ pub fn row_size(ty: u32, n: usize) -> Option<usize> {
         }
         Some(sys::ggml_row_size(ty, n as i64))
     }
+}
+
+/// Block size, bytes per block and whether ggml counts it as quantized, for
+/// a ggml type id (`None` for an id ggml does not know or has removed).
+pub fn type_traits(ty: u32) -> Option<TypeTraits> {
+    if ty >= sys::GGML_TYPE_COUNT {
+        return None;
+    }
+    // SAFETY: `ty` is in range; the three functions read ggml's static type
+    // table.
+    let (blck, size, quantized) = unsafe {
+        (
+            sys::ggml_blck_size(ty),
+            sys::ggml_type_size(ty),
+            sys::ggml_is_quantized(ty),
+        )
+    };
+    (blck > 0 && size > 0).then_some(TypeTraits {
+        blck_size: blck,
+        type_size: size,
+        quantized,
+    })
+}
+
+/// What [`type_traits`] reports of one ggml type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TypeTraits {
+    /// Values per block (1 for plain types).
+    pub blck_size: i64,
+    /// Bytes per block.
+    pub type_size: usize,
+    /// `ggml_is_quantized`.
+    pub quantized: bool,
+}
+
+/// ggml's name of op id `op` (`MUL_MAT`, `UNARY`, ...).
+pub fn op_name(op: u32) -> String {
+    if op >= sys::GGML_OP_COUNT {
+        return format!("op {op}");
+    }
+    // SAFETY: `op` is below GGML_OP_COUNT, the size of ggml's static name table.
+    c_str(unsafe { sys::ggml_op_name(op) })
+}
+
+/// The zero-size dummy buffer [`Context::plan_only`] hangs its tensors on:
+/// one for the process (ggml makes it without memory; it is never freed,
+/// like ggml's own static buffer types).
+fn plan_only_buffer() -> Result<*mut sys::ggml_backend_buffer, GgmlError> {
+    static BUFFER: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: the CPU buffer type is static; a size-0 request returns a
+    // dummy buffer without memory (ggml/src/ggml-backend.cpp,
+    // ggml_backend_buft_alloc_buffer), or null, checked below.
+    let p = *BUFFER.get_or_init(|| unsafe {
+        sys::ggml_backend_buft_alloc_buffer(sys::ggml_backend_cpu_buffer_type(), 0) as usize
+    });
+    if p == 0 {
+        return Err(GgmlError::OutOfMemory {
+            backend: "CPU".into(),
+            what: "the planning placeholder buffer".into(),
+            bytes: 0,
+        });
+    }
+    Ok(p as *mut sys::ggml_backend_buffer)
 }
 
 /// `values` (`[n_rows, n_per_row]`, row-major) encoded in ggml type `ty`
@@ -593,8 +658,41 @@ impl Context {
             // SAFETY: the allocator is owned by this context and live;
             // buffer 0 is the only one (one buffer type).
             Some(Memory::Graph(g)) => unsafe { sys::ggml_gallocr_get_buffer_size(g.as_ptr(), 0) },
-            None => 0,
+            Some(Memory::PlanOnly) | None => 0,
         }
+    }
+
+    /// Makes this context's tensors stand-ins for planning: they keep no
+    /// memory (and never will), but graph planning treats them as placed
+    /// elsewhere, as uploaded weights are, so [`Graph::plan_bytes`] counts
+    /// only a graph's own working memory. Each gets ggml's zero-size dummy
+    /// buffer with no data: `ggml_gallocr` skips a tensor that has a buffer
+    /// (ggml/src/ggml-alloc.c, `ggml_gallocr_is_allocated`), while every
+    /// path that reads data ([`Backend::compute`], [`Context::allocate_graph`])
+    /// refuses a tensor without data. The context cannot be allocated after.
+    pub fn plan_only(&self) -> Result<(), GgmlError> {
+        if self.memory.get().is_some() {
+            return Err(GgmlError::Data {
+                name: "context".into(),
+                detail: "already allocated".into(),
+            });
+        }
+        let buf = plan_only_buffer()?;
+        // SAFETY: live context; its tensors are ours to mutate (no graph has
+        // memory for them: the context is unallocated, checked above). A
+        // tensor with neither data nor a view source gets the dummy buffer;
+        // `data` stays null, so nothing can read or write through it.
+        unsafe {
+            let mut t = sys::ggml_get_first_tensor(self.ptr.as_ptr());
+            while !t.is_null() {
+                if (*t).data.is_null() && (*t).view_src.is_null() {
+                    (*t).buffer = buf;
+                }
+                t = sys::ggml_get_next_tensor(self.ptr.as_ptr(), t);
+            }
+        }
+        let _ = self.memory.set(Memory::PlanOnly);
+        Ok(())
     }
 
     /// A graph computing `outputs` (tensors of this context, and everything
@@ -1099,7 +1197,7 @@ impl Drop for Context {
             match self.memory.take() {
                 Some(Memory::Buffer(b)) => sys::ggml_backend_buffer_free(b.as_ptr()),
                 Some(Memory::Graph(g)) => sys::ggml_gallocr_free(g.as_ptr()),
-                None => {}
+                Some(Memory::PlanOnly) | None => {}
             }
             sys::ggml_free(self.ptr.as_ptr());
         }
@@ -1189,6 +1287,33 @@ impl<'a> Tensor<'a> {
     pub fn op_desc(&self) -> String {
         // SAFETY: live tensor.
         c_str(unsafe { sys::ggml_op_desc(self.ptr.as_ptr()) })
+    }
+
+    /// ggml's op id (`GGML_OP_*`).
+    pub fn op(&self) -> u32 {
+        self.raw().op
+    }
+
+    /// The op's parameters as ggml stores them: 16 32-bit words (ints, or
+    /// floats by their bits, per op).
+    pub fn op_params(&self) -> [i32; 16] {
+        self.raw().op_params
+    }
+
+    /// ggml's own contiguity predicates of it (to cross-check
+    /// [`crate::audit::Operand`]'s transcription of them).
+    pub fn ggml_contiguity(&self) -> [bool; 5] {
+        let p = self.ptr.as_ptr();
+        // SAFETY: live tensor; each predicate reads its metadata only.
+        unsafe {
+            [
+                sys::ggml_is_contiguous(p),
+                sys::ggml_is_contiguous_1(p),
+                sys::ggml_is_contiguous_2(p),
+                sys::ggml_is_contiguous_rows(p),
+                sys::ggml_is_transposed(p),
+            ]
+        }
     }
 
     /// Source `i` of its op.
@@ -1369,6 +1494,55 @@ impl<'a> Graph<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Bytes of working memory this graph would take on `backend`'s buffer
+    /// type, planned by ggml's graph allocator without allocating anything
+    /// (`ggml_gallocr_reserve_n_size`: the size `ggml_gallocr_reserve` would
+    /// allocate, ggml/src/ggml-alloc.c). Counts the tensors of the graph's
+    /// own context, inputs included; tensors of other contexts (weights,
+    /// adapters) must have memory or be [`Context::plan_only`], else they
+    /// would be planned as if the graph owned them.
+    pub fn plan_bytes(&self, backend: &Backend) -> Result<usize, GgmlError> {
+        for node in self.nodes() {
+            let n_src = node.raw().src.len();
+            for t in (0..n_src).filter_map(|i| node.src(i)) {
+                let r = t.raw();
+                let leaf = r.op == sys::GGML_OP_NONE && r.view_src.is_null();
+                if leaf && !self.ctx.owns(t.ptr.as_ptr()) && t.buffer().is_null() {
+                    return Err(GgmlError::Data {
+                        name: t.name(),
+                        detail: format!(
+                            "read by `{}` but placed nowhere: allocate its context or make it plan-only",
+                            node.name()
+                        ),
+                    });
+                }
+            }
+        }
+        // SAFETY: the buffer type is ggml's, for the life of the process.
+        let galloc = NonNull::new(unsafe { sys::ggml_gallocr_new(backend.buffer_type()) })
+            .ok_or_else(|| GgmlError::OutOfMemory {
+                backend: backend.name.clone(),
+                what: "graph allocator".into(),
+                bytes: 0,
+            })?;
+        let mut size = 0usize;
+        // SAFETY: allocator and graph live; one buffer type, so `sizes` has
+        // one entry; null buffer ids put every tensor in it. With no_alloc
+        // the planning cannot fail (its one failure is allocating) and it
+        // writes only the allocator's own tables, not the graph's tensors.
+        unsafe {
+            sys::ggml_gallocr_reserve_n_size(
+                galloc.as_ptr(),
+                self.ptr,
+                std::ptr::null(),
+                std::ptr::null(),
+                &mut size,
+            );
+            sys::ggml_gallocr_free(galloc.as_ptr());
+        }
+        Ok(size)
     }
 
     /// Nodes (computed tensors), in execution order.

@@ -22,18 +22,28 @@
 //!   their stored quantized types (no dequantized copy); [`DeviceLora`]: A/B
 //!   as f32 tensors on the backend.
 //! - [`train`]: the trainer's passes as a series of small graphs over a
-//!   sequence ([`seq`]): the forward keeps each block's input
-//!   (checkpointing) and [`backward_from`] rebuilds one block at a time in
-//!   reverse and runs its backward, written from forward ops only
+//!   sequence ([`seq`]), one per [`Stage`]: the forward keeps each block's
+//!   input (checkpointing) and [`backward_from`] rebuilds one block at a
+//!   time in reverse and runs its backward, written from forward ops only
 //!   (dequantize with `get_rows` and multiply by the transpose, RMSNorm
 //!   and softmax backward as elementwise ops, RoPE backward as RoPE at
 //!   negated positions), so no node needs OUT_PROD, RMS_NORM_BACK or
 //!   SOFT_MAX_BACK. Attention runs in query blocks and the log-prob head
 //!   in position chunks with the output matrix dequantized a vocabulary
-//!   block at a time ([`Chunks`]): no `T x T` or `T x vocab` tensor, and
-//!   memory bounded by the chunk sizes plus the saved block inputs.
+//!   block at a time ([`Chunks`]): no `T x T` or `T x vocab` tensor.
 //! - [`reference`]: ggml's automatic backward of the whole-sequence graph,
 //!   the independent check of [`train`] in the tests.
+//! - [`audit`]: the pinned ggml's CUDA, Metal and Vulkan `supports_op`,
+//!   transcribed into pure Rust over a node description (op, op params,
+//!   types, shapes, strides), so any machine can tell which nodes of a
+//!   graph those GPUs would refuse ([`audit::audit`] gives a
+//!   [`audit::Violation`] per node naming op, types and rule); ops it does
+//!   not transcribe count as refused.
+//! - [`plan`]: every stage graph of a training step built over planned
+//!   weights ([`shapes`], [`DeviceModel::planned`]: tensors without
+//!   memory) and a planned sequence, then sized by ggml's graph allocator
+//!   without allocating ([`plan::plan_step`]) or audited
+//!   ([`plan::audit_step`]).
 //!
 //! # Checked (`cargo test --release -p cleaner-ggml`, ggml's CPU backend)
 //! Log-probs within `1e-3 * max(|log p|, 1)` of the CPU trainer: tiny
@@ -43,29 +53,33 @@
 //! LoRA gradient tensor of the tiny models, from the chunked backward and
 //! from the automatic one: cosine >= 0.999 and relative L2 error <= 1e-3,
 //! plus finite differences through ggml's own chunked forward. Bad input:
-//! typed errors, no abort.
-//!
-//! # What is next (issue 17, in order)
-//! 1. A memory budget: the stage graphs reserved with `ggml_gallocr_reserve`
-//!    at the configured chunk sizes, planned peak checked against the
-//!    budget, chunk sizes derived from it.
-//! 2. The trainer interface (`[trainer] backend`, `device`) in the engine,
-//!    the op audit at Qwen3-4B shapes against the vendored CUDA/Metal
-//!    `supports_op`, benches, and the GPU check script.
+//! typed errors, no abort. Op audit (`tests/audit.rs`): every graph of a
+//! training step at Qwen2.5-0.5B and Qwen3-4B Q4_K_M shapes, T = 4096,
+//! rank-16 LoRA on every projection, passes CUDA's, Metal's and Vulkan's
+//! `supports_op`; the automatic backward is refused by Metal for exactly
+//! OUT_PROD, RMS_NORM_BACK, SOFT_MAX_BACK, GET_ROWS_BACK and REPEAT_BACK,
+//! by Vulkan for OUT_PROD of a transposed gradient (the audit can fail).
+//! Plan (`tests/plan.rs`): the step's working memory at Qwen3-4B, T = 4096,
+//! stays within the budget documented in `docs/gpu.md`.
 
 mod attention;
+pub mod audit;
 mod block_backward;
 pub mod error;
 pub mod ffi;
 pub mod forward;
 mod head;
+pub mod plan;
 pub mod reference;
 pub mod seq;
+pub mod shapes;
 pub mod train;
 pub mod weights;
 
+pub use audit::{audit, GpuTarget, Violation};
 pub use error::GgmlError;
 pub use ffi::{quantize, Backend, Context, Device, Graph, Tensor};
+pub use plan::{plan_bytes, plan_step, StepPlan};
 pub use seq::Chunks;
 pub use train::{
     backward, backward_chunked, backward_from, forward_train, logprobs, logprobs_chunked,

@@ -12,12 +12,12 @@
 //! backend, not for training.
 
 use crate::error::GgmlError;
-use crate::ffi::{types, Backend, Context};
+use crate::ffi::{types, Backend, Context, Graph, Tensor};
 use crate::forward::{check_tokens, Builder};
 use crate::seq::{Chunks, Keep, Seq};
 use crate::train::check_grads;
 use crate::weights::{DeviceLora, DeviceModel};
-use cleaner_models::Lora;
+use cleaner_models::{Lora, Proj};
 
 /// Chunk sizes that make every piece cover the whole sequence.
 fn whole(model: &DeviceModel, n_tok: usize) -> Chunks {
@@ -51,13 +51,59 @@ pub fn backward(
     }
     check_grads(model, lora, grads)?;
     let seq = Seq::new(backend, model, tokens, whole(model, n), Keep::PingPong)?;
+    let ctx = context(model, lora, &seq)?;
+    let step = build(&ctx, model, lora, &seq)?;
+    ctx.allocate_graph(&step.graph, backend)?;
+    let mut padded = dlogprob.to_vec();
+    padded.push(0.0);
+    step.dlp.set_f32(&padded)?;
+    backend.compute(&step.graph)?;
+    for ((l, p), [grad_a, grad_b]) in step.grads {
+        let pair = grads.pair_mut(l, p).ok_or_else(|| {
+            GgmlError::BadRequest(format!("gradient buffer lacks blk.{l}.{}", p.gguf_name()))
+        })?;
+        for (dst, grad) in [(&mut pair.a, grad_a), (&mut pair.b, grad_b)] {
+            if let Some(g) = grad {
+                for (d, v) in dst.iter_mut().zip(g.get_f32()?) {
+                    *d += v;
+                }
+            }
+        }
+    }
+    let mut lp = step.lp.get_f32()?;
+    lp.truncate(n - 1);
+    Ok(lp)
+}
+
+/// The autograd graph with its log-prob output, its `dlogprob` input and
+/// each adapted pair's gradient tensors.
+struct Autograd<'a> {
+    graph: Graph<'a>,
+    lp: Tensor<'a>,
+    dlp: Tensor<'a>,
+    grads: Vec<GradPair<'a>>,
+}
+
+/// `((layer, projection), [dA, dB])`.
+type GradPair<'a> = ((usize, Proj), [Option<Tensor<'a>>; 2]);
+
+fn context(model: &DeviceModel, lora: &DeviceLora, seq: &Seq) -> Result<Context, GgmlError> {
     let outside = model.n_tensors() + 2 * lora.pairs().len() + seq.n_tensors();
-    let ctx = Context::new((128 * model.config().n_layer + 64) * 10, outside)?;
+    Context::new((128 * model.config().n_layer + 64) * 10, outside)
+}
+
+fn build<'a>(
+    ctx: &'a Context,
+    model: &'a DeviceModel,
+    lora: &'a DeviceLora,
+    seq: &'a Seq,
+) -> Result<Autograd<'a>, GgmlError> {
+    let n = seq.n_tok();
     let b = Builder {
-        ctx: &ctx,
+        ctx,
         model,
         lora: Some(lora),
-        seq: &seq,
+        seq,
     };
     let mut x = b.embed()?;
     for l in 0..model.config().n_layer {
@@ -81,28 +127,30 @@ pub fn backward(
     graph.build_backward(loss, &factors)?;
     // A parameter the loss does not reach has no gradient (cannot happen:
     // every factor feeds a projection), and reads as zero.
-    let grad_tensors: Vec<_> = params
+    let grads = params
         .iter()
         .map(|&(pair, a, b)| (pair, [a, b].map(|f| graph.grad(f).map(|g| g.set_output()))))
         .collect();
-    ctx.allocate_graph(&graph, backend)?;
-    let mut padded = dlogprob.to_vec();
-    padded.push(0.0);
-    dlp.set_f32(&padded)?;
-    backend.compute(&graph)?;
-    for ((l, p), [grad_a, grad_b]) in grad_tensors {
-        let pair = grads.pair_mut(l, p).ok_or_else(|| {
-            GgmlError::BadRequest(format!("gradient buffer lacks blk.{l}.{}", p.gguf_name()))
-        })?;
-        for (dst, grad) in [(&mut pair.a, grad_a), (&mut pair.b, grad_b)] {
-            if let Some(g) = grad {
-                for (d, v) in dst.iter_mut().zip(g.get_f32()?) {
-                    *d += v;
-                }
-            }
-        }
-    }
-    let mut lp = lp.get_f32()?;
-    lp.truncate(n - 1);
-    Ok(lp)
+    Ok(Autograd {
+        graph,
+        lp,
+        dlp,
+        grads,
+    })
+}
+
+/// Builds the autograd graph over `n_tok` tokens on a planned sequence
+/// (nothing allocated or computed) and hands it to `f`: for the audit,
+/// which must find the backward ops some GPUs lack in it.
+pub fn with_autograd_graph<R>(
+    model: &DeviceModel,
+    lora: &DeviceLora,
+    n_tok: usize,
+    f: impl FnOnce(&Graph<'_>) -> R,
+) -> Result<R, GgmlError> {
+    crate::plan::check_len(model, n_tok)?;
+    let seq = Seq::planned(model, n_tok, whole(model, n_tok), Keep::PingPong)?;
+    let ctx = context(model, lora, &seq)?;
+    let step = build(&ctx, model, lora, &seq)?;
+    Ok(f(&step.graph))
 }

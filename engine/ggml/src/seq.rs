@@ -72,6 +72,8 @@ pub(crate) struct Seq {
     chunks: Chunks,
     keep: Keep,
     n_tensors: usize,
+    /// Bytes of its tensors (also when planned, without memory).
+    bytes: usize,
 }
 
 /// Names of the tensors of [`Seq`].
@@ -102,9 +104,35 @@ impl Seq {
         chunks: Chunks,
         keep: Keep,
     ) -> Result<Seq, GgmlError> {
+        let (seq, tri_sizes, iota) = Seq::make(model, tokens.len(), chunks, keep)?;
+        seq.ctx.allocate(backend)?;
+        seq.fill(tokens, &tri_sizes, iota, model.config().n_vocab)?;
+        Ok(seq)
+    }
+
+    /// The tensors for `n_tok` tokens without memory, for planning and
+    /// auditing graphs (see [`Context::plan_only`]).
+    pub fn planned(
+        model: &DeviceModel,
+        n_tok: usize,
+        chunks: Chunks,
+        keep: Keep,
+    ) -> Result<Seq, GgmlError> {
+        let (seq, _, _) = Seq::make(model, n_tok, chunks, keep)?;
+        seq.ctx.plan_only()?;
+        Ok(seq)
+    }
+
+    /// The tensors, not yet placed; with the causal block sizes and the
+    /// row-index length to fill.
+    fn make(
+        model: &DeviceModel,
+        n_tok: usize,
+        chunks: Chunks,
+        keep: Keep,
+    ) -> Result<(Seq, Vec<usize>, usize), GgmlError> {
         chunks.check()?;
         let c = model.config();
-        let n_tok = tokens.len();
         let xs = match keep {
             Keep::PingPong => 2,
             Keep::Checkpoints => c.n_layer + 1,
@@ -113,32 +141,36 @@ impl Seq {
         let iota = largest_rows(model);
         let n_tensors = 5 + tri_sizes.len() + 1 + xs + 3;
         let ctx = Context::new(n_tensors, 0)?;
+        let mut bytes = 0;
+        let mut add = |ty: u32, ne: &[usize], name: &str| -> Result<(), GgmlError> {
+            bytes += ctx.new_tensor(ty, ne, name)?.n_bytes();
+            Ok(())
+        };
         for name in [TOKENS, POS, NEG_POS, TARGET_IDS, TARGET_FLAT] {
-            ctx.new_tensor(types::I32, &[n_tok], name)?;
+            add(types::I32, &[n_tok], name)?;
         }
         for &n in &tri_sizes {
-            ctx.new_tensor(types::F32, &[n, n], &tri_name(n))?;
+            add(types::F32, &[n, n], &tri_name(n))?;
         }
-        ctx.new_tensor(types::I32, &[iota], IOTA)?;
+        add(types::I32, &[iota], IOTA)?;
         for i in 0..xs {
-            ctx.new_tensor(types::F32, &[c.n_embd, n_tok], &x_name(i))?;
+            add(types::F32, &[c.n_embd, n_tok], &x_name(i))?;
         }
         if keep == Keep::Checkpoints {
             for i in 0..2 {
-                ctx.new_tensor(types::F32, &[c.n_embd, n_tok], &dx_name(i))?;
+                add(types::F32, &[c.n_embd, n_tok], &dx_name(i))?;
             }
-            ctx.new_tensor(types::F32, &[1, n_tok], DLOGPROB)?;
+            add(types::F32, &[1, n_tok], DLOGPROB)?;
         }
-        ctx.allocate(backend)?;
         let seq = Seq {
             ctx,
             n_tok,
             chunks,
             keep,
             n_tensors,
+            bytes,
         };
-        seq.fill(tokens, &tri_sizes, iota, c.n_vocab)?;
-        Ok(seq)
+        Ok((seq, tri_sizes, iota))
     }
 
     fn fill(
@@ -252,9 +284,10 @@ impl Seq {
     pub fn dlogprob(&self) -> Result<Tensor<'_>, GgmlError> {
         self.get(DLOGPROB)
     }
-    /// Bytes of backend memory the sequence holds.
+    /// Bytes of its tensors (the backend memory it holds once allocated,
+    /// alignment aside).
     pub fn bytes(&self) -> usize {
-        self.ctx.allocated_bytes()
+        self.bytes
     }
 }
 

@@ -11,6 +11,7 @@
 
 use crate::error::GgmlError;
 use crate::ffi::{row_size, type_name, types, Backend, Context, Tensor};
+use crate::shapes::ModelShape;
 use cleaner_models::lora::proj_matrix;
 use cleaner_models::{Config, Lora, MatrixRef, Proj, Transformer};
 
@@ -101,6 +102,26 @@ impl DeviceModel {
             config: c,
             ctx,
             output: model.output.name.clone(),
+            n_tensors,
+        })
+    }
+
+    /// The weights of `shape` as tensors of the right types and dims that
+    /// hold no memory ([`Context::plan_only`]): enough to build, audit and
+    /// plan the trainer's graphs for a model this machine does not hold.
+    /// A graph over them cannot be computed (its weights have no data).
+    pub fn planned(shape: &ModelShape) -> Result<DeviceModel, GgmlError> {
+        let n_tensors = shape.tensors.len();
+        let ctx = Context::new(n_tensors, 0)?;
+        for t in &shape.tensors {
+            ctx.new_tensor(t.ty, &t.ne, &t.name)?;
+        }
+        named(&ctx, &shape.output)?;
+        ctx.plan_only()?;
+        Ok(DeviceModel {
+            config: shape.config.clone(),
+            ctx,
+            output: shape.output.clone(),
             n_tensors,
         })
     }
@@ -216,6 +237,42 @@ impl DeviceLora {
         };
         dl.set(lora)?;
         Ok(dl)
+    }
+
+    /// A rank-`rank` adapter on projections `projs` of every block of
+    /// `model`, as tensors without memory ([`Context::plan_only`]), for
+    /// building and planning graphs (see [`DeviceModel::planned`]).
+    pub fn planned(
+        model: &DeviceModel,
+        rank: usize,
+        alpha: f32,
+        projs: &[Proj],
+    ) -> Result<DeviceLora, GgmlError> {
+        let c = model.config();
+        if rank == 0 {
+            return Err(GgmlError::BadRequest("an adapter of rank 0".into()));
+        }
+        let pairs: Vec<(usize, Proj)> = (0..c.n_layer)
+            .flat_map(|l| {
+                Proj::ALL
+                    .into_iter()
+                    .filter(|p| projs.contains(p))
+                    .map(move |p| (l, p))
+            })
+            .collect();
+        let ctx = Context::new(2 * pairs.len(), 0)?;
+        for &(l, p) in &pairs {
+            let (n_out, n_in) = proj_dims(c, p);
+            ctx.new_tensor(types::F32, &[n_in, rank], &factor_name(l, p, 'a'))?;
+            ctx.new_tensor(types::F32, &[rank, n_out], &factor_name(l, p, 'b'))?;
+        }
+        ctx.plan_only()?;
+        Ok(DeviceLora {
+            ctx,
+            rank,
+            scale: alpha / rank as f32,
+            pairs,
+        })
     }
 
     /// Copies new values of the same adapter (after an optimizer step).

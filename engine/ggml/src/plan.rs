@@ -1,0 +1,122 @@
+//! Memory planning and the op audit of the trainer's graphs without
+//! computing them: over planned weights ([`DeviceModel::planned`]) and a
+//! planned sequence, every stage of a training step is built as
+//! [`crate::train`] builds it, then sized by ggml's graph allocator
+//! ([`plan_step`]) or checked against a GPU's `supports_op`
+//! ([`audit_step`]). Neither needs a model file or the memory it plans.
+
+use crate::audit::{audit, GpuTarget, Violation};
+use crate::error::GgmlError;
+use crate::ffi::{Backend, Graph};
+use crate::seq::{Chunks, Keep, Seq};
+use crate::train::{with_stage, Stage};
+use crate::weights::{DeviceLora, DeviceModel};
+
+/// Working memory `graph` would take on `backend`'s buffer type: ggml's
+/// graph allocator plans it without allocating (see [`Graph::plan_bytes`];
+/// weights and adapters are not counted).
+pub fn plan_bytes(graph: &Graph<'_>, backend: &Backend) -> Result<usize, GgmlError> {
+    graph.plan_bytes(backend)
+}
+
+/// What a training step over one sequence needs on the device besides the
+/// weights and the adapter (both resident for the whole run).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepPlan {
+    /// Tokens of the sequence.
+    pub n_tok: usize,
+    /// The chunk sizes planned with.
+    pub chunks: Chunks,
+    /// The sequence's buffer: every block input, two gradient buffers,
+    /// inputs and masks (held from the forward to the end of the backward).
+    pub sequence: usize,
+    /// The largest working memory of any one stage graph (freed when the
+    /// graph is done).
+    pub peak_graph: usize,
+    /// The stage that needs it.
+    pub peak_stage: Stage,
+}
+
+impl StepPlan {
+    /// `sequence + peak_graph`: the most the step holds at once.
+    pub fn working_bytes(&self) -> usize {
+        self.sequence + self.peak_graph
+    }
+}
+
+/// Builds every stage graph of a training step over `n_tok` tokens on a
+/// planned sequence (nothing allocated or computed) and hands each to `f`.
+pub fn for_each_stage(
+    model: &DeviceModel,
+    lora: &DeviceLora,
+    n_tok: usize,
+    chunks: Chunks,
+    mut f: impl FnMut(Stage, &Graph<'_>) -> Result<(), GgmlError>,
+) -> Result<(), GgmlError> {
+    check_len(model, n_tok)?;
+    let seq = Seq::planned(model, n_tok, chunks, Keep::Checkpoints)?;
+    for stage in Stage::all(model.config().n_layer, n_tok, chunks, true) {
+        with_stage(model, Some(lora), &seq, stage, |_, built| {
+            f(stage, &built.graph)
+        })?;
+    }
+    Ok(())
+}
+
+/// Plans a training step (forward with checkpoints, then backward) over
+/// `n_tok` tokens with `chunks` on `backend`'s buffer type: every stage's
+/// graph is built and sized, nothing is allocated or computed. `model` and
+/// `lora` may be planned or real.
+pub fn plan_step(
+    backend: &Backend,
+    model: &DeviceModel,
+    lora: &DeviceLora,
+    n_tok: usize,
+    chunks: Chunks,
+) -> Result<StepPlan, GgmlError> {
+    let mut peak = (0, Stage::Embed);
+    for_each_stage(model, lora, n_tok, chunks, |stage, graph| {
+        let bytes = graph.plan_bytes(backend)?;
+        if bytes > peak.0 {
+            peak = (bytes, stage);
+        }
+        Ok(())
+    })?;
+    Ok(StepPlan {
+        n_tok,
+        chunks,
+        sequence: Seq::planned(model, n_tok, chunks, Keep::Checkpoints)?.bytes(),
+        peak_graph: peak.0,
+        peak_stage: peak.1,
+    })
+}
+
+/// Every node of every graph of a training step over `n_tok` tokens that
+/// `target` would refuse (empty: the whole step runs there), and the
+/// number of nodes audited.
+pub fn audit_step(
+    model: &DeviceModel,
+    lora: &DeviceLora,
+    n_tok: usize,
+    chunks: Chunks,
+    target: GpuTarget,
+) -> Result<(Vec<Violation>, usize), GgmlError> {
+    let mut refused = Vec::new();
+    let mut nodes = 0;
+    for_each_stage(model, lora, n_tok, chunks, |_, graph| {
+        refused.extend(audit(graph, target));
+        nodes += graph.n_nodes();
+        Ok(())
+    })?;
+    Ok((refused, nodes))
+}
+
+pub(crate) fn check_len(model: &DeviceModel, n_tok: usize) -> Result<(), GgmlError> {
+    let max = model.config().context_length;
+    if n_tok < 2 || n_tok > max {
+        return Err(GgmlError::BadRequest(format!(
+            "{n_tok} tokens: a step needs 2 to {max} (the model's context length)"
+        )));
+    }
+    Ok(())
+}
