@@ -176,7 +176,7 @@ fn the_audits_contiguity_is_ggmls() {
     let shape = qwen3_4b_q4_k_m();
     let model = DeviceModel::planned(&shape).unwrap();
     let lora = DeviceLora::planned(&model, RANK, 32.0, &Proj::ALL).unwrap();
-    let n = with_autograd_graph(&model, &lora, 32, |g| contiguity_matches_ggml(g)).unwrap();
+    let n = with_autograd_graph(&model, &lora, 32, contiguity_matches_ggml).unwrap();
     assert!(n > 10_000, "{n} operands");
     // The step's own graphs (views, transposes, pads and permutes of every
     // kind the trainer makes).
