@@ -51,6 +51,29 @@ pub enum GgmlError {
         /// Size asked for, where known (0 when ggml does not say).
         bytes: usize,
     },
+    /// A training step would need more memory than the trainer's budget
+    /// (checked with [`crate::plan_step`] before anything is allocated).
+    #[error(
+        "a training step over {n_tok} tokens needs {needs_mib} MiB on {backend} \
+         (weights {weights_mib}, adapter {adapter_mib}, sequence {sequence_mib}, \
+         largest graph {graph_mib}), over the trainer's budget of {budget_mib} MiB; \
+         shorten the sequences, lower the chunk sizes or raise the budget"
+    )]
+    OverBudget {
+        /// The backend's name.
+        backend: String,
+        /// Tokens of the sequence.
+        n_tok: usize,
+        /// Everything together, MiB.
+        needs_mib: usize,
+        /// The budget, MiB.
+        budget_mib: usize,
+        /// Parts, MiB.
+        weights_mib: usize,
+        adapter_mib: usize,
+        sequence_mib: usize,
+        graph_mib: usize,
+    },
     /// A graph's compute call returned a failure status.
     #[error("{backend}: graph compute failed with status {status}")]
     Compute {

@@ -79,7 +79,7 @@ pub mod weights;
 pub use audit::{audit, GpuTarget, Violation};
 pub use error::GgmlError;
 pub use ffi::{quantize, Backend, Context, Device, Graph, Tensor};
-pub use plan::{plan_bytes, plan_step, StepPlan};
+pub use plan::{check_budget, plan_bytes, plan_step, StepPlan};
 pub use seq::Chunks;
 pub use train::{
     backward, backward_chunked, backward_from, forward_train, logprobs, logprobs_chunked,

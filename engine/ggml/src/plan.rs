@@ -91,6 +91,32 @@ pub fn plan_step(
     })
 }
 
+/// Fails with [`GgmlError::OverBudget`] when the resident weights and
+/// adapter plus a step's working memory (`plan`) exceed `budget` bytes.
+pub fn check_budget(
+    backend: &Backend,
+    model: &DeviceModel,
+    lora: &DeviceLora,
+    plan: &StepPlan,
+    budget: usize,
+) -> Result<(), GgmlError> {
+    let needs = model.bytes() + lora.bytes() + plan.working_bytes();
+    if needs <= budget {
+        return Ok(());
+    }
+    let mib = |b: usize| b.div_ceil(1 << 20);
+    Err(GgmlError::OverBudget {
+        backend: backend.name().to_string(),
+        n_tok: plan.n_tok,
+        needs_mib: mib(needs),
+        budget_mib: mib(budget),
+        weights_mib: mib(model.bytes()),
+        adapter_mib: mib(lora.bytes()),
+        sequence_mib: mib(plan.sequence),
+        graph_mib: mib(plan.peak_graph),
+    })
+}
+
 /// Every node of every graph of a training step over `n_tok` tokens that
 /// `target` would refuse (empty: the whole step runs there), and the
 /// number of nodes audited.

@@ -288,6 +288,11 @@ impl DeviceLora {
         Ok(())
     }
 
+    /// Bytes of backend memory the factors take (0 when planned).
+    pub fn bytes(&self) -> usize {
+        self.ctx.allocated_bytes()
+    }
+
     /// `alpha / rank`.
     pub fn scale(&self) -> f32 {
         self.scale

@@ -108,3 +108,49 @@ fn training_step_at_qwen3_4b_t4096_fits_the_budget() {
         total as f64 / GIB
     );
 }
+
+/// A budget below what a step needs is a typed error naming the parts,
+/// before anything is allocated; at or above it, no error.
+#[test]
+fn a_step_over_the_budget_is_a_typed_error() {
+    let (_serial, backend) = cpu();
+    let model = common::tiny(
+        cleaner_models::Architecture::Qwen3,
+        cleaner_kernels::quant::QuantType::Q8_0,
+        3,
+    );
+    let lora = common::adapter(&model, 4);
+    let dev = DeviceModel::upload(&model, &backend).unwrap();
+    let dev_lora = DeviceLora::upload(&lora, &dev, &backend).unwrap();
+    let plan = plan_step(
+        &backend,
+        &dev,
+        &dev_lora,
+        64,
+        cleaner_ggml::Chunks::default(),
+    )
+    .unwrap();
+    let needs = dev.bytes() + dev_lora.bytes() + plan.working_bytes();
+    cleaner_ggml::check_budget(&backend, &dev, &dev_lora, &plan, needs).unwrap();
+    match cleaner_ggml::check_budget(&backend, &dev, &dev_lora, &plan, needs - 1) {
+        Err(GgmlError::OverBudget {
+            n_tok, needs_mib, ..
+        }) => {
+            assert_eq!(n_tok, 64);
+            assert_eq!(needs_mib, needs.div_ceil(1 << 20));
+        }
+        other => panic!("expected OverBudget, got {other:?}"),
+    }
+    // The plan is what the step allocates: the sequence buffer of a real
+    // forward_train is the planned one.
+    let toks = common::tokens(64, model.config().n_vocab);
+    let (_, ckpt) = cleaner_ggml::forward_train(
+        &backend,
+        &dev,
+        &dev_lora,
+        &toks,
+        cleaner_ggml::Chunks::default(),
+    )
+    .unwrap();
+    assert_eq!(ckpt.bytes(), plan.sequence);
+}
