@@ -423,7 +423,7 @@ fn cut_off_call_ends_the_trajectory(format: ToolFormat, first: &str, second: &st
     let limit = 100;
     assert!(first.len() < limit && second.len() > limit);
     let config = AgentConfig {
-        max_turn_tokens: limit,
+        max_turn_tokens: Some(limit),
         ..AgentConfig::default()
     };
     let (t, b) = collect_with(&[first, second], config, format.clone());

@@ -310,7 +310,7 @@ fn eval_reports_pass_at_1_as_the_mean_over_samples() {
         ..Default::default()
     };
     options.agent.max_response_tokens = 16;
-    options.agent.max_turn_tokens = 16;
+    options.agent.max_turn_tokens = Some(16);
     let mut session =
         cleaner::session::Session::open(&common::test_model_path().display().to_string(), options)
             .expect("session");

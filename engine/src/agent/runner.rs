@@ -110,6 +110,9 @@ struct Rollout {
     turn_start: usize,
     turns: usize,
     response_tokens: usize,
+    /// Token limit of the current turn when it started (a lookahead that
+    /// corrects it gets the same).
+    turn_budget: usize,
     correction_tokens: usize,
     /// Whether failures are still purified (off after spec steps 3, 7, 8).
     rollback: bool,
@@ -205,6 +208,7 @@ impl<'a, B: Backend> Agent<'a, B> {
                     turn_start: problem.prompt.len(),
                     turns: 0,
                     response_tokens: 0,
+                    turn_budget: 0,
                     correction_tokens: 0,
                     rollback: purified,
                     purified,
@@ -351,13 +355,14 @@ impl<'a, B: Backend> Agent<'a, B> {
 
     fn start_generation(&mut self, r: &mut Rollout, kind: GenKind) -> Result<(), AgentError> {
         let budget = match kind {
-            GenKind::Turn => self
-                .config
-                .max_response_tokens
-                .saturating_sub(r.response_tokens)
-                .min(self.config.max_turn_tokens),
-            // Corrections do not count against the response budget (spec step 2).
-            GenKind::Lookahead => self.config.max_turn_tokens,
+            GenKind::Turn => {
+                r.turn_budget = self.config.turn_budget(r.response_tokens);
+                r.turn_budget
+            }
+            // Corrections do not count against the response budget (spec
+            // step 2): a lookahead gets the limit the turn it corrects had,
+            // whatever that turn used of it.
+            GenKind::Lookahead => r.turn_budget,
         };
         if budget == 0 {
             r.phase = Phase::Done(Finish::MaxTokens);
