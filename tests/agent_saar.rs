@@ -22,6 +22,42 @@ struct Scripted {
     log: Vec<String>,
     /// The token limit of each generation started, in order.
     limits: Vec<usize>,
+    /// When set, each turn is made from the sequence's text so far instead
+    /// of taken from `script` (for many rollouts at once).
+    responder: Option<fn(&str) -> String>,
+    /// When set, `<tool_call>` and `</tool_call>` are single special tokens
+    /// (as in Qwen's vocabulary) instead of bytes.
+    special: bool,
+}
+
+/// Ids of the special tokens `<tool_call>` and `</tool_call>`.
+const SPECIAL: [(Token, &str); 2] = [(1000, "<tool_call>"), (1001, "</tool_call>")];
+
+impl Scripted {
+    fn encode(&self, text: &str) -> Vec<Token> {
+        if !self.special {
+            return bytes(text);
+        }
+        let mut out = Vec::new();
+        let mut rest = text;
+        'outer: while !rest.is_empty() {
+            for (id, marker) in SPECIAL {
+                if let Some(after) = rest.strip_prefix(marker) {
+                    out.push(id);
+                    rest = after;
+                    continue 'outer;
+                }
+            }
+            out.push(Token::from(rest.as_bytes()[0]));
+            rest = &rest[1..];
+        }
+        out
+    }
+
+    fn decode(&self, tokens: &[Token]) -> String {
+        let bytes: Vec<u8> = tokens.iter().flat_map(|&t| self.piece(t)).collect();
+        String::from_utf8(bytes).unwrap()
+    }
 }
 
 impl Scripted {
@@ -33,6 +69,15 @@ impl Scripted {
             generating: vec![],
             log: vec![],
             limits: vec![],
+            responder: None,
+            special: false,
+        }
+    }
+
+    fn responding(responder: fn(&str) -> String) -> Self {
+        Scripted {
+            responder: Some(responder),
+            ..Scripted::new(&[])
         }
     }
 }
@@ -67,22 +112,31 @@ impl Backend for Scripted {
         Ok(())
     }
     fn start(&mut self, seq: SeqId, params: GenerateParams) -> Result<(), RolloutError> {
-        let turn = self
-            .script
-            .pop_front()
-            .expect("the agent asked for more turns than scripted");
+        let turn = match self.responder {
+            Some(respond) => respond(&String::from_utf8_lossy(
+                &self.seqs[&seq.0]
+                    .iter()
+                    .map(|&t| t as u8)
+                    .collect::<Vec<_>>(),
+            )),
+            None => self
+                .script
+                .pop_front()
+                .expect("the agent asked for more turns than scripted"),
+        };
         self.limits.push(params.max_new_tokens);
         self.generating.push((seq, turn, params));
         Ok(())
     }
     fn step(&mut self) -> Result<Vec<(SeqId, Generation)>, RolloutError> {
         let mut out = Vec::new();
-        for (seq, mut text, params) in self.generating.drain(..) {
+        for (seq, mut text, params) in std::mem::take(&mut self.generating) {
             // The limits it is given are honoured: a turn longer than
             // `max_new_tokens` is cut there (tokens are bytes).
-            let cut = text.len() > params.max_new_tokens;
-            text.truncate(params.max_new_tokens);
-            let tokens = bytes(&text);
+            let mut tokens = self.encode(&text);
+            let cut = tokens.len() > params.max_new_tokens;
+            tokens.truncate(params.max_new_tokens);
+            text = self.decode(&tokens);
             self.seqs
                 .get_mut(&seq.0)
                 .unwrap()
@@ -120,10 +174,13 @@ impl Backend for Scripted {
         8
     }
     fn tokenize(&self, text: &str) -> Result<Vec<Token>, RolloutError> {
-        Ok(bytes(text))
+        Ok(self.encode(text))
     }
     fn piece(&self, token: Token) -> Vec<u8> {
-        vec![token as u8]
+        match SPECIAL.iter().find(|(id, _)| *id == token) {
+            Some((_, marker)) => marker.as_bytes().to_vec(),
+            None => vec![token as u8],
+        }
     }
 }
 
@@ -423,7 +480,7 @@ fn cut_off_call_ends_the_trajectory(format: ToolFormat, first: &str, second: &st
     let limit = 100;
     assert!(first.len() < limit && second.len() > limit);
     let config = AgentConfig {
-        max_turn_tokens: limit,
+        max_turn_tokens: Some(limit),
         ..AgentConfig::default()
     };
     let (t, b) = collect_with(&[first, second], config, format.clone());
@@ -522,4 +579,195 @@ fn strict_and_math_rewards_on_the_same_answers() {
             "{turn:?}"
         );
     }
+}
+
+/// An empty code block: a malformed call, failed without the sandbox.
+const EMPTY_CALL: &str = "Try.\n```python\n\n```";
+
+/// Runs `problems` problems, `group` rollouts each, on a responding backend.
+fn run_many(
+    responder: fn(&str) -> String,
+    config: AgentConfig,
+    problems: usize,
+    group: usize,
+) -> (Vec<Trajectory>, cleaner::agent::BatchStats) {
+    let mut backend = Scripted::responding(responder);
+    let problems: Vec<Problem> = (0..problems)
+        .map(|p| Problem {
+            id: p.to_string(),
+            prompt: bytes(PROMPT),
+        })
+        .collect();
+    let mut agent = Agent::new(&mut backend, sandbox(), ToolFormat::markdown(), config).unwrap();
+    agent.run(&problems, group).unwrap()
+}
+
+/// Rollback probability 0.5: each trajectory is drawn for purification from
+/// its own seed, and the draw is what it gets. Every rollout makes one
+/// failing call, then answers: a drawn one shows the error to a lookahead
+/// (which answers: one `NoToolCall` event); the others keep the failure and
+/// answer in the next turn. Over 1000 seeded rollouts the drawn count is
+/// binomial(1000, 0.5): mean 500, standard deviation 15.8; the test allows
+/// 4 deviations (+-63), which a fair draw leaves with probability 6e-5 (and
+/// these seeds are fixed, so the outcome is too).
+#[test]
+fn rollback_probability_one_half_purifies_the_trajectories_it_draws() {
+    fn respond(text: &str) -> String {
+        if text.contains("```output") {
+            "So \\boxed{1}.".into()
+        } else {
+            EMPTY_CALL.into()
+        }
+    }
+    let config = AgentConfig {
+        rollback_probability: 0.5,
+        ..AgentConfig::default()
+    };
+    let (ts, stats) = run_many(respond, config, 250, 4);
+    assert_eq!(ts.len(), 1000);
+    let drawn = ts.iter().filter(|t| t.purified).count();
+    assert!(
+        (437..=563).contains(&drawn),
+        "{drawn} of 1000 drawn at p = 0.5"
+    );
+    for t in &ts {
+        check_invariants(t);
+        assert_eq!(t.answer.as_deref(), Some("1"));
+        assert_eq!(t.tool_calls.len(), 1);
+        if t.purified {
+            assert_eq!(t.purification.len(), 1, "{}", text_of(t));
+            assert_eq!(t.purification[0].result, PurifyResult::NoToolCall);
+            assert_eq!(t.correction_tokens, "So \\boxed{1}.".len());
+        } else {
+            assert!(t.purification.is_empty(), "{}", text_of(t));
+            assert_eq!(t.correction_tokens, 0);
+        }
+    }
+    assert_eq!(stats.no_tool_call_stops, drawn);
+    // The draws differ between rollouts of one problem and between problems.
+    let per_problem: Vec<usize> = ts
+        .chunks(4)
+        .map(|g| g.iter().filter(|t| t.purified).count())
+        .collect();
+    assert!(per_problem.iter().any(|&n| n > 0 && n < 4));
+}
+
+/// The default cap is 30 tool executions: with retries to spare, a call that
+/// keeps failing is retried until the 30th execution, which turns rollback
+/// off in the middle of the retries; its event says so, and the failed
+/// correction stays. Later failures are kept as collected.
+#[test]
+fn the_default_tool_attempt_cap_of_30_stops_a_retry_midway() {
+    fn respond(_: &str) -> String {
+        EMPTY_CALL.into()
+    }
+    assert_eq!(AgentConfig::default().max_tool_attempts, 30);
+    let config = AgentConfig {
+        max_retries: 100,
+        ..AgentConfig::default()
+    };
+    let max_turns = config.max_turns;
+    let (ts, stats) = run_many(respond, config, 1, 1);
+    let t = &ts[0];
+    check_invariants(t);
+    // Executions 2..=30 were lookaheads at the first position.
+    assert_eq!(t.purification.len(), 29);
+    assert!(t.purification[..28]
+        .iter()
+        .all(|e| e.result == PurifyResult::Retried && e.turn == 0));
+    assert_eq!(t.purification[28].result, PurifyResult::AttemptCap);
+    assert_eq!(stats.attempt_cap_stops, 1);
+    assert_eq!(stats.retries_exhausted, 0);
+    // Then one failing call per turn, kept, until max_turns.
+    assert_eq!(t.tool_calls.len(), 30 + max_turns - 1);
+    assert_eq!(t.failures_kept(), max_turns);
+    assert_eq!(t.finish, cleaner::agent::Finish::MaxTurns);
+    assert!(!text_of(t).contains("Try a different method"));
+}
+
+/// The response budget counts turns, not corrections, and a lookahead gets
+/// the limit of the turn it corrects: with 80 tokens, the first turn and its
+/// lookahead are both offered 80, and after the graft the answer turn is
+/// offered 80 minus the first turn only.
+#[test]
+fn a_lookahead_gets_its_turns_limit_outside_the_budget() {
+    let first = "A.\n```python\nprint(1 / 0)\n```";
+    let fix = "B.\n```python\nprint(1 / 1)\n```";
+    let config = AgentConfig {
+        max_response_tokens: 80,
+        ..AgentConfig::default()
+    };
+    let (t, b) = collect(&[first, fix, "\\boxed{1}"], config);
+    assert_eq!(b.limits, [80, 80, 80 - first.len()]);
+    assert_eq!(t.response_tokens, first.len() + "\\boxed{1}".len());
+    assert_eq!(t.correction_tokens, fix.len());
+    assert_eq!(t.answer.as_deref(), Some("1"));
+    // A per-turn cap, where set, bounds both.
+    let capped = AgentConfig {
+        max_response_tokens: 80,
+        max_turn_tokens: Some(40),
+        ..AgentConfig::default()
+    };
+    let (_, b) = collect(&[first, fix, "\\boxed{1}"], capped);
+    assert_eq!(b.limits, [40, 40, 40]);
+}
+
+/// Hermes end to end, with `<tool_call>` and `</tool_call>` as single special
+/// tokens: a call whose JSON is malformed fails without running, is shown
+/// its parse error, and the lookahead's corrected call is grafted after the
+/// original reasoning (shallow: the split is the marker token itself), runs,
+/// and the model answers from its output.
+#[test]
+fn hermes_malformed_json_is_purified_with_the_marker_as_a_special_token() {
+    let format = hermes();
+    let reasoning = "Let me compute.\n";
+    let broken = "<tool_call>\n{\"name\": \"code_interpreter\", \"arguments\": {\"code\": \"print(6 * 7)\"}\n</tool_call>";
+    let fixed = "<tool_call>\n{\"name\": \"code_interpreter\", \"arguments\": {\"code\": \"print(6 * 7)\"}}\n</tool_call>";
+    let turns = [
+        format!("{reasoning}{broken}"),
+        format!("The JSON lacked a brace.\n{fixed}"),
+        "So \\boxed{42}.".to_string(),
+    ];
+    let mut backend = Scripted::new(&turns.iter().map(String::as_str).collect::<Vec<_>>());
+    backend.special = true;
+    let problem = Problem {
+        id: "p".into(),
+        prompt: bytes(PROMPT),
+    };
+    let (ts, stats) = {
+        let mut agent = Agent::new(
+            &mut backend,
+            sandbox(),
+            format.clone(),
+            AgentConfig::default(),
+        )
+        .unwrap();
+        agent.run(&[problem], 1).unwrap()
+    };
+    let t = &ts[0];
+    let call = format!("{reasoning}{fixed}");
+    let obs = format.observation(&call, "42");
+    assert_eq!(
+        backend.decode(&t.tokens),
+        format!("{PROMPT}{call}{obs}So \\boxed{{42}}.")
+    );
+    check_invariants(t);
+    // One token per marker, and only the grafted call's are left.
+    assert_eq!(t.tokens.iter().filter(|&&x| x == 1000).count(), 1);
+    assert_eq!(t.tokens.iter().filter(|&&x| x == 1001).count(), 1);
+    assert_eq!(t.purification.len(), 1);
+    let e = &t.purification[0];
+    assert_eq!(e.error_class.name(), "format");
+    assert!(e.error.contains("could not be parsed"), "{}", e.error);
+    assert_eq!(
+        (e.repair, e.result),
+        (Some(RepairKind::Shallow), PurifyResult::Grafted)
+    );
+    assert!(e.similarity.unwrap() >= 0.5);
+    // The splice point is the marker token: the reasoning's bytes after the prompt.
+    assert_eq!(e.position, PROMPT.len() + reasoning.len());
+    assert_eq!(backend.log, vec![format!("truncate {}", e.position)]);
+    assert_eq!((t.failures_raw(), t.failures_kept()), (1, 0));
+    assert_eq!((stats.rollbacks_shallow, stats.tool_calls), (1, 2));
+    assert_eq!(t.answer.as_deref(), Some("42"));
 }

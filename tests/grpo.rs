@@ -310,7 +310,7 @@ fn eval_reports_pass_at_1_as_the_mean_over_samples() {
         ..Default::default()
     };
     options.agent.max_response_tokens = 16;
-    options.agent.max_turn_tokens = 16;
+    options.agent.max_turn_tokens = Some(16);
     let mut session =
         cleaner::session::Session::open(&common::test_model_path().display().to_string(), options)
             .expect("session");
@@ -402,9 +402,25 @@ fn made(rollout: usize, model: usize) -> Trajectory {
 /// One GRPO update (one mini-batch) of a fresh tiny adapter on
 /// `trajectories`; the step's metrics.
 fn one_update(trajectories: &[Trajectory], rewards: &[f32]) -> StepMetrics {
+    let (m, passes) = grpo_step(trajectories, rewards, 1);
+    assert_eq!(
+        passes, m.trained_sequences,
+        "no pass for zero-signal groups"
+    );
+    m
+}
+
+/// The training phases of one GRPO step (groups of 2, `mini_batches`
+/// updates) of a fresh tiny adapter on `trajectories`: the step's metrics
+/// and the training passes it announced.
+fn grpo_step(
+    trajectories: &[Trajectory],
+    rewards: &[f32],
+    mini_batches: usize,
+) -> (StepMetrics, usize) {
     let mut c = config();
     c.grpo.group_size = 2;
-    c.grpo.mini_batches = 1;
+    c.grpo.mini_batches = mini_batches;
     c.grpo.kl_to_start = false;
     let model = tiny();
     let lora = Lora::new(&model, LoraConfig::default(), 1);
@@ -426,11 +442,7 @@ fn one_update(trajectories: &[Trajectory], rewards: &[f32]) -> StepMetrics {
         &mut m,
     )
     .unwrap();
-    assert_eq!(
-        passes, m.trained_sequences,
-        "no pass for zero-signal groups"
-    );
-    m
+    (m, passes)
 }
 
 /// Zero-signal groups (all rewards equal) stay in the token-mean's
@@ -480,4 +492,35 @@ fn overlong_penalty_is_linear_inside_the_buffer() {
         c.validate().unwrap_err().0,
         "reward.overlong_penalty_factor"
     );
+}
+
+/// The first mini-batch trains the policy its old log-probs come from, so its
+/// importance ratio is exactly 1: in a step of one mini-batch nothing is
+/// clipped, the approximate KL is exactly 0, and the loss is the token-mean
+/// of -advantage (3 tokens at +A and 5 at -A: -(3 - 5) A / 8). With two
+/// mini-batches the second is scored against log-probs taken before the
+/// first update moved the adapter, and its ratio is no longer 1: the same
+/// metric then reads non-zero.
+#[test]
+fn the_first_mini_batch_has_an_importance_ratio_of_exactly_one() {
+    let trajectories = [made(0, 3), made(1, 5)];
+    let (m, passes) = grpo_step(&trajectories, &[1.0, -1.0], 1);
+    assert_eq!((m.updates, m.clip_fraction, m.approx_kl), (1, 0.0, 0.0));
+    assert_eq!(
+        passes, 2,
+        "no separate old log-prob pass for the first mini-batch"
+    );
+    let a = cleaner::rl::advantage::group_advantages(&[1.0, -1.0], 2).values;
+    let (plus, minus) = (a[0].unwrap() as f64, a[1].unwrap() as f64);
+    let want = -(3.0 * plus + 5.0 * minus) / 8.0;
+    assert!((m.loss - want).abs() < 1e-6, "loss {} vs {want}", m.loss);
+    let four: Vec<Trajectory> = (0..4).map(|r| made(r, 3 + r)).collect();
+    let (m, passes) = grpo_step(&four, &[1.0, -1.0, -1.0, 1.0], 2);
+    assert_eq!(m.updates, 2);
+    assert_eq!(
+        passes,
+        4 + 2,
+        "old log-probs up front for the second mini-batch only"
+    );
+    assert!(m.approx_kl != 0.0, "the second mini-batch's ratio moved");
 }

@@ -178,3 +178,74 @@ fn shared_prefix_fork_matches_independent_prefill() {
     // The prompt was prefilled once; the forks decoded only their tails.
     assert_eq!(decoded_before, expected);
 }
+
+/// A cache smaller than the open sequences could fill (8 x (prompt + 32)
+/// tokens wanted, 256 cells): decodes that find no room make the sequence
+/// opened last give its cells back and wait, and it resumes by prefilling
+/// again once cells are free. Every generation completes at full length, and
+/// on the CPU greedy output is the one a cache with room for all gives.
+/// Flash attention off: then a sequence prefilled anew after waiting gets
+/// the same logits as when it was decoded token by token (see
+/// `DecoderConfig::flash_attention`), so the greedy tokens can be compared
+/// exactly. Log-probs still move with the batch's composition without flash
+/// attention (`llama::ContextParams`: activation quantization turns rounding
+/// differences into jumps); up to 0.13 seen here, so the bound is 0.25, which
+/// a logits row taken from the wrong sequence or position would exceed by far.
+const COMPOSITION_LOGPROB_TOL: f32 = 0.25;
+
+#[test]
+fn sequences_wait_for_cells_when_the_cache_is_full() {
+    let _serial = common::serial();
+    let jobs: Vec<_> = PROMPTS.iter().map(|t| (tokens(t), greedy(32))).collect();
+    let with_cells = |n_ctx| {
+        cleaner::Decoder::new(
+            model(),
+            &cleaner::DecoderConfig {
+                n_ctx,
+                n_seq_max: 8,
+                n_batch: 512,
+                n_threads: 2,
+                flash_attention: Some(false),
+            },
+        )
+        .expect("decoder")
+    };
+    let mut roomy = with_cells(4096);
+    let want = roomy.generate(&jobs).unwrap();
+    assert_eq!(roomy.stats().preemptions, 0);
+    let mut tight = with_cells(256);
+    assert!(
+        tight.n_ctx() < 8 * (8 + 32),
+        "the test needs a cache too small for all"
+    );
+    let got = tight.generate(&jobs).unwrap();
+    let stats = tight.stats();
+    assert!(stats.preemptions > 0, "{stats:?}");
+    assert!(
+        stats.tokens_decoded > roomy.stats().tokens_decoded,
+        "waiting sequences prefill again"
+    );
+    assert_eq!(tight.n_open(), 0);
+    assert_eq!(got.len(), jobs.len());
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!((g.tokens.len(), &g.finish), (32, &FinishReason::MaxTokens));
+        if common::GPU {
+            continue;
+        }
+        assert_eq!(g.tokens, w.tokens, "prompt {k}");
+        for (a, b) in g.logprobs.iter().zip(&w.logprobs) {
+            assert!(
+                (a - b).abs() < COMPOSITION_LOGPROB_TOL,
+                "prompt {k}: logprob {a} vs {b}"
+            );
+        }
+    }
+    // One sequence that cannot fit alone is an error, not a wait: 300
+    // tokens in a 256-cell cache.
+    let long = vec![(tokens(&"word ".repeat(300)), greedy(4))];
+    let e = tight.generate(&long).unwrap_err();
+    assert!(
+        e.to_string().contains("300") || e.to_string().contains("context"),
+        "{e}"
+    );
+}

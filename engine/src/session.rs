@@ -24,6 +24,7 @@ use crate::agent::{
 use crate::assets::{self, AssetError, AssetStore};
 use crate::chat::{ChatError, ChatTemplate};
 use crate::llama::{LlamaError, LoraAdapter, Model, ModelParams};
+use crate::rollout::kv_budget::KvShape;
 use crate::rollout::{Decoder, DecoderConfig, RolloutError};
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxError};
 use crate::tasks::Item;
@@ -58,6 +59,26 @@ pub enum SessionError {
         /// The value asked for.
         slots: u32,
     },
+    /// The KV cache budget cannot hold one whole trajectory.
+    #[error(
+        "a KV cache budget of {:.2} GiB holds {cells} cells of {bytes_per_cell} bytes for this \
+         model; one trajectory may need {per_sequence} (prompt, response budget and \
+         lookaheads): raise the budget or lower max_prompt_tokens / max_response_tokens",
+        *bytes as f64 / (1u64 << 30) as f64
+    )]
+    KvBudgetTooSmall {
+        /// The budget in bytes.
+        bytes: u64,
+        /// Cells it holds.
+        cells: u64,
+        /// Bytes of one cell (f16 keys and values in every layer).
+        bytes_per_cell: u64,
+        /// Cells one trajectory may need.
+        per_sequence: u64,
+    },
+    /// The model file lacks the attention shape the KV budget is sized from.
+    #[error("sizing the KV cache: {0}")]
+    KvShape(#[source] cleaner_models::GgufError),
     /// Prompts longer than the context was sized for.
     #[error(
         "the prompts of problems {} are longer than max_prompt_tokens = {max_prompt_tokens}",
@@ -81,6 +102,12 @@ pub struct SessionOptions {
     pub slots: u32,
     /// Longest prompt (in tokens) the context is sized for.
     pub max_prompt_tokens: usize,
+    /// Memory for the KV cache, in bytes. `None`: room for every slot's
+    /// longest trajectory at once (slots x `AgentConfig::cells_per_sequence`),
+    /// so no sequence ever waits. With a budget the cache holds what it
+    /// allows (never more than that), and sequences beyond it wait for cells
+    /// (see `rollout::decoder`).
+    pub kv_cache_bytes: Option<u64>,
     /// llama.cpp threads (0: all cores).
     pub threads: i32,
     /// Where assets are cached (None: `$CLEANER_HOME` or `~/.cache/cleaner`).
@@ -93,6 +120,7 @@ impl Default for SessionOptions {
             agent: AgentConfig::default(),
             slots: 17,
             max_prompt_tokens: 512,
+            kv_cache_bytes: None,
             threads: 0,
             asset_dir: None,
         }
@@ -108,6 +136,37 @@ pub struct Session {
     template: ChatTemplate,
     format: ToolFormat,
     options: SessionOptions,
+}
+
+/// KV cells for a session: slots x the cells one trajectory may need, or
+/// what `kv_cache_bytes` holds for this model when that is less.
+fn kv_cells(model: &Model, options: &SessionOptions) -> Result<u32, SessionError> {
+    let per_sequence = options.agent.cells_per_sequence(options.max_prompt_tokens) as u64;
+    let planned = per_sequence.saturating_mul(options.slots as u64);
+    let cells = match options.kv_cache_bytes {
+        None => planned,
+        Some(bytes) => {
+            let shape = KvShape::of(model.gguf()).map_err(SessionError::KvShape)?;
+            let cells = shape.cells_in(bytes);
+            if cells < per_sequence {
+                return Err(SessionError::KvBudgetTooSmall {
+                    bytes,
+                    cells,
+                    bytes_per_cell: shape.bytes_per_cell(),
+                    per_sequence,
+                });
+            }
+            log::info!(
+                "KV cache: {} of the {planned} cells {} slots could fill ({} bytes each); \
+                 sequences beyond it wait for cells",
+                cells.min(planned),
+                options.slots,
+                shape.bytes_per_cell()
+            );
+            cells.min(planned)
+        }
+    };
+    Ok(cells.min(u32::MAX as u64) as u32)
 }
 
 impl Session {
@@ -142,13 +201,11 @@ impl Session {
                 ToolFormat::hermes(&template)?
             }
         };
-        let a = &options.agent;
-        let per_seq =
-            options.max_prompt_tokens + a.max_response_tokens + 2 * a.max_turn_tokens + 256;
+        let n_ctx = kv_cells(&llama, &options)?;
         let decoder = Decoder::new(
             llama.clone(),
             &DecoderConfig {
-                n_ctx: (per_seq as u32).saturating_mul(options.slots),
+                n_ctx,
                 n_seq_max: options.slots,
                 n_batch: 512,
                 n_threads: options.threads,

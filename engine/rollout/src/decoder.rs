@@ -11,6 +11,16 @@
 //! Sequences that are generating advance one token per [`Decoder::step`]; the
 //! same decode call also prefills whatever other sequences have pending
 //! (observations, grafts), so parked sequences never stall the batch.
+//!
+//! The cache may hold fewer cells than all open sequences could fill (it is
+//! sized from a memory budget, not from slots x longest sequence). When a
+//! decode finds no room, the sequence opened last gives its cells back and
+//! waits: its tokens become pending again, so it is prefilled anew once
+//! cells are free (a sequence closes or is cut back), and a generation in
+//! progress continues from there. The sequence opened first is never the
+//! one to wait, so the oldest always advances and every sequence finishes;
+//! only a sequence that cannot fit even alone is an error
+//! ([`LlamaError::KvCacheFull`]).
 
 use std::sync::Arc;
 
@@ -158,6 +168,11 @@ impl Default for DecoderConfig {
     }
 }
 
+/// What a batch takes from one sequence: its slot, the batch index of its
+/// last entry when that ends its pending run (logits are read there), and
+/// the number of tokens.
+type Taken = (usize, Option<usize>, usize);
+
 struct Generating {
     params: GenerateParams,
     rng: Rng,
@@ -176,6 +191,10 @@ struct Slot {
     /// samples straight from the context's buffer, no copy).
     logits_row: Option<usize>,
     gen: Option<Generating>,
+    /// Opening order: the sequence opened last is the first to wait.
+    opened: u64,
+    /// Gave its cells back for lack of room; decodes skip it until resumed.
+    waiting: bool,
 }
 
 /// The rollout engine. See the module documentation.
@@ -183,6 +202,10 @@ pub struct Decoder {
     ctx: Context,
     slots: Vec<Slot>,
     stats: DecoderStats,
+    /// Sequences opened so far (the next one's `Slot::opened`).
+    opened: u64,
+    /// Cells were freed since the last decode: a waiting sequence may resume.
+    freed: bool,
 }
 
 /// Counters since the decoder was created.
@@ -194,6 +217,10 @@ pub struct DecoderStats {
     pub tokens_decoded: u64,
     /// Tokens sampled.
     pub tokens_generated: u64,
+    /// Times a sequence gave its cells back to wait for room (each is
+    /// prefilled again when it resumes).
+    #[serde(default)]
+    pub preemptions: u64,
 }
 
 impl Decoder {
@@ -214,6 +241,8 @@ impl Decoder {
             ctx,
             slots,
             stats: DecoderStats::default(),
+            opened: 0,
+            freed: false,
         })
     }
 
@@ -272,8 +301,10 @@ impl Decoder {
             .iter()
             .position(|s| !s.open)
             .ok_or(RolloutError::NoFreeSlot(n))?;
+        self.opened += 1;
         self.slots[i] = Slot {
             open: true,
+            opened: self.opened,
             ..Default::default()
         };
         Ok(SeqId(i as u32))
@@ -296,6 +327,7 @@ impl Decoder {
             if slot.open {
                 self.ctx.seq_rm(seq.0 as i32, 0);
                 *slot = Slot::default();
+                self.freed = true;
             }
         }
     }
@@ -373,6 +405,7 @@ impl Decoder {
         if slot.n_cached > pos {
             slot.n_cached = pos;
             self.ctx.seq_rm(seq.0 as i32, pos as i32);
+            self.freed = true;
         }
         Ok(())
     }
@@ -395,16 +428,24 @@ impl Decoder {
         Ok(dst)
     }
 
-    /// Prefills everything pending in all idle sequences.
+    /// Prefills everything pending in all idle sequences (but those waiting
+    /// for cells, which stay pending).
     pub fn flush(&mut self) -> Result<(), RolloutError> {
         while self
             .slots
             .iter()
-            .any(|s| s.open && s.gen.is_none() && s.n_cached < s.tokens.len())
+            .any(|s| s.open && !s.waiting && s.gen.is_none() && s.n_cached < s.tokens.len())
         {
-            self.decode_round(false)?;
+            if !self.decode_round(false)? {
+                break;
+            }
         }
         Ok(())
+    }
+
+    /// Sequences waiting for cells now.
+    pub fn n_waiting(&self) -> usize {
+        self.slots.iter().filter(|s| s.open && s.waiting).count()
     }
 
     /// Logits for the token after `seq`'s last one (prefilling if needed).
@@ -413,6 +454,12 @@ impl Decoder {
         self.ensure_logits(seq)?;
         self.flush()?;
         let s = &mut self.slots[seq.0 as usize];
+        if s.waiting {
+            return Err(RolloutError::Llama(LlamaError::KvCacheFull {
+                n_tokens: s.tokens.len(),
+                n_ctx: self.ctx.n_ctx(),
+            }));
+        }
         if let Some(b) = s.logits_row.take() {
             s.next_logits = self.ctx.logits(b).map(|row| row.to_vec());
         }
@@ -499,16 +546,107 @@ impl Decoder {
     /// Builds and decodes one batch. Generating sequences come first (one
     /// pending token each, normally), then prefill of pending tokens up to
     /// `n_batch`. Logits are requested only where a sequence's pending run ends.
-    fn decode_round(&mut self, include_generating: bool) -> Result<(), RolloutError> {
+    /// When the cache has no room for the batch, the sequence opened last
+    /// waits (see the module documentation) and the batch is built again.
+    /// Returns whether anything was decoded.
+    fn decode_round(&mut self, include_generating: bool) -> Result<bool, RolloutError> {
+        // Rows of the previous decode are about to be overwritten: keep any
+        // that nobody consumed yet.
+        for s in &mut self.slots {
+            if let Some(b) = s.logits_row.take() {
+                s.next_logits = self.ctx.logits(b).map(|row| row.to_vec());
+            }
+        }
+        let has_work = |s: &Slot| {
+            s.open
+                && !s.waiting
+                && s.n_cached < s.tokens.len()
+                && (include_generating || s.gen.is_none())
+        };
+        // One waiting sequence resumes when cells were freed, or when nothing
+        // else has work (its turn has come: it is then the only candidate).
+        if self.freed || !self.slots.iter().any(has_work) {
+            self.freed = false;
+            if let Some(s) = self
+                .slots
+                .iter_mut()
+                .filter(|s| s.open && s.waiting)
+                .min_by_key(|s| s.opened)
+            {
+                s.waiting = false;
+            }
+        }
+        loop {
+            let (entries, taken) = self.build_batch(include_generating);
+            if entries.is_empty() {
+                return Ok(false);
+            }
+            match self.ctx.decode(&entries) {
+                Ok(()) => {
+                    self.stats.decode_calls += 1;
+                    self.stats.tokens_decoded += entries.len() as u64;
+                    for (i, logit_index, n) in taken {
+                        let s = &mut self.slots[i];
+                        s.n_cached += n;
+                        s.next_logits = None;
+                        match logit_index {
+                            Some(b) if s.gen.is_some() => s.logits_row = Some(b),
+                            Some(b) => s.next_logits = self.ctx.logits(b).map(|row| row.to_vec()),
+                            None => {}
+                        }
+                    }
+                    return Ok(true);
+                }
+                // llama.cpp left the cache as it was: make room and retry.
+                Err(full @ LlamaError::KvCacheFull { .. }) => {
+                    if !self.preempt_newest() {
+                        return Err(full.into());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The open sequence opened last, unless it is the only one not waiting,
+    /// gives its cells back and waits; its tokens become pending again.
+    /// Returns false when no sequence could give way.
+    fn preempt_newest(&mut self) -> bool {
+        let active = self.slots.iter().filter(|s| s.open && !s.waiting).count();
+        if active < 2 {
+            return false;
+        }
+        let Some(i) = (0..self.slots.len())
+            .filter(|&i| self.slots[i].open && !self.slots[i].waiting)
+            .max_by_key(|&i| self.slots[i].opened)
+        else {
+            return false;
+        };
+        self.ctx.seq_rm(i as i32, 0);
+        let s = &mut self.slots[i];
+        s.n_cached = 0;
+        s.next_logits = None;
+        s.logits_row = None;
+        s.waiting = true;
+        self.stats.preemptions += 1;
+        ::log::debug!(
+            "KV cache full: sequence {i} waits for cells ({} tokens to prefill again)",
+            s.tokens.len()
+        );
+        true
+    }
+
+    /// The next batch, and what it takes from each sequence.
+    fn build_batch(&self, include_generating: bool) -> (Vec<BatchEntry>, Vec<Taken>) {
         let budget = self.ctx.params().n_batch as usize;
         let mut entries: Vec<BatchEntry> = Vec::new();
         // (slot, batch index of its last entry, tokens taken)
-        let mut taken: Vec<(usize, Option<usize>, usize)> = Vec::new();
+        let mut taken: Vec<Taken> = Vec::new();
         let order: Vec<usize> = {
             let mut gen: Vec<usize> = Vec::new();
             let mut idle: Vec<usize> = Vec::new();
             for (i, s) in self.slots.iter().enumerate() {
-                if s.open && s.n_cached < s.tokens.len() {
+                if s.open && !s.waiting && s.n_cached < s.tokens.len() {
                     if s.gen.is_some() {
                         if include_generating {
                             gen.push(i);
@@ -540,27 +678,7 @@ impl Decoder {
             }
             taken.push((i, reaches_end.then(|| entries.len() - 1), n));
         }
-        // Rows of the previous decode are about to be overwritten: keep any
-        // that nobody consumed yet.
-        for s in &mut self.slots {
-            if let Some(b) = s.logits_row.take() {
-                s.next_logits = self.ctx.logits(b).map(|row| row.to_vec());
-            }
-        }
-        self.ctx.decode(&entries)?;
-        self.stats.decode_calls += 1;
-        self.stats.tokens_decoded += entries.len() as u64;
-        for (i, logit_index, n) in taken {
-            let s = &mut self.slots[i];
-            s.n_cached += n;
-            s.next_logits = None;
-            match logit_index {
-                Some(b) if s.gen.is_some() => s.logits_row = Some(b),
-                Some(b) => s.next_logits = self.ctx.logits(b).map(|row| row.to_vec()),
-                None => {}
-            }
-        }
-        Ok(())
+        (entries, taken)
     }
 
     /// Samples one token for every generating sequence whose next logits are

@@ -10,6 +10,7 @@
 
 pub mod chat;
 pub mod decoder;
+pub mod kv_budget;
 pub mod llama;
 pub mod sampling;
 

@@ -37,8 +37,10 @@ pub struct AgentConfig {
     pub max_turns: usize,
     /// Budget of model tokens per trajectory (corrections exempt).
     pub max_response_tokens: usize,
-    /// Most tokens in one turn.
-    pub max_turn_tokens: usize,
+    /// Most tokens in one turn. `None` (the default, and the reference's
+    /// recipe): a turn may use all that is left of `max_response_tokens`, so
+    /// a long reasoning turn is not cut (and scored -1) for its length alone.
+    pub max_turn_tokens: Option<usize>,
     /// Tool output is cut in the middle to this many characters.
     pub observation_chars: usize,
     /// Probability that a trajectory is purified (0: plain rollouts).
@@ -67,7 +69,7 @@ impl Default for AgentConfig {
             },
             max_turns: 8,
             max_response_tokens: 1024,
-            max_turn_tokens: 512,
+            max_turn_tokens: None,
             observation_chars: 256,
             rollback_probability: 1.0,
             similarity_threshold: 0.5,
@@ -79,6 +81,29 @@ impl Default for AgentConfig {
 }
 
 impl AgentConfig {
+    /// Most tokens one turn may take: what is left of the response budget,
+    /// within `max_turn_tokens` when it is set.
+    pub fn turn_budget(&self, response_tokens: usize) -> usize {
+        let left = self.max_response_tokens.saturating_sub(response_tokens);
+        self.max_turn_tokens.map_or(left, |cap| left.min(cap))
+    }
+
+    /// KV cells to plan for one trajectory with a prompt of `prompt` tokens:
+    /// the prompt, the response budget, and twice the longest lookahead (a
+    /// correction is exempt from the budget and coexists with the failed
+    /// turn until it is spliced; the second share covers the observations
+    /// and grafts around it), plus 256 for the chat template's wrapping.
+    /// A lookahead may be as long as the turn it corrects, so without
+    /// `max_turn_tokens` that is the whole response budget.
+    pub fn cells_per_sequence(&self, prompt: usize) -> usize {
+        let lookahead = self
+            .max_turn_tokens
+            .map_or(self.max_response_tokens, |cap| {
+                cap.min(self.max_response_tokens)
+            });
+        prompt + self.max_response_tokens + 2 * lookahead + 256
+    }
+
     /// Checks ranges; the error names the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (field, value) in [
@@ -91,7 +116,7 @@ impl AgentConfig {
         }
         for (field, value) in [
             ("max_turns", self.max_turns),
-            ("max_turn_tokens", self.max_turn_tokens),
+            ("max_turn_tokens", self.max_turn_tokens.unwrap_or(1)),
             ("max_response_tokens", self.max_response_tokens),
         ] {
             if value == 0 {
@@ -205,7 +230,7 @@ mod tests {
         );
         assert_eq!(
             bad(AgentConfig {
-                max_turn_tokens: 0,
+                max_turn_tokens: Some(0),
                 ..AgentConfig::default()
             }),
             ConfigError::Zero {
@@ -227,6 +252,33 @@ mod tests {
             .to_string()
             .starts_with("rollback_probability must be in [0, 1]"));
         assert_eq!(AgentConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_turn_may_use_all_that_is_left_of_the_budget_by_default() {
+        let free = AgentConfig {
+            max_response_tokens: 20480,
+            ..AgentConfig::default()
+        };
+        assert_eq!(free.max_turn_tokens, None);
+        assert_eq!(free.turn_budget(0), 20480);
+        assert_eq!(free.turn_budget(20000), 480);
+        assert_eq!(free.turn_budget(30000), 0);
+        let capped = AgentConfig {
+            max_turn_tokens: Some(4096),
+            ..free.clone()
+        };
+        assert_eq!(capped.turn_budget(0), 4096);
+        assert_eq!(capped.turn_budget(20000), 480);
+        // Cells: prompt + budget + two lookaheads + 256.
+        assert_eq!(
+            free.cells_per_sequence(2560),
+            2560 + 20480 + 2 * 20480 + 256
+        );
+        assert_eq!(
+            capped.cells_per_sequence(2560),
+            2560 + 20480 + 2 * 4096 + 256
+        );
     }
 
     #[test]

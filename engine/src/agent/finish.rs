@@ -15,7 +15,7 @@ pub enum Finish {
     /// `max_turns` assistant turns were taken.
     MaxTurns,
     /// The response token budget ran out (`max_response_tokens`, or the last
-    /// turn hit `max_turn_tokens`).
+    /// turn hit `max_turn_tokens` where one is set).
     MaxTokens,
     /// The sequence filled the rollout context.
     Context,

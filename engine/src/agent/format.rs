@@ -129,11 +129,14 @@ impl ToolFormat {
         }
     }
 
-    /// Reads the tool call of a finished turn.
+    /// Reads the tool call of a finished turn, from its first marker: as the
+    /// reference reads it, where purification splits the turn, and where a
+    /// Markdown turn's stop string is armed (a second marker does not move
+    /// where the call starts).
     pub fn parse(&self, turn: &str) -> Call {
         match self.kind {
             FormatKind::Hermes => {
-                let Some(start) = turn.rfind("<tool_call>") else {
+                let Some(start) = turn.find("<tool_call>") else {
                     return Call::None;
                 };
                 let body = &turn[start + "<tool_call>".len()..];
@@ -143,7 +146,7 @@ impl ToolFormat {
                 parse_hermes_json(body[..end].trim())
             }
             FormatKind::Markdown => {
-                let Some(start) = turn.rfind("```python") else {
+                let Some(start) = turn.find("```python") else {
                     return Call::None;
                 };
                 let body = &turn[start + "```python".len()..];
@@ -235,6 +238,12 @@ mod tests {
             Call::Malformed(_)
         ));
         assert_eq!(f.parse("The answer is \\boxed{3}."), Call::None);
+        // The first marker opens the call: a second one inside it is not
+        // skipped to.
+        assert!(matches!(
+            f.parse("<tool_call> x <tool_call>{\"name\": \"code_interpreter\", \"arguments\": {\"code\": \"print(1)\"}}</tool_call>"),
+            Call::Malformed(_)
+        ));
     }
 
     #[test]

@@ -19,24 +19,33 @@ use super::trajectory::{PurificationEvent, PurifyResult, RepairKind};
 /// Where a turn's tool call begins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CallStart {
-    /// Byte offset of the call marker in the turn's text.
+    /// Byte offset of the call marker in the turn's raw token bytes.
     pub byte: usize,
     /// Index (within the turn) of the token holding the marker's first byte:
     /// the splice point of a shallow repair.
     pub token: usize,
 }
 
-/// The last `marker` in `text`, with the token that holds it; `piece_lens`
-/// are the byte lengths of the turn's tokens, in order.
-pub fn call_start(
-    text: &str,
-    marker: &str,
-    piece_lens: impl IntoIterator<Item = usize>,
-) -> Option<CallStart> {
-    let byte = text.rfind(marker)?;
+/// The first `marker` in a turn, with the token that holds it; `pieces` are
+/// the raw bytes of the turn's tokens, in order. The search runs on those
+/// bytes, not on a decoded text: a lossy decode turns each invalid UTF-8 byte
+/// into a 3-byte replacement character, so its offsets do not line up with
+/// the tokens' byte lengths and the split could land on the wrong token. The
+/// first marker, as the reference splits (a marker inside the call's own
+/// code does not move the split).
+pub fn call_start<P: AsRef<[u8]>>(pieces: &[P], marker: &str) -> Option<CallStart> {
+    let bytes: Vec<u8> = pieces
+        .iter()
+        .flat_map(|p| p.as_ref().iter().copied())
+        .collect();
+    let marker = marker.as_bytes();
+    if marker.is_empty() {
+        return None;
+    }
+    let byte = bytes.windows(marker.len()).position(|w| w == marker)?;
     let mut end = 0usize;
-    for (token, len) in piece_lens.into_iter().enumerate() {
-        end += len;
+    for (token, piece) in pieces.iter().enumerate() {
+        end += piece.as_ref().len();
         if end > byte {
             return Some(CallStart { byte, token });
         }
@@ -55,16 +64,13 @@ pub struct Turn<'a> {
     pub text: &'a str,
     /// Where its call marker is (None: no marker).
     pub call: Option<CallStart>,
+    /// The text compared for similarity: from the call marker through the
+    /// end of the turn, decoded from the token bytes at the marker (empty
+    /// without a marker). This is what the reference compares.
+    pub call_text: &'a str,
     /// Whether the turn holds a tool call (well-formed or not); a turn
     /// without one is an answer.
     pub has_call: bool,
-}
-
-impl Turn<'_> {
-    /// The call segment: the text from the marker on (empty without one).
-    pub fn call_text(&self) -> &str {
-        self.call.map_or("", |c| &self.text[c.byte..])
-    }
 }
 
 /// The failed call at the position being purified.
@@ -177,7 +183,7 @@ pub fn purify(failed: &Turn, lookahead: &Turn, failure: &Failure, gamma: f64) ->
         return Purified::KeepAll(kept);
     }
     let similarity = match (failed.call, lookahead.call) {
-        (Some(_), Some(_)) => Some(ratio(failed.call_text(), lookahead.call_text())),
+        (Some(_), Some(_)) => Some(ratio(failed.call_text, lookahead.call_text)),
         _ => None,
     };
     let repair = repair_kind(similarity, gamma);
@@ -211,11 +217,14 @@ mod tests {
     /// A turn of one-byte tokens starting at `start`, split at the marker
     /// the way the runner splits it.
     fn turn(start: usize, text: &str) -> Turn<'_> {
+        let pieces: Vec<[u8; 1]> = text.bytes().map(|b| [b]).collect();
+        let call = call_start(&pieces, MARKER);
         Turn {
             start,
             len: text.len(),
             text,
-            call: call_start(text, MARKER, text.bytes().map(|_| 1)),
+            call,
+            call_text: call.map_or("", |c| &text[c.byte..]),
             has_call: text.contains(MARKER),
         }
     }
@@ -243,14 +252,29 @@ mod tests {
     }
 
     #[test]
-    fn call_start_finds_the_token_holding_the_last_marker() {
+    fn call_start_finds_the_token_holding_the_first_marker() {
+        let pieces: [&[u8]; 6] = [b"a", b"b", b"```p", b"ython ", b"x`", b"``python"];
         assert_eq!(
-            call_start("ab```python x```python", MARKER, [1, 1, 4, 6, 2, 8]),
-            Some(CallStart { byte: 13, token: 4 })
+            call_start(&pieces, MARKER),
+            Some(CallStart { byte: 2, token: 2 })
         );
-        assert_eq!(call_start("no call", MARKER, [7]), None);
-        // Pieces that end before the marker's byte: no token holds it.
-        assert_eq!(call_start("x```python", MARKER, [1]), None);
+        assert_eq!(call_start(&[b"no call"], MARKER), None);
+    }
+
+    #[test]
+    fn call_start_counts_raw_bytes_before_the_marker() {
+        // Two invalid UTF-8 bytes before a marker split over two tokens: a
+        // lossy decode makes each a 3-byte U+FFFD, so the decoded text has
+        // the marker at byte 6 while the raw bytes have it at 2, in token 2.
+        // Offsets from the decode name token 3, past the marker's start: a
+        // shallow splice there keeps "``" and grafts a whole new marker.
+        let pieces: [&[u8]; 5] = [b"\xff", b"\xfe", b"``", b"`python\n", b"print(1)"];
+        let decoded = String::from_utf8_lossy(&pieces.concat()).into_owned();
+        assert_eq!(decoded.find(MARKER), Some(6));
+        assert_eq!(
+            call_start(&pieces, MARKER),
+            Some(CallStart { byte: 2, token: 2 })
+        );
     }
 
     #[test]
@@ -266,7 +290,7 @@ mod tests {
     fn shallow_repair_keeps_the_reasoning_and_grafts_the_new_call() {
         let failed = turn(PROMPT, FAILED);
         let look = turn(lookahead_start(), HALF_ALIKE);
-        assert_eq!(ratio(failed.call_text(), look.call_text()), 0.5);
+        assert_eq!(ratio(failed.call_text, look.call_text), 0.5);
         let Purified::Splice(splice, event) = purify(&failed, &look, &failure(), 0.5) else {
             panic!("a lookahead with a call is spliced");
         };
@@ -355,6 +379,7 @@ mod tests {
         // JSON outside <tool_call>, say): nothing to split at.
         let failed = Turn {
             call: None,
+            call_text: "",
             ..turn(PROMPT, FAILED)
         };
         let look = turn(lookahead_start(), HALF_ALIKE);

@@ -86,6 +86,13 @@ enum Phase {
     Done(Finish),
 }
 
+/// A turn read back from its tokens (see `Agent::read_turn`).
+struct TurnText {
+    text: String,
+    call: Option<CallStart>,
+    call_text: String,
+}
+
 /// The failed position being purified: what failed, and where.
 struct Pending {
     failure: Failure,
@@ -103,6 +110,9 @@ struct Rollout {
     turn_start: usize,
     turns: usize,
     response_tokens: usize,
+    /// Token limit of the current turn when it started (a lookahead that
+    /// corrects it gets the same).
+    turn_budget: usize,
     correction_tokens: usize,
     /// Whether failures are still purified (off after spec steps 3, 7, 8).
     rollback: bool,
@@ -198,6 +208,7 @@ impl<'a, B: Backend> Agent<'a, B> {
                     turn_start: problem.prompt.len(),
                     turns: 0,
                     response_tokens: 0,
+                    turn_budget: 0,
                     correction_tokens: 0,
                     rollback: purified,
                     purified,
@@ -344,13 +355,14 @@ impl<'a, B: Backend> Agent<'a, B> {
 
     fn start_generation(&mut self, r: &mut Rollout, kind: GenKind) -> Result<(), AgentError> {
         let budget = match kind {
-            GenKind::Turn => self
-                .config
-                .max_response_tokens
-                .saturating_sub(r.response_tokens)
-                .min(self.config.max_turn_tokens),
-            // Corrections do not count against the response budget (spec step 2).
-            GenKind::Lookahead => self.config.max_turn_tokens,
+            GenKind::Turn => {
+                r.turn_budget = self.config.turn_budget(r.response_tokens);
+                r.turn_budget
+            }
+            // Corrections do not count against the response budget (spec
+            // step 2): a lookahead gets the limit the turn it corrects had,
+            // whatever that turn used of it.
+            GenKind::Lookahead => r.turn_budget,
         };
         if budget == 0 {
             r.phase = Phase::Done(Finish::MaxTokens);
@@ -377,12 +389,19 @@ impl<'a, B: Backend> Agent<'a, B> {
         Ok(())
     }
 
-    /// A turn's text and where its call marker is.
-    fn read_turn(&self, turn: &[Token]) -> (String, Option<CallStart>) {
-        let text = self.backend.detokenize(turn);
-        let pieces = turn.iter().map(|&t| self.backend.piece(t).len());
-        let call = purify::call_start(&text, self.format.marker(), pieces);
-        (text, call)
+    /// A turn's text and where its call marker is, found on the tokens'
+    /// bytes; the call text is decoded from the marker's byte on.
+    fn read_turn(&self, turn: &[Token]) -> TurnText {
+        let pieces: Vec<Vec<u8>> = turn.iter().map(|&t| self.backend.piece(t)).collect();
+        let call = purify::call_start(&pieces, self.format.marker());
+        let bytes = pieces.concat();
+        TurnText {
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            call_text: call
+                .map(|c| String::from_utf8_lossy(&bytes[c.byte..]).into_owned())
+                .unwrap_or_default(),
+            call,
+        }
     }
 
     /// A turn or a lookahead is in: an answer ends the rollout, a call goes
@@ -411,7 +430,11 @@ impl<'a, B: Backend> Agent<'a, B> {
             GenKind::Turn => r.turn_start,
             GenKind::Lookahead => generated,
         };
-        let (text, call_at) = self.read_turn(&r.seq.tokens[start..]);
+        let TurnText {
+            text,
+            call: call_at,
+            call_text,
+        } = self.read_turn(&r.seq.tokens[start..]);
         // A turn cut off by a length limit ends the trajectory before its
         // call is read: a call it opened is never run nor purified (the
         // reference stops on length before parsing).
@@ -448,6 +471,7 @@ impl<'a, B: Backend> Agent<'a, B> {
                     len: g.tokens.len(),
                     text: &text,
                     call: call_at,
+                    call_text: &call_text,
                     has_call: call != Call::None,
                 };
                 self.after_lookahead(r, k, &lookahead, call, jobs, stats)
@@ -470,13 +494,13 @@ impl<'a, B: Backend> Agent<'a, B> {
         let Some(pending) = r.pending.take() else {
             return Ok(());
         };
-        let (failed_text, failed_call) =
-            self.read_turn(&r.seq.tokens[r.turn_start..pending.call_end]);
+        let failed_turn = self.read_turn(&r.seq.tokens[r.turn_start..pending.call_end]);
         let failed = purify::Turn {
             start: r.turn_start,
             len: pending.call_end - r.turn_start,
-            text: &failed_text,
-            call: failed_call,
+            text: &failed_turn.text,
+            call: failed_turn.call,
+            call_text: &failed_turn.call_text,
             has_call: true,
         };
         let gamma = self.config.similarity_threshold;
@@ -607,6 +631,22 @@ impl<'a, B: Backend> Agent<'a, B> {
         };
         match purify::after_failure(r.rollback, r.attempts, retries, &self.config) {
             AfterFailure::Keep => {
+                // Rollback still on means the attempt cap fired just now; on a
+                // spliced call, in the middle of a position's retries: say so
+                // on its event rather than leave it "retried".
+                if r.rollback && res.spliced {
+                    stats.attempt_cap_stops += 1;
+                    if let Some(last) = r.events.last_mut() {
+                        last.result = PurifyResult::AttemptCap;
+                    }
+                    log::debug!(
+                        "rollout {}/{}: max_tool_attempts = {} reached during a retry; \
+                         the failed correction stays",
+                        r.problem,
+                        r.index,
+                        self.config.max_tool_attempts
+                    );
+                }
                 r.rollback = false;
                 self.observe_and_continue(r, id, &content)
             }

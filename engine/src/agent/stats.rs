@@ -28,6 +28,9 @@ pub struct BatchStats {
     pub rollbacks_deep: usize,
     /// Positions whose retries ran out.
     pub retries_exhausted: usize,
+    /// Positions whose retries the tool-attempt cap cut short.
+    #[serde(default)]
+    pub attempt_cap_stops: usize,
     /// Lookaheads that answered without a call (purification stopped).
     pub no_tool_call_stops: usize,
     /// Tokens sampled in total, and for lookahead corrections.

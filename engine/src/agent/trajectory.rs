@@ -110,6 +110,10 @@ pub enum PurifyResult {
     /// The lookahead answered without a tool call: everything kept, no more
     /// purification in this trajectory.
     NoToolCall,
+    /// The correction failed too, and that call reached `max_tool_attempts`:
+    /// rollback turned off in the middle of the retries, so the failed
+    /// correction stays as collected, without the exhaustion note.
+    AttemptCap,
 }
 
 /// One rollback.

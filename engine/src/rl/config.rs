@@ -115,6 +115,17 @@ pub struct EngineConfig {
     pub threads: i32,
     /// Prompts longer than this are skipped (counted in the metrics).
     pub max_prompt_tokens: usize,
+    /// GPU (or host) memory for the KV cache, in GiB. Unset: room for every
+    /// slot's longest trajectory at once. Set: the cache holds what fits and
+    /// sequences beyond it wait for cells (docs/configuration.md).
+    pub kv_cache_gib: Option<f64>,
+}
+
+impl EngineConfig {
+    /// `kv_cache_gib` in bytes.
+    pub fn kv_cache_bytes(&self) -> Option<u64> {
+        self.kv_cache_gib.map(|g| (g * (1u64 << 30) as f64) as u64)
+    }
 }
 
 /// The GRPO loop.
@@ -194,6 +205,7 @@ impl Default for EngineConfig {
             slots: 17,
             threads: 0,
             max_prompt_tokens: 512,
+            kv_cache_gib: None,
         }
     }
 }
@@ -419,6 +431,9 @@ impl RunConfig {
         if self.engine.max_prompt_tokens < 16 {
             return Err(("engine.max_prompt_tokens", "must be at least 16".into()));
         }
+        if let Some(gib) = self.engine.kv_cache_gib {
+            positive("engine.kv_cache_gib", gib)?;
+        }
         if self.data.dataset.trim().is_empty() {
             return Err((
                 "data.dataset",
@@ -534,6 +549,34 @@ mod tests {
     }
 
     #[test]
+    fn every_file_in_configs_parses_validates_and_ships() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| entry.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        assert_eq!(files.len(), SHIPPED.len(), "{files:?}");
+        for path in &files {
+            let config = RunConfig::load(path.to_str().unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let name = path.file_stem().unwrap().to_str().unwrap();
+            let (_, shipped) = SHIPPED
+                .iter()
+                .find(|(n, _)| *n == name)
+                .unwrap_or_else(|| panic!("{name} is not in SHIPPED"));
+            assert_eq!(*shipped, std::fs::read_to_string(path).unwrap());
+            assert!(config.engine.kv_cache_gib.is_none_or(|g| g > 0.0));
+        }
+        // The paper's recipe: no per-turn cap, a KV cache sized from memory.
+        let paper = RunConfig::load("paper-qwen3-4b").unwrap();
+        assert_eq!(paper.agent.max_turn_tokens, None);
+        assert_eq!(paper.engine.kv_cache_gib, Some(64.0));
+        assert_eq!(paper.engine.kv_cache_bytes(), Some(64 << 30));
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = err("[grpo]\nstepz = 3\n");
         assert!(
@@ -547,6 +590,13 @@ mod tests {
         );
         let e = err("[optim]\nlr = -1.0\n");
         assert!(e.contains("optim.lr") && e.contains("positive"), "{e}");
+        let e = err("[engine]\nkv_cache_gib = 0.0\n");
+        assert!(
+            e.contains("engine.kv_cache_gib") && e.contains("positive"),
+            "{e}"
+        );
+        let e = err("[agent]\nmax_turn_tokens = 0\n");
+        assert!(e.contains("max_turn_tokens"), "{e}");
         let e = err("[grpo]\ngroup_size = 1\n");
         assert!(e.contains("grpo.group_size"), "{e}");
         let e = err("[lora]\ntargets = [\"q\", \"qq\"]\n");

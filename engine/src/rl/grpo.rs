@@ -701,6 +701,7 @@ pub fn open_session(config: &RunConfig) -> Result<Session, SessionError> {
             agent: config.agent.clone(),
             slots: config.engine.slots,
             max_prompt_tokens: config.engine.max_prompt_tokens,
+            kv_cache_bytes: config.engine.kv_cache_bytes(),
             threads: config.engine.threads,
             asset_dir: None,
         },

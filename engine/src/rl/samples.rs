@@ -118,6 +118,85 @@ impl StepLogprobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::{trajectory::FORMAT_VERSION, Finish};
+
+    /// A trajectory with these roles; token `k` is `100 + k`.
+    fn with_roles(rollout: usize, roles: &str) -> Trajectory {
+        let roles: Vec<Role> = roles
+            .chars()
+            .map(|c| match c {
+                'P' => Role::Prompt,
+                'M' => Role::Model,
+                _ => Role::Observation,
+            })
+            .collect();
+        let n = roles.len();
+        Trajectory {
+            format_version: FORMAT_VERSION,
+            problem_id: "p".into(),
+            problem_index: Some(0),
+            rollout,
+            tokens: (0..n as u32).map(|k| 100 + k as crate::Token).collect(),
+            roles,
+            sampler_logprobs: vec![0.0; n],
+            segments: Vec::new(),
+            tool_calls: Vec::new(),
+            purification: Vec::new(),
+            purified: false,
+            turns: 1,
+            response_tokens: 0,
+            correction_tokens: 0,
+            text: String::new(),
+            answer: None,
+            reward: None,
+            finish: Finish::Answer,
+        }
+    }
+
+    /// Log-prob position `t` scores token `t + 1` (the trainer's log-probs
+    /// are shifted by one), so the weight at `t` is 1 exactly when token
+    /// `t + 1` is a model token: the prompt's first token is never scored,
+    /// and an observation token right after a model token gets weight 0.
+    #[test]
+    fn weights_are_shifted_by_one_onto_the_predicted_tokens() {
+        let t = with_roles(0, "PPMMOOMM");
+        let s = Sample::new(&t, 1.0).unwrap();
+        assert_eq!(s.tokens, (100..108).collect::<Vec<u32>>());
+        assert_eq!(s.weight, [0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]);
+        assert_eq!(s.trained_tokens(), 4);
+        // Nothing to predict: no sample.
+        assert!(Sample::new(&with_roles(0, "PPOO"), 1.0).is_none());
+        assert!(Sample::new(&with_roles(0, "M"), 1.0).is_none());
+    }
+
+    /// Each trajectory's advantage reaches every position of its own sample
+    /// and no other; a degenerate group's trajectories get 0 and are marked.
+    #[test]
+    fn each_advantage_reaches_its_own_trajectory() {
+        let ts = [
+            with_roles(0, "PMM"),
+            with_roles(1, "PMMMM"),
+            with_roles(2, "PM"),
+            with_roles(3, "PMMM"),
+        ];
+        let samples = samples_of(&ts, &[Some(0.5), Some(-0.5), None, None]);
+        let got: Vec<(Vec<f32>, bool)> = samples
+            .iter()
+            .map(|s| (s.advantage.clone(), s.zero_signal))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (vec![0.5; 2], false),
+                (vec![-0.5; 4], false),
+                (vec![0.0; 1], true),
+                (vec![0.0; 3], true),
+            ]
+        );
+        for (s, t) in samples.iter().zip(&ts) {
+            assert_eq!(s.tokens.len(), t.tokens.len());
+        }
+    }
 
     #[test]
     fn mini_batches_cover_every_index_once_in_order() {

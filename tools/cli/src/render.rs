@@ -50,6 +50,7 @@ pub fn purify_result(r: PurifyResult) -> &'static str {
         PurifyResult::Retried => "retried",
         PurifyResult::Exhausted => "retries exhausted",
         PurifyResult::NoToolCall => "no tool call",
+        PurifyResult::AttemptCap => "tool-attempt cap reached",
     }
 }
 

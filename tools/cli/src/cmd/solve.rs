@@ -70,7 +70,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let problems = cleaner::agent::prompt::problems(&template, &model, &config, &items)?;
     let longest = problems.iter().map(|p| p.prompt.len()).max().unwrap_or(0);
-    let mut per_seq = longest + a.agent.max_response_tokens + 2 * config.max_turn_tokens + 512;
+    let mut per_seq = config.cells_per_sequence(longest) + 256;
     // No sequence gets more positions than the model was trained on.
     let n_ctx_train = model.n_ctx_train() as usize;
     if n_ctx_train > 0 && per_seq > n_ctx_train {
