@@ -296,6 +296,9 @@ enum Memory {
     Graph(NonNull<sys::ggml_gallocr>),
     /// Metadata only, for planning ([`Context::plan_only`]): no memory.
     PlanOnly,
+    /// A graph's intermediates in a [`Workspace`]'s buffer, borrowed while
+    /// an [`InWorkspace`] guard lives (not owned: nothing to free).
+    Workspace,
 }
 
 /// A ggml context holding tensor and graph metadata (never tensor data: its
@@ -658,7 +661,7 @@ impl Context {
             // SAFETY: the allocator is owned by this context and live;
             // buffer 0 is the only one (one buffer type).
             Some(Memory::Graph(g)) => unsafe { sys::ggml_gallocr_get_buffer_size(g.as_ptr(), 0) },
-            Some(Memory::PlanOnly) | None => 0,
+            Some(Memory::PlanOnly | Memory::Workspace) | None => 0,
         }
     }
 
@@ -765,6 +768,50 @@ impl Context {
             unsafe { sys::ggml_graph_reset(graph.ptr) };
         }
         Ok(())
+    }
+
+    /// Gives `graph`'s intermediate tensors memory in `ws`'s buffer, reused
+    /// graph after graph (grown when a graph needs more), instead of an
+    /// allocation of their own. The tensors have memory while the returned
+    /// guard lives; dropping it detaches them (reads then fail as for a
+    /// tensor without memory), so no tensor can outlive the buffer's
+    /// reuse by the next graph. Once per context.
+    pub fn allocate_graph_in<'w>(
+        &self,
+        graph: &Graph<'_>,
+        ws: &'w mut Workspace,
+    ) -> Result<InWorkspace<'w, '_>, GgmlError> {
+        if !std::ptr::eq(graph.ctx, self) || self.memory.get().is_some() {
+            return Err(GgmlError::Data {
+                name: "graph".into(),
+                detail: "a context allocates one graph of its own, once".into(),
+            });
+        }
+        graph.check_leaves()?;
+        let _ = self.memory.set(Memory::Workspace);
+        // SAFETY: allocator and graph live; tensors from other contexts that
+        // already have memory keep it (gallocr skips allocated tensors). The
+        // guard returned borrows the workspace mutably, so no other graph can
+        // be allocated in it (and move its buffer) while these tensors are
+        // attached.
+        let ok = unsafe { sys::ggml_gallocr_alloc_graph(ws.galloc.as_ptr(), graph.ptr) };
+        let guard = InWorkspace {
+            _ws: PhantomData,
+            ctx: self,
+        };
+        if !ok {
+            return Err(GgmlError::OutOfMemory {
+                backend: ws.backend.clone(),
+                what: "graph intermediates".into(),
+                bytes: 0,
+            });
+        }
+        let _ = self.placed_on.set(ws.buffer_type as usize);
+        if graph.grads {
+            // SAFETY: as in `allocate_graph`.
+            unsafe { sys::ggml_graph_reset(graph.ptr) };
+        }
+        Ok(guard)
     }
 
     // ---- ops -------------------------------------------------------------
@@ -1197,9 +1244,87 @@ impl Drop for Context {
             match self.memory.take() {
                 Some(Memory::Buffer(b)) => sys::ggml_backend_buffer_free(b.as_ptr()),
                 Some(Memory::Graph(g)) => sys::ggml_gallocr_free(g.as_ptr()),
-                Some(Memory::PlanOnly) | None => {}
+                Some(Memory::PlanOnly | Memory::Workspace) | None => {}
             }
             sys::ggml_free(self.ptr.as_ptr());
+        }
+    }
+}
+
+/// A graph allocator whose one buffer serves graph after graph (see
+/// [`Context::allocate_graph_in`]): a pass of many small graphs allocates
+/// device memory a few times as the graphs grow, not once per graph.
+pub struct Workspace {
+    galloc: NonNull<sys::ggml_gallocr>,
+    buffer_type: sys::ggml_backend_buffer_type_t,
+    backend: String,
+}
+
+impl std::fmt::Debug for Workspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workspace")
+            .field("backend", &self.backend)
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
+impl Workspace {
+    /// An empty workspace on `backend`'s buffer type.
+    pub fn new(backend: &Backend) -> Result<Workspace, GgmlError> {
+        let buffer_type = backend.buffer_type();
+        // SAFETY: the buffer type is ggml's, for the life of the process.
+        let galloc =
+            NonNull::new(unsafe { sys::ggml_gallocr_new(buffer_type) }).ok_or_else(|| {
+                GgmlError::OutOfMemory {
+                    backend: backend.name.clone(),
+                    what: "graph allocator".into(),
+                    bytes: 0,
+                }
+            })?;
+        Ok(Workspace {
+            galloc,
+            buffer_type,
+            backend: backend.name.clone(),
+        })
+    }
+
+    /// Bytes of device memory its buffer holds now.
+    pub fn bytes(&self) -> usize {
+        // SAFETY: live allocator with one buffer type (buffer 0).
+        unsafe { sys::ggml_gallocr_get_buffer_size(self.galloc.as_ptr(), 0) }
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        // SAFETY: owned, freed once; no tensor is attached to its buffer
+        // (every guard borrowing it is gone).
+        unsafe { sys::ggml_gallocr_free(self.galloc.as_ptr()) }
+    }
+}
+
+/// The tensors of a context attached to a [`Workspace`]'s buffer; dropping
+/// it detaches them.
+pub struct InWorkspace<'w, 'c> {
+    _ws: PhantomData<&'w mut Workspace>,
+    ctx: &'c Context,
+}
+
+impl Drop for InWorkspace<'_, '_> {
+    fn drop(&mut self) {
+        // SAFETY: live context; its tensors' data pointers point into the
+        // workspace buffer (or into other contexts' memory, for views of
+        // their tensors), and are cleared so that nothing reads through them
+        // after the buffer is reused.
+        unsafe {
+            let c = self.ctx.ptr.as_ptr();
+            let mut t = sys::ggml_get_first_tensor(c);
+            while !t.is_null() {
+                (*t).data = std::ptr::null_mut();
+                (*t).buffer = std::ptr::null_mut();
+                t = sys::ggml_get_next_tensor(c, t);
+            }
         }
     }
 }

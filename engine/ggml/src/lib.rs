@@ -78,7 +78,7 @@ pub mod weights;
 
 pub use audit::{audit, GpuTarget, Violation};
 pub use error::GgmlError;
-pub use ffi::{quantize, Backend, Context, Device, Graph, Tensor};
+pub use ffi::{quantize, Backend, Context, Device, Graph, Tensor, Workspace};
 pub use plan::{check_budget, plan_bytes, plan_step, StepPlan};
 pub use seq::Chunks;
 pub use train::{

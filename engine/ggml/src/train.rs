@@ -16,7 +16,7 @@
 
 use crate::block_backward::{self, FactorGrads};
 use crate::error::GgmlError;
-use crate::ffi::{Backend, Context, Graph, Tensor};
+use crate::ffi::{Backend, Context, Graph, Tensor, Workspace};
 use crate::forward::{check_tokens, Builder};
 use crate::head;
 use crate::seq::{Chunks, Keep, Seq};
@@ -27,6 +27,8 @@ use cleaner_models::{Lora, Proj};
 /// ready for [`backward_from`].
 pub struct Checkpoints {
     seq: Seq,
+    /// The buffer every stage graph of the step borrows in turn.
+    workspace: Workspace,
     /// The adapter generation the forward ran with (checked by the backward).
     n_pairs: usize,
 }
@@ -36,6 +38,12 @@ impl Checkpoints {
     /// buffers, inputs).
     pub fn bytes(&self) -> usize {
         self.seq.bytes()
+    }
+
+    /// Bytes of the stage graphs' shared working buffer (its size is the
+    /// largest graph computed so far).
+    pub fn workspace_bytes(&self) -> usize {
+        self.workspace.bytes()
     }
 }
 
@@ -166,13 +174,14 @@ type StageValues = (Vec<Vec<f32>>, Vec<(usize, Proj)>);
 /// buffers) with the pairs the gradients belong to.
 fn run(
     backend: &Backend,
+    ws: &mut Workspace,
     model: &DeviceModel,
     lora: Option<&DeviceLora>,
     seq: &Seq,
     stage: Stage,
 ) -> Result<StageValues, GgmlError> {
     with_stage(model, lora, seq, stage, |ctx, built| {
-        ctx.allocate_graph(&built.graph, backend)?;
+        let _attached = ctx.allocate_graph_in(&built.graph, ws)?;
         backend.compute(&built.graph)?;
         let n_read = match stage {
             Stage::Head(..) => 1,
@@ -191,6 +200,7 @@ fn run(
 /// with every block input left in `seq` when it keeps checkpoints.
 fn forward(
     backend: &Backend,
+    ws: &mut Workspace,
     model: &DeviceModel,
     lora: Option<&DeviceLora>,
     seq: &Seq,
@@ -198,7 +208,7 @@ fn forward(
     let n = seq.n_tok();
     let mut lp = Vec::with_capacity(n);
     for stage in Stage::all(model.config().n_layer, n, seq.chunks(), false) {
-        let (values, _) = run(backend, model, lora, seq, stage)?;
+        let (values, _) = run(backend, ws, model, lora, seq, stage)?;
         for v in values {
             lp.extend(v);
         }
@@ -220,7 +230,7 @@ pub fn logprobs_chunked(
 ) -> Result<Vec<f32>, GgmlError> {
     check_tokens(model, tokens)?;
     let seq = Seq::new(backend, model, tokens, chunks, Keep::PingPong)?;
-    forward(backend, model, lora, &seq)
+    forward(backend, &mut Workspace::new(backend)?, model, lora, &seq)
 }
 
 /// [`logprobs_chunked`] with the default [`Chunks`].
@@ -244,11 +254,13 @@ pub fn forward_train(
 ) -> Result<(Vec<f32>, Checkpoints), GgmlError> {
     check_tokens(model, tokens)?;
     let seq = Seq::new(backend, model, tokens, chunks, Keep::Checkpoints)?;
-    let lp = forward(backend, model, Some(lora), &seq)?;
+    let mut workspace = Workspace::new(backend)?;
+    let lp = forward(backend, &mut workspace, model, Some(lora), &seq)?;
     Ok((
         lp,
         Checkpoints {
             seq,
+            workspace,
             n_pairs: lora.pairs().len(),
         },
     ))
@@ -262,7 +274,7 @@ pub fn backward_from(
     backend: &Backend,
     model: &DeviceModel,
     lora: &DeviceLora,
-    ckpt: &Checkpoints,
+    ckpt: &mut Checkpoints,
     dlogprob: &[f32],
     grads: &mut Lora,
 ) -> Result<(), GgmlError> {
@@ -290,7 +302,7 @@ pub fn backward_from(
         .into_iter()
         .filter(|s| matches!(s, Stage::HeadBackward(..) | Stage::BlockBackward(_)))
     {
-        let (values, pairs) = run(backend, model, Some(lora), seq, stage)?;
+        let (values, pairs) = run(backend, &mut ckpt.workspace, model, Some(lora), seq, stage)?;
         for (i, (layer, proj)) in pairs.into_iter().enumerate() {
             let pair = grads.pair_mut(layer, proj).ok_or_else(|| {
                 GgmlError::BadRequest(format!(
@@ -351,8 +363,8 @@ pub fn backward_chunked(
         )));
     }
     check_grads(model, lora, grads)?;
-    let (lp, ckpt) = forward_train(backend, model, lora, tokens, chunks)?;
-    backward_from(backend, model, lora, &ckpt, dlogprob, grads)?;
+    let (lp, mut ckpt) = forward_train(backend, model, lora, tokens, chunks)?;
+    backward_from(backend, model, lora, &mut ckpt, dlogprob, grads)?;
     Ok(lp)
 }
 

@@ -164,3 +164,33 @@ fn outside_tensors_are_bounded() {
     let e = ctx.graph(&[ws[0]], false).map(|_| ()).unwrap_err();
     assert!(e.to_string().contains("another context"), "{e}");
 }
+
+/// A workspace's buffer serves graph after graph; a tensor of a graph whose
+/// guard was dropped has no memory any more (a typed error, never a read of
+/// a buffer the next graph reuses).
+#[test]
+fn workspace_tensors_detach_with_their_guard() {
+    let (_serial, backend) = cpu();
+    let mut ws = cleaner_ggml::Workspace::new(&backend).unwrap();
+    let inputs = Context::new(1, 0).unwrap();
+    let x = inputs
+        .new_tensor(cleaner_ggml::ffi::types::F32, &[4], "x")
+        .unwrap();
+    inputs.allocate(&backend).unwrap();
+    x.set_f32(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+    let ctx = Context::new(1, 1).unwrap();
+    let y = ctx.scale(x, 2.0).unwrap().set_output();
+    let graph = ctx.graph(&[y], false).unwrap();
+    {
+        let _attached = ctx.allocate_graph_in(&graph, &mut ws).unwrap();
+        backend.compute(&graph).unwrap();
+        assert_eq!(y.get_f32().unwrap(), vec![2.0, 4.0, 6.0, 8.0]);
+    }
+    assert!(ws.bytes() >= 16);
+    match y.get_f32() {
+        Err(GgmlError::Data { detail, .. }) => assert!(detail.contains("no memory"), "{detail}"),
+        other => panic!("expected a data error, got {other:?}"),
+    }
+    // The context cannot be allocated twice.
+    assert!(ctx.allocate_graph_in(&graph, &mut ws).is_err());
+}
