@@ -67,7 +67,7 @@
 //! let weights = vec![1.0; tokens.len() - 1]; // which next-token positions train
 //! for _ in 0..10 {
 //!     trainer.accumulate(&tokens, |logprobs| nll_loss(logprobs, &weights).1)?;
-//!     let stats = trainer.update();
+//!     let stats = trainer.update()?;
 //!     println!("grad norm {:.3}", stats.grad_norm);
 //! }
 //! let mut decoder = Decoder::new(llama, &DecoderConfig::default())?;

@@ -2,7 +2,9 @@
 //! sandbox and llama.cpp: two steps train and change the adapter, the
 //! rollout engine samples from the new adapter, metrics and checkpoints are
 //! written, and a run resumed from step 1 reproduces step 2 bit for bit.
-//! Also: a kill -9 while checkpoints are written leaves one that loads.
+//! The same two steps train with the ggml trainer backend (on ggml's CPU
+//! backend). Also: a kill -9 while checkpoints are written leaves one that
+//! loads.
 
 mod common;
 
@@ -16,7 +18,7 @@ use cleaner::rl::checkpoint::{self, TrainState, STATE_VERSION};
 use cleaner::rl::metrics::MetricsLog;
 use cleaner::rl::{Grpo, RunConfig, StepMetrics};
 use cleaner::tasks::Item;
-use cleaner::train::{AdamWConfig, Trainer};
+use cleaner::train::{AdamWConfig, BackendKind, DeviceKind, Trainer};
 
 fn config() -> RunConfig {
     let mut c = RunConfig::from_toml(
@@ -41,6 +43,10 @@ max_response_tokens = 48
 max_turn_tokens = 48
 [optim]
 lr = 5e-3
+# The reference backend, whatever the build: a GPU build's "auto" would
+# train on ggml (tested on its own below).
+[trainer]
+backend = "cpu"
 "#,
         "test config",
     )
@@ -108,6 +114,64 @@ fn two_steps_train_swap_checkpoint_and_resume_bit_for_bit() {
         .expect("start run")
         .with_reward(digit_share);
     let steps = grpo.run().expect("two steps");
+    assert_trained_and_swapped(&mut grpo, &steps);
+
+    // Metrics and checkpoints on disk.
+    let metrics = MetricsLog::read(&run_a.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics.iter().map(|m| m.step).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(metrics, steps);
+    let ckpt = checkpoint::latest(&run_a).unwrap();
+    assert!(ckpt.ends_with("step-000002"), "{}", ckpt.display());
+    assert_eq!(
+        std::fs::read_dir(run_a.join("trajectories"))
+            .unwrap()
+            .count(),
+        2
+    );
+    drop(grpo);
+
+    // Resume a copy from step 1: step 2 comes out bit for bit.
+    let run_b = tmp.path().join("b");
+    copy_dir(&run_a, &run_b);
+    std::fs::remove_dir_all(run_b.join("checkpoints/step-000002")).unwrap();
+    std::fs::write(run_b.join("checkpoints/latest"), "step-000002").unwrap(); // dangling: falls back
+    let mut resumed = Grpo::resume_with_tasks(&run_b, None, tasks())
+        .expect("resume")
+        .with_reward(digit_share);
+    assert_eq!(resumed.step(), 1);
+    let again = resumed.run().expect("step 2 again");
+    assert_eq!(again.len(), 1);
+    assert_eq!(timeless(&again[0]), timeless(&steps[1]));
+    for f in ["adapter.gguf", "optimizer.gguf"] {
+        assert!(
+            read(run_a.join("checkpoints/step-000002").join(f))
+                == read(run_b.join("checkpoints/step-000002").join(f)),
+            "{f} differs after resume"
+        );
+    }
+    assert_eq!(
+        read(run_a.join("trajectories/step-000002.jsonl")),
+        read(run_b.join("trajectories/step-000002.jsonl"))
+    );
+    let metrics_b = MetricsLog::read(&run_b.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics_b.len(), 2, "the resumed run replaced step 2's line");
+
+    // A new run refuses a directory that holds a checkpoint.
+    let err = Grpo::with_tasks(config(), &run_a, tasks())
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("already holds a checkpoint"),
+        "{err}"
+    );
+}
+
+/// Two GRPO steps trained (every step updates twice, with a gradient), the
+/// adapter changed, and llama.cpp samples from the new adapter.
+fn assert_trained_and_swapped(grpo: &mut Grpo, steps: &[StepMetrics]) {
     assert_eq!(steps.len(), 2);
     assert!(
         steps
@@ -164,58 +228,30 @@ fn two_steps_train_swap_checkpoint_and_resume_bit_for_bit() {
         gap < 0.5 * gap_base,
         "llama.cpp is not sampling from the new adapter: {gap} vs {gap_base}"
     );
+}
 
-    // Metrics and checkpoints on disk.
-    let metrics = MetricsLog::read(&run_a.join("metrics.jsonl")).unwrap();
-    assert_eq!(
-        metrics.iter().map(|m| m.step).collect::<Vec<_>>(),
-        vec![1, 2]
-    );
-    assert_eq!(metrics, steps);
-    let ckpt = checkpoint::latest(&run_a).unwrap();
-    assert!(ckpt.ends_with("step-000002"), "{}", ckpt.display());
-    assert_eq!(
-        std::fs::read_dir(run_a.join("trajectories"))
-            .unwrap()
-            .count(),
-        2
-    );
-    drop(grpo);
-
-    // Resume a copy from step 1: step 2 comes out bit for bit.
-    let run_b = tmp.path().join("b");
-    copy_dir(&run_a, &run_b);
-    std::fs::remove_dir_all(run_b.join("checkpoints/step-000002")).unwrap();
-    std::fs::write(run_b.join("checkpoints/latest"), "step-000002").unwrap(); // dangling: falls back
-    let mut resumed = Grpo::resume_with_tasks(&run_b, None, tasks())
-        .expect("resume")
+#[test]
+fn two_steps_train_and_swap_with_the_ggml_backend() {
+    let _serial = common::serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.trainer.backend = BackendKind::Ggml;
+    c.trainer.device = DeviceKind::Cpu;
+    let mut grpo = Grpo::with_tasks(c, tmp.path(), tasks())
+        .expect("start run")
         .with_reward(digit_share);
-    assert_eq!(resumed.step(), 1);
-    let again = resumed.run().expect("step 2 again");
-    assert_eq!(again.len(), 1);
-    assert_eq!(timeless(&again[0]), timeless(&steps[1]));
-    for f in ["adapter.gguf", "optimizer.gguf"] {
-        assert!(
-            read(run_a.join("checkpoints/step-000002").join(f))
-                == read(run_b.join("checkpoints/step-000002").join(f)),
-            "{f} differs after resume"
-        );
-    }
-    assert_eq!(
-        read(run_a.join("trajectories/step-000002.jsonl")),
-        read(run_b.join("trajectories/step-000002.jsonl"))
-    );
-    let metrics_b = MetricsLog::read(&run_b.join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics_b.len(), 2, "the resumed run replaced step 2's line");
-
-    // A new run refuses a directory that holds a checkpoint.
-    let err = Grpo::with_tasks(config(), &run_a, tasks())
-        .err()
-        .expect("refused");
     assert!(
-        err.to_string().contains("already holds a checkpoint"),
-        "{err}"
+        grpo.trainer().backend_name().starts_with("ggml on CPU"),
+        "{}",
+        grpo.trainer().backend_name()
     );
+    let steps = grpo.run().expect("two steps");
+    assert_trained_and_swapped(&mut grpo, &steps);
+    // The checkpoint's config says where it trained, and resumes there.
+    drop(grpo);
+    let resumed = Grpo::resume_with_tasks(tmp.path(), Some(3), tasks()).expect("resume");
+    assert_eq!(resumed.config().trainer.backend, BackendKind::Ggml);
+    assert!(resumed.trainer().backend_name().starts_with("ggml"));
 }
 
 const CHILD_ENV: &str = "CLEANER_TEST_CHECKPOINT_DIR";
@@ -358,7 +394,7 @@ fn warm_up_counts_training_steps_not_updates() {
             trainer
                 .accumulate(&tokens, |lp| vec![-1.0; lp.len()])
                 .unwrap();
-            lrs.push(trainer.update_at(step).lr);
+            lrs.push(trainer.update_at(step).unwrap().lr);
         }
     }
     let want: Vec<f32> = [0.25f32, 0.5, 0.75, 1.0, 1.0, 1.0]

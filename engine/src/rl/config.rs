@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::reward::MathReward;
 use crate::agent::AgentConfig;
 use crate::tasks::{Dataset, DatasetError, Fields, Item};
-use crate::train::{AdamWConfig, LossConfig};
+use crate::train::{AdamWConfig, BackendKind, DeviceKind, LossConfig, TrainerBackend};
 use cleaner_models::{LoraConfig, Proj};
 
 /// Configs shipped with the engine: (name, TOML text).
@@ -226,19 +226,38 @@ impl Default for GrpoConfig {
     }
 }
 
-/// The trainer's memory/compute trade-off.
+/// Where the trainer runs and its memory/compute trade-off.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainerSection {
+    /// "auto" (ggml on the build's GPU when one is present, else "cpu"),
+    /// "cpu" (our CPU kernels) or "ggml" (ggml graphs on `device`); see
+    /// docs/training.md.
+    pub backend: BackendKind,
+    /// Where ggml runs: "auto" (the build's GPU if present, else the CPU),
+    /// "cuda", "metal", "vulkan" or "cpu".
+    pub device: DeviceKind,
     /// MiB of block intermediates one sequence's forward pass may keep so the
     /// backward pass need not recompute them (0: recompute every block, the
     /// least memory; the gradients are the same either way). Qwen2.5-0.5B
-    /// needs 1.4 MiB per token to keep all 24 blocks.
+    /// needs 1.4 MiB per token to keep all 24 blocks. The CPU backend's
+    /// setting (ggml plans its own memory).
     pub activation_memory_mib: usize,
     /// Arithmetic of the products with the base weights: "f32" (the
     /// reference) or "bf16" (operands rounded to bf16, f32 sums; about twice
-    /// the matrix speed on CPUs with AVX-512 BF16, f32 elsewhere).
+    /// the matrix speed on CPUs with AVX-512 BF16, f32 elsewhere). The CPU
+    /// backend's setting: bf16 with backend "ggml" is an error.
     pub precision: MatmulPrecision,
+}
+
+impl TrainerSection {
+    /// The backend/device choice.
+    pub fn backend(&self) -> TrainerBackend {
+        TrainerBackend {
+            backend: self.backend,
+            device: self.device,
+        }
+    }
 }
 
 /// `[trainer] precision`.
@@ -264,6 +283,8 @@ impl From<MatmulPrecision> for cleaner_kernels::matmul::Precision {
 impl Default for TrainerSection {
     fn default() -> Self {
         TrainerSection {
+            backend: BackendKind::default(),
+            device: DeviceKind::default(),
             activation_memory_mib: crate::train::DEFAULT_ACTIVATION_MEMORY >> 20,
             precision: MatmulPrecision::default(),
         }
@@ -527,6 +548,20 @@ impl RunConfig {
         if !(l.kl_coef >= 0.0) {
             return Err(("loss.kl_coef", format!("must be >= 0, got {}", l.kl_coef)));
         }
+        let t = &self.trainer;
+        t.backend().check().map_err(|e| {
+            let key = match e {
+                crate::train::BackendError::CpuOnDevice { .. } => "trainer.backend",
+                _ => "trainer.device",
+            };
+            (key, e.to_string())
+        })?;
+        if t.backend == BackendKind::Ggml && t.precision != MatmulPrecision::F32 {
+            return Err((
+                "trainer.precision",
+                "bf16 is the CPU kernels' precision (ggml multiplies in f32); use \"f32\" with backend = \"ggml\"".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -612,6 +647,41 @@ mod tests {
         assert!(e.contains("engine.slots"), "{e}");
         let e = err("model = ");
         assert!(e.contains("test.toml"), "{e}");
+    }
+
+    #[test]
+    fn trainer_backend_errors_name_key_and_choices() {
+        let e = err("[trainer]\nbackend = \"gpu\"\n");
+        assert!(
+            e.contains("trainer.backend")
+                && e.contains("gpu")
+                && ["auto", "cpu", "ggml"].iter().all(|v| e.contains(v)),
+            "{e}"
+        );
+        let e = err("[trainer]\ndevice = \"tpu\"\n");
+        assert!(
+            e.contains("trainer.device")
+                && ["auto", "cpu", "cuda", "metal", "vulkan"]
+                    .iter()
+                    .all(|v| e.contains(v)),
+            "{e}"
+        );
+        let e = err("[trainer]\nbackend = \"cpu\"\ndevice = \"metal\"\n");
+        assert!(e.contains("trainer.backend") && e.contains("metal"), "{e}");
+        let e = err("[trainer]\nbackend = \"ggml\"\nprecision = \"bf16\"\n");
+        assert!(e.contains("trainer.precision"), "{e}");
+        if !cfg!(feature = "cuda") {
+            let e = err("[trainer]\ndevice = \"cuda\"\n");
+            assert!(
+                e.contains("trainer.device")
+                    && e.contains("not compiled")
+                    && e.contains("`cuda` feature"),
+                "{e}"
+            );
+        }
+        let c =
+            RunConfig::from_toml("[trainer]\nbackend = \"ggml\"\ndevice = \"cpu\"\n", "t").unwrap();
+        assert_eq!(c.trainer.backend(), TrainerBackend::ggml(DeviceKind::Cpu));
     }
 
     #[test]

@@ -38,7 +38,9 @@ use crate::agent::{Problem, Trajectory};
 use crate::seeds;
 use crate::session::{Session, SessionError, SessionOptions};
 use crate::tasks::{DatasetError, Item};
-use crate::train::{sequence_loss, BatchShape, LossStats, SeqLossInput, TrainError, Trainer};
+use crate::train::{
+    sequence_loss, BatchShape, LossStats, SeqLossInput, TrainError, Trainer, TrainerBackend,
+};
 use cleaner_models::{ModelError, Transformer};
 
 /// Why a run could not start or a step failed. The three large sources are
@@ -263,7 +265,9 @@ impl Grpo {
         elapsed_s: f64,
     ) -> Result<Grpo, GrpoError> {
         trainer.set_activation_memory(config.trainer.activation_memory_mib.saturating_mul(1 << 20));
-        trainer.set_precision(config.trainer.precision.into());
+        trainer.set_precision(config.trainer.precision.into())?;
+        trainer.set_backend(config.trainer.backend(), trainer_threads())?;
+        log::info!("trainer: {}", trainer.backend_name());
         if items.is_empty() {
             return Err(GrpoError::NoProblems);
         }
@@ -306,6 +310,16 @@ impl Grpo {
     pub fn trainer(&self) -> &Trainer {
         &self.trainer
     }
+    /// Moves the trainer to another backend/device (e.g. a run resumed on a
+    /// machine with a GPU); the config saved with later checkpoints says so.
+    pub fn set_trainer_backend(&mut self, backend: TrainerBackend) -> Result<(), GrpoError> {
+        self.trainer.set_backend(backend, trainer_threads())?;
+        self.config.trainer.backend = backend.backend;
+        self.config.trainer.device = backend.device;
+        log::info!("trainer: {}", self.trainer.backend_name());
+        Ok(())
+    }
+
     /// The rollout session (it samples from the current adapter).
     pub fn session(&mut self) -> &mut Session {
         &mut self.session
@@ -657,7 +671,7 @@ impl StepTrainer<'_> {
                 passes.done += 1;
                 (self.progress)(passes.progress());
             }
-            let u = self.trainer.update_at(step);
+            let u = self.trainer.update_at(step)?;
             grad_norms.push(u.grad_norm);
             m.lr = u.lr as f64;
         }
@@ -706,4 +720,10 @@ pub fn open_session(config: &RunConfig) -> Result<Session, SessionError> {
             asset_dir: None,
         },
     )
+}
+
+/// Threads of ggml's CPU backend when it trains: every core (rollouts and
+/// training take turns, never run at once).
+fn trainer_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -3,6 +3,13 @@
 //! ([`Trainer::accumulate`]) until [`Trainer::update`] applies them; the
 //! adapter then goes into a live [`Decoder`] without reloading anything
 //! ([`Trainer::hot_swap`]).
+//!
+//! Log-probs and gradients come from the backend chosen with
+//! [`Trainer::set_backend`] ([`super::backend`]: our CPU kernels, the
+//! default, or ggml graphs on a GPU or ggml's CPU backend); the adapter,
+//! optimizer (AdamW on the host), checkpoints and exports are the same for
+//! both. On ggml the adapter also lives on the device: every update copies
+//! its new values there.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,6 +17,7 @@ use std::sync::Arc;
 use cleaner_kernels::matmul::Precision;
 use cleaner_models::{Lora, LoraConfig, ModelError, Transformer};
 
+use super::backend::{BackendError, BackendKind, GgmlEngine, TrainerBackend};
 use super::optim::{AdamW, AdamWConfig, OptimStateError, UpdateStats};
 use crate::llama::{LlamaError, LoraAdapter};
 use crate::rollout::{Decoder, RolloutError};
@@ -29,6 +37,12 @@ pub enum TrainError {
     /// The rollout engine.
     #[error(transparent)]
     Rollout(#[from] RolloutError),
+    /// The backend/device choice cannot be served.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The ggml backend failed (upload, graph, compute).
+    #[error("ggml trainer: {0}")]
+    Ggml(#[from] cleaner_ggml::GgmlError),
     /// A file operation.
     #[error("{path}: {source}")]
     Io {
@@ -81,6 +95,8 @@ pub struct Trainer {
     /// Bytes of block intermediates a forward pass may keep so the backward
     /// pass need not recompute them.
     activation_memory: usize,
+    /// The ggml engine when that backend was chosen; `None`: our CPU kernels.
+    ggml: Option<GgmlEngine>,
 }
 
 /// The default of [`Trainer::set_activation_memory`]: 2 GiB, which keeps
@@ -124,6 +140,40 @@ impl Trainer {
             optim,
             pending: 0,
             activation_memory: DEFAULT_ACTIVATION_MEMORY,
+            ggml: None,
+        }
+    }
+
+    /// Moves forward and backward to `backend` (see [`TrainerBackend`];
+    /// a new trainer computes with our CPU kernels). `auto` resolves here:
+    /// the build's GPU when present, else the CPU kernels. On ggml the base
+    /// weights and the current adapter are copied to the device; `n_threads`
+    /// is for ggml's CPU backend. Errors: a device the build lacks or that is
+    /// absent, and bf16 precision, which ggml's products do not have.
+    pub fn set_backend(
+        &mut self,
+        backend: TrainerBackend,
+        n_threads: usize,
+    ) -> Result<(), TrainError> {
+        let started = backend.start(n_threads)?;
+        self.ggml = match started {
+            None => None,
+            Some(b) => {
+                if self.model.precision() != Precision::F32 {
+                    return Err(bf16_on_ggml().into());
+                }
+                Some(GgmlEngine::new(b, &self.model, &self.lora)?)
+            }
+        };
+        Ok(())
+    }
+
+    /// The backend computing log-probs and gradients, in words: `cpu` or
+    /// `ggml on <device>` (ggml's device name: `CPU`, `CUDA0`, ...).
+    pub fn backend_name(&self) -> String {
+        match &self.ggml {
+            None => BackendKind::Cpu.name().into(),
+            Some(g) => format!("ggml on {}", g.name()),
         }
     }
 
@@ -131,7 +181,8 @@ impl Trainer {
     /// keep for its backward pass (0: checkpoint every block, the least
     /// memory). Blocks that do not fit are recomputed from their input, which
     /// costs a third more matrix work for them; the gradients are
-    /// bit-identical either way.
+    /// bit-identical either way. The CPU backend's setting: ggml plans its
+    /// own graph memory and ignores it.
     pub fn set_activation_memory(&mut self, bytes: usize) {
         self.activation_memory = bytes;
     }
@@ -141,8 +192,13 @@ impl Trainer {
     /// roughly doubles their speed on CPUs with AVX-512 BF16 and runs f32
     /// elsewhere. Set it before the first step: log-probs computed in one
     /// precision are not comparable with the other's at the level of bits.
-    pub fn set_precision(&mut self, p: Precision) {
+    /// The ggml backend has f32 products only: bf16 there is an error.
+    pub fn set_precision(&mut self, p: Precision) -> Result<(), TrainError> {
+        if self.ggml.is_some() && p != Precision::F32 {
+            return Err(bf16_on_ggml().into());
+        }
         self.model.set_precision(p);
+        Ok(())
     }
 
     /// The mapped model.
@@ -152,6 +208,10 @@ impl Trainer {
     /// The adapter as trained so far.
     pub fn adapter(&self) -> &Lora {
         &self.lora
+    }
+    /// The gradients accumulated since the last update (zero after it).
+    pub fn gradients(&self) -> &Lora {
+        &self.grads
     }
     /// The optimizer and its state.
     pub fn optimizer(&self) -> &AdamW {
@@ -166,6 +226,9 @@ impl Trainer {
     /// base model (the reference policy: same weights, adapter off, no extra
     /// memory) with `adapter = false`.
     pub fn logprobs(&self, tokens: &[u32], adapter: bool) -> Result<Vec<f32>, TrainError> {
+        if let Some(g) = &self.ggml {
+            return Ok(g.logprobs(tokens, adapter)?);
+        }
         Ok(self
             .model
             .forward(tokens, adapter.then_some(&self.lora), None)?
@@ -181,22 +244,19 @@ impl Trainer {
         tokens: &[u32],
         loss_grad: impl FnOnce(&[f32]) -> Vec<f32>,
     ) -> Result<Vec<f32>, TrainError> {
+        if let Some(g) = &self.ggml {
+            // ggml's backward recomputes the forward it needs, so the
+            // log-probs for the loss come from a forward-only graph first.
+            let logprobs = g.logprobs(tokens, true)?;
+            let dlogprob = checked_gradient(&logprobs, loss_grad(&logprobs))?;
+            g.backward(tokens, &dlogprob, &mut self.grads)?;
+            self.pending += 1;
+            return Ok(logprobs);
+        }
         let (logprobs, tape) =
             self.model
                 .forward_train_keeping(tokens, &self.lora, self.activation_memory)?;
-        let dlogprob = loss_grad(&logprobs);
-        if dlogprob.len() != logprobs.len() {
-            return Err(TrainError::GradientLength {
-                gradients: dlogprob.len(),
-                logprobs: logprobs.len(),
-            });
-        }
-        if let Some(position) = dlogprob.iter().position(|g| !g.is_finite()) {
-            return Err(TrainError::GradientNotFinite {
-                position,
-                value: dlogprob[position],
-            });
-        }
+        let dlogprob = checked_gradient(&logprobs, loss_grad(&logprobs))?;
         self.model
             .backward(&tape, &self.lora, &dlogprob, &mut self.grads)?;
         self.pending += 1;
@@ -204,8 +264,9 @@ impl Trainer {
     }
 
     /// Applies the pending gradients (AdamW, global norm clip) and clears
-    /// them; the schedule counts every update as a training step.
-    pub fn update(&mut self) -> UpdateStats {
+    /// them; the schedule counts every update as a training step. On ggml
+    /// the new adapter is copied to the device (the only way this fails).
+    pub fn update(&mut self) -> Result<UpdateStats, TrainError> {
         let step = self.optim.step;
         self.update_at(step)
     }
@@ -213,13 +274,16 @@ impl Trainer {
     /// Applies the pending gradients at the learning rate of training step
     /// `train_step` (0-based; a GRPO step's mini-batch updates share it)
     /// and clears them.
-    pub fn update_at(&mut self, train_step: u64) -> UpdateStats {
+    pub fn update_at(&mut self, train_step: u64) -> Result<UpdateStats, TrainError> {
         let stats = self
             .optim
             .update_at(&mut self.lora, &self.grads, train_step);
         self.grads.tensors_mut().for_each(|t| t.fill(0.0));
         self.pending = 0;
-        stats
+        if let Some(g) = &self.ggml {
+            g.set_adapter(&self.lora)?;
+        }
+        Ok(stats)
     }
 
     /// Sequences accumulated since the last update.
@@ -266,10 +330,35 @@ impl Trainer {
         self.optim.save(&opt).map_err(io(&opt))
     }
 
-    /// Restores a trainer saved by [`Trainer::save`] on `model`.
+    /// Restores a trainer saved by [`Trainer::save`] on `model` (on the CPU
+    /// backend; [`Trainer::set_backend`] moves it).
     pub fn load(model: Transformer, dir: &Path) -> Result<Trainer, TrainError> {
         let lora = Lora::read_gguf(&model, &dir.join("adapter.gguf"))?;
         let optim = AdamW::load(&dir.join("optimizer.gguf"), &lora)?;
         Ok(Trainer::from_parts(model, lora, optim))
     }
+}
+
+/// The loss's `d loss / d logprob`, checked against the log-probs it was
+/// computed from: same length, every entry finite.
+fn checked_gradient(logprobs: &[f32], dlogprob: Vec<f32>) -> Result<Vec<f32>, TrainError> {
+    if dlogprob.len() != logprobs.len() {
+        return Err(TrainError::GradientLength {
+            gradients: dlogprob.len(),
+            logprobs: logprobs.len(),
+        });
+    }
+    if let Some(position) = dlogprob.iter().position(|g| !g.is_finite()) {
+        return Err(TrainError::GradientNotFinite {
+            position,
+            value: dlogprob[position],
+        });
+    }
+    Ok(dlogprob)
+}
+
+fn bf16_on_ggml() -> BackendError {
+    BackendError::Unsupported(
+        "precision bf16 is the CPU kernels' (ggml multiplies in f32); set [trainer] precision = \"f32\" or backend = \"cpu\"".into(),
+    )
 }

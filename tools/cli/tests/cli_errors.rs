@@ -175,3 +175,51 @@ fn other_missing_inputs_say_each_cause_once() {
     let line = error_line(&stderr);
     assert!(line.contains("no complete checkpoint"), "{line}");
 }
+
+/// A trainer backend the build lacks fails before any model is loaded, with
+/// the flags and the cause (the missing cargo feature) in one line; an
+/// unknown backend name is a usage error listing the accepted ones.
+#[test]
+fn a_trainer_device_the_build_lacks_names_the_flag_and_the_feature() {
+    let compiled = [
+        ("cuda", cfg!(feature = "cuda")),
+        ("metal", cfg!(feature = "metal")),
+        ("vulkan", cfg!(feature = "vulkan")),
+    ];
+    let Some(device) = compiled.iter().find(|(_, on)| !on).map(|(d, _)| *d) else {
+        return; // a build with every GPU backend
+    };
+    for args in [
+        vec!["train", "--backend", "ggml", "--device", device],
+        vec!["train", "--device", device],
+        vec![
+            "bench",
+            "train",
+            "--backend",
+            "cpu,ggml",
+            "--device",
+            device,
+            "--python",
+            "none",
+        ],
+    ] {
+        let stderr = fails(&args, None);
+        let line = error_line(&stderr);
+        assert!(
+            line.contains(&format!("--device {device}"))
+                && line.contains("not compiled")
+                && line.contains(&format!("`{device}` feature")),
+            "cleaner {args:?}: {line}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_cleaner"))
+        .args(["train", "--backend", "gpu"])
+        .output()
+        .expect("run cleaner");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--backend") && stderr.contains("\"gpu\" is not one of auto, cpu, ggml"),
+        "{stderr}"
+    );
+}

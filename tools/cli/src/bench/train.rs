@@ -5,9 +5,14 @@
 //! thread count, measured in the same run (`tools/scripts/bench_train_torch.py`, in an
 //! environment made in the cache on first use: see `python_env.rs`).
 //!
-//! Ours runs once per `--keep-mib` setting: 0 recomputes every block in the
-//! backward pass (per-block checkpointing, the least memory), larger values
-//! keep that much of the blocks' intermediates instead. Each implementation's
+//! Ours runs on each `--backend` in the same run: `cpu` (our kernels) once
+//! per `--keep-mib` and `--precision` setting (keep 0 recomputes every block
+//! in the backward pass, per-block checkpointing, the least memory; larger
+//! values keep that much of the blocks' intermediates instead), and `ggml`
+//! once on `--device` (it has neither setting). Peak memory is the process's
+//! peak RSS for every backend: for ggml on the CPU it includes the weights
+//! ggml copies into its own buffer; on a GPU device memory is not in it.
+//! Each implementation's
 //! rate is also given in useful GFLOP/s: the matrix work a step cannot avoid
 //! (forward and input-gradient products of every projection and the
 //! vocabulary, causal attention forward and backward), the same count for
@@ -21,7 +26,7 @@ use anyhow::{bail, Context, Result};
 use cleaner::assets::AssetStore;
 use cleaner::kernels::matmul::Precision;
 use cleaner::models::{LoraConfig, Transformer};
-use cleaner::train::{nll_loss, AdamWConfig, Trainer};
+use cleaner::train::{nll_loss, AdamWConfig, BackendKind, DeviceKind, Trainer, TrainerBackend};
 
 use super::{median, python_env};
 
@@ -49,6 +54,12 @@ pub struct Args {
     /// f32 on CPUs without AVX-512 BF16, and the table says so).
     #[arg(long, default_value = "f32,bf16")]
     precision: String,
+    /// Trainer backends to measure (comma-separated: cpu, ggml).
+    #[arg(long, default_value = "cpu,ggml")]
+    backend: String,
+    /// Device of the ggml backend: auto, cpu, cuda, metal, vulkan.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    device: DeviceKind,
     /// Rounds per cell: ours and PyTorch take turns this many times, and the
     /// speed ratio is the median of the rounds' ratios, with their range, so
     /// that a slow spell of this shared machine lands on one round of both
@@ -57,9 +68,25 @@ pub struct Args {
     rounds: usize,
 }
 
+fn parse_device(s: &str) -> Result<DeviceKind, String> {
+    DeviceKind::parse(s)
+        .ok_or_else(|| format!("{s:?} is not one of auto, cpu, cuda, metal, vulkan"))
+}
+
+/// One configuration of ours.
+#[derive(Clone, Copy)]
+enum Setting {
+    /// Our CPU kernels: kept MiB of activations, precision.
+    Cpu(usize, Precision),
+    /// ggml on a device.
+    Ggml(DeviceKind),
+}
+
 struct Cell {
     tok_s: f64,
     peak_mib: f64,
+    /// What ran, in words (`cpu, keep 0 MiB, f32`, `ggml on CPU`).
+    label: String,
 }
 
 /// The matrix work one training step cannot avoid, in FLOPs: every
@@ -82,13 +109,7 @@ fn useful_flops(model: &Transformer, n_tok: usize) -> f64 {
     4.0 * t * params as f64 + 6.0 * t * t * (c.q_dim() * model.layers.len()) as f64
 }
 
-fn ours(
-    path: &std::path::Path,
-    n_tok: usize,
-    reps: usize,
-    keep_mib: usize,
-    precision: Precision,
-) -> Result<Cell> {
+fn ours(path: &std::path::Path, n_tok: usize, reps: usize, setting: Setting) -> Result<Cell> {
     // The previous cell's freed (and retained) heap would count in this
     // one's peak: give it back first.
     cleaner::train::release_freed_memory();
@@ -108,20 +129,38 @@ fn ours(
         AdamWConfig::default(),
         1,
     )?;
-    trainer.set_activation_memory(keep_mib << 20);
-    trainer.set_precision(precision);
+    let label = match setting {
+        Setting::Cpu(keep_mib, precision) => {
+            trainer.set_activation_memory(keep_mib << 20);
+            trainer.set_precision(precision)?;
+            let prec = match (precision, precision.effective()) {
+                (Precision::F32, _) => "f32",
+                (Precision::Bf16, Precision::Bf16) => "bf16",
+                (Precision::Bf16, Precision::F32) => "bf16 (ran f32: no AVX-512 BF16)",
+            };
+            format!("cpu, keep {keep_mib} MiB, {prec}")
+        }
+        Setting::Ggml(device) => {
+            let threads = rayon::current_num_threads();
+            trainer
+                .set_backend(TrainerBackend::ggml(device), threads)
+                .with_context(|| format!("--backend ggml --device {}", device.name()))?;
+            trainer.backend_name()
+        }
+    };
     let weights = vec![1f32; n_tok - 1];
     let mut times = Vec::new();
     for _ in 0..reps + 1 {
         let s = Instant::now();
         trainer.accumulate(&tokens, |lp| nll_loss(lp, &weights).1)?;
-        trainer.update();
+        trainer.update()?;
         times.push(s.elapsed().as_secs_f64());
     }
     times.remove(0); // warm-up: pages the weights in
     Ok(Cell {
         tok_s: n_tok as f64 / median(times),
         peak_mib: super::peak_rss_mib().unwrap_or(f64::NAN),
+        label,
     })
 }
 
@@ -145,6 +184,7 @@ fn torch(
     Ok(Cell {
         tok_s: v["tok_s"].as_f64().unwrap_or(f64::NAN),
         peak_mib: v["peak_mib"].as_f64().unwrap_or(f64::NAN),
+        label: "PyTorch+PEFT".into(),
     })
 }
 
@@ -182,10 +222,27 @@ pub fn run(a: Args) -> Result<()> {
             other => bail!("--precision: {other:?} is not f32 or bf16"),
         })
         .collect::<Result<Vec<_>>>()?;
-    let settings: Vec<(usize, Precision)> = keeps
-        .iter()
-        .flat_map(|&k| precisions.iter().map(move |&p| (k, p)))
-        .collect();
+    let mut settings = Vec::new();
+    for b in a.backend.split(',') {
+        match BackendKind::parse(b) {
+            Some(BackendKind::Cpu) => settings.extend(
+                keeps
+                    .iter()
+                    .flat_map(|&k| precisions.iter().map(move |&p| Setting::Cpu(k, p))),
+            ),
+            Some(BackendKind::Ggml) => settings.push(Setting::Ggml(a.device)),
+            _ => bail!("--backend: {b:?} is not cpu or ggml"),
+        }
+    }
+    if let Some(device) = settings.iter().find_map(|s| match s {
+        Setting::Ggml(d) => Some(*d),
+        Setting::Cpu(..) => None,
+    }) {
+        // A device the build lacks fails here, before any model is timed.
+        TrainerBackend::ggml(device)
+            .check()
+            .with_context(|| format!("--device {}", device.name()))?;
+    }
     if a.rounds == 0 || a.reps == 0 {
         bail!("--rounds and --reps must be at least 1");
     }
@@ -195,7 +252,7 @@ pub fn run(a: Args) -> Result<()> {
         a.reps, a.rounds
     );
     println!("(useful GFLOP/s in parentheses; tok/s are medians over rounds; the speed ratio is the median of the rounds' ratios ours / PyTorch, with their range)\n");
-    println!("| model | T | ours: kept MiB, precision | ours tok/s | PyTorch+PEFT tok/s | speed ratio | ours peak RSS MiB | PyTorch peak RSS MiB | memory ratio |");
+    println!("| model | T | ours: backend, setting | ours tok/s | PyTorch+PEFT tok/s | speed ratio | ours peak RSS MiB | PyTorch peak RSS MiB | memory ratio |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for name in a.models.split(',') {
         let path = AssetStore::default().resolve_model(name.trim(), &mut |l| eprintln!("{l}"))?;
@@ -210,7 +267,7 @@ pub fn run(a: Args) -> Result<()> {
             for _ in 0..a.rounds {
                 let mine = settings
                     .iter()
-                    .map(|&(k, p)| ours(&path, t, a.reps, k, p))
+                    .map(|&setting| ours(&path, t, a.reps, setting))
                     .collect::<Result<Vec<_>>>()?;
                 let theirs = python.as_deref().and_then(|py| {
                     torch(py, &path, t, a.reps, threads)
@@ -229,12 +286,7 @@ pub fn run(a: Args) -> Result<()> {
                 .iter()
                 .map(|c| c.peak_mib)
                 .fold(f64::NAN, f64::max);
-            for (i, (k, prec)) in settings.iter().enumerate() {
-                let prec = match (prec, prec.effective()) {
-                    (Precision::F32, _) => "f32",
-                    (Precision::Bf16, Precision::Bf16) => "bf16",
-                    (Precision::Bf16, Precision::F32) => "bf16 (ran f32: no AVX-512 BF16)",
-                };
+            for i in 0..settings.len() {
                 let mine: Vec<&Cell> = rounds.iter().map(|r| &r.0[i]).collect();
                 let tok_s = median(mine.iter().map(|c| c.tok_s).collect());
                 let peak = mine.iter().map(|c| c.peak_mib).fold(f64::NAN, f64::max);
@@ -253,7 +305,8 @@ pub fn run(a: Args) -> Result<()> {
                     )
                 };
                 println!(
-                    "| {name} | {t} | {k}, {prec} | {tok_s:.1} ({:.0}) | {pt} | {sr} | {peak:.0} | {pm} | {mr} |",
+                    "| {name} | {t} | {} | {tok_s:.1} ({:.0}) | {pt} | {sr} | {peak:.0} | {pm} | {mr} |",
+                    mine[0].label,
                     gflops(tok_s),
                 );
             }

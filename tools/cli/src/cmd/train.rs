@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use cleaner::agent::config::Purify;
 use cleaner::rl::{Grpo, Progress, RunConfig};
+use cleaner::train::{BackendKind, DeviceKind, TrainerBackend};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(clap::Args)]
@@ -38,6 +39,43 @@ pub struct Args {
     /// `$CLEANER_DATA` or the repository's data/).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
+    /// Override trainer.backend: auto (the build's GPU if present, else
+    /// cpu), cpu (our CPU kernels) or ggml (ggml graphs on --device).
+    #[arg(long, value_parser = parse_backend)]
+    backend: Option<BackendKind>,
+    /// Override trainer.device (where ggml runs): auto, cuda, metal, vulkan
+    /// or cpu.
+    #[arg(long, value_parser = parse_device)]
+    device: Option<DeviceKind>,
+}
+
+fn parse_backend(s: &str) -> Result<BackendKind, String> {
+    BackendKind::parse(s).ok_or_else(|| format!("{s:?} is not one of auto, cpu, ggml"))
+}
+
+fn parse_device(s: &str) -> Result<DeviceKind, String> {
+    DeviceKind::parse(s)
+        .ok_or_else(|| format!("{s:?} is not one of auto, cpu, cuda, metal, vulkan"))
+}
+
+/// The flags' backend over the config's; checked and started once here, so
+/// a device the build lacks or that is absent is an error naming the flags
+/// before a model is loaded.
+fn trainer_backend(a: &Args, config: TrainerBackend) -> Result<TrainerBackend> {
+    let chosen = TrainerBackend {
+        backend: a.backend.unwrap_or(config.backend),
+        device: a.device.unwrap_or(config.device),
+    };
+    if a.backend.is_some() || a.device.is_some() {
+        let flags = format!(
+            "--backend {} --device {}",
+            chosen.backend.name(),
+            chosen.device.name()
+        );
+        let what = chosen.describe().with_context(|| flags.clone())?;
+        eprintln!("trainer ({flags}): {what}");
+    }
+    Ok(chosen)
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -50,7 +88,12 @@ pub fn run(a: Args) -> Result<()> {
         {
             bail!("--resume continues a run with its own config; only --steps may change");
         }
-        Grpo::resume(dir, a.steps)?
+        let mut grpo = Grpo::resume(dir, a.steps)?;
+        if a.backend.is_some() || a.device.is_some() {
+            let backend = trainer_backend(&a, grpo.config().trainer.backend())?;
+            grpo.set_trainer_backend(backend)?;
+        }
+        grpo
     } else {
         let mut config = RunConfig::load(&a.config)?;
         if let Some(p) = a.purify {
@@ -71,6 +114,8 @@ pub fn run(a: Args) -> Result<()> {
         if let Some(d) = &a.data_dir {
             config.data.data_dir = Some(d.clone());
         }
+        let backend = trainer_backend(&a, config.trainer.backend())?;
+        (config.trainer.backend, config.trainer.device) = (backend.backend, backend.device);
         config
             .validate()
             .map_err(|(key, why)| anyhow::anyhow!("key `{key}`: {why}"))?;
