@@ -248,6 +248,12 @@ pub struct TrainerSection {
     /// the matrix speed on CPUs with AVX-512 BF16, f32 elsewhere). The CPU
     /// backend's setting: bf16 with backend "ggml" is an error.
     pub precision: MatmulPrecision,
+    /// GiB the ggml backend may use for the weights, the adapter and one
+    /// training step together (unset: the device memory free when it
+    /// starts, after the rollout engine took its share). Every new longest
+    /// sequence is planned against it before anything is allocated. No
+    /// effect on the CPU kernels.
+    pub memory_gib: Option<f64>,
 }
 
 impl TrainerSection {
@@ -287,6 +293,7 @@ impl Default for TrainerSection {
             device: DeviceKind::default(),
             activation_memory_mib: crate::train::DEFAULT_ACTIVATION_MEMORY >> 20,
             precision: MatmulPrecision::default(),
+            memory_gib: None,
         }
     }
 }
@@ -454,6 +461,9 @@ impl RunConfig {
         }
         if let Some(gib) = self.engine.kv_cache_gib {
             positive("engine.kv_cache_gib", gib)?;
+        }
+        if let Some(gib) = self.trainer.memory_gib {
+            positive("trainer.memory_gib", gib)?;
         }
         if self.data.dataset.trim().is_empty() {
             return Err((

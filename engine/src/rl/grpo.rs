@@ -267,6 +267,9 @@ impl Grpo {
         trainer.set_activation_memory(config.trainer.activation_memory_mib.saturating_mul(1 << 20));
         trainer.set_precision(config.trainer.precision.into())?;
         trainer.set_backend(config.trainer.backend(), trainer_threads())?;
+        if let Some(gib) = config.trainer.memory_gib {
+            trainer.set_memory_budget((gib * (1u64 << 30) as f64) as usize);
+        }
         log::info!("trainer: {}", trainer.backend_name());
         if items.is_empty() {
             return Err(GrpoError::NoProblems);
@@ -314,6 +317,10 @@ impl Grpo {
     /// machine with a GPU); the config saved with later checkpoints says so.
     pub fn set_trainer_backend(&mut self, backend: TrainerBackend) -> Result<(), GrpoError> {
         self.trainer.set_backend(backend, trainer_threads())?;
+        if let Some(gib) = self.config.trainer.memory_gib {
+            self.trainer
+                .set_memory_budget((gib * (1u64 << 30) as f64) as usize);
+        }
         self.config.trainer.backend = backend.backend;
         self.config.trainer.device = backend.device;
         log::info!("trainer: {}", self.trainer.backend_name());

@@ -13,7 +13,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use cleaner_ggml::{Backend, Device, DeviceLora, DeviceModel, GgmlError};
+use std::cell::Cell;
+
+use cleaner_ggml::{Backend, Checkpoints, Chunks, Device, DeviceLora, DeviceModel, GgmlError};
 use cleaner_models::{Lora, Transformer};
 
 /// `[trainer] backend`: which engine computes log-probs and gradients.
@@ -213,29 +215,48 @@ impl TrainerBackend {
 }
 
 /// The ggml engine of a trainer: a started backend, the base weights and
-/// the adapter on it.
+/// the adapter on it, and the memory budget each sequence is planned
+/// against before anything is allocated for it.
 pub(crate) struct GgmlEngine {
     // Field order is drop order: the adapter and weights before the
     // backend that allocated them.
     lora: DeviceLora,
     model: DeviceModel,
     backend: Backend,
+    chunks: Chunks,
+    /// Bytes the weights, adapter and one step's working memory may take.
+    budget: usize,
+    /// The longest sequence planned within the budget so far (a step's
+    /// memory grows with its length, so shorter ones fit too).
+    planned_up_to: Cell<usize>,
 }
 
 impl GgmlEngine {
-    /// Uploads `model`'s weights and `lora` to `backend`.
+    /// Uploads `model`'s weights and `lora` to `backend`. The budget is the
+    /// device memory free before the upload (what the rollout engine left)
+    /// unless [`GgmlEngine::set_budget`] says otherwise.
     pub(crate) fn new(
         backend: Backend,
         model: &Transformer,
         lora: &Lora,
     ) -> Result<GgmlEngine, GgmlError> {
+        let (free, _) = backend.memory();
         let device_model = DeviceModel::upload(model, &backend)?;
         let device_lora = DeviceLora::upload(lora, &device_model, &backend)?;
         Ok(GgmlEngine {
             lora: device_lora,
             model: device_model,
             backend,
+            chunks: Chunks::default(),
+            budget: free,
+            planned_up_to: Cell::new(0),
         })
+    }
+
+    /// Sets the memory budget (weights, adapter and one step together).
+    pub(crate) fn set_budget(&mut self, bytes: usize) {
+        self.budget = bytes;
+        self.planned_up_to.set(0);
     }
 
     /// ggml's name of the backend (`CPU`, `CUDA0`).
@@ -243,25 +264,51 @@ impl GgmlEngine {
         self.backend.name()
     }
 
+    /// Fails with [`GgmlError::OverBudget`] when a step over `n_tok`
+    /// tokens would not fit the budget (planned once per new longest
+    /// length).
+    fn check_fits(&self, n_tok: usize) -> Result<(), GgmlError> {
+        if n_tok <= self.planned_up_to.get() {
+            return Ok(());
+        }
+        let plan =
+            cleaner_ggml::plan_step(&self.backend, &self.model, &self.lora, n_tok, self.chunks)?;
+        cleaner_ggml::check_budget(&self.backend, &self.model, &self.lora, &plan, self.budget)?;
+        self.planned_up_to.set(n_tok);
+        Ok(())
+    }
+
     /// Log-probs with the adapter on the device, or of the base model.
     pub(crate) fn logprobs(&self, tokens: &[u32], adapter: bool) -> Result<Vec<f32>, GgmlError> {
         let lora = adapter.then_some(&self.lora);
-        cleaner_ggml::logprobs(&self.backend, &self.model, lora, tokens)
+        cleaner_ggml::logprobs_chunked(&self.backend, &self.model, lora, tokens, self.chunks)
+    }
+
+    /// The forward of a training step: log-probs, and the block inputs the
+    /// backward needs (held on the device until [`GgmlEngine::backward`]).
+    pub(crate) fn forward_train(
+        &self,
+        tokens: &[u32],
+    ) -> Result<(Vec<f32>, Checkpoints), GgmlError> {
+        if tokens.len() >= 2 {
+            self.check_fits(tokens.len())?;
+        }
+        cleaner_ggml::forward_train(&self.backend, &self.model, &self.lora, tokens, self.chunks)
     }
 
     /// Adds the LoRA gradients of `sum_t dlogprob[t] * logprob[t]` into
-    /// `grads`; returns the log-probs.
+    /// `grads`, for the sequence `ckpt` holds.
     pub(crate) fn backward(
         &self,
-        tokens: &[u32],
+        ckpt: &mut Checkpoints,
         dlogprob: &[f32],
         grads: &mut Lora,
-    ) -> Result<Vec<f32>, GgmlError> {
-        cleaner_ggml::backward(
+    ) -> Result<(), GgmlError> {
+        cleaner_ggml::backward_from(
             &self.backend,
             &self.model,
             &self.lora,
-            tokens,
+            ckpt,
             dlogprob,
             grads,
         )

@@ -168,6 +168,18 @@ impl Trainer {
         Ok(())
     }
 
+    /// The memory the ggml backend may use for weights, adapter and one
+    /// step's working memory together (default: the device memory free when
+    /// the backend started). Each new longest sequence is planned against
+    /// it before anything is allocated; one over it is a
+    /// [`cleaner_ggml::GgmlError::OverBudget`] error naming the parts. No
+    /// effect on the CPU kernels.
+    pub fn set_memory_budget(&mut self, bytes: usize) {
+        if let Some(g) = &mut self.ggml {
+            g.set_budget(bytes);
+        }
+    }
+
     /// The backend computing log-probs and gradients, in words: `cpu` or
     /// `ggml on <device>` (ggml's device name: `CPU`, `CUDA0`, ...).
     pub fn backend_name(&self) -> String {
@@ -245,11 +257,9 @@ impl Trainer {
         loss_grad: impl FnOnce(&[f32]) -> Vec<f32>,
     ) -> Result<Vec<f32>, TrainError> {
         if let Some(g) = &self.ggml {
-            // ggml's backward recomputes the forward it needs, so the
-            // log-probs for the loss come from a forward-only graph first.
-            let logprobs = g.logprobs(tokens, true)?;
+            let (logprobs, mut ckpt) = g.forward_train(tokens)?;
             let dlogprob = checked_gradient(&logprobs, loss_grad(&logprobs))?;
-            g.backward(tokens, &dlogprob, &mut self.grads)?;
+            g.backward(&mut ckpt, &dlogprob, &mut self.grads)?;
             self.pending += 1;
             return Ok(logprobs);
         }
