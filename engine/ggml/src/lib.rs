@@ -62,7 +62,20 @@
 //! Plan (`tests/plan.rs`): the step's working memory at Qwen3-4B, T = 4096,
 //! stays within the budget documented in `docs/gpu.md`.
 
-mod attention;
+mod attention;//!
+//! # Not yet
+//! - No run on a GPU has measured speed or device memory (none was lent
+//!   while this was built); `tools/scripts/gpu-check.sh` runs the agreement
+//!   tests on CUDA when one is.
+//! - The weights are a second copy next to llama.cpp's (2.3 GiB for
+//!   Qwen3-4B Q4_K_M); sharing llama.cpp's model buffer would save it.
+//! - AdamW runs on the host (the adapter goes to the device after each
+//!   update); `ggml_opt_step_adamw` would keep it there.
+//! - Products dequantize each weight matrix to f32 (a transient of one
+//!   matrix and its transpose); a GPU would be faster multiplying the
+//!   quantized weights directly in the forward, at about 1e-2 agreement
+//!   with the CPU trainer instead of 1e-5.
+
 pub mod audit;
 mod block_backward;
 pub mod error;
