@@ -65,6 +65,19 @@ for t in ${GPU_TESTS:-$staged}; do
 done
 
 
+# The trainer on the GPU (ggml graphs on CUDA) against our CPU kernels on this
+# machine's cores, same run: tok/s and peak memory. The Qwen row uses the
+# random-weight stand-in (same shapes and types, so the same work per token).
+if [ -z "${NO_GPU_TRAIN_BENCH:-}" ] && [ $((deadline - SECONDS)) -gt 120 ]; then
+  start=$SECONDS
+  timeout "$(limit 180)" "$stage/bin/cleaner" bench train \
+    --models smollm2-135m,/tmp/qwen2.5-coder-0.5b-random.gguf --tokens 512,4096 \
+    --backend cpu,ggml --device cuda --keep-mib 2048 --precision f32 --python none \
+    >"$out/bench-train-gpu.md" 2>"$out/bench-train-gpu.log"
+  note "bench train (ggml on CUDA vs CPU kernels): rc $?, $((SECONDS - start)) s"
+  cat "$out/bench-train-gpu.md" | tee -a "$summary"
+fi
+
 # The trainer runs on the CPU: its bench against PyTorch + PEFT (CPU, same
 # threads) on this machine's cores, when time is left. transformers reads
 # GGUF through the `gguf` package, which travels as a wheel.
