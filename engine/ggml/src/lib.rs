@@ -61,8 +61,7 @@
 //! by Vulkan for OUT_PROD of a transposed gradient (the audit can fail).
 //! Plan (`tests/plan.rs`): the step's working memory at Qwen3-4B, T = 4096,
 //! stays within the budget documented in `docs/gpu.md`.
-
-mod attention;//!
+//!
 //! # Not yet
 //! - No run on a GPU has measured speed or device memory (none was lent
 //!   while this was built); `tools/scripts/gpu-check.sh` runs the agreement
@@ -76,6 +75,7 @@ mod attention;//!
 //!   quantized weights directly in the forward, at about 1e-2 agreement
 //!   with the CPU trainer instead of 1e-5.
 
+mod attention;
 pub mod audit;
 mod block_backward;
 pub mod error;
