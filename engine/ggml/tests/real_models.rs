@@ -11,7 +11,6 @@ mod common;
 
 use cleaner_models::Transformer;
 use common::*;
-use std::path::PathBuf;
 
 const TEXT: &str = "The harbour town woke slowly. Fishing boats returned with the tide, \
 gulls argued over the nets, and the baker on Quay Street pulled the first loaves from an oven \
@@ -25,25 +24,6 @@ Each of them would have been enough for a career; together they made a revolutio
 const N_TOK: usize = 128;
 /// As in the tiny tests: `|ggml - cpu| <= 1e-3 * max(|cpu|, 1)`.
 const LOGPROB_TOL: f64 = 1e-3;
-
-fn asset(name: &str) -> PathBuf {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let home = env("CLEANER_HOME")
-        .or_else(|| env("XDG_CACHE_HOME").map(|x| x.join("cleaner")))
-        .or_else(|| env("HOME").map(|h| h.join(".cache").join("cleaner")))
-        .expect("a home directory");
-    let path = home.join("assets").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: fetch the model assets first (docs/assets.md)",
-        path.display()
-    );
-    path
-}
 
 #[test]
 fn smollm2_log_probs_match_the_cpu_trainer() {

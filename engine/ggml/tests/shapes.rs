@@ -5,28 +5,11 @@
 //! (`cleaner` fetches it into `~/.cache/cleaner/assets`; `CLEANER_HOME`
 //! and `XDG_CACHE_HOME` move it as for the engine).
 
+mod common;
+
 use cleaner_ggml::shapes::qwen2_5_coder_0_5b_q4_k_m;
 use cleaner_models::{Config, GgufFile};
-use std::path::PathBuf;
-
-fn asset(name: &str) -> PathBuf {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let home = env("CLEANER_HOME")
-        .or_else(|| env("XDG_CACHE_HOME").map(|x| x.join("cleaner")))
-        .or_else(|| env("HOME").map(|h| h.join(".cache").join("cleaner")))
-        .expect("a home directory");
-    let path = home.join("assets").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: fetch the model assets first (docs/assets.md)",
-        path.display()
-    );
-    path
-}
+use common::asset;
 
 #[test]
 fn qwen2_5_preset_is_the_asset_file() {

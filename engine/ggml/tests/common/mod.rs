@@ -162,3 +162,25 @@ pub fn cpu_and_ggml_logprobs(
         (cpu, ours)
     })
 }
+
+/// The path of model asset `name` in the asset cache (`CLEANER_HOME`, else
+/// `XDG_CACHE_HOME/cleaner`, else `~/.cache/cleaner`), which must exist.
+pub fn asset(name: &str) -> std::path::PathBuf {
+    use std::path::PathBuf;
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let home = env("CLEANER_HOME")
+        .or_else(|| env("XDG_CACHE_HOME").map(|x| x.join("cleaner")))
+        .or_else(|| env("HOME").map(|h| h.join(".cache").join("cleaner")))
+        .expect("a home directory");
+    let path = home.join("assets").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: fetch the model assets first (docs/assets.md)",
+        path.display()
+    );
+    path
+}
