@@ -195,6 +195,9 @@ impl Worker {
             }
             self.drop_disconnected();
             self.admit();
+            // Published before the step sends any token, so a client that
+            // has seen its first tokens also sees its request counted.
+            self.publish();
             if !self.running.is_empty() {
                 self.step();
             }
