@@ -484,7 +484,7 @@ fn a_client_disconnect_cancels_its_sequences_and_frees_their_cells() {
     let s = TestServer::start(None);
     let body = json!({"model": MODEL_ID, "messages": messages(), "stream": true,
                       "ignore_eos": true, "max_tokens": 900, "n": 2});
-    let mut resp = s.rt.block_on(async {
+    let (mut resp, seen) = s.rt.block_on(async {
         let mut resp = s
             .client
             .post(s.url("/v1/chat/completions"))
@@ -500,10 +500,10 @@ fn a_client_disconnect_cancels_its_sequences_and_frees_their_cells() {
                 &resp.chunk().await.unwrap().unwrap(),
             ));
         }
-        Some(resp)
+        (Some(resp), seen)
     });
     let h = s.health();
-    assert_eq!(h["running"], 1, "{h}");
+    assert_eq!(h["running"], 1, "{h}\n{seen}");
     assert_eq!(h["open_sequences"], 2, "{h}");
     assert!(
         h["cached_positions"].as_u64().unwrap() > prompt_tokens().len() as u64,
@@ -655,4 +655,129 @@ fn shutdown_lets_requests_finish_within_the_grace_and_cancels_them_after() {
         "{body}"
     );
     assert!(!body.contains("[DONE]"), "{body}");
+}
+
+#[test]
+fn completions_take_token_ids_or_text_and_answer_in_the_legacy_shape() {
+    let _g = common::serial();
+    let prompt = prompt_tokens();
+    let want = reference_decoder()
+        .generate(&[(
+            prompt.clone(),
+            GenerateParams {
+                sampling: SamplingParams::greedy(),
+                max_new_tokens: 20,
+                ..Default::default()
+            },
+        )])
+        .unwrap()
+        .remove(0);
+    let model = common::model();
+    let s = TestServer::start(None);
+    let request = json!({"model": MODEL_ID, "prompt": prompt, "temperature": 0, "max_tokens": 20,
+                         "logprobs": 2, "return_token_ids": true});
+    let (status, r) = s.post("/v1/completions", &request);
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["object"], "text_completion");
+    assert_eq!(ids(&r["prompt_token_ids"]), prompt);
+    let c = &r["choices"][0];
+    assert_eq!(ids(&c["token_ids"]), want.tokens);
+    let visible: Vec<Token> = want
+        .tokens
+        .iter()
+        .copied()
+        .filter(|&t| !model.is_eog(t))
+        .collect();
+    assert_eq!(c["text"], model.detokenize(&visible));
+    let lp = &c["logprobs"];
+    let n = want.tokens.len();
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), n);
+    for k in 0..n {
+        let got = lp["token_logprobs"][k].as_f64().unwrap();
+        assert!(
+            (got - want.logprobs[k] as f64).abs() < 1e-6,
+            "token {k}: {got} vs {}",
+            want.logprobs[k]
+        );
+        let top = lp["top_logprobs"][k].as_object().unwrap();
+        assert!(!top.is_empty() && top.len() <= 2, "{top:?}");
+        let best = top
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        assert!(
+            (best - got).abs() < 1e-6,
+            "greedy token is not the best alternative"
+        );
+    }
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets[0], 0);
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
+
+    // Streamed: the chunks' text concatenates to the whole text.
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    let (status, body) = s.post_raw("/v1/completions", streamed.to_string());
+    assert_eq!(status, 200, "{body}");
+    let ev = events(&body);
+    assert_eq!(ev.last().unwrap(), "[DONE]");
+    let text: String = ev[..ev.len() - 1]
+        .iter()
+        .inspect(|e| assert_eq!(e["object"], "text_completion"))
+        .map(|e| e["choices"][0]["text"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(text, c["text"].as_str().unwrap());
+
+    // A text prompt, echoed; tokenized as the model's tokenizer does.
+    let text = "The capital of France is";
+    let r = s
+        .post(
+            "/v1/completions",
+            &json!({"model": MODEL_ID, "prompt": text, "echo": true,
+        "temperature": 0, "ignore_eos": true, "return_token_ids": true}),
+        )
+        .1;
+    assert_eq!(
+        ids(&r["prompt_token_ids"]),
+        model.tokenize(text, model.adds_bos(), true).unwrap()
+    );
+    assert!(
+        r["choices"][0]["text"].as_str().unwrap().starts_with(text),
+        "{r}"
+    );
+    assert_eq!(
+        r["usage"]["completion_tokens"], 16,
+        "the API's default max_tokens"
+    );
+
+    // Its own errors.
+    let (st, e) = s.post(
+        "/v1/completions",
+        &json!({"model": MODEL_ID, "prompt": [1, 999999]}),
+    );
+    assert_eq!(
+        (st, &e["error"]["param"]),
+        (400, &json!("prompt[1]")),
+        "{e}"
+    );
+    let (st, e) = s.post(
+        "/v1/completions",
+        &json!({"model": MODEL_ID, "prompt": ["a", "b"]}),
+    );
+    assert_eq!((st, &e["error"]["param"]), (400, &json!("prompt")), "{e}");
+    let (st, e) = s.post(
+        "/v1/completions",
+        &json!({"model": MODEL_ID, "prompt": "a", "logprobs": 21}),
+    );
+    assert_eq!((st, &e["error"]["param"]), (400, &json!("logprobs")), "{e}");
+    let (st, e) = s.post(
+        "/v1/completions",
+        &json!({"model": MODEL_ID, "prompt": "a", "suffix": "b"}),
+    );
+    assert_eq!((st, &e["error"]["param"]), (400, &json!("suffix")), "{e}");
 }

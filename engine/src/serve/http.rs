@@ -45,6 +45,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
         .fallback(|method: Method, uri: Uri| async move {
             ApiError::no_route(method.as_str(), uri.path())
         })
@@ -138,19 +139,69 @@ async fn chat_completions(
             ),
             other => ApiError::engine(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
         })?;
-    let max_tokens = completion_budget(&s.config, prompt.len(), checked.max_tokens)?;
+    generate(&s, prompt, &checked, Shape::Chat).await
+}
+
+async fn completions(State(s): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    authorize(&s, req.headers())?;
+    let body = read_body(&s, req).await?;
+    let parsed = crate::serve::completions::parse(&body)?;
+    if parsed.model != s.config.model_id {
+        return Err(ApiError::unknown_model(&parsed.model, &s.config.model_id));
+    }
+    let c = parsed.check(&s.model, s.config.slots as usize)?;
+    let echo = if c.echo {
+        // The prompt as text, BOS left out (it renders as nothing useful).
+        let shown: Vec<Token> = c
+            .prompt
+            .iter()
+            .copied()
+            .filter(|&t| Some(t) != s.model.bos())
+            .collect();
+        s.model.detokenize(&shown)
+    } else {
+        String::new()
+    };
+    generate(&s, c.prompt, &c.options, Shape::Text { echo }).await
+}
+
+/// Which API's shapes a response takes.
+#[derive(Clone)]
+enum Shape {
+    /// `chat.completion` / `chat.completion.chunk`.
+    Chat,
+    /// `text_completion`, the prompt's text first when `echo` is not empty.
+    Text { echo: String },
+}
+
+/// Budgets, submits and answers one request, whole or streamed.
+async fn generate(
+    s: &AppState,
+    prompt: Vec<Token>,
+    checked: &Checked,
+    shape: Shape,
+) -> Result<Response, ApiError> {
+    let prompt_param = match shape {
+        Shape::Chat => "messages",
+        Shape::Text { .. } => "prompt",
+    };
+    let max_tokens = completion_budget(&s.config, prompt.len(), checked.max_tokens, prompt_param)?;
     let (tx, rx) = unbounded_channel();
     let job = Job {
         prompt: prompt.clone(),
-        params: generate_params(&checked, max_tokens),
+        params: generate_params(checked, max_tokens),
         top_logprobs: checked.logprobs.unwrap_or(0),
         events: tx,
     };
     s.worker
         .submit(job)
         .map_err(|e| ApiError::engine(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let prefix = match shape {
+        Shape::Chat => "chatcmpl",
+        Shape::Text { .. } => "cmpl",
+    };
     let header = Header {
-        id: format!("chatcmpl-{:016x}", fresh_seed()),
+        id: format!("{prefix}-{:016x}", fresh_seed()),
         created: unix_now(),
         model: s.config.model_id.clone(),
     };
@@ -161,9 +212,17 @@ async fn chat_completions(
         checked.logprobs.is_some(),
     );
     if checked.stream {
-        Ok(stream(rx, header, choices, prompt, &checked))
+        Ok(stream(rx, header, choices, prompt, checked, shape))
     } else {
-        whole(rx, header, choices, &prompt, checked.return_token_ids).await
+        whole(
+            rx,
+            header,
+            choices,
+            &prompt,
+            checked.return_token_ids,
+            shape,
+        )
+        .await
     }
 }
 
@@ -173,6 +232,7 @@ fn completion_budget(
     config: &ServeConfig,
     prompt: usize,
     asked: Option<usize>,
+    prompt_param: &'static str,
 ) -> Result<usize, ApiError> {
     let ctx = config.ctx_per_slot as usize;
     let max = asked.unwrap_or(ctx.saturating_sub(prompt)).max(1);
@@ -180,7 +240,7 @@ fn completion_budget(
         // The messages alone fill the context, or the completion asked for
         // does not fit after them.
         let param = if prompt >= ctx || asked.is_none() {
-            "messages"
+            prompt_param
         } else {
             "max_tokens"
         };
@@ -224,6 +284,7 @@ async fn whole(
     mut choices: Choices,
     prompt: &[Token],
     token_ids: bool,
+    shape: Shape,
 ) -> Result<Response, ApiError> {
     while !choices.done() {
         match rx.recv().await {
@@ -236,7 +297,24 @@ async fn whole(
             None => return Err(shutting_down()),
         }
     }
-    Ok(JsonBody(response::completion(&header, &choices, prompt, token_ids)).into_response())
+    let body = match shape {
+        Shape::Chat => response::completion(&header, &choices, prompt, token_ids),
+        Shape::Text { echo } => {
+            let mut body = json!({
+                "id": header.id,
+                "object": "text_completion",
+                "created": header.created,
+                "model": header.model,
+                "choices": choices.to_text_json(&echo, token_ids),
+                "usage": response::usage(prompt.len(), choices.completion_tokens()),
+            });
+            if token_ids {
+                body["prompt_token_ids"] = json!(prompt);
+            }
+            body
+        }
+    };
+    Ok(JsonBody(body).into_response())
 }
 
 fn shutting_down() -> ApiError {
@@ -257,6 +335,9 @@ struct Stream {
     include_usage: bool,
     pending: std::collections::VecDeque<Bytes>,
     ended: bool,
+    shape: Shape,
+    /// Bytes of text sent per choice (the completions API's `text_offset`).
+    offsets: Vec<usize>,
 }
 
 fn sse(data: &Json) -> Bytes {
@@ -273,19 +354,31 @@ fn stream(
     choices: Choices,
     prompt: Vec<Token>,
     c: &Checked,
+    shape: Shape,
 ) -> Response {
     let mut pending = std::collections::VecDeque::new();
-    let roles: Vec<Json> = (0..c.n)
-        .map(|i| {
-            json!({"index": i, "delta": {"role": "assistant", "content": ""},
-                   "logprobs": null, "finish_reason": null})
+    // The first chunk: the assistant's role (chat) or the echoed prompt
+    // (completions), and vLLM's prompt_token_ids.
+    let firsts: Vec<Json> = (0..c.n)
+        .map(|i| match &shape {
+            Shape::Chat => json!({"index": i, "delta": {"role": "assistant", "content": ""},
+                                  "logprobs": null, "finish_reason": null}),
+            Shape::Text { echo } => json!({"index": i, "text": echo, "logprobs": null,
+                                           "finish_reason": null}),
         })
         .collect();
-    let mut first = response::chunk(&header, roles, c.include_usage);
+    let mut first = response::chunk(&header, firsts, c.include_usage);
+    if let Shape::Text { .. } = shape {
+        first["object"] = json!("text_completion");
+    }
     if c.return_token_ids {
         first["prompt_token_ids"] = json!(prompt);
     }
     pending.push_back(sse(&first));
+    let echo_len = match &shape {
+        Shape::Chat => 0,
+        Shape::Text { echo } => echo.len(),
+    };
     let state = Stream {
         rx,
         header,
@@ -296,6 +389,8 @@ fn stream(
         include_usage: c.include_usage,
         pending,
         ended: false,
+        shape,
+        offsets: vec![echo_len; c.n],
     };
     let body = futures_util::stream::unfold(state, |mut s| async move {
         loop {
@@ -334,8 +429,13 @@ impl Stream {
                 || (self.logprobs && !d.logprobs.is_empty())
                 || (self.token_ids && !d.tokens.is_empty());
             if worth_sending {
-                let choice = response::chunk_choice(&d, self.logprobs, self.token_ids);
-                let chunk = response::chunk(&self.header, vec![choice], self.include_usage);
+                let chunk = match self.shape {
+                    Shape::Chat => {
+                        let choice = response::chunk_choice(&d, self.logprobs, self.token_ids);
+                        response::chunk(&self.header, vec![choice], self.include_usage)
+                    }
+                    Shape::Text { .. } => self.text_chunk(&d),
+                };
                 self.pending.push_back(sse(&chunk));
             }
         }
@@ -349,6 +449,34 @@ impl Stream {
                 .push_back(Bytes::from_static(b"data: [DONE]\n\n"));
             self.ended = true;
         }
+    }
+
+    /// A completions-API chunk for one delta.
+    fn text_chunk(&mut self, d: &response::Delta) -> Json {
+        let offset = self.offsets.get(d.index).copied().unwrap_or(0);
+        let mut choice = json!({
+            "index": d.index,
+            "text": d.content,
+            "logprobs": if self.logprobs && !d.logprobs.is_empty() {
+                crate::serve::completions::legacy_logprobs(&d.logprobs, offset)
+            } else {
+                Json::Null
+            },
+            "finish_reason": response::finish_reason(d.finish.as_ref()),
+        });
+        if self.token_ids {
+            choice["token_ids"] = json!(d.tokens);
+        }
+        if let Some(o) = self.offsets.get_mut(d.index) {
+            *o += d
+                .logprobs
+                .iter()
+                .map(|e| e["token"].as_str().map_or(0, str::len))
+                .sum::<usize>();
+        }
+        let mut chunk = response::chunk(&self.header, vec![choice], self.include_usage);
+        chunk["object"] = json!("text_completion");
+        chunk
     }
 
     /// An error mid-stream: the status is already sent, so it goes as an

@@ -5,6 +5,7 @@
 //! only parses, checks and translates (`http`, `request`, `response`). What
 //! is supported, and what is not yet, is in docs/serve.md.
 
+pub mod completions;
 pub mod error;
 pub mod http;
 pub mod request;

@@ -10,7 +10,7 @@ use crate::serve::error::ApiError;
 
 /// The request body. Fields of the OpenAI API this server does not support
 /// are absent, so sending one is a 400 rather than silently ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChatRequest {
     /// The model id (GET /v1/models).
@@ -150,6 +150,11 @@ pub const MAX_TOP_LOGPROBS: i64 = 20;
 
 /// Parses a body, naming the field of a type error.
 pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    parse_as(body)
+}
+
+/// Parses a body as `T`, naming the field of a type error.
+pub fn parse_as<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let mut path = e.path().to_string();
@@ -182,7 +187,15 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
 impl ChatRequest {
     /// Checks ranges and support; `max_n` is the most choices one request
     /// may ask for (all of them decode at once).
-    pub fn check(self, max_n: usize) -> Result<Checked, ApiError> {
+    pub fn check(mut self, max_n: usize) -> Result<Checked, ApiError> {
+        let list = std::mem::take(&mut self.messages);
+        let mut checked = self.check_options(max_n)?;
+        checked.messages = messages(list)?;
+        Ok(checked)
+    }
+
+    /// Checks everything but the messages (shared with `/v1/completions`).
+    pub fn check_options(self, max_n: usize) -> Result<Checked, ApiError> {
         let temperature = self.temperature.unwrap_or(1.0);
         if !(0.0..=2.0).contains(&temperature) {
             return Err(ApiError::invalid(
@@ -300,7 +313,7 @@ impl ChatRequest {
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
         Ok(Checked {
-            messages: messages(self.messages)?,
+            messages: Vec::new(),
             temperature,
             top_p,
             top_k,

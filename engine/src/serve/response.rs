@@ -149,6 +149,33 @@ impl Choices {
     }
 }
 
+impl Choices {
+    /// The whole response's `choices` in the completions shape: `text`
+    /// (after `echo`, the prompt's text when asked) and legacy `logprobs`.
+    pub fn to_text_json(&self, echo: &str, token_ids: bool) -> Vec<Json> {
+        self.list
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut choice = json!({
+                    "index": i,
+                    "text": format!("{echo}{}", c.content),
+                    "logprobs": if self.logprobs {
+                        crate::serve::completions::legacy_logprobs(&c.logprobs, echo.len())
+                    } else {
+                        Json::Null
+                    },
+                    "finish_reason": finish_reason(c.finish.as_ref()),
+                });
+                if token_ids {
+                    choice["token_ids"] = json!(c.tokens);
+                }
+                choice
+            })
+            .collect()
+    }
+}
+
 /// OpenAI's name for why a choice ended.
 pub fn finish_reason(f: Option<&FinishReason>) -> Json {
     match f {
