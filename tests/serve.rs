@@ -454,6 +454,39 @@ fn bad_requests_get_openai_shaped_errors_and_the_server_keeps_serving() {
     // Still serving.
     let r = s.chat(&base);
     assert_eq!(r["choices"][0]["message"]["role"], "assistant");
+    // /metrics counted all of it: 10 refusals and 1 answer on the route, 1
+    // unknown path, and the answer's tokens.
+    let (st, text) = s.send(s.client.get(s.url("/metrics")));
+    assert_eq!(st, 200);
+    let value = |line: &str| -> f64 {
+        let l = text
+            .lines()
+            .find(|l| l.starts_with(line))
+            .unwrap_or_else(|| panic!("no {line} in\n{text}"));
+        l.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let route = "cleaner_requests_total{route=\"/v1/chat/completions\"";
+    assert_eq!(value(&format!("{route},status=\"400\"}}")), 8.0, "{text}");
+    assert_eq!(value(&format!("{route},status=\"404\"}}")), 1.0, "{text}");
+    assert_eq!(value(&format!("{route},status=\"413\"}}")), 1.0, "{text}");
+    assert_eq!(value(&format!("{route},status=\"200\"}}")), 1.0, "{text}");
+    assert_eq!(
+        value("cleaner_requests_total{route=\"other\",status=\"404\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("cleaner_request_duration_seconds_count{route=\"/v1/chat/completions\"}"),
+        11.0
+    );
+    assert_eq!(
+        value("cleaner_completion_tokens_total "),
+        r["usage"]["completion_tokens"].as_f64().unwrap()
+    );
+    assert_eq!(
+        value("cleaner_prompt_tokens_total "),
+        r["usage"]["prompt_tokens"].as_f64().unwrap()
+    );
+    assert_eq!(value("cleaner_open_sequences "), 0.0);
 }
 
 #[test]

@@ -37,6 +37,8 @@ pub struct AppState {
     pub worker: WorkerHandle,
     /// Unix seconds at start (the model's `created`).
     pub started: u64,
+    /// Request counters and durations (`GET /metrics`).
+    pub metrics: crate::serve::metrics::Metrics,
 }
 
 /// All routes over `state`.
@@ -46,9 +48,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/metrics", get(metrics))
         .fallback(|method: Method, uri: Uri| async move {
             ApiError::no_route(method.as_str(), uri.path())
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::serve::metrics::track,
+        ))
         .with_state(state)
 }
 
@@ -69,6 +76,12 @@ async fn health(State(s): State<Arc<AppState>>) -> JsonBody<Json> {
         "tokens_generated": st.tokens_generated.load(Ordering::Relaxed),
         "steps": st.steps.load(Ordering::Relaxed),
     }))
+}
+
+/// Prometheus text; no key needed, like /health.
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let text = s.metrics.render(s.worker.status(), s.worker.cells());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -193,6 +206,9 @@ async fn generate(
         top_logprobs: checked.logprobs.unwrap_or(0),
         events: tx,
     };
+    s.metrics
+        .prompt_tokens
+        .fetch_add(prompt.len() as u64, Ordering::Relaxed);
     s.worker
         .submit(job)
         .map_err(|e| ApiError::engine(StatusCode::SERVICE_UNAVAILABLE, e))?;

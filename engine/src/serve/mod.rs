@@ -8,6 +8,7 @@
 pub mod completions;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod request;
 pub mod response;
 pub mod signal;
@@ -122,6 +123,7 @@ impl Server {
             config,
             worker,
             started: http::unix_now(),
+            metrics: Default::default(),
         });
         Ok(Server { state, thread })
     }

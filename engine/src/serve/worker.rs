@@ -353,6 +353,9 @@ impl Worker {
         };
         self.status.steps.fetch_add(1, Ordering::Relaxed);
         let mut finished: HashMap<SeqId, _> = finished.into_iter().collect();
+        // Events go out after the counters are published, so what a client
+        // has heard (its request finished) is already in /health and /metrics.
+        let mut outbox: Vec<(UnboundedSender<Event>, Event)> = Vec::new();
         let mut i = 0;
         while i < self.running.len() {
             let r = &mut self.running[i];
@@ -373,19 +376,25 @@ impl Worker {
                     self.status
                         .tokens_generated
                         .fetch_add(new as u64, Ordering::Relaxed);
-                    let _ = r.job.events.send(Event::Tokens {
-                        index,
-                        tokens: gen.tokens[from..].to_vec(),
-                        logprobs: gen.logprobs[from..].to_vec(),
-                        top,
-                    });
+                    outbox.push((
+                        r.job.events.clone(),
+                        Event::Tokens {
+                            index,
+                            tokens: gen.tokens[from..].to_vec(),
+                            logprobs: gen.logprobs[from..].to_vec(),
+                            top,
+                        },
+                    ));
                     r.sent[index] = gen.tokens.len();
                 }
                 if let Some(gen) = done {
-                    let _ = r.job.events.send(Event::Finished {
-                        index,
-                        finish: gen.finish,
-                    });
+                    outbox.push((
+                        r.job.events.clone(),
+                        Event::Finished {
+                            index,
+                            finish: gen.finish,
+                        },
+                    ));
                     self.decoder.close(seq);
                     *slot = None;
                 }
@@ -396,6 +405,10 @@ impl Worker {
             } else {
                 i += 1;
             }
+        }
+        self.publish();
+        for (to, event) in outbox {
+            let _ = to.send(event);
         }
     }
 
