@@ -79,7 +79,7 @@
 #![warn(missing_docs)]
 
 pub use cleaner_engine::{
-    agent, assets, chat, llama, rl, rollout, sampling, sandbox, session, tasks, train,
+    agent, assets, chat, llama, rl, rollout, sampling, sandbox, serve, session, tasks, train,
 };
 pub use cleaner_engine::{
     Decoder, DecoderConfig, FinishReason, GenerateParams, Generation, LlamaError, LoraAdapter,

@@ -26,4 +26,5 @@ pub use sampling::SamplingParams;
 pub mod agent;
 pub mod assets;
 pub mod rl;
+pub mod serve;
 pub mod session;

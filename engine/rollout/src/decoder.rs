@@ -195,6 +195,13 @@ struct Slot {
     opened: u64,
     /// Gave its cells back for lack of room; decodes skip it until resumed.
     waiting: bool,
+    /// Alternatives recorded per sampled token (0: none); see
+    /// [`Decoder::set_top_logprobs`].
+    top_n: usize,
+    /// The `top_n` most likely tokens at each position sampled since the
+    /// last `start`, kept after the generation finishes until the sequence
+    /// is restarted or closed.
+    top: Vec<Vec<(Token, f32)>>,
 }
 
 /// The rollout engine. See the module documentation.
@@ -330,6 +337,39 @@ impl Decoder {
                 self.freed = true;
             }
         }
+    }
+
+    /// Records, for every token `seq` samples from now on, the `n` most
+    /// likely tokens and their log-probabilities at temperature 1 (an API's
+    /// `top_logprobs`); 0 stops recording. Costs a partial selection over
+    /// the vocabulary per token, so it is off unless asked for.
+    pub fn set_top_logprobs(&mut self, seq: SeqId, n: usize) -> Result<(), RolloutError> {
+        self.slot_mut(seq)?.top_n = n;
+        Ok(())
+    }
+
+    /// The alternatives recorded for each token sampled since `seq`'s last
+    /// `start` (see [`Decoder::set_top_logprobs`]); still there after the
+    /// generation finished, until the sequence is restarted or closed.
+    pub fn top_logprobs(&self, seq: SeqId) -> Result<&[Vec<(Token, f32)>], RolloutError> {
+        Ok(&self.slot(seq)?.top)
+    }
+
+    /// What a generating sequence has produced so far (its `text` is filled
+    /// in only when it finishes); `None` if it is not generating. A server
+    /// streams tokens from this after every `step`.
+    pub fn partial(&self, seq: SeqId) -> Option<&Generation> {
+        self.slot(seq).ok()?.gen.as_ref().map(|g| &g.out)
+    }
+
+    /// Cache positions held, summed over every sequence id as llama.cpp's
+    /// memory reports them (a prefix shared by forks counts once per
+    /// sequence). 0 when nothing is cached: how a server checks that closed
+    /// and cancelled sequences gave their cells back.
+    pub fn cached_positions(&self) -> usize {
+        (0..self.slots.len() as i32)
+            .map(|s| (self.ctx.seq_pos_max(s) + 1).max(0) as usize)
+            .sum()
     }
 
     /// Closes every sequence and empties the cache.
@@ -502,6 +542,7 @@ impl Decoder {
         self.idle_slot_mut(seq)?;
         self.ensure_logits(seq)?;
         let rng = Rng::new(params.sampling.seed);
+        self.slots[seq.0 as usize].top.clear();
         self.slots[seq.0 as usize].gen = Some(Generating {
             params,
             rng,
@@ -707,24 +748,24 @@ impl Decoder {
                     (None, Some(row)) => row,
                     (None, None) => return None,
                 };
-                Some((i, row, &g.params.sampling, &mut g.rng))
+                Some((i, row, &g.params.sampling, &mut g.rng, s.top_n))
             })
             .collect::<Vec<_>>();
-        let picks: Vec<(usize, sampling::Sampled)> = if model.offloaded() && ready.len() > 1 {
-            ready
-                .into_par_iter()
-                .map(|(i, row, params, rng)| (i, sampling::sample(row, params, rng)))
-                .collect()
+        let pick =
+            |(i, row, params, rng, top_n): (usize, &[f32], &SamplingParams, &mut Rng, usize)| {
+                let top = (top_n > 0).then(|| sampling::top_logprobs(row, top_n));
+                (i, sampling::sample(row, params, rng), top)
+            };
+        let picks: Vec<_> = if model.offloaded() && ready.len() > 1 {
+            ready.into_par_iter().map(pick).collect()
         } else {
-            ready
-                .into_iter()
-                .map(|(i, row, params, rng)| (i, sampling::sample(row, params, rng)))
-                .collect()
+            ready.into_iter().map(pick).collect()
         };
         let mut finished = Vec::new();
-        for (i, pick) in picks {
+        for (i, pick, top) in picks {
             let s = &mut self.slots[i];
             let Some(g) = s.gen.as_mut() else { continue };
+            s.top.extend(top);
             s.tokens.push(pick.token);
             s.next_logits = None;
             g.out.tokens.push(pick.token);

@@ -183,6 +183,28 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> Sampled
     }
 }
 
+/// The `n` most likely tokens of `logits` with their log-probabilities at
+/// temperature 1, most likely first (lowest index on ties).
+pub fn top_logprobs(logits: &[f32], n: usize) -> Vec<(Token, f32)> {
+    let n = n.min(logits.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    let lse = softmax::logsumexp(logits);
+    let by_logit_desc = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    idx.select_nth_unstable_by(n - 1, by_logit_desc);
+    idx.truncate(n);
+    idx.sort_unstable_by(by_logit_desc);
+    idx.into_iter()
+        .map(|i| (i as Token, logits[i as usize] - lse))
+        .collect()
+}
+
 /// Index of the largest logit (lowest index on ties).
 pub fn argmax(logits: &[f32]) -> usize {
     let mut best = 0;
@@ -391,6 +413,21 @@ mod tests {
                 n as f64 * p
             );
         }
+    }
+
+    #[test]
+    fn top_logprobs_are_the_largest_in_order() {
+        let l = logits();
+        let lse = softmax::logsumexp_scalar(&l) as f32;
+        let top = top_logprobs(&l, 3);
+        let want = [(4, 3.0 - lse), (0, 2.0 - lse), (1, 1.0 - lse)];
+        assert_eq!(top.len(), 3);
+        for ((t, lp), (wt, wlp)) in top.iter().zip(want) {
+            assert_eq!(*t, wt);
+            assert!((lp - wlp).abs() < 1e-6, "token {t}: {lp} vs {wlp}");
+        }
+        assert_eq!(top_logprobs(&l, 100).len(), 6);
+        assert!(top_logprobs(&l, 0).is_empty());
     }
 
     #[test]

@@ -35,6 +35,8 @@ enum Command {
     Eval(cmd::eval::Args),
     /// Write a self-contained HTML report of a training run.
     Report(cmd::report::Args),
+    /// Serve the model over an OpenAI-compatible HTTP API (docs/serve.md).
+    Serve(cmd::serve::Args),
     /// Render a trajectory file readably, purifications shown before/after.
     Show(cmd::show::Args),
     /// Run Python code in the sandbox.
@@ -58,6 +60,7 @@ fn main() {
         Command::Sandbox { which } => cmd::sandbox::run(which),
         Command::Solve(a) => cmd::solve::run(a),
         Command::Show(a) => cmd::show::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Report(a) => cmd::report::run(a),

@@ -3,6 +3,7 @@ pub mod fetch;
 pub mod generate;
 pub mod report;
 pub mod sandbox;
+pub mod serve;
 pub mod show;
 pub mod solve;
 pub mod train;
