@@ -263,27 +263,28 @@ impl Worker {
     /// Starts queued jobs in arrival order while slots and cells allow.
     fn admit(&mut self) {
         let cells = self.decoder.n_ctx() as usize;
-        while let Some(job) = self.queue.front() {
+        while let Some(front) = self.queue.front() {
             let open = self.decoder.n_open();
             let free_slots = self.decoder.n_seq_max() as usize - open;
-            if job.slots() > free_slots
-                || open + job.params.len() > self.max_live
-                || self.reserved + job.cells() > cells
-            {
-                if self.running.is_empty() {
-                    // It would never fit: the handlers' checks should have
-                    // refused it; fail it rather than wait forever.
-                    let job = self.queue.pop_front().expect("front exists");
-                    let _ = job.events.send(Event::Failed(format!(
-                        "the request needs {} sequences and {} cache cells, more than this server has",
-                        job.params.len(),
-                        job.cells()
-                    )));
-                    continue;
-                }
+            let fits = front.slots() <= free_slots
+                && open + front.params.len() <= self.max_live
+                && self.reserved + front.cells() <= cells;
+            if !fits && !self.running.is_empty() {
                 break;
             }
-            let job = self.queue.pop_front().expect("front exists");
+            let Some(job) = self.queue.pop_front() else {
+                break;
+            };
+            if !fits {
+                // It would never fit: the handlers' checks should have
+                // refused it; fail it rather than wait forever.
+                let _ = job.events.send(Event::Failed(format!(
+                    "the request needs {} sequences and {} cache cells, more than this server has",
+                    job.params.len(),
+                    job.cells()
+                )));
+                continue;
+            }
             match self.start(&job) {
                 Ok(seqs) => {
                     self.reserved += job.cells();
