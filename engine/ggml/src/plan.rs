@@ -51,12 +51,26 @@ pub fn for_each_stage(
     lora: &DeviceLora,
     n_tok: usize,
     chunks: Chunks,
+    f: impl FnMut(Stage, &Graph<'_>) -> Result<(), GgmlError>,
+) -> Result<(), GgmlError> {
+    visit(model, lora, &planned_seq(model, n_tok, chunks)?, f)
+}
+
+fn planned_seq(model: &DeviceModel, n_tok: usize, chunks: Chunks) -> Result<Seq, GgmlError> {
+    check_len(model, n_tok)?;
+    Seq::planned(model, n_tok, chunks, Keep::Checkpoints)
+}
+
+/// Builds every stage graph of a training step over `seq` and hands each
+/// to `f`.
+fn visit(
+    model: &DeviceModel,
+    lora: &DeviceLora,
+    seq: &Seq,
     mut f: impl FnMut(Stage, &Graph<'_>) -> Result<(), GgmlError>,
 ) -> Result<(), GgmlError> {
-    check_len(model, n_tok)?;
-    let seq = Seq::planned(model, n_tok, chunks, Keep::Checkpoints)?;
-    for stage in Stage::all(model.config().n_layer, n_tok, chunks, true) {
-        with_stage(model, Some(lora), &seq, stage, |_, built| {
+    for stage in Stage::all(model.config().n_layer, seq.n_tok(), seq.chunks(), true) {
+        with_stage(model, Some(lora), seq, stage, |_, built| {
             f(stage, &built.graph)
         })?;
     }
@@ -74,8 +88,9 @@ pub fn plan_step(
     n_tok: usize,
     chunks: Chunks,
 ) -> Result<StepPlan, GgmlError> {
+    let seq = planned_seq(model, n_tok, chunks)?;
     let mut peak = (0, Stage::Embed);
-    for_each_stage(model, lora, n_tok, chunks, |stage, graph| {
+    visit(model, lora, &seq, |stage, graph| {
         let bytes = graph.plan_bytes(backend)?;
         if bytes > peak.0 {
             peak = (bytes, stage);
@@ -85,7 +100,7 @@ pub fn plan_step(
     Ok(StepPlan {
         n_tok,
         chunks,
-        sequence: Seq::planned(model, n_tok, chunks, Keep::Checkpoints)?.bytes(),
+        sequence: seq.bytes(),
         peak_graph: peak.0,
         peak_stage: peak.1,
     })

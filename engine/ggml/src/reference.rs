@@ -15,7 +15,7 @@ use crate::error::GgmlError;
 use crate::ffi::{types, Backend, Context, Graph, Tensor};
 use crate::forward::{check_tokens, Builder};
 use crate::seq::{Chunks, Keep, Seq};
-use crate::train::check_grads;
+use crate::train::check_backward;
 use crate::weights::{DeviceLora, DeviceModel};
 use cleaner_models::{Lora, Proj};
 
@@ -42,14 +42,7 @@ pub fn backward(
 ) -> Result<Vec<f32>, GgmlError> {
     check_tokens(model, tokens)?;
     let n = tokens.len();
-    if dlogprob.len() + 1 != n {
-        return Err(GgmlError::BadRequest(format!(
-            "{} log-prob gradients for {n} tokens (expected {})",
-            dlogprob.len(),
-            n - 1
-        )));
-    }
-    check_grads(model, lora, grads)?;
+    check_backward(model, lora, n, dlogprob, grads)?;
     let seq = Seq::new(backend, model, tokens, whole(model, n), Keep::PingPong)?;
     let ctx = context(model, lora, &seq)?;
     let step = build(&ctx, model, lora, &seq)?;

@@ -29,7 +29,8 @@ pub struct Checkpoints {
     seq: Seq,
     /// The buffer every stage graph of the step borrows in turn.
     workspace: Workspace,
-    /// The adapter generation the forward ran with (checked by the backward).
+    /// How many pairs the adapter the forward ran with adapts (checked by
+    /// the backward: another adapter's gradients would not fit).
     n_pairs: usize,
 }
 
@@ -280,19 +281,12 @@ pub fn backward_from(
 ) -> Result<(), GgmlError> {
     let seq = &ckpt.seq;
     let n = seq.n_tok();
-    if dlogprob.len() != n - 1 {
-        return Err(GgmlError::BadRequest(format!(
-            "{} log-prob gradients for {n} tokens (expected {})",
-            dlogprob.len(),
-            n - 1
-        )));
-    }
     if ckpt.n_pairs != lora.pairs().len() {
         return Err(GgmlError::BadRequest(
             "the checkpoints were made with another adapter".into(),
         ));
     }
-    check_grads(model, lora, grads)?;
+    check_backward(model, lora, n, dlogprob, grads)?;
     let mut g = dlogprob.to_vec();
     g.push(0.0);
     seq.dlogprob()?.set_f32(&g)?;
@@ -354,26 +348,30 @@ pub fn backward_chunked(
     grads: &mut Lora,
     chunks: Chunks,
 ) -> Result<Vec<f32>, GgmlError> {
-    if dlogprob.len() + 1 != tokens.len() {
-        return Err(GgmlError::BadRequest(format!(
-            "{} log-prob gradients for {} tokens (expected {})",
-            dlogprob.len(),
-            tokens.len(),
-            tokens.len().saturating_sub(1)
-        )));
-    }
-    check_grads(model, lora, grads)?;
+    // Before the forward, so that a bad request costs nothing.
+    check_backward(model, lora, tokens.len(), dlogprob, grads)?;
     let (lp, mut ckpt) = forward_train(backend, model, lora, tokens, chunks)?;
     backward_from(backend, model, lora, &mut ckpt, dlogprob, grads)?;
     Ok(lp)
 }
 
-/// Fails unless `grads` holds every adapted pair of `lora` at its shape.
-pub(crate) fn check_grads(
+/// Fails unless `dlogprob` has one entry per predicted position of an
+/// `n_tok`-token sequence and `grads` holds every adapted pair of `lora` at
+/// its shape.
+pub(crate) fn check_backward(
     model: &DeviceModel,
     lora: &DeviceLora,
+    n_tok: usize,
+    dlogprob: &[f32],
     grads: &Lora,
 ) -> Result<(), GgmlError> {
+    if dlogprob.len() + 1 != n_tok {
+        return Err(GgmlError::BadRequest(format!(
+            "{} log-prob gradients for {n_tok} tokens (expected {})",
+            dlogprob.len(),
+            n_tok.saturating_sub(1)
+        )));
+    }
     for &(l, p) in lora.pairs() {
         let fits = grads.pair(l, p).is_some_and(|g| {
             let (n_out, n_in) = proj_dims(model.config(), p);
