@@ -71,6 +71,10 @@ pub enum RolloutError {
     /// Sampling parameters out of range.
     #[error("invalid generation parameters: {0}")]
     Sampling(crate::sampling::SamplingError),
+    /// Whoever ran the sequences stopped (a server's request was cancelled,
+    /// or the server is shutting down).
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 /// A sequence handle (a slot in the context).

@@ -39,6 +39,9 @@ pub struct AppState {
     pub started: u64,
     /// Request counters and durations (`GET /metrics`).
     pub metrics: crate::serve::metrics::Metrics,
+    /// The code interpreter's sandbox, once whoever runs the server opened
+    /// one (`Server::set_sandbox`); without it `cleaner` requests are refused.
+    pub sandbox: crate::serve::interpreter::SandboxSlot,
 }
 
 /// All routes over `state`.
@@ -137,22 +140,40 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     authorize(&s, req.headers())?;
     let body = read_body(&s, req).await?;
-    let parsed = request::parse(&body)?;
+    let mut parsed = request::parse(&body)?;
     if parsed.model != s.config.model_id {
         return Err(ApiError::unknown_model(&parsed.model, &s.config.model_id));
     }
+    let cleaner = parsed.cleaner.take();
     let checked = parsed.check(s.config.slots as usize)?;
+    if let Some(options) = cleaner {
+        let seed = checked.seed.unwrap_or_else(fresh_seed);
+        let interp = options.check(&checked, &s, seed)?;
+        let prompt = crate::serve::interpreter::prompt(&s, &checked.messages, interp.format.kind)
+            .map_err(template_error)?;
+        let header = Header {
+            id: format!("chatcmpl-{:016x}", fresh_seed()),
+            created: unix_now(),
+            model: s.config.model_id.clone(),
+        };
+        return crate::serve::interpreter::run(s.clone(), prompt, checked.n, interp, header).await;
+    }
     let prompt = s
         .template
         .tokenize(&s.model, &checked.messages, None)
-        .map_err(|e| match e {
-            ChatError::Template(m) => ApiError::invalid(
-                "messages",
-                format!("the chat template refused the messages: {m}"),
-            ),
-            other => ApiError::engine(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
-        })?;
+        .map_err(template_error)?;
     generate(&s, prompt, &checked, Shape::Chat).await
+}
+
+/// A template that cannot render the messages is the request's fault.
+fn template_error(e: ChatError) -> ApiError {
+    match e {
+        ChatError::Template(m) => ApiError::invalid(
+            "messages",
+            format!("the chat template refused the messages: {m}"),
+        ),
+        other => ApiError::engine(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    }
 }
 
 async fn completions(State(s): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {

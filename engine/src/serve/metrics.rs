@@ -35,6 +35,8 @@ pub struct Metrics {
     durations: Mutex<Vec<Histogram>>,
     /// Prompt tokens of admitted requests.
     pub prompt_tokens: AtomicU64,
+    /// The code interpreter's counters.
+    pub interpreter: crate::serve::interpreter::InterpreterMetrics,
 }
 
 impl Metrics {
@@ -171,6 +173,7 @@ impl Metrics {
         ] {
             let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
+        self.interpreter.render(&mut out);
         out
     }
 }

@@ -8,9 +8,11 @@
 pub mod completions;
 pub mod error;
 pub mod http;
+pub mod interpreter;
 pub mod metrics;
 pub mod request;
 pub mod response;
+pub mod session_backend;
 pub mod signal;
 pub mod text;
 pub mod worker;
@@ -124,8 +126,15 @@ impl Server {
             worker,
             started: http::unix_now(),
             metrics: Default::default(),
+            sandbox: Default::default(),
         });
         Ok(Server { state, thread })
+    }
+
+    /// Turns the built-in code interpreter on, its calls running in
+    /// `sandbox`. Returns false if one was already set.
+    pub fn set_sandbox(&self, sandbox: Arc<crate::sandbox::Sandbox>) -> bool {
+        self.state.sandbox.set(sandbox)
     }
 
     /// The settings in force (context per slot possibly capped).

@@ -56,6 +56,9 @@ pub struct ChatRequest {
     pub tools: Option<Json>,
     /// Not supported yet (refused with a 400 unless `none`/`auto`).
     pub tool_choice: Option<Json>,
+    /// This server's extension: run the built-in code interpreter, with
+    /// CLEANER purification (`serve::interpreter`).
+    pub cleaner: Option<crate::serve::interpreter::CleanerOptions>,
 }
 
 /// `stop`: one string or a list.

@@ -18,6 +18,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::rollout::{Decoder, FinishReason, GenerateParams, SeqId};
 use crate::Token;
 
+mod sessions;
+pub use sessions::{Finished, SessionId, SessionOp, SessionRequest};
+
 /// One request's generation: `params.len()` choices of one prompt.
 pub struct Job {
     /// The prompt's tokens.
@@ -91,6 +94,8 @@ pub struct Status {
 enum Command {
     Submit(Job),
     CancelAll,
+    OpenSession(SessionRequest),
+    Session(SessionId, SessionOp),
 }
 
 /// The handlers' side of the loop; cheap to clone.
@@ -107,6 +112,20 @@ impl WorkerHandle {
         self.tx
             .send(Command::Submit(job))
             .map_err(|_| "the decoding loop has stopped".to_string())
+    }
+
+    /// Queues an agent session (a server-side `code_interpreter` request);
+    /// `request.reply` hears when it is admitted.
+    pub fn open_session(&self, request: SessionRequest) -> Result<(), String> {
+        self.tx
+            .send(Command::OpenSession(request))
+            .map_err(|_| "the decoding loop has stopped".to_string())
+    }
+
+    /// Sends one call of session `id`'s agent; false once the loop has
+    /// stopped (the op's reply channel is then dropped unanswered).
+    pub fn session(&self, id: SessionId, op: SessionOp) -> bool {
+        self.tx.send(Command::Session(id, op)).is_ok()
     }
 
     /// Cancels every job, queued or running, and refuses new ones (the end
@@ -145,6 +164,9 @@ pub fn spawn(
         running: Vec::new(),
         reserved: 0,
         closing: false,
+        sessions: HashMap::new(),
+        session_queue: VecDeque::new(),
+        next_session: 0,
     };
     let thread = std::thread::Builder::new()
         .name("cleaner-serve-decoder".into())
@@ -167,17 +189,23 @@ struct Worker {
     status: Arc<Status>,
     queue: VecDeque<Job>,
     running: Vec<Running>,
-    /// Cells promised to running jobs.
+    /// Cells promised to running jobs and sessions.
     reserved: usize,
     /// Shutting down: new jobs are refused.
     closing: bool,
+    /// Agent sessions admitted, by id (`sessions.rs`).
+    sessions: HashMap<SessionId, sessions::Session>,
+    /// Sessions waiting for slots or cells.
+    session_queue: VecDeque<SessionRequest>,
+    next_session: SessionId,
 }
 
 impl Worker {
     fn run(&mut self) {
         loop {
-            if self.running.is_empty() && self.queue.is_empty() {
-                // Idle: block until there is work, or every handle is gone.
+            if !self.must_step() {
+                // Nothing to decode: block until a command comes (a job, a
+                // session's call), or every handle is gone.
                 match self.rx.recv() {
                     Ok(c) => self.command(c),
                     Err(_) => break,
@@ -194,15 +222,20 @@ impl Worker {
                 }
             }
             self.drop_disconnected();
+            self.admit_sessions();
             self.admit();
             // Published before the step sends any token, so a client that
             // has seen its first tokens also sees its request counted.
             self.publish();
-            if !self.running.is_empty() {
+            if self.must_step() {
                 self.step();
             }
             self.publish();
-            if self.closing && self.running.is_empty() && self.queue.is_empty() {
+            if self.closing
+                && self.running.is_empty()
+                && self.queue.is_empty()
+                && self.sessions.is_empty()
+            {
                 // Drain what was sent before the handles went away, then stop
                 // once none are left.
                 match self.rx.recv() {
@@ -213,6 +246,11 @@ impl Worker {
         }
     }
 
+    /// Whether this turn decodes: a job is running or a session waits.
+    fn must_step(&self) -> bool {
+        !self.running.is_empty() || self.session_waits()
+    }
+
     fn command(&mut self, c: Command) {
         match c {
             Command::Submit(job) if self.closing => {
@@ -221,12 +259,18 @@ impl Worker {
                     .send(Event::Failed("the server is shutting down".into()));
             }
             Command::Submit(job) => self.queue.push_back(job),
+            Command::OpenSession(r) if self.closing => {
+                let _ = r.reply.send(Err("the server is shutting down".into()));
+            }
+            Command::OpenSession(r) => self.session_queue.push_back(r),
+            Command::Session(id, op) => self.session_op(id, op),
             Command::CancelAll => {
                 self.closing = true;
                 self.queue.clear();
                 for r in std::mem::take(&mut self.running) {
                     self.close(&r);
                 }
+                self.end_all_sessions("the server is shutting down and cancelled this request");
                 self.reserved = 0;
             }
         }
@@ -255,6 +299,7 @@ impl Worker {
                 i += 1;
             }
         }
+        cancelled += self.drop_cancelled_sessions();
         self.status
             .cancelled
             .fetch_add(cancelled, Ordering::Relaxed);
@@ -264,12 +309,13 @@ impl Worker {
     fn admit(&mut self) {
         let cells = self.decoder.n_ctx() as usize;
         while let Some(front) = self.queue.front() {
-            let open = self.decoder.n_open();
-            let free_slots = self.decoder.n_seq_max() as usize - open;
+            // Sessions count with their whole reservation.
+            let open = self.slots_taken();
+            let free_slots = (self.decoder.n_seq_max() as usize).saturating_sub(open);
             let fits = front.slots() <= free_slots
                 && open + front.params.len() <= self.max_live
                 && self.reserved + front.cells() <= cells;
-            if !fits && !self.running.is_empty() {
+            if !fits && (!self.running.is_empty() || !self.sessions.is_empty()) {
                 break;
             }
             let Some(job) = self.queue.pop_front() else {
@@ -347,12 +393,14 @@ impl Worker {
                 for r in std::mem::take(&mut self.running) {
                     let _ = r.job.events.send(Event::Failed(msg.clone()));
                     self.close(&r);
+                    self.reserved -= r.job.cells();
                 }
-                self.reserved = 0;
+                self.fail_waiting_sessions(&msg);
                 return;
             }
         };
         self.status.steps.fetch_add(1, Ordering::Relaxed);
+        let order: Vec<SeqId> = finished.iter().map(|(seq, _)| *seq).collect();
         let mut finished: HashMap<SeqId, _> = finished.into_iter().collect();
         // Events go out after the counters are published, so what a client
         // has heard (its request finished) is already in /health and /metrics.
@@ -407,6 +455,12 @@ impl Worker {
                 i += 1;
             }
         }
+        // What the jobs did not take is the sessions', in the decoder's order.
+        let rest = order
+            .into_iter()
+            .filter_map(|seq| finished.remove(&seq).map(|g| (seq, g)))
+            .collect();
+        self.deliver_to_sessions(rest);
         self.publish();
         for (to, event) in outbox {
             let _ = to.send(event);
@@ -415,8 +469,12 @@ impl Worker {
 
     fn publish(&self) {
         let s = &self.status;
-        s.queued.store(self.queue.len(), Ordering::Relaxed);
-        s.running.store(self.running.len(), Ordering::Relaxed);
+        s.running
+            .store(self.running.len() + self.sessions.len(), Ordering::Relaxed);
+        s.queued.store(
+            self.queue.len() + self.session_queue.len(),
+            Ordering::Relaxed,
+        );
         s.open_sequences
             .store(self.decoder.n_open(), Ordering::Relaxed);
         s.cached_positions

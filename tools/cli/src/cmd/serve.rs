@@ -39,6 +39,10 @@ pub struct Args {
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 10)]
     shutdown_grace: u64,
+    /// Start no sandbox: requests with the `cleaner` object (the built-in
+    /// code interpreter) are refused.
+    #[arg(long)]
+    no_code_interpreter: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -64,6 +68,11 @@ pub fn run(a: Args) -> Result<()> {
             shutdown_grace: std::time::Duration::from_secs(a.shutdown_grace),
         },
     )?;
+    if !a.no_code_interpreter {
+        let sandbox =
+            super::sandbox::open(None).context("opening the code interpreter's sandbox")?;
+        server.set_sandbox(std::sync::Arc::new(sandbox));
+    }
     let ctx = server.config().ctx_per_slot;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -75,13 +84,18 @@ pub fn run(a: Args) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         eprintln!(
-            "serving {model_id} on http://{} ({} slots of {ctx} positions{}); Ctrl-C stops",
+            "serving {model_id} on http://{} ({} slots of {ctx} positions{}{}); Ctrl-C stops",
             listener.local_addr()?,
             a.slots,
             if a.api_key.is_some() {
                 ", API key required"
             } else {
                 ""
+            },
+            if a.no_code_interpreter {
+                ""
+            } else {
+                ", code interpreter on"
             }
         );
         server
