@@ -39,6 +39,10 @@ pub struct Args {
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 10)]
     shutdown_grace: u64,
+    /// A LoRA adapter requests select by giving NAME as `model`: FILE is a
+    /// GGUF adapter for this model, as `cleaner train` exports. Repeatable.
+    #[arg(long = "adapter", value_name = "NAME=FILE", value_parser = cleaner::serve::adapters::parse_spec)]
+    adapters: Vec<(String, std::path::PathBuf)>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -62,6 +66,7 @@ pub fn run(a: Args) -> Result<()> {
             api_key: a.api_key.clone(),
             max_body_bytes: a.max_body_bytes,
             shutdown_grace: std::time::Duration::from_secs(a.shutdown_grace),
+            adapters: a.adapters.clone(),
         },
     )?;
     let ctx = server.config().ctx_per_slot;
@@ -75,7 +80,11 @@ pub fn run(a: Args) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         eprintln!(
-            "serving {model_id} on http://{} ({} slots of {ctx} positions{}); Ctrl-C stops",
+            "serving {model_id}{} on http://{} ({} slots of {ctx} positions{}); Ctrl-C stops",
+            a.adapters
+                .iter()
+                .map(|(name, _)| format!(" + adapter {name}"))
+                .collect::<String>(),
             listener.local_addr()?,
             a.slots,
             if a.api_key.is_some() {
