@@ -188,7 +188,7 @@ pub fn parse_spec(spec: &str) -> Result<(String, PathBuf), String> {
             Ok((name.to_string(), PathBuf::from(file)))
         }
         _ => Err(format!(
-            "--adapter {spec:?}: expected NAME=FILE (a name for requests' `model`, then a GGUF LoRA adapter file)"
+            "expected NAME=FILE (the name requests give as `model`, then a GGUF LoRA adapter file), got {spec:?}"
         )),
     }
 }
