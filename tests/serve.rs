@@ -31,6 +31,19 @@ impl TestServer {
     }
 
     fn start_with(api_key: Option<&str>, shutdown_grace: Duration) -> TestServer {
+        Self::start_config(api_key, shutdown_grace, Vec::new())
+    }
+
+    /// With LoRA adapters loaded at start (`--adapter NAME=FILE`).
+    fn start_with_adapters(adapters: Vec<(String, std::path::PathBuf)>) -> TestServer {
+        Self::start_config(None, Duration::from_secs(2), adapters)
+    }
+
+    fn start_config(
+        api_key: Option<&str>,
+        shutdown_grace: Duration,
+        adapters: Vec<(String, std::path::PathBuf)>,
+    ) -> TestServer {
         let server = Server::new(
             common::model(),
             ServeConfig {
@@ -41,6 +54,7 @@ impl TestServer {
                 api_key: api_key.map(str::to_string),
                 max_body_bytes: 64 << 10,
                 shutdown_grace,
+                adapters,
             },
         )
         .expect("server");
@@ -612,11 +626,15 @@ fn the_official_openai_client_works_against_the_server() {
     let s = TestServer::start(Some("client-key"));
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve/openai_client.py");
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = dir.path().join("tuned.gguf");
+    write_trained_adapter(&adapter, 5);
     let out = std::process::Command::new(python)
         .arg(script)
         .arg(s.url("/v1"))
         .arg(MODEL_ID)
         .arg("client-key")
+        .arg(&adapter)
         .output()
         .expect("run the client");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -813,4 +831,443 @@ fn completions_take_token_ids_or_text_and_answer_in_the_legacy_shape() {
         &json!({"model": MODEL_ID, "prompt": "a", "suffix": "b"}),
     );
     assert_eq!((st, &e["error"]["param"]), (400, &json!("suffix")), "{e}");
+}
+
+// LoRA adapters: selected by `model`, loaded at start or over HTTP.
+
+/// A rank-8 adapter on every projection of the test model, written the way
+/// `cleaner train` exports one (`Lora::write_gguf`), with B filled from
+/// `seed`: a fresh adapter has B = 0 and would change nothing.
+fn write_trained_adapter(path: &std::path::Path, seed: u64) {
+    use cleaner::models::{Lora, LoraConfig, Transformer};
+    let model = Transformer::open(common::test_model_path()).unwrap();
+    let config = LoraConfig {
+        rank: 8,
+        alpha: 16.0,
+        ..Default::default()
+    };
+    let mut lora = Lora::new(&model, config, seed);
+    let mut s = seed | 1;
+    for (_, pair) in lora.layers.iter_mut().flatten() {
+        for b in pair.b.iter_mut() {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *b = ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2;
+        }
+    }
+    lora.write_gguf(&model, path).unwrap();
+}
+
+/// An adapter of the right architecture whose first projection's A is
+/// wider than the model's (an adapter for another model of the family).
+fn write_wrong_shape_adapter(path: &std::path::Path) {
+    use cleaner::models::{Lora, LoraConfig, Transformer};
+    let model = Transformer::open(common::test_model_path()).unwrap();
+    let config = LoraConfig {
+        rank: 2,
+        alpha: 2.0,
+        ..Default::default()
+    };
+    let mut lora = Lora::new(&model, config, 1);
+    let pair = &mut lora.layers[0][0].1;
+    pair.n_in += 64;
+    pair.a = vec![0.01; pair.n_in * 2];
+    lora.write_gguf(&model, path).unwrap();
+}
+
+fn messages_for(question: &str) -> Json {
+    json!([{"role": "system", "content": "You are a helpful assistant."},
+           {"role": "user", "content": question}])
+}
+
+fn prompt_for(question: &str) -> Vec<Token> {
+    let model = common::model();
+    ChatTemplate::from_model(&model)
+        .unwrap()
+        .tokenize(
+            &model,
+            &[
+                Message::system("You are a helpful assistant."),
+                Message::user(question),
+            ],
+            None,
+        )
+        .unwrap()
+}
+
+/// Greedy tokens from the decoder driven directly, with the adapter at
+/// `adapter` set on it (`set_adapter`) or the base model.
+fn reference_greedy(
+    prompt: &[Token],
+    adapter: Option<&std::path::Path>,
+    max_new_tokens: usize,
+    ignore_eos: bool,
+) -> cleaner::Generation {
+    let mut d = reference_decoder();
+    if let Some(path) = adapter {
+        let a = cleaner::LoraAdapter::load(&common::model(), path).unwrap();
+        d.set_adapter(Some(a)).unwrap();
+    }
+    d.generate(&[(
+        prompt.to_vec(),
+        GenerateParams {
+            sampling: SamplingParams::greedy(),
+            max_new_tokens,
+            stop_at_eog: !ignore_eos,
+            ..Default::default()
+        },
+    )])
+    .unwrap()
+    .remove(0)
+}
+
+/// The value of the `/metrics` line that starts with `series`, if any.
+fn metric(s: &TestServer, series: &str) -> Option<f64> {
+    let (status, text) = s.send(s.client.get(s.url("/metrics")));
+    assert_eq!(status, 200);
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+fn model_ids(s: &TestServer) -> Vec<String> {
+    let (status, models) = s.get("/v1/models");
+    assert_eq!(status, 200, "{models}");
+    models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn an_adapter_named_as_model_decodes_like_the_decoder_with_it_set() {
+    let _g = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sql.gguf");
+    write_trained_adapter(&file, 3);
+    let prompt = prompt_tokens();
+    let base = reference_greedy(&prompt, None, 24, false);
+    let want = reference_greedy(&prompt, Some(&file), 24, false);
+    assert_ne!(
+        want.tokens, base.tokens,
+        "the adapter does not change the greedy answer"
+    );
+    let s = TestServer::start_with_adapters(vec![("sql".into(), file.clone())]);
+    let (status, models) = s.get("/v1/models");
+    assert_eq!(status, 200);
+    let data = models["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2, "{models}");
+    assert_eq!(data[0]["id"], MODEL_ID);
+    assert_eq!(data[1]["id"], "sql");
+    assert_eq!(data[1]["parent"], MODEL_ID, "{models}");
+    assert_eq!(data[1]["root"], file.display().to_string(), "{models}");
+
+    let chat = |model: &str| {
+        s.chat(
+            &json!({"model": model, "messages": messages(), "temperature": 0,
+                       "max_tokens": 24, "return_token_ids": true}),
+        )
+    };
+    let r = chat("sql");
+    assert_eq!(r["model"], "sql");
+    assert_eq!(
+        ids(&r["choices"][0]["token_ids"]),
+        want.tokens,
+        "the server through the adapter vs the decoder with it set"
+    );
+    // Back to the base model (a swap), then the adapter through /v1/completions.
+    let r = chat(MODEL_ID);
+    assert_eq!(ids(&r["choices"][0]["token_ids"]), base.tokens);
+    let (st, r) = s.post(
+        "/v1/completions",
+        &json!({"model": "sql", "prompt": prompt, "temperature": 0, "max_tokens": 24,
+                "return_token_ids": true}),
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["model"], "sql");
+    assert_eq!(ids(&r["choices"][0]["token_ids"]), want.tokens);
+
+    assert_eq!(
+        metric(&s, "cleaner_model_requests_total{model=\"sql\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &s,
+            &format!("cleaner_model_requests_total{{model=\"{MODEL_ID}\"}}")
+        ),
+        Some(1.0)
+    );
+    // base -> sql, sql -> base, base -> sql.
+    assert_eq!(metric(&s, "cleaner_adapter_swaps_total "), Some(3.0));
+    assert_eq!(metric(&s, "cleaner_adapters_loaded "), Some(1.0));
+
+    // A bad `--adapter` stops the server from starting, naming the file.
+    let missing = dir.path().join("missing.gguf");
+    let err = Server::new(
+        common::model(),
+        ServeConfig {
+            model_id: MODEL_ID.into(),
+            adapters: vec![("x".into(), missing.clone())],
+            ..Default::default()
+        },
+    )
+    .err()
+    .expect("a missing adapter file was accepted")
+    .to_string();
+    assert!(
+        err.contains("--adapter x=") && err.contains(&missing.display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn adapters_load_and_unload_over_http_and_bad_files_are_refused() {
+    let _g = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tuned.gguf");
+    write_trained_adapter(&file, 4);
+    let s = TestServer::start(None);
+    let load = |body: Json| s.post_raw("/v1/load_lora_adapter", body.to_string());
+    let unload = |body: Json| s.post_raw("/v1/unload_lora_adapter", body.to_string());
+    let refused = |(status, body): (u16, String), want_status: u16, want_param: &str| -> String {
+        assert_eq!(status, want_status, "{body}");
+        let e: Json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(e["error"]["param"], want_param, "{body}");
+        assert!(e["error"]["type"].is_string(), "{body}");
+        e["error"]["message"].as_str().unwrap().to_string()
+    };
+
+    let (st, text) = load(json!({"lora_name": "tuned", "lora_path": file}));
+    assert_eq!(
+        (st, text.as_str()),
+        (200, "Success: LoRA adapter 'tuned' added successfully.")
+    );
+    assert_eq!(model_ids(&s), [MODEL_ID, "tuned"]);
+    // The name is taken, unless the weights are replaced in place.
+    refused(
+        load(json!({"lora_name": "tuned", "lora_path": file})),
+        400,
+        "lora_name",
+    );
+    let (st, text) = load(json!({"lora_name": "tuned", "lora_path": file, "load_inplace": true}));
+    assert_eq!(st, 200, "{text}");
+    refused(load(json!({"lora_path": file})), 400, "lora_name");
+    refused(load(json!({"lora_name": "x"})), 400, "lora_path");
+    refused(
+        load(json!({"lora_name": MODEL_ID, "lora_path": file})),
+        400,
+        "lora_name",
+    );
+    refused(
+        load(json!({"lora_name": "x", "lora_path": file, "scale": 2})),
+        400,
+        "scale",
+    );
+    // Bad files, each refused naming lora_path and what is wrong with it.
+    let missing = dir.path().join("nothing.gguf");
+    let m = refused(
+        load(json!({"lora_name": "x", "lora_path": missing})),
+        404,
+        "lora_path",
+    );
+    assert!(m.contains(&missing.display().to_string()), "{m}");
+    let text_file = dir.path().join("notes.gguf");
+    std::fs::write(&text_file, "not a GGUF file at all").unwrap();
+    let m = refused(
+        load(json!({"lora_name": "x", "lora_path": text_file})),
+        400,
+        "lora_path",
+    );
+    assert!(m.contains("notes.gguf"), "{m}");
+    let m = refused(
+        load(json!({"lora_name": "x", "lora_path": dir.path()})),
+        400,
+        "lora_path",
+    );
+    assert!(m.contains("not a file"), "{m}");
+    let m = refused(
+        load(json!({"lora_name": "x", "lora_path": common::test_model_path()})),
+        400,
+        "lora_path",
+    );
+    assert!(
+        m.contains("general.type"),
+        "the model itself as adapter: {m}"
+    );
+    let wrong = dir.path().join("wrong-shape.gguf");
+    write_wrong_shape_adapter(&wrong);
+    let m = refused(
+        load(json!({"lora_name": "x", "lora_path": wrong})),
+        400,
+        "lora_path",
+    );
+    assert!(m.contains("do not fit"), "{m}");
+    assert_eq!(
+        model_ids(&s),
+        [MODEL_ID, "tuned"],
+        "a refused load was added"
+    );
+
+    // An adapter nobody loaded.
+    let (st, e) = s.post(
+        "/v1/chat/completions",
+        &json!({"model": "nope", "messages": messages(), "max_tokens": 2}),
+    );
+    assert_eq!(st, 404, "{e}");
+    assert_eq!(e["error"]["code"], "model_not_found");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("tuned"),
+        "{e}"
+    );
+    refused(unload(json!({"lora_name": "nope"})), 404, "lora_name");
+
+    // Unloading while a request uses the adapter: the name goes at once, the
+    // request finishes with the adapter (all its tokens equal the decoder's).
+    let max_tokens = 48;
+    let want = reference_greedy(&prompt_tokens(), Some(&file), max_tokens, true);
+    let body = json!({"model": "tuned", "messages": messages(), "stream": true, "temperature": 0,
+                      "ignore_eos": true, "max_tokens": max_tokens, "return_token_ids": true});
+    let (unloaded, streamed) = s.rt.block_on(async {
+        let mut resp = s
+            .client
+            .post(s.url("/v1/chat/completions"))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let mut seen = String::new();
+        while seen.matches("data: ").count() < 3 {
+            seen.push_str(&String::from_utf8_lossy(
+                &resp.chunk().await.unwrap().unwrap(),
+            ));
+        }
+        let unloaded = s
+            .client
+            .post(s.url("/v1/unload_lora_adapter"))
+            .body(json!({"lora_name": "tuned"}).to_string())
+            .send()
+            .await
+            .unwrap();
+        let unloaded = (unloaded.status().as_u16(), unloaded.text().await.unwrap());
+        while let Some(c) = resp.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&c));
+        }
+        (unloaded, seen)
+    });
+    assert_eq!(
+        unloaded,
+        (
+            200,
+            "Success: LoRA adapter 'tuned' removed successfully.".to_string()
+        )
+    );
+    let ev = events(&streamed);
+    assert_eq!(ev.last().unwrap(), "[DONE]", "{streamed}");
+    let tokens: Vec<Token> = ev[..ev.len() - 1]
+        .iter()
+        .filter_map(|c| c["choices"][0].get("token_ids").map(ids))
+        .flatten()
+        .collect();
+    assert_eq!(
+        tokens, want.tokens,
+        "the stream after its adapter was unloaded"
+    );
+    assert_eq!(model_ids(&s), [MODEL_ID]);
+    let (st, e) = s.post(
+        "/v1/chat/completions",
+        &json!({"model": "tuned", "messages": messages(), "max_tokens": 2}),
+    );
+    assert_eq!((st, &e["error"]["code"]), (404, &json!("model_not_found")));
+    // Still serving the base model.
+    let r = s.chat(&json!({"model": MODEL_ID, "messages": messages(), "max_tokens": 2}));
+    assert_eq!(r["model"], MODEL_ID);
+}
+
+#[test]
+fn requests_for_the_base_and_two_adapters_interleave_and_each_equals_its_reference() {
+    let _g = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let files = [dir.path().join("a.gguf"), dir.path().join("b.gguf")];
+    write_trained_adapter(&files[0], 6);
+    write_trained_adapter(&files[1], 7);
+    let models = [MODEL_ID, "a", "b"];
+    let questions = ["Name three colors.", "What is 2 + 3?"];
+    let max_tokens = 16;
+    // want[m][q]: model m's greedy answer to question q, from the decoder.
+    let want: Vec<Vec<Vec<Token>>> = (0..3)
+        .map(|m| {
+            questions
+                .iter()
+                .map(|q| {
+                    let file = (m > 0).then(|| files[m - 1].as_path());
+                    reference_greedy(&prompt_for(q), file, max_tokens, false).tokens
+                })
+                .collect()
+        })
+        .collect();
+    for (q, ((base, a), b)) in want[0].iter().zip(&want[1]).zip(&want[2]).enumerate() {
+        assert!(
+            base != a && base != b && a != b,
+            "two of base, a, b give the same answer to question {q}: the test could not tell them apart"
+        );
+    }
+    let s = TestServer::start_with_adapters(vec![
+        ("a".into(), files[0].clone()),
+        ("b".into(), files[1].clone()),
+    ]);
+    // All at once, alternating models, so the queue holds every adapter.
+    let jobs: Vec<(usize, usize)> = (0..2).flat_map(|q| (0..3).map(move |m| (m, q))).collect();
+    let answers = s.rt.block_on(async {
+        let handles: Vec<_> = jobs
+            .iter()
+            .map(|&(m, q)| {
+                let request = s.client.post(s.url("/v1/chat/completions")).body(
+                    json!({"model": models[m], "messages": messages_for(questions[q]),
+                           "temperature": 0, "max_tokens": max_tokens,
+                           "return_token_ids": true})
+                    .to_string(),
+                );
+                tokio::spawn(async move {
+                    let resp = request.send().await.unwrap();
+                    (resp.status().as_u16(), resp.text().await.unwrap())
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap());
+        }
+        out
+    });
+    for (&(m, q), (status, body)) in jobs.iter().zip(answers) {
+        assert_eq!(status, 200, "{body}");
+        let r: Json = serde_json::from_str(&body).unwrap();
+        assert_eq!(r["model"], models[m]);
+        assert_eq!(
+            ids(&r["choices"][0]["token_ids"]),
+            want[m][q],
+            "{} on question {q}",
+            models[m]
+        );
+    }
+    for m in models {
+        assert_eq!(
+            metric(
+                &s,
+                &format!("cleaner_model_requests_total{{model=\"{m}\"}}")
+            ),
+            Some(2.0),
+            "{m}"
+        );
+    }
+    // At least base -> a -> b or similar; at most one swap per request.
+    let swaps = metric(&s, "cleaner_adapter_swaps_total ").unwrap();
+    assert!((2.0..=6.0).contains(&swaps), "{swaps} swaps");
+    let h = s.health();
+    assert_eq!(h["open_sequences"], 0, "{h}");
 }

@@ -61,8 +61,10 @@ impl ApiError {
         }
     }
 
-    /// 404: the request names a model this server does not serve.
-    pub fn unknown_model(asked: &str, served: &str) -> Self {
+    /// 404: the request names a model this server does not serve (neither
+    /// the base model nor a loaded adapter; `served` lists them).
+    pub fn unknown_model(asked: &str, served: &[String]) -> Self {
+        let served = served.join("`, `");
         ApiError {
             status: StatusCode::NOT_FOUND,
             message: format!("the model `{asked}` does not exist here; this server serves `{served}` (GET /v1/models)"),

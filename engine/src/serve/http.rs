@@ -18,12 +18,13 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use crate::chat::{ChatError, ChatTemplate};
 use crate::rollout::GenerateParams;
 use crate::sampling::SamplingParams;
+use crate::serve::adapters::Adapters;
 use crate::serve::error::ApiError;
 use crate::serve::request::{self, Checked};
 use crate::serve::response::{self, Choices, Header};
 use crate::serve::worker::{Event, Job, WorkerHandle};
 use crate::serve::ServeConfig;
-use crate::{Model, Token};
+use crate::{LoraAdapter, Model, Token};
 
 /// What every handler shares.
 pub struct AppState {
@@ -42,6 +43,8 @@ pub struct AppState {
     /// The code interpreter's sandbox, once whoever runs the server opened
     /// one (`Server::set_sandbox`); without it `cleaner` requests are refused.
     pub sandbox: crate::serve::interpreter::SandboxSlot,
+    /// LoRA adapters requests may select by name.
+    pub adapters: Adapters,
 }
 
 /// All routes over `state`.
@@ -51,6 +54,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route(
+            "/v1/load_lora_adapter",
+            post(crate::serve::adapter_routes::load),
+        )
+        .route(
+            "/v1/unload_lora_adapter",
+            post(crate::serve::adapter_routes::unload),
+        )
         .route("/metrics", get(metrics))
         .fallback(|method: Method, uri: Uri| async move {
             ApiError::no_route(method.as_str(), uri.path())
@@ -83,27 +94,70 @@ async fn health(State(s): State<Arc<AppState>>) -> JsonBody<Json> {
 
 /// Prometheus text; no key needed, like /health.
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
-    let text = s.metrics.render(s.worker.status(), s.worker.cells());
+    let text = s
+        .metrics
+        .render(s.worker.status(), s.worker.cells(), s.adapters.len());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
+/// The base model, then every adapter as vLLM lists them: `root` the file
+/// it came from, `parent` the base model's id.
 async fn models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&s, &headers)?;
-    Ok(JsonBody(json!({
-        "object": "list",
-        "data": [{
-            "id": s.config.model_id,
+    let mut data = vec![json!({
+        "id": s.config.model_id,
+        "object": "model",
+        "created": s.started,
+        "owned_by": "cleaner",
+        "root": s.model.path().display().to_string(),
+        "parent": null,
+        "max_model_len": s.config.ctx_per_slot,
+    })];
+    data.extend(s.adapters.list().into_iter().map(|a| {
+        json!({
+            "id": a.name,
             "object": "model",
-            "created": s.started,
+            "created": a.created,
             "owned_by": "cleaner",
+            "root": a.path.display().to_string(),
+            "parent": s.config.model_id,
             "max_model_len": s.config.ctx_per_slot,
-        }],
-    }))
-    .into_response())
+        })
+    }));
+    Ok(JsonBody(json!({"object": "list", "data": data})).into_response())
+}
+
+/// What a request's `model` selects: the base model or one adapter.
+struct Selected {
+    /// The id as the request gave it (and the response repeats it).
+    id: String,
+    adapter: Option<Arc<LoraAdapter>>,
+}
+
+/// Resolves a request's `model`: the served id or a loaded adapter's name,
+/// else a 404 `model_not_found` listing what is served.
+fn select(s: &AppState, model: &str) -> Result<Selected, ApiError> {
+    if model == s.config.model_id {
+        return Ok(Selected {
+            id: model.to_string(),
+            adapter: None,
+        });
+    }
+    match s.adapters.get(model) {
+        Some(adapter) => Ok(Selected {
+            id: model.to_string(),
+            adapter: Some(adapter),
+        }),
+        None => {
+            let mut served = vec![s.config.model_id.clone()];
+            served.extend(s.adapters.list().into_iter().map(|a| a.name));
+            Err(ApiError::unknown_model(model, &served))
+        }
+    }
 }
 
 /// `Authorization: Bearer KEY` when the server has a key.
-fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(key) = &s.config.api_key else {
         return Ok(());
     };
@@ -119,7 +173,7 @@ fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// The body, refused beyond the configured size.
-async fn read_body(s: &AppState, req: Request) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(s: &AppState, req: Request) -> Result<Bytes, ApiError> {
     let limit = s.config.max_body_bytes;
     let declared = req
         .headers()
@@ -141,9 +195,7 @@ async fn chat_completions(
     authorize(&s, req.headers())?;
     let body = read_body(&s, req).await?;
     let mut parsed = request::parse(&body)?;
-    if parsed.model != s.config.model_id {
-        return Err(ApiError::unknown_model(&parsed.model, &s.config.model_id));
-    }
+    let selected = select(&s, &parsed.model)?;
     let cleaner = parsed.cleaner.take();
     let checked = parsed.check(s.config.slots as usize)?;
     if let Some(options) = cleaner {
@@ -154,15 +206,22 @@ async fn chat_completions(
         let header = Header {
             id: format!("chatcmpl-{:016x}", fresh_seed()),
             created: unix_now(),
-            model: s.config.model_id.clone(),
+            model: selected.id.clone(),
         };
-        return crate::serve::interpreter::run(s.clone(), prompt, checked.n, interp, header).await;
+        s.metrics.count_model(&selected.id);
+        let run = crate::serve::interpreter::Run {
+            prompt,
+            n: checked.n,
+            adapter: selected.adapter,
+            header,
+        };
+        return crate::serve::interpreter::run(s.clone(), run, interp).await;
     }
     let prompt = s
         .template
         .tokenize(&s.model, &checked.messages, None)
         .map_err(template_error)?;
-    generate(&s, prompt, &checked, Shape::Chat).await
+    generate(&s, selected, prompt, &checked, Shape::Chat).await
 }
 
 /// A template that cannot render the messages is the request's fault.
@@ -180,9 +239,7 @@ async fn completions(State(s): State<Arc<AppState>>, req: Request) -> Result<Res
     authorize(&s, req.headers())?;
     let body = read_body(&s, req).await?;
     let parsed = crate::serve::completions::parse(&body)?;
-    if parsed.model != s.config.model_id {
-        return Err(ApiError::unknown_model(&parsed.model, &s.config.model_id));
-    }
+    let selected = select(&s, &parsed.model)?;
     let c = parsed.check(&s.model, s.config.slots as usize)?;
     let echo = if c.echo {
         // The prompt as text, BOS left out (it renders as nothing useful).
@@ -196,7 +253,7 @@ async fn completions(State(s): State<Arc<AppState>>, req: Request) -> Result<Res
     } else {
         String::new()
     };
-    generate(&s, c.prompt, &c.options, Shape::Text { echo }).await
+    generate(&s, selected, c.prompt, &c.options, Shape::Text { echo }).await
 }
 
 /// Which API's shapes a response takes.
@@ -211,6 +268,7 @@ enum Shape {
 /// Budgets, submits and answers one request, whole or streamed.
 async fn generate(
     s: &AppState,
+    selected: Selected,
     prompt: Vec<Token>,
     checked: &Checked,
     shape: Shape,
@@ -225,6 +283,7 @@ async fn generate(
         prompt: prompt.clone(),
         params: generate_params(checked, max_tokens),
         top_logprobs: checked.logprobs.unwrap_or(0),
+        adapter: selected.adapter,
         events: tx,
     };
     s.metrics
@@ -233,6 +292,7 @@ async fn generate(
     s.worker
         .submit(job)
         .map_err(|e| ApiError::engine(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    s.metrics.count_model(&selected.id);
     let prefix = match shape {
         Shape::Chat => "chatcmpl",
         Shape::Text { .. } => "cmpl",
@@ -240,7 +300,7 @@ async fn generate(
     let header = Header {
         id: format!("{prefix}-{:016x}", fresh_seed()),
         created: unix_now(),
-        model: s.config.model_id.clone(),
+        model: selected.id,
     };
     let choices = Choices::new(
         s.model.clone(),

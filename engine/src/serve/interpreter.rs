@@ -23,7 +23,7 @@ use crate::sandbox::Sandbox;
 use crate::serve::error::ApiError;
 use crate::serve::http::AppState;
 use crate::serve::request::Checked;
-use crate::serve::session_backend::SessionBackend;
+use crate::serve::session_backend::{Admission, SessionBackend};
 
 /// The request's `cleaner` object.
 #[derive(Debug, Default, Deserialize)]
@@ -93,12 +93,14 @@ impl CleanerOptions {
             Some(Json::Number(p)) if p.as_f64().is_some_and(|p| (0.0..=1.0).contains(&p)) => {
                 p.as_f64().unwrap_or(1.0)
             }
-            Some(other) => return Err(ApiError::invalid(
-                "cleaner.purify",
-                format!(
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "cleaner.purify",
+                    format!(
                     "cleaner.purify must be true, false or a probability in [0, 1], got {other}"
                 ),
-            )),
+                ))
+            }
         };
         let max_turns = self.max_turns.unwrap_or(8);
         if !(1..=MAX_TURNS).contains(&max_turns) {
@@ -194,15 +196,27 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Runs the agent for `n` choices of `prompt` and answers with the whole
+/// What one interpreter request runs.
+pub struct Run {
+    /// The rendered prompt.
+    pub prompt: Vec<crate::Token>,
+    /// Choices (rollouts of the prompt).
+    pub n: usize,
+    /// The LoRA adapter the request's `model` selected.
+    pub adapter: Option<Arc<crate::LoraAdapter>>,
+    /// The response's id, time and model.
+    pub header: crate::serve::response::Header,
+}
+
+/// Runs the agent for the request's choices and answers with the whole
 /// response.
-pub async fn run(
-    s: Arc<AppState>,
-    prompt: Vec<crate::Token>,
-    n: usize,
-    interp: Interpreter,
-    header: crate::serve::response::Header,
-) -> Result<Response, ApiError> {
+pub async fn run(s: Arc<AppState>, run: Run, interp: Interpreter) -> Result<Response, ApiError> {
+    let Run {
+        prompt,
+        n,
+        adapter,
+        header,
+    } = run;
     let Some(sandbox) = s.sandbox.get() else {
         return Err(ApiError::invalid(
             "cleaner",
@@ -238,9 +252,14 @@ pub async fn run(
     let rollback_probability = interp.config.rollback_probability;
     let kind = interp.format.kind;
     let ran = tokio::task::spawn_blocking(move || {
-        let mut backend =
-            SessionBackend::open(&state.worker, state.model.clone(), n + 1, cells, cancelled)
-                .map_err(|e| ApiError::engine(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        let admission = Admission {
+            slots: n + 1,
+            cells,
+            adapter,
+            cancelled,
+        };
+        let mut backend = SessionBackend::open(&state.worker, state.model.clone(), admission)
+            .map_err(|e| ApiError::engine(StatusCode::SERVICE_UNAVAILABLE, e))?;
         let mut agent = Agent::new(&mut backend, &sandbox, interp.format, interp.config)
             .map_err(|e| ApiError::invalid("cleaner", e.to_string()))?;
         agent.run(&[problem], n).map_err(agent_error)

@@ -37,9 +37,20 @@ pub struct Metrics {
     pub prompt_tokens: AtomicU64,
     /// The code interpreter's counters.
     pub interpreter: crate::serve::interpreter::InterpreterMetrics,
+    /// Generation requests accepted per `model` (the base id or an adapter).
+    by_model: Mutex<Vec<(String, u64)>>,
 }
 
 impl Metrics {
+    /// Counts one accepted generation request for `model`.
+    pub fn count_model(&self, model: &str) {
+        let mut m = self.by_model.lock().unwrap_or_else(|p| p.into_inner());
+        match m.iter_mut().find(|(name, _)| name == model) {
+            Some(e) => e.1 += 1,
+            None => m.push((model.to_string(), 1)),
+        }
+    }
+
     fn record(&self, route: &str, status: u16, seconds: f64) {
         let mut r = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         match r.iter_mut().find(|(p, s, _)| p == route && *s == status) {
@@ -69,8 +80,8 @@ impl Metrics {
         h.count += 1;
     }
 
-    /// The exposition text.
-    pub fn render(&self, status: &Status, cells: usize) -> String {
+    /// The exposition text; `adapters` is how many LoRA adapters are loaded.
+    pub fn render(&self, status: &Status, cells: usize, adapters: usize) -> String {
         let mut out = String::new();
         let w = &mut out;
         let _ = writeln!(w, "# TYPE cleaner_requests_total counter");
@@ -111,6 +122,22 @@ impl Metrics {
             let _ = writeln!(
                 w,
                 "cleaner_request_duration_seconds_count{{route=\"{route}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            w,
+            "# HELP cleaner_model_requests_total generation requests accepted, by the model or LoRA adapter they named\n# TYPE cleaner_model_requests_total counter"
+        );
+        for (model, n) in self
+            .by_model
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                w,
+                "cleaner_model_requests_total{{model=\"{}\"}} {n}",
+                label(model)
             );
         }
         let u = |a: &std::sync::atomic::AtomicUsize| a.load(Ordering::Relaxed) as u64;
@@ -170,6 +197,18 @@ impl Metrics {
                 "cache cells shared by all requests",
                 cells as u64,
             ),
+            (
+                "cleaner_adapter_swaps_total",
+                "counter",
+                "times the decoding loop switched LoRA adapter (or back to the base model)",
+                c(&status.adapter_swaps),
+            ),
+            (
+                "cleaner_adapters_loaded",
+                "gauge",
+                "LoRA adapters loaded",
+                adapters as u64,
+            ),
         ] {
             let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
@@ -191,6 +230,8 @@ pub async fn track(
         "/v1/models",
         "/v1/chat/completions",
         "/v1/completions",
+        "/v1/load_lora_adapter",
+        "/v1/unload_lora_adapter",
     ];
     // Unknown paths share one label, so a scan cannot grow the series.
     let route = if known.contains(&route.as_str()) {
@@ -203,4 +244,12 @@ pub async fn track(
     m.metrics
         .record(&route, resp.status().as_u16(), t0.elapsed().as_secs_f64());
     resp
+}
+
+/// A Prometheus label value, escaped (the base model's id comes from the
+/// command line and may hold anything).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

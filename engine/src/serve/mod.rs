@@ -5,6 +5,9 @@
 //! only parses, checks and translates (`http`, `request`, `response`). What
 //! is supported, and what is not yet, is in docs/serve.md.
 
+pub mod adapter_routes;
+pub mod adapter_swap;
+pub mod adapters;
 pub mod completions;
 pub mod error;
 pub mod http;
@@ -18,6 +21,7 @@ pub mod text;
 pub mod worker;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +49,9 @@ pub struct ServeConfig {
     /// After a shutdown signal, in-flight requests get this long to finish
     /// before they are cancelled.
     pub shutdown_grace: Duration,
+    /// LoRA adapters loaded at start, as (name, GGUF file) (`--adapter
+    /// NAME=FILE`); more can be loaded at run time.
+    pub adapters: Vec<(String, PathBuf)>,
 }
 
 impl Default for ServeConfig {
@@ -57,6 +64,7 @@ impl Default for ServeConfig {
             api_key: None,
             max_body_bytes: 4 << 20,
             shutdown_grace: Duration::from_secs(10),
+            adapters: Vec::new(),
         }
     }
 }
@@ -73,6 +81,16 @@ pub enum ServeError {
     /// The decoder could not be created.
     #[error(transparent)]
     Rollout(#[from] RolloutError),
+    /// An `--adapter` could not be loaded.
+    #[error("--adapter {name}={path}: {message}")]
+    Adapter {
+        /// Its name.
+        name: String,
+        /// Its file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The decoding thread could not start.
     #[error("could not start the decoding thread: {0}")]
     Thread(std::io::Error),
@@ -108,6 +126,23 @@ impl Server {
             )));
         }
         let template = ChatTemplate::from_model(&model)?;
+        let registry = adapters::Adapters::default();
+        for (name, path) in &config.adapters {
+            let failed = |e: error::ApiError| ServeError::Adapter {
+                name: name.clone(),
+                path: path.display().to_string(),
+                message: e.message,
+            };
+            adapters::check_name(name, &config.model_id).map_err(failed)?;
+            let adapter = adapters::load(&model, name, path).map_err(failed)?;
+            let loaded = adapters::Loaded {
+                name: name.clone(),
+                path: path.clone(),
+                created: http::unix_now(),
+                adapter,
+            };
+            registry.insert(loaded, false).map_err(failed)?;
+        }
         let decoder = Decoder::new(
             model.clone(),
             &DecoderConfig {
@@ -127,6 +162,7 @@ impl Server {
             started: http::unix_now(),
             metrics: Default::default(),
             sandbox: Default::default(),
+            adapters: registry,
         });
         Ok(Server { state, thread })
     }

@@ -16,6 +16,18 @@ use crate::rollout::{GenerateParams, Generation, RolloutError, SeqId};
 use crate::serve::worker::{SessionId, SessionOp, SessionRequest, WorkerHandle};
 use crate::{Model, Token};
 
+/// What a session asks the loop for.
+pub struct Admission {
+    /// Sequences the agent may have open at once.
+    pub slots: usize,
+    /// Cache cells its sequences may hold at most.
+    pub cells: usize,
+    /// The LoRA adapter to decode with (`None`: the base model).
+    pub adapter: Option<Arc<crate::LoraAdapter>>,
+    /// Set when the client went away.
+    pub cancelled: Arc<AtomicBool>,
+}
+
 /// One admitted session, driven by one agent.
 pub struct SessionBackend {
     worker: WorkerHandle,
@@ -29,20 +41,24 @@ pub struct SessionBackend {
 }
 
 impl SessionBackend {
-    /// Queues a session of `slots` sequences and `cells` cache cells and
-    /// blocks until the loop admits it (or refuses it, or `cancelled` is
-    /// set meanwhile and the loop drops it).
+    /// Queues a session and blocks until the loop admits it, refuses it, or
+    /// drops it because `admission.cancelled` was set.
     pub fn open(
         worker: &WorkerHandle,
         model: Arc<Model>,
-        slots: usize,
-        cells: usize,
-        cancelled: Arc<AtomicBool>,
+        admission: Admission,
     ) -> Result<SessionBackend, String> {
         let (reply, admitted) = channel();
+        let Admission {
+            slots,
+            cells,
+            adapter,
+            cancelled,
+        } = admission;
         worker.open_session(SessionRequest {
             slots,
             cells,
+            adapter,
             cancelled: cancelled.clone(),
             reply,
         })?;

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::rollout::{Decoder, FinishReason, GenerateParams, SeqId};
-use crate::Token;
+use crate::serve::adapter_swap::{self, Gate};
+use crate::{LoraAdapter, Token};
 
 mod sessions;
 pub use sessions::{Finished, SessionId, SessionOp, SessionRequest};
@@ -29,6 +30,9 @@ pub struct Job {
     pub params: Vec<GenerateParams>,
     /// Alternatives to record per token (0: none).
     pub top_logprobs: usize,
+    /// The LoRA adapter to decode with (`None`: the base model); jobs of
+    /// different adapters never share a decode (`adapter_swap`).
+    pub adapter: Option<Arc<LoraAdapter>>,
     /// Where the job's events go; dropping the receiver cancels the job.
     pub events: UnboundedSender<Event>,
 }
@@ -89,6 +93,8 @@ pub struct Status {
     pub tokens_generated: AtomicU64,
     /// Decode steps since start.
     pub steps: AtomicU64,
+    /// Times the loop switched LoRA adapter (or back to the base model).
+    pub adapter_swaps: AtomicU64,
 }
 
 enum Command {
@@ -204,6 +210,9 @@ impl Worker {
     fn run(&mut self) {
         loop {
             if !self.must_step() {
+                if self.sessions.is_empty() && self.running.is_empty() {
+                    adapter_swap::release_unloaded(&mut self.decoder);
+                }
                 // Nothing to decode: block until a command comes (a job, a
                 // session's call), or every handle is gone.
                 match self.rx.recv() {
@@ -305,10 +314,26 @@ impl Worker {
             .fetch_add(cancelled, Ordering::Relaxed);
     }
 
-    /// Starts queued jobs in arrival order while slots and cells allow.
+    /// Starts queued jobs in arrival order while slots, cells and the
+    /// adapter in force allow.
     fn admit(&mut self) {
         let cells = self.decoder.n_ctx() as usize;
         while let Some(front) = self.queue.front() {
+            match adapter_swap::gate(
+                &mut self.decoder,
+                front.adapter.as_ref(),
+                !self.sessions.is_empty(),
+                &self.status.adapter_swaps,
+            ) {
+                Ok(Gate::Open) => {}
+                Ok(Gate::Drain) => break,
+                Err(e) => {
+                    if let Some(job) = self.queue.pop_front() {
+                        let _ = job.events.send(Event::Failed(e));
+                    }
+                    continue;
+                }
+            }
             // Sessions count with their whole reservation.
             let open = self.slots_taken();
             let free_slots = (self.decoder.n_seq_max() as usize).saturating_sub(open);

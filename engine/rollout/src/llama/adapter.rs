@@ -43,7 +43,8 @@ impl LoraAdapter {
         log::clear();
         // SAFETY: model pointer is live (we keep an Arc); c_path is a valid C
         // string. llama.cpp adds the adapter to the model's set, which the lock
-        // above serialises; contexts do not read that set while decoding.
+        // above serialises; a context reads that set only in the first decode
+        // after its adapters change, which takes the same lock (`Context::decode`).
         let raw = unsafe { sys::llama_adapter_lora_init(model.as_ptr(), c_path.as_ptr()) };
         let ptr = NonNull::new(raw).ok_or_else(|| err(log::take()))?;
         Ok(Arc::new(LoraAdapter {

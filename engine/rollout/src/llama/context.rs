@@ -58,6 +58,11 @@ pub struct Context {
     model: Arc<Model>,
     /// Adapters set on the context; kept alive while set.
     adapters: Vec<(Arc<LoraAdapter>, f32)>,
+    /// The adapters changed and no decode has succeeded since: the next one
+    /// re-reserves its compute graph, which reads the model's set of loaded
+    /// adapters (llama.cpp's `graph_max_nodes`), so it runs under the
+    /// model's `adapter_lock` while another thread may load or free one.
+    adapters_changed: bool,
     n_vocab: usize,
 }
 
@@ -152,6 +157,7 @@ impl Context {
             params,
             model,
             adapters: Vec::new(),
+            adapters_changed: false,
             n_vocab,
         })
     }
@@ -208,9 +214,16 @@ impl Context {
         }
         b.n_tokens = entries.len() as i32;
         log::clear();
+        let model = &self.model;
+        let _reserving = self
+            .adapters_changed
+            .then(|| model.adapter_lock.lock().unwrap_or_else(|p| p.into_inner()));
         // SAFETY: the batch is filled with n_tokens valid entries (tokens and
         // sequence ids checked above).
         let code = unsafe { sys::llama_decode(self.ptr.as_ptr(), *b) };
+        if code == 0 {
+            self.adapters_changed = false;
+        }
         match code {
             0 => Ok(()),
             1 => Err(LlamaError::KvCacheFull {
@@ -299,6 +312,7 @@ impl Context {
             });
         }
         self.adapters = adapters.to_vec();
+        self.adapters_changed = true;
         Ok(())
     }
 

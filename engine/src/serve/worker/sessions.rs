@@ -22,7 +22,8 @@ use std::sync::Arc;
 
 use super::Worker;
 use crate::rollout::{GenerateParams, Generation, RolloutError, SeqId};
-use crate::Token;
+use crate::serve::adapter_swap::{self, Gate};
+use crate::{LoraAdapter, Token};
 
 /// A session's id in the loop.
 pub type SessionId = u64;
@@ -37,6 +38,8 @@ pub struct SessionRequest {
     pub slots: usize,
     /// Cells its sequences may hold at most.
     pub cells: usize,
+    /// The LoRA adapter its sequences decode with (`None`: the base model).
+    pub adapter: Option<Arc<LoraAdapter>>,
     /// Set when the client went away: the session is ended by the loop.
     pub cancelled: Arc<AtomicBool>,
     /// Told the session's id once admitted, or why it cannot be.
@@ -76,6 +79,16 @@ pub(super) struct Session {
     /// The agent's pending `step`.
     waiting: Option<Sender<Result<Finished, RolloutError>>>,
     cancelled: Arc<AtomicBool>,
+    /// Held so an unloaded adapter stays alive until the session ends.
+    adapter: Option<Arc<LoraAdapter>>,
+}
+
+fn same_adapter(a: Option<&Arc<LoraAdapter>>, b: Option<&Arc<LoraAdapter>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
 }
 
 fn gone(why: &str) -> RolloutError {
@@ -83,11 +96,32 @@ fn gone(why: &str) -> RolloutError {
 }
 
 impl Worker {
-    /// Admits queued sessions while slots and cells allow (in arrival order;
-    /// a session that does not fit waits, and so do the ones behind it).
+    /// Admits queued sessions while slots, cells and the adapter in force
+    /// allow (in arrival order; a session that does not fit waits, and so do
+    /// the ones behind it).
     pub(super) fn admit_sessions(&mut self) {
         let cells = self.decoder.n_ctx() as usize;
         while let Some(front) = self.session_queue.front() {
+            // Sessions of one adapter may run together, like jobs.
+            let others = self
+                .sessions
+                .values()
+                .any(|s| !same_adapter(s.adapter.as_ref(), front.adapter.as_ref()));
+            match adapter_swap::gate(
+                &mut self.decoder,
+                front.adapter.as_ref(),
+                others,
+                &self.status.adapter_swaps,
+            ) {
+                Ok(Gate::Open) => {}
+                Ok(Gate::Drain) => break,
+                Err(e) => {
+                    if let Some(r) = self.session_queue.pop_front() {
+                        let _ = r.reply.send(Err(e));
+                    }
+                    continue;
+                }
+            }
             let fits = self.slots_taken() + front.slots <= self.decoder.n_seq_max() as usize
                 && self.reserved + front.cells <= cells;
             let busy = !self.running.is_empty() || !self.sessions.is_empty();
@@ -119,6 +153,7 @@ impl Worker {
                     finished: Vec::new(),
                     waiting: None,
                     cancelled: req.cancelled,
+                    adapter: req.adapter,
                 },
             );
         }

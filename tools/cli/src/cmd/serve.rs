@@ -43,6 +43,10 @@ pub struct Args {
     /// code interpreter) are refused.
     #[arg(long)]
     no_code_interpreter: bool,
+    /// A LoRA adapter requests select by giving NAME as `model`: FILE is a
+    /// GGUF adapter for this model, as `cleaner train` exports. Repeatable.
+    #[arg(long = "adapter", value_name = "NAME=FILE", value_parser = cleaner::serve::adapters::parse_spec)]
+    adapters: Vec<(String, std::path::PathBuf)>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -66,6 +70,7 @@ pub fn run(a: Args) -> Result<()> {
             api_key: a.api_key.clone(),
             max_body_bytes: a.max_body_bytes,
             shutdown_grace: std::time::Duration::from_secs(a.shutdown_grace),
+            adapters: a.adapters.clone(),
         },
     )?;
     if !a.no_code_interpreter {
@@ -84,7 +89,11 @@ pub fn run(a: Args) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         eprintln!(
-            "serving {model_id} on http://{} ({} slots of {ctx} positions{}{}); Ctrl-C stops",
+            "serving {model_id}{} on http://{} ({} slots of {ctx} positions{}{}); Ctrl-C stops",
+            a.adapters
+                .iter()
+                .map(|(name, _)| format!(" + adapter {name}"))
+                .collect::<String>(),
             listener.local_addr()?,
             a.slots,
             if a.api_key.is_some() {
