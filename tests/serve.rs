@@ -3,6 +3,8 @@
 //! against the decoder driven directly on the same prompt tokens.
 
 mod common;
+#[path = "serve/tools.rs"]
+mod tools;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -31,10 +33,19 @@ impl TestServer {
     }
 
     fn start_with(api_key: Option<&str>, shutdown_grace: Duration) -> TestServer {
+        Self::start_model(common::model(), MODEL_ID, api_key, shutdown_grace)
+    }
+
+    fn start_model(
+        model: std::sync::Arc<cleaner::Model>,
+        model_id: &str,
+        api_key: Option<&str>,
+        shutdown_grace: Duration,
+    ) -> TestServer {
         let server = Server::new(
-            common::model(),
+            model,
             ServeConfig {
-                model_id: MODEL_ID.into(),
+                model_id: model_id.into(),
                 slots: SLOTS,
                 ctx_per_slot: CTX,
                 threads: 2,

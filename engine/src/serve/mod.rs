@@ -13,6 +13,8 @@ pub mod request;
 pub mod response;
 pub mod signal;
 pub mod text;
+pub mod tool_calls;
+pub mod tools;
 pub mod worker;
 
 use std::future::Future;
@@ -106,6 +108,10 @@ impl Server {
             )));
         }
         let template = ChatTemplate::from_model(&model)?;
+        let tool_support = tools::template_support(&template);
+        if let Err(why) = &tool_support {
+            log::info!("requests with tools will be refused: {why}");
+        }
         let decoder = Decoder::new(
             model.clone(),
             &DecoderConfig {
@@ -120,6 +126,7 @@ impl Server {
         let state = Arc::new(http::AppState {
             model,
             template,
+            tool_support,
             config,
             worker,
             started: http::unix_now(),
