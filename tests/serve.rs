@@ -3,6 +3,8 @@
 //! against the decoder driven directly on the same prompt tokens.
 
 mod common;
+#[path = "serve/tools.rs"]
+mod tools;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -31,23 +33,40 @@ impl TestServer {
     }
 
     fn start_with(api_key: Option<&str>, shutdown_grace: Duration) -> TestServer {
-        Self::start_config(api_key, shutdown_grace, Vec::new())
+        Self::start_model(common::model(), MODEL_ID, api_key, shutdown_grace)
     }
 
     /// With LoRA adapters loaded at start (`--adapter NAME=FILE`).
     fn start_with_adapters(adapters: Vec<(String, std::path::PathBuf)>) -> TestServer {
-        Self::start_config(None, Duration::from_secs(2), adapters)
+        Self::start_config(
+            common::model(),
+            MODEL_ID,
+            None,
+            Duration::from_secs(2),
+            adapters,
+        )
+    }
+
+    fn start_model(
+        model: std::sync::Arc<cleaner::Model>,
+        model_id: &str,
+        api_key: Option<&str>,
+        shutdown_grace: Duration,
+    ) -> TestServer {
+        Self::start_config(model, model_id, api_key, shutdown_grace, Vec::new())
     }
 
     fn start_config(
+        model: std::sync::Arc<cleaner::Model>,
+        model_id: &str,
         api_key: Option<&str>,
         shutdown_grace: Duration,
         adapters: Vec<(String, std::path::PathBuf)>,
     ) -> TestServer {
         let server = Server::new(
-            common::model(),
+            model,
             ServeConfig {
-                model_id: MODEL_ID.into(),
+                model_id: model_id.into(),
                 slots: SLOTS,
                 ctx_per_slot: CTX,
                 threads: 2,

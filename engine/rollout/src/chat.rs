@@ -3,7 +3,8 @@
 //! llama.cpp's built-in template matcher is not Jinja: it drops SmolLM2's
 //! default system prompt and cannot render tool definitions. The template
 //! stored in the GGUF (`tokenizer.chat_template`) is rendered here with
-//! minijinja, JSON kept in insertion order so `tojson` matches Python's jinja2.
+//! minijinja, with `transformers`' `tojson` (`pyjson`: Python's spacing, key
+//! order kept) so tools and calls read as they did in training.
 
 use minijinja::{Environment, Error as JinjaError, ErrorKind};
 use serde::{Deserialize, Serialize};
@@ -93,6 +94,9 @@ impl ChatTemplate {
             },
         );
         env.add_function("strftime_now", |_fmt: String| -> String { String::new() });
+        // transformers' `tojson`, which the templates are written for
+        // (minijinja's is compact and HTML-escaped).
+        env.add_filter("tojson", crate::pyjson::tojson_filter);
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| ChatError::Template(e.to_string()))?;
         Ok(ChatTemplate {
@@ -133,7 +137,21 @@ impl ChatTemplate {
         messages: &[Message],
         tools: Option<&[Json]>,
     ) -> Result<Vec<Token>, ChatError> {
-        let text = self.render(messages, tools, true)?;
+        self.tokenize_reply_started(model, messages, tools, "")
+    }
+
+    /// As [`tokenize`](Self::tokenize), with `reply_start` written after the
+    /// assistant header: the reply then begins with it, which is how a
+    /// server makes the model open a tool call it was asked to make.
+    pub fn tokenize_reply_started(
+        &self,
+        model: &Model,
+        messages: &[Message],
+        tools: Option<&[Json]>,
+        reply_start: &str,
+    ) -> Result<Vec<Token>, ChatError> {
+        let mut text = self.render(messages, tools, true)?;
+        text.push_str(reply_start);
         let add_bos =
             model.adds_bos() && (self.bos_token.is_empty() || !text.starts_with(&self.bos_token));
         Ok(model.tokenize(&text, add_bos, true)?)

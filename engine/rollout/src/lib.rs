@@ -12,6 +12,7 @@ pub mod chat;
 pub mod decoder;
 pub mod kv_budget;
 pub mod llama;
+pub mod pyjson;
 pub mod sampling;
 
 pub use decoder::{

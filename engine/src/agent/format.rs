@@ -136,11 +136,11 @@ impl ToolFormat {
     pub fn parse(&self, turn: &str) -> Call {
         match self.kind {
             FormatKind::Hermes => {
-                let Some(start) = turn.find("<tool_call>") else {
+                let Some(start) = turn.find(HERMES_OPEN) else {
                     return Call::None;
                 };
-                let body = &turn[start + "<tool_call>".len()..];
-                let Some(end) = body.find("</tool_call>") else {
+                let body = &turn[start + HERMES_OPEN.len()..];
+                let Some(end) = body.find(HERMES_CLOSE) else {
                     return Call::Malformed("the tool call is not closed with </tool_call>".into());
                 };
                 parse_hermes_json(body[..end].trim())
@@ -178,23 +178,56 @@ impl ToolFormat {
     }
 }
 
+/// Where a Hermes tool call opens and closes in the model's text.
+pub const HERMES_OPEN: &str = "<tool_call>";
+/// See [`HERMES_OPEN`].
+pub const HERMES_CLOSE: &str = "</tool_call>";
+
+/// The JSON object between a Hermes call's tags, read but not yet judged:
+/// the agent wants `code_interpreter` with a `code` argument, the server any
+/// tool the request declared.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HermesCall {
+    /// `name`, when it is a string.
+    pub name: Option<String>,
+    /// `arguments`, when present. Models also write them as a JSON string
+    /// (OpenAI's own shape); such a string is decoded when it holds JSON and
+    /// kept as the string otherwise.
+    pub arguments: Option<Json>,
+}
+
+/// Reads the body of a Hermes call (the text between its tags).
+pub fn read_hermes_call(body: &str) -> Result<HermesCall, serde_json::Error> {
+    let v: Json = serde_json::from_str(body.trim())?;
+    let arguments = match v.get("arguments") {
+        Some(Json::String(s)) => {
+            Some(serde_json::from_str::<Json>(s).unwrap_or(Json::String(s.clone())))
+        }
+        other => other.cloned(),
+    };
+    Ok(HermesCall {
+        name: v.get("name").and_then(Json::as_str).map(str::to_string),
+        arguments,
+    })
+}
+
 fn parse_hermes_json(body: &str) -> Call {
-    let v: Json = match serde_json::from_str(body) {
-        Ok(v) => v,
+    let call = match read_hermes_call(body) {
+        Ok(c) => c,
         Err(e) => return Call::Malformed(format!("the tool call is not valid JSON: {e}")),
     };
-    let name = v.get("name").and_then(Json::as_str).unwrap_or("");
+    let name = call.name.as_deref().unwrap_or("");
     if name != TOOL_NAME {
         return Call::Malformed(format!(
             "unknown tool {name:?}; the only tool is {TOOL_NAME:?}"
         ));
     }
-    let args = match v.get("arguments") {
-        Some(Json::String(s)) => serde_json::from_str::<Json>(s).unwrap_or(Json::Null),
-        Some(a) => a.clone(),
-        None => Json::Null,
-    };
-    match args.get("code").and_then(Json::as_str) {
+    match call
+        .arguments
+        .as_ref()
+        .and_then(|a| a.get("code"))
+        .and_then(Json::as_str)
+    {
         Some(code) if !code.trim().is_empty() => Call::Code(code.to_string()),
         _ => Call::Malformed("the tool call has no \"code\" argument".into()),
     }

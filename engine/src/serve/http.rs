@@ -32,6 +32,9 @@ pub struct AppState {
     pub model: Arc<Model>,
     /// Its chat template, compiled once.
     pub template: ChatTemplate,
+    /// Whether the template takes tools (`tools::template_support`): why
+    /// not, when it does not.
+    pub tool_support: Result<(), String>,
     /// The server's settings.
     pub config: ServeConfig,
     /// The decoding loop.
@@ -199,6 +202,12 @@ async fn chat_completions(
     let cleaner = parsed.cleaner.take();
     let checked = parsed.check(s.config.slots as usize)?;
     if let Some(options) = cleaner {
+        if checked.tools.is_some() {
+            return Err(ApiError::invalid(
+                "tools",
+                "tools cannot be used with the code interpreter (the `cleaner` object): its one tool is code_interpreter, described to the model by the server",
+            ));
+        }
         let seed = checked.seed.unwrap_or_else(fresh_seed);
         let interp = options.check(&checked, &s, seed)?;
         let prompt = crate::serve::interpreter::prompt(&s, &checked.messages, interp.format.kind)
@@ -217,9 +226,24 @@ async fn chat_completions(
         };
         return crate::serve::interpreter::run(s.clone(), run, interp).await;
     }
+    let (schemas, reply_start) = match &checked.tools {
+        Some(t) => {
+            if let Err(why) = &s.tool_support {
+                return Err(ApiError::invalid(
+                    "tools",
+                    format!(
+                        "the model `{}` cannot take tools here: {why}",
+                        s.config.model_id
+                    ),
+                ));
+            }
+            (Some(t.schemas.as_slice()), t.reply_start())
+        }
+        None => (None, String::new()),
+    };
     let prompt = s
         .template
-        .tokenize(&s.model, &checked.messages, None)
+        .tokenize_reply_started(&s.model, &checked.messages, schemas, &reply_start)
         .map_err(template_error)?;
     generate(&s, selected, prompt, &checked, Shape::Chat).await
 }
@@ -302,12 +326,15 @@ async fn generate(
         created: unix_now(),
         model: selected.id,
     };
-    let choices = Choices::new(
+    let mut choices = Choices::new(
         s.model.clone(),
         checked.n,
         &checked.stop,
         checked.logprobs.is_some(),
     );
+    if let Some(reader) = checked.tools.as_ref().and_then(|t| t.reader()) {
+        choices = choices.reading_tool_calls(&reader);
+    }
     if checked.stream {
         Ok(stream(rx, header, choices, prompt, checked, shape))
     } else {
@@ -522,6 +549,7 @@ impl Stream {
         };
         if let Some(d) = self.choices.apply(event) {
             let worth_sending = !d.content.is_empty()
+                || !d.tool_calls.is_empty()
                 || d.finish.is_some()
                 || (self.logprobs && !d.logprobs.is_empty())
                 || (self.token_ids && !d.tokens.is_empty());

@@ -18,6 +18,8 @@ pub mod response;
 pub mod session_backend;
 pub mod signal;
 pub mod text;
+pub mod tool_calls;
+pub mod tools;
 pub mod worker;
 
 use std::future::Future;
@@ -143,6 +145,10 @@ impl Server {
             };
             registry.insert(loaded, false).map_err(failed)?;
         }
+        let tool_support = tools::template_support(&template);
+        if let Err(why) = &tool_support {
+            log::info!("requests with tools will be refused: {why}");
+        }
         let decoder = Decoder::new(
             model.clone(),
             &DecoderConfig {
@@ -157,6 +163,7 @@ impl Server {
         let state = Arc::new(http::AppState {
             model,
             template,
+            tool_support,
             config,
             worker,
             started: http::unix_now(),

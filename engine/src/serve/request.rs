@@ -7,6 +7,7 @@ use serde_json::Value as Json;
 
 use crate::chat::Message;
 use crate::serve::error::ApiError;
+use crate::serve::tools::{self, Tools};
 
 /// The request body. Fields of the OpenAI API this server does not support
 /// are absent, so sending one is a 400 rather than silently ignored.
@@ -52,9 +53,9 @@ pub struct ChatRequest {
     pub frequency_penalty: Option<f32>,
     /// Accepted when 0 (no penalty is implemented).
     pub presence_penalty: Option<f32>,
-    /// Not supported yet (refused with a 400 when non-empty).
+    /// Functions the model may call (checked in `tools::check`).
     pub tools: Option<Json>,
-    /// Not supported yet (refused with a 400 unless `none`/`auto`).
+    /// `none`, `auto`, `required` or a named function.
     pub tool_choice: Option<Json>,
     /// This server's extension: run the built-in code interpreter, with
     /// CLEANER purification (`serve::interpreter`).
@@ -89,7 +90,8 @@ pub struct ChatMessage {
     pub content: Option<Content>,
     /// Tool calls of an assistant message, passed to the chat template.
     pub tool_calls: Option<Json>,
-    /// Which call a tool message answers (not used by the templates served).
+    /// Which call a tool message answers (passed on; Qwen2.5's template
+    /// matches replies to calls by order instead).
     pub tool_call_id: Option<String>,
     /// A participant name; accepted and ignored.
     pub name: Option<String>,
@@ -144,6 +146,8 @@ pub struct Checked {
     pub return_token_ids: bool,
     /// vLLM's `ignore_eos`.
     pub ignore_eos: bool,
+    /// The request's tools, when it has any (chat only).
+    pub tools: Option<Tools>,
 }
 
 /// Most stop strings, as OpenAI allows.
@@ -192,8 +196,10 @@ impl ChatRequest {
     /// may ask for (all of them decode at once).
     pub fn check(mut self, max_n: usize) -> Result<Checked, ApiError> {
         let list = std::mem::take(&mut self.messages);
+        let tools = tools::check(self.tools.take(), self.tool_choice.take())?;
         let mut checked = self.check_options(max_n)?;
         checked.messages = messages(list)?;
+        checked.tools = tools;
         Ok(checked)
     }
 
@@ -286,24 +292,6 @@ impl ChatRequest {
                 ));
             }
         }
-        if self
-            .tools
-            .as_ref()
-            .is_some_and(|t| !t.is_null() && t != &Json::Array(vec![]))
-        {
-            return Err(ApiError::invalid(
-                "tools",
-                "tools are not supported by this server yet (docs/serve.md)",
-            ));
-        }
-        if let Some(c) = self.tool_choice.as_ref().filter(|c| !c.is_null()) {
-            if c != "none" && c != "auto" {
-                return Err(ApiError::invalid(
-                    "tool_choice",
-                    format!("tool_choice {c} needs tools, which are not supported yet"),
-                ));
-            }
-        }
         let stream = self.stream.unwrap_or(false);
         if self.stream_options.is_some() && !stream {
             return Err(ApiError::invalid(
@@ -329,6 +317,7 @@ impl ChatRequest {
             include_usage,
             return_token_ids: self.return_token_ids.unwrap_or(false),
             ignore_eos: self.ignore_eos.unwrap_or(false),
+            tools: None,
         })
     }
 }
@@ -380,10 +369,20 @@ fn messages(list: Vec<ChatMessage>) -> Result<Vec<Message>, ApiError> {
                     text
                 }
             };
+            let tool_calls = match m.tool_calls.filter(|t| !t.is_null()) {
+                Some(_) if role != "assistant" => {
+                    return Err(ApiError::invalid(
+                        format!("messages[{i}].tool_calls"),
+                        format!("messages[{i}].tool_calls: only assistant messages hold tool calls, this one is `{role}`"),
+                    ))
+                }
+                Some(calls) => Some(tools::for_template(i, calls)?),
+                None => None,
+            };
             Ok(Message {
                 role,
                 content,
-                tool_calls: m.tool_calls.filter(|t| !t.is_null()),
+                tool_calls,
             })
         })
         .collect()

@@ -5,6 +5,7 @@ use serde_json::{json, Value as Json};
 
 use crate::rollout::FinishReason;
 use crate::serve::text::TextAssembler;
+use crate::serve::tool_calls::{Piece, ToolCall, ToolCallReader};
 use crate::serve::worker::Event;
 use crate::{Model, Token};
 
@@ -25,6 +26,38 @@ pub struct Choice {
     tokens: Vec<Token>,
     logprobs: Vec<Json>,
     finish: Option<FinishReason>,
+    /// Reads tool calls out of the text, when the request has tools.
+    calls_reader: Option<ToolCallReader>,
+    calls: Vec<ToolCall>,
+}
+
+impl Choice {
+    /// Takes text that became final: content, or (with tools) content and
+    /// calls as the reader decides; what to send as `content` and as
+    /// `delta.tool_calls`.
+    fn take_text(&mut self, text: String, ended: bool) -> (String, Vec<Json>) {
+        let Some(reader) = self.calls_reader.as_mut() else {
+            self.content.push_str(&text);
+            return (text, Vec::new());
+        };
+        let mut pieces = reader.push(&text);
+        if ended {
+            pieces.extend(reader.finish());
+        }
+        let mut content = String::new();
+        let mut deltas = Vec::new();
+        for p in pieces {
+            match p {
+                Piece::Text(t) => content.push_str(&t),
+                Piece::Call(c) => {
+                    deltas.push(c.to_delta_json(self.calls.len()));
+                    self.calls.push(c);
+                }
+            }
+        }
+        self.content.push_str(&content);
+        (content, deltas)
+    }
 }
 
 /// What one event adds to a choice (the stream sends it as a delta).
@@ -33,6 +66,11 @@ pub struct Delta {
     pub index: usize,
     /// Text that became final.
     pub content: String,
+    /// Tool calls that closed, as `delta.tool_calls` entries.
+    pub tool_calls: Vec<Json>,
+    /// Whether the choice has made a tool call so far (its finish reason
+    /// is then `tool_calls`).
+    pub called: bool,
     /// New tokens.
     pub tokens: Vec<Token>,
     /// Their log-probability entries (empty unless asked for).
@@ -59,6 +97,8 @@ impl Choices {
                 tokens: Vec::new(),
                 logprobs: Vec::new(),
                 finish: None,
+                calls_reader: None,
+                calls: Vec::new(),
             })
             .collect();
         Choices {
@@ -66,6 +106,14 @@ impl Choices {
             list,
             logprobs,
         }
+    }
+
+    /// Reads every choice's text for tool calls with `reader`.
+    pub fn reading_tool_calls(mut self, reader: &ToolCallReader) -> Self {
+        for c in &mut self.list {
+            c.calls_reader = Some(reader.clone());
+        }
+        self
     }
 
     /// Whether every choice ended.
@@ -88,24 +136,26 @@ impl Choices {
                 top,
             } => {
                 let c = self.list.get_mut(index)?;
-                let mut content = String::new();
+                let mut text = String::new();
                 let mut entries = Vec::new();
                 for (k, (&t, &lp)) in tokens.iter().zip(&logprobs).enumerate() {
                     // End-of-generation tokens end the turn; they are no text.
                     if !self.model.is_eog(t) {
-                        content.push_str(&c.text.push(self.model.piece(t)));
+                        text.push_str(&c.text.push(self.model.piece(t)));
                     }
                     if self.logprobs {
                         let alts = top.get(k).map(Vec::as_slice).unwrap_or(&[]);
                         entries.push(logprob_entry(&self.model, t, lp, alts));
                     }
                 }
-                c.content.push_str(&content);
+                let (content, tool_calls) = c.take_text(text, false);
                 c.tokens.extend_from_slice(&tokens);
                 c.logprobs.extend(entries.iter().cloned());
                 Some(Delta {
                     index,
                     content,
+                    tool_calls,
+                    called: !c.calls.is_empty(),
                     tokens,
                     logprobs: entries,
                     finish: None,
@@ -113,12 +163,14 @@ impl Choices {
             }
             Event::Finished { index, finish } => {
                 let c = self.list.get_mut(index)?;
-                let content = c.text.finish();
-                c.content.push_str(&content);
+                let text = c.text.finish();
+                let (content, tool_calls) = c.take_text(text, true);
                 c.finish = Some(finish.clone());
                 Some(Delta {
                     index,
                     content,
+                    tool_calls,
+                    called: !c.calls.is_empty(),
                     tokens: Vec::new(),
                     logprobs: Vec::new(),
                     finish: Some(finish),
@@ -134,11 +186,19 @@ impl Choices {
             .iter()
             .enumerate()
             .map(|(i, c)| {
+                let mut message = json!({"role": "assistant", "content": c.content});
+                if !c.calls.is_empty() {
+                    // OpenAI's shape: no text besides the calls is null.
+                    if c.content.is_empty() {
+                        message["content"] = Json::Null;
+                    }
+                    message["tool_calls"] = c.calls.iter().map(ToolCall::to_json).collect();
+                }
                 let mut choice = json!({
                     "index": i,
-                    "message": {"role": "assistant", "content": c.content},
+                    "message": message,
                     "logprobs": if self.logprobs { json!({"content": c.logprobs}) } else { Json::Null },
-                    "finish_reason": finish_reason(c.finish.as_ref()),
+                    "finish_reason": chat_finish_reason(c.finish.as_ref(), !c.calls.is_empty()),
                 });
                 if token_ids {
                     choice["token_ids"] = json!(c.tokens);
@@ -182,6 +242,15 @@ pub fn finish_reason(f: Option<&FinishReason>) -> Json {
         None => Json::Null,
         Some(FinishReason::Eog) | Some(FinishReason::Stop(_)) => "stop".into(),
         Some(FinishReason::MaxTokens) | Some(FinishReason::ContextLength) => "length".into(),
+    }
+}
+
+/// A chat choice's finish reason: `tool_calls` when it made calls and
+/// ended by itself (a reply cut at `max_tokens` stays `length`).
+pub fn chat_finish_reason(f: Option<&FinishReason>, called: bool) -> Json {
+    match f {
+        Some(FinishReason::Eog) | Some(FinishReason::Stop(_)) if called => "tool_calls".into(),
+        _ => finish_reason(f),
     }
 }
 
@@ -246,11 +315,20 @@ pub fn chunk(h: &Header, choices: Vec<Json>, include_usage: bool) -> Json {
 
 /// One streamed choice delta.
 pub fn chunk_choice(d: &Delta, logprobs: bool, token_ids: bool) -> Json {
+    let mut delta = json!({});
+    // Chunks sent only for their tokens or log-probs carry empty content,
+    // as before tools; a call or the last chunk carries none.
+    if !d.content.is_empty() || (d.tool_calls.is_empty() && d.finish.is_none()) {
+        delta["content"] = json!(d.content);
+    }
+    if !d.tool_calls.is_empty() {
+        delta["tool_calls"] = json!(d.tool_calls);
+    }
     let mut c = json!({
         "index": d.index,
-        "delta": if d.content.is_empty() && d.finish.is_some() { json!({}) } else { json!({"content": d.content}) },
+        "delta": delta,
         "logprobs": if logprobs && !d.logprobs.is_empty() { json!({"content": d.logprobs}) } else { Json::Null },
-        "finish_reason": finish_reason(d.finish.as_ref()),
+        "finish_reason": chat_finish_reason(d.finish.as_ref(), d.called),
     });
     if token_ids {
         c["token_ids"] = json!(d.tokens);
