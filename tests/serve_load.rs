@@ -113,7 +113,7 @@ async fn whole_client(client: reqwest::Client, addr: SocketAddr, i: usize) -> Ou
 }
 
 async fn streaming_client(client: reqwest::Client, addr: SocketAddr, i: usize) -> Outcome {
-    let hang_up = i % DROP_EVERY == 0;
+    let hang_up = i.is_multiple_of(DROP_EVERY);
     let body = json!({"model": MODEL_ID, "messages": [{"role": "user", "content": question(i)}],
                       "max_tokens": max_tokens(i), "seed": i, "stream": true,
                       "stream_options": {"include_usage": true}, "return_token_ids": true});
@@ -196,7 +196,10 @@ fn round(rt: &tokio::runtime::Runtime, addr: SocketAddr, template: &ChatTemplate
     for (i, o) in outcomes {
         match o {
             Outcome::Dropped => {
-                assert!(i < STREAMING && i % DROP_EVERY == 0, "client {i} dropped");
+                assert!(
+                    i < STREAMING && i.is_multiple_of(DROP_EVERY),
+                    "client {i} dropped"
+                );
                 dropped += 1;
             }
             Outcome::Done(received, completion, prompt, finish) => {

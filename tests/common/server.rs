@@ -3,6 +3,9 @@
 //! Included by the tests that use it (`#[path = "common/server.rs"] mod
 //! server;`), not by every test through `common`.
 
+// Each test that includes this uses a part of it.
+#![allow(dead_code)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
