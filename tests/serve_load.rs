@@ -38,7 +38,7 @@ const IDLE_DEADLINE: Duration = Duration::from_secs(60);
 /// start, requests free their channels and buffers), but the allocator keeps
 /// freed pages in its per-thread arenas and the HTTP stacks keep pooled
 /// connection buffers, so RSS is not exact to the page: measured +6.2 MiB
-/// over a round here (RSS about 250 MiB), the warm-up having grown the
+/// and +3.1 MiB over a round in two runs here (RSS about 255 MiB), the warm-up having grown the
 /// arenas already. 16 MiB allows that with margin and still catches a
 /// leaked second cache or decoder (tens of MiB) or a leak of 128 KiB or more
 /// per request (a connection's buffers and its response); smaller leaks per
