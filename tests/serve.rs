@@ -519,6 +519,17 @@ fn bad_requests_get_openai_shaped_errors_and_the_server_keeps_serving() {
         value("cleaner_prompt_tokens_total "),
         r["usage"]["prompt_tokens"].as_f64().unwrap()
     );
+    // The latency histograms saw the one answer: one first token (the
+    // refusals never reached the loop), and a gap for each later token.
+    assert_eq!(value("cleaner_time_to_first_token_seconds_count "), 1.0);
+    assert_eq!(
+        value("cleaner_time_to_first_token_seconds_bucket{le=\"+Inf\"} "),
+        1.0
+    );
+    assert_eq!(
+        value("cleaner_time_per_output_token_seconds_count "),
+        r["usage"]["completion_tokens"].as_f64().unwrap() - 1.0
+    );
     assert_eq!(value("cleaner_open_sequences "), 0.0);
 }
 

@@ -13,13 +13,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json as JsonBody, Router};
 use serde_json::{json, Value as Json};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::mpsc::unbounded_channel;
 
 use crate::chat::{ChatError, ChatTemplate};
 use crate::rollout::GenerateParams;
 use crate::sampling::SamplingParams;
 use crate::serve::adapters::Adapters;
 use crate::serve::error::ApiError;
+use crate::serve::latency::TimedEvents;
 use crate::serve::request::{self, Checked};
 use crate::serve::response::{self, Choices, Header};
 use crate::serve::worker::{Event, Job, WorkerHandle};
@@ -313,6 +314,7 @@ async fn generate(
     s.metrics
         .prompt_tokens
         .fetch_add(prompt.len() as u64, Ordering::Relaxed);
+    let rx = TimedEvents::new(rx, s.metrics.latency.clone());
     s.worker
         .submit(job)
         .map_err(|e| ApiError::engine(StatusCode::SERVICE_UNAVAILABLE, e))?;
@@ -403,7 +405,7 @@ fn generate_params(c: &Checked, max_tokens: usize) -> Vec<GenerateParams> {
 
 /// Collects every event, then answers with the whole completion.
 async fn whole(
-    mut rx: UnboundedReceiver<Event>,
+    mut rx: TimedEvents,
     header: Header,
     mut choices: Choices,
     prompt: &[Token],
@@ -450,7 +452,7 @@ fn shutting_down() -> ApiError {
 
 /// The state of one server-sent-event stream.
 struct Stream {
-    rx: UnboundedReceiver<Event>,
+    rx: TimedEvents,
     header: Header,
     choices: Choices,
     prompt_len: usize,
@@ -473,7 +475,7 @@ fn sse(data: &Json) -> Bytes {
 /// a last chunk per choice with its `finish_reason`, the usage chunk when
 /// asked, and `[DONE]`.
 fn stream(
-    rx: UnboundedReceiver<Event>,
+    rx: TimedEvents,
     header: Header,
     choices: Choices,
     prompt: Vec<Token>,

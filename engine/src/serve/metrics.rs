@@ -39,6 +39,9 @@ pub struct Metrics {
     pub interpreter: crate::serve::interpreter::InterpreterMetrics,
     /// Generation requests accepted per `model` (the base id or an adapter).
     by_model: Mutex<Vec<(String, u64)>>,
+    /// Time to first token and per output token (shared with the handlers'
+    /// event channels, which outlive a borrow of the state when streaming).
+    pub latency: std::sync::Arc<crate::serve::latency::LatencyMetrics>,
 }
 
 impl Metrics {
@@ -212,6 +215,7 @@ impl Metrics {
         ] {
             let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
+        self.latency.render(&mut out);
         self.interpreter.render(&mut out);
         out
     }

@@ -12,6 +12,7 @@ pub mod completions;
 pub mod error;
 pub mod http;
 pub mod interpreter;
+pub mod latency;
 pub mod metrics;
 pub mod request;
 pub mod response;
