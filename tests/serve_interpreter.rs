@@ -9,8 +9,9 @@
 //! batches, and with them the tokens, are the same.
 
 mod common;
+#[path = "common/server.rs"]
+mod server;
 
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use cleaner::agent::trajectory::ToolCallRecord;
@@ -20,6 +21,7 @@ use cleaner::chat::{ChatTemplate, Message};
 use cleaner::serve::{ServeConfig, Server};
 use cleaner::{Decoder, DecoderConfig, Model, ModelParams};
 use serde_json::{json, Value as Json};
+use server::InProcessServer;
 
 const MODEL_ID: &str = "qwen-test";
 const SLOTS: u32 = 3;
@@ -62,70 +64,23 @@ fn new_sandbox() -> Arc<cleaner::sandbox::Sandbox> {
     )
 }
 
-struct Served {
-    addr: SocketAddr,
-    rt: tokio::runtime::Runtime,
-    client: reqwest::Client,
-}
-
-impl Served {
-    fn start(sandbox: Option<Arc<cleaner::sandbox::Sandbox>>) -> Served {
-        let server = Server::new(
-            qwen(),
-            ServeConfig {
-                model_id: MODEL_ID.into(),
-                slots: SLOTS,
-                ctx_per_slot: CTX,
-                threads: 2,
-                ..Default::default()
-            },
-        )
-        .expect("server");
-        if let Some(s) = sandbox {
-            assert!(server.set_sandbox(s));
-        }
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
-        rt.spawn(server.run(listener, std::future::pending()));
-        Served {
-            addr,
-            rt,
-            client: reqwest::Client::new(),
-        }
+/// Qwen served as `MODEL_ID`, with the code interpreter when `sandbox` is set.
+fn start(sandbox: Option<Arc<cleaner::sandbox::Sandbox>>) -> InProcessServer {
+    let server = Server::new(
+        qwen(),
+        ServeConfig {
+            model_id: MODEL_ID.into(),
+            slots: SLOTS,
+            ctx_per_slot: CTX,
+            threads: 2,
+            ..Default::default()
+        },
+    )
+    .expect("server");
+    if let Some(s) = sandbox {
+        assert!(server.set_sandbox(s));
     }
-
-    fn post(&self, path: &str, body: &Json) -> (u16, Json) {
-        let req = self
-            .client
-            .post(format!("http://{}{path}", self.addr))
-            .header("content-type", "application/json")
-            .body(body.to_string());
-        self.rt.block_on(async {
-            let resp = req.send().await.expect("request");
-            let status = resp.status().as_u16();
-            let text = resp.text().await.expect("body");
-            (
-                status,
-                serde_json::from_str::<Json>(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
-            )
-        })
-    }
-
-    fn health(&self) -> Json {
-        let url = format!("http://{}/health", self.addr);
-        self.rt.block_on(async {
-            let resp = self.client.get(url).send().await.expect("health");
-            let text = resp.text().await.expect("health body");
-            serde_json::from_str::<Json>(&text).expect("health json")
-        })
-    }
+    InProcessServer::serve(server)
 }
 
 fn request(n: usize, cleaner: Json) -> Json {
@@ -212,7 +167,7 @@ fn assert_same(server: &Trajectory, reference: &Trajectory) {
 fn a_failed_call_is_purified_in_the_server_as_the_agent_purifies_it() {
     let _serial = common::serial();
     let sandbox = new_sandbox();
-    let served = Served::start(Some(sandbox.clone()));
+    let served = start(Some(sandbox.clone()));
     let n = 2;
     let (status, body) = served.post(
         "/v1/chat/completions",
@@ -259,7 +214,7 @@ fn a_failed_call_is_purified_in_the_server_as_the_agent_purifies_it() {
         Some(true)
     );
     // Everything the session held is back.
-    let h = served.health();
+    let h = served.get("/health");
     assert_eq!(
         (
             h["open_sequences"].as_u64(),
@@ -274,14 +229,14 @@ fn a_failed_call_is_purified_in_the_server_as_the_agent_purifies_it() {
 #[test]
 fn interpreter_requests_share_the_loop_and_bad_options_are_named() {
     let _serial = common::serial();
-    let served = Served::start(Some(new_sandbox()));
+    let served = start(Some(new_sandbox()));
     // An interpreter request and a plain one at the same time both finish.
     let plain = json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "Say hi."}],
                        "max_tokens": 16, "seed": 1});
     let interp = request(1, json!({"purify": false, "max_turns": 2}));
-    let url = format!("http://{}/v1/chat/completions", served.addr);
+    let url = served.url("/v1/chat/completions");
     let (a, b) = served.rt.block_on(async {
-        let c = &served.client;
+        let c = &reqwest::Client::new();
         let post = |body: &Json| {
             c.post(&url)
                 .header("content-type", "application/json")
@@ -315,7 +270,7 @@ fn interpreter_requests_share_the_loop_and_bad_options_are_named() {
         assert_eq!(status, 400, "{body}: {err}");
         assert_eq!(err["error"]["param"], json!(param), "{err}");
     }
-    let h = served.health();
+    let h = served.get("/health");
     assert_eq!(
         (h["open_sequences"].as_u64(), h["cached_positions"].as_u64()),
         (Some(0), Some(0)),
@@ -323,7 +278,7 @@ fn interpreter_requests_share_the_loop_and_bad_options_are_named() {
     );
     // A server started without a sandbox refuses interpreter requests.
     drop(served);
-    let bare = Served::start(None);
+    let bare = start(None);
     let (status, err) = bare.post("/v1/chat/completions", &request(1, json!({})));
     assert_eq!(status, 400, "{err}");
     assert_eq!(err["error"]["param"], json!("cleaner"));

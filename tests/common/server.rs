@@ -37,6 +37,11 @@ impl InProcessServer {
             },
         )
         .expect("server");
+        Self::serve(server)
+    }
+
+    /// Runs `server`, set up by the caller (another model, a sandbox).
+    pub fn serve(server: Server) -> InProcessServer {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
