@@ -209,17 +209,6 @@ struct Worker {
 impl Worker {
     fn run(&mut self) {
         loop {
-            if !self.must_step() {
-                if self.sessions.is_empty() && self.running.is_empty() {
-                    adapter_swap::release_unloaded(&mut self.decoder);
-                }
-                // Nothing to decode: block until a command comes (a job, a
-                // session's call), or every handle is gone.
-                match self.rx.recv() {
-                    Ok(c) => self.command(c),
-                    Err(_) => break,
-                }
-            }
             loop {
                 match self.rx.try_recv() {
                     Ok(c) => self.command(c),
@@ -238,19 +227,19 @@ impl Worker {
             self.publish();
             if self.must_step() {
                 self.step();
+                self.publish();
+                continue;
             }
-            self.publish();
-            if self.closing
-                && self.running.is_empty()
-                && self.queue.is_empty()
-                && self.sessions.is_empty()
-            {
-                // Drain what was sent before the handles went away, then stop
-                // once none are left.
-                match self.rx.recv() {
-                    Ok(c) => self.command(c),
-                    Err(_) => break,
-                }
+            // Nothing to decode, and nothing queued can start until something
+            // changes: wait for a command (a job, a session's call). Once
+            // every handle is gone (after a shutdown drained what was sent),
+            // stop.
+            if self.sessions.is_empty() && self.running.is_empty() {
+                adapter_swap::release_unloaded(&mut self.decoder);
+            }
+            match self.rx.recv() {
+                Ok(c) => self.command(c),
+                Err(_) => break,
             }
         }
     }
