@@ -3,27 +3,26 @@
 //! against the decoder driven directly on the same prompt tokens.
 
 mod common;
+#[path = "common/server.rs"]
+mod server;
 #[path = "serve/tools.rs"]
 mod tools;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use cleaner::chat::{ChatTemplate, Message};
 use cleaner::serve::{ServeConfig, Server};
 use cleaner::{Decoder, DecoderConfig, GenerateParams, SamplingParams, Token};
 use serde_json::{json, Value as Json};
+use server::InProcessServer;
 
 const MODEL_ID: &str = "smollm2-test";
 const SLOTS: u32 = 4;
 const CTX: u32 = 1024;
 
 struct TestServer {
-    addr: SocketAddr,
-    rt: tokio::runtime::Runtime,
+    server: InProcessServer,
     client: reqwest::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     key: Option<String>,
 }
 
@@ -77,31 +76,11 @@ impl TestServer {
             },
         )
         .expect("server");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let done = rt.spawn(server.run(listener, async {
-            let _ = stopped.await;
-        }));
         TestServer {
-            addr,
-            rt,
+            server: InProcessServer::serve(server),
             client: reqwest::Client::new(),
-            stop: Some(stop),
-            done: Some(done),
             key: api_key.map(str::to_string),
         }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
     }
 
     fn send(&self, req: reqwest::RequestBuilder) -> (u16, String) {
@@ -153,14 +132,18 @@ impl TestServer {
     }
 }
 
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(done) = self.done.take() {
-            let _ = self.rt.block_on(done);
-        }
+/// The runtime, address, `url` and the stop handles are the in-process
+/// server's; it stops the server when dropped.
+impl std::ops::Deref for TestServer {
+    type Target = InProcessServer;
+    fn deref(&self) -> &InProcessServer {
+        &self.server
+    }
+}
+
+impl std::ops::DerefMut for TestServer {
+    fn deref_mut(&mut self) -> &mut InProcessServer {
+        &mut self.server
     }
 }
 

@@ -16,8 +16,10 @@ use serde_json::Value as Json;
 pub struct InProcessServer {
     pub addr: SocketAddr,
     pub rt: tokio::runtime::Runtime,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// Taken by a test that stops the server itself.
+    pub stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The server's run, awaited on drop unless a test took it.
+    pub done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl InProcessServer {

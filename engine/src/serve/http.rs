@@ -614,8 +614,8 @@ impl Stream {
     }
 }
 
-/// A seed for requests without one (also the response ids).
-fn fresh_seed() -> u64 {
+/// A seed for requests without one (also the response and tool-call ids).
+pub(crate) fn fresh_seed() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let t = std::time::SystemTime::now()

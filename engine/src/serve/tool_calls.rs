@@ -346,16 +346,13 @@ fn parse_call(body: &str) -> Option<ToolCall> {
 fn fresh_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    // The count keeps ids distinct; the mixed time keeps them distinct
+    // The count keeps ids distinct; the time-mixed seed keeps them distinct
     // across restarts, so a client's history never holds two alike.
-    let mut z = t ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    format!("call_{:016x}{:08x}", z ^ (z >> 31), n as u32)
+    format!(
+        "call_{:016x}{:08x}",
+        crate::serve::http::fresh_seed(),
+        n as u32
+    )
 }
 
 #[cfg(test)]
