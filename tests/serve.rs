@@ -935,6 +935,24 @@ fn reference_greedy(
     .remove(0)
 }
 
+/// For each token of `answer` after `prompt`: how far its logit is below
+/// the largest, under the base model or the adapter at `adapter` (0 where
+/// greedy decoding picks it).
+fn greedy_gaps(prompt: &[Token], answer: &[Token], adapter: Option<&std::path::Path>) -> Vec<f32> {
+    let mut d = reference_decoder();
+    if let Some(path) = adapter {
+        let a = cleaner::LoraAdapter::load(&common::model(), path).unwrap();
+        d.set_adapter(Some(a)).unwrap();
+    }
+    let all: Vec<Token> = prompt.iter().chain(answer).copied().collect();
+    let (_, rows) = d.score(&all, true).unwrap();
+    rows[prompt.len() - 1..all.len() - 1]
+        .iter()
+        .zip(answer)
+        .map(|(row, &t)| row.iter().cloned().fold(f32::MIN, f32::max) - row[t as usize])
+        .collect()
+}
+
 /// The value of the `/metrics` line that starts with `series`, if any.
 fn metric(s: &TestServer, series: &str) -> Option<f64> {
     let (status, text) = s.send(s.client.get(s.url("/metrics")));
@@ -1202,7 +1220,7 @@ fn adapters_load_and_unload_over_http_and_bad_files_are_refused() {
 }
 
 #[test]
-fn requests_for_the_base_and_two_adapters_interleave_and_each_equals_its_reference() {
+fn requests_for_the_base_and_two_adapters_interleave_and_each_is_greedy_under_its_own_model() {
     let _g = common::serial();
     let dir = tempfile::tempdir().unwrap();
     let files = [dir.path().join("a.gguf"), dir.path().join("b.gguf")];
@@ -1257,16 +1275,45 @@ fn requests_for_the_base_and_two_adapters_interleave_and_each_equals_its_referen
         }
         out
     });
+    // The server batches whatever is queued for one adapter, so a request
+    // may share its decodes with another question, and llama.cpp's
+    // products then round differently; where two tokens are that close to
+    // a tie the greedy answer may take the other one (seen in CI: adapter
+    // a's answer to question 0 left the reference at token 8, where the
+    // reference's own token is 0.088 below the server's when the answer is
+    // re-scored in one prefill). So an answer that is not the reference's
+    // must be greedy under its own model within GREEDY_TIE at every token
+    // (a logit gap; tests/serve_rescore.rs measured llama.cpp's log-probs
+    // of one sequence moving up to 0.55 between decode and prefill, mostly
+    // far less), and clearly not greedy under the other two.
+    const GREEDY_TIE: f32 = 0.3;
+    let adapter_of = |m: usize| (m > 0).then(|| files[m - 1].as_path());
     for (&(m, q), (status, body)) in jobs.iter().zip(answers) {
         assert_eq!(status, 200, "{body}");
         let r: Json = serde_json::from_str(&body).unwrap();
         assert_eq!(r["model"], models[m]);
-        assert_eq!(
-            ids(&r["choices"][0]["token_ids"]),
-            want[m][q],
-            "{} on question {q}",
-            models[m]
+        let got = ids(&r["choices"][0]["token_ids"]);
+        if got == want[m][q] {
+            continue;
+        }
+        let prompt = prompt_for(questions[q]);
+        let own = greedy_gaps(&prompt, &got, adapter_of(m));
+        let worst = own.iter().cloned().fold(0.0f32, f32::max);
+        assert!(
+            worst <= GREEDY_TIE,
+            "{} on question {q}: {got:?} is not greedy under its model (gaps {own:?}; reference {:?})",
+            models[m],
+            want[m][q]
         );
+        for other in (0..3).filter(|&o| o != m) {
+            let gaps = greedy_gaps(&prompt, &got, adapter_of(other));
+            assert!(
+                gaps.iter().any(|&g| g > 2.0 * GREEDY_TIE),
+                "{} on question {q}: the answer is greedy under {} too (gaps {gaps:?})",
+                models[m],
+                models[other]
+            );
+        }
     }
     for m in models {
         assert_eq!(
