@@ -819,6 +819,40 @@ fn completions_take_token_ids_or_text_and_answer_in_the_legacy_shape() {
         "the API's default max_tokens"
     );
 
+    // A chat-formatted prompt echoes exactly as sent, though this model's
+    // BOS is also its turn marker and so appears in it more than once.
+    // return_token_ids comes in extra_body, as rLLM's gateway sends it.
+    let text = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";
+    let r = s
+        .post(
+            "/v1/completions",
+            &json!({"model": MODEL_ID, "prompt": text, "echo": true, "max_tokens": 2,
+                    "temperature": 0, "extra_body": {"return_token_ids": true}}),
+        )
+        .1;
+    let prompt_ids = ids(&r["prompt_token_ids"]);
+    assert!(
+        prompt_ids
+            .iter()
+            .filter(|&&t| Some(t) == model.bos())
+            .count()
+            >= 2,
+        "the test needs a BOS inside the prompt: {prompt_ids:?}"
+    );
+    assert!(
+        r["choices"][0]["text"].as_str().unwrap().starts_with(text),
+        "{r}"
+    );
+    let (st, e) = s.post(
+        "/v1/completions",
+        &json!({"model": MODEL_ID, "prompt": "x", "echo": true, "extra_body": {"echo": false}}),
+    );
+    assert_eq!(
+        (st, &e["error"]["param"]),
+        (400, &json!("extra_body.echo")),
+        "{e}"
+    );
+
     // Its own errors.
     let (st, e) = s.post(
         "/v1/completions",

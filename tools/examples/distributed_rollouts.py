@@ -102,32 +102,6 @@ async def detokenize(http: httpx.AsyncClient, worker: str, model: str, ids: list
     return choice["text"].encode()[:end].decode()
 
 
-_ECHO_DROPS: dict[int, bool] = {}
-
-
-async def bos_free_segments(http, worker: str, model: str, ids: list[int]) -> list[list[int]]:
-    """`echo` leaves the model's BOS token out of the text wherever it occurs; SmolLM2's BOS is
-    `<|im_start|>`, which opens every message of its chat template. A templated prompt starts
-    with it if it has it anywhere, so: split the ids on their first token when its echo is
-    empty, and round-trip the pieces in between."""
-    first = ids[0]
-    if first not in _ECHO_DROPS:
-        _ECHO_DROPS[first] = await detokenize(http, worker, model, [first]) == ""
-    if not _ECHO_DROPS[first]:
-        return [ids]
-    segments, current = [], []
-    for token in ids:
-        if token == first:
-            if current:
-                segments.append(current)
-            current = []
-        else:
-            current.append(token)
-    if current:
-        segments.append(current)
-    return segments
-
-
 async def tokenize(http: httpx.AsyncClient, worker: str, model: str, text: str) -> list[int]:
     """Text -> token ids with the worker's tokenizer (special tokens parsed, as the chat
     template's text is), read from `prompt_token_ids`."""
@@ -176,16 +150,14 @@ async def unload_adapter(http: httpx.AsyncClient, workers: list[str]) -> None:
 
 
 async def chat(client: AsyncOpenAI, model: str, messages: list, seed: int, args, stream: bool) -> str:
-    """One agent call, as an agent framework makes it: nothing RL-specific but the vLLM field
-    `return_token_ids`, which the gateway would add itself if its body edit were accepted
-    (see `add_return_token_ids` in docs/distributed-rl.md)."""
+    """One agent call, as an agent framework makes it: nothing RL-specific (the gateway adds
+    `logprobs` and `return_token_ids` to the body itself)."""
     common = dict(
         model=model,
         messages=messages,
         max_tokens=args.max_tokens,
         temperature=1.0,
         seed=seed,
-        extra_body={"return_token_ids": True},
     )
     if not stream:
         response = await client.chat.completions.create(**common)
@@ -243,13 +215,13 @@ async def check_trace(http, worker, base_model, trace: TraceRecord, text: str, w
     )
     # The prompt was rendered by the chat template and tokenized by the worker: its ids must
     # survive detokenize -> tokenize exactly, or the trainer's re-tokenized prompt would drift.
-    for segment in await bos_free_segments(http, worker, base_model, trace.prompt_token_ids):
-        text_of_segment = await detokenize(http, worker, base_model, segment)
-        back = await tokenize(http, worker, base_model, text_of_segment)
-        check(
-            back == segment,
-            f"{where}: prompt ids {segment} detokenize to {text_of_segment!r}, which tokenizes to {back}",
-        )
+    prompt_ids = trace.prompt_token_ids
+    prompt_text = await detokenize(http, worker, base_model, prompt_ids)
+    back = await tokenize(http, worker, base_model, prompt_text)
+    check(
+        back == prompt_ids,
+        f"{where}: prompt ids {prompt_ids} detokenize to {prompt_text!r}, which tokenizes to {back}",
+    )
     # Sampled text need not: a model may sample a non-canonical split of a word, which is why
     # trainers take ids from the server. Counted, not failed.
     canonical = await tokenize(http, worker, base_model, decoded) == ids

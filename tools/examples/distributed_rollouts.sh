@@ -95,15 +95,16 @@ for i in 0 1; do
 done
 
 # The gateway as rLLM launches it: its own CLI, workers registered later by the trainer.
-# add_return_token_ids: false because the gateway would also put an `extra_body` object into
-# the request body, which cleaner serve refuses as an unknown field (docs/distributed-rl.md).
+# add_logprobs and add_return_token_ids: the gateway asks every worker for what the trainer
+# needs (it sends return_token_ids both at the top and inside `extra_body`, which cleaner
+# serve merges into the body as the openai client would).
 GW_PORT=$(free_port)
 cat > "$WORK/gateway.yaml" <<EOF
 host: 127.0.0.1
 port: $GW_PORT
 store_worker: memory
 add_logprobs: true
-add_return_token_ids: false
+add_return_token_ids: true
 sync_traces: true
 health_check_interval: 2.0
 log_level: WARNING

@@ -69,14 +69,16 @@ pub enum Prompt {
 /// Default `max_tokens` of the completions API.
 pub const DEFAULT_MAX_TOKENS: usize = 16;
 
-/// A checked request: the options, the prompt's tokens and `echo`.
+/// A checked request: the options, the prompt's tokens and what `echo`
+/// puts before each choice's text.
 pub struct CheckedCompletion {
     /// Sampling and output options.
     pub options: Checked,
     /// The prompt's tokens.
     pub prompt: Vec<Token>,
-    /// Prefix the prompt's text.
-    pub echo: bool,
+    /// With `echo`: the prompt's text as sent, or a token prompt rendered
+    /// whole (special tokens included); empty without.
+    pub echo: String,
 }
 
 /// Parses a body, naming the field of a type error.
@@ -116,21 +118,32 @@ impl CompletionRequest {
             }
             e
         })?;
-        let prompt = match self.prompt {
-            Prompt::Text(t) => tokenize(model, &t)?,
-            Prompt::Tokens(ids) => token_ids(model, &ids, "prompt")?,
-            Prompt::Texts(v) if v.len() == 1 => tokenize(model, &v[0])?,
-            Prompt::TokenLists(v) if v.len() == 1 => token_ids(model, &v[0], "prompt[0]")?,
+        // The text echoes as sent: rendering the tokens back would have to
+        // guess which BOS the tokenizer added (SmolLM2's BOS is also its
+        // turn marker, so a chat prompt holds several).
+        let (prompt, text) = match self.prompt {
+            Prompt::Text(t) => (tokenize(model, &t)?, Some(t)),
+            Prompt::Tokens(ids) => (token_ids(model, &ids, "prompt")?, None),
+            Prompt::Texts(mut v) if v.len() == 1 => {
+                let t = v.remove(0);
+                (tokenize(model, &t)?, Some(t))
+            }
+            Prompt::TokenLists(v) if v.len() == 1 => (token_ids(model, &v[0], "prompt[0]")?, None),
             Prompt::Texts(v) => return Err(one_prompt(v.len())),
             Prompt::TokenLists(v) => return Err(one_prompt(v.len())),
         };
         if prompt.is_empty() {
             return Err(ApiError::invalid("prompt", "the prompt is empty"));
         }
+        let echo = match (self.echo.unwrap_or(false), text) {
+            (false, _) => String::new(),
+            (true, Some(text)) => text,
+            (true, None) => model.detokenize(&prompt),
+        };
         Ok(CheckedCompletion {
             options,
             prompt,
-            echo: self.echo.unwrap_or(false),
+            echo,
         })
     }
 }

@@ -266,19 +266,14 @@ async fn completions(State(s): State<Arc<AppState>>, req: Request) -> Result<Res
     let parsed = crate::serve::completions::parse(&body)?;
     let selected = select(&s, &parsed.model)?;
     let c = parsed.check(&s.model, s.config.slots as usize)?;
-    let echo = if c.echo {
-        // The prompt as text, BOS left out (it renders as nothing useful).
-        let shown: Vec<Token> = c
-            .prompt
-            .iter()
-            .copied()
-            .filter(|&t| Some(t) != s.model.bos())
-            .collect();
-        s.model.detokenize(&shown)
-    } else {
-        String::new()
-    };
-    generate(&s, selected, c.prompt, &c.options, Shape::Text { echo }).await
+    generate(
+        &s,
+        selected,
+        c.prompt,
+        &c.options,
+        Shape::Text { echo: c.echo },
+    )
+    .await
 }
 
 /// Which API's shapes a response takes.

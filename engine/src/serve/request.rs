@@ -160,10 +160,15 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
     parse_as(body)
 }
 
-/// Parses a body as `T`, naming the field of a type error.
+/// Parses a body as `T`, naming the field of a type error. An
+/// `extra_body` object is merged into the body first, as the official
+/// client does before sending: clients that build the JSON themselves (rLLM's
+/// gateway) send vLLM's extensions there, and vLLM reads them either way.
 pub fn parse_as<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut value: Json = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_body(format!("the request body is not valid JSON: {e}")))?;
+    merge_extra_body(&mut value)?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let mut path = e.path().to_string();
         let inner = e.into_inner();
         // An unknown field's error is reported at the object holding it:
@@ -189,6 +194,40 @@ pub fn parse_as<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiErr
             _ => ApiError::bad_body(format!("the request body is not valid JSON: {inner}")),
         }
     })
+}
+
+/// Moves the fields of a top-level `extra_body` object into the body. A
+/// field given in both places must agree (rLLM's gateway sends
+/// `return_token_ids` in both); differing values are refused rather than
+/// one silently winning.
+fn merge_extra_body(body: &mut Json) -> Result<(), ApiError> {
+    let Some(object) = body.as_object_mut() else {
+        return Ok(());
+    };
+    let Some(extra) = object.remove("extra_body") else {
+        return Ok(());
+    };
+    let Json::Object(extra) = extra else {
+        return Err(ApiError::invalid(
+            "extra_body",
+            "extra_body must be an object of request fields",
+        ));
+    };
+    for (key, value) in extra {
+        match object.get(&key) {
+            Some(there) if *there != value => {
+                return Err(ApiError::invalid(
+                    format!("extra_body.{key}"),
+                    format!("{key} is {there} in the body but {value} in extra_body"),
+                ))
+            }
+            Some(_) => {}
+            None => {
+                object.insert(key, value);
+            }
+        }
+    }
+    Ok(())
 }
 
 impl ChatRequest {
@@ -424,6 +463,38 @@ mod tests {
             r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}"#,
         );
         assert_eq!(e.param.as_deref(), Some("top_logprobs"));
+    }
+
+    #[test]
+    fn extra_body_fields_join_the_body_and_may_not_repeat_it() {
+        let r = parse(
+            br#"{"model": "m", "messages": [{"role": "user", "content": "x"}],
+                 "extra_body": {"return_token_ids": true, "top_k": 5}}"#,
+        )
+        .unwrap();
+        assert_eq!((r.return_token_ids, r.top_k), (Some(true), Some(5)));
+        let r = parse(
+            br#"{"model": "m", "messages": [{"role": "user", "content": "x"}],
+                 "return_token_ids": true, "extra_body": {"return_token_ids": true}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.return_token_ids,
+            Some(true),
+            "the same value in both places"
+        );
+        let e = err(
+            r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 1, "extra_body": {"n": 2}}"#,
+        );
+        assert_eq!(e.param.as_deref(), Some("extra_body.n"));
+        let e = err(
+            r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "extra_body": [1]}"#,
+        );
+        assert_eq!(e.param.as_deref(), Some("extra_body"));
+        let e = err(
+            r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "extra_body": {"nope": 1}}"#,
+        );
+        assert_eq!(e.param.as_deref(), Some("nope"));
     }
 
     #[test]
