@@ -5,6 +5,7 @@ pub mod kernels;
 pub mod python_env;
 pub mod rollout;
 pub mod sandbox;
+pub mod serve;
 pub mod train;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,8 @@ pub enum Which {
     Train(train::Args),
     /// Sandbox compile/load time, per-call latency and throughput vs the host's python3.
     Sandbox(sandbox::Args),
+    /// `cleaner serve` throughput and time to first token vs llama.cpp's llama-server.
+    Serve(serve::Args),
 }
 
 pub fn run(which: Which) -> Result<()> {
@@ -39,6 +42,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Kernels(a) => kernels::run(a),
         Which::Rollout(a) => rollout::run(a),
         Which::Sandbox(a) => sandbox::run(a),
+        Which::Serve(a) => serve::run(a),
         Which::Train(a) => train::run(a),
     }
 }
