@@ -13,9 +13,10 @@
 //! (prefill included); time to first token is from sending the request to
 //! the first streamed content. Rounds alternate which server goes first.
 //!
-//! What differs and stays: llama-server keeps each slot's last prompt and
-//! reuses its common prefix (the chat template's system part here); ours
-//! prefills every prompt whole.
+//! What differs: llama-server keeps each slot's last prompt and reuses its
+//! common prefix (the chat template's system part here); ours prefills
+//! every prompt whole. `--llama-prompt-cache off` turns that off for the
+//! request (`cache_prompt: false`) to compare the same work.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,6 +51,10 @@ pub struct Args {
     /// Path of llama-server (default: built by tools/scripts/build-llama-server.sh).
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// Let llama-server reuse each slot's last prompt (its default,
+    /// `cache_prompt`); off makes both servers prefill every prompt whole.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    llama_prompt_cache: String,
     /// First of the two loopback ports used (ours, then llama-server's).
     #[arg(long, default_value_t = 18180)]
     port: u16,
@@ -131,7 +136,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let servers = [
         start_ours(&common, a.port)?,
-        start_llama_server(&baseline, &common, a.port + 1)?,
+        start_llama_server(&baseline, &common, a.port + 1, a.llama_prompt_cache == "on")?,
     ];
     for s in &servers {
         runtime.block_on(wait_ready(&client, &s.endpoint))?;
@@ -173,13 +178,15 @@ pub fn run(a: Args) -> Result<()> {
         .unwrap_or_default();
     println!(
         "\nServing throughput and time to first token: {} ({}), {threads} threads, {slots} slots of {} positions, \
-         {} requests per client, {} tokens each (EOS ignored), median of {} rounds; llama-server {version}",
+         {} requests per client, {} tokens each (EOS ignored), median of {} rounds; llama-server {version}, \
+         its prompt cache {}",
         a.model,
         path.display(),
         a.ctx_per_slot,
         a.requests_per_client,
         a.max_tokens,
-        a.rounds.max(1)
+        a.rounds.max(1),
+        a.llama_prompt_cache
     );
     println!("| clients | cleaner tok/s | llama-server tok/s | ratio | cleaner TTFT p50 / p95 ms | llama-server TTFT p50 / p95 ms |");
     println!("|---:|---:|---:|---:|---:|---:|");
@@ -258,7 +265,12 @@ fn start_ours(c: &Common, port: u16) -> Result<ServerProcess> {
     })
 }
 
-fn start_llama_server(bin: &Path, c: &Common, port: u16) -> Result<ServerProcess> {
+fn start_llama_server(
+    bin: &Path,
+    c: &Common,
+    port: u16,
+    prompt_cache: bool,
+) -> Result<ServerProcess> {
     // Offload exactly as our engine does: every layer in a GPU build, none otherwise.
     let gpu_layers = if cleaner::ModelParams::default().n_gpu_layers < 0 {
         "999"
@@ -285,7 +297,7 @@ fn start_llama_server(bin: &Path, c: &Common, port: u16) -> Result<ServerProcess
         endpoint: Endpoint {
             name: "llama-server",
             base: format!("http://127.0.0.1:{port}"),
-            extra: json!({"min_p": 0.0}),
+            extra: json!({"min_p": 0.0, "cache_prompt": prompt_cache}),
         },
     })
 }
