@@ -17,6 +17,15 @@ sdist="$work/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
 if [ ! -f "$sdist" ]; then
   python3 -m pip download --no-deps --no-binary :all: -d "$work" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" >&2
 fi
+# The pinned version's checksum (PyPI's sha256 of the file); another
+# version needs its own: set LLAMA_CPP_PYTHON_SHA256.
+if [ "$LLAMA_CPP_PYTHON_VERSION" = 0.3.36 ]; then
+  LLAMA_CPP_PYTHON_SHA256="${LLAMA_CPP_PYTHON_SHA256:-832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e}"
+fi
+if [ -n "${LLAMA_CPP_PYTHON_SHA256:-}" ]; then
+  echo "$LLAMA_CPP_PYTHON_SHA256  $sdist" | sha256sum -c --quiet - >&2 \
+    || { echo "$sdist: sha256 is not $LLAMA_CPP_PYTHON_SHA256; delete it to download again" >&2; exit 1; }
+fi
 rm -rf "$work/src" && mkdir -p "$work/src"
 cp -r "$crate_src/." "$work/src/"
 tar -xzf "$sdist" -C "$work" "llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp/tools/batched-bench"
