@@ -150,24 +150,12 @@ impl std::ops::DerefMut for TestServer {
 const QUESTION: &str = "Name three colors.";
 
 fn messages() -> Json {
-    json!([{"role": "system", "content": "You are a helpful assistant."},
-           {"role": "user", "content": QUESTION}])
+    messages_for(QUESTION)
 }
 
 /// The prompt tokens the server must build for `messages()`.
 fn prompt_tokens() -> Vec<Token> {
-    let model = common::model();
-    ChatTemplate::from_model(&model)
-        .unwrap()
-        .tokenize(
-            &model,
-            &[
-                Message::system("You are a helpful assistant."),
-                Message::user(QUESTION),
-            ],
-            None,
-        )
-        .unwrap()
+    prompt_for(QUESTION)
 }
 
 /// The decoder as the server configures it, driven directly.
@@ -637,17 +625,30 @@ fn the_official_openai_client_works_against_the_server() {
     let python = openai_python();
     let _g = common::serial();
     let s = TestServer::start(Some("client-key"));
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve/openai_client.py");
     let dir = tempfile::tempdir().unwrap();
     let adapter = dir.path().join("tuned.gguf");
     write_trained_adapter(&adapter, 5);
+    run_client_script(
+        &python,
+        "openai_client.py",
+        &[
+            s.url("/v1").as_ref(),
+            MODEL_ID.as_ref(),
+            "client-key".as_ref(),
+            adapter.as_os_str(),
+        ],
+    );
+}
+
+/// Runs tests/serve/`script` with `python` and `args`; it must exit 0 and
+/// end its output with its count of passed checks.
+fn run_client_script(python: &std::path::Path, script: &str, args: &[&std::ffi::OsStr]) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/serve")
+        .join(script);
     let out = std::process::Command::new(python)
         .arg(script)
-        .arg(s.url("/v1"))
-        .arg(MODEL_ID)
-        .arg("client-key")
-        .arg(&adapter)
+        .args(args)
         .output()
         .expect("run the client");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -943,6 +944,17 @@ fn prompt_for(question: &str) -> Vec<Token> {
         .unwrap()
 }
 
+/// `reference_decoder` with the adapter at `adapter` set on it
+/// (`set_adapter`), or the base model.
+fn reference_decoder_with(adapter: Option<&std::path::Path>) -> Decoder {
+    let mut d = reference_decoder();
+    if let Some(path) = adapter {
+        let a = cleaner::LoraAdapter::load(&common::model(), path).unwrap();
+        d.set_adapter(Some(a)).unwrap();
+    }
+    d
+}
+
 /// Greedy tokens from the decoder driven directly, with the adapter at
 /// `adapter` set on it (`set_adapter`) or the base model.
 fn reference_greedy(
@@ -951,11 +963,7 @@ fn reference_greedy(
     max_new_tokens: usize,
     ignore_eos: bool,
 ) -> cleaner::Generation {
-    let mut d = reference_decoder();
-    if let Some(path) = adapter {
-        let a = cleaner::LoraAdapter::load(&common::model(), path).unwrap();
-        d.set_adapter(Some(a)).unwrap();
-    }
+    let mut d = reference_decoder_with(adapter);
     d.generate(&[(
         prompt.to_vec(),
         GenerateParams {
@@ -973,11 +981,7 @@ fn reference_greedy(
 /// the largest, under the base model or the adapter at `adapter` (0 where
 /// greedy decoding picks it).
 fn greedy_gaps(prompt: &[Token], answer: &[Token], adapter: Option<&std::path::Path>) -> Vec<f32> {
-    let mut d = reference_decoder();
-    if let Some(path) = adapter {
-        let a = cleaner::LoraAdapter::load(&common::model(), path).unwrap();
-        d.set_adapter(Some(a)).unwrap();
-    }
+    let mut d = reference_decoder_with(adapter);
     let all: Vec<Token> = prompt.iter().chain(answer).copied().collect();
     let (_, rows) = d.score(&all, true).unwrap();
     rows[prompt.len() - 1..all.len() - 1]

@@ -81,16 +81,20 @@ enum Outcome {
     Dropped,
 }
 
-async fn whole_client(client: reqwest::Client, addr: SocketAddr, i: usize) -> Outcome {
-    let body = json!({"model": MODEL_ID, "messages": [{"role": "user", "content": question(i)}],
-                      "max_tokens": max_tokens(i), "seed": i, "return_token_ids": true});
-    let resp = client
+async fn post_chat(client: &reqwest::Client, addr: SocketAddr, body: &Json) -> reqwest::Response {
+    client
         .post(format!("http://{addr}/v1/chat/completions"))
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
         .await
-        .expect("request");
+        .expect("request")
+}
+
+async fn whole_client(client: reqwest::Client, addr: SocketAddr, i: usize) -> Outcome {
+    let body = json!({"model": MODEL_ID, "messages": [{"role": "user", "content": question(i)}],
+                      "max_tokens": max_tokens(i), "seed": i, "return_token_ids": true});
+    let resp = post_chat(&client, addr, &body).await;
     assert_eq!(resp.status().as_u16(), 200, "whole client {i}");
     let text = resp.text().await.expect("body");
     let r: Json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
@@ -117,13 +121,7 @@ async fn streaming_client(client: reqwest::Client, addr: SocketAddr, i: usize) -
     let body = json!({"model": MODEL_ID, "messages": [{"role": "user", "content": question(i)}],
                       "max_tokens": max_tokens(i), "seed": i, "stream": true,
                       "stream_options": {"include_usage": true}, "return_token_ids": true});
-    let mut resp = client
-        .post(format!("http://{addr}/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("request");
+    let mut resp = post_chat(&client, addr, &body).await;
     assert_eq!(resp.status().as_u16(), 200, "streaming client {i}");
     let mut text = String::new();
     let (mut received, mut usage, mut finish) = (0usize, Json::Null, String::new());

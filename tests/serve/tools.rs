@@ -13,7 +13,7 @@ use cleaner::chat::{ChatTemplate, Message};
 use cleaner::{Model, ModelParams, Token};
 use serde_json::{json, Value as Json};
 
-use super::{common, events, ids, openai_python, TestServer, MODEL_ID};
+use super::{common, events, ids, openai_python, run_client_script, TestServer, MODEL_ID};
 
 const QWEN_ID: &str = "qwen-test";
 
@@ -288,19 +288,9 @@ fn the_official_openai_client_round_trips_a_tool_call() {
     let python = openai_python();
     let _g = common::serial();
     let s = TestServer::start_model(qwen(), QWEN_ID, None, Duration::from_secs(2));
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve/openai_tools.py");
-    let out = std::process::Command::new(python)
-        .arg(script)
-        .arg(s.url("/v1"))
-        .arg(QWEN_ID)
-        .output()
-        .expect("run the client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_client_script(
+        &python,
+        "openai_tools.py",
+        &[s.url("/v1").as_ref(), QWEN_ID.as_ref()],
     );
-    assert!(stdout.trim_end().ends_with("checks"), "{stdout}");
 }

@@ -2,7 +2,8 @@
 # Builds llama.cpp's own `llama-server`, the baseline of `cleaner bench serve`,
 # from the same llama.cpp tree our engine links (the one inside the
 # llama-cpp-sys-2 crate), with the same CMake options as
-# build-batched-bench.sh (which match how that crate builds here).
+# build-batched-bench.sh (which match how that crate builds here; both lay
+# out their sources with llama-tool-src.sh).
 # That crate ships tools/ stripped (no server sources, no web UI, no
 # scripts/ui-assets.cmake), so those three come from the llama.cpp tree
 # vendored in the llama-cpp-python source distribution on PyPI; the server is
@@ -10,29 +11,10 @@
 # the crate's.
 # Prints the path of the built binary on its last line.
 set -euo pipefail
-LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 work="${CLEANER_HOME:-$HOME/.cache/cleaner}/llama-server"
 bin="$work/build/bin/llama-server"
 if [ -x "$bin" ] && [ -z "${REBUILD:-}" ]; then echo "$bin"; exit 0; fi
-mkdir -p "$work"
-crate_src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/llama-cpp-sys-2-0.1.161/llama.cpp | head -n 1)
-[ -d "$crate_src" ] || { echo "llama-cpp-sys-2 0.1.161 sources not found; run 'cargo fetch' first" >&2; exit 1; }
-sdist="$work/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
-if [ ! -f "$sdist" ]; then
-  python3 -m pip download --no-deps --no-binary :all: -d "$work" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" >&2
-fi
-# The pinned version's checksum (PyPI's sha256 of the file); another
-# version needs its own: set LLAMA_CPP_PYTHON_SHA256.
-if [ "$LLAMA_CPP_PYTHON_VERSION" = 0.3.36 ]; then
-  LLAMA_CPP_PYTHON_SHA256="${LLAMA_CPP_PYTHON_SHA256:-832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e}"
-fi
-if [ -n "${LLAMA_CPP_PYTHON_SHA256:-}" ]; then
-  echo "$LLAMA_CPP_PYTHON_SHA256  $sdist" | sha256sum -c --quiet - >&2 \
-    || { echo "$sdist: sha256 is not $LLAMA_CPP_PYTHON_SHA256; delete it to download again" >&2; exit 1; }
-fi
-vendored="llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp"
-rm -rf "$work/src" "$work/$vendored" && mkdir -p "$work/src"
-cp -r "$crate_src/." "$work/src/"
+source "$(dirname "$0")/llama-tool-src.sh"
 tar -xzf "$sdist" -C "$work" "$vendored/tools/server" "$vendored/tools/ui" "$vendored/scripts/ui-assets.cmake"
 rm -rf "$work/src/tools/server" "$work/src/tools/ui"
 cp -r "$work/$vendored/tools/server" "$work/$vendored/tools/ui" "$work/src/tools/"
@@ -48,10 +30,7 @@ sed -i 's/fs_open_ifstream(params.mcp_servers_config, std::ios::in)/std::ifstrea
 # Only what the server needs: the crate's tools/CMakeLists.txt lists every tool.
 printf 'find_package(Threads REQUIRED)\nllama_add_compile_flags()\nadd_subdirectory(mtmd)\nadd_subdirectory(ui)\nadd_subdirectory(server)\n' \
   > "$work/src/tools/CMakeLists.txt"
-cmake -S "$work/src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
-  -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
-  -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_APP=OFF \
-  -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF ${CLEANER_CMAKE_ARGS:-} >&2
+cmake -S "$work/src" -B "$work/build" "${cmake_common[@]}" -DLLAMA_BUILD_SERVER=ON \
+  -DLLAMA_USE_PREBUILT_UI=OFF ${CLEANER_CMAKE_ARGS:-} >&2
 cmake --build "$work/build" --target llama-server -j "$(nproc)" >&2
 echo "$bin"

@@ -10,7 +10,7 @@ pub mod train;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 
 /// Where the scripts the benches run live, relative to the tools crate:
 /// the one place to change when they move.
@@ -21,6 +21,30 @@ pub fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(SCRIPTS_DIR)
         .join(name)
+}
+
+/// Builds `what` with the build script `name` (once: the scripts keep
+/// their product in the cache) and returns the path it prints on its last
+/// line.
+pub fn build_with_script(name: &str, what: &str) -> Result<PathBuf> {
+    let script = script(name);
+    eprintln!(
+        "building {what} with {} (once; several minutes)",
+        script.display()
+    );
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Ok(PathBuf::from(stdout.lines().last().unwrap_or("").trim()))
 }
 
 #[derive(clap::Subcommand)]

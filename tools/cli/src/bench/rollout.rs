@@ -77,7 +77,10 @@ pub fn run(a: Args) -> Result<()> {
     let baseline = if a.no_baseline {
         None
     } else {
-        Some(find_baseline(a.baseline.clone())?)
+        Some(match a.baseline.clone() {
+            Some(path) => path,
+            None => super::build_with_script("build-batched-bench.sh", "llama-batched-bench")?,
+        })
     };
     let mut rows = Vec::new();
     let mut extras = Vec::new();
@@ -151,31 +154,6 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn find_baseline(given: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(p) = given {
-        return Ok(p);
-    }
-    let script = super::script("build-batched-bench.sh");
-    eprintln!(
-        "building llama-batched-bench with {} (once; several minutes)",
-        script.display()
-    );
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed:\n{}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = stdout.lines().last().unwrap_or("").trim();
-    Ok(PathBuf::from(path))
 }
 
 /// A deterministic prompt of exactly `n` real-text tokens.

@@ -115,7 +115,7 @@ pub fn run(a: Args) -> Result<()> {
         .resolve_model(&a.model, &mut |line| eprintln!("{line}"))?;
     let baseline = match a.baseline.clone() {
         Some(p) => p,
-        None => build_baseline()?,
+        None => super::build_with_script("build-llama-server.sh", "llama-server")?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -300,27 +300,6 @@ fn start_llama_server(
             extra: json!({"min_p": 0.0, "cache_prompt": prompt_cache}),
         },
     })
-}
-
-fn build_baseline() -> Result<PathBuf> {
-    let script = super::script("build-llama-server.sh");
-    eprintln!(
-        "building llama-server with {} (once; several minutes)",
-        script.display()
-    );
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed:\n{}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    Ok(PathBuf::from(stdout.lines().last().unwrap_or("").trim()))
 }
 
 async fn wait_ready(client: &reqwest::Client, s: &Endpoint) -> Result<()> {
