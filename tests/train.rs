@@ -471,3 +471,93 @@ fn ggml_and_cpu_trainers_agree_on_gradients_and_first_update() {
     );
     assert!(update_err <= 5e-2, "first update differs by {update_err}");
 }
+
+/// A GRPO group on the real model: four answers after one prompt, trained
+/// with the prompt computed once (`accumulate_group`) and each sequence
+/// whole (sharing off). In f32: log-probs within 1e-4 (measured: equal),
+/// all gradients together within relative L2 error 1e-4 (measured 1.4e-6)
+/// and each tensor's within 1e-3 (measured 4.7e-6): the same terms summed
+/// in other orders. In bf16 the products round their operands, and the
+/// prefix's gradient is rounded once summed over the group instead of once
+/// per sequence: both bf16 runs are compared with the f32 gradient, and
+/// sharing may not move bf16 further from it than 1.25x what whole
+/// sequences do (measured 2.52e-2 vs 2.59e-2). `logprobs_group` returns the log-probs
+/// `accumulate_group` saw.
+#[test]
+fn a_group_with_its_prompt_computed_once_equals_its_sequences_whole() {
+    use cleaner::kernels::matmul::Precision;
+    let prompt = ids(&common::tokens(
+        "Question: Tom has 3 boxes of 12 pencils and gives away 7 pencils. How many pencils does he keep? Answer:",
+    ));
+    let answers = [
+        " He keeps 29.",
+        " 36 - 7 = 29 pencils.",
+        " 29",
+        " Tom keeps twenty-nine pencils in all.",
+    ];
+    let group: Vec<Vec<u32>> = answers
+        .iter()
+        .map(|a| [prompt.clone(), ids(&common::tokens(a))].concat())
+        .collect();
+    let seqs: Vec<&[u32]> = group.iter().map(Vec::as_slice).collect();
+    assert!(cleaner::train::shared_prefix_len(&seqs) + 1 >= prompt.len());
+    let mut lora = Lora::new(&transformer(), LoraConfig::default(), 5);
+    for (i, (_, pair)) in lora.layers.iter_mut().flatten().enumerate() {
+        for (j, b) in pair.b.iter_mut().enumerate() {
+            *b = (((i * 31 + j * 7) % 100) as f32 / 100.0 - 0.5) * 0.02;
+        }
+    }
+    let run = |precision: Precision, shared: bool| {
+        let mut t = Trainer::with_adapter(transformer(), lora.clone(), AdamWConfig::default());
+        t.set_precision(precision).unwrap();
+        t.set_shared_prefix(shared);
+        let _g = common::serial();
+        let lps = t
+            .accumulate_group(&seqs, |k, lp| {
+                // A different sign and scale per sequence, and weight on
+                // the prompt's positions too (all of them are shared).
+                let w: Vec<f32> = (0..lp.len()).map(|p| ((p + k) % 3) as f32 - 1.0).collect();
+                nll_loss(lp, &w).1
+            })
+            .unwrap();
+        let again = t.logprobs_group(&seqs, true).unwrap();
+        assert_eq!(
+            lps, again,
+            "{precision:?}: logprobs_group vs accumulate_group"
+        );
+        (lps, t.gradients().clone())
+    };
+    let flat = |l: &Lora| l.tensors().flatten().copied().collect::<Vec<f32>>();
+    let (lp_shared, g_shared) = run(Precision::F32, true);
+    let (lp_whole, g_whole) = run(Precision::F32, false);
+    let worst_lp = lp_shared
+        .iter()
+        .flatten()
+        .zip(lp_whole.iter().flatten())
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let (global_err, _) = agreement(&flat(&g_shared), &flat(&g_whole));
+    let worst_err = g_shared
+        .tensors()
+        .zip(g_whole.tensors())
+        .map(|(a, b)| agreement(a, b).0)
+        .fold(0f64, f64::max);
+    eprintln!("f32: shared prefix vs whole sequences: log-probs worst {worst_lp:.2e}; gradients relative error {global_err:.2e} all together, {worst_err:.2e} worst tensor");
+    assert!(worst_lp <= 1e-4, "f32: log-probs differ by {worst_lp}");
+    assert!(global_err <= 1e-4, "f32: gradients differ by {global_err}");
+    assert!(
+        worst_err <= 1e-3,
+        "f32: a gradient tensor differs by {worst_err}"
+    );
+
+    let (_, bf16_shared) = run(Precision::Bf16, true);
+    let (_, bf16_whole) = run(Precision::Bf16, false);
+    let (shared_err, _) = agreement(&flat(&bf16_shared), &flat(&g_whole));
+    let (whole_err, _) = agreement(&flat(&bf16_whole), &flat(&g_whole));
+    eprintln!(
+        "bf16 gradients vs f32: shared prefix {shared_err:.2e}, whole sequences {whole_err:.2e}"
+    );
+    assert!(
+        shared_err <= 1.25 * whole_err,
+        "bf16 with a shared prefix is {shared_err} from f32, whole sequences {whole_err}"
+    );
+}

@@ -11,8 +11,9 @@ use crate::error::ModelError;
 use crate::forward::{BlockActs, Tape};
 use crate::lora::{Lora, Proj};
 use crate::model::{Layer, MatrixRef, Transformer};
+use crate::prefix::{KvLink, LayerLink};
 use cleaner_kernels::activation::{swiglu_backward, swiglu_forward};
-use cleaner_kernels::attention::{attention_backward_in, AttnShape};
+use cleaner_kernels::attention::AttnShape;
 use cleaner_kernels::logits::token_logprobs_backward;
 use cleaner_kernels::matmul::{matmul_tn, matmul_w, matmul_w_plus_acc_in, LowRank, Weights};
 use cleaner_kernels::norm::rmsnorm_backward;
@@ -29,22 +30,36 @@ impl Transformer {
         dlogprob: &[f32],
         grads: &mut Lora,
     ) -> Result<(), ModelError> {
+        self.backward_linked(tape, lora, dlogprob, grads, KvLink::Own)
+    }
+
+    /// [`Transformer::backward`] of a pass linked to a shared prefix through
+    /// the K/V of its attention (see [`crate::prefix`]): a continuation adds
+    /// its gradients of the prefix's K/V into the prefix's accumulator; the
+    /// prefix adds the accumulated ones to its own.
+    pub(crate) fn backward_linked(
+        &self,
+        tape: &Tape,
+        lora: &Lora,
+        dlogprob: &[f32],
+        grads: &mut Lora,
+        mut link: KvLink,
+    ) -> Result<(), ModelError> {
         self.check_lora(lora)?;
         self.check_lora(grads)?;
         let n_tok = tape.n_tok();
-        if dlogprob.len() != n_tok - 1
+        let n = tape.targets.len();
+        if dlogprob.len() != n
             || tape.block_inputs.len() != self.layers.len()
             || tape.attention.len() != self.layers.len()
         {
             return Err(self.err(crate::error::ModelErrorKind::BadRequest(format!(
-                "backward: {} log-prob gradients for a tape of {n_tok} tokens (expected {})",
+                "backward: {} log-prob gradients for a tape of {n_tok} tokens (expected {n})",
                 dlogprob.len(),
-                n_tok - 1
             ))));
         }
         let c = self.config();
         let n_embd = c.n_embd;
-        let n = n_tok - 1;
         // Log-softmax over the vocabulary, then the final norm.
         let mut dh = vec![0f32; n_tok * n_embd];
         token_logprobs_backward(
@@ -52,7 +67,7 @@ impl Transformer {
             &tape.h[..n * n_embd],
             n,
             &self.weights(&self.output),
-            &tape.tokens[1..],
+            &tape.targets,
             &tape.lse,
             dlogprob,
             &mut dh[..n * n_embd],
@@ -68,10 +83,11 @@ impl Transformer {
         );
         // Blocks in reverse, each kept whole by the forward or recomputed
         // from its input.
-        let positions: Vec<u32> = (0..n_tok as u32).collect();
+        let positions = tape.positions();
         let mut recomputed = None;
         for (li, layer) in self.layers.iter().enumerate().rev() {
             let x_in = &tape.block_inputs[li];
+            let past = link.past(li);
             let acts = match tape.kept.get(li).and_then(Option::as_ref) {
                 Some(kept) => kept,
                 None => {
@@ -84,31 +100,37 @@ impl Transformer {
                         Some(lora),
                         &mut x,
                         &positions,
+                        past,
                         acts,
                         tape.attention.get(li),
                     );
                     &*acts
                 }
             };
-            self.block_backward(li, layer, lora, x_in, &positions, acts, &mut dx, grads);
+            let blk = BlockBackward {
+                li,
+                l: layer,
+                lora,
+                x_in,
+                positions: &positions,
+                a: acts,
+            };
+            self.block_backward(blk, link.layer(li), &mut dx, grads);
         }
         Ok(())
     }
 
     /// `dx` holds the gradient of the block's output on entry and of its input
     /// on return.
-    #[allow(clippy::too_many_arguments)]
-    fn block_backward(
-        &self,
-        li: usize,
-        l: &Layer,
-        lora: &Lora,
-        x_in: &[f32],
-        positions: &[u32],
-        a: &BlockActs,
-        dx: &mut [f32],
-        grads: &mut Lora,
-    ) {
+    fn block_backward(&self, blk: BlockBackward, kv: LayerLink, dx: &mut [f32], grads: &mut Lora) {
+        let BlockBackward {
+            li,
+            l,
+            lora,
+            x_in,
+            positions,
+            a,
+        } = blk;
         let c = self.config();
         let n_tok = positions.len();
         let lin = LinearBackward {
@@ -182,20 +204,7 @@ impl Transformer {
             n_head_kv: c.n_head_kv,
             head_dim: c.head_dim,
         };
-        attention_backward_in(
-            self.precision(),
-            &a.q,
-            &a.k,
-            &a.v,
-            &a.att,
-            &a.lse,
-            &d_att,
-            shape,
-            1.0 / (c.head_dim as f32).sqrt(),
-            &mut dq,
-            &mut dk,
-            &mut dv,
-        );
+        self.attention_backward(shape, a, &d_att, kv, (&mut dq, &mut dk, &mut dv));
         self.rope(c.n_head).backward(&mut dq, positions);
         self.rope(c.n_head_kv).backward(&mut dk, positions);
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
@@ -235,6 +244,17 @@ impl Transformer {
         );
         rmsnorm_backward(x_in, &l.attn_norm, &a.rstd1, &dxn, dx, true);
     }
+}
+
+/// One block's part of the backward pass: which block, and what its
+/// forward saw and computed.
+struct BlockBackward<'a> {
+    li: usize,
+    l: &'a Layer,
+    lora: &'a Lora,
+    x_in: &'a [f32],
+    positions: &'a [u32],
+    a: &'a BlockActs,
 }
 
 /// The backward of `Transformer::linear`, the LoRA choke point.

@@ -12,8 +12,9 @@
 use crate::error::{ModelError, ModelErrorKind};
 use crate::lora::{Lora, LoraPair, Proj};
 use crate::model::{Layer, MatrixRef, Transformer};
+use crate::prefix::{past_kv, PastKv, Span};
 use cleaner_kernels::activation::swiglu_forward;
-use cleaner_kernels::attention::{attention_forward_in, AttnShape};
+use cleaner_kernels::attention::AttnShape;
 use cleaner_kernels::logits::token_logprobs_forward;
 use cleaner_kernels::matmul::{matmul_wt, matmul_wt_in, matmul_wt_plus_in, LowRank, Weights};
 use cleaner_kernels::norm::rmsnorm_forward;
@@ -169,6 +170,16 @@ impl BlockActs {
 /// intermediates, so the backward pass need not recompute them.
 pub struct Tape {
     pub(crate) tokens: Vec<u32>,
+    /// Position of `tokens[0]`: 0, or the length of the shared prefix this
+    /// pass continued (see [`crate::prefix`]).
+    pub(crate) start: usize,
+    /// The next token of each position whose log-prob the pass computed:
+    /// `tokens[1..]`, or for a shared prefix `tokens[1..]` and the first
+    /// token every continuation shares.
+    pub(crate) targets: Vec<u32>,
+    /// `[n_layer]` of (K after RoPE `[n_tok, kv_dim]`, V `[n_tok, kv_dim]`):
+    /// kept only by a shared prefix, whose continuations attend to them.
+    pub(crate) kv: Vec<(Vec<f32>, Vec<f32>)>,
     /// `[n_layer][n_tok, n_embd]`: input of each block.
     pub(crate) block_inputs: Vec<Vec<f32>>,
     /// `[n_layer]`: every intermediate of the blocks kept whole; `None` for
@@ -192,6 +203,11 @@ impl Tape {
     /// Tokens of the recorded forward pass.
     pub fn n_tok(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// Positions of the recorded tokens (after a shared prefix, if any).
+    pub(crate) fn positions(&self) -> Vec<u32> {
+        (self.start as u32..(self.start + self.n_tok()) as u32).collect()
     }
 
     /// Blocks whose intermediates are kept whole (not recomputed by the
@@ -295,7 +311,7 @@ impl Transformer {
                 ))));
             }
         }
-        let tape = self.run_forward(tokens, lora, None);
+        let tape = self.run_forward(tokens, lora, None, Span::whole(tokens));
         let (logprobs, _) = self.tape_logprobs(&tape);
         let c = self.config();
         let logits = logits_for.map(|r| {
@@ -337,15 +353,15 @@ impl Transformer {
     ) -> Result<(Vec<f32>, Tape), ModelError> {
         self.check_tokens(tokens)?;
         self.check_lora(lora)?;
-        let mut tape = self.run_forward(tokens, Some(lora), Some(keep_bytes));
+        let mut tape = self.run_forward(tokens, Some(lora), Some(keep_bytes), Span::whole(tokens));
         let (logprobs, lse) = self.tape_logprobs(&tape);
         tape.lse = lse;
         Ok((logprobs, tape))
     }
 
     /// Next-token log-probs and their log-sum-exps from the final hidden states.
-    fn tape_logprobs(&self, tape: &Tape) -> (Vec<f32>, Vec<f32>) {
-        let n = tape.n_tok() - 1;
+    pub(crate) fn tape_logprobs(&self, tape: &Tape) -> (Vec<f32>, Vec<f32>) {
+        let n = tape.targets.len();
         let (mut lp, mut lse) = (vec![0f32; n], vec![0f32; n]);
         // Targets were checked against the vocabulary in check_tokens.
         let _ = token_logprobs_forward(
@@ -353,7 +369,7 @@ impl Transformer {
             &tape.h[..n * self.config().n_embd],
             n,
             &self.weights(&self.output),
-            &tape.tokens[1..],
+            &tape.targets,
             &mut lp,
             &mut lse,
         );
@@ -361,8 +377,15 @@ impl Transformer {
     }
 
     /// `train`: `None` for inference; `Some(bytes)` records the tape, with
-    /// whole blocks kept up to `bytes`.
-    fn run_forward(&self, tokens: &[u32], lora: Option<&Lora>, train: Option<usize>) -> Tape {
+    /// whole blocks kept up to `bytes`. `span` says where the tokens sit
+    /// (after a shared prefix or not) and whether their K/V are kept.
+    pub(crate) fn run_forward(
+        &self,
+        tokens: &[u32],
+        lora: Option<&Lora>,
+        train: Option<usize>,
+        span: Span,
+    ) -> Tape {
         let c = self.config();
         let (n_tok, n_embd) = (tokens.len(), c.n_embd);
         let embd = self.weights(&self.token_embd);
@@ -370,17 +393,23 @@ impl Transformer {
         for (row, &t) in x.chunks_exact_mut(n_embd).zip(tokens) {
             embd.dequantize_row(t as usize, row);
         }
-        let positions: Vec<u32> = (0..n_tok as u32).collect();
+        let start = span.past.map_or(0, Tape::n_tok);
+        let positions: Vec<u32> = (start as u32..(start + n_tok) as u32).collect();
         let mut acts = BlockActs::new(self, n_tok, lora);
         let mut block_inputs = Vec::new();
         let mut attention = Vec::new();
         let mut kept = Vec::new();
+        let mut kv = Vec::new();
         let mut keep_left = train.unwrap_or(0);
         for (i, layer) in self.layers.iter().enumerate() {
             if train.is_some() {
                 block_inputs.push(x.clone());
             }
-            self.block_forward(i, layer, lora, &mut x, &positions, &mut acts, None);
+            let past = span.past.map(|p| past_kv(p, i));
+            self.block_forward(i, layer, lora, &mut x, &positions, past, &mut acts, None);
+            if span.keep_kv {
+                kv.push((acts.k.clone(), acts.v.clone()));
+            }
             if train.is_none() {
                 continue;
             }
@@ -408,6 +437,9 @@ impl Transformer {
         );
         Tape {
             tokens: tokens.to_vec(),
+            start,
+            targets: span.targets,
+            kv,
             block_inputs,
             kept,
             attention,
@@ -472,6 +504,7 @@ impl Transformer {
         lora: Option<&Lora>,
         x: &mut [f32],
         positions: &[u32],
+        past: Option<PastKv>,
         a: &mut BlockActs,
         saved_attention: Option<&(Vec<f32>, Vec<f32>)>,
     ) {
@@ -520,16 +553,7 @@ impl Transformer {
                 a.att.copy_from_slice(att);
                 a.lse.copy_from_slice(lse);
             }
-            None => attention_forward_in(
-                self.precision(),
-                &a.q,
-                &a.k,
-                &a.v,
-                shape,
-                1.0 / (c.head_dim as f32).sqrt(),
-                &mut a.att,
-                &mut a.lse,
-            ),
+            None => self.attention_forward(shape, past, a),
         }
         let mut proj = std::mem::take(&mut a.proj);
         lin!(&a.att, &l.wo, None, Proj::O, &mut proj);

@@ -15,6 +15,7 @@ pub mod forward;
 pub mod gguf;
 pub mod lora;
 pub mod model;
+pub mod prefix;
 pub mod tiny;
 
 pub use arch::{Architecture, Config};
@@ -23,3 +24,4 @@ pub use forward::{ForwardOutput, Tape};
 pub use gguf::{GgufError, GgufErrorKind, GgufFile, GgufWriter, TensorInfo, Value};
 pub use lora::{Lora, LoraConfig, LoraPair, Proj};
 pub use model::{Layer, MatrixRef, Transformer};
+pub use prefix::PrefixGrad;

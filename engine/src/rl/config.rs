@@ -243,6 +243,11 @@ pub struct TrainerSection {
     /// needs 1.4 MiB per token to keep all 24 blocks. The CPU backend's
     /// setting (ggml plans its own memory).
     pub activation_memory_mib: usize,
+    /// Compute the prompt a GRPO group's rollouts share once per group,
+    /// forward and backward, instead of once per rollout (the same
+    /// log-probs and gradients within rounding). The CPU backend's setting;
+    /// ggml runs every sequence whole.
+    pub shared_prefix: bool,
     /// Arithmetic of the products with the base weights: "f32" (the
     /// reference) or "bf16" (operands rounded to bf16, f32 sums; about twice
     /// the matrix speed on CPUs with AVX-512 BF16, f32 elsewhere). The CPU
@@ -292,6 +297,7 @@ impl Default for TrainerSection {
             backend: BackendKind::default(),
             device: DeviceKind::default(),
             activation_memory_mib: crate::train::DEFAULT_ACTIVATION_MEMORY >> 20,
+            shared_prefix: true,
             precision: MatmulPrecision::default(),
             memory_gib: None,
         }

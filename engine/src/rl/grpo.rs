@@ -265,6 +265,7 @@ impl Grpo {
         elapsed_s: f64,
     ) -> Result<Grpo, GrpoError> {
         trainer.set_activation_memory(config.trainer.activation_memory_mib.saturating_mul(1 << 20));
+        trainer.set_shared_prefix(config.trainer.shared_prefix);
         trainer.set_precision(config.trainer.precision.into())?;
         trainer.set_backend(config.trainer.backend(), trainer_threads())?;
         if let Some(gib) = config.trainer.memory_gib {
@@ -613,26 +614,43 @@ impl StepTrainer<'_> {
         let mut old = vec![None; samples.len()];
         let mut reference = self
             .wants_reference()
-            .then(|| Vec::with_capacity(samples.len()));
-        for (i, s) in samples.iter().enumerate() {
-            if !self.runs[i] {
-                // Keeps the indices of `reference` aligned; never read.
-                if let Some(reference) = &mut reference {
-                    reference.push(Vec::new());
-                }
-                continue;
+            .then(|| vec![Vec::new(); samples.len()]);
+        let running: Vec<usize> = (0..samples.len()).filter(|&i| self.runs[i]).collect();
+        for group in self.groups(&running) {
+            let later: Vec<usize> = group.iter().copied().filter(|&i| i >= first).collect();
+            let lps = self
+                .trainer
+                .logprobs_group(&tokens_of(samples, &later), true)?;
+            for (&i, lp) in later.iter().zip(lps) {
+                old[i] = Some(lp);
             }
-            if i >= first {
-                old[i] = Some(self.trainer.logprobs(&s.tokens, true)?);
-                passes.done += 1;
-            }
+            passes.done += later.len();
             if let Some(reference) = &mut reference {
-                reference.push(self.trainer.logprobs(&s.tokens, false)?);
-                passes.done += 1;
+                let lps = self
+                    .trainer
+                    .logprobs_group(&tokens_of(samples, &group), false)?;
+                for (&i, lp) in group.iter().zip(lps) {
+                    reference[i] = lp;
+                }
+                passes.done += group.len();
             }
             (self.progress)(passes.progress());
         }
         Ok(StepLogprobs { old, reference })
+    }
+
+    /// `indices` (of samples, in order) split into their GRPO groups: a
+    /// group's rollouts share its prompt, which the trainer computes once.
+    fn groups(&self, indices: &[usize]) -> Vec<Vec<usize>> {
+        let size = self.config.grpo.group_size.max(1);
+        let mut out: Vec<Vec<usize>> = Vec::new();
+        for &i in indices {
+            match out.last_mut() {
+                Some(g) if g[0] / size == i / size => g.push(i),
+                _ => out.push(vec![i]),
+            }
+        }
+        out
     }
 
     /// Phase 6: for each mini-batch, the clipped policy loss accumulated over
@@ -652,30 +670,30 @@ impl StepTrainer<'_> {
         let mut grad_norms = Vec::new();
         for batch in batches {
             let shape = BatchShape::of(batch.iter().map(|&i| samples[i].weight.as_slice()));
-            for &i in batch {
-                if !self.runs[i] {
-                    continue;
-                }
-                let s = &samples[i];
+            let running: Vec<usize> = batch.iter().copied().filter(|&i| self.runs[i]).collect();
+            for group in self.groups(&running) {
                 let cfg = &self.config.loss;
-                let old_i = logprobs.old[i].as_deref();
-                let ref_i = logprobs.reference.as_ref().map(|r| r[i].as_slice());
-                let mut share = LossStats::default();
-                let lp = self.trainer.accumulate(&s.tokens, |lp| {
-                    let input = SeqLossInput {
-                        logprob: lp,
-                        old_logprob: old_i.unwrap_or(lp),
-                        ref_logprob: ref_i,
-                        advantage: &s.advantage,
-                        weight: &s.weight,
-                    };
-                    let (st, grad) = sequence_loss(cfg, &input, shape);
-                    share = st;
-                    grad
-                })?;
-                logprobs.old[i].get_or_insert(lp);
-                loss.add(&share);
-                passes.done += 1;
+                let old = &logprobs.old;
+                let reference = logprobs.reference.as_ref();
+                let lps = self
+                    .trainer
+                    .accumulate_group(&tokens_of(samples, &group), |k, lp| {
+                        let (i, s) = (group[k], &samples[group[k]]);
+                        let input = SeqLossInput {
+                            logprob: lp,
+                            old_logprob: old[i].as_deref().unwrap_or(lp),
+                            ref_logprob: reference.map(|r| r[i].as_slice()),
+                            advantage: &s.advantage,
+                            weight: &s.weight,
+                        };
+                        let (share, grad) = sequence_loss(cfg, &input, shape);
+                        loss.add(&share);
+                        grad
+                    })?;
+                for (&i, lp) in group.iter().zip(lps) {
+                    logprobs.old[i].get_or_insert(lp);
+                }
+                passes.done += group.len();
                 (self.progress)(passes.progress());
             }
             let u = self.trainer.update_at(step)?;
@@ -685,6 +703,14 @@ impl StepTrainer<'_> {
         m.record_updates(&loss, &grad_norms);
         Ok(())
     }
+}
+
+/// The token sequences of samples `indices`.
+fn tokens_of<'a>(samples: &'a [Sample], indices: &[usize]) -> Vec<&'a [u32]> {
+    indices
+        .iter()
+        .map(|&i| samples[i].tokens.as_slice())
+        .collect()
 }
 
 /// The problems of a step that are rolled out: dataset items and their

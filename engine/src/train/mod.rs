@@ -6,12 +6,14 @@
 
 mod alloc;
 pub mod backend;
+mod group;
 pub mod loss;
 pub mod optim;
 mod trainer;
 
 pub use alloc::{release_freed_memory, retain_freed_memory};
 pub use backend::{BackendError, BackendKind, DeviceKind, TrainerBackend};
+pub use group::shared_prefix_len;
 pub use loss::{
     nll_loss, policy_loss, sequence_loss, Aggregation, BatchShape, LossConfig, LossStats,
     SeqLossInput,

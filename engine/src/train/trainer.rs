@@ -97,6 +97,9 @@ pub struct Trainer {
     activation_memory: usize,
     /// The ggml engine when that backend was chosen; `None`: our CPU kernels.
     ggml: Option<GgmlEngine>,
+    /// Whether group passes compute a shared prefix once (see
+    /// [`Trainer::set_shared_prefix`]).
+    shared_prefix: bool,
 }
 
 /// The default of [`Trainer::set_activation_memory`]: 2 GiB, which keeps
@@ -141,6 +144,7 @@ impl Trainer {
             pending: 0,
             activation_memory: DEFAULT_ACTIVATION_MEMORY,
             ggml: None,
+            shared_prefix: true,
         }
     }
 
@@ -197,6 +201,37 @@ impl Trainer {
     /// own graph memory and ignores it.
     pub fn set_activation_memory(&mut self, bytes: usize) {
         self.activation_memory = bytes;
+    }
+
+    /// The bytes set by [`Trainer::set_activation_memory`].
+    pub fn activation_memory(&self) -> usize {
+        self.activation_memory
+    }
+
+    /// Whether [`Trainer::accumulate_group`] and
+    /// [`Trainer::logprobs_group`] compute the prefix a group shares once
+    /// (default) or run every sequence whole (the same results within
+    /// rounding; for comparisons). The CPU kernels' setting: ggml runs
+    /// sequences one by one.
+    pub fn set_shared_prefix(&mut self, on: bool) {
+        self.shared_prefix = on;
+    }
+
+    pub(crate) fn shares_prefixes(&self) -> bool {
+        self.shared_prefix
+    }
+
+    pub(crate) fn on_ggml(&self) -> bool {
+        self.ggml.is_some()
+    }
+
+    /// The model, the adapter and the pending gradients, borrowed together.
+    pub(crate) fn parts_mut(&mut self) -> (&Transformer, &Lora, &mut Lora) {
+        (&self.model, &self.lora, &mut self.grads)
+    }
+
+    pub(crate) fn add_pending(&mut self, sequences: usize) {
+        self.pending += sequences;
     }
 
     /// The arithmetic of the products with base weights, forward and
@@ -351,7 +386,10 @@ impl Trainer {
 
 /// The loss's `d loss / d logprob`, checked against the log-probs it was
 /// computed from: same length, every entry finite.
-fn checked_gradient(logprobs: &[f32], dlogprob: Vec<f32>) -> Result<Vec<f32>, TrainError> {
+pub(crate) fn checked_gradient(
+    logprobs: &[f32],
+    dlogprob: Vec<f32>,
+) -> Result<Vec<f32>, TrainError> {
     if dlogprob.len() != logprobs.len() {
         return Err(TrainError::GradientLength {
             gradients: dlogprob.len(),

@@ -1,6 +1,7 @@
 //! `cleaner bench ...`: measurements next to a baseline run in the same
 //! invocation, reported as ratios (the machine is shared and noisy).
 
+pub mod group;
 pub mod kernels;
 pub mod python_env;
 pub mod rollout;
@@ -55,6 +56,8 @@ pub enum Which {
     Rollout(rollout::Args),
     /// LoRA training step tokens/s and peak RSS vs PyTorch + PEFT on the CPU.
     Train(train::Args),
+    /// A GRPO group's training passes with its shared prompt computed once vs every sequence whole.
+    Group(group::Args),
     /// Sandbox compile/load time, per-call latency and throughput vs the host's python3.
     Sandbox(sandbox::Args),
     /// `cleaner serve` throughput and time to first token vs llama.cpp's llama-server.
@@ -68,6 +71,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Sandbox(a) => sandbox::run(a),
         Which::Serve(a) => serve::run(a),
         Which::Train(a) => train::run(a),
+        Which::Group(a) => group::run(a),
     }
 }
 
