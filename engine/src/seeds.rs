@@ -20,6 +20,10 @@ const PROBLEM_ORDER: u64 = 0x0e90c4;
 const ROLLOUT_SAMPLING: u64 = 0x5a3b1e;
 /// Tag of the seed of one generation of a rollout ([`generation`]).
 const GENERATION: u64 = 0x9e37;
+/// Tag of the problem order of a pass-rate measurement ([`pass_rate_order`]).
+const PASS_RATE_ORDER: u64 = 0x9a55_0bde;
+/// Tag of a pass-rate chunk's rollout seed ([`pass_rate_chunk`]).
+const PASS_RATE_CHUNK: u64 = 0x9a55_c4c5;
 /// Tag of a rollout's purification coin ([`rollback_draw`]); it is xored into
 /// the rollout's seed rather than mixed, as it always was.
 const ROLLBACK_DRAW: u64 = 0x5eed_c0ffee;
@@ -70,6 +74,16 @@ pub fn rollback_draw(rollout_seed: u64) -> f64 {
     Rng::new(rollout_seed ^ ROLLBACK_DRAW).next_f64()
 }
 
+/// Seed of the shuffle that orders a pass-rate measurement's problems.
+pub fn pass_rate_order(seed: u64) -> u64 {
+    mix(seed, 0, PASS_RATE_ORDER)
+}
+
+/// Rollout seed of chunk `chunk` of a pass-rate measurement.
+pub fn pass_rate_chunk(seed: u64, chunk: u64) -> u64 {
+    mix(seed, chunk, PASS_RATE_CHUNK)
+}
+
 /// Seed of a fresh LoRA adapter's initialization: the run seed itself.
 pub fn adapter_init(run_seed: u64) -> u64 {
     run_seed
@@ -105,6 +119,8 @@ mod tests {
             rollout_sampling(s, 1),
             rollout(s, 1, 0),
             generation(s, 1),
+            pass_rate_order(s),
+            pass_rate_chunk(s, 1),
         ];
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {

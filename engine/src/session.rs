@@ -240,6 +240,11 @@ impl Session {
     pub fn sandbox(&self) -> &Sandbox {
         &self.sandbox
     }
+    /// The longest prompt (tokens) [`Session::run_problems`] accepts.
+    pub fn max_prompt_tokens(&self) -> usize {
+        self.options.max_prompt_tokens
+    }
+
     /// Agent settings of later runs.
     pub fn agent_config(&self) -> &AgentConfig {
         &self.options.agent

@@ -1,6 +1,7 @@
 //! Reinforcement learning: GRPO over purified trajectories ([`grpo`]), its
 //! config ([`config`]), checkpoints ([`checkpoint`]), per-step metrics
-//! ([`metrics`]), rewards ([`reward`]) and evaluation ([`eval`]).
+//! ([`metrics`]), rewards ([`reward`]), evaluation ([`eval`]) and the
+//! pass-rate filter of training sets ([`pass_rate`]).
 
 pub mod advantage;
 pub mod checkpoint;
@@ -8,6 +9,7 @@ pub mod config;
 pub mod eval;
 pub mod grpo;
 pub mod metrics;
+pub mod pass_rate;
 pub mod problem_index;
 mod problem_order;
 pub mod reward;

@@ -30,7 +30,7 @@ pub fn problems_of_step(
 }
 
 /// A Fisher-Yates shuffle of `0..n`.
-fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+pub(crate) fn shuffled(n: usize, seed: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     let mut rng = Rng::new(seed);
     for i in (1..n).rev() {

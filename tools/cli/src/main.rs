@@ -33,6 +33,8 @@ enum Command {
     Train(cmd::train::Args),
     /// Evaluate a model (and adapter): pass@1 over K samples with a 95% interval.
     Eval(cmd::eval::Args),
+    /// Measure how often the model solves each training problem and write the set filtered to learnable ones; resumable.
+    Passrate(cmd::passrate::Args),
     /// Write a self-contained HTML report of a training run.
     Report(cmd::report::Args),
     /// Serve the model over an OpenAI-compatible HTTP API (docs/serve.md).
@@ -64,6 +66,7 @@ fn main() {
         Command::Train(a) => cmd::train::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Report(a) => cmd::report::run(a),
+        Command::Passrate(a) => cmd::passrate::run(a),
         Command::Bench { which } => bench::run(which),
     };
     if let Err(e) = result {

@@ -1,6 +1,7 @@
 pub mod eval;
 pub mod fetch;
 pub mod generate;
+pub mod passrate;
 pub mod report;
 pub mod sandbox;
 pub mod serve;
