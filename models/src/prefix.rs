@@ -140,6 +140,17 @@ impl PrefixGrad {
         }
     }
 
+    /// Whether this accumulator was made for `prefix` (same shapes).
+    fn fits(&self, prefix: &Tape) -> bool {
+        self.dlogprob.len() == prefix.targets.len()
+            && self.dkv.len() == prefix.kv.len()
+            && self
+                .dkv
+                .iter()
+                .zip(&prefix.kv)
+                .all(|(a, b)| a.0.len() == b.0.len() && a.1.len() == b.1.len())
+    }
+
     /// Adds one sequence's gradient of the prefix's log-probs
     /// (`[prefix length]`, the first entries of its whole gradient).
     pub fn add_logprob_grad(&mut self, d: &[f32]) {
@@ -213,6 +224,12 @@ impl Transformer {
         acc: &mut PrefixGrad,
     ) -> Result<(), ModelError> {
         self.check_continuation(prefix, &tape.tokens)?;
+        if tape.start != prefix.n_tok() || !acc.fits(prefix) {
+            return Err(self.err(ModelErrorKind::BadRequest(
+                "backward_continuation: the tape or the accumulator belongs to another prefix"
+                    .into(),
+            )));
+        }
         let link = KvLink::After {
             prefix,
             dkv: &mut acc.dkv,
@@ -229,9 +246,10 @@ impl Transformer {
         acc: &PrefixGrad,
         grads: &mut Lora,
     ) -> Result<(), ModelError> {
-        if acc.dkv.len() != prefix.kv.len() {
+        if prefix.kv.len() != self.layers.len() || !acc.fits(prefix) {
             return Err(self.err(ModelErrorKind::BadRequest(
-                "backward_prefix: the tape is not a shared prefix's".into(),
+                "backward_prefix: the tape is not a shared prefix's, or the accumulator another's"
+                    .into(),
             )));
         }
         let link = KvLink::Prefix { dkv: &acc.dkv };

@@ -30,12 +30,13 @@ fn model_and_adapter(arch: Architecture) -> (Transformer, Lora) {
 }
 
 /// `g` sequences sharing `p + 1` tokens (the prefix and its next token),
-/// then continuations of different lengths, with loss weights of mixed sign
-/// on every position (the prefix's included).
+/// then continuations of different lengths (sequence 1 ends right after
+/// the next token: a continuation of one token), with loss weights of
+/// mixed sign on every position (the prefix's included).
 fn group(p: usize, g: usize) -> Vec<(Vec<u32>, Vec<f32>)> {
     (0..g)
         .map(|s| {
-            let rest = 1 + (s * 17 + p) % 40;
+            let rest = if s == 1 { 0 } else { 1 + (s * 17 + p) % 40 };
             let tokens: Vec<u32> = (0..p + 1)
                 .map(|i| ((i * 7 + 3) % 48) as u32)
                 .chain((0..rest).map(|i| ((i * 5 + s * 13 + 1) % 48) as u32))
@@ -84,6 +85,7 @@ fn shared(
         let (lp, tape) = model
             .forward_continuation(&prefix, &tokens[p..], Some(lora), Some(keep))
             .unwrap();
+        // A one-token continuation goes backward too (its gradient is 0).
         model
             .backward_continuation(&prefix, &tape, lora, &w[p..], &mut grads, &mut acc)
             .unwrap();
@@ -156,6 +158,27 @@ fn shared_prefix_equals_per_sequence_qwen3() {
 fn shared_prefix_with_kept_blocks() {
     for arch in [Architecture::Llama, Architecture::Qwen3] {
         check(arch, 20, 4, usize::MAX);
+    }
+}
+
+/// A group of identical sequences: every continuation is the one shared
+/// next token.
+#[test]
+fn identical_sequences_share_all_but_their_last_token() {
+    let (model, lora) = model_and_adapter(Architecture::Qwen3);
+    let one = group(30, 1).remove(0);
+    let seqs = vec![one.clone(), one.clone(), one];
+    let (lp_ref, g_ref) = per_sequence(&model, &lora, &seqs);
+    let p = seqs[0].0.len() - 1;
+    let (lp, grads) = shared(&model, &lora, &seqs, p, 0);
+    for (a, b) in lp.iter().flatten().zip(lp_ref.iter().flatten()) {
+        assert!((a - b).abs() <= LOGPROB_TOL, "{a} vs {b}");
+    }
+    for (a, b) in grads.tensors().zip(g_ref.tensors()) {
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= GRAD_TOL * scale, "{x} vs {y}");
+        }
     }
 }
 

@@ -616,7 +616,7 @@ impl StepTrainer<'_> {
             .wants_reference()
             .then(|| vec![Vec::new(); samples.len()]);
         let running: Vec<usize> = (0..samples.len()).filter(|&i| self.runs[i]).collect();
-        for group in self.groups(&running) {
+        for group in self.groups(samples, &running) {
             let later: Vec<usize> = group.iter().copied().filter(|&i| i >= first).collect();
             let lps = self
                 .trainer
@@ -641,12 +641,13 @@ impl StepTrainer<'_> {
 
     /// `indices` (of samples, in order) split into their GRPO groups: a
     /// group's rollouts share its prompt, which the trainer computes once.
-    fn groups(&self, indices: &[usize]) -> Vec<Vec<usize>> {
+    fn groups(&self, samples: &[Sample], indices: &[usize]) -> Vec<Vec<usize>> {
         let size = self.config.grpo.group_size.max(1);
+        let group = |i: usize| samples[i].trajectory / size;
         let mut out: Vec<Vec<usize>> = Vec::new();
         for &i in indices {
             match out.last_mut() {
-                Some(g) if g[0] / size == i / size => g.push(i),
+                Some(g) if group(g[0]) == group(i) => g.push(i),
                 _ => out.push(vec![i]),
             }
         }
@@ -671,7 +672,7 @@ impl StepTrainer<'_> {
         for batch in batches {
             let shape = BatchShape::of(batch.iter().map(|&i| samples[i].weight.as_slice()));
             let running: Vec<usize> = batch.iter().copied().filter(|&i| self.runs[i]).collect();
-            for group in self.groups(&running) {
+            for group in self.groups(samples, &running) {
                 let cfg = &self.config.loss;
                 let old = &logprobs.old;
                 let reference = logprobs.reference.as_ref();

@@ -17,6 +17,10 @@ pub struct Sample {
     /// From a group whose rewards are all equal: advantage 0, counted in the
     /// token-mean's denominator, no gradient.
     pub zero_signal: bool,
+    /// Index of its trajectory in the step's (grouped by problem, so
+    /// `trajectory / group_size` is its group even when samples before it
+    /// were dropped).
+    pub trajectory: usize,
 }
 
 impl Sample {
@@ -38,6 +42,7 @@ impl Sample {
             advantage: vec![advantage; weight.len()],
             weight,
             zero_signal: false,
+            trajectory: 0,
         })
     }
 
@@ -53,9 +58,11 @@ pub fn samples_of(trajectories: &[Trajectory], advantages: &[Option<f32>]) -> Ve
     trajectories
         .iter()
         .zip(advantages)
-        .filter_map(|(t, a)| {
+        .enumerate()
+        .filter_map(|(i, (t, a))| {
             let mut s = Sample::new(t, a.unwrap_or(0.0))?;
             s.zero_signal = a.is_none();
+            s.trajectory = i;
             Some(s)
         })
         .collect()

@@ -62,7 +62,9 @@ impl Trainer {
     /// [`Trainer::accumulate`] over a group: `loss_grad(i, logprobs)` gives
     /// sequence `i`'s `d loss / d logprob`. The shared prefix runs forward
     /// once, backward once with the sum of the group's gradients. Returns
-    /// each sequence's log-probs.
+    /// each sequence's log-probs. On an error the pending gradients may hold
+    /// part of the group (as a failed [`Trainer::accumulate`] in a batch
+    /// leaves those before it): drop the batch rather than update.
     pub fn accumulate_group(
         &mut self,
         seqs: &[&[u32]],
@@ -88,7 +90,18 @@ impl Trainer {
             let logprobs = [&prefix_lp[..], &lp].concat();
             let dlogprob = checked_gradient(&logprobs, loss_grad(i, &logprobs))?;
             acc.add_logprob_grad(&dlogprob[..p]);
-            model.backward_continuation(&prefix, &tape, lora, &dlogprob[p..], grads, &mut acc)?;
+            // A continuation of one token (the shared next one) has no
+            // log-prob of its own and nothing after it: its gradient is 0.
+            if dlogprob.len() > p {
+                model.backward_continuation(
+                    &prefix,
+                    &tape,
+                    lora,
+                    &dlogprob[p..],
+                    grads,
+                    &mut acc,
+                )?;
+            }
             out.push(logprobs);
         }
         model.backward_prefix(&prefix, lora, &acc, grads)?;
