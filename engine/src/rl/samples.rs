@@ -220,6 +220,7 @@ mod tests {
             advantage: vec![1.0; 2],
             weight: vec![0.0, 1.0],
             zero_signal: false,
+            trajectory: 0,
         };
         let mut lp = StepLogprobs {
             old: vec![Some(vec![-9.0, -0.5])],
@@ -232,6 +233,7 @@ mod tests {
             advantage: vec![1.0; 2],
             weight: vec![0.0, 1.0],
             zero_signal: false,
+            trajectory: 0,
         };
         assert_eq!(lp.entropy_and_kl(&[sample]), (Some(0.5), Some(0.0)));
     }
