@@ -1,9 +1,11 @@
 //! `cleaner bench train`: one LoRA training step (forward + backward, rank 16
 //! on all seven projections) over T tokens, tokens/s and peak RSS, next to
-//! PyTorch + PEFT on the CPU doing the same step on the same model
-//! (dequantized to f32 from the same GGUF by `transformers`), with the same
-//! thread count, measured in the same run (`tools/scripts/bench_train_torch.py`, in an
-//! environment made in the cache on first use: see `python_env.rs`).
+//! PyTorch + PEFT on the CPU doing the same step on the same model at the
+//! same precision (dequantized from the same GGUF by `transformers` to f32
+//! for our f32, to bf16 base weights for our bf16), with the same thread
+//! count, measured in the same run (`tools/scripts/bench_train_torch.py`, in
+//! an environment made in the cache on first use: see `python_env.rs`). The
+//! header names the instruction sets each side dispatched to.
 //!
 //! Ours runs on each `--backend` in the same run: `cpu` (our kernels) once
 //! per `--keep-mib` and `--precision` setting (keep 0 recomputes every block
@@ -164,13 +166,16 @@ fn ours(path: &std::path::Path, n_tok: usize, reps: usize, setting: Setting) -> 
     })
 }
 
-/// One PyTorch + PEFT cell; the reason when the baseline cannot run.
+/// One PyTorch + PEFT cell at `precision` (bf16: base weights in bf16,
+/// adapter in f32); the reason when the baseline cannot run. Its label
+/// names the instruction sets PyTorch reported.
 fn torch(
     python: &Path,
     path: &std::path::Path,
     n_tok: usize,
     reps: usize,
     threads: usize,
+    precision: Precision,
 ) -> Result<Cell, String> {
     let script = super::script("bench_train_torch.py");
     let mut cmd = Command::new(python);
@@ -179,13 +184,34 @@ fn torch(
         &n_tok.to_string(),
         &reps.to_string(),
         &threads.to_string(),
+        precision_name(precision),
     ]);
     let v = super::python_env::run_baseline(python, &mut cmd)?;
     Ok(Cell {
         tok_s: v["tok_s"].as_f64().unwrap_or(f64::NAN),
         peak_mib: v["peak_mib"].as_f64().unwrap_or(f64::NAN),
-        label: "PyTorch+PEFT".into(),
+        label: format!(
+            "{} ({})",
+            precision_name(precision),
+            v["cpu"].as_str().unwrap_or("?")
+        ),
     })
+}
+
+fn precision_name(p: Precision) -> &'static str {
+    match p {
+        Precision::F32 => "f32",
+        Precision::Bf16 => "bf16",
+    }
+}
+
+/// The precision of PyTorch's cell a setting of ours is compared with: the
+/// one it computes in (bf16 where the CPU runs it, else f32; ggml: f32).
+fn baseline_precision(setting: Setting) -> Precision {
+    match setting {
+        Setting::Cpu(_, p) => p.effective(),
+        Setting::Ggml(_) => Precision::F32,
+    }
 }
 
 /// `median` or, over several rounds, `median (min-max)`.
@@ -247,13 +273,21 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--rounds and --reps must be at least 1");
     }
     let mut python = python_env::interpreter(&a.python, &python_env::TORCH);
+    // The precisions PyTorch runs in: f32 first, each once.
+    let mut baselines: Vec<Precision> = settings.iter().map(|&s| baseline_precision(s)).collect();
+    baselines.sort_by_key(|&p| p == Precision::Bf16);
+    baselines.dedup();
     println!(
         "LoRA step (forward + backward + AdamW, rank 16, q k v o gate up down), {threads} threads, median of {} steps, {} round(s) alternating ours and PyTorch",
         a.reps, a.rounds
     );
-    println!("(useful GFLOP/s in parentheses; tok/s are medians over rounds; the speed ratio is the median of the rounds' ratios ours / PyTorch, with their range)\n");
-    println!("| model | T | ours: backend, setting | ours tok/s | PyTorch+PEFT tok/s | speed ratio | ours peak RSS MiB | PyTorch peak RSS MiB | memory ratio |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "ours: {}; PyTorch's dispatch in its column",
+        cleaner::kernels::cpu::kernels().describe()
+    );
+    println!("(each setting of ours against PyTorch + PEFT at the precision it computes in: f32 with f32, bf16 with bf16 base weights; useful GFLOP/s in parentheses; tok/s are medians over rounds; the speed ratio is the median of the rounds' ratios ours / PyTorch, with their range)\n");
+    println!("| model | T | ours: backend, setting | ours tok/s | PyTorch+PEFT: precision (CPU) | PyTorch tok/s | speed ratio | ours peak RSS MiB | PyTorch peak RSS MiB | memory ratio |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for name in a.models.split(',') {
         let path = AssetStore::default().resolve_model(name.trim(), &mut |l| eprintln!("{l}"))?;
         let flops = {
@@ -262,50 +296,67 @@ pub fn run(a: Args) -> Result<()> {
         };
         for &t in &lens {
             let gflops = |tok_s: f64| tok_s / t as f64 * flops(t) / 1e9;
-            // rounds[r] = (ours per setting, PyTorch) of round r.
+            // rounds[r] = (ours per setting, PyTorch per baseline precision).
             let mut rounds = Vec::new();
             for _ in 0..a.rounds {
                 let mine = settings
                     .iter()
                     .map(|&setting| ours(&path, t, a.reps, setting))
                     .collect::<Result<Vec<_>>>()?;
-                let theirs = python.as_deref().and_then(|py| {
-                    torch(py, &path, t, a.reps, threads)
-                        .map_err(|why| python_env::left_out(&python_env::TORCH, &why))
-                        .ok()
-                });
-                if theirs.is_none() {
+                let theirs: Vec<Option<Cell>> = baselines
+                    .iter()
+                    .map(|&p| {
+                        let py = python.as_deref()?;
+                        torch(py, &path, t, a.reps, threads, p)
+                            .map_err(|why| python_env::left_out(&python_env::TORCH, &why))
+                            .ok()
+                    })
+                    .collect();
+                if theirs.iter().all(Option::is_none) {
                     // Failed once, it would fail again: stop trying.
                     python = None;
                 }
                 rounds.push((mine, theirs));
             }
-            let torch_cells: Vec<&Cell> = rounds.iter().filter_map(|r| r.1.as_ref()).collect();
-            let torch_tok_s = median(torch_cells.iter().map(|c| c.tok_s).collect());
-            let torch_peak = torch_cells
-                .iter()
-                .map(|c| c.peak_mib)
-                .fold(f64::NAN, f64::max);
-            for i in 0..settings.len() {
+            for (i, &setting) in settings.iter().enumerate() {
+                let b = baselines
+                    .iter()
+                    .position(|&p| p == baseline_precision(setting))
+                    .expect("every setting's baseline precision is listed");
                 let mine: Vec<&Cell> = rounds.iter().map(|r| &r.0[i]).collect();
+                let torch_cells: Vec<&Cell> =
+                    rounds.iter().filter_map(|r| r.1[b].as_ref()).collect();
                 let tok_s = median(mine.iter().map(|c| c.tok_s).collect());
                 let peak = mine.iter().map(|c| c.peak_mib).fold(f64::NAN, f64::max);
                 let ratios: Vec<f64> = rounds
                     .iter()
-                    .filter_map(|(m, p)| p.as_ref().map(|p| m[i].tok_s / p.tok_s))
+                    .filter_map(|(m, p)| p[b].as_ref().map(|p| m[i].tok_s / p.tok_s))
                     .collect();
-                let (pt, pm, sr, mr) = if torch_cells.is_empty() {
-                    ("n/a".into(), "n/a".into(), "n/a".into(), "n/a".into())
-                } else {
-                    (
-                        format!("{torch_tok_s:.1} ({:.0})", gflops(torch_tok_s)),
-                        format!("{torch_peak:.0}"),
-                        ratio_text(&ratios),
-                        format!("{:.2}", peak / torch_peak),
-                    )
+                let (label, pt, pm, sr, mr) = match torch_cells.first() {
+                    None => (
+                        "n/a".into(),
+                        "n/a".into(),
+                        "n/a".into(),
+                        "n/a".into(),
+                        "n/a".into(),
+                    ),
+                    Some(first) => {
+                        let torch_tok_s = median(torch_cells.iter().map(|c| c.tok_s).collect());
+                        let torch_peak = torch_cells
+                            .iter()
+                            .map(|c| c.peak_mib)
+                            .fold(f64::NAN, f64::max);
+                        (
+                            first.label.clone(),
+                            format!("{torch_tok_s:.1} ({:.0})", gflops(torch_tok_s)),
+                            format!("{torch_peak:.0}"),
+                            ratio_text(&ratios),
+                            format!("{:.2}", peak / torch_peak),
+                        )
+                    }
                 };
                 println!(
-                    "| {name} | {t} | {} | {tok_s:.1} ({:.0}) | {pt} | {sr} | {peak:.0} | {pm} | {mr} |",
+                    "| {name} | {t} | {} | {tok_s:.1} ({:.0}) | {label} | {pt} | {sr} | {peak:.0} | {pm} | {mr} |",
                     mine[0].label,
                     gflops(tok_s),
                 );
