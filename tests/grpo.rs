@@ -490,6 +490,9 @@ fn grpo_step_with(
         &mut m,
     )
     .unwrap();
+    // The training time's two parts lie within it.
+    assert!(m.time_logprobs_s >= 0.0 && m.time_update_s > 0.0);
+    assert!(m.time_logprobs_s + m.time_update_s <= m.time_train_s);
     (m, passes, trainer.adapter().clone())
 }
 

@@ -556,8 +556,12 @@ pub fn train_on(
         runs: samples.iter().map(runs).collect(),
     };
     let mut passes = t.training_passes(step, &batches);
+    let t_logprobs = Instant::now();
     let mut logprobs = t.old_logprobs(&samples, &batches, &mut passes)?;
+    m.time_logprobs_s = t_logprobs.elapsed().as_secs_f64();
+    let t_update = Instant::now();
     t.update(step, &samples, &batches, &mut logprobs, &mut passes, m)?;
+    m.time_update_s = t_update.elapsed().as_secs_f64();
     (m.entropy, m.kl_to_start) = logprobs.entropy_and_kl(&samples);
     m.time_train_s = t_train.elapsed().as_secs_f64();
     let sequence_tokens: usize = samples

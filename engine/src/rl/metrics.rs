@@ -85,6 +85,12 @@ pub struct StepMetrics {
     pub time_sandbox_s: f64,
     /// Old/reference log-probs, forward and backward passes, updates.
     pub time_train_s: f64,
+    /// The part of `time_train_s` spent on the forward-only passes: old
+    /// log-probs of later mini-batches and the reference's.
+    pub time_logprobs_s: f64,
+    /// The part of `time_train_s` spent on forward + backward passes and
+    /// AdamW updates.
+    pub time_update_s: f64,
     /// Writing the adapter and swapping it into llama.cpp.
     pub time_swap_s: f64,
     /// The whole step (the checkpoint written after it excluded).

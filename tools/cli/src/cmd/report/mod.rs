@@ -114,6 +114,10 @@ pub fn run(a: Args) -> Result<()> {
                 ("rollout", |m| Some(m.time_rollout_s)),
                 ("sandbox (summed)", |m| Some(m.time_sandbox_s)),
                 ("training", |m| Some(m.time_train_s)),
+                ("training: log-prob passes", |m| Some(m.time_logprobs_s)),
+                ("training: forward + backward + update", |m| {
+                    Some(m.time_update_s)
+                }),
                 ("swap", |m| Some(m.time_swap_s)),
             ],
         ),
