@@ -83,6 +83,8 @@ fn timeless(m: &StepMetrics) -> StepMetrics {
         time_rollout_s: 0.0,
         time_sandbox_s: 0.0,
         time_train_s: 0.0,
+        time_logprobs_s: 0.0,
+        time_update_s: 0.0,
         time_swap_s: 0.0,
         time_step_s: 0.0,
         ..m.clone()

@@ -44,12 +44,17 @@ fn settings(samples: usize) -> PassRateSettings {
     let c = config();
     PassRateSettings {
         dataset: c.data.dataset.clone(),
+        dataset_len: c.data.load().unwrap().len(),
+        fields: serde_json::Value::Null,
         model: c.model.clone(),
         adapter: None,
+        adapter_sha256: None,
         samples,
         seed: 5,
         chunk: 2,
         agent: serde_json::to_value(&c.agent).unwrap(),
+        reward: serde_json::to_value(c.reward).unwrap(),
+        max_prompt_tokens: c.engine.max_prompt_tokens,
     }
 }
 
@@ -121,7 +126,7 @@ fn pass_rates_are_seeded_and_resume_to_the_uninterrupted_records() {
     }
     // The filtered set is a dataset of the problems solved once of twice.
     let items = config().data.load().unwrap();
-    let text = filtered_jsonl(&items, &whole, 1..=1);
+    let text = filtered_jsonl(&items, &whole, 1..=1, &Fields::default());
     let path = tmp.path().join("filtered.jsonl");
     std::fs::write(&path, &text).unwrap();
     let kept = Dataset::load(path.to_str().unwrap(), tmp.path(), &Fields::default()).unwrap();

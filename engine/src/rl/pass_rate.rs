@@ -28,18 +28,30 @@ use crate::tasks::Item;
 pub struct PassRateSettings {
     /// The dataset's name or path.
     pub dataset: String,
+    /// Its number of problems (the shuffle depends on it).
+    pub dataset_len: usize,
+    /// The dataset's field names (question, answer, id), as configured.
+    pub fields: serde_json::Value,
     /// Model name or path.
     pub model: String,
     /// The adapter the model ran with, if any.
     pub adapter: Option<PathBuf>,
+    /// sha256 of the adapter file (a run's latest adapter changes under
+    /// the same path).
+    pub adapter_sha256: Option<String>,
     /// Rollouts per problem.
     pub samples: usize,
     /// Seed of the problem order and of every chunk's rollouts.
     pub seed: u64,
     /// Problems rolled out together.
     pub chunk: usize,
-    /// The agent settings (the run config's `[agent]`).
+    /// The agent settings (the run config's `[agent]`; the sampling seed,
+    /// which every chunk replaces, left out).
     pub agent: serde_json::Value,
+    /// The reward (`[reward]`: answer match, overlong shaping).
+    pub reward: serde_json::Value,
+    /// Longer prompts are skipped (`engine.max_prompt_tokens`).
+    pub max_prompt_tokens: usize,
 }
 
 /// One problem's result.
@@ -128,10 +140,21 @@ pub fn measure(
     }
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir)(e.to_string()))?;
     check_settings(&dir.join("passrate.json"), settings)?;
+    if settings.dataset_len != items.len() {
+        return Err(PassRateError::Invalid(format!(
+            "settings.dataset_len is {}, the dataset has {} problems",
+            settings.dataset_len,
+            items.len()
+        )));
+    }
     let order = measured_order(items.len(), problems, settings.seed);
     let chunks: Vec<&[usize]> = order.chunks(settings.chunk).collect();
     let records_path = dir.join("passrates.jsonl");
-    let mut records = whole_chunks(read_records(&records_path)?, &chunks);
+    let saved: Vec<PassRecord> = read_records(&records_path)?
+        .into_iter()
+        .filter(|r| items.get(r.index).is_some_and(|i| i.id == r.id))
+        .collect();
+    let mut records = whole_chunks(saved, &chunks);
     // Rewrite what is kept: drops a torn last line or a chunk measured
     // under a smaller budget (its problems differ now).
     write_records(&records_path, &records)?;
@@ -286,29 +309,32 @@ fn append_records(path: &Path, records: &[PassRecord]) -> Result<(), PassRateErr
 }
 
 /// The items whose pass count lies in `keep` (inclusive; skipped problems
-/// never), in dataset order, as JSONL a dataset loads (`id`, `question`,
-/// `answer`), with the measured `solved` and `samples`.
+/// never), in dataset order, as JSONL the same config loads: the question,
+/// answer and id under its field names (`id` when it has none), with the
+/// measured `solved` and `samples`.
 pub fn filtered_jsonl(
     items: &[Item],
     records: &[PassRecord],
     keep: std::ops::RangeInclusive<usize>,
+    fields: &crate::tasks::Fields,
 ) -> String {
     let mut kept: Vec<&PassRecord> = records
         .iter()
         .filter(|r| r.samples > 0 && keep.contains(&r.solved))
         .collect();
     kept.sort_by_key(|r| r.index);
+    let question = fields.question.first().map_or("question", String::as_str);
+    let id = fields.id.as_deref().unwrap_or("id");
     kept.iter()
         .map(|r| {
             let item = &items[r.index];
-            let line = serde_json::json!({
-                "id": item.id,
-                "question": item.question,
-                "answer": item.answer,
-                "solved": r.solved,
-                "samples": r.samples,
-            });
-            line.to_string() + "\n"
+            let mut line = serde_json::Map::new();
+            line.insert(id.into(), item.id.clone().into());
+            line.insert(question.into(), item.question.clone().into());
+            line.insert(fields.answer.clone(), item.answer.clone().into());
+            line.insert("solved".into(), r.solved.into());
+            line.insert("samples".into(), r.samples.into());
+            serde_json::Value::Object(line).to_string() + "\n"
         })
         .collect()
 }

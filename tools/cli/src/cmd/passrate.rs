@@ -10,6 +10,7 @@ use cleaner::rl::grpo::open_session;
 use cleaner::rl::pass_rate::{filtered_jsonl, measure, PassRateSettings};
 use cleaner::rl::RunConfig;
 use indicatif::{ProgressBar, ProgressStyle};
+use sha2::Digest;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -71,19 +72,47 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(d) = &a.dataset {
         config.data.dataset = d.clone();
     }
-    config.engine.slots = (a.chunk * a.samples) as u32 + 1;
+    // The engine holds one chunk's rollouts; a "group" here is one
+    // problem's samples (what the config's training checks look at).
+    let slots = a
+        .chunk
+        .checked_mul(a.samples)
+        .and_then(|n| u32::try_from(n + 1).ok())
+        .context("--chunk x --samples is too large")?;
+    config.engine.slots = slots;
+    config.grpo.group_size = a.samples;
     config
         .validate()
-        .map_err(|(key, why)| anyhow::anyhow!("{key}: {why}"))?;
+        .map_err(|(key, why)| anyhow::anyhow!("{}: {key}: {why}", a.config))?;
     let items = config.data.load()?;
+    let adapter_sha256 = a
+        .adapter
+        .as_ref()
+        .map(|p| {
+            std::fs::read(p)
+                .map(|b| format!("{:x}", sha2::Sha256::digest(&b)))
+                .with_context(|| p.display().to_string())
+        })
+        .transpose()?;
+    let mut agent = config.agent.clone();
+    agent.sampling.seed = 0; // every chunk sets its own
     let settings = PassRateSettings {
         dataset: config.data.dataset.clone(),
+        dataset_len: items.len(),
+        fields: serde_json::json!({
+            "question": config.data.question_fields,
+            "answer": config.data.answer_field,
+            "id": config.data.id_field,
+        }),
         model: config.model.clone(),
         adapter: a.adapter.clone(),
+        adapter_sha256,
         samples: a.samples,
         seed: a.seed,
         chunk: a.chunk,
-        agent: serde_json::to_value(&config.agent).context("agent settings")?,
+        agent: serde_json::to_value(&agent).context("agent settings")?,
+        reward: serde_json::to_value(config.reward).context("reward settings")?,
+        max_prompt_tokens: config.engine.max_prompt_tokens,
     };
     let mut session = open_session(&config)?;
     session.set_adapter(a.adapter.as_deref())?;
@@ -132,7 +161,7 @@ pub fn run(a: Args) -> Result<()> {
         println!("skipped (prompt over engine.max_prompt_tokens): {skipped}");
     }
     let filtered = a.out.join("filtered.jsonl");
-    let text = filtered_jsonl(&items, &records, keep.clone());
+    let text = filtered_jsonl(&items, &records, keep.clone(), &config.data.fields());
     cleaner::models::adapter_file::atomic_write(&filtered, text.as_bytes())
         .with_context(|| filtered.display().to_string())?;
     println!(
