@@ -352,8 +352,23 @@ impl Transformer {
         keep_bytes: usize,
     ) -> Result<(Vec<f32>, Tape), ModelError> {
         self.check_tokens(tokens)?;
-        self.check_lora(lora)?;
-        let mut tape = self.run_forward(tokens, Some(lora), Some(keep_bytes), Span::whole(tokens));
+        self.forward_span(tokens, Some(lora), Some(keep_bytes), Span::whole(tokens))
+    }
+
+    /// The pass over `tokens` placed by `span` (tokens already checked):
+    /// the adapter checked, then log-probs, with their log-sum-exps kept on
+    /// the tape for the backward pass.
+    pub(crate) fn forward_span(
+        &self,
+        tokens: &[u32],
+        lora: Option<&Lora>,
+        train: Option<usize>,
+        span: Span,
+    ) -> Result<(Vec<f32>, Tape), ModelError> {
+        if let Some(l) = lora {
+            self.check_lora(l)?;
+        }
+        let mut tape = self.run_forward(tokens, lora, train, span);
         let (logprobs, lse) = self.tape_logprobs(&tape);
         tape.lse = lse;
         Ok((logprobs, tape))

@@ -176,15 +176,12 @@ impl Transformer {
         let mut all = tokens.to_vec();
         all.push(next);
         self.check_tokens(&all)?;
-        if let Some(l) = lora {
-            self.check_lora(l)?;
-        }
         let span = Span {
             past: None,
             keep_kv: true,
             targets: all[1..].to_vec(),
         };
-        Ok(self.logprobs_of(self.run_forward(tokens, lora, train, span)))
+        self.forward_span(tokens, lora, train, span)
     }
 
     /// Forward of the positions after a shared prefix: `tokens[0]` is the
@@ -199,15 +196,12 @@ impl Transformer {
         train: Option<usize>,
     ) -> Result<(Vec<f32>, Tape), ModelError> {
         self.check_continuation(prefix, tokens)?;
-        if let Some(l) = lora {
-            self.check_lora(l)?;
-        }
         let span = Span {
             past: Some(prefix),
             keep_kv: false,
             targets: tokens[1..].to_vec(),
         };
-        Ok(self.logprobs_of(self.run_forward(tokens, lora, train, span)))
+        self.forward_span(tokens, lora, train, span)
     }
 
     /// Backward of a continuation (recorded with `train`): its LoRA
@@ -254,12 +248,6 @@ impl Transformer {
         }
         let link = KvLink::Prefix { dkv: &acc.dkv };
         self.backward_linked(prefix, lora, &acc.dlogprob, grads, link)
-    }
-
-    fn logprobs_of(&self, mut tape: Tape) -> (Vec<f32>, Tape) {
-        let (logprobs, lse) = self.tape_logprobs(&tape);
-        tape.lse = lse;
-        (logprobs, tape)
     }
 
     fn check_continuation(&self, prefix: &Tape, tokens: &[u32]) -> Result<(), ModelError> {
