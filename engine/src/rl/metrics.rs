@@ -147,6 +147,22 @@ pub struct MetricsLog {
     path: PathBuf,
 }
 
+/// Appends one JSON line per item to `path` (created if missing) in one
+/// write, and syncs it to disk: a crash leaves at most a torn last line.
+pub(crate) fn append_jsonl_synced<T: Serialize>(path: &Path, items: &[T]) -> std::io::Result<()> {
+    let mut text = String::new();
+    for item in items {
+        text += &serde_json::to_string(item).map_err(std::io::Error::other)?;
+        text.push('\n');
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_data()
+}
+
 impl MetricsLog {
     /// The log of the run in `run`.
     pub fn new(run: &Path) -> MetricsLog {
@@ -162,13 +178,7 @@ impl MetricsLog {
 
     /// Appends one step's line and syncs it to disk.
     pub fn append(&self, m: &StepMetrics) -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        let line = serde_json::to_string(m).map_err(std::io::Error::other)?;
-        writeln!(f, "{line}")?;
-        f.sync_data()
+        append_jsonl_synced(&self.path, std::slice::from_ref(m))
     }
 
     /// Keeps only the lines of steps up to `step` (a resume from there).

@@ -11,7 +11,6 @@
 //! measurement resumes at its first unfinished chunk and writes what the
 //! uninterrupted one would have.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -297,15 +296,7 @@ fn write_records(path: &Path, records: &[PassRecord]) -> Result<(), PassRateErro
 }
 
 fn append_records(path: &Path, records: &[PassRecord]) -> Result<(), PassRateError> {
-    let err = file_err(path);
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(|e| err(e.to_string()))?;
-    f.write_all(jsonl(records).as_bytes())
-        .and_then(|_| f.sync_data())
-        .map_err(|e| err(e.to_string()))
+    super::metrics::append_jsonl_synced(path, records).map_err(|e| file_err(path)(e.to_string()))
 }
 
 /// The items whose pass count lies in `keep` (inclusive; skipped problems
