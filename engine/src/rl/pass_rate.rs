@@ -253,13 +253,19 @@ fn read_records(path: &Path) -> Result<Vec<PassRecord>, PassRateError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(file_err(path)(e.to_string())),
     };
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    // (1-based line number, line), blank lines skipped.
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| (i + 1, l))
+        .collect();
     let mut out = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
+    for (k, &(number, line)) in lines.iter().enumerate() {
         match serde_json::from_str(line) {
             Ok(r) => out.push(r),
-            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
-            Err(e) => return Err(file_err(path)(format!("line {}: {e}", i + 1))),
+            Err(_) if k + 1 == lines.len() && !text.ends_with('\n') => break,
+            Err(e) => return Err(file_err(path)(format!("line {number}: {e}"))),
         }
     }
     Ok(out)
