@@ -2,7 +2,8 @@
 //! real sandbox and GSM8K train: a measurement is a function of its seed,
 //! and one interrupted (a torn last line, a smaller budget first) resumes to
 //! exactly the records of the uninterrupted one; a resumed measurement with
-//! other settings is refused by name; the filtered set loads as a dataset.
+//! other settings is refused by name; a smaller budget leaves the later records
+//! on file; a directory in use is refused; the filtered set loads as a dataset.
 //!
 //! SmolLM2 solves no GSM8K problem, so the reward here is one whose outcome
 //! every sampled token moves: a reply of even length counts as solved.
@@ -118,6 +119,24 @@ fn pass_rates_are_seeded_and_resume_to_the_uninterrupted_records() {
         std::fs::read_to_string(a.join("passrates.jsonl")).unwrap()
     );
     // Done already: nothing changes.
+    assert_eq!(run(session, &a, 2, 4).unwrap(), whole);
+    // A smaller budget reads its part and keeps the rest on file.
+    let on_file = std::fs::read_to_string(a.join("passrates.jsonl")).unwrap();
+    assert_eq!(run(session, &a, 2, 2).unwrap(), whole[..2]);
+    assert_eq!(
+        std::fs::read_to_string(a.join("passrates.jsonl")).unwrap(),
+        on_file
+    );
+    // A second measurement into a directory in use is refused.
+    let held = std::fs::File::create(a.join(".lock")).unwrap();
+    held.lock().unwrap();
+    match run(session, &a, 2, 4) {
+        Err(PassRateError::File { path, why }) => {
+            assert!(path.ends_with(".lock") && why.contains("another"), "{why}")
+        }
+        other => panic!("expected the directory to be locked, got {other:?}"),
+    }
+    drop(held);
     assert_eq!(run(session, &a, 2, 4).unwrap(), whole);
     // Other settings are refused by name.
     match run(session, &a, 3, 4) {

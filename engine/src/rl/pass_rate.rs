@@ -9,7 +9,9 @@
 //! depends on the seed and the chunk's number only, and a chunk's records
 //! are appended to `passrates.jsonl` once it is whole, so an interrupted
 //! measurement resumes at its first unfinished chunk and writes what the
-//! uninterrupted one would have.
+//! uninterrupted one would have. A smaller budget reads the first chunks and
+//! leaves the later ones on file; one directory takes one measurement at a
+//! time (`.lock`).
 
 use std::path::{Path, PathBuf};
 
@@ -146,6 +148,7 @@ pub fn measure(
             items.len()
         )));
     }
+    let _lock = lock_dir(dir)?;
     let order = measured_order(items.len(), problems, settings.seed);
     let chunks: Vec<&[usize]> = order.chunks(settings.chunk).collect();
     let records_path = dir.join("passrates.jsonl");
@@ -153,10 +156,18 @@ pub fn measure(
         .into_iter()
         .filter(|r| items.get(r.index).is_some_and(|i| i.id == r.id))
         .collect();
-    let mut records = whole_chunks(saved, &chunks);
-    // Rewrite what is kept: drops a torn last line or a chunk measured
-    // under a smaller budget (its problems differ now).
-    write_records(&records_path, &records)?;
+    // Chunks past this budget stay on file for a later, larger one; a chunk
+    // this budget cuts short (its last) is measured again with what it holds now.
+    let full_order = measured_order(items.len(), items.len(), settings.seed);
+    let full_chunks: Vec<&[usize]> = full_order.chunks(settings.chunk).collect();
+    let kept = whole_chunks(saved, &chunks, &full_chunks);
+    // Rewrite what is kept: drops a torn last line and chunks whose
+    // problems differ now.
+    write_records(&records_path, &kept)?;
+    let mut records: Vec<PassRecord> = kept
+        .into_iter()
+        .filter(|r| r.chunk < chunks.len())
+        .collect();
     let max_prompt = session.max_prompt_tokens();
     for (c, chunk) in chunks.iter().enumerate() {
         progress(records.len(), order.len());
@@ -195,7 +206,27 @@ pub fn measure(
         records.extend(new);
     }
     progress(records.len(), order.len());
+    records.sort_by_key(|r| r.chunk);
     Ok(records)
+}
+
+/// Holds `dir/.lock` exclusively while a measurement writes there: a second
+/// measurement into the same directory would interleave its records.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, PassRateError> {
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| file_err(&path)(e.to_string()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(file_err(&path)(
+            "another pass-rate measurement is writing this directory; wait for it or use another --out".into(),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(file_err(&path)(e.to_string())),
+    }
 }
 
 /// Solved rollouts of each problem of a chunk (`fits[j]` is the chunk
@@ -271,18 +302,27 @@ fn read_records(path: &Path) -> Result<Vec<PassRecord>, PassRateError> {
     Ok(out)
 }
 
-/// The records of chunks measured whole with the problems `chunks` assigns
-/// them now.
-fn whole_chunks(records: Vec<PassRecord>, chunks: &[&[usize]]) -> Vec<PassRecord> {
+/// The records of chunks measured whole with the problems `chunks` (this
+/// budget) assigns them, or, past this budget, `full_chunks` (every problem).
+fn whole_chunks(
+    records: Vec<PassRecord>,
+    chunks: &[&[usize]],
+    full_chunks: &[&[usize]],
+) -> Vec<PassRecord> {
     let whole = |c: usize| {
         let got: Vec<usize> = records
             .iter()
             .filter(|r| r.chunk == c)
             .map(|r| r.index)
             .collect();
-        chunks.get(c).is_some_and(|want| got == *want)
+        let want = if c < chunks.len() {
+            chunks.get(c)
+        } else {
+            full_chunks.get(c)
+        };
+        want.is_some_and(|want| got == *want)
     };
-    let keep: Vec<bool> = (0..chunks.len()).map(whole).collect();
+    let keep: Vec<bool> = (0..full_chunks.len()).map(whole).collect();
     records
         .into_iter()
         .filter(|r| keep.get(r.chunk).copied().unwrap_or(false))
