@@ -1,7 +1,7 @@
 //! The kernel set this CPU runs, chosen once.
 //!
 //! Every kernel family with more than one build (plain Rust, the same code
-//! compiled for AVX2 and FMA, AVX-512 BF16) asks [`kernels`] which one to
+//! compiled for AVX2 and FMA, AVX-512, AVX-512 BF16) asks [`kernels`] which one to
 //! run. The CPU is probed once, on first use, and the answer is one table,
 //! [`KernelSet`], so what runs is decided in one place and can be printed
 //! next to a benchmark ([`KernelSet::describe`]).
@@ -17,6 +17,9 @@ pub enum Isa {
     /// AVX2 and FMA: the plain-Rust body compiled for them (vectorized by
     /// the compiler), or hand-written intrinsics for the GEMM micro-kernel.
     Avx2Fma,
+    /// AVX-512F: hand-written 16-lane intrinsics (the f32 GEMM
+    /// micro-kernel).
+    Avx512,
     /// AVX-512F and AVX-512 BF16 (`vdpbf16ps`, `vcvtne2ps2bf16`).
     Avx512Bf16,
 }
@@ -26,6 +29,7 @@ impl fmt::Display for Isa {
         f.write_str(match self {
             Isa::Portable => "portable",
             Isa::Avx2Fma => "avx2+fma",
+            Isa::Avx512 => "avx512",
             Isa::Avx512Bf16 => "avx512-bf16",
         })
     }
@@ -38,7 +42,7 @@ impl fmt::Display for Isa {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelSet {
     /// The f32 GEMM micro-kernel (6 x 16 tile) behind `matmul_wt`,
-    /// `matmul_w` and `matmul_tn`.
+    /// `matmul_w` and `matmul_tn`: AVX-512 where the CPU has it, else AVX2.
     pub gemm_f32: Isa,
     /// Dot products of the one- and two-row products (GEMV).
     pub dot: Isa,
@@ -61,6 +65,11 @@ pub struct KernelSet {
 struct Features {
     avx2_fma: bool,
     avx512_bf16: bool,
+    /// AVX-512F (with FMA). Its f32 micro-kernel beats the AVX2 one even
+    /// on Zen 4, whose 512-bit FMAs are split into 256-bit halves: 1.13-1.26x
+    /// on the 0.5B model's shapes (half the instructions per FMA), so every
+    /// AVX-512 CPU runs it.
+    avx512f: bool,
 }
 
 impl Features {
@@ -71,6 +80,7 @@ impl Features {
             Features {
                 avx2_fma: has!("avx2") && has!("fma"),
                 avx512_bf16: has!("avx512f") && has!("avx512bf16"),
+                avx512f: has!("avx512f") && has!("fma"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -78,6 +88,7 @@ impl Features {
             Features {
                 avx2_fma: false,
                 avx512_bf16: false,
+                avx512f: false,
             }
         }
     }
@@ -93,7 +104,7 @@ impl KernelSet {
             Isa::Portable
         };
         KernelSet {
-            gemm_f32: f32,
+            gemm_f32: if features.avx512f { Isa::Avx512 } else { f32 },
             dot: f32,
             dequant: f32,
             exp: f32,
@@ -116,10 +127,37 @@ impl KernelSet {
     }
 }
 
-/// The kernel set of this CPU (probed on the first call).
+/// The kernel set of this CPU (probed on the first call). The environment
+/// variable `CLEANER_GEMM_F32` (`portable`, `avx2` or `avx512`) picks another
+/// f32 GEMM build this CPU runs, to benchmark one against another.
 pub fn kernels() -> &'static KernelSet {
     static SET: OnceLock<KernelSet> = OnceLock::new();
-    SET.get_or_init(|| KernelSet::for_features(Features::detect()))
+    SET.get_or_init(|| {
+        let features = Features::detect();
+        let mut set = KernelSet::for_features(features);
+        if let Ok(name) = std::env::var("CLEANER_GEMM_F32") {
+            match gemm_override(&name, features) {
+                Ok(isa) => set.gemm_f32 = isa,
+                Err(why) => eprintln!("CLEANER_GEMM_F32={name:?} ignored: {why}"),
+            }
+        }
+        set
+    })
+}
+
+/// The f32 GEMM build `name` asks for, if this CPU runs it.
+fn gemm_override(name: &str, f: Features) -> Result<Isa, String> {
+    let (isa, runs) = match name {
+        "portable" => (Isa::Portable, true),
+        "avx2" => (Isa::Avx2Fma, f.avx2_fma),
+        "avx512" => (Isa::Avx512, f.avx512f),
+        _ => return Err("expected portable, avx2 or avx512".into()),
+    };
+    if runs {
+        Ok(isa)
+    } else {
+        Err(format!("this CPU lacks what {isa} needs"))
+    }
 }
 
 /// Defines `$name` (plain Rust, inlined into its callers) and `$avx2`, the
@@ -177,6 +215,7 @@ mod tests {
         let none = Features {
             avx2_fma: false,
             avx512_bf16: false,
+            avx512f: false,
         };
         let set = KernelSet::for_features(none);
         assert_eq!(
@@ -187,11 +226,41 @@ mod tests {
     }
 
     #[test]
+    fn a_gemm_override_names_a_build_the_cpu_runs() {
+        let avx2_only = Features {
+            avx2_fma: true,
+            avx512_bf16: false,
+            avx512f: false,
+        };
+        assert_eq!(gemm_override("avx2", avx2_only), Ok(Isa::Avx2Fma));
+        assert_eq!(gemm_override("portable", avx2_only), Ok(Isa::Portable));
+        assert!(gemm_override("avx512", avx2_only)
+            .unwrap_err()
+            .contains("lacks"));
+        assert!(gemm_override("sse", avx2_only)
+            .unwrap_err()
+            .contains("expected portable, avx2 or avx512"));
+    }
+
+    #[test]
     fn the_table_follows_the_detected_features() {
         let set = kernels();
         let f = Features::detect();
-        assert_eq!(set.gemm_f32 == Isa::Avx2Fma, f.avx2_fma);
+        let gemm = match (f.avx512f, f.avx2_fma) {
+            (true, _) => Isa::Avx512,
+            (false, true) => Isa::Avx2Fma,
+            (false, false) => Isa::Portable,
+        };
+        if std::env::var_os("CLEANER_GEMM_F32").is_none() {
+            assert_eq!(set.gemm_f32, gemm);
+        }
         assert_eq!(set.bf16.is_some(), f.avx512_bf16);
-        assert_eq!(*set, KernelSet::for_features(f));
+        assert_eq!(
+            KernelSet {
+                gemm_f32: gemm,
+                ..*set
+            },
+            KernelSet::for_features(f)
+        );
     }
 }

@@ -66,6 +66,52 @@ fn matches_scalar_twin_for_every_format_and_ragged_shapes() {
     }
 }
 
+/// Runs where the CPU has AVX-512F (the 2-core Zen 4 VM does; `select`
+/// also takes it there, so the tests above run it too).
+#[test]
+fn avx512_kernel_matches_where_the_cpu_has_it() {
+    let Some(kernel) = micro::avx512_if_available() else {
+        eprintln!("no AVX-512F on this CPU: the AVX-512 f32 kernel is not checked here");
+        return;
+    };
+    for (i, ty) in SUPPORTED.into_iter().enumerate() {
+        for (j, &(t, n, k)) in SHAPES.iter().enumerate() {
+            check(kernel, ty, t, n, k, (i * 100 + j) as u64 + 31);
+        }
+    }
+    // x W: reductions past one chunk (the accumulating stores), ragged
+    // widths (the masked lanes), LoRA-factor shapes.
+    for (j, &(t, r, c)) in [
+        (7, 300, 512),
+        (3, 520, 1280),
+        (5, 40, 23),
+        (100, 40, 16),
+        (1, 5, 7),
+    ]
+    .iter()
+    .enumerate()
+    {
+        check_w(kernel, QuantType::F32, t, r, c, 50 + j as u64);
+    }
+    check_w(kernel, QuantType::Q4_K, 4, 20, 512, 57);
+}
+
+/// The AVX2 kernel, which `select` passes over on AVX-512 CPUs.
+#[test]
+fn avx2_kernel_matches_where_the_cpu_has_it() {
+    let Some(kernel) = micro::avx2_if_available() else {
+        eprintln!("no AVX2/FMA on this CPU: the AVX2 f32 kernel is not checked here");
+        return;
+    };
+    for (i, ty) in SUPPORTED.into_iter().enumerate() {
+        for (j, &(t, n, k)) in SHAPES.iter().enumerate() {
+            check(kernel, ty, t, n, k, (i * 100 + j) as u64 + 17);
+        }
+    }
+    check_w(kernel, QuantType::F32, 5, 40, 23, 61);
+    check_w(kernel, QuantType::F32, 3, 520, 1280, 62);
+}
+
 #[test]
 fn portable_kernel_matches_too() {
     for ty in [QuantType::F32, QuantType::Q4_K, QuantType::Q8_0] {
