@@ -4,15 +4,20 @@
 //! the gradients flow through every op: log-softmax, final norm, SwiGLU,
 //! attention with GQA, RoPE in both layouts, q/k norms, biases, residuals.
 //!
-//! The forward pass is f32; the loss is accumulated in f64 and the step is
-//! large enough that f32 rounding stays far below the bound.
+//! The forward pass is f32 and the loss is accumulated in f64. The f32
+//! rounding of the forward still reaches the finite differences: about 1e-5
+//! on the loss, over a step of 2e-2, moves a numeric gradient of 3e-2 by up
+//! to 2 %, and which elements it hits depends on the micro-kernel's
+//! summation order (`CLEANER_GEMM_F32`), so the bound leaves room for it. A
+//! wrong backward term is off by far more.
 
 use cleaner_models::tiny::{tiny_model, TinySpec};
 use cleaner_models::{Architecture, GgufFile, Lora, LoraConfig, Transformer};
 
 /// |analytic - numeric| <= GRAD_TOL * max(|numeric|, 0.05 * largest |numeric| of the tensor)
-/// (measured worst: 4.7e-3 over the three families).
-const GRAD_TOL: f64 = 1e-2;
+/// (measured worst over the three families: 6.6e-3 with the AVX2 micro-kernel,
+/// 1.1e-2 with AVX-512, 1.2e-2 with the portable one).
+const GRAD_TOL: f64 = 3e-2;
 const STEP: f32 = 1e-2;
 /// Parameters checked per tensor (spread over the tensor).
 const SAMPLES_PER_TENSOR: usize = 6;
