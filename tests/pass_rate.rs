@@ -104,10 +104,10 @@ fn pass_rates_are_seeded_and_resume_to_the_uninterrupted_records() {
         counts.iter().any(|&k| k > 0) && counts.iter().any(|&k| k < 2),
         "the reward has spread: {counts:?}"
     );
-    // Interrupted: a smaller budget (its last chunk holds one problem, not
-    // two), then a torn line, then the full budget.
-    let first = run(session, &b, 2, 3).unwrap();
-    assert_eq!(first[..2], whole[..2], "chunk 0 is the same");
+    // Interrupted: a smaller budget (one problem, rounded up to chunk 0),
+    // then a torn line, then the full budget.
+    let first = run(session, &b, 2, 1).unwrap();
+    assert_eq!(first, whole[..2], "chunk 0 is the same");
     let file = b.join("passrates.jsonl");
     let mut text = std::fs::read_to_string(&file).unwrap();
     text.push_str("{\"chunk\": 1, \"ind");
@@ -120,9 +120,12 @@ fn pass_rates_are_seeded_and_resume_to_the_uninterrupted_records() {
     );
     // Done already: nothing changes.
     assert_eq!(run(session, &a, 2, 4).unwrap(), whole);
-    // A smaller budget reads its part and keeps the rest on file.
+    // A smaller budget reads its part (whole chunks) and keeps the rest on
+    // file; 3 problems round up to chunks 0 and 1.
     let on_file = std::fs::read_to_string(a.join("passrates.jsonl")).unwrap();
     assert_eq!(run(session, &a, 2, 2).unwrap(), whole[..2]);
+    assert_eq!(run(session, &a, 2, 1).unwrap(), whole[..2]);
+    assert_eq!(run(session, &a, 2, 3).unwrap(), whole);
     assert_eq!(
         std::fs::read_to_string(a.join("passrates.jsonl")).unwrap(),
         on_file

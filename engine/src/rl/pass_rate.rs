@@ -4,8 +4,8 @@
 //! solves 0/8 or 8/8 times.
 //!
 //! Problems are taken in a seeded shuffle of the dataset (the first
-//! `problems` of it: any budget), in chunks of `chunk` problems rolled out
-//! together with the agent of the run config. Each chunk's rollout seed
+//! `problems` of it, rounded up to whole chunks: any budget), in chunks of
+//! `chunk` problems rolled out together with the agent of the run config. Each chunk's rollout seed
 //! depends on the seed and the chunk's number only, and a chunk's records
 //! are appended to `passrates.jsonl` once it is whole, so an interrupted
 //! measurement resumes at its first unfinished chunk and writes what the
@@ -140,6 +140,7 @@ pub fn measure(
         ));
     }
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir)(e.to_string()))?;
+    let _lock = lock_dir(dir)?;
     check_settings(&dir.join("passrate.json"), settings)?;
     if settings.dataset_len != items.len() {
         return Err(PassRateError::Invalid(format!(
@@ -148,29 +149,26 @@ pub fn measure(
             items.len()
         )));
     }
-    let _lock = lock_dir(dir)?;
-    let order = measured_order(items.len(), problems, settings.seed);
+    // Chunks are always those of the whole shuffle (the budget rounds up to
+    // whole chunks), so a budget's records are a prefix of a larger one's,
+    // and chunks past this budget stay on file for a later, larger one.
+    let order = measured_order(items.len(), items.len(), settings.seed);
     let chunks: Vec<&[usize]> = order.chunks(settings.chunk).collect();
+    let n_chunks = problems.div_ceil(settings.chunk).min(chunks.len());
+    let total: usize = chunks[..n_chunks].iter().map(|c| c.len()).sum();
     let records_path = dir.join("passrates.jsonl");
     let saved: Vec<PassRecord> = read_records(&records_path)?
         .into_iter()
         .filter(|r| items.get(r.index).is_some_and(|i| i.id == r.id))
         .collect();
-    // Chunks past this budget stay on file for a later, larger one; a chunk
-    // this budget cuts short (its last) is measured again with what it holds now.
-    let full_order = measured_order(items.len(), items.len(), settings.seed);
-    let full_chunks: Vec<&[usize]> = full_order.chunks(settings.chunk).collect();
-    let kept = whole_chunks(saved, &chunks, &full_chunks);
+    let kept = whole_chunks(saved, &chunks);
     // Rewrite what is kept: drops a torn last line and chunks whose
     // problems differ now.
     write_records(&records_path, &kept)?;
-    let mut records: Vec<PassRecord> = kept
-        .into_iter()
-        .filter(|r| r.chunk < chunks.len())
-        .collect();
+    let mut records: Vec<PassRecord> = kept.into_iter().filter(|r| r.chunk < n_chunks).collect();
     let max_prompt = session.max_prompt_tokens();
-    for (c, chunk) in chunks.iter().enumerate() {
-        progress(records.len(), order.len());
+    for (c, chunk) in chunks.iter().enumerate().take(n_chunks) {
+        progress(records.len(), total);
         if records.iter().any(|r| r.chunk == c) {
             continue;
         }
@@ -205,7 +203,7 @@ pub fn measure(
         append_records(&records_path, &new)?;
         records.extend(new);
     }
-    progress(records.len(), order.len());
+    progress(records.len(), total);
     records.sort_by_key(|r| r.chunk);
     Ok(records)
 }
@@ -302,27 +300,18 @@ fn read_records(path: &Path) -> Result<Vec<PassRecord>, PassRateError> {
     Ok(out)
 }
 
-/// The records of chunks measured whole with the problems `chunks` (this
-/// budget) assigns them, or, past this budget, `full_chunks` (every problem).
-fn whole_chunks(
-    records: Vec<PassRecord>,
-    chunks: &[&[usize]],
-    full_chunks: &[&[usize]],
-) -> Vec<PassRecord> {
+/// The records of chunks measured whole with the problems `chunks` assigns
+/// them.
+fn whole_chunks(records: Vec<PassRecord>, chunks: &[&[usize]]) -> Vec<PassRecord> {
     let whole = |c: usize| {
         let got: Vec<usize> = records
             .iter()
             .filter(|r| r.chunk == c)
             .map(|r| r.index)
             .collect();
-        let want = if c < chunks.len() {
-            chunks.get(c)
-        } else {
-            full_chunks.get(c)
-        };
-        want.is_some_and(|want| got == *want)
+        chunks.get(c).is_some_and(|want| got == *want)
     };
-    let keep: Vec<bool> = (0..full_chunks.len()).map(whole).collect();
+    let keep: Vec<bool> = (0..chunks.len()).map(whole).collect();
     records
         .into_iter()
         .filter(|r| keep.get(r.chunk).copied().unwrap_or(false))

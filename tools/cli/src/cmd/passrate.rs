@@ -27,8 +27,8 @@ pub struct Args {
     /// Rollouts per problem.
     #[arg(long, default_value_t = 8)]
     samples: usize,
-    /// Problems to measure, in a seeded shuffle of the dataset (the budget;
-    /// more later resumes).
+    /// Problems to measure, in a seeded shuffle of the dataset (the budget,
+    /// rounded up to whole --chunk; more later resumes).
     #[arg(long)]
     problems: usize,
     /// Problems rolled out together (slots = chunk x samples).
