@@ -42,7 +42,8 @@ impl fmt::Display for Isa {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelSet {
     /// The f32 GEMM micro-kernel (6 x 16 tile) behind `matmul_wt`,
-    /// `matmul_w` and `matmul_tn`: AVX-512 where the CPU has it, else AVX2.
+    /// `matmul_w` and `matmul_tn`: AVX-512 where the CPU has it, else AVX2,
+    /// else portable.
     pub gemm_f32: Isa,
     /// Dot products of the one- and two-row products (GEMV).
     pub dot: Isa,

@@ -59,7 +59,9 @@ pub enum DatasetError {
         why: String,
     },
     /// Neither a known dataset name nor a `.jsonl` path.
-    #[error("unknown dataset {0:?}: expected gsm8k, gsm8k-train, aime24, amc23 or a .jsonl path")]
+    #[error(
+        "unknown dataset {0:?}: expected gsm8k, gsm8k-train, gsm8k-train-filtered, aime24, amc23 or a .jsonl path"
+    )]
     Unknown(String),
 }
 
@@ -81,11 +83,14 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// A named dataset under `data_dir` (`gsm8k` is the test split) or a path.
+    /// A named dataset under `data_dir` (`gsm8k` is the test split;
+    /// `gsm8k-train-filtered` the train problems the default model solves
+    /// sometimes but not always, `data/gsm8k/FILTERED.md`) or a path.
     pub fn load(spec: &str, data_dir: &Path, fields: &Fields) -> Result<Dataset, DatasetError> {
         let path = match spec {
             "gsm8k" => data_dir.join("gsm8k/test.jsonl"),
             "gsm8k-train" => data_dir.join("gsm8k/train.jsonl"),
+            "gsm8k-train-filtered" => data_dir.join("gsm8k/train-filtered.jsonl"),
             "aime24" => data_dir.join("aime24/test.jsonl"),
             "amc23" => data_dir.join("amc23/test.jsonl"),
             p if p.ends_with(".jsonl") => PathBuf::from(p),

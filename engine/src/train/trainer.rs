@@ -153,7 +153,9 @@ impl Trainer {
     /// the build's GPU when present, else the CPU kernels. On ggml the base
     /// weights and the current adapter are copied to the device; `n_threads`
     /// is for ggml's CPU backend. Errors: a device the build lacks or that is
-    /// absent, and bf16 precision, which ggml's products do not have.
+    /// absent, and bf16 precision with backend `ggml` asked for by name,
+    /// which ggml's products do not have (where `auto` picks ggml, bf16 falls
+    /// back to f32, as on a CPU without AVX-512 BF16).
     pub fn set_backend(
         &mut self,
         backend: TrainerBackend,
@@ -164,7 +166,11 @@ impl Trainer {
             None => None,
             Some(b) => {
                 if self.model.precision() != Precision::F32 {
-                    return Err(bf16_on_ggml().into());
+                    if backend.backend != BackendKind::Auto {
+                        return Err(bf16_on_ggml().into());
+                    }
+                    log::info!("trainer: ggml multiplies in f32; precision bf16 runs as f32");
+                    self.model.set_precision(Precision::F32);
                 }
                 Some(GgmlEngine::new(b, &self.model, &self.lora)?)
             }

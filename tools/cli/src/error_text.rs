@@ -55,7 +55,8 @@ pub fn hint(e: &anyhow::Error) -> Option<String> {
 }
 
 /// What to do when a dataset file is not there.
-const MISSING_DATASET: &str = "the named datasets (gsm8k, gsm8k-train, aime24, amc23) are read \
+const MISSING_DATASET: &str =
+    "the named datasets (gsm8k, gsm8k-train, gsm8k-train-filtered, aime24, amc23) are read \
      from the data directory: point --data-dir or CLEANER_DATA at it (data.data_dir in a \
      training config); --dataset (data.dataset) also takes the path of a .jsonl file";
 

@@ -117,12 +117,12 @@ fn a_missing_dataset_file_is_named_once_and_says_what_to_do() {
 fn a_missing_named_dataset_points_at_the_data_directory() {
     let dir = scratch("dataset-named");
     let data = dir.join("data");
-    let expected = data.join("gsm8k").join("train.jsonl");
     let data_arg = data.to_str().unwrap();
-    for (args, env) in [
+    for (args, env, file) in [
         (
             vec!["solve", "--dataset", "gsm8k-train", "--data-dir", data_arg],
             None,
+            "train.jsonl",
         ),
         (
             vec![
@@ -133,8 +133,11 @@ fn a_missing_named_dataset_points_at_the_data_directory() {
                 dir.join("run").to_str().unwrap(),
             ],
             Some(data.as_path()),
+            // The quickstart trains on the filtered set.
+            "train-filtered.jsonl",
         ),
     ] {
+        let expected = data.join("gsm8k").join(file);
         let stderr = fails(&args, env);
         let line = error_line(&stderr);
         each_cause_once(line, &expected);

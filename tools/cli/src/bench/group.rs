@@ -6,10 +6,11 @@
 //! KL) and forward + backward + AdamW. Rates count every sequence's tokens
 //! (what the step trains on), so the ratio is the step's speed-up.
 //!
-//! The defaults are the quickstart's shapes: a group of 6, a 155-token
-//! prompt (the median of the tool-use system prompt plus a GSM8K question
-//! for Qwen2.5), responses of 210-390 tokens (mean 300, under the
-//! quickstart's 320-token response budget plus tool output).
+//! The defaults are the shapes of the quickstart when it was measured
+//! (measurements/train-shared-prefix): a group of 6, a 155-token prompt (the
+//! median of the tool-use system prompt plus a GSM8K question for Qwen2.5),
+//! responses of 210-390 tokens (mean 300, under its 320-token response
+//! budget then, plus tool output).
 
 use std::time::Instant;
 

@@ -34,7 +34,8 @@ pub fn load_model(spec: &str) -> Result<(PathBuf, Arc<Model>)> {
 /// Which problems: a named dataset or a `.jsonl` file (`eval`, `solve`).
 #[derive(clap::Args)]
 pub struct DataArgs {
-    /// gsm8k (test split), gsm8k-train, aime24, amc23, or a .jsonl file.
+    /// gsm8k (test split), gsm8k-train, gsm8k-train-filtered, aime24, amc23,
+    /// or a .jsonl file.
     #[arg(long, default_value = "gsm8k")]
     pub dataset: String,
     /// Folder holding the named datasets (default: $CLEANER_DATA, else the

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use cleaner::agent::config::Purify;
-use cleaner::rl::{Grpo, Progress, RunConfig};
+use cleaner::rl::{Grpo, MatmulPrecision, Progress, RunConfig};
 use cleaner::train::{BackendKind, DeviceKind, TrainerBackend};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -116,6 +116,13 @@ pub fn run(a: Args) -> Result<()> {
         }
         let backend = trainer_backend(&a, config.trainer.backend())?;
         (config.trainer.backend, config.trainer.device) = (backend.backend, backend.device);
+        if a.backend == Some(BackendKind::Ggml) && config.trainer.precision != MatmulPrecision::F32
+        {
+            // The config's bf16 is the CPU kernels' setting; --backend ggml
+            // on the command line asks for f32 products.
+            eprintln!("trainer: --backend ggml multiplies in f32; the config's precision bf16 is set to f32");
+            config.trainer.precision = MatmulPrecision::F32;
+        }
         config
             .validate()
             .map_err(|(key, why)| anyhow::anyhow!("key `{key}`: {why}"))?;
