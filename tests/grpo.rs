@@ -582,7 +582,8 @@ fn the_first_mini_batch_has_an_importance_ratio_of_exactly_one() {
 /// mini-batches, so old log-probs are computed up front too): the step with
 /// each group's prompt computed once has the loss and gradient norm of the
 /// step with every sequence whole within 1e-5 relative (they sum the same
-/// terms in other orders), and its updated adapter within 1e-4 of each
+/// terms in other orders), and its KL after the first update and its updated
+/// adapter within 1e-4 of each
 /// tensor's scale (measured 1.8e-5: Adam's first update divides each
 /// gradient by its own magnitude, which lifts rounding in entries near 0; a
 /// wrong gradient is off by order 1).
@@ -621,7 +622,15 @@ fn a_step_with_shared_prompts_equals_one_with_whole_sequences() {
         shared.grad_norm,
         whole.grad_norm
     );
-    assert!(close(shared.approx_kl, whole.approx_kl));
+    // The KL is measured after the first mini-batch's update, so it carries
+    // the updated adapters' difference (below): 1e-4 relative (measured
+    // 1.4e-5 with the AVX-512 micro-kernel).
+    assert!(
+        (shared.approx_kl - whole.approx_kl).abs() <= 1e-4 * whole.approx_kl.abs().max(1e-6),
+        "approx_kl {} vs {}",
+        shared.approx_kl,
+        whole.approx_kl
+    );
     let mut worst = 0f32;
     for (x, y) in a.tensors().zip(b.tensors()) {
         let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
