@@ -547,13 +547,7 @@ mod kernel {
         let mut hi = [_mm512_setzero_ps(); R];
         run::<R>(&mut lo, &mut hi, a, b, ldb);
         run::<R>(&mut lo, &mut hi, a2, b.add(a.kp * ldb), ldb);
-        let mask = |n: usize| -> __mmask16 {
-            if n >= 16 {
-                0xffff
-            } else {
-                (1u16 << n) - 1
-            }
-        };
+        let mask = super::super::lane_mask;
         let (m0, m1) = (mask(n_valid), mask(n_valid.saturating_sub(16)));
         for i in 0..R {
             let cp = c.add(i * ldc);

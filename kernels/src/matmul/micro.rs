@@ -107,34 +107,45 @@ unsafe fn store(
     }
 }
 
+/// Defines a SIMD module's `dispatch` (a [`MicroKernel`]) over its
+/// `kernel::<R>`, monomorphized per row count so the accumulators stay in
+/// registers.
+#[cfg(target_arch = "x86_64")]
+macro_rules! dispatch_by_rows {
+    () => {
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn dispatch(
+            mr: usize,
+            kc: usize,
+            a: *const f32,
+            lda: usize,
+            b: *const f32,
+            ldb: usize,
+            c: *mut f32,
+            ldc: usize,
+            n_valid: usize,
+            accumulate: bool,
+        ) {
+            match mr {
+                6 => kernel::<6>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
+                5 => kernel::<5>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
+                4 => kernel::<4>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
+                3 => kernel::<3>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
+                2 => kernel::<2>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
+                _ => kernel::<1>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
+            }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+use dispatch_by_rows;
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn dispatch(
-        mr: usize,
-        kc: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        n_valid: usize,
-        accumulate: bool,
-    ) {
-        // Monomorphized per row count so the accumulators stay in registers.
-        match mr {
-            6 => kernel::<6>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-            5 => kernel::<5>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-            4 => kernel::<4>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-            3 => kernel::<3>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-            2 => kernel::<2>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-            _ => kernel::<1>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-        }
-    }
+    super::dispatch_by_rows!();
 
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
@@ -191,28 +202,7 @@ mod avx512 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn dispatch(
-        mr: usize,
-        kc: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        n_valid: usize,
-        accumulate: bool,
-    ) {
-        match mr {
-            6 => kernel::<6>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-            5 => kernel::<5>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-            4 => kernel::<4>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-            3 => kernel::<3>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-            2 => kernel::<2>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-            _ => kernel::<1>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-        }
-    }
+    super::dispatch_by_rows!();
 
     /// One zmm holds a row's 16 outputs; `even` and `odd` accumulate the even
     /// and odd `k`, so each row has two independent FMA chains (a 4-cycle
@@ -251,11 +241,7 @@ mod avx512 {
             }
         }
         // Lanes past n_valid are neither read nor written.
-        let mask: __mmask16 = if n_valid >= NR {
-            0xffff
-        } else {
-            (1u16 << n_valid) - 1
-        };
+        let mask = super::super::lane_mask(n_valid);
         for i in 0..R {
             let cp = c.add(i * ldc);
             let mut v = _mm512_add_ps(even[i], odd[i]);

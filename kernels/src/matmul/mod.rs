@@ -39,6 +39,17 @@ pub const KC: usize = 256;
 /// balance two threads on the narrowest real shape (896 outputs = 56 panels).
 const PANELS_PER_TASK: usize = 4;
 
+/// The AVX-512 write mask of the first `n` of 16 f32 lanes (all 16 for
+/// `n >= 16`): the ragged last panel of the AVX-512 kernels.
+#[cfg(target_arch = "x86_64")]
+fn lane_mask(n: usize) -> u16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
 /// The arithmetic of a product with a weight matrix.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {

@@ -57,13 +57,19 @@ const SHAPES: [(usize, usize, usize); 9] = [
     (100, 16, 256),
 ];
 
-#[test]
-fn matches_scalar_twin_for_every_format_and_ragged_shapes() {
+/// `kernel` against the oracle on every format and every shape of
+/// [`SHAPES`], with data seeded from `seed`.
+fn check_every_format_and_shape(kernel: micro::MicroKernel, seed: u64) {
     for (i, ty) in SUPPORTED.into_iter().enumerate() {
         for (j, &(t, n, k)) in SHAPES.iter().enumerate() {
-            check(micro::select(), ty, t, n, k, (i * 100 + j) as u64);
+            check(kernel, ty, t, n, k, (i * 100 + j) as u64 + seed);
         }
     }
+}
+
+#[test]
+fn matches_scalar_twin_for_every_format_and_ragged_shapes() {
+    check_every_format_and_shape(micro::select(), 0);
 }
 
 /// Runs where the CPU has AVX-512F (the 2-core Zen 4 VM does; `select`
@@ -74,11 +80,7 @@ fn avx512_kernel_matches_where_the_cpu_has_it() {
         eprintln!("no AVX-512F on this CPU: the AVX-512 f32 kernel is not checked here");
         return;
     };
-    for (i, ty) in SUPPORTED.into_iter().enumerate() {
-        for (j, &(t, n, k)) in SHAPES.iter().enumerate() {
-            check(kernel, ty, t, n, k, (i * 100 + j) as u64 + 31);
-        }
-    }
+    check_every_format_and_shape(kernel, 31);
     // x W: reductions past one chunk (the accumulating stores), ragged
     // widths (the masked lanes), LoRA-factor shapes.
     for (j, &(t, r, c)) in [
@@ -103,11 +105,7 @@ fn avx2_kernel_matches_where_the_cpu_has_it() {
         eprintln!("no AVX2/FMA on this CPU: the AVX2 f32 kernel is not checked here");
         return;
     };
-    for (i, ty) in SUPPORTED.into_iter().enumerate() {
-        for (j, &(t, n, k)) in SHAPES.iter().enumerate() {
-            check(kernel, ty, t, n, k, (i * 100 + j) as u64 + 17);
-        }
-    }
+    check_every_format_and_shape(kernel, 17);
     check_w(kernel, QuantType::F32, 5, 40, 23, 61);
     check_w(kernel, QuantType::F32, 3, 520, 1280, 62);
 }
