@@ -5,11 +5,11 @@
 //!
 //! Problems are taken in a seeded shuffle of the dataset (the first
 //! `problems` of it, rounded up to whole chunks: any budget), in chunks of
-//! `chunk` problems rolled out together with the agent of the run config. Each chunk's rollout seed
-//! depends on the seed and the chunk's number only, and a chunk's records
-//! are appended to `passrates.jsonl` once it is whole, so an interrupted
-//! measurement resumes at its first unfinished chunk and writes what the
-//! uninterrupted one would have. A smaller budget reads the first chunks and
+//! `chunk` problems rolled out together with the agent of the run config.
+//! Each chunk's rollout seed depends on the seed and the chunk's number
+//! only, and a chunk's records are appended to `passrates.jsonl` once it is
+//! whole, so an interrupted measurement resumes at its first unfinished
+//! chunk and writes what the uninterrupted one would have. A smaller budget reads the first chunks and
 //! leaves the later ones on file; one directory takes one measurement at a
 //! time (`.lock`).
 
@@ -114,12 +114,10 @@ fn file_err(path: &Path) -> impl Fn(String) -> PassRateError + '_ {
     }
 }
 
-/// The dataset indices a measurement of `problems` problems takes, in the
-/// order it takes them.
-pub fn measured_order(dataset_len: usize, problems: usize, seed: u64) -> Vec<usize> {
-    let mut order = super::problem_order::shuffled(dataset_len, seeds::pass_rate_order(seed));
-    order.truncate(problems);
-    order
+/// The order in which measurements take a dataset's indices (a budget
+/// takes its first whole chunks).
+pub fn measured_order(dataset_len: usize, seed: u64) -> Vec<usize> {
+    super::problem_order::shuffled(dataset_len, seeds::pass_rate_order(seed))
 }
 
 /// Measures the pass rates of the first `problems` problems of `items` in
@@ -152,7 +150,7 @@ pub fn measure(
     // Chunks are always those of the whole shuffle (the budget rounds up to
     // whole chunks), so a budget's records are a prefix of a larger one's,
     // and chunks past this budget stay on file for a later, larger one.
-    let order = measured_order(items.len(), items.len(), settings.seed);
+    let order = measured_order(items.len(), settings.seed);
     let chunks: Vec<&[usize]> = order.chunks(settings.chunk).collect();
     let n_chunks = problems.div_ceil(settings.chunk).min(chunks.len());
     let total: usize = chunks[..n_chunks].iter().map(|c| c.len()).sum();
