@@ -47,3 +47,38 @@ fn the_filtered_set_is_train_problems_solved_sometimes() {
         );
     }
 }
+
+#[test]
+fn the_filtered_set_is_what_the_committed_records_keep() {
+    use cleaner::rl::pass_rate::{filtered_jsonl, measured_order, PassRecord};
+    let dir = default_data_dir().join("gsm8k/passrate-qwen0.5b");
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("passrate.json")).unwrap()).unwrap();
+    // tools/scripts/filter-gsm8k.sh's measurement.
+    assert_eq!(settings["dataset"], "gsm8k-train");
+    assert_eq!(settings["dataset_len"], 7473);
+    assert_eq!(settings["samples"], 8);
+    assert_eq!(settings["chunk"], 2);
+    assert_eq!(settings["seed"], 0);
+    let text = std::fs::read_to_string(dir.join("passrates.jsonl")).unwrap();
+    let records: Vec<PassRecord> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Whole chunks, in the order the measurement takes problems.
+    let order = measured_order(7473, 0);
+    assert_eq!(records.len() % 2, 0, "{} records", records.len());
+    let train = load("gsm8k-train").items;
+    for (k, r) in records.iter().enumerate() {
+        assert_eq!((r.chunk, r.index), (k / 2, order[k]), "record {k}");
+        assert_eq!(r.id, train[r.index].id, "record {k}");
+        assert!(r.solved <= r.samples && r.samples == 8, "record {k}: {r:?}");
+    }
+    let kept = filtered_jsonl(&train, &records, 1..=7, &Fields::default());
+    let shipped =
+        std::fs::read_to_string(default_data_dir().join("gsm8k/train-filtered.jsonl")).unwrap();
+    assert_eq!(
+        kept, shipped,
+        "train-filtered.jsonl against the records' 1..=7"
+    );
+}
