@@ -2,11 +2,13 @@
 //! (appended and fsynced as each step ends; a resumed run first drops the
 //! lines of steps after its checkpoint).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::agent::trajectory::CallStatus;
 use crate::agent::{BatchStats, Trajectory};
 use crate::train::LossStats;
 use cleaner_models::adapter_file::atomic_write;
@@ -44,6 +46,24 @@ pub struct StepMetrics {
     pub failures_raw: f64,
     /// Failed calls per trajectory left after purification.
     pub failures_kept: f64,
+    /// Failed calls by class (`"SyntaxError"`, ..., `"format"`,
+    /// `"timeout"`), summed over the step's trajectories: made while
+    /// collecting, rolled back ones included.
+    #[serde(default)]
+    pub failures_by_class_raw: BTreeMap<String, usize>,
+    /// The same, counting only the calls left after purification (the ones
+    /// the loss sees).
+    #[serde(default)]
+    pub failures_by_class_kept: BTreeMap<String, usize>,
+    /// Calls whose code writes the answer as `\boxed{...}` (a SyntaxError
+    /// in Python: the answer format leaking into the code), made while
+    /// collecting. Purification rolls them back out of the loss, so a
+    /// policy can learn to write them more (issue 20's rerun did).
+    #[serde(default)]
+    pub boxed_in_code_raw: usize,
+    /// Those left after purification.
+    #[serde(default)]
+    pub boxed_in_code_kept: usize,
     /// Rollbacks that kept the reasoning (similarity >= threshold).
     pub rollbacks_shallow: usize,
     /// Rollbacks that replaced reasoning and call.
@@ -112,6 +132,24 @@ impl StepMetrics {
         self.rollout_tokens_per_s = stats.generated_tokens as f64 / seconds.max(1e-9);
         self.failures_raw = stats.failures_per_trajectory_raw;
         self.failures_kept = stats.failures_per_trajectory_kept;
+        self.failures_by_class_raw = stats.failures_by_class.clone();
+        self.failures_by_class_kept = BTreeMap::new();
+        self.boxed_in_code_raw = 0;
+        self.boxed_in_code_kept = 0;
+        for call in trajectories.iter().flat_map(|t| &t.tool_calls) {
+            let boxed = call.code.contains("\\boxed");
+            self.boxed_in_code_raw += boxed as usize;
+            if !call.kept {
+                continue;
+            }
+            self.boxed_in_code_kept += boxed as usize;
+            if let CallStatus::Failed { class, .. } = &call.status {
+                *self
+                    .failures_by_class_kept
+                    .entry(class.name().to_string())
+                    .or_default() += 1;
+            }
+        }
         self.rollbacks_shallow = stats.rollbacks_shallow;
         self.rollbacks_deep = stats.rollbacks_deep;
         self.retries_exhausted = stats.retries_exhausted;
@@ -209,5 +247,89 @@ impl MetricsLog {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::trajectory::{ToolCallRecord, FORMAT_VERSION};
+    use crate::agent::{FailureClass, Role};
+    use crate::sandbox::ErrorClass;
+
+    fn call(code: &str, failed: Option<FailureClass>, kept: bool) -> ToolCallRecord {
+        ToolCallRecord {
+            turn: 0,
+            code: code.into(),
+            status: match failed {
+                None => CallStatus::Ok,
+                Some(class) => CallStatus::Failed {
+                    class,
+                    exception: class.name().into(),
+                },
+            },
+            duration_ms: 1.0,
+            kept,
+        }
+    }
+
+    fn trajectory(tool_calls: Vec<ToolCallRecord>) -> Trajectory {
+        Trajectory {
+            format_version: FORMAT_VERSION,
+            problem_id: "p".into(),
+            problem_index: Some(0),
+            rollout: 0,
+            tokens: vec![1, 2],
+            roles: vec![Role::Prompt, Role::Model],
+            sampler_logprobs: vec![0.0, -0.5],
+            segments: Vec::new(),
+            tool_calls,
+            purification: Vec::new(),
+            purified: false,
+            turns: 1,
+            response_tokens: 1,
+            correction_tokens: 0,
+            text: "x".into(),
+            answer: None,
+            reward: None,
+            finish: crate::agent::Finish::Answer,
+        }
+    }
+
+    /// Raw counts take every call, kept counts only those left in the
+    /// trajectories; the boxed counter matches the code, whatever its status.
+    #[test]
+    fn failures_by_class_and_boxed_calls_count_raw_and_kept() {
+        let syntax = Some(FailureClass::Error(ErrorClass::of_exception("SyntaxError")));
+        let name = Some(FailureClass::Error(ErrorClass::of_exception("NameError")));
+        let trajectories = vec![
+            trajectory(vec![
+                call("print(\\boxed{4})", syntax, false),
+                call("print(4)", None, true),
+            ]),
+            trajectory(vec![
+                call("print(\\boxed{5})", syntax, true),
+                call("print(y)", name, false),
+                call("print(x)", name, true),
+                call("print('\\\\boxed{6}')", None, true),
+            ]),
+        ];
+        let mut stats = BatchStats::default();
+        stats.add_trajectories(&trajectories);
+        let mut m = StepMetrics::default();
+        m.record_rollouts(&trajectories, &stats, 1.0);
+        let counts = |pairs: &[(&str, usize)]| -> BTreeMap<String, usize> {
+            pairs.iter().map(|&(k, v)| (k.to_string(), v)).collect()
+        };
+        assert_eq!(
+            m.failures_by_class_raw,
+            counts(&[("SyntaxError", 2), ("NameError", 2)])
+        );
+        assert_eq!(
+            m.failures_by_class_kept,
+            counts(&[("SyntaxError", 1), ("NameError", 1)])
+        );
+        assert_eq!((m.boxed_in_code_raw, m.boxed_in_code_kept), (3, 2));
+        assert_eq!((m.failures_raw, m.failures_kept), (2.0, 1.0));
     }
 }

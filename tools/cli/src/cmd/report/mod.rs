@@ -63,7 +63,7 @@ pub fn run(a: Args) -> Result<()> {
         last.failures_kept,
         last.time_step_s
     )?;
-    let charts: [(&str, Vec<Series>); 8] = [
+    let charts: [(&str, Vec<Series>); 9] = [
         (
             "Reward and accuracy",
             vec![
@@ -76,6 +76,21 @@ pub fn run(a: Args) -> Result<()> {
             vec![
                 ("raw", |m| Some(m.failures_raw)),
                 ("kept after purification", |m| Some(m.failures_kept)),
+            ],
+        ),
+        (
+            "SyntaxErrors and boxed answers in code (calls per step)",
+            vec![
+                ("SyntaxError raw", |m| {
+                    Some(*m.failures_by_class_raw.get("SyntaxError").unwrap_or(&0) as f64)
+                }),
+                ("SyntaxError kept", |m| {
+                    Some(*m.failures_by_class_kept.get("SyntaxError").unwrap_or(&0) as f64)
+                }),
+                ("\\boxed in code raw", |m| Some(m.boxed_in_code_raw as f64)),
+                ("\\boxed in code kept", |m| {
+                    Some(m.boxed_in_code_kept as f64)
+                }),
             ],
         ),
         (
