@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The comparison of docs/cleaner-vs-grpo-design.md: plain GRPO (--purify off)
+# against CLEANER (--purify 0.7) under the reference recipe on the filtered
+# GSM8K-train set, two seeds per arm; then the first N GSM8K test problems,
+# one sample each, for the base model and the four adapters with
+# purification off, and for the two CLEANER adapters with it on; then the
+# summary (summarize_seeds.py).
+#
+#   tools/experiments/grpo-compare/compare-seeds.sh [STEPS] [EVAL_PROBLEMS]
+#
+# Defaults 12 and 432, the design's. Everything is resumable: finished runs
+# and evaluation parts are skipped, an interrupted run continues from its
+# last checkpoint and an evaluation from the part of PART (default 12)
+# problems it was in. STAGES (default "train eval-off eval-on summary")
+# picks the parts to run, so the comparison can go one part per sitting.
+# Run directories go to OUT (default ~/.cache/cleaner/runs/cleaner-vs-grpo);
+# commit the metrics, reports and summary from there.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+STEPS="${1:-12}"
+N="${2:-432}"
+PART="${PART:-12}"
+SEEDS="${SEEDS:-0 1}"
+STAGES="${STAGES:-train eval-off eval-on summary}"
+C="${CLEANER:-${CARGO_TARGET_DIR:-$HOME/.cache/cleaner/target}/release/cleaner}"
+OUT="${OUT:-${CLEANER_HOME:-$HOME/.cache/cleaner}/runs/cleaner-vs-grpo}"
+mkdir -p "$OUT"
+
+# The rerun's recipe (issue 18) with the filtered training set.
+config="$OUT/config.toml"
+sed 's/^dataset = "gsm8k-train"$/dataset = "gsm8k-train-filtered"/' \
+  measurements/grpo-recipe-rerun/config.toml > "$config.new"
+if ! grep -q '^dataset = "gsm8k-train-filtered"$' "$config.new"; then
+  echo "compare-seeds.sh: measurements/grpo-recipe-rerun/config.toml has no line" \
+    '`dataset = "gsm8k-train"` to point at the filtered set' >&2
+  exit 1
+fi
+mv "$config.new" "$config"
+
+purify_of() { # arm
+  case "$1" in
+    grpo) echo off ;;
+    cleaner) echo 0.7 ;; # the reference's probability for Qwen2.5 models
+  esac
+}
+
+stage() { [[ " $STAGES " == *" $1 "* ]]; }
+
+if stage train; then
+  for seed in $SEEDS; do
+    for arm in grpo cleaner; do
+      run="$OUT/train-$arm-s$seed"
+      if [ -e "$run/checkpoints/latest" ]; then
+        "$C" train --resume "$run" --steps "$STEPS"
+      else
+        "$C" train --config "$config" --purify "$(purify_of "$arm")" --seed "$seed" \
+          --steps "$STEPS" --run "$run"
+      fi
+      "$C" report "$run" > /dev/null
+    done
+  done
+fi
+
+# One evaluation in parts of PART problems, each its own `cleaner eval
+# --offset --limit`, merged by merge_eval_parts.py. Seeds follow each part's
+# problem indices, the same for every model.
+evaluate() { # name adapter purify
+  local f="$OUT/eval-$1-purify-$3.json"
+  [ -s "$f" ] && return 0
+  local adapter=()
+  [ "$2" != none ] && adapter=(--adapter "$2")
+  local parts=() off
+  mkdir -p "$OUT/parts"
+  for ((off = 0; off < N; off += PART)); do
+    local part="$OUT/parts/eval-$1-purify-$3.from-$off.json"
+    parts+=("$part")
+    [ -s "$part" ] && [ -s "${part%.json}.jsonl" ] && continue
+    "$C" eval "${adapter[@]}" --dataset gsm8k --offset "$off" \
+      --limit "$((N - off < PART ? N - off : PART))" --samples 1 --purify "$3" \
+      --seed 11 --out "$part"
+  done
+  python3 tools/experiments/grpo-compare/merge_eval_parts.py "$f" "${parts[@]}"
+}
+
+if stage eval-off; then
+  evaluate base none off
+  for seed in $SEEDS; do
+    for arm in grpo cleaner; do
+      evaluate "$arm-s$seed" "$OUT/train-$arm-s$seed" off
+    done
+  done
+fi
+if stage eval-on; then
+  for seed in $SEEDS; do
+    evaluate "cleaner-s$seed" "$OUT/train-cleaner-s$seed" on
+  done
+fi
+if stage summary; then
+  python3 tools/experiments/grpo-compare/summarize_seeds.py "$OUT" $SEEDS | tee "$OUT/summary.md"
+fi
