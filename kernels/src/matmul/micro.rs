@@ -1,22 +1,85 @@
-//! Register-blocked micro-kernels: `C[mr x NR] (+)= A[mr x kc] * B[kc x NR]`
-//! with B packed `[kc][NR]`. The AVX2/FMA version keeps the 6x16 block of C in
-//! twelve ymm registers; the AVX-512 one keeps it in six zmm registers twice
-//! over (even and odd `k` accumulate apart, so twelve FMA chains are in
-//! flight, enough to fill two 512-bit FMA units); the portable one is the same
-//! loop on arrays. Chosen by [`select`] from the kernel set's `gemm_f32` row.
+//! Register-blocked micro-kernels: `C[mr x n] (+)= A[mr x kc] * B[kc x n]`
+//! for up to [`WIDTH`] = two panels of [`NR`] columns, B packed `[kc][NR]` per
+//! panel. The AVX-512 one keeps a 6 x 32 block of C in twelve zmm registers
+//! (two per row), so each broadcast activation feeds two FMAs: one load per
+//! FMA pair where a 16-wide kernel needs one per FMA, which matters on CPUs
+//! with two 512-bit FMA units (Intel Xeon) whose load ports then bound the
+//! 16-wide kernel; a lone panel takes a 6 x 16 AVX-512 kernel. The AVX2/FMA
+//! one keeps a 6 x 16 block in twelve ymm registers and runs once per
+//! panel; the portable one is the same loop on arrays. Chosen by [`select`]
+//! from the kernel set's `gemm_f32` row.
 
 use super::{MR, NR};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::Isa;
 
-/// `(mr, kc, a, lda, b_packed, ldb, c, ldc, n_valid, accumulate)`; B's row `p`
-/// (NR values) starts at `b + p * ldb`.
+/// Columns one micro-kernel call covers: two panels.
+pub(super) const WIDTH: usize = 2 * NR;
+
+/// `(mr, kc, a, lda, b, ldb, b_hi, c, ldc, n_valid, accumulate)`: `C[mr x
+/// n_valid] (+)= A B` for `n_valid <= WIDTH`. B's row `p` holds columns
+/// `0..NR` at `b + p * ldb` and columns `NR..WIDTH` at `b + b_hi + p * ldb`
+/// (read only when `n_valid > NR`).
 ///
 /// # Safety
-/// `a` must be valid for `mr` rows of `kc` values at stride `lda`; `b` for
-/// `kc` rows of `NR` values at stride `ldb`; `c` for `mr` rows of `n_valid` values at stride `ldc`.
-pub(super) type MicroKernel =
+/// `a` must be valid for `mr` rows of `kc` values at stride `lda`; `b` (and
+/// `b + b_hi` when `n_valid > NR`) for `kc` rows of `NR` values at stride
+/// `ldb`; `c` for `mr` rows of `n_valid` values at stride `ldc`.
+pub(super) type MicroKernel = unsafe fn(
+    usize,
+    usize,
+    *const f32,
+    usize,
+    *const f32,
+    usize,
+    usize,
+    *mut f32,
+    usize,
+    usize,
+    bool,
+);
+
+/// A one-panel kernel: the [`MicroKernel`] arguments without `b_hi`, for
+/// `n_valid <= NR`.
+type PanelKernel =
     unsafe fn(usize, usize, *const f32, usize, *const f32, usize, *mut f32, usize, usize, bool);
+
+/// A [`MicroKernel`] call run as one call of `panel` per panel.
+///
+/// # Safety
+/// As [`MicroKernel`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn by_panels(
+    panel: PanelKernel,
+    mr: usize,
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    b_hi: usize,
+    c: *mut f32,
+    ldc: usize,
+    n_valid: usize,
+    accumulate: bool,
+) {
+    panel(mr, kc, a, lda, b, ldb, c, ldc, n_valid.min(NR), accumulate);
+    if n_valid > NR {
+        panel(
+            mr,
+            kc,
+            a,
+            lda,
+            b.add(b_hi),
+            ldb,
+            c.add(NR),
+            ldc,
+            n_valid - NR,
+            accumulate,
+        );
+    }
+}
 
 /// The micro-kernel the kernel set names.
 pub(super) fn select() -> MicroKernel {
@@ -73,6 +136,36 @@ unsafe fn portable_dispatch(
     lda: usize,
     b: *const f32,
     ldb: usize,
+    b_hi: usize,
+    c: *mut f32,
+    ldc: usize,
+    n_valid: usize,
+    accumulate: bool,
+) {
+    by_panels(
+        portable_panel,
+        mr,
+        kc,
+        a,
+        lda,
+        b,
+        ldb,
+        b_hi,
+        c,
+        ldc,
+        n_valid,
+        accumulate,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn portable_panel(
+    mr: usize,
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
     c: *mut f32,
     ldc: usize,
     n_valid: usize,
@@ -107,45 +200,68 @@ unsafe fn store(
     }
 }
 
-/// Defines a SIMD module's `dispatch` (a [`MicroKernel`]) over its
-/// `kernel::<R>`, monomorphized per row count so the accumulators stay in
-/// registers.
+/// `$kernel::<mr>($args)`: a SIMD kernel monomorphized per row count, so
+/// its accumulators stay in registers.
 #[cfg(target_arch = "x86_64")]
-macro_rules! dispatch_by_rows {
-    () => {
-        #[allow(clippy::too_many_arguments)]
-        pub(super) unsafe fn dispatch(
-            mr: usize,
-            kc: usize,
-            a: *const f32,
-            lda: usize,
-            b: *const f32,
-            ldb: usize,
-            c: *mut f32,
-            ldc: usize,
-            n_valid: usize,
-            accumulate: bool,
-        ) {
-            match mr {
-                6 => kernel::<6>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-                5 => kernel::<5>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-                4 => kernel::<4>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-                3 => kernel::<3>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-                2 => kernel::<2>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-                _ => kernel::<1>(kc, a, lda, b, ldb, c, ldc, n_valid, accumulate),
-            }
+macro_rules! by_rows {
+    ($mr:expr, $kernel:ident, ($($arg:expr),*)) => {
+        match $mr {
+            6 => $kernel::<6>($($arg),*),
+            5 => $kernel::<5>($($arg),*),
+            4 => $kernel::<4>($($arg),*),
+            3 => $kernel::<3>($($arg),*),
+            2 => $kernel::<2>($($arg),*),
+            _ => $kernel::<1>($($arg),*),
         }
     };
 }
 #[cfg(target_arch = "x86_64")]
-use dispatch_by_rows;
+use by_rows;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
-    super::dispatch_by_rows!();
+    /// One call of the 6 x 16 kernel per panel.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn dispatch(
+        mr: usize,
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        b_hi: usize,
+        c: *mut f32,
+        ldc: usize,
+        n_valid: usize,
+        accumulate: bool,
+    ) {
+        super::by_panels(
+            panel, mr, kc, a, lda, b, ldb, b_hi, c, ldc, n_valid, accumulate,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn panel(
+        mr: usize,
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        n_valid: usize,
+        accumulate: bool,
+    ) {
+        super::by_rows!(
+            mr,
+            kernel,
+            (kc, a, lda, b, ldb, c, ldc, n_valid, accumulate)
+        )
+    }
 
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
@@ -202,14 +318,88 @@ mod avx512 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
-    super::dispatch_by_rows!();
+    /// The 6 x 32 kernel where both panels have columns, the 6 x 16 one
+    /// where only the first has.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn dispatch(
+        mr: usize,
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        b_hi: usize,
+        c: *mut f32,
+        ldc: usize,
+        n_valid: usize,
+        accumulate: bool,
+    ) {
+        if n_valid > NR {
+            super::by_rows!(
+                mr,
+                two_panels,
+                (kc, a, lda, b, ldb, b_hi, c, ldc, n_valid, accumulate)
+            )
+        } else {
+            super::by_rows!(
+                mr,
+                one_panel,
+                (kc, a, lda, b, ldb, c, ldc, n_valid, accumulate)
+            )
+        }
+    }
 
-    /// One zmm holds a row's 16 outputs; `even` and `odd` accumulate the even
-    /// and odd `k`, so each row has two independent FMA chains (a 4-cycle
-    /// FMA on two units needs eight in flight; six rows give twelve).
+    /// Two zmm hold a row's 32 outputs: each broadcast activation feeds two
+    /// FMAs, and six rows keep twelve FMA chains in flight (a 4-cycle FMA
+    /// on two units needs eight).
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    unsafe fn kernel<const R: usize>(
+    unsafe fn two_panels<const R: usize>(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        b_hi: usize,
+        c: *mut f32,
+        ldc: usize,
+        n_valid: usize,
+        accumulate: bool,
+    ) {
+        debug_assert!(R <= MR && NR == 16 && n_valid > NR && n_valid <= 2 * NR);
+        let mut lo = [_mm512_setzero_ps(); R];
+        let mut hi = [_mm512_setzero_ps(); R];
+        for p in 0..kc {
+            let b0 = _mm512_loadu_ps(b.add(p * ldb));
+            let b1 = _mm512_loadu_ps(b.add(b_hi + p * ldb));
+            for i in 0..R {
+                let av = _mm512_set1_ps(*a.add(i * lda + p));
+                lo[i] = _mm512_fmadd_ps(av, b0, lo[i]);
+                hi[i] = _mm512_fmadd_ps(av, b1, hi[i]);
+            }
+        }
+        // Lanes of the second panel past n_valid are neither read nor written.
+        let mask = super::super::lane_mask(n_valid - NR);
+        for i in 0..R {
+            let cp = c.add(i * ldc);
+            let (mut v0, mut v1) = (lo[i], hi[i]);
+            if accumulate {
+                v0 = _mm512_add_ps(v0, _mm512_loadu_ps(cp));
+                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask, cp.add(NR)));
+            }
+            _mm512_storeu_ps(cp, v0);
+            _mm512_mask_storeu_ps(cp.add(NR), mask, v1);
+        }
+    }
+
+    /// One zmm holds a row's 16 outputs: a ragged last panel, and LoRA's
+    /// rank-16 products (`x A^T`, `dy B`), which are all one panel wide.
+    /// `even` and `odd` accumulate the even and odd `k`, so six rows keep
+    /// twelve FMA chains in flight where one chain per row would leave the
+    /// FMA units waiting on latency (the rank-16 products ran 15 % slower).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn one_panel<const R: usize>(
         kc: usize,
         a: *const f32,
         lda: usize,
@@ -220,7 +410,7 @@ mod avx512 {
         n_valid: usize,
         accumulate: bool,
     ) {
-        debug_assert!(R <= MR && NR == 16);
+        debug_assert!(R <= MR && NR == 16 && n_valid <= NR);
         let mut even = [_mm512_setzero_ps(); R];
         let mut odd = [_mm512_setzero_ps(); R];
         let mut p = 0;
@@ -240,11 +430,14 @@ mod avx512 {
                 *acc = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(i * lda + p)), b0, *acc);
             }
         }
-        // Lanes past n_valid are neither read nor written.
+        let mut acc = even;
+        for (acc, &odd) in acc.iter_mut().zip(&odd) {
+            *acc = _mm512_add_ps(*acc, odd);
+        }
         let mask = super::super::lane_mask(n_valid);
-        for i in 0..R {
+        for (i, &acc) in acc.iter().enumerate() {
             let cp = c.add(i * ldc);
-            let mut v = _mm512_add_ps(even[i], odd[i]);
+            let mut v = acc;
             if accumulate {
                 v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, cp));
             }

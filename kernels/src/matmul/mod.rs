@@ -62,6 +62,18 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// The faster of the two on this CPU: bf16 where its products beat the
+    /// f32 ones ([`crate::cpu::KernelSet::bf16_beats_f32`]: AMD Zen 4 with
+    /// AVX-512 BF16), else f32.
+    pub fn auto() -> Precision {
+        let set = kernels();
+        if set.bf16.is_some() && set.bf16_beats_f32 {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
+    }
+
     /// What this CPU runs when asked for `self`: bf16 falls back to f32
     /// without AVX-512 BF16.
     pub fn effective(self) -> Precision {
@@ -183,7 +195,8 @@ fn matmul_wt_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weigh
     (0..n_col_tasks * n_row_tasks)
         .into_par_iter()
         .for_each_init(
-            || (vec![0f32; KC * NR], vec![0f32; KC]),
+            // Two packed panels, [KC][NR] each: one micro-kernel call's B.
+            || (vec![0f32; 2 * KC * NR], vec![0f32; KC]),
             |(packed, row_buf), task| {
                 let (task, row_task) = (task / n_row_tasks, task % n_row_tasks);
                 let (t_first, t_end) = (
@@ -194,10 +207,15 @@ fn matmul_wt_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weigh
                 let last = (first + PANELS_PER_TASK).min(n_panels);
                 for k0 in (0..n_in).step_by(KC) {
                     let kc = KC.min(n_in - k0);
-                    for panel in first..last {
-                        let n0 = panel * NR;
-                        let n_valid = NR.min(n_out - n0);
-                        w.pack_transposed(n0, n_valid, k0, kc, packed, row_buf);
+                    for pair in (first..last).step_by(2) {
+                        // This task's one or two panels from `pair` on.
+                        let n0 = pair * NR;
+                        let n_valid = ((last - pair).min(2) * NR).min(n_out - n0);
+                        let (lo, hi) = packed.split_at_mut(KC * NR);
+                        w.pack_transposed(n0, n_valid.min(NR), k0, kc, lo, row_buf);
+                        if n_valid > NR {
+                            w.pack_transposed(n0 + NR, n_valid - NR, k0, kc, hi, row_buf);
+                        }
                         for t0 in (t_first..t_end).step_by(MR) {
                             let mr = MR.min(t_end - t0);
                             // SAFETY: rows t0..t0+mr of x and y exist (checked
@@ -211,6 +229,7 @@ fn matmul_wt_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weigh
                                     n_in,
                                     packed.as_ptr(),
                                     NR,
+                                    KC * NR,
                                     out.get().add(t0 * n_out + n0),
                                     n_out,
                                     n_valid,
@@ -275,8 +294,8 @@ fn matmul_w_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weight
                     w.dequantize_segment(r0 + p, c0, &mut row[..width]);
                     row[width..].fill(0.0);
                 }
-                for j0 in (0..width).step_by(NR) {
-                    let n_valid = NR.min(width - j0);
+                for j0 in (0..width).step_by(micro::WIDTH) {
+                    let n_valid = micro::WIDTH.min(width - j0);
                     for t0 in (t_first..t_end).step_by(MR) {
                         let mr = MR.min(t_end - t0);
                         // SAFETY: x rows t0..t0+mr and columns r0..r0+kc exist;
@@ -290,6 +309,7 @@ fn matmul_w_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weight
                                 n_red,
                                 tile.as_ptr().add(j0),
                                 gw,
+                                NR,
                                 out.get().add(t0 * n_cols + c0 + j0),
                                 n_cols,
                                 n_valid,
@@ -413,8 +433,9 @@ fn tn_narrow_left(
                         }
                         (tile.as_ptr(), width)
                     };
-                    for panel in first..last {
-                        let j0 = panel * NR;
+                    for pair in (first..last).step_by(2) {
+                        let j0 = pair * NR;
+                        let n_valid = micro::WIDTH.min((last - pair) * NR);
                         for i0 in (0..m).step_by(MR) {
                             let mr = MR.min(m - i0);
                             // SAFETY: rows i0..i0+mr of `at` hold n_tok values
@@ -430,9 +451,10 @@ fn tn_narrow_left(
                                     n_tok,
                                     tile_ptr.add(j0 - j_first),
                                     ld,
+                                    NR,
                                     out.get().add(i0 * n + j0),
                                     n,
-                                    NR,
+                                    n_valid,
                                     true,
                                 );
                             }
@@ -471,8 +493,8 @@ pub(crate) unsafe fn gemm_tile(
     accumulate: bool,
 ) {
     let kernel = micro::select();
-    for j0 in (0..n).step_by(NR) {
-        let n_valid = NR.min(n - j0);
+    for j0 in (0..n).step_by(micro::WIDTH) {
+        let n_valid = micro::WIDTH.min(n - j0);
         for i0 in (0..m).step_by(MR) {
             let mr = MR.min(m - i0);
             kernel(
@@ -482,6 +504,7 @@ pub(crate) unsafe fn gemm_tile(
                 lda,
                 b.add(j0),
                 ldb,
+                NR,
                 c.add(i0 * ldc + j0),
                 ldc,
                 n_valid,
