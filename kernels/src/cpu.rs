@@ -59,6 +59,16 @@ pub struct KernelSet {
     /// The bf16 products and f32 -> bf16 conversions of `Precision::Bf16`;
     /// `None`: that precision runs the f32 kernels.
     pub bf16: Option<Isa>,
+    /// Whether the bf16 products beat the f32 ones here, which is what
+    /// `Precision::auto` (the `"auto"` precision of a run config) goes by.
+    /// AMD Zen 4 issues `vdpbf16ps` as fast as an f32 FMA, so it does twice
+    /// the multiply-adds: bf16 trained at 2.1x the f32 rate there. Intel's
+    /// Xeons issue it on one of their two 512-bit FMA ports, the same
+    /// multiply-add rate as f32 FMAs, and the conversions come on top: bf16
+    /// trained at 0.95x f32 with the 16-wide f32 kernel and 0.81x with the
+    /// 32-wide one on a Sapphire Rapids-class Xeon (measurements/
+    /// train-step-intel). Intel's bf16 speed is AMX's, which is not built.
+    pub bf16_beats_f32: bool,
 }
 
 /// What the CPU offers that some kernel build needs.
@@ -71,6 +81,8 @@ struct Features {
     /// on the 0.5B model's shapes (half the instructions per FMA), so every
     /// AVX-512 CPU runs it.
     avx512f: bool,
+    /// An AMD CPU (`AuthenticAMD`): see [`KernelSet::bf16_beats_f32`].
+    amd: bool,
 }
 
 impl Features {
@@ -82,6 +94,7 @@ impl Features {
                 avx2_fma: has!("avx2") && has!("fma"),
                 avx512_bf16: has!("avx512f") && has!("avx512bf16"),
                 avx512f: has!("avx512f") && has!("fma"),
+                amd: is_amd(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -90,9 +103,22 @@ impl Features {
                 avx2_fma: false,
                 avx512_bf16: false,
                 avx512f: false,
+                amd: false,
             }
         }
     }
+}
+
+/// Whether CPUID's vendor string is `AuthenticAMD`.
+#[cfg(target_arch = "x86_64")]
+fn is_amd() -> bool {
+    // CPUID leaf 0 exists on every x86_64 CPU (safe to call since Rust 1.87).
+    let leaf = std::arch::x86_64::__cpuid(0);
+    let mut vendor = [0u8; 12];
+    for (i, r) in [leaf.ebx, leaf.edx, leaf.ecx].iter().enumerate() {
+        vendor[4 * i..4 * i + 4].copy_from_slice(&r.to_le_bytes());
+    }
+    &vendor == b"AuthenticAMD"
 }
 
 impl KernelSet {
@@ -112,15 +138,18 @@ impl KernelSet {
             swiglu: f32,
             attention: f32,
             bf16: features.avx512_bf16.then_some(Isa::Avx512Bf16),
+            bf16_beats_f32: features.avx512_bf16 && features.amd,
         }
     }
 
     /// One line naming each family's build, for benchmark headers and logs:
     /// `gemm_f32 avx2+fma, dot avx2+fma, ..., bf16 avx512-bf16`.
     pub fn describe(&self) -> String {
-        let bf16 = self
-            .bf16
-            .map_or("none (runs f32)".to_string(), |i| i.to_string());
+        let bf16 = match (self.bf16, self.bf16_beats_f32) {
+            (None, _) => "none (runs f32)".to_string(),
+            (Some(i), true) => i.to_string(),
+            (Some(i), false) => format!("{i} (slower than f32 here: precision auto runs f32)"),
+        };
         format!(
             "gemm_f32 {}, dot {}, dequant {}, exp {}, swiglu {}, attention {}, bf16 {bf16}",
             self.gemm_f32, self.dot, self.dequant, self.exp, self.swiglu, self.attention
@@ -217,6 +246,7 @@ mod tests {
             avx2_fma: false,
             avx512_bf16: false,
             avx512f: false,
+            amd: false,
         };
         let set = KernelSet::for_features(none);
         assert_eq!(
@@ -226,12 +256,45 @@ mod tests {
         );
     }
 
+    /// bf16 runs wherever the CPU has AVX-512 BF16; `auto` takes it only on
+    /// AMD, where it is faster than f32.
+    #[test]
+    fn bf16_is_available_with_avx512_bf16_and_preferred_on_amd() {
+        for (amd, preferred, shown) in [
+            (true, true, "bf16 avx512-bf16"),
+            (
+                false,
+                false,
+                "bf16 avx512-bf16 (slower than f32 here: precision auto runs f32)",
+            ),
+        ] {
+            let f = Features {
+                avx2_fma: true,
+                avx512_bf16: true,
+                avx512f: true,
+                amd,
+            };
+            let set = KernelSet::for_features(f);
+            assert_eq!(set.bf16, Some(Isa::Avx512Bf16));
+            assert_eq!(set.bf16_beats_f32, preferred);
+            assert!(set.describe().ends_with(shown), "{}", set.describe());
+        }
+        let amd_without_bf16 = Features {
+            avx2_fma: true,
+            avx512_bf16: false,
+            avx512f: true,
+            amd: true,
+        };
+        assert!(!KernelSet::for_features(amd_without_bf16).bf16_beats_f32);
+    }
+
     #[test]
     fn a_gemm_override_names_a_build_the_cpu_runs() {
         let avx2_only = Features {
             avx2_fma: true,
             avx512_bf16: false,
             avx512f: false,
+            amd: false,
         };
         assert_eq!(gemm_override("avx2", avx2_only), Ok(Isa::Avx2Fma));
         assert_eq!(gemm_override("portable", avx2_only), Ok(Isa::Portable));

@@ -249,9 +249,11 @@ pub struct TrainerSection {
     /// ggml runs every sequence whole.
     pub shared_prefix: bool,
     /// Arithmetic of the products with the base weights: "f32" (the
-    /// reference) or "bf16" (operands rounded to bf16, f32 sums; about twice
-    /// the matrix speed on CPUs with AVX-512 BF16, f32 elsewhere). The CPU
-    /// backend's setting: bf16 with backend "ggml" is an error.
+    /// reference), "bf16" (operands rounded to bf16, f32 sums; f32 on CPUs
+    /// without AVX-512 BF16) or "auto" (bf16 where it is the faster of the
+    /// two: AMD Zen 4, about twice the f32 speed; f32 elsewhere, Intel
+    /// Xeons included, and on the ggml backend). The CPU backend's setting:
+    /// bf16 with backend "ggml" is an error.
     pub precision: MatmulPrecision,
     /// GiB the ggml backend may use for the weights, the adapter and one
     /// training step together (unset: the device memory free when it
@@ -280,6 +282,9 @@ pub enum MatmulPrecision {
     F32,
     /// bf16 operands, f32 sums.
     Bf16,
+    /// Whichever of the two is faster on this CPU
+    /// ([`cleaner_kernels::matmul::Precision::auto`]); f32 on ggml.
+    Auto,
 }
 
 impl From<MatmulPrecision> for cleaner_kernels::matmul::Precision {
@@ -287,6 +292,7 @@ impl From<MatmulPrecision> for cleaner_kernels::matmul::Precision {
         match p {
             MatmulPrecision::F32 => cleaner_kernels::matmul::Precision::F32,
             MatmulPrecision::Bf16 => cleaner_kernels::matmul::Precision::Bf16,
+            MatmulPrecision::Auto => cleaner_kernels::matmul::Precision::auto(),
         }
     }
 }
@@ -572,7 +578,7 @@ impl RunConfig {
             };
             (key, e.to_string())
         })?;
-        if t.backend == BackendKind::Ggml && t.precision != MatmulPrecision::F32 {
+        if t.backend == BackendKind::Ggml && t.precision == MatmulPrecision::Bf16 {
             return Err((
                 "trainer.precision",
                 "bf16 is the CPU kernels' precision (ggml multiplies in f32); use \"f32\" with backend = \"ggml\"".into(),
@@ -698,6 +704,16 @@ mod tests {
         let c =
             RunConfig::from_toml("[trainer]\nbackend = \"ggml\"\ndevice = \"cpu\"\n", "t").unwrap();
         assert_eq!(c.trainer.backend(), TrainerBackend::ggml(DeviceKind::Cpu));
+        // "auto" is the CPU kernels' choice, so it goes with ggml (as f32).
+        let c = RunConfig::from_toml("[trainer]\nbackend = \"ggml\"\nprecision = \"auto\"\n", "t")
+            .unwrap();
+        assert_eq!(c.trainer.precision, MatmulPrecision::Auto);
+        let e = err("[trainer]\nprecision = \"fp8\"\n");
+        assert!(
+            e.contains("trainer.precision")
+                && ["f32", "bf16", "auto"].iter().all(|v| e.contains(v)),
+            "{e}"
+        );
     }
 
     #[test]

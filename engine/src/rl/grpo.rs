@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use super::advantage::group_advantages;
 use super::checkpoint::{self, CheckpointError, TrainState, STATE_VERSION};
-use super::config::{ConfigError, RunConfig, UnknownLoraTarget};
+use super::config::{ConfigError, MatmulPrecision, RunConfig, UnknownLoraTarget};
 use super::metrics::{MetricsLog, StepMetrics};
 use super::problem_index::{problem_index, ProblemIndexError};
 use super::problem_order::problems_of_step;
@@ -39,8 +39,10 @@ use crate::seeds;
 use crate::session::{Session, SessionError, SessionOptions};
 use crate::tasks::{DatasetError, Item};
 use crate::train::{
-    sequence_loss, BatchShape, LossStats, SeqLossInput, TrainError, Trainer, TrainerBackend,
+    sequence_loss, BackendKind, BatchShape, LossStats, SeqLossInput, TrainError, Trainer,
+    TrainerBackend,
 };
+use cleaner_kernels::matmul::Precision;
 use cleaner_models::{ModelError, Transformer};
 
 /// Why a run could not start or a step failed. The three large sources are
@@ -266,7 +268,14 @@ impl Grpo {
     ) -> Result<Grpo, GrpoError> {
         trainer.set_activation_memory(config.trainer.activation_memory_mib.saturating_mul(1 << 20));
         trainer.set_shared_prefix(config.trainer.shared_prefix);
-        trainer.set_precision(config.trainer.precision.into())?;
+        // `auto` is the CPU kernels' choice; ggml named in the config
+        // multiplies in f32 (and where `auto` picks ggml, set_backend falls
+        // back to f32 itself).
+        let precision = match (config.trainer.precision, config.trainer.backend) {
+            (MatmulPrecision::Auto, BackendKind::Ggml) => Precision::F32,
+            (p, _) => p.into(),
+        };
+        trainer.set_precision(precision)?;
         trainer.set_backend(config.trainer.backend(), trainer_threads())?;
         if let Some(gib) = config.trainer.memory_gib {
             trainer.set_memory_budget((gib * (1u64 << 30) as f64) as usize);

@@ -116,7 +116,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         let backend = trainer_backend(&a, config.trainer.backend())?;
         (config.trainer.backend, config.trainer.device) = (backend.backend, backend.device);
-        if a.backend == Some(BackendKind::Ggml) && config.trainer.precision != MatmulPrecision::F32
+        if a.backend == Some(BackendKind::Ggml) && config.trainer.precision == MatmulPrecision::Bf16
         {
             // The config's bf16 is the CPU kernels' setting; --backend ggml
             // on the command line asks for f32 products.
