@@ -16,9 +16,9 @@ use cleaner::models::tiny::{tiny_model, TinySpec};
 use cleaner::models::{Architecture, GgufFile, Lora, LoraConfig, Transformer};
 use cleaner::rl::checkpoint::{self, TrainState, STATE_VERSION};
 use cleaner::rl::metrics::MetricsLog;
-use cleaner::rl::{Grpo, RunConfig, StepMetrics};
+use cleaner::rl::{Grpo, MatmulPrecision, RunConfig, StepMetrics};
 use cleaner::tasks::Item;
-use cleaner::train::{AdamWConfig, BackendKind, DeviceKind, Trainer};
+use cleaner::train::{AdamWConfig, BackendKind, DeviceKind, Trainer, TrainerBackend};
 
 fn config() -> RunConfig {
     let mut c = RunConfig::from_toml(
@@ -254,6 +254,37 @@ fn two_steps_train_and_swap_with_the_ggml_backend() {
     let resumed = Grpo::resume_with_tasks(tmp.path(), Some(3), tasks()).expect("resume");
     assert_eq!(resumed.config().trainer.backend, BackendKind::Ggml);
     assert!(resumed.trainer().backend_name().starts_with("ggml"));
+}
+
+/// `auto` is saved as the arithmetic this CPU picked, so a resume on
+/// another CPU keeps it; a bf16 run moved to ggml (`--resume --backend
+/// ggml`) continues in f32 instead of failing.
+#[test]
+fn auto_precision_is_saved_resolved_and_a_bf16_run_moves_to_ggml_in_f32() {
+    let _serial = common::serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.trainer.precision = MatmulPrecision::Auto;
+    let grpo = Grpo::with_tasks(c.clone(), tmp.path(), tasks()).expect("start run");
+    let picked = MatmulPrecision::Auto.resolve(BackendKind::Cpu);
+    assert_ne!(picked, MatmulPrecision::Auto);
+    assert_eq!(grpo.config().trainer.precision, picked);
+    let saved = std::fs::read_to_string(tmp.path().join("config.toml")).unwrap();
+    let saved = RunConfig::from_toml(&saved, "config.toml").unwrap();
+    assert_eq!(saved.trainer.precision, picked);
+    drop(grpo);
+
+    let tmp = tempfile::tempdir().unwrap();
+    c.trainer.precision = MatmulPrecision::Bf16;
+    let mut grpo = Grpo::with_tasks(c, tmp.path(), tasks()).expect("start bf16 run");
+    grpo.set_trainer_backend(TrainerBackend::ggml(DeviceKind::Cpu))
+        .expect("a bf16 run moves to ggml");
+    assert_eq!(grpo.config().trainer.precision, MatmulPrecision::F32);
+    assert_eq!(
+        grpo.trainer().model().precision(),
+        cleaner::kernels::matmul::Precision::F32
+    );
+    assert!(grpo.trainer().backend_name().starts_with("ggml"));
 }
 
 const CHILD_ENV: &str = "CLEANER_TEST_CHECKPOINT_DIR";

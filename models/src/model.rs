@@ -144,8 +144,9 @@ impl Transformer {
 
     /// Sets the arithmetic of the products with base weights and of
     /// attention's tile products (default [`Precision::F32`]).
-    /// [`Precision::Bf16`] roughly doubles their speed on CPUs with AVX-512
-    /// BF16 (elsewhere it runs f32), at a rounding of at most 2^-9 per
+    /// [`Precision::Bf16`] roughly doubles their speed on AMD Zen 4 and is
+    /// slower than f32 on Intel Xeons ([`Precision::auto`] picks the
+    /// faster; CPUs without AVX-512 BF16 run f32), at a rounding of at most 2^-9 per
     /// operand, sums in f32; see `cleaner_kernels::matmul::matmul_wt_bf16`
     /// and `cleaner_kernels::attention::attention_forward_in`. LoRA's own
     /// products, norms and softmaxes stay f32.

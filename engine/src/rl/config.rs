@@ -287,6 +287,23 @@ pub enum MatmulPrecision {
     Auto,
 }
 
+impl MatmulPrecision {
+    /// `auto` made concrete for a run on `backend`: ggml multiplies in
+    /// f32, the CPU kernels take [`cleaner_kernels::matmul::Precision::auto`].
+    /// A new run saves this, so a resumed one keeps its arithmetic on any
+    /// CPU.
+    pub fn resolve(self, backend: BackendKind) -> MatmulPrecision {
+        match (self, backend) {
+            (MatmulPrecision::Auto, BackendKind::Ggml) => MatmulPrecision::F32,
+            (MatmulPrecision::Auto, _) => match cleaner_kernels::matmul::Precision::auto() {
+                cleaner_kernels::matmul::Precision::Bf16 => MatmulPrecision::Bf16,
+                cleaner_kernels::matmul::Precision::F32 => MatmulPrecision::F32,
+            },
+            (p, _) => p,
+        }
+    }
+}
+
 impl From<MatmulPrecision> for cleaner_kernels::matmul::Precision {
     fn from(p: MatmulPrecision) -> Self {
         match p {
@@ -708,6 +725,19 @@ mod tests {
         let c = RunConfig::from_toml("[trainer]\nbackend = \"ggml\"\nprecision = \"auto\"\n", "t")
             .unwrap();
         assert_eq!(c.trainer.precision, MatmulPrecision::Auto);
+        assert_eq!(
+            MatmulPrecision::Auto.resolve(BackendKind::Ggml),
+            MatmulPrecision::F32
+        );
+        let on_cpu = MatmulPrecision::Auto.resolve(BackendKind::Cpu);
+        assert_eq!(
+            cleaner_kernels::matmul::Precision::from(on_cpu),
+            cleaner_kernels::matmul::Precision::auto()
+        );
+        assert_eq!(
+            MatmulPrecision::Bf16.resolve(BackendKind::Ggml),
+            MatmulPrecision::Bf16
+        );
         let e = err("[trainer]\nprecision = \"fp8\"\n");
         assert!(
             e.contains("trainer.precision")

@@ -173,10 +173,13 @@ impl Grpo {
 
     /// Starts a new run on the caller's problems.
     pub fn with_tasks(
-        config: RunConfig,
+        mut config: RunConfig,
         run_dir: &Path,
         items: Vec<Item>,
     ) -> Result<Grpo, GrpoError> {
+        // The saved config names the arithmetic this machine picked for
+        // `auto`, which a resume on another CPU keeps.
+        config.trainer.precision = config.trainer.precision.resolve(config.trainer.backend);
         if checkpoint::find_latest(run_dir).is_ok() {
             return Err(GrpoError::RunDirTaken {
                 run_dir: run_dir.to_path_buf(),
@@ -268,14 +271,9 @@ impl Grpo {
     ) -> Result<Grpo, GrpoError> {
         trainer.set_activation_memory(config.trainer.activation_memory_mib.saturating_mul(1 << 20));
         trainer.set_shared_prefix(config.trainer.shared_prefix);
-        // `auto` is the CPU kernels' choice; ggml named in the config
-        // multiplies in f32 (and where `auto` picks ggml, set_backend falls
-        // back to f32 itself).
-        let precision = match (config.trainer.precision, config.trainer.backend) {
-            (MatmulPrecision::Auto, BackendKind::Ggml) => Precision::F32,
-            (p, _) => p.into(),
-        };
-        trainer.set_precision(precision)?;
+        // (A backend `auto` that picks ggml makes bf16 f32 in set_backend.)
+        let precision = config.trainer.precision.resolve(config.trainer.backend);
+        trainer.set_precision(precision.into())?;
         trainer.set_backend(config.trainer.backend(), trainer_threads())?;
         if let Some(gib) = config.trainer.memory_gib {
             trainer.set_memory_budget((gib * (1u64 << 30) as f64) as usize);
@@ -325,7 +323,15 @@ impl Grpo {
     }
     /// Moves the trainer to another backend/device (e.g. a run resumed on a
     /// machine with a GPU); the config saved with later checkpoints says so.
+    /// ggml multiplies in f32, so a run in bf16 continues in f32 there.
     pub fn set_trainer_backend(&mut self, backend: TrainerBackend) -> Result<(), GrpoError> {
+        if backend.backend == BackendKind::Ggml
+            && self.config.trainer.precision != MatmulPrecision::F32
+        {
+            log::info!("trainer: ggml multiplies in f32; the run's bf16 products continue in f32");
+            self.trainer.set_precision(Precision::F32)?;
+            self.config.trainer.precision = MatmulPrecision::F32;
+        }
         self.trainer.set_backend(backend, trainer_threads())?;
         if let Some(gib) = self.config.trainer.memory_gib {
             self.trainer

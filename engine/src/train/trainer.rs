@@ -242,8 +242,9 @@ impl Trainer {
 
     /// The arithmetic of the products with base weights, forward and
     /// backward (see [`Transformer::set_precision`]; default f32). bf16
-    /// roughly doubles their speed on CPUs with AVX-512 BF16 and runs f32
-    /// elsewhere. Set it before the first step: log-probs computed in one
+    /// roughly doubles their speed on AMD Zen 4, is slower than f32 on
+    /// Intel Xeons (`Precision::auto()` picks the faster), and runs f32 on
+    /// CPUs without AVX-512 BF16. Set it before the first step: log-probs computed in one
     /// precision are not comparable with the other's at the level of bits.
     /// The ggml backend has f32 products only: bf16 there is an error.
     pub fn set_precision(&mut self, p: Precision) -> Result<(), TrainError> {

@@ -57,7 +57,10 @@ pub enum Precision {
     #[default]
     F32,
     /// Operands rounded to bf16, f32 accumulation ([`matmul_wt_bf16`]):
-    /// twice the multiply-add rate where the CPU has AVX-512 BF16.
+    /// twice the multiply-adds per instruction where the CPU has AVX-512
+    /// BF16, which is twice the f32 rate on AMD Zen 4 but not on Intel,
+    /// whose one `vdpbf16ps` port matches its two f32 FMA ports
+    /// ([`Precision::auto`] picks the faster).
     Bf16,
 }
 
@@ -249,7 +252,7 @@ fn matmul_wt_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weigh
 ///
 /// Output columns are taken in groups of whole blocks ([`Weights::group_width`]
 /// values); for each chunk of [`KC`] weight rows the group is decoded once into
-/// a `[KC][group]` tile whose 16-column slices feed the same micro-kernel.
+/// a `[KC][group]` tile whose 32-column slices feed the same micro-kernel.
 pub fn matmul_w(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
     matmul_w_with(micro::select(), x, n_tok, w, y)
 }
@@ -299,8 +302,9 @@ fn matmul_w_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weight
                     for t0 in (t_first..t_end).step_by(MR) {
                         let mr = MR.min(t_end - t0);
                         // SAFETY: x rows t0..t0+mr and columns r0..r0+kc exist;
-                        // the tile holds kc rows of gw >= j0 + NR values; y's
-                        // columns c0+j0.. belong to this task's group only.
+                        // the tile holds kc rows of gw values, and gw (a
+                        // multiple of 32) >= j0 + WIDTH wherever n_valid > NR;
+                        // y's columns c0+j0.. belong to this task's group only.
                         unsafe {
                             kernel(
                                 mr,
@@ -441,8 +445,8 @@ fn tn_narrow_left(
                             // SAFETY: rows i0..i0+mr of `at` hold n_tok values
                             // (columns k0..k0+kc used); the tile (or b in
                             // place, k0 = 0) holds kc rows of >= j0 - j_first
-                            // + NR values at stride ld;
-                            // c[i0.., j0..j0+NR] belongs to this task alone.
+                            // + n_valid values at stride ld;
+                            // c[i0.., j0..j0+n_valid] belongs to this task alone.
                             unsafe {
                                 kernel(
                                     mr,
