@@ -39,47 +39,45 @@ pub(super) type MicroKernel = unsafe fn(
     bool,
 );
 
-/// A one-panel kernel: the [`MicroKernel`] arguments without `b_hi`, for
-/// `n_valid <= NR`.
-type PanelKernel =
-    unsafe fn(usize, usize, *const f32, usize, *const f32, usize, *mut f32, usize, usize, bool);
-
-/// A [`MicroKernel`] call run as one call of `panel` per panel.
-///
-/// # Safety
-/// As [`MicroKernel`].
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-unsafe fn by_panels(
-    panel: PanelKernel,
-    mr: usize,
-    kc: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    ldb: usize,
-    b_hi: usize,
-    c: *mut f32,
-    ldc: usize,
-    n_valid: usize,
-    accumulate: bool,
-) {
-    panel(mr, kc, a, lda, b, ldb, c, ldc, n_valid.min(NR), accumulate);
-    if n_valid > NR {
-        panel(
-            mr,
-            kc,
-            a,
-            lda,
-            b.add(b_hi),
-            ldb,
-            c.add(NR),
-            ldc,
-            n_valid - NR,
-            accumulate,
-        );
-    }
+/// Defines `$name`, a [`MicroKernel`] that calls `$panel` once per panel:
+/// a one-panel kernel, taking the [`MicroKernel`] arguments without `b_hi`
+/// for `n_valid <= NR`.
+macro_rules! per_panel {
+    ($vis:vis $name:ident, $panel:ident) => {
+        #[allow(clippy::too_many_arguments)]
+        $vis unsafe fn $name(
+            mr: usize,
+            kc: usize,
+            a: *const f32,
+            lda: usize,
+            b: *const f32,
+            ldb: usize,
+            b_hi: usize,
+            c: *mut f32,
+            ldc: usize,
+            n_valid: usize,
+            accumulate: bool,
+        ) {
+            $panel(mr, kc, a, lda, b, ldb, c, ldc, n_valid.min(NR), accumulate);
+            if n_valid > NR {
+                $panel(
+                    mr,
+                    kc,
+                    a,
+                    lda,
+                    b.add(b_hi),
+                    ldb,
+                    c.add(NR),
+                    ldc,
+                    n_valid - NR,
+                    accumulate,
+                );
+            }
+        }
+    };
 }
+#[cfg(target_arch = "x86_64")]
+use per_panel;
 
 /// The micro-kernel the kernel set names.
 pub(super) fn select() -> MicroKernel {
@@ -128,35 +126,7 @@ pub(super) fn portable() -> MicroKernel {
     portable_dispatch
 }
 
-#[allow(clippy::too_many_arguments)]
-unsafe fn portable_dispatch(
-    mr: usize,
-    kc: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    ldb: usize,
-    b_hi: usize,
-    c: *mut f32,
-    ldc: usize,
-    n_valid: usize,
-    accumulate: bool,
-) {
-    by_panels(
-        portable_panel,
-        mr,
-        kc,
-        a,
-        lda,
-        b,
-        ldb,
-        b_hi,
-        c,
-        ldc,
-        n_valid,
-        accumulate,
-    )
-}
+per_panel!(portable_dispatch, portable_panel);
 
 #[allow(clippy::too_many_arguments)]
 unsafe fn portable_panel(
@@ -223,25 +193,8 @@ mod avx2 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
-    /// One call of the 6 x 16 kernel per panel.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn dispatch(
-        mr: usize,
-        kc: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        ldb: usize,
-        b_hi: usize,
-        c: *mut f32,
-        ldc: usize,
-        n_valid: usize,
-        accumulate: bool,
-    ) {
-        super::by_panels(
-            panel, mr, kc, a, lda, b, ldb, b_hi, c, ldc, n_valid, accumulate,
-        )
-    }
+    // One call of the 6 x 16 kernel per panel.
+    super::per_panel!(pub(super) dispatch, panel);
 
     #[allow(clippy::too_many_arguments)]
     unsafe fn panel(
