@@ -281,6 +281,32 @@ impl Trajectory {
     }
 }
 
+/// A two-token trajectory (a prompt token, a model token) of `problem_id`,
+/// for tests that need one to carry other fields.
+#[cfg(test)]
+pub(crate) fn test_trajectory(problem_id: &str, problem_index: Option<usize>) -> Trajectory {
+    Trajectory {
+        format_version: FORMAT_VERSION,
+        problem_id: problem_id.into(),
+        problem_index,
+        rollout: 1,
+        tokens: vec![1, 2],
+        roles: vec![Role::Prompt, Role::Model],
+        sampler_logprobs: vec![0.0, -0.5],
+        segments: Vec::new(),
+        tool_calls: Vec::new(),
+        purification: Vec::new(),
+        purified: false,
+        turns: 1,
+        response_tokens: 1,
+        correction_tokens: 0,
+        text: "x".into(),
+        answer: None,
+        reward: None,
+        finish: Finish::Answer,
+    }
+}
+
 /// Writes trajectories as JSONL.
 pub fn write_jsonl(path: &Path, trajectories: &[Trajectory]) -> Result<(), TrajectoryError> {
     let io = |source| TrajectoryError::Io {

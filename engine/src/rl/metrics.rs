@@ -253,8 +253,8 @@ impl MetricsLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::trajectory::{ToolCallRecord, FORMAT_VERSION};
-    use crate::agent::{FailureClass, Role};
+    use crate::agent::trajectory::{test_trajectory, ToolCallRecord};
+    use crate::agent::FailureClass;
     use crate::sandbox::ErrorClass;
 
     fn call(code: &str, failed: Option<FailureClass>, kept: bool) -> ToolCallRecord {
@@ -275,24 +275,8 @@ mod tests {
 
     fn trajectory(tool_calls: Vec<ToolCallRecord>) -> Trajectory {
         Trajectory {
-            format_version: FORMAT_VERSION,
-            problem_id: "p".into(),
-            problem_index: Some(0),
-            rollout: 0,
-            tokens: vec![1, 2],
-            roles: vec![Role::Prompt, Role::Model],
-            sampler_logprobs: vec![0.0, -0.5],
-            segments: Vec::new(),
             tool_calls,
-            purification: Vec::new(),
-            purified: false,
-            turns: 1,
-            response_tokens: 1,
-            correction_tokens: 0,
-            text: "x".into(),
-            answer: None,
-            reward: None,
-            finish: crate::agent::Finish::Answer,
+            ..test_trajectory("p", Some(0))
         }
     }
 

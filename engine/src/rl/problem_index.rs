@@ -83,31 +83,7 @@ pub fn problem_index(t: &Trajectory, items: &[Item]) -> Result<usize, ProblemInd
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::trajectory::{read_jsonl, write_jsonl, FORMAT_VERSION};
-    use crate::agent::Role;
-
-    fn trajectory(problem_id: &str, problem_index: Option<usize>) -> Trajectory {
-        Trajectory {
-            format_version: FORMAT_VERSION,
-            problem_id: problem_id.into(),
-            problem_index,
-            rollout: 1,
-            tokens: vec![1, 2],
-            roles: vec![Role::Prompt, Role::Model],
-            sampler_logprobs: vec![0.0, -0.5],
-            segments: Vec::new(),
-            tool_calls: Vec::new(),
-            purification: Vec::new(),
-            purified: false,
-            turns: 1,
-            response_tokens: 1,
-            correction_tokens: 0,
-            text: "x".into(),
-            answer: None,
-            reward: None,
-            finish: crate::agent::Finish::Answer,
-        }
-    }
+    use crate::agent::trajectory::{read_jsonl, test_trajectory as trajectory, write_jsonl};
 
     fn items(ids: &[&str]) -> Vec<Item> {
         ids.iter()
