@@ -27,27 +27,10 @@ for mode in off on; do
   fi
   "$C" report "$run" > /dev/null
 done
-# Evaluations run in parts of PART problems (default 10), each its own
-# `cleaner eval --offset --limit`, so an interrupted one resumes at the part
-# it was in; merge_eval_parts.py then writes the whole report. Seeds follow
-# each part's problem indices, the same for every model evaluated.
+# Evaluations run in parts of PART problems (default 10), merged at the end.
 PART="${PART:-10}"
-evaluate() { # name adapter purify
-  local f="$OUT/eval-$1-purify-$3.json"
-  [ -s "$f" ] && return 0
-  local adapter=()
-  [ "$2" != none ] && adapter=(--adapter "$2")
-  local parts=() off
-  for ((off = 0; off < N; off += PART)); do
-    local part="$OUT/parts/eval-$1-purify-$3.from-$off.json"
-    parts+=("$part")
-    [ -s "$part" ] && [ -s "${part%.json}.jsonl" ] && continue
-    mkdir -p "$OUT/parts"
-    "$C" eval "${adapter[@]}" --dataset gsm8k --offset "$off" --limit "$(( N - off < PART ? N - off : PART ))" \
-      --samples "$K" --purify "$3" --seed 11 --out "$part"
-  done
-  python3 tools/experiments/grpo-compare/merge_eval_parts.py "$f" "${parts[@]}"
-}
+. tools/experiments/grpo-compare/eval-parts.sh
+evaluate() { evaluate_in_parts "$1" "$2" "$3" "$K"; } # name adapter purify
 evaluate base none off
 evaluate grpo-off "$OUT/train-off" off
 evaluate grpo-on "$OUT/train-on" off

@@ -61,26 +61,9 @@ if stage train; then
   done
 fi
 
-# One evaluation in parts of PART problems, each its own `cleaner eval
-# --offset --limit`, merged by merge_eval_parts.py. Seeds follow each part's
-# problem indices, the same for every model.
-evaluate() { # name adapter purify
-  local f="$OUT/eval-$1-purify-$3.json"
-  [ -s "$f" ] && return 0
-  local adapter=()
-  [ "$2" != none ] && adapter=(--adapter "$2")
-  local parts=() off
-  mkdir -p "$OUT/parts"
-  for ((off = 0; off < N; off += PART)); do
-    local part="$OUT/parts/eval-$1-purify-$3.from-$off.json"
-    parts+=("$part")
-    [ -s "$part" ] && [ -s "${part%.json}.jsonl" ] && continue
-    "$C" eval "${adapter[@]}" --dataset gsm8k --offset "$off" \
-      --limit "$((N - off < PART ? N - off : PART))" --samples 1 --purify "$3" \
-      --seed 11 --out "$part"
-  done
-  python3 tools/experiments/grpo-compare/merge_eval_parts.py "$f" "${parts[@]}"
-}
+# Evaluations in parts of PART problems, merged at the end; one sample each.
+. tools/experiments/grpo-compare/eval-parts.sh
+evaluate() { evaluate_in_parts "$1" "$2" "$3" 1; } # name adapter purify
 
 if stage eval-off; then
   evaluate base none off
