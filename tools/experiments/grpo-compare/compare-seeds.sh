@@ -26,13 +26,17 @@ C="${CLEANER:-${CARGO_TARGET_DIR:-$HOME/.cache/cleaner/target}/release/cleaner}"
 OUT="${OUT:-${CLEANER_HOME:-$HOME/.cache/cleaner}/runs/cleaner-vs-grpo}"
 mkdir -p "$OUT"
 
-# The rerun's recipe (issue 18) with the filtered training set.
+# The rerun's recipe (issue 18) with the filtered training set, frozen for
+# this comparison in measurements/cleaner-vs-grpo/train-set.jsonl: the
+# filter in data/gsm8k/ may grow between sittings, and all four runs must
+# draw from the same problems whichever sitting trains them.
+train_set="$PWD/measurements/cleaner-vs-grpo/train-set.jsonl"
 config="$OUT/config.toml"
-sed 's/^dataset = "gsm8k-train"$/dataset = "gsm8k-train-filtered"/' \
+sed "s|^dataset = \"gsm8k-train\"\$|dataset = \"$train_set\"|" \
   measurements/grpo-recipe-rerun/config.toml > "$config.new"
-if ! grep -q '^dataset = "gsm8k-train-filtered"$' "$config.new"; then
+if ! grep -qF "dataset = \"$train_set\"" "$config.new"; then
   echo "compare-seeds.sh: measurements/grpo-recipe-rerun/config.toml has no line" \
-    '`dataset = "gsm8k-train"` to point at the filtered set' >&2
+    '`dataset = "gsm8k-train"` to point at the frozen training set' >&2
   exit 1
 fi
 mv "$config.new" "$config"
