@@ -97,9 +97,10 @@ pub fn matmul_wt_in(p: Precision, x: &[f32], n_tok: usize, w: &Weights, y: &mut 
 }
 
 /// `y = x W^T + act factor^T` in precision `p`: LoRA's forward
-/// `x W^T + (s u) B^T` with `act = s u`, `factor = B`. In bf16 the low-rank
-/// term rides in the base product as `rank` more reduction indices
-/// ([`matmul_wt_bf16_plus`]); in f32 it is a second product added in.
+/// `x W^T + (s u) B^T` with `act = s u`, `factor = B`. The low-rank term
+/// rides in the base product as `rank` more reduction indices, into the same
+/// accumulators ([`matmul_wt_bf16_plus`] in bf16; in f32 one more reduction
+/// of [`matmul_wt`]'s tasks), so `y` is written once.
 pub fn matmul_wt_plus_in(
     p: Precision,
     x: &[f32],
@@ -108,28 +109,15 @@ pub fn matmul_wt_plus_in(
     low_rank: Option<LowRank>,
     y: &mut [f32],
 ) {
-    match (p.effective(), low_rank) {
-        (Precision::Bf16, _) if n_tok > GEMV_MAX_TOK => {
-            matmul_wt_bf16_plus(x, n_tok, w, low_rank, y)
-        }
-        (_, None) => matmul_wt(x, n_tok, w, y),
-        (_, Some(lr)) => {
-            matmul_wt(x, n_tok, w, y);
-            let mut term = vec![0f32; y.len()];
-            matmul_wt(
-                lr.act,
-                n_tok,
-                &Weights::f32(lr.factor, w.n_rows(), lr.rank),
-                &mut term,
-            );
-            y.iter_mut().zip(&term).for_each(|(v, d)| *v += d);
-        }
+    match p.effective() {
+        Precision::Bf16 if n_tok > GEMV_MAX_TOK => matmul_wt_bf16_plus(x, n_tok, w, low_rank, y),
+        _ => matmul_wt_with(micro::select(), x, n_tok, w, low_rank, y),
     }
 }
 
 /// `y += x W + act factor` in precision `p`: LoRA's input gradient
-/// `dy W + g A` with `act = g`, `factor = A` ([`matmul_w_bf16_plus`] in
-/// bf16; in f32, products added in).
+/// `dy W + g A` with `act = g`, `factor = A`, both reductions accumulated
+/// straight into `y` ([`matmul_w_bf16_plus`] in bf16).
 pub fn matmul_w_plus_acc_in(
     p: Precision,
     x: &[f32],
@@ -138,20 +126,9 @@ pub fn matmul_w_plus_acc_in(
     low_rank: Option<LowRank>,
     y: &mut [f32],
 ) {
-    if p.effective() == Precision::Bf16 {
-        return matmul_w_bf16_plus(x, n_tok, w, low_rank, y, true);
-    }
-    let mut term = vec![0f32; y.len()];
-    matmul_w(x, n_tok, w, &mut term);
-    y.iter_mut().zip(&term).for_each(|(v, d)| *v += d);
-    if let Some(lr) = low_rank {
-        matmul_w(
-            lr.act,
-            n_tok,
-            &Weights::f32(lr.factor, lr.rank, w.n_cols()),
-            &mut term,
-        );
-        y.iter_mut().zip(&term).for_each(|(v, d)| *v += d);
+    match p.effective() {
+        Precision::Bf16 => matmul_w_bf16_plus(x, n_tok, w, low_rank, y, true),
+        Precision::F32 => matmul_w_with(micro::select(), x, n_tok, w, low_rank, y, true),
     }
 }
 
@@ -166,10 +143,19 @@ pub fn matmul_w_in(p: Precision, x: &[f32], n_tok: usize, w: &Weights, y: &mut [
 /// `y = x W^T`. Panics if the slice lengths do not match `n_tok` and `w`'s shape
 /// (shapes are validated where weights are loaded; a mismatch here is a bug).
 pub fn matmul_wt(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
-    matmul_wt_with(micro::select(), x, n_tok, w, y)
+    matmul_wt_with(micro::select(), x, n_tok, w, None, y)
 }
 
-fn matmul_wt_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
+/// `y = x W^T (+ act factor^T)`: the low-rank term is a second reduction
+/// into the same accumulators, after W's (see [`matmul_wt_plus_in`]).
+fn matmul_wt_with(
+    kernel: micro::MicroKernel,
+    x: &[f32],
+    n_tok: usize,
+    w: &Weights,
+    low_rank: Option<LowRank>,
+    y: &mut [f32],
+) {
     let (n_out, n_in) = (w.n_rows(), w.n_cols());
     assert_eq!(
         x.len(),
@@ -181,15 +167,30 @@ fn matmul_wt_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weigh
         n_tok * n_out,
         "matmul_wt: y is not [n_tok={n_tok}, n_out={n_out}]"
     );
+    // The low-rank term as a [n_out, rank] weight matrix over `act`.
+    let term = low_rank.map(|lr| {
+        assert_eq!(
+            lr.act.len(),
+            n_tok * lr.rank,
+            "matmul_wt: the low-rank act is not [n_tok={n_tok}, rank={}]",
+            lr.rank
+        );
+        (lr.act, Weights::f32(lr.factor, n_out, lr.rank))
+    });
     if n_tok == 0 || n_out == 0 {
+        return;
+    }
+    if n_tok <= GEMV_MAX_TOK {
+        gemv(x, n_tok, w, y);
+        if let Some((act, factor)) = &term {
+            let mut t = vec![0f32; y.len()];
+            gemv(act, n_tok, factor, &mut t);
+            y.iter_mut().zip(&t).for_each(|(v, d)| *v += d);
+        }
         return;
     }
     if n_in == 0 {
         y.fill(0.0);
-        return;
-    }
-    if n_tok <= GEMV_MAX_TOK {
-        return gemv(x, n_tok, w, y);
     }
     let n_panels = n_out.div_ceil(NR);
     let n_col_tasks = n_panels.div_ceil(PANELS_PER_TASK);
@@ -208,39 +209,50 @@ fn matmul_wt_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weigh
                 );
                 let first = task * PANELS_PER_TASK;
                 let last = (first + PANELS_PER_TASK).min(n_panels);
-                for k0 in (0..n_in).step_by(KC) {
-                    let kc = KC.min(n_in - k0);
-                    for pair in (first..last).step_by(2) {
-                        // This task's one or two panels from `pair` on.
-                        let n0 = pair * NR;
-                        let n_valid = ((last - pair).min(2) * NR).min(n_out - n0);
-                        let (lo, hi) = packed.split_at_mut(KC * NR);
-                        w.pack_transposed(n0, n_valid.min(NR), k0, kc, lo, row_buf);
-                        if n_valid > NR {
-                            w.pack_transposed(n0 + NR, n_valid - NR, k0, kc, hi, row_buf);
-                        }
-                        for t0 in (t_first..t_end).step_by(MR) {
-                            let mr = MR.min(t_end - t0);
-                            // SAFETY: rows t0..t0+mr of x and y exist (checked
-                            // lengths above); columns n0..n0+n_valid of y belong
-                            // to this task's panels only.
-                            unsafe {
-                                kernel(
-                                    mr,
-                                    kc,
-                                    x.as_ptr().add(t0 * n_in + k0),
-                                    n_in,
-                                    packed.as_ptr(),
-                                    NR,
-                                    KC * NR,
-                                    out.get().add(t0 * n_out + n0),
-                                    n_out,
-                                    n_valid,
-                                    k0 > 0,
-                                );
+                // `C (+)= A src^T` over src's inputs, into this task's block
+                // of y: W over x (C written unless n_in == 0), then the
+                // low-rank factor over act (added).
+                let mut reduce = |a: &[f32], src: &Weights, accumulate: bool| {
+                    let n_k = src.n_cols();
+                    for k0 in (0..n_k).step_by(KC) {
+                        let kc = KC.min(n_k - k0);
+                        for pair in (first..last).step_by(2) {
+                            // This task's one or two panels from `pair` on.
+                            let n0 = pair * NR;
+                            let n_valid = ((last - pair).min(2) * NR).min(n_out - n0);
+                            let (lo, hi) = packed.split_at_mut(KC * NR);
+                            src.pack_transposed(n0, n_valid.min(NR), k0, kc, lo, row_buf);
+                            if n_valid > NR {
+                                src.pack_transposed(n0 + NR, n_valid - NR, k0, kc, hi, row_buf);
+                            }
+                            for t0 in (t_first..t_end).step_by(MR) {
+                                let mr = MR.min(t_end - t0);
+                                // SAFETY: rows t0..t0+mr of a (n_tok rows of
+                                // n_k values, checked above) and y exist;
+                                // columns n0..n0+n_valid of y belong to this
+                                // task's panels only.
+                                unsafe {
+                                    kernel(
+                                        mr,
+                                        kc,
+                                        a.as_ptr().add(t0 * n_k + k0),
+                                        n_k,
+                                        packed.as_ptr(),
+                                        NR,
+                                        KC * NR,
+                                        out.get().add(t0 * n_out + n0),
+                                        n_out,
+                                        n_valid,
+                                        accumulate || k0 > 0,
+                                    );
+                                }
                             }
                         }
                     }
+                };
+                reduce(x, w, false);
+                if let Some((act, factor)) = &term {
+                    reduce(act, factor, true);
                 }
             },
         );
@@ -254,10 +266,20 @@ fn matmul_wt_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weigh
 /// values); for each chunk of [`KC`] weight rows the group is decoded once into
 /// a `[KC][group]` tile whose 32-column slices feed the same micro-kernel.
 pub fn matmul_w(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
-    matmul_w_with(micro::select(), x, n_tok, w, y)
+    matmul_w_with(micro::select(), x, n_tok, w, None, y, false)
 }
 
-fn matmul_w_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
+/// `y (+)= x W (+ act factor)`: the low-rank term is a second reduction
+/// into the same accumulators, after W's (see [`matmul_w_plus_acc_in`]).
+fn matmul_w_with(
+    kernel: micro::MicroKernel,
+    x: &[f32],
+    n_tok: usize,
+    w: &Weights,
+    low_rank: Option<LowRank>,
+    y: &mut [f32],
+    accumulate: bool,
+) {
     let (n_red, n_cols) = (w.n_rows(), w.n_cols());
     assert_eq!(
         x.len(),
@@ -269,12 +291,21 @@ fn matmul_w_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weight
         n_tok * n_cols,
         "matmul_w: y is not [n_tok={n_tok}, {n_cols}]"
     );
+    // The low-rank term as a [rank, n_cols] weight matrix under `act`.
+    let term = low_rank.map(|lr| {
+        assert_eq!(
+            lr.act.len(),
+            n_tok * lr.rank,
+            "matmul_w: the low-rank act is not [n_tok={n_tok}, rank={}]",
+            lr.rank
+        );
+        (lr.act, Weights::f32(lr.factor, lr.rank, n_cols))
+    });
     if n_tok == 0 || n_cols == 0 {
         return;
     }
-    if n_red == 0 {
+    if n_red == 0 && !accumulate {
         y.fill(0.0);
-        return;
     }
     let gw = w.group_width();
     let n_groups = n_cols.div_ceil(gw);
@@ -290,38 +321,49 @@ fn matmul_w_with(kernel: micro::MicroKernel, x: &[f32], n_tok: usize, w: &Weight
             );
             let c0 = group * gw;
             let width = gw.min(n_cols - c0);
-            for r0 in (0..n_red).step_by(KC) {
-                let kc = KC.min(n_red - r0);
-                for p in 0..kc {
-                    let row = &mut tile[p * gw..(p + 1) * gw];
-                    w.dequantize_segment(r0 + p, c0, &mut row[..width]);
-                    row[width..].fill(0.0);
-                }
-                for j0 in (0..width).step_by(micro::WIDTH) {
-                    let n_valid = micro::WIDTH.min(width - j0);
-                    for t0 in (t_first..t_end).step_by(MR) {
-                        let mr = MR.min(t_end - t0);
-                        // SAFETY: x rows t0..t0+mr and columns r0..r0+kc exist;
-                        // the tile holds kc rows of gw values, and gw (a
-                        // multiple of 32) >= j0 + WIDTH wherever n_valid > NR;
-                        // y's columns c0+j0.. belong to this task's group only.
-                        unsafe {
-                            kernel(
-                                mr,
-                                kc,
-                                x.as_ptr().add(t0 * n_red + r0),
-                                n_red,
-                                tile.as_ptr().add(j0),
-                                gw,
-                                NR,
-                                out.get().add(t0 * n_cols + c0 + j0),
-                                n_cols,
-                                n_valid,
-                                r0 > 0,
-                            );
+            // `C (+)= A src` over src's rows, into this task's block of y:
+            // W under x, then the low-rank factor under act (added).
+            let mut reduce = |a: &[f32], src: &Weights, accumulate: bool| {
+                let n_k = src.n_rows();
+                for r0 in (0..n_k).step_by(KC) {
+                    let kc = KC.min(n_k - r0);
+                    for p in 0..kc {
+                        let row = &mut tile[p * gw..(p + 1) * gw];
+                        src.dequantize_segment(r0 + p, c0, &mut row[..width]);
+                        row[width..].fill(0.0);
+                    }
+                    for j0 in (0..width).step_by(micro::WIDTH) {
+                        let n_valid = micro::WIDTH.min(width - j0);
+                        for t0 in (t_first..t_end).step_by(MR) {
+                            let mr = MR.min(t_end - t0);
+                            // SAFETY: a's rows t0..t0+mr and columns
+                            // r0..r0+kc exist (n_tok rows of n_k, checked
+                            // above); the tile holds kc rows of gw values,
+                            // and gw (a multiple of 32) >= j0 + WIDTH
+                            // wherever n_valid > NR; y's columns c0+j0..
+                            // belong to this task's group only.
+                            unsafe {
+                                kernel(
+                                    mr,
+                                    kc,
+                                    a.as_ptr().add(t0 * n_k + r0),
+                                    n_k,
+                                    tile.as_ptr().add(j0),
+                                    gw,
+                                    NR,
+                                    out.get().add(t0 * n_cols + c0 + j0),
+                                    n_cols,
+                                    n_valid,
+                                    accumulate || r0 > 0,
+                                );
+                            }
                         }
                     }
                 }
+            };
+            reduce(x, w, accumulate);
+            if let Some((act, factor)) = &term {
+                reduce(act, factor, true);
             }
         },
     );

@@ -24,7 +24,7 @@ fn check(
     let x: Vec<f32> = (0..n_tok * n_in).map(|_| rng.uniform()).collect();
     let mut y = vec![f32::NAN; n_tok * n_out];
     let mut y_ref = vec![0f32; n_tok * n_out];
-    matmul_wt_with(kernel, &x, n_tok, &w, &mut y);
+    matmul_wt_with(kernel, &x, n_tok, &w, None, &mut y);
     matmul_wt_scalar(&x, n_tok, &w, &mut y_ref);
     let mut row = vec![0f32; n_in];
     for n in 0..n_out {
@@ -167,7 +167,7 @@ fn check_w(
     let w = Weights::quantized(ty, &bytes, n_red, n_cols).unwrap();
     let x: Vec<f32> = (0..n_tok * n_red).map(|_| rng.uniform()).collect();
     let (mut y, mut y_ref) = (vec![f32::NAN; n_tok * n_cols], vec![0f32; n_tok * n_cols]);
-    matmul_w_with(kernel, &x, n_tok, &w, &mut y);
+    matmul_w_with(kernel, &x, n_tok, &w, None, &mut y, false);
     matmul_w_scalar(&x, n_tok, &w, &mut y_ref);
     // Mass of each output: sum_r |x[t, r] W[r, c]|.
     let mut mass = vec![0f64; n_tok * n_cols];
@@ -398,19 +398,68 @@ fn bf16_products_match_their_oracles_or_fall_back_to_f32() {
     check_bf16(QuantType::F32, 5, 301, 32, false, 2);
 }
 
-/// The low-rank term riding in a bf16 product (LoRA's `(s u) B^T` and
-/// `g A`), against the f64 sum of both unrounded products, within the
-/// rounding of two operands (as `check_bf16`); `x W` also with `accumulate`.
+/// The low-rank term riding in a product (LoRA's `(s u) B^T` and `g A`),
+/// against the f64 sum of both products: in f32 through every micro-kernel
+/// this CPU runs, within [`MATMUL_TOL`] of the mass; in bf16 (where the CPU
+/// has it) within the rounding of two operands (as `check_bf16`). `x W`
+/// accumulates into what `y` held.
 #[test]
-fn bf16_products_with_a_low_rank_term_match_the_f64_sum() {
-    if !bf16_available() {
-        return; // matmul_*_plus_in run the f32 products: covered by the model tests
+fn products_with_a_low_rank_term_match_the_f64_sum() {
+    let mut runs: Vec<(&str, Box<LowRankProduct>, f64)> = Vec::new();
+    for (name, kernel) in kernels_here() {
+        runs.push((
+            name,
+            Box::new(move |x, n_tok, w, lr, y, transposed| {
+                if transposed {
+                    matmul_wt_with(kernel, x, n_tok, w, Some(lr), y)
+                } else {
+                    matmul_w_with(kernel, x, n_tok, w, Some(lr), y, true)
+                }
+            }),
+            MATMUL_TOL,
+        ));
     }
+    if bf16_available() {
+        runs.push((
+            "bf16",
+            Box::new(|x, n_tok, w, lr, y, transposed| {
+                if transposed {
+                    matmul_wt_bf16_plus(x, n_tok, w, Some(lr), y)
+                } else {
+                    matmul_w_bf16_plus(x, n_tok, w, Some(lr), y, true)
+                }
+            }),
+            2.0 / 512.0 + MATMUL_TOL,
+        ));
+    }
+    for (name, product, tol) in &runs {
+        check_low_rank(name, product, *tol);
+    }
+}
+
+/// Every f32 micro-kernel this CPU runs, by name.
+fn kernels_here() -> Vec<(&'static str, micro::MicroKernel)> {
+    let mut found = vec![("portable", micro::portable())];
+    if let Some(k) = micro::avx2_if_available() {
+        found.push(("avx2", k));
+    }
+    if let Some(k) = micro::avx512_if_available() {
+        found.push(("avx512", k));
+    }
+    found
+}
+
+/// `(x, n_tok, w, low_rank, y, transposed)`: `y = x W^T + act factor^T`
+/// when `transposed`, else `y += x W + act factor`.
+type LowRankProduct = dyn Fn(&[f32], usize, &Weights, LowRank, &mut [f32], bool);
+
+fn check_low_rank(name: &str, product: &LowRankProduct, tol: f64) {
     let mut rng = TestRng(6);
     // The last two go past one packed chunk (see the test above): the term
     // rides in the last chunk only.
     for &(n_tok, n_a, n_b, rank) in &[
         (9, 40, 256, 16),
+        (13, 70, 512, 20),
         (17, 33, 512, 5),
         (3, 64, 256, 1),
         (2, 40, 9216, 16),
@@ -437,11 +486,7 @@ fn bf16_products_with_a_low_rank_term_match_the_f64_sum() {
             };
             let start = rng.vec(n_tok * n_out, 1.0);
             let mut y = start.clone();
-            if transposed {
-                matmul_wt_bf16_plus(&x, n_tok, &w, Some(lr), &mut y);
-            } else {
-                matmul_w_bf16_plus(&x, n_tok, &w, Some(lr), &mut y, true);
-            }
+            product(&x, n_tok, &w, lr, &mut y, transposed);
             for t in 0..n_tok {
                 for o in 0..n_out {
                     let (mut exact, mut mass) = (0f64, 0f64);
@@ -468,8 +513,8 @@ fn bf16_products_with_a_low_rank_term_match_the_f64_sum() {
                     }
                     let got = y[t * n_out + o] as f64;
                     assert!(
-                        (got - exact).abs() <= (2.0 / 512.0 + MATMUL_TOL) * mass + 1e-6,
-                        "rank {rank} transposed {transposed} t={t} o={o}: {got} vs {exact}"
+                        (got - exact).abs() <= tol * mass + 1e-6,
+                        "{name}: rank {rank} transposed {transposed} t={t} o={o}: {got} vs {exact}"
                     );
                 }
             }
