@@ -82,9 +82,11 @@ fn avx512_kernel_matches_where_the_cpu_has_it() {
     };
     check_every_format_and_shape(kernel, 31);
     // x W: reductions past one chunk (the accumulating stores), ragged
-    // widths (the masked lanes), LoRA-factor shapes.
+    // widths (the masked lanes), LoRA-factor shapes, a chunk that is not a
+    // whole number of the 6 x 32 kernel's four-k steps (263 = 256 + 7).
     for (j, &(t, r, c)) in [
         (7, 300, 512),
+        (6, 263, 70),
         (3, 520, 1280),
         (5, 40, 23),
         (100, 40, 16),
