@@ -25,6 +25,9 @@ STAGES="${STAGES:-train eval-off eval-on summary}"
 C="${CLEANER:-${CARGO_TARGET_DIR:-$HOME/.cache/cleaner/target}/release/cleaner}"
 OUT="${OUT:-${CLEANER_HOME:-$HOME/.cache/cleaner}/runs/cleaner-vs-grpo}"
 mkdir -p "$OUT"
+# What to commit after each sitting: the training runs' metrics and
+# reports, the evaluation parts' reports (eval-parts.sh), the summary.
+RECORDS="$PWD/measurements/cleaner-vs-grpo"
 
 # The rerun's recipe (issue 18) with the filtered training set, frozen for
 # this comparison in measurements/cleaner-vs-grpo/train-set.jsonl: the
@@ -61,13 +64,17 @@ if stage train; then
           --steps "$STEPS" --run "$run"
       fi
       "$C" report "$run" > /dev/null
+      # The run's record in the repository (its checkpoints and adapters,
+      # 35 MB and more, stay in the cache).
+      mkdir -p "$RECORDS/train-$arm-s$seed"
+      cp "$run/metrics.jsonl" "$run/report.html" "$RECORDS/train-$arm-s$seed/"
     done
   done
 fi
 
 # Evaluations in parts of PART problems, merged at the end; one sample each.
 . tools/experiments/grpo-compare/eval-parts.sh
-evaluate() { evaluate_in_parts "$1" "$2" "$3" 1; } # name adapter purify
+evaluate() { RECORDS="$RECORDS/eval-parts" evaluate_in_parts "$1" "$2" "$3" 1; } # name adapter purify
 
 if stage eval-off; then
   evaluate base none off

@@ -3,7 +3,8 @@
 (`--offset k*P --limit P`) into one report, as `cleaner eval` would have
 written it for the whole list: pass@1 and its interval from the per-problem
 means (rl/eval.rs), batch counters summed, per-trajectory rates weighted by
-rollouts. Trajectories (`.jsonl` next to each part) are concatenated.
+rollouts. Trajectories (`.jsonl` next to each part) are concatenated where
+they exist (a part restored from a committed record has only its report).
 
     merge_eval_parts.py OUT.json PART0.json PART1.json ...
 
@@ -84,10 +85,19 @@ def main():
     report = merge(parts)
     with open(out + ".tmp", "w") as f:
         json.dump(report, f, indent=2)
+    # Parts restored from committed records have no trajectories here.
+    missing = []
     with open(os.path.splitext(out)[0] + ".jsonl", "w") as f:
         for path in paths:
-            with open(os.path.splitext(path)[0] + ".jsonl") as part:
-                f.write(part.read())
+            try:
+                with open(os.path.splitext(path)[0] + ".jsonl") as part:
+                    f.write(part.read())
+            except FileNotFoundError:
+                missing.append(path)
+    if missing:
+        print(f"merge_eval_parts.py: {len(missing)} of {len(paths)} parts have no trajectories "
+              f"here (restored from records; the report is complete): {missing[0]} ...",
+              file=sys.stderr)
     os.replace(out + ".tmp", out)
 
 
