@@ -14,7 +14,9 @@
 # problems it was in. STAGES (default "train eval-off eval-on summary")
 # picks the parts to run, so the comparison can go one part per sitting.
 # Run directories go to OUT (default ~/.cache/cleaner/runs/cleaner-vs-grpo);
-# commit the metrics, reports and summary from there.
+# what to commit is copied to measurements/cleaner-vs-grpo (RECORDS below).
+# CLEANER names the binary; one binary for every run and evaluation of a
+# comparison (this one's: commit ab00600's, see its README).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 STEPS="${1:-12}"
@@ -90,5 +92,6 @@ if stage eval-on; then
   done
 fi
 if stage summary; then
-  python3 tools/experiments/grpo-compare/summarize_seeds.py "$OUT" $SEEDS | tee "$OUT/summary.md"
+  RECORDS="$RECORDS" python3 tools/experiments/grpo-compare/summarize_seeds.py "$OUT" $SEEDS |
+    tee "$OUT/summary.md" "$RECORDS/summary.md"
 fi

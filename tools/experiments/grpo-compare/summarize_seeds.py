@@ -6,6 +6,9 @@ pass@1 with paired intervals (per problem, averaged over the seeds).
 
     summarize_seeds.py OUT SEED...
 
+Training metrics come from OUT/train-ARM-sSEED, or from the same folder
+under $RECORDS where OUT lacks it.
+
 Parts not run yet are left out of the tables."""
 import json
 import math
@@ -19,11 +22,14 @@ WINDOW = 3  # steps in a trailing mean of training accuracy
 
 
 def metrics(arm, seed):
-    path = os.path.join(out, f"train-{arm}-s{seed}", "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    # The run directory, else the run's record in the repository (RECORDS,
+    # set by compare-seeds.sh) on a machine whose cache lacks the run.
+    for root in [out, os.environ.get("RECORDS")]:
+        path = os.path.join(root, f"train-{arm}-s{seed}", "metrics.jsonl") if root else None
+        if path and os.path.exists(path):
+            with open(path) as f:
+                return [json.loads(line) for line in f if line.strip()]
+    return []
 
 
 def trailing(values):
