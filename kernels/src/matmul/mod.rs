@@ -100,7 +100,8 @@ pub fn matmul_wt_in(p: Precision, x: &[f32], n_tok: usize, w: &Weights, y: &mut 
 /// `x W^T + (s u) B^T` with `act = s u`, `factor = B`. The low-rank term
 /// rides in the base product as `rank` more reduction indices, into the same
 /// accumulators ([`matmul_wt_bf16_plus`] in bf16; in f32 one more reduction
-/// of [`matmul_wt`]'s tasks), so `y` is written once.
+/// of [`matmul_wt`]'s tasks), so `y` is written once (up to two rows, the
+/// GEMV path, add a second product instead).
 pub fn matmul_wt_plus_in(
     p: Precision,
     x: &[f32],
@@ -312,8 +313,8 @@ fn matmul_w_with(
     let (n_row_tasks, rows_per_task) = row_split(n_tok, n_groups);
     let out = SharedOut::new(y);
     (0..n_groups * n_row_tasks).into_par_iter().for_each_init(
-        || vec![0f32; KC * gw],
-        |tile, task| {
+        || (vec![0f32; KC * gw], vec![0f32; gw]),
+        |(tile, row), task| {
             let (group, row_task) = (task / n_row_tasks, task % n_row_tasks);
             let (t_first, t_end) = (
                 row_task * rows_per_task,
@@ -327,10 +328,18 @@ fn matmul_w_with(
                 let n_k = src.n_rows();
                 for r0 in (0..n_k).step_by(KC) {
                     let kc = KC.min(n_k - r0);
+                    // The group's kc rows, decoded and laid out panel by
+                    // panel ([gw / NR][KC][NR]), as matmul_wt packs: a
+                    // micro-kernel call then reads two contiguous 16 KiB
+                    // panels. Row-major [KC][gw] (64 values a row for Q8_0)
+                    // spread them over half of L1's sets at a 256-byte
+                    // stride, so they did not stay in L1.
                     for p in 0..kc {
-                        let row = &mut tile[p * gw..(p + 1) * gw];
                         src.dequantize_segment(r0 + p, c0, &mut row[..width]);
                         row[width..].fill(0.0);
+                        for (j, panel) in row.chunks_exact(NR).enumerate() {
+                            tile[(j * KC + p) * NR..][..NR].copy_from_slice(panel);
+                        }
                     }
                     for j0 in (0..width).step_by(micro::WIDTH) {
                         let n_valid = micro::WIDTH.min(width - j0);
@@ -338,19 +347,20 @@ fn matmul_w_with(
                             let mr = MR.min(t_end - t0);
                             // SAFETY: a's rows t0..t0+mr and columns
                             // r0..r0+kc exist (n_tok rows of n_k, checked
-                            // above); the tile holds kc rows of gw values,
-                            // and gw (a multiple of 32) >= j0 + WIDTH
-                            // wherever n_valid > NR; y's columns c0+j0..
-                            // belong to this task's group only.
+                            // above); the tile holds gw / NR panels of kc
+                            // rows of NR values, KC * NR apart, and gw (a
+                            // multiple of 32) >= j0 + WIDTH wherever
+                            // n_valid > NR; y's columns c0+j0.. belong to
+                            // this task's group only.
                             unsafe {
                                 kernel(
                                     mr,
                                     kc,
                                     a.as_ptr().add(t0 * n_k + r0),
                                     n_k,
-                                    tile.as_ptr().add(j0),
-                                    gw,
+                                    tile.as_ptr().add(j0 / NR * KC * NR),
                                     NR,
+                                    KC * NR,
                                     out.get().add(t0 * n_cols + c0 + j0),
                                     n_cols,
                                     n_valid,

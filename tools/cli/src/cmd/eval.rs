@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use cleaner::agent::trajectory::write_jsonl;
+use cleaner::models::adapter_file::atomic_write;
 use cleaner::rl::MathReward;
 use cleaner::rl::{checkpoint, evaluate};
 use cleaner::session::{Session, SessionOptions};
@@ -120,9 +121,14 @@ pub fn run(a: Args) -> Result<()> {
         if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
+        // Trajectories first, then the report, each whole or not at all:
+        // a report on disk means the evaluation and its trajectories are
+        // complete (scripts that resume evaluations part by part rely on it).
         let tj = out.with_extension("jsonl");
-        write_jsonl(&tj, &trajectories)?;
+        let tj_tmp = out.with_extension("jsonl.tmp");
+        write_jsonl(&tj_tmp, &trajectories)?;
+        std::fs::rename(&tj_tmp, &tj)?;
+        atomic_write(out, serde_json::to_string_pretty(&report)?.as_bytes())?;
         println!("report {}, trajectories {}", out.display(), tj.display());
     }
     Ok(())
