@@ -27,6 +27,9 @@ STAGES="${STAGES:-train eval-off eval-on summary}"
 C="${CLEANER:-${CARGO_TARGET_DIR:-$HOME/.cache/cleaner/target}/release/cleaner}"
 OUT="${OUT:-${CLEANER_HOME:-$HOME/.cache/cleaner}/runs/cleaner-vs-grpo}"
 mkdir -p "$OUT"
+# This clone's data, whichever clone built the binary (its compiled-in
+# data directory may be a clone that is gone).
+export CLEANER_DATA="${CLEANER_DATA:-$PWD/data}"
 # What to commit after each sitting: the training runs' metrics and
 # reports, the evaluation parts' reports (eval-parts.sh), the summary.
 RECORDS="$PWD/measurements/cleaner-vs-grpo"
