@@ -16,6 +16,7 @@
 
 pub(crate) mod bf16;
 mod micro;
+mod pack;
 mod weights;
 
 pub use bf16::{
@@ -200,8 +201,9 @@ fn matmul_wt_with(
     (0..n_col_tasks * n_row_tasks)
         .into_par_iter()
         .for_each_init(
-            // Two packed panels, [KC][NR] each: one micro-kernel call's B.
-            || (vec![0f32; 2 * KC * NR], vec![0f32; KC]),
+            // Two packed panels, [KC][NR] each: one micro-kernel call's B;
+            // and the [NR][KC] rows a quantized panel is decoded into.
+            || (vec![0f32; 2 * KC * NR], vec![0f32; NR * KC]),
             |(packed, row_buf), task| {
                 let (task, row_task) = (task / n_row_tasks, task % n_row_tasks);
                 let (t_first, t_end) = (

@@ -206,7 +206,8 @@ impl<'a> Weights<'a> {
 
     /// Packs rows `n0..n0 + n_valid`, inputs `k0..k0 + kc`, transposed into
     /// `packed[p * NR + j] = W[n0 + j, k0 + p]`; missing rows (`j >= n_valid`)
-    /// are zero. `row_buf` is scratch of at least `kc` values.
+    /// are zero. `rows` is scratch of at least `NR * kc` values: quantized
+    /// rows are decoded into it first (f32 rows are read in place).
     pub(crate) fn pack_transposed(
         &self,
         n0: usize,
@@ -214,20 +215,22 @@ impl<'a> Weights<'a> {
         k0: usize,
         kc: usize,
         packed: &mut [f32],
-        row_buf: &mut [f32],
+        rows: &mut [f32],
     ) {
-        use super::NR;
-        for j in 0..NR {
-            if j < n_valid {
-                let seg = &mut row_buf[..kc];
-                self.dequantize_segment(n0 + j, k0, seg);
-                for (p, &v) in seg.iter().enumerate() {
-                    packed[p * NR + j] = v;
+        use super::{pack::transpose_panel, NR};
+        let isa = crate::cpu::kernels().gemm_f32;
+        let n_valid = n_valid.min(NR);
+        match self.src {
+            Source::F32(d) => {
+                let first = n0 * self.n_cols + k0;
+                let src = if n_valid == 0 { &d[..0] } else { &d[first..] };
+                transpose_panel(isa, src, self.n_cols, n_valid, kc, packed);
+            }
+            Source::Quant { .. } => {
+                for (j, seg) in rows[..n_valid * kc].chunks_exact_mut(kc).enumerate() {
+                    self.dequantize_segment(n0 + j, k0, seg);
                 }
-            } else {
-                for p in 0..kc {
-                    packed[p * NR + j] = 0.0;
-                }
+                transpose_panel(isa, &rows[..n_valid * kc], kc, n_valid, kc, packed);
             }
         }
     }
