@@ -3,7 +3,7 @@
 //! records and the purification log. Stored as JSONL, one trajectory a line,
 //! each carrying the format version.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -307,18 +307,20 @@ pub(crate) fn test_trajectory(problem_id: &str, problem_index: Option<usize>) ->
     }
 }
 
-/// Writes trajectories as JSONL.
+/// Writes trajectories as JSONL, whole or not at all (a temporary file
+/// renamed over `path`): a file on disk is a finished write, which scripts
+/// that resume evaluations part by part rely on.
 pub fn write_jsonl(path: &Path, trajectories: &[Trajectory]) -> Result<(), TrajectoryError> {
     let io = |source| TrajectoryError::Io {
         path: path.display().to_string(),
         source,
     };
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    let mut bytes = Vec::new();
     for t in trajectories {
-        let line = serde_json::to_string(t).map_err(|e| io(std::io::Error::other(e)))?;
-        writeln!(f, "{line}").map_err(io)?;
+        serde_json::to_writer(&mut bytes, t).map_err(|e| io(std::io::Error::other(e)))?;
+        bytes.push(b'\n');
     }
-    f.flush().map_err(io)
+    cleaner_models::adapter_file::atomic_write(path, &bytes).map_err(io)
 }
 
 /// Reads trajectories from JSONL, rejecting malformed lines with their number.

@@ -125,9 +125,7 @@ pub fn run(a: Args) -> Result<()> {
         // a report on disk means the evaluation and its trajectories are
         // complete (scripts that resume evaluations part by part rely on it).
         let tj = out.with_extension("jsonl");
-        let tj_tmp = out.with_extension("jsonl.tmp");
-        write_jsonl(&tj_tmp, &trajectories)?;
-        std::fs::rename(&tj_tmp, &tj)?;
+        write_jsonl(&tj, &trajectories)?;
         atomic_write(out, serde_json::to_string_pretty(&report)?.as_bytes())?;
         println!("report {}, trajectories {}", out.display(), tj.display());
     }
