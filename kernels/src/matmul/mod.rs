@@ -572,6 +572,50 @@ pub(crate) unsafe fn gemm_tile(
     }
 }
 
+/// GFLOP/s of this CPU's f32 micro-kernel on one thread with every operand
+/// in L1 (an [`MR`] x [`KC`] activation block times two packed panels): the
+/// ceiling of every product built on it, which `cleaner bench kernels` sets
+/// the whole products against, so that the gap shows what packing, decoding
+/// and memory traffic cost. Returns (best, median) over 101 short trials:
+/// the best is the kernel with a shared machine's slow spells left out, the
+/// median the same statistic as the products' timings.
+#[doc(hidden)]
+pub fn micro_kernel_ceiling_gflops() -> (f64, f64) {
+    const CALLS: usize = 256;
+    let kernel = micro::select();
+    let a = vec![0.25f32; MR * KC];
+    let b = vec![0.5f32; 2 * KC * NR];
+    let mut c = vec![0f32; MR * micro::WIDTH];
+    let mut seconds = Vec::with_capacity(101);
+    for _ in 0..101 {
+        let start = std::time::Instant::now();
+        for _ in 0..CALLS {
+            // SAFETY: a holds MR rows of KC values, b two panels of KC rows
+            // of NR values (KC * NR apart), c MR rows of WIDTH values.
+            unsafe {
+                kernel(
+                    MR,
+                    KC,
+                    a.as_ptr(),
+                    KC,
+                    b.as_ptr(),
+                    NR,
+                    KC * NR,
+                    c.as_mut_ptr(),
+                    micro::WIDTH,
+                    micro::WIDTH,
+                    true,
+                );
+            }
+        }
+        seconds.push(start.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&c);
+    seconds.sort_by(f64::total_cmp);
+    let flop = 2.0 * (MR * micro::WIDTH * KC * CALLS) as f64;
+    (flop / seconds[0] / 1e9, flop / seconds[50] / 1e9)
+}
+
 /// When there are too few column tasks to feed every thread (narrow outputs
 /// such as LoRA's rank-16 products) or to share out evenly, rows are split
 /// too: returns (row tasks, rows per task, a multiple of MR). Each row task
