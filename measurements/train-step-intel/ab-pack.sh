@@ -3,7 +3,7 @@
 # copies of each commit's `cleaner` (cargo build --release -p cleaner-tools).
 OLD=~/.cache/cleaner/bin/cleaner-panel
 NEW=~/.cache/cleaner/bin/cleaner-pack
-cd /work/main
+cd "$(dirname "$0")/../.."
 for r in 1 2 3 4 5 6; do
   for b in OLD NEW; do
     echo "=== kernels $b round $r $(date +%T)"

@@ -572,13 +572,18 @@ pub(crate) unsafe fn gemm_tile(
     }
 }
 
+/// Trials of [`micro_kernel_ceiling_gflops`] (odd, so the median is one of them).
+#[doc(hidden)]
+pub const MICRO_KERNEL_CEILING_TRIALS: usize = 101;
+
 /// GFLOP/s of this CPU's f32 micro-kernel on one thread with every operand
 /// in L1 (an [`MR`] x [`KC`] activation block times two packed panels): the
 /// ceiling of every product built on it, which `cleaner bench kernels` sets
 /// the whole products against, so that the gap shows what packing, decoding
-/// and memory traffic cost. Returns (best, median) over 101 short trials:
-/// the best is the kernel with a shared machine's slow spells left out, the
-/// median the same statistic as the products' timings.
+/// and memory traffic cost. Returns (best, median) over
+/// [`MICRO_KERNEL_CEILING_TRIALS`] short trials: the best is the kernel with
+/// a shared machine's slow spells left out, the median the same statistic
+/// as the products' timings.
 #[doc(hidden)]
 pub fn micro_kernel_ceiling_gflops() -> (f64, f64) {
     const CALLS: usize = 256;
@@ -586,8 +591,8 @@ pub fn micro_kernel_ceiling_gflops() -> (f64, f64) {
     let a = vec![0.25f32; MR * KC];
     let b = vec![0.5f32; 2 * KC * NR];
     let mut c = vec![0f32; MR * micro::WIDTH];
-    let mut seconds = Vec::with_capacity(101);
-    for _ in 0..101 {
+    let mut seconds = Vec::with_capacity(MICRO_KERNEL_CEILING_TRIALS);
+    for _ in 0..MICRO_KERNEL_CEILING_TRIALS {
         let start = std::time::Instant::now();
         for _ in 0..CALLS {
             // SAFETY: a holds MR rows of KC values, b two panels of KC rows
@@ -613,7 +618,8 @@ pub fn micro_kernel_ceiling_gflops() -> (f64, f64) {
     std::hint::black_box(&c);
     seconds.sort_by(f64::total_cmp);
     let flop = 2.0 * (MR * micro::WIDTH * KC * CALLS) as f64;
-    (flop / seconds[0] / 1e9, flop / seconds[50] / 1e9)
+    let median = seconds[MICRO_KERNEL_CEILING_TRIALS / 2];
+    (flop / seconds[0] / 1e9, flop / median / 1e9)
 }
 
 /// When there are too few column tasks to feed every thread (narrow outputs

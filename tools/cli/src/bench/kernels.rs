@@ -183,14 +183,12 @@ pub fn run(a: Args) -> Result<()> {
                     })? / 1e9;
                 if t >= 512 {
                     ours_512 = (ours_512.0.min(gflops), ours_512.1.max(gflops));
+                    if let Some(base) = base {
+                        min_ratio_512 = min_ratio_512.min(gflops / base);
+                    }
                 }
                 match base {
-                    Some(base) => {
-                        if t >= 512 {
-                            min_ratio_512 = min_ratio_512.min(gflops / base);
-                        }
-                        print!(" {gflops:.1} ({:.2}) |", gflops / base);
-                    }
+                    Some(base) => print!(" {gflops:.1} ({:.2}) |", gflops / base),
                     None => print!(" {gflops:.1} |"),
                 }
             }
@@ -205,8 +203,9 @@ pub fn run(a: Args) -> Result<()> {
     let (best, median) = cleaner::kernels::matmul::micro_kernel_ceiling_gflops();
     let full = median * threads as f64;
     print!(
-        "\nf32 micro-kernel ({}) on operands in L1, one thread, 101 trials: best {best:.1}, median {median:.1} GFLOP/s ({full:.1} on {threads} threads)",
+        "\nf32 micro-kernel ({}) on operands in L1, one thread, {} trials: best {best:.1}, median {median:.1} GFLOP/s ({full:.1} on {threads} threads)",
         cleaner::kernels::cpu::kernels().gemm_f32,
+        cleaner::kernels::matmul::MICRO_KERNEL_CEILING_TRIALS,
     );
     if ours_512.1 > 0.0 {
         print!(
