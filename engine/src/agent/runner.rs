@@ -69,6 +69,10 @@ pub enum AgentError {
         /// Sequences the backend holds at once.
         capacity: usize,
     },
+    /// Every sandbox worker thread ended while calls were still out (a
+    /// worker panicked): the rollouts waiting for them cannot go on.
+    #[error("the sandbox's worker threads stopped with {0} calls still out")]
+    SandboxStopped(usize),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -291,6 +295,8 @@ impl<'a, B: Backend> Agent<'a, B> {
     ) -> Result<(), AgentError> {
         let mut next_problem = 0;
         let mut open = 0usize;
+        // Results in from the sandbox, held until they are due.
+        let mut ready: Vec<Option<JobResult>> = (0..rollouts.len()).map(|_| None).collect();
         loop {
             // Admit whole groups while slots allow: prompt prefilled once, forked.
             while next_problem < problems.len() && open + group < self.backend.capacity() {
@@ -308,6 +314,10 @@ impl<'a, B: Backend> Agent<'a, B> {
                 }
                 next_problem += 1;
             }
+            let sent_before_step: Vec<bool> = rollouts
+                .iter()
+                .map(|r| matches!(r.phase, Phase::Sandbox(_)))
+                .collect();
             if self.backend.n_generating() > 0 {
                 for (seq, generation) in self.backend.step()? {
                     if let Some(k) = rollouts.iter().position(|r| r.id == Some(seq)) {
@@ -315,19 +325,8 @@ impl<'a, B: Backend> Agent<'a, B> {
                     }
                 }
             }
-            let waiting = rollouts
-                .iter()
-                .any(|r| matches!(r.phase, Phase::Sandbox(_)));
-            let block = waiting && self.backend.n_generating() == 0;
-            let mut got: Vec<JobResult> = Vec::new();
-            if block {
-                if let Ok(r) = results.recv() {
-                    got.push(r);
-                }
-            }
-            got.extend(results.try_iter());
-            for res in got {
-                let k = res.rollout;
+            let due = self.due_results(rollouts, &sent_before_step, results, &mut ready)?;
+            for (k, res) in due {
                 self.on_result(&mut rollouts[k], res, stats)?;
             }
             // Free the slots of finished rollouts.
@@ -351,6 +350,49 @@ impl<'a, B: Backend> Agent<'a, B> {
                 return Ok(());
             }
         }
+    }
+
+    /// The sandbox results that join the batch now, in rollout order.
+    ///
+    /// When a result joins is fixed by the tokens alone, never by how long
+    /// its call ran: a call sent after one decode step is applied after the
+    /// next (so it overlaps one step, and is waited for if it takes longer),
+    /// or at once when nothing else is decoding. A seeded run therefore
+    /// decodes the same batches, with the same KV cells, whatever the
+    /// sandbox's timing (a loaded machine, a slow call), and so on the CPU
+    /// the same tokens: batch history changes llama.cpp's rounding in
+    /// attention, and a draw near a boundary between two tokens flips with
+    /// it (docs/serve.md). The cost is a wait where a call outlasts a
+    /// decode step; a GRPO step's calls take a fraction of a second in all.
+    fn due_results(
+        &self,
+        rollouts: &[Rollout],
+        sent_before_step: &[bool],
+        results: &mpsc::Receiver<JobResult>,
+        ready: &mut [Option<JobResult>],
+    ) -> Result<Vec<(usize, JobResult)>, AgentError> {
+        let decoding = self.backend.n_generating() > 0;
+        let due: Vec<usize> = (0..rollouts.len())
+            .filter(|&k| {
+                matches!(rollouts[k].phase, Phase::Sandbox(_)) && (sent_before_step[k] || !decoding)
+            })
+            .collect();
+        for res in results.try_iter() {
+            let k = res.rollout;
+            ready[k] = Some(res);
+        }
+        while due.iter().any(|&k| ready[k].is_none()) {
+            let Ok(res) = results.recv() else {
+                let out = due.iter().filter(|&&k| ready[k].is_none()).count();
+                return Err(AgentError::SandboxStopped(out));
+            };
+            let k = res.rollout;
+            ready[k] = Some(res);
+        }
+        Ok(due
+            .into_iter()
+            .filter_map(|k| ready[k].take().map(|res| (k, res)))
+            .collect())
     }
 
     fn start_generation(&mut self, r: &mut Rollout, kind: GenKind) -> Result<(), AgentError> {
