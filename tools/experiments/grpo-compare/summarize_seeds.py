@@ -135,6 +135,12 @@ if rows:
         a, b = per_problem(f"cleaner-s{s}"), per_problem(f"grpo-s{s}")
         if a and b:
             pairs.append((f"cleaner s{s}", f"grpo s{s}", a[0], b[0]))
+    if base:
+        for s in seeds:
+            for arm in ARMS:
+                m = per_problem(f"{arm}-s{s}")
+                if m:
+                    pairs.append((f"{arm} s{s}", "base", m[0], base[0]))
     for a, b, x, y in pairs:
         if not x or not y:
             continue
