@@ -407,6 +407,46 @@ pub fn matmul_w_bf16_plus(
     );
 }
 
+/// GFLOP/s of the bf16 micro-kernel on one thread with every operand in L1
+/// (an [`MR`] x [`KC`] activation block of pairs times one packed panel of
+/// [`NB`] columns), as (best, median) like the f32 kernel's
+/// [`super::micro_kernel_ceiling_gflops`]: the ceiling of the bf16
+/// products. A multiply and an add per bf16 pair element count two flops,
+/// as in f32. `None` where the CPU lacks AVX-512 BF16.
+#[doc(hidden)]
+pub fn micro_kernel_ceiling_gflops() -> Option<(f64, f64)> {
+    if !available() {
+        return None;
+    }
+    const CALLS: usize = 256;
+    const KP: usize = KC / 2;
+    let a = vec![pair(0.25, 0.25); MR * KP];
+    let b = vec![pair(0.5, 0.5); KP * NB];
+    let mut c = vec![0f32; MR * NB];
+    let flop = 2.0 * (MR * NB * KC * CALLS) as f64;
+    let rates = super::ceiling_trials(flop, || {
+        for _ in 0..CALLS {
+            // SAFETY: the CPU has the instructions (checked above); a holds
+            // MR rows of KP pairs, b KP rows of NB pairs, c MR rows of NB.
+            unsafe {
+                kernel::dispatch(
+                    MR,
+                    Lhs::new(a.as_ptr(), KP, KP),
+                    Lhs::NONE,
+                    b.as_ptr(),
+                    NB,
+                    c.as_mut_ptr(),
+                    NB,
+                    NB,
+                    true,
+                );
+            }
+        }
+    });
+    std::hint::black_box(&c);
+    Some(rates)
+}
+
 /// One run of a micro-kernel call's left operand: `kp` pairs of each row,
 /// row `i` from `ptr + i * ld`. A call takes two runs (the second for a
 /// low-rank term), both summed against consecutive pair rows of the right

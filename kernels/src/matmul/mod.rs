@@ -21,7 +21,8 @@ mod weights;
 
 pub use bf16::{
     available as bf16_available, from_bf16, matmul_w_bf16, matmul_w_bf16_plus, matmul_wt_bf16,
-    matmul_wt_bf16_plus, to_bf16, LowRank,
+    matmul_wt_bf16_plus, micro_kernel_ceiling_gflops as bf16_micro_kernel_ceiling_gflops, to_bf16,
+    LowRank,
 };
 pub use weights::{WeightError, Weights};
 
@@ -591,9 +592,8 @@ pub fn micro_kernel_ceiling_gflops() -> (f64, f64) {
     let a = vec![0.25f32; MR * KC];
     let b = vec![0.5f32; 2 * KC * NR];
     let mut c = vec![0f32; MR * micro::WIDTH];
-    let mut seconds = Vec::with_capacity(MICRO_KERNEL_CEILING_TRIALS);
-    for _ in 0..MICRO_KERNEL_CEILING_TRIALS {
-        let start = std::time::Instant::now();
+    let flop = 2.0 * (MR * micro::WIDTH * KC * CALLS) as f64;
+    let rates = ceiling_trials(flop, || {
         for _ in 0..CALLS {
             // SAFETY: a holds MR rows of KC values, b two panels of KC rows
             // of NR values (KC * NR apart), c MR rows of WIDTH values.
@@ -613,11 +613,22 @@ pub fn micro_kernel_ceiling_gflops() -> (f64, f64) {
                 );
             }
         }
-        seconds.push(start.elapsed().as_secs_f64());
-    }
+    });
     std::hint::black_box(&c);
+    rates
+}
+
+/// (best, median) GFLOP/s over [`MICRO_KERNEL_CEILING_TRIALS`] runs of
+/// `trial`, each doing `flop` floating-point operations.
+fn ceiling_trials(flop: f64, mut trial: impl FnMut()) -> (f64, f64) {
+    let mut seconds: Vec<f64> = (0..MICRO_KERNEL_CEILING_TRIALS)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            trial();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
     seconds.sort_by(f64::total_cmp);
-    let flop = 2.0 * (MR * micro::WIDTH * KC * CALLS) as f64;
     let median = seconds[MICRO_KERNEL_CEILING_TRIALS / 2];
     (flop / seconds[0] / 1e9, flop / median / 1e9)
 }

@@ -26,8 +26,11 @@ pub struct Args {
     /// Token counts (rows of x).
     #[arg(long, default_value = "1,64,512")]
     tokens: String,
-    /// Timed repetitions per cell (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    /// Timed repetitions per cell (the median is reported). A 896 x 896
+    /// product at T = 512 takes 5 ms: with 3 its ratio to sgemm moved
+    /// 0.46-0.81 between runs on a quiet 2-core Zen 4, with 15 0.86-0.93
+    /// (three runs).
+    #[arg(long, default_value_t = 15)]
     reps: usize,
     /// Skip the 896 -> 151936 output projection (the slowest shape).
     #[arg(long)]
@@ -215,6 +218,15 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     println!();
+    if let Some((best, median)) = cleaner::kernels::matmul::bf16_micro_kernel_ceiling_gflops() {
+        println!(
+            "bf16 micro-kernel ({}) on operands in L1, one thread, {} trials: best {best:.1}, median {median:.1} GFLOP/s ({:.1} on {threads} threads; {:.2}x the f32 kernel's median): the ceiling of `--precision bf16`",
+            cleaner::kernels::cpu::kernels().bf16.map_or("none".into(), |isa| isa.to_string()),
+            cleaner::kernels::matmul::MICRO_KERNEL_CEILING_TRIALS,
+            median * threads as f64,
+            median / full * threads as f64,
+        );
+    }
     if a.forward_models != "none" {
         forward_vs_llama(&a.forward_models, threads)?;
     }
