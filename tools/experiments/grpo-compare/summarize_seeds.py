@@ -122,6 +122,20 @@ if rows:
               f"{r['ci95'][0]:.3f}..{r['ci95'][1]:.3f} | {st['failures_per_trajectory_raw']:.2f}, "
               f"{st['failures_per_trajectory_kept']:.2f} | {st['generated_tokens']} |")
     print()
+    print("Tool use at evaluation, per trajectory (one sample a problem): interpreter calls, "
+          "failed calls, the failed share of calls, and the commonest failure classes:\n")
+    print("| model | purify at eval | problems | calls | failed | failed / call | classes |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    for name, purify, (_, r) in rows:
+        st = r["stats"]
+        n = max(st["rollouts"], 1)
+        calls = st["tool_calls"] / n
+        failed = st["failures_per_trajectory_raw"]
+        classes = sorted(st.get("failures_by_class", {}).items(), key=lambda kv: -kv[1])[:3]
+        print(f"| {name} | {purify} | {r['problems']} | {calls:.2f} | {failed:.3f} | "
+              f"{failed / calls if calls else 0:.2f} | "
+              + ", ".join(f"{k} {v}" for k, v in classes) + " |")
+    print()
     print("Paired differences in pass@1 points (per problem; an arm's value is the mean of its "
           "seeds), with the 95 % interval mean +- 1.96 sd / sqrt(n):\n")
     base = per_problem("base")
