@@ -67,8 +67,13 @@ pub struct KernelSet {
     /// multiply-add rate as f32 FMAs, and the conversions come on top: bf16
     /// trained at 0.95x f32 with the 16-wide f32 kernel and 0.81x with the
     /// 32-wide one on a Sapphire Rapids-class Xeon (measurements/
-    /// train-step-intel). Intel's bf16 speed is AMX's, which is not built.
+    /// train-step-intel). Intel's bf16 speed is AMX's: see `bf16_amx`.
     pub bf16_beats_f32: bool,
+    /// Whether the bf16 `x W^T` runs on AMX-BF16 tiles (`matmul::amx`)
+    /// instead of `vdpbf16ps`. Opt-in, `CLEANER_BF16=amx`, where the CPU,
+    /// the OS and Linux's tile-data permission allow it: no machine with
+    /// AMX has measured it yet, so it is not chosen on its own.
+    pub bf16_amx: bool,
 }
 
 /// What the CPU offers that some kernel build needs.
@@ -139,6 +144,7 @@ impl KernelSet {
             attention: f32,
             bf16: features.avx512_bf16.then_some(Isa::Avx512Bf16),
             bf16_beats_f32: features.avx512_bf16 && features.amd,
+            bf16_amx: false,
         }
     }
 
@@ -150,6 +156,11 @@ impl KernelSet {
             (Some(i), true) => i.to_string(),
             (Some(i), false) => format!("{i} (slower than f32 here: precision auto runs f32)"),
         };
+        let bf16 = if self.bf16_amx {
+            format!("{bf16}, x W^T on amx-bf16 tiles")
+        } else {
+            bf16
+        };
         format!(
             "gemm_f32 {}, dot {}, dequant {}, exp {}, swiglu {}, attention {}, bf16 {bf16}",
             self.gemm_f32, self.dot, self.dequant, self.exp, self.swiglu, self.attention
@@ -159,7 +170,9 @@ impl KernelSet {
 
 /// The kernel set of this CPU (probed on the first call). The environment
 /// variable `CLEANER_GEMM_F32` (`portable`, `avx2` or `avx512`) picks another
-/// f32 GEMM build this CPU runs, to benchmark one against another.
+/// f32 GEMM build this CPU runs, to benchmark one against another;
+/// `CLEANER_BF16=amx` runs the bf16 `x W^T` on AMX tiles where they run
+/// (`avx512`, the default, on `vdpbf16ps`).
 pub fn kernels() -> &'static KernelSet {
     static SET: OnceLock<KernelSet> = OnceLock::new();
     SET.get_or_init(|| {
@@ -169,6 +182,12 @@ pub fn kernels() -> &'static KernelSet {
             match gemm_override(&name, features) {
                 Ok(isa) => set.gemm_f32 = isa,
                 Err(why) => eprintln!("CLEANER_GEMM_F32={name:?} ignored: {why}"),
+            }
+        }
+        if let Ok(name) = std::env::var("CLEANER_BF16") {
+            match bf16_override(&name, set.bf16.is_some(), crate::matmul::amx::usable) {
+                Ok(amx) => set.bf16_amx = amx,
+                Err(why) => eprintln!("CLEANER_BF16={name:?} ignored: {why}"),
             }
         }
         set
@@ -187,6 +206,22 @@ fn gemm_override(name: &str, f: Features) -> Result<Isa, String> {
         Ok(isa)
     } else {
         Err(format!("this CPU lacks what {isa} needs"))
+    }
+}
+
+/// Whether `CLEANER_BF16=name` puts the bf16 `x W^T` on AMX tiles: `amx`
+/// where the CPU has the bf16 kernels and `amx_usable` (the CPU, OS and
+/// permission check, which asks Linux for the permission) says yes.
+fn bf16_override(
+    name: &str,
+    has_bf16: bool,
+    amx_usable: impl FnOnce() -> Result<(), String>,
+) -> Result<bool, String> {
+    match name {
+        "avx512" => Ok(false),
+        "amx" if !has_bf16 => Err("this CPU has no AVX-512 BF16, which AMX's operands need".into()),
+        "amx" => amx_usable().map(|()| true),
+        _ => Err("expected avx512 or amx".into()),
     }
 }
 
@@ -304,6 +339,36 @@ mod tests {
         assert!(gemm_override("sse", avx2_only)
             .unwrap_err()
             .contains("expected portable, avx2 or avx512"));
+    }
+
+    #[test]
+    fn amx_is_taken_only_when_asked_for_and_usable() {
+        assert_eq!(bf16_override("avx512", true, || unreachable!()), Ok(false));
+        assert_eq!(bf16_override("amx", true, || Ok(())), Ok(true));
+        assert_eq!(
+            bf16_override("amx", true, || Err("no tiles".into())),
+            Err("no tiles".into())
+        );
+        assert!(bf16_override("amx", false, || Ok(()))
+            .unwrap_err()
+            .contains("no AVX-512 BF16"));
+        assert!(bf16_override("tiles", true, || Ok(()))
+            .unwrap_err()
+            .contains("expected avx512 or amx"));
+        let set = KernelSet {
+            bf16_amx: true,
+            ..KernelSet::for_features(Features {
+                avx2_fma: true,
+                avx512_bf16: true,
+                avx512f: true,
+                amd: false,
+            })
+        };
+        assert!(
+            set.describe().ends_with(", x W^T on amx-bf16 tiles"),
+            "{}",
+            set.describe()
+        );
     }
 
     #[test]

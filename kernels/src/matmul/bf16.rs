@@ -20,6 +20,7 @@
 //! samples, on those loads). The packed panel stays in L2, and `vdpbf16ps`
 //! needs only 128 bytes of it per 16 instructions.
 
+use super::amx;
 use super::{row_split, Weights, KC};
 use crate::cpu::Isa;
 use crate::parallel::SharedOut;
@@ -72,19 +73,19 @@ fn pair_at(v: &[f32], q: usize) -> u32 {
 }
 
 /// `src` rounded to bf16 as pairs into `out` (`src.len().div_ceil(2)`
-/// values; an odd count ends with a zero). The CPU must have AVX-512 BF16
-/// (every caller asserts [`available`]): 32 values per conversion
-/// instruction, with the same rounding (to nearest even) as [`to_bf16`].
+/// values; an odd count ends with a zero): 32 values per conversion
+/// instruction where the CPU has AVX-512 BF16, with the same rounding (to
+/// nearest even) as [`to_bf16`], one at a time elsewhere (the AMX kernel's
+/// software model runs in tests on any CPU).
 pub(crate) fn to_pairs(src: &[f32], out: &mut [u32]) {
     debug_assert_eq!(out.len(), src.len().div_ceil(2));
-    let whole = src.len() / 32 * 32;
+    let whole = if available() { src.len() / 32 * 32 } else { 0 };
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512 BF16 is present (see above); chunks are in bounds.
+    // SAFETY: AVX-512 BF16 is present wherever `whole` > 0; chunks are in
+    // bounds.
     unsafe {
         to_pairs_avx512(&src[..whole], &mut out[..whole / 2]);
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let whole = 0;
     for (q, o) in out.iter_mut().enumerate().skip(whole / 2) {
         *o = pair_at(src, q);
     }
@@ -199,6 +200,10 @@ pub fn matmul_wt_bf16_plus(
     y: &mut [f32],
 ) {
     assert!(available(), "matmul_wt_bf16: this CPU has no AVX-512 BF16");
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::kernels().bf16_amx {
+        return matmul_wt_tiles::<amx::Hw>(x, n_tok, w, low_rank, y);
+    }
     let (n_out, n_in) = (w.n_rows(), w.n_cols());
     assert_eq!(x.len(), n_tok * n_in, "matmul_wt_bf16: x shape");
     assert_eq!(y.len(), n_tok * n_out, "matmul_wt_bf16: y shape");
@@ -240,31 +245,12 @@ pub fn matmul_wt_bf16_plus(
                     for k0 in chunk_starts(n_in, chunk) {
                         let kc = chunk.min(n_in - k0);
                         let kp = kc.div_ceil(2);
-                        for j in 0..NB {
-                            if j < n_valid {
-                                let seg = &mut row_buf[..kc];
-                                w.dequantize_segment(n0 + j, k0, seg);
-                                let pairs = &mut pair_buf[..kp];
-                                to_pairs(seg, pairs);
-                                for (q, &v) in pairs.iter().enumerate() {
-                                    packed[q * NB + j] = v;
-                                }
-                            } else {
-                                (0..kp).for_each(|q| packed[q * NB + j] = 0);
-                            }
-                        }
+                        pack_panel(w, n0, n_valid, k0, kc, packed, row_buf, pair_buf);
                         // The low-rank term's factor rows follow the last
                         // chunk's: one more run of pairs of the same sum.
                         let tail = match &extra {
                             Some((lr, (ap, ld_act))) if k0 + kc >= n_in => {
-                                for j in 0..NB {
-                                    let row = (j < n_valid)
-                                        .then(|| &lr.factor[(n0 + j) * lr.rank..][..lr.rank]);
-                                    for q in 0..lr_pairs {
-                                        packed[(kp + q) * NB + j] =
-                                            row.map_or(0, |r| pair_at(r, q));
-                                    }
-                                }
+                                pack_factor(lr, n0, n_valid, &mut packed[kp * NB..]);
                                 Some((ap, *ld_act))
                             }
                             _ => None,
@@ -292,6 +278,186 @@ pub fn matmul_wt_bf16_plus(
                                     n_valid,
                                     k0 > 0,
                                 );
+                            }
+                        }
+                    }
+                }
+            },
+        );
+}
+
+/// Packs weight rows `n0..n0 + n_valid` (at most [`NB`]), inputs `k0..k0 +
+/// kc`, as the bf16 kernels read them: `packed[q * NB + j]` holds inputs
+/// `k0 + 2q` and `k0 + 2q + 1` of row `n0 + j` rounded to bf16 (an odd `kc`
+/// ends with a zero); rows past `n_valid` are zero. `row_buf` and
+/// `pair_buf` are scratch of `kc` and `kc / 2` values.
+#[allow(clippy::too_many_arguments)]
+fn pack_panel(
+    w: &Weights,
+    n0: usize,
+    n_valid: usize,
+    k0: usize,
+    kc: usize,
+    packed: &mut [u32],
+    row_buf: &mut [f32],
+    pair_buf: &mut [u32],
+) {
+    let kp = kc.div_ceil(2);
+    for j in 0..NB {
+        if j < n_valid {
+            let seg = &mut row_buf[..kc];
+            w.dequantize_segment(n0 + j, k0, seg);
+            let pairs = &mut pair_buf[..kp];
+            to_pairs(seg, pairs);
+            for (q, &v) in pairs.iter().enumerate() {
+                packed[q * NB + j] = v;
+            }
+        } else {
+            (0..kp).for_each(|q| packed[q * NB + j] = 0);
+        }
+    }
+}
+
+/// Packs the low-rank factor's rows `n0..n0 + n_valid` as [`pack_panel`]
+/// packs weights, its `rank` values as `rank.div_ceil(2)` pair rows.
+fn pack_factor(lr: &LowRank, n0: usize, n_valid: usize, packed: &mut [u32]) {
+    for j in 0..NB {
+        let row = (j < n_valid).then(|| &lr.factor[(n0 + j) * lr.rank..][..lr.rank]);
+        for q in 0..lr.rank.div_ceil(2) {
+            packed[q * NB + j] = row.map_or(0, |r| pair_at(r, q));
+        }
+    }
+}
+
+/// `x` rounded to bf16 as pairs for AMX tiles: rows of `n` values padded
+/// with zeros to a whole number of 16-pair tile rows plus one more tile row
+/// (so a tile at any 16-pair chunk start stays in bounds), and 16 more zero
+/// rows (so a 16-row tile starting at any real row does).
+fn tile_pairs_of(x: &[f32], n_tok: usize, n: usize) -> (Vec<u32>, usize) {
+    let np = n.div_ceil(2);
+    let ld = np.div_ceil(amx::TILE) * amx::TILE + amx::TILE;
+    let mut out = vec![0u32; (n_tok + amx::TILE) * ld];
+    if np > 0 {
+        out.par_chunks_mut(ld)
+            .zip(x.par_chunks(n))
+            .with_min_len(16)
+            .for_each(|(o, row)| to_pairs(row, &mut o[..np]));
+    }
+    (out, ld)
+}
+
+/// [`matmul_wt_bf16_plus`] on AMX tiles (`T`: the instructions, or their
+/// model in tests): the same packing into 32-column panels, pair rows
+/// padded with zeros to whole tiles (the main run's and the low-rank
+/// term's each), and blocks of 16 activation rows by one panel
+/// ([`amx::block`]); each block's 16 x 32 result is added into `y`'s
+/// rows that exist.
+pub(crate) fn matmul_wt_tiles<T: amx::Tiles>(
+    x: &[f32],
+    n_tok: usize,
+    w: &Weights,
+    low_rank: Option<LowRank>,
+    y: &mut [f32],
+) {
+    use amx::TILE;
+    let (n_out, n_in) = (w.n_rows(), w.n_cols());
+    assert_eq!(x.len(), n_tok * n_in, "matmul_wt_bf16: x shape");
+    assert_eq!(y.len(), n_tok * n_out, "matmul_wt_bf16: y shape");
+    if n_tok == 0 || n_out == 0 {
+        return;
+    }
+    let (xp, lda) = tile_pairs_of(x, n_tok, n_in);
+    let chunk = balanced_chunk(n_in, w.ty().block_len(), PACK_BYTES / (4 * NB) * 2);
+    let extra = low_rank.map(|lr| {
+        assert!(
+            lr.rank <= KC && lr.act.len() == n_tok * lr.rank && lr.factor.len() == n_out * lr.rank,
+            "matmul_wt_bf16: low-rank term shapes"
+        );
+        (lr, tile_pairs_of(lr.act, n_tok, lr.rank))
+    });
+    let whole = |pairs: usize| pairs.div_ceil(TILE) * TILE;
+    let lr_rows = extra
+        .as_ref()
+        .map_or(0, |(lr, _)| whole(lr.rank.div_ceil(2)));
+    let main_rows = whole(chunk.div_ceil(2));
+    let n_panels = n_out.div_ceil(NB);
+    let n_col_tasks = n_panels.div_ceil(PANELS_PER_TASK);
+    let (n_row_tasks, rows_per_task) = row_split(n_tok, n_col_tasks);
+    let out = SharedOut::new(y);
+    (0..n_col_tasks * n_row_tasks)
+        .into_par_iter()
+        .for_each_init(
+            || {
+                (
+                    vec![0u32; (main_rows + lr_rows) * NB],
+                    vec![0f32; chunk],
+                    vec![0u32; chunk / 2 + 1],
+                    Box::new([0f32; TILE * 32]),
+                )
+            },
+            |(packed, row_buf, pair_buf, c), task| {
+                let (task, row_task) = (task / n_row_tasks, task % n_row_tasks);
+                let t_first = row_task * rows_per_task;
+                let t_end = (t_first + rows_per_task).min(n_tok);
+                let first = task * PANELS_PER_TASK;
+                for panel in first..(first + PANELS_PER_TASK).min(n_panels) {
+                    let n0 = panel * NB;
+                    let n_valid = NB.min(n_out - n0);
+                    for k0 in chunk_starts(n_in, chunk) {
+                        let kc = chunk.min(n_in - k0);
+                        let kp = kc.div_ceil(2);
+                        pack_panel(w, n0, n_valid, k0, kc, packed, row_buf, pair_buf);
+                        // Pad pair rows: zero weights against whatever the
+                        // activation tile holds past the chunk.
+                        packed[kp * NB..whole(kp) * NB].fill(0);
+                        let mut runs = [amx::Run {
+                            a: std::ptr::null(),
+                            lda,
+                            b: packed.as_ptr(),
+                            groups: whole(kp) / TILE,
+                        }; 2];
+                        let mut n_runs = 1;
+                        if let Some((lr, (_, ld_act))) = &extra {
+                            if k0 + kc >= n_in {
+                                let tail = &mut packed[whole(kp) * NB..];
+                                pack_factor(lr, n0, n_valid, tail);
+                                tail[lr.rank.div_ceil(2) * NB..lr_rows * NB].fill(0);
+                                runs[1] = amx::Run {
+                                    a: std::ptr::null(),
+                                    lda: *ld_act,
+                                    b: tail.as_ptr(),
+                                    groups: lr_rows / TILE,
+                                };
+                                n_runs = 2;
+                            }
+                        }
+                        for t0 in (t_first..t_end).step_by(TILE) {
+                            let mr = TILE.min(t_end - t0);
+                            runs[0].a = xp[t0 * lda + k0 / 2..].as_ptr();
+                            if let Some((_, (ap, ld_act))) = &extra {
+                                runs[1].a = ap[t0 * ld_act..].as_ptr();
+                            }
+                            // SAFETY: T's instructions run here (the kernel
+                            // set chose them, or T is the model); the
+                            // activation pairs are padded to 16 more rows and
+                            // a tile row past every chunk start, and the
+                            // packed runs to whole tiles of zeros.
+                            unsafe { amx::block::<T>(&runs[..n_runs], NB, c) };
+                            for i in 0..mr {
+                                // SAFETY: row t0 + i < n_tok and columns
+                                // n0..n0 + n_valid belong to this task.
+                                let yr = unsafe {
+                                    std::slice::from_raw_parts_mut(
+                                        out.get().add((t0 + i) * n_out + n0),
+                                        n_valid,
+                                    )
+                                };
+                                let cr = &c[i * 32..i * 32 + n_valid];
+                                if k0 > 0 {
+                                    yr.iter_mut().zip(cr).for_each(|(v, d)| *v += d);
+                                } else {
+                                    yr.copy_from_slice(cr);
+                                }
                             }
                         }
                     }

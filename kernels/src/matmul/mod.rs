@@ -14,6 +14,7 @@
 //! is the fallback, and [`matmul_wt_scalar`] (f64, one dot product at a time)
 //! is the oracle of the tests.
 
+pub(crate) mod amx;
 pub(crate) mod bf16;
 mod micro;
 mod pack;

@@ -298,6 +298,28 @@ fn bf16_pair_conversions_match_the_scalar_rounding() {
 /// against the unrounded product within the rounding of two operands
 /// (2 * 2^-9 of the mass, plus the accumulation).
 fn check_bf16(ty: QuantType, n_tok: usize, n_a: usize, n_b: usize, transposed: bool, seed: u64) {
+    let product = move |x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]| {
+        if transposed {
+            matmul_wt_bf16(x, n_tok, w, y);
+        } else {
+            matmul_w_bf16(x, n_tok, w, y);
+        }
+    };
+    check_bf16_with(&product, ty, n_tok, n_a, n_b, transposed, seed);
+}
+
+/// `(x, n_tok, w, y)`: a bf16 product, `x W^T` or `x W`.
+type Bf16Product = dyn Fn(&[f32], usize, &Weights, &mut [f32]);
+
+fn check_bf16_with(
+    product: &Bf16Product,
+    ty: QuantType,
+    n_tok: usize,
+    n_a: usize,
+    n_b: usize,
+    transposed: bool,
+    seed: u64,
+) {
     let round = |v: f32| from_bf16(to_bf16(v)) as f64;
     let mut rng = TestRng(seed);
     // W is [n_a, n_b]; x W^T reduces over n_b, x W over n_a.
@@ -306,11 +328,7 @@ fn check_bf16(ty: QuantType, n_tok: usize, n_a: usize, n_b: usize, transposed: b
     let (n_red, n_out) = if transposed { (n_b, n_a) } else { (n_a, n_b) };
     let x: Vec<f32> = (0..n_tok * n_red).map(|_| rng.uniform()).collect();
     let mut y = vec![f32::NAN; n_tok * n_out];
-    if transposed {
-        matmul_wt_bf16(&x, n_tok, &w, &mut y);
-    } else {
-        matmul_w_bf16(&x, n_tok, &w, &mut y);
-    }
+    product(&x, n_tok, &w, &mut y);
     let mut dense = vec![0f32; n_a * n_b];
     for (r, row) in dense.chunks_exact_mut(n_b).enumerate() {
         w.dequantize_row(r, row);
@@ -400,6 +418,39 @@ fn bf16_products_match_their_oracles_or_fall_back_to_f32() {
     check_bf16(QuantType::F32, 5, 301, 32, false, 2);
 }
 
+/// The bf16 `x W^T` on AMX tiles, run through the tile instructions'
+/// software model (`amx::Model`) on any CPU, against the same oracles and
+/// shapes as the `vdpbf16ps` kernel: ragged token counts (not multiples of
+/// the 16-row tile), outputs that are not whole panels, reductions that are
+/// not whole tiles (odd ones included) and past one packed chunk. The
+/// instructions themselves are compared with the model on one block where
+/// the CPU has AMX (`amx::tests`).
+#[test]
+fn bf16_x_wt_on_amx_tiles_matches_the_oracles_in_the_model() {
+    let product = |x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]| {
+        bf16::matmul_wt_tiles::<amx::Model>(x, n_tok, w, None, y)
+    };
+    let shapes = [
+        (1, 16, 256),
+        (9, 21, 512),
+        (17, 40, 896),
+        (3, 300, 256),
+        (40, 33, 768),
+        (3, 40, 9216),
+    ];
+    for (i, ty) in [QuantType::Q4_K, QuantType::Q8_0, QuantType::F32]
+        .into_iter()
+        .enumerate()
+    {
+        for (j, &(t, a, b)) in shapes.iter().enumerate() {
+            if b % ty.block_len() == 0 {
+                check_bf16_with(&product, ty, t, a, b, true, (i * 10 + j + 200) as u64);
+            }
+        }
+    }
+    check_bf16_with(&product, QuantType::F32, 5, 7, 33, true, 3);
+}
+
 /// The low-rank term riding in a product (LoRA's `(s u) B^T` and `g A`),
 /// against the f64 sum of both products: in f32 through every micro-kernel
 /// this CPU runs, within [`MATMUL_TOL`] of the mass; in bf16 (where the CPU
@@ -435,8 +486,19 @@ fn products_with_a_low_rank_term_match_the_f64_sum() {
         ));
     }
     for (name, product, tol) in &runs {
-        check_low_rank(name, product, *tol);
+        check_low_rank(name, product, *tol, &[true, false]);
     }
+    // x W^T on AMX tiles (their software model): the term is one more run
+    // of tiles after the last chunk's.
+    let tiles: Box<LowRankProduct> = Box::new(|x, n_tok, w, lr, y, _| {
+        bf16::matmul_wt_tiles::<amx::Model>(x, n_tok, w, Some(lr), y)
+    });
+    check_low_rank(
+        "bf16 on AMX tiles (model)",
+        &tiles,
+        2.0 / 512.0 + MATMUL_TOL,
+        &[true],
+    );
 }
 
 /// Every f32 micro-kernel this CPU runs, by name.
@@ -455,7 +517,7 @@ fn kernels_here() -> Vec<(&'static str, micro::MicroKernel)> {
 /// when `transposed`, else `y += x W + act factor`.
 type LowRankProduct = dyn Fn(&[f32], usize, &Weights, LowRank, &mut [f32], bool);
 
-fn check_low_rank(name: &str, product: &LowRankProduct, tol: f64) {
+fn check_low_rank(name: &str, product: &LowRankProduct, tol: f64, directions: &[bool]) {
     let mut rng = TestRng(6);
     // The last two go past one packed chunk (see the test above): in bf16
     // the term rides in the last chunk only, in f32 it is a reduction of
@@ -474,7 +536,7 @@ fn check_low_rank(name: &str, product: &LowRankProduct, tol: f64) {
         for (r, row) in dense.chunks_exact_mut(n_b).enumerate() {
             w.dequantize_row(r, row);
         }
-        for transposed in [true, false] {
+        for &transposed in directions {
             // x W^T: x [n_tok, n_b], factor B [n_a, rank]; x W: x [n_tok, n_a], factor A [rank, n_b].
             let (n_red, n_out) = if transposed { (n_b, n_a) } else { (n_a, n_b) };
             let x = rng.vec(n_tok * n_red, 1.0);

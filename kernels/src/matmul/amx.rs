@@ -1,0 +1,410 @@
+//! AMX-BF16 tiles for the bf16 `x W^T` ([`super::matmul_wt_bf16_plus`]):
+//! `tdpbf16ps` multiplies a 16 x 32 bf16 tile by a 16 x 16-pair tile into
+//! a 16 x 16 f32 tile, 16 times the multiply-adds of an AVX-512 `vdpbf16ps`
+//! per instruction, on Intel Xeons since Sapphire Rapids.
+//!
+//! The operands are the bf16 path's own: activations as rows of pairs, and
+//! weight panels packed `[pair row][32]`, which is the layout a B tile wants
+//! (pair `q` of output `j` at row `q`, column `j`). A block is 16 activation
+//! rows by one 32-column panel: two C tiles, one A tile, two B tiles, every
+//! tile whole (16 rows of 64 bytes): the caller pads the activation rows and
+//! the panel's pair rows with zeros to whole tiles, so no tile is ever
+//! configured smaller.
+//!
+//! Opt-in (`CLEANER_BF16=amx`, [`crate::cpu::kernels`]) until a machine with
+//! AMX has measured it against the AVX-512 BF16 kernel: the development
+//! machines (AMD Zen 4, and an Intel guest without AMX) cannot run it. The
+//! blocking, padding and packing are tested everywhere through [`Model`],
+//! a software model of the tile instructions that the same kernel code
+//! drives; [`Hw`] issues the instructions themselves.
+
+/// Rows of a tile, and pairs (or f32 values) in a tile row of 64 bytes.
+pub(crate) const TILE: usize = 16;
+
+/// The tile operations the block kernel uses, on tile registers named by
+/// number: the instructions ([`Hw`]) or their software model ([`Model`]).
+///
+/// # Safety
+/// Every pointer must be valid for 16 rows of 64 bytes at its stride;
+/// [`Tiles::configure`] must precede the other calls on the same thread.
+pub(crate) trait Tiles {
+    /// Five 16 x 64-byte tiles: 0 and 1 for C, 2 for A, 3 and 4 for B.
+    unsafe fn configure();
+    /// Tile `T` = 0.
+    unsafe fn zero<const T: u8>();
+    /// Tile `T` = 16 rows of 64 bytes from `p`, `stride` bytes apart.
+    unsafe fn load<const T: u8>(p: *const u8, stride: usize);
+    /// 16 rows of 64 bytes at `p`, `stride` apart = tile `T`.
+    unsafe fn store<const T: u8>(p: *mut u8, stride: usize);
+    /// Tile `C` += tile `A` (bf16 pairs) x tile `B` (bf16 pairs).
+    unsafe fn dot<const C: u8, const A: u8, const B: u8>();
+    /// Ends the tile state.
+    unsafe fn release();
+}
+
+/// One run of the left operand of a block: `groups` tiles of 16 pairs,
+/// rows `lda` pairs apart, against `groups * 16` pair rows of B from `b`.
+#[derive(Clone, Copy)]
+pub(crate) struct Run {
+    pub a: *const u32,
+    pub lda: usize,
+    pub b: *const u32,
+    pub groups: usize,
+}
+
+/// `c[16][32] = sum over runs of A[16 rows, groups * 16 pairs] B[groups *
+/// 16 pair rows, 32 columns]`, B's pair rows `ldb` u32 apart.
+///
+/// # Safety
+/// `T`'s instructions must be usable on this thread; each run's A must be
+/// readable for 16 rows of `groups * 16` pairs at stride `lda`, its B for
+/// `groups * 16` rows of 32 pairs at stride `ldb`.
+pub(crate) unsafe fn block<T: Tiles>(runs: &[Run], ldb: usize, c: &mut [f32; TILE * 32]) {
+    T::configure();
+    T::zero::<0>();
+    T::zero::<1>();
+    for r in runs {
+        for g in 0..r.groups {
+            let a = r.a.add(g * TILE).cast::<u8>();
+            let b = r.b.add(g * TILE * ldb);
+            T::load::<2>(a, 4 * r.lda);
+            T::load::<3>(b.cast(), 4 * ldb);
+            T::load::<4>(b.add(TILE).cast(), 4 * ldb);
+            T::dot::<0, 2, 3>();
+            T::dot::<1, 2, 4>();
+        }
+    }
+    let c = c.as_mut_ptr();
+    T::store::<0>(c.cast(), 4 * 32);
+    T::store::<1>(c.add(TILE).cast(), 4 * 32);
+    T::release();
+}
+
+/// Whether this CPU and OS run AMX-BF16 here: CPUID's AMX-TILE and
+/// AMX-BF16, the OS's tile state in XCR0, and Linux's permission for this
+/// process to use tile data (asked once; a kernel without it raises SIGILL
+/// on the first tile load). Asks for the permission as a side effect.
+pub(crate) fn usable() -> Result<(), String> {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        // CPUID exists on every x86_64 CPU (safe since Rust 1.87); leaf 7
+        // is read only when leaf 0 reports it.
+        let (max_leaf, leaf1) = (__cpuid(0).eax, __cpuid(1));
+        if max_leaf < 7 {
+            return Err("CPUID has no leaf 7".into());
+        }
+        let leaf7 = __cpuid_count(7, 0);
+        let (tile, bf16) = (leaf7.edx & (1 << 24) != 0, leaf7.edx & (1 << 22) != 0);
+        if !(tile && bf16) {
+            return Err("the CPU has no AMX-TILE and AMX-BF16".into());
+        }
+        if leaf1.ecx & (1 << 27) == 0 {
+            return Err("the OS has not enabled XSAVE".into());
+        }
+        // SAFETY: OSXSAVE is set (checked above), so XGETBV is allowed.
+        let xcr0 = unsafe { xcr0() };
+        if xcr0 & (0b11 << 17) != 0b11 << 17 {
+            return Err(format!(
+                "the OS has not enabled the tile state (XCR0 {xcr0:#x})"
+            ));
+        }
+        request_tile_data()
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        Err("AMX is used on x86-64 Linux only".into())
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[target_feature(enable = "xsave")]
+unsafe fn xcr0() -> u64 {
+    std::arch::x86_64::_xgetbv(0)
+}
+
+/// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`: Linux 5.16 and
+/// later give a process the tile-data state only when it asks.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn request_tile_data() -> Result<(), String> {
+    const SYS_ARCH_PRCTL: usize = 158;
+    const ARCH_REQ_XCOMP_PERM: usize = 0x1023;
+    const XFEATURE_XTILEDATA: usize = 18;
+    let ret: isize;
+    // SAFETY: a plain system call with two integer arguments; it reads and
+    // writes no memory of ours (the kernel clobbers rcx and r11).
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL as isize => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "Linux refused the tile-data permission (arch_prctl error {})",
+            -ret
+        ))
+    }
+}
+
+/// The instructions. Tile numbers are constants, so each `match` folds to
+/// one instruction.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Hw;
+
+#[cfg(target_arch = "x86_64")]
+mod hw {
+    use super::{Hw, Tiles};
+    use std::arch::asm;
+
+    /// Palette 1; tiles 0-4 of 16 rows x 64 bytes, the rest unused.
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    const CONFIG: Config = {
+        let mut c = [0u8; 64];
+        c[0] = 1; // palette
+        let mut t = 0;
+        while t < 5 {
+            // colsb[t] (u16 at 16 + 2t) = 64; rows[t] (u8 at 48 + t) = 16.
+            c[16 + 2 * t] = 64;
+            c[48 + t] = 16;
+            t += 1;
+        }
+        Config(c)
+    };
+
+    macro_rules! on_tile {
+        ($t:expr, $($n:literal => $body:expr),*) => {
+            match $t {
+                $($n => $body,)*
+                _ => unreachable!("tile {} is not configured", $t),
+            }
+        };
+    }
+
+    impl Tiles for Hw {
+        unsafe fn configure() {
+            asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const Config, options(nostack, readonly));
+        }
+        unsafe fn zero<const T: u8>() {
+            on_tile!(T,
+                0 => asm!("tilezero tmm0", options(nostack, nomem)),
+                1 => asm!("tilezero tmm1", options(nostack, nomem)),
+                2 => asm!("tilezero tmm2", options(nostack, nomem)),
+                3 => asm!("tilezero tmm3", options(nostack, nomem)),
+                4 => asm!("tilezero tmm4", options(nostack, nomem)))
+        }
+        unsafe fn load<const T: u8>(p: *const u8, stride: usize) {
+            on_tile!(T,
+                0 => asm!("tileloadd tmm0, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly)),
+                1 => asm!("tileloadd tmm1, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly)),
+                2 => asm!("tileloadd tmm2, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly)),
+                3 => asm!("tileloadd tmm3, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly)),
+                4 => asm!("tileloadd tmm4, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly)))
+        }
+        unsafe fn store<const T: u8>(p: *mut u8, stride: usize) {
+            on_tile!(T,
+                0 => asm!("tilestored [{p} + {s} * 1], tmm0", p = in(reg) p, s = in(reg) stride, options(nostack)),
+                1 => asm!("tilestored [{p} + {s} * 1], tmm1", p = in(reg) p, s = in(reg) stride, options(nostack)))
+        }
+        unsafe fn dot<const C: u8, const A: u8, const B: u8>() {
+            match (C, A, B) {
+                (0, 2, 3) => asm!("tdpbf16ps tmm0, tmm2, tmm3", options(nostack, nomem)),
+                (1, 2, 4) => asm!("tdpbf16ps tmm1, tmm2, tmm4", options(nostack, nomem)),
+                _ => unreachable!("tdpbf16ps tmm{C}, tmm{A}, tmm{B} is not used"),
+            }
+        }
+        unsafe fn release() {
+            asm!("tilerelease", options(nostack, nomem));
+        }
+    }
+}
+
+/// A software model of the tile instructions: eight tiles of 16 rows of 64
+/// bytes per thread, `tdpbf16ps` as Intel's pseudo-code defines it (each
+/// f32 lane of C adds the two products of a pair, products of bf16 values
+/// being exact in f32). It runs the block kernel's addressing on any CPU.
+#[cfg(test)]
+pub(crate) struct Model;
+
+#[cfg(test)]
+thread_local! {
+    static MODEL_TILES: std::cell::RefCell<[[u8; 64 * TILE]; 8]> =
+        const { std::cell::RefCell::new([[0; 64 * TILE]; 8]) };
+}
+
+#[cfg(test)]
+impl Model {
+    fn with<R>(f: impl FnOnce(&mut [[u8; 64 * TILE]; 8]) -> R) -> R {
+        MODEL_TILES.with(|t| f(&mut t.borrow_mut()))
+    }
+
+    fn word(tile: &[u8; 64 * TILE], row: usize, col: usize) -> u32 {
+        let i = row * 64 + 4 * col;
+        u32::from_le_bytes([tile[i], tile[i + 1], tile[i + 2], tile[i + 3]])
+    }
+}
+
+#[cfg(test)]
+impl Tiles for Model {
+    unsafe fn configure() {}
+    unsafe fn zero<const T: u8>() {
+        Model::with(|t| t[T as usize] = [0; 64 * TILE]);
+    }
+    unsafe fn load<const T: u8>(p: *const u8, stride: usize) {
+        Model::with(|t| {
+            for r in 0..TILE {
+                std::ptr::copy_nonoverlapping(
+                    p.add(r * stride),
+                    t[T as usize][64 * r..].as_mut_ptr(),
+                    64,
+                );
+            }
+        });
+    }
+    unsafe fn store<const T: u8>(p: *mut u8, stride: usize) {
+        Model::with(|t| {
+            for r in 0..TILE {
+                std::ptr::copy_nonoverlapping(
+                    t[T as usize][64 * r..].as_ptr(),
+                    p.add(r * stride),
+                    64,
+                );
+            }
+        });
+    }
+    unsafe fn dot<const C: u8, const A: u8, const B: u8>() {
+        let half = |w: u32, hi: bool| f32::from_bits(if hi { w & 0xffff_0000 } else { w << 16 });
+        Model::with(|t| {
+            let (a, b) = (t[A as usize], t[B as usize]);
+            let c = &mut t[C as usize];
+            for m in 0..TILE {
+                for n in 0..TILE {
+                    let mut acc = f32::from_bits(Model::word(c, m, n));
+                    for k in 0..TILE {
+                        let (x, y) = (Model::word(&a, m, k), Model::word(&b, k, n));
+                        acc += half(x, false) * half(y, false);
+                        acc += half(x, true) * half(y, true);
+                    }
+                    c[m * 64 + 4 * n..][..4].copy_from_slice(&acc.to_bits().to_le_bytes());
+                }
+            }
+        });
+    }
+    unsafe fn release() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One block through the model against the f64 sum of the same bf16
+    /// values, with two runs (the main reduction and a low-rank tail) at
+    /// their own strides: products of bf16 values are exact, so the only
+    /// difference is f32 summation.
+    #[test]
+    fn the_model_block_sums_both_runs() {
+        use crate::matmul::bf16::{from_bf16, pair};
+        let (lda, lda2, ldb) = (40, 16, 32);
+        let val = |i: usize| ((i * 37 % 101) as f32 - 50.0) / 25.0;
+        let a: Vec<u32> = (0..TILE * lda).map(|i| pair(val(i), val(i + 7))).collect();
+        let a2: Vec<u32> = (0..TILE * lda2)
+            .map(|i| pair(val(i + 3), val(i + 11)))
+            .collect();
+        // B: 2 groups of the main run, then 1 of the tail.
+        let b: Vec<u32> = (0..3 * TILE * ldb)
+            .map(|i| pair(val(i + 5), val(i + 13)))
+            .collect();
+        let runs = [
+            Run {
+                a: a.as_ptr(),
+                lda,
+                b: b.as_ptr(),
+                groups: 2,
+            },
+            Run {
+                a: a2.as_ptr(),
+                lda: lda2,
+                b: b[2 * TILE * ldb..].as_ptr(),
+                groups: 1,
+            },
+        ];
+        let mut c = [f32::NAN; TILE * 32];
+        // SAFETY: every run's A has 16 rows of its groups' pairs at its
+        // stride and B its pair rows; the model needs nothing of the CPU.
+        unsafe { block::<Model>(&runs, ldb, &mut c) };
+        let lo = |w: u32| from_bf16(w as u16) as f64;
+        let hi = |w: u32| from_bf16((w >> 16) as u16) as f64;
+        for m in 0..TILE {
+            for n in 0..32 {
+                let mut want = 0f64;
+                for (aa, ld, b0, kp) in [(&a, lda, 0, 32), (&a2, lda2, 2 * TILE, 16)] {
+                    for q in 0..kp {
+                        let (x, y) = (aa[m * ld + q], b[(b0 + q) * ldb + n]);
+                        want += lo(x) * lo(y) + hi(x) * hi(y);
+                    }
+                }
+                let got = c[m * 32 + n] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "row {m} column {n}: {got} against {want}"
+                );
+            }
+        }
+    }
+
+    /// Where the CPU and OS have AMX, the instructions give what the model
+    /// gives on the same block (summation order aside); elsewhere this
+    /// says why it did not run them and checks that the refusal names the
+    /// missing piece.
+    #[test]
+    fn the_instructions_match_the_model_where_amx_runs() {
+        use crate::matmul::bf16::pair;
+        match usable() {
+            Err(why) => {
+                eprintln!("AMX not run here: {why}");
+                assert!(
+                    why.contains("AMX") || why.contains("XSAVE") || why.contains("tile"),
+                    "{why}"
+                );
+            }
+            Ok(()) => {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    let val = |i: usize| ((i * 53 % 97) as f32 - 48.0) / 16.0;
+                    let a: Vec<u32> = (0..TILE * 48).map(|i| pair(val(i), val(i + 1))).collect();
+                    let b: Vec<u32> = (0..3 * TILE * 32)
+                        .map(|i| pair(val(i + 2), val(i + 9)))
+                        .collect();
+                    let runs = [Run {
+                        a: a.as_ptr(),
+                        lda: 48,
+                        b: b.as_ptr(),
+                        groups: 3,
+                    }];
+                    let (mut hw, mut model) = ([0f32; TILE * 32], [0f32; TILE * 32]);
+                    // SAFETY: usable() said the instructions run here; the
+                    // operands hold 3 groups of whole tiles.
+                    unsafe {
+                        block::<Hw>(&runs, 32, &mut hw);
+                        block::<Model>(&runs, 32, &mut model);
+                    }
+                    for (i, (h, m)) in hw.iter().zip(&model).enumerate() {
+                        assert!(
+                            (h - m).abs() <= 1e-4 * (1.0 + m.abs()),
+                            "{i}: {h} against {m}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
