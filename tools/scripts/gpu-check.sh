@@ -65,6 +65,22 @@ for t in ${GPU_TESTS:-$staged}; do
 done
 
 
+# The bf16 x W^T on AMX tiles against vdpbf16ps on this machine's Xeon cores
+# (`CLEANER_BF16=amx` is opt-in until measured): a bf16 training step each
+# way, same run. The `kernels` tests above compared the instructions with
+# their model where the CPU has AMX.
+if [ -z "${NO_AMX_BENCH:-}" ] && [ $((deadline - SECONDS)) -gt 100 ]; then
+  note "amx: $(grep -o 'amx_[a-z0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+  for bf16 in avx512 amx; do
+    start=$SECONDS
+    CLEANER_BF16=$bf16 timeout "$(limit 45)" "$stage/bin/cleaner" bench train \
+      --models /tmp/qwen2.5-coder-0.5b-random.gguf --tokens 512 --backend cpu --keep-mib 2048 \
+      --precision bf16 --python none --reps 2 >"$out/bench-train-bf16-$bf16.md" 2>"$out/bench-train-bf16-$bf16.log"
+    note "bench train bf16 ($bf16): rc $?, $((SECONDS - start)) s"
+    grep -h 'CLEANER_BF16\|^ours:\|qwen' "$out/bench-train-bf16-$bf16.log" "$out/bench-train-bf16-$bf16.md" | tee -a "$summary"
+  done
+fi
+
 # The trainer on the GPU (ggml graphs on CUDA) against our CPU kernels on this
 # machine's cores, same run: tok/s and peak memory. The Qwen row uses the
 # random-weight stand-in (same shapes and types, so the same work per token).

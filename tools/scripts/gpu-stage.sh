@@ -57,6 +57,16 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print("ggml-" + m["target"]["name"], m["executable"])')
 exes+=("${ggml_exes[@]}")
+# The kernels' unit tests, staged as `kernels`: on the lent machine's Xeon
+# cores they compare the AMX tile instructions with their software model.
+mapfile -t kernel_exes < <(cargo test --release -p cleaner-kernels --lib --no-run \
+  --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["lib"]:
+        print("kernels", m["executable"])')
+exes+=("${kernel_exes[@]}")
 
 # llama-batched-bench on the same ggml build (CUDA included): only llama and
 # the tool are compiled again, for the CPU.
