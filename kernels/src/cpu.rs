@@ -69,8 +69,8 @@ pub struct KernelSet {
     /// 32-wide one on a Sapphire Rapids-class Xeon (measurements/
     /// train-step-intel). Intel's bf16 speed is AMX's: see `bf16_amx`.
     pub bf16_beats_f32: bool,
-    /// Whether the bf16 `x W^T` runs on AMX-BF16 tiles (`matmul::amx`)
-    /// instead of `vdpbf16ps`. Opt-in, `CLEANER_BF16=amx`, where the CPU,
+    /// Whether the bf16 products with the weights (`x W^T`, `dy W`) run on
+    /// AMX-BF16 tiles (`matmul::amx`) instead of `vdpbf16ps`. Opt-in, `CLEANER_BF16=amx`, where the CPU,
     /// the OS and Linux's tile-data permission allow it: no machine with
     /// AMX has measured it yet, so it is not chosen on its own.
     pub bf16_amx: bool,
@@ -157,7 +157,7 @@ impl KernelSet {
             (Some(i), false) => format!("{i} (slower than f32 here: precision auto runs f32)"),
         };
         let bf16 = if self.bf16_amx {
-            format!("{bf16}, x W^T on amx-bf16 tiles")
+            format!("{bf16}, products on amx-bf16 tiles")
         } else {
             bf16
         };
@@ -171,7 +171,7 @@ impl KernelSet {
 /// The kernel set of this CPU (probed on the first call). The environment
 /// variable `CLEANER_GEMM_F32` (`portable`, `avx2` or `avx512`) picks another
 /// f32 GEMM build this CPU runs, to benchmark one against another;
-/// `CLEANER_BF16=amx` runs the bf16 `x W^T` on AMX tiles where they run
+/// `CLEANER_BF16=amx` runs the bf16 products on AMX tiles where they run
 /// (`avx512`, the default, on `vdpbf16ps`).
 pub fn kernels() -> &'static KernelSet {
     static SET: OnceLock<KernelSet> = OnceLock::new();
@@ -209,7 +209,7 @@ fn gemm_override(name: &str, f: Features) -> Result<Isa, String> {
     }
 }
 
-/// Whether `CLEANER_BF16=name` puts the bf16 `x W^T` on AMX tiles: `amx`
+/// Whether `CLEANER_BF16=name` puts the bf16 products on AMX tiles: `amx`
 /// where the CPU has the bf16 kernels and `amx_usable` (the CPU, OS and
 /// permission check, which asks Linux for the permission) says yes.
 fn bf16_override(
@@ -365,7 +365,7 @@ mod tests {
             })
         };
         assert!(
-            set.describe().ends_with(", x W^T on amx-bf16 tiles"),
+            set.describe().ends_with(", products on amx-bf16 tiles"),
             "{}",
             set.describe()
         );

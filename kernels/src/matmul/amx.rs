@@ -1,12 +1,13 @@
-//! AMX-BF16 tiles for the bf16 `x W^T` ([`super::matmul_wt_bf16_plus`]):
+//! AMX-BF16 tiles for the bf16 products with the weights
+//! ([`super::matmul_wt_bf16_plus`], [`super::matmul_w_bf16_plus`]):
 //! `tdpbf16ps` multiplies a 16 x 32 bf16 tile by a 16 x 16-pair tile into
 //! a 16 x 16 f32 tile, 16 times the multiply-adds of an AVX-512 `vdpbf16ps`
 //! per instruction, on Intel Xeons since Sapphire Rapids.
 //!
 //! The operands are the bf16 path's own: activations as rows of pairs, and
-//! weight panels packed `[pair row][32]`, which is the layout a B tile wants
-//! (pair `q` of output `j` at row `q`, column `j`). A block is 16 activation
-//! rows by one 32-column panel: two C tiles, one A tile, two B tiles, every
+//! weights packed `[pair row][column]` (`x W^T`'s 32-column panels, `x W`'s
+//! column groups), which is the layout a B tile wants (pair `q` of output
+//! `j` at row `q`, column `j`). A block is 16 activation rows by 32 columns: two C tiles, one A tile, two B tiles, every
 //! tile whole (16 rows of 64 bytes): the caller pads the activation rows and
 //! the panel's pair rows with zeros to whole tiles, so no tile is ever
 //! configured smaller.

@@ -106,18 +106,18 @@ unsafe fn to_pairs_avx512(src: &[f32], out: &mut [u32]) {
 
 /// `out[j] = pair(lo[j], hi[j])` (`hi` absent: zeros), as [`pair`] does one
 /// at a time: two rows interleaved into one row of pairs (the attention
-/// kernels' operands that sum over tokens). The CPU must have AVX-512 BF16
-/// (callers build bf16 operands only where [`available`]).
+/// kernels' operands that sum over tokens): 16 at a time where the CPU has
+/// AVX-512 BF16, one at a time elsewhere (the AMX kernels' software model
+/// runs in tests on any CPU).
 pub(crate) fn interleave_pairs(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
     debug_assert!(lo.len() == out.len() && hi.is_none_or(|h| h.len() == lo.len()));
-    let whole = lo.len() / 16 * 16;
+    let whole = if available() { lo.len() / 16 * 16 } else { 0 };
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512 BF16 is present (see above); chunks are in bounds.
+    // SAFETY: AVX-512 BF16 is present wherever `whole` > 0; chunks are in
+    // bounds.
     unsafe {
         interleave_pairs_avx512(&lo[..whole], hi.map(|h| &h[..whole]), &mut out[..whole]);
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let whole = 0;
     for j in whole..lo.len() {
         out[j] = pair(lo[j], hi.map_or(0.0, |h| h[j]));
     }
@@ -432,7 +432,6 @@ pub(crate) fn matmul_wt_tiles<T: amx::Tiles>(
                             }
                         }
                         for t0 in (t_first..t_end).step_by(TILE) {
-                            let mr = TILE.min(t_end - t0);
                             runs[0].a = xp[t0 * lda + k0 / 2..].as_ptr();
                             if let Some((_, (ap, ld_act))) = &extra {
                                 runs[1].a = ap[t0 * ld_act..].as_ptr();
@@ -442,22 +441,16 @@ pub(crate) fn matmul_wt_tiles<T: amx::Tiles>(
                             // activation pairs are padded to 16 more rows and
                             // a tile row past every chunk start, and the
                             // packed runs to whole tiles of zeros.
-                            unsafe { amx::block::<T>(&runs[..n_runs], NB, c) };
-                            for i in 0..mr {
-                                // SAFETY: row t0 + i < n_tok and columns
-                                // n0..n0 + n_valid belong to this task.
-                                let yr = unsafe {
-                                    std::slice::from_raw_parts_mut(
-                                        out.get().add((t0 + i) * n_out + n0),
-                                        n_valid,
-                                    )
-                                };
-                                let cr = &c[i * 32..i * 32 + n_valid];
-                                if k0 > 0 {
-                                    yr.iter_mut().zip(cr).for_each(|(v, d)| *v += d);
-                                } else {
-                                    yr.copy_from_slice(cr);
-                                }
+                            unsafe {
+                                amx::block::<T>(&runs[..n_runs], NB, c);
+                                add_block(
+                                    c,
+                                    out.get().add(t0 * n_out + n0),
+                                    n_out,
+                                    TILE.min(t_end - t0),
+                                    n_valid,
+                                    k0 > 0,
+                                );
                             }
                         }
                     }
@@ -484,6 +477,10 @@ pub fn matmul_w_bf16_plus(
     accumulate: bool,
 ) {
     assert!(available(), "matmul_w_bf16: this CPU has no AVX-512 BF16");
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::kernels().bf16_amx {
+        return matmul_w_tiles::<amx::Hw>(x, n_tok, w, low_rank, y, accumulate);
+    }
     let (n_red, n_cols) = (w.n_rows(), w.n_cols());
     assert_eq!(x.len(), n_tok * n_red, "matmul_w_bf16: x shape");
     assert_eq!(y.len(), n_tok * n_cols, "matmul_w_bf16: y shape");
@@ -515,29 +512,11 @@ pub fn matmul_w_bf16_plus(
             for r0 in chunk_starts(n_red, chunk) {
                 let kc = chunk.min(n_red - r0);
                 let kp = kc.div_ceil(2);
-                for q in 0..kp {
-                    let (lo, hi) = rows.split_at_mut(gw);
-                    let (lo, hi) = (&mut lo[..width], &mut hi[..width]);
-                    w.dequantize_segment(r0 + 2 * q, c0, lo);
-                    let hi = (2 * q + 1 < kc).then(|| {
-                        w.dequantize_segment(r0 + 2 * q + 1, c0, hi);
-                        &*hi
-                    });
-                    let dst = &mut tile[q * gw..(q + 1) * gw];
-                    interleave_pairs(lo, hi, &mut dst[..width]);
-                    dst[width..].fill(0);
-                }
+                pack_group(w, r0, kc, c0, width, tile, rows);
                 // The low-rank factor's rows follow the last chunk's.
                 let tail = match &extra {
                     Some((lr, (ap, ld_act))) if r0 + kc >= n_red => {
-                        for q in 0..lr_pairs {
-                            let lo = &lr.factor[2 * q * n_cols + c0..][..width];
-                            let hi = (2 * q + 1 < lr.rank)
-                                .then(|| &lr.factor[(2 * q + 1) * n_cols + c0..][..width]);
-                            let dst = &mut tile[(kp + q) * gw..(kp + q + 1) * gw];
-                            interleave_pairs(lo, hi, &mut dst[..width]);
-                            dst[width..].fill(0);
-                        }
+                        pack_factor_group(lr, n_cols, c0, width, gw, &mut tile[kp * gw..]);
                         Some((ap, *ld_act))
                     }
                     _ => None,
@@ -611,6 +590,186 @@ pub fn micro_kernel_ceiling_gflops() -> Option<(f64, f64)> {
     });
     std::hint::black_box(&c);
     Some(rates)
+}
+
+/// Packs weight rows `r0..r0 + kc`, columns `c0..c0 + width` of a group of
+/// `gw` (the tile's row length) as `x W`'s bf16 kernels read them:
+/// `tile[q * gw + j]` holds rows `r0 + 2q` and `r0 + 2q + 1` of column
+/// `c0 + j` (an odd `kc` ends with a zero), columns past `width` zero.
+/// `rows` is scratch of `2 * gw` values.
+fn pack_group(
+    w: &Weights,
+    r0: usize,
+    kc: usize,
+    c0: usize,
+    width: usize,
+    tile: &mut [u32],
+    rows: &mut [f32],
+) {
+    let gw = rows.len() / 2;
+    for q in 0..kc.div_ceil(2) {
+        let (lo, hi) = rows.split_at_mut(gw);
+        let (lo, hi) = (&mut lo[..width], &mut hi[..width]);
+        w.dequantize_segment(r0 + 2 * q, c0, lo);
+        let hi = (2 * q + 1 < kc).then(|| {
+            w.dequantize_segment(r0 + 2 * q + 1, c0, hi);
+            &*hi
+        });
+        let dst = &mut tile[q * gw..(q + 1) * gw];
+        interleave_pairs(lo, hi, &mut dst[..width]);
+        dst[width..].fill(0);
+    }
+}
+
+/// Packs the low-rank factor (`[rank, n_cols]`) as [`pack_group`] packs
+/// weights: its `rank` rows as `rank.div_ceil(2)` pair rows of `gw`.
+fn pack_factor_group(
+    lr: &LowRank,
+    n_cols: usize,
+    c0: usize,
+    width: usize,
+    gw: usize,
+    tile: &mut [u32],
+) {
+    for q in 0..lr.rank.div_ceil(2) {
+        let lo = &lr.factor[2 * q * n_cols + c0..][..width];
+        let hi = (2 * q + 1 < lr.rank).then(|| &lr.factor[(2 * q + 1) * n_cols + c0..][..width]);
+        let dst = &mut tile[q * gw..(q + 1) * gw];
+        interleave_pairs(lo, hi, &mut dst[..width]);
+        dst[width..].fill(0);
+    }
+}
+
+/// Adds (`accumulate`) or writes a block's 16 x 32 result into `y`'s first
+/// `mr` rows (stride `ldy`) and `n_valid` columns from `y`.
+///
+/// # Safety
+/// `y` must be valid for `mr` rows of `n_valid` values at stride `ldy`,
+/// written by no one else meanwhile.
+unsafe fn add_block(
+    c: &[f32; amx::TILE * 32],
+    y: *mut f32,
+    ldy: usize,
+    mr: usize,
+    n_valid: usize,
+    accumulate: bool,
+) {
+    for i in 0..mr {
+        let yr = std::slice::from_raw_parts_mut(y.add(i * ldy), n_valid);
+        let cr = &c[i * 32..i * 32 + n_valid];
+        if accumulate {
+            yr.iter_mut().zip(cr).for_each(|(v, d)| *v += d);
+        } else {
+            yr.copy_from_slice(cr);
+        }
+    }
+}
+
+/// [`matmul_w_bf16_plus`] on AMX tiles, as [`matmul_wt_tiles`] is
+/// `x W^T`'s: the same group tiles, pair rows padded with zeros to whole
+/// tiles, blocks of 16 rows of `x` by 32 columns of a group.
+pub(crate) fn matmul_w_tiles<T: amx::Tiles>(
+    x: &[f32],
+    n_tok: usize,
+    w: &Weights,
+    low_rank: Option<LowRank>,
+    y: &mut [f32],
+    accumulate: bool,
+) {
+    use amx::TILE;
+    let (n_red, n_cols) = (w.n_rows(), w.n_cols());
+    assert_eq!(x.len(), n_tok * n_red, "matmul_w_bf16: x shape");
+    assert_eq!(y.len(), n_tok * n_cols, "matmul_w_bf16: y shape");
+    if n_tok == 0 || n_cols == 0 {
+        return;
+    }
+    let (xp, lda) = tile_pairs_of(x, n_tok, n_red);
+    let gw = w.group_width();
+    let chunk = balanced_chunk(n_red, 2, (PACK_BYTES / (4 * gw) * 2).max(KC));
+    let extra = low_rank.map(|lr| {
+        assert!(
+            lr.rank <= KC && lr.act.len() == n_tok * lr.rank && lr.factor.len() == lr.rank * n_cols,
+            "matmul_w_bf16: low-rank term shapes"
+        );
+        (lr, tile_pairs_of(lr.act, n_tok, lr.rank))
+    });
+    let whole = |pairs: usize| pairs.div_ceil(TILE) * TILE;
+    let lr_rows = extra
+        .as_ref()
+        .map_or(0, |(lr, _)| whole(lr.rank.div_ceil(2)));
+    let n_groups = n_cols.div_ceil(gw);
+    let (n_row_tasks, rows_per_task) = row_split(n_tok, n_groups);
+    let out = SharedOut::new(y);
+    (0..n_groups * n_row_tasks).into_par_iter().for_each_init(
+        || {
+            (
+                vec![0u32; (whole(chunk.div_ceil(2)) + lr_rows) * gw],
+                vec![0f32; 2 * gw],
+                Box::new([0f32; TILE * 32]),
+            )
+        },
+        |(tile, rows, c), task| {
+            let (group, row_task) = (task / n_row_tasks, task % n_row_tasks);
+            let t_first = row_task * rows_per_task;
+            let t_end = (t_first + rows_per_task).min(n_tok);
+            let c0 = group * gw;
+            let width = gw.min(n_cols - c0);
+            for r0 in chunk_starts(n_red, chunk) {
+                let kc = chunk.min(n_red - r0);
+                let kp = kc.div_ceil(2);
+                pack_group(w, r0, kc, c0, width, tile, rows);
+                tile[kp * gw..whole(kp) * gw].fill(0);
+                let main = amx::Run {
+                    a: std::ptr::null(),
+                    lda,
+                    b: tile.as_ptr(),
+                    groups: whole(kp) / TILE,
+                };
+                let mut runs = [main; 2];
+                let mut n_runs = 1;
+                if let Some((lr, (_, ld_act))) = &extra {
+                    if r0 + kc >= n_red {
+                        let tail = &mut tile[whole(kp) * gw..];
+                        pack_factor_group(lr, n_cols, c0, width, gw, tail);
+                        tail[lr.rank.div_ceil(2) * gw..lr_rows * gw].fill(0);
+                        runs[1] = amx::Run {
+                            a: std::ptr::null(),
+                            lda: *ld_act,
+                            b: tail.as_ptr(),
+                            groups: lr_rows / TILE,
+                        };
+                        n_runs = 2;
+                    }
+                }
+                for j0 in (0..width).step_by(NB) {
+                    let n_valid = NB.min(width - j0);
+                    for t0 in (t_first..t_end).step_by(TILE) {
+                        runs[0].a = xp[t0 * lda + r0 / 2..].as_ptr();
+                        if let Some((_, (ap, ld_act))) = &extra {
+                            runs[1].a = ap[t0 * ld_act..].as_ptr();
+                        }
+                        let mut shifted = runs;
+                        shifted.iter_mut().for_each(|r| r.b = r.b.wrapping_add(j0));
+                        // SAFETY: as in matmul_wt_tiles; the group tile's
+                        // rows hold gw >= j0 + 32 pairs; y's columns c0 + j0..
+                        // belong to this task's group alone, rows t0.. to
+                        // its rows.
+                        unsafe {
+                            amx::block::<T>(&shifted[..n_runs], gw, c);
+                            add_block(
+                                c,
+                                out.get().add(t0 * n_cols + c0 + j0),
+                                n_cols,
+                                TILE.min(t_end - t0),
+                                n_valid,
+                                r0 > 0 || accumulate,
+                            );
+                        }
+                    }
+                }
+            }
+        },
+    );
 }
 
 /// One run of a micro-kernel call's left operand: `kp` pairs of each row,

@@ -418,18 +418,16 @@ fn bf16_products_match_their_oracles_or_fall_back_to_f32() {
     check_bf16(QuantType::F32, 5, 301, 32, false, 2);
 }
 
-/// The bf16 `x W^T` on AMX tiles, run through the tile instructions'
+/// The bf16 products on AMX tiles, run through the tile instructions'
 /// software model (`amx::Model`) on any CPU, against the same oracles and
-/// shapes as the `vdpbf16ps` kernel: ragged token counts (not multiples of
-/// the 16-row tile), outputs that are not whole panels, reductions that are
-/// not whole tiles (odd ones included) and past one packed chunk. The
+/// shapes as the `vdpbf16ps` kernels: ragged token counts (not multiples of
+/// the 16-row tile), outputs that are not whole panels or groups,
+/// reductions that are not whole tiles (odd ones included) and past one
+/// packed chunk (9216 inputs of `x W^T`, 4200 rows of `x W`). The
 /// instructions themselves are compared with the model on one block where
 /// the CPU has AMX (`amx::tests`).
 #[test]
-fn bf16_x_wt_on_amx_tiles_matches_the_oracles_in_the_model() {
-    let product = |x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]| {
-        bf16::matmul_wt_tiles::<amx::Model>(x, n_tok, w, None, y)
-    };
+fn bf16_products_on_amx_tiles_match_the_oracles_in_the_model() {
     let shapes = [
         (1, 16, 256),
         (9, 21, 512),
@@ -437,18 +435,29 @@ fn bf16_x_wt_on_amx_tiles_matches_the_oracles_in_the_model() {
         (3, 300, 256),
         (40, 33, 768),
         (3, 40, 9216),
+        (2, 4200, 256),
     ];
-    for (i, ty) in [QuantType::Q4_K, QuantType::Q8_0, QuantType::F32]
-        .into_iter()
-        .enumerate()
-    {
-        for (j, &(t, a, b)) in shapes.iter().enumerate() {
-            if b % ty.block_len() == 0 {
-                check_bf16_with(&product, ty, t, a, b, true, (i * 10 + j + 200) as u64);
+    for transposed in [true, false] {
+        let product = move |x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]| {
+            if transposed {
+                bf16::matmul_wt_tiles::<amx::Model>(x, n_tok, w, None, y)
+            } else {
+                bf16::matmul_w_tiles::<amx::Model>(x, n_tok, w, None, y, false)
+            }
+        };
+        for (i, ty) in [QuantType::Q4_K, QuantType::Q8_0, QuantType::F32]
+            .into_iter()
+            .enumerate()
+        {
+            for (j, &(t, a, b)) in shapes.iter().enumerate() {
+                if b % ty.block_len() == 0 {
+                    let seed = (i * 10 + j + 200 + 100 * transposed as usize) as u64;
+                    check_bf16_with(&product, ty, t, a, b, transposed, seed);
+                }
             }
         }
+        check_bf16_with(&product, QuantType::F32, 5, 7, 33, transposed, 3);
     }
-    check_bf16_with(&product, QuantType::F32, 5, 7, 33, true, 3);
 }
 
 /// The low-rank term riding in a product (LoRA's `(s u) B^T` and `g A`),
@@ -488,17 +497,17 @@ fn products_with_a_low_rank_term_match_the_f64_sum() {
     for (name, product, tol) in &runs {
         check_low_rank(name, product, *tol, &[true, false]);
     }
-    // x W^T on AMX tiles (their software model): the term is one more run
-    // of tiles after the last chunk's.
-    let tiles: Box<LowRankProduct> = Box::new(|x, n_tok, w, lr, y, _| {
-        bf16::matmul_wt_tiles::<amx::Model>(x, n_tok, w, Some(lr), y)
+    // On AMX tiles (their software model): the term is one more run of
+    // tiles after the last chunk's.
+    let tiles: Box<LowRankProduct> = Box::new(|x, n_tok, w, lr, y, transposed| {
+        if transposed {
+            bf16::matmul_wt_tiles::<amx::Model>(x, n_tok, w, Some(lr), y)
+        } else {
+            bf16::matmul_w_tiles::<amx::Model>(x, n_tok, w, Some(lr), y, true)
+        }
     });
-    check_low_rank(
-        "bf16 on AMX tiles (model)",
-        &tiles,
-        2.0 / 512.0 + MATMUL_TOL,
-        &[true],
-    );
+    let tol = 2.0 / 512.0 + MATMUL_TOL;
+    check_low_rank("bf16 on AMX tiles (model)", &tiles, tol, &[true, false]);
 }
 
 /// Every f32 micro-kernel this CPU runs, by name.
