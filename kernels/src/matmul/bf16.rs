@@ -331,14 +331,15 @@ fn pack_factor(lr: &LowRank, n0: usize, n_valid: usize, packed: &mut [u32]) {
 
 /// `x` rounded to bf16 as pairs for AMX tiles: rows of `n` values padded
 /// with zeros to a whole number of 16-pair tile rows plus one more tile row
-/// (so a tile at any 16-pair chunk start stays in bounds), and 16 more zero
-/// rows (so a 16-row tile starting at any real row does).
-fn tile_pairs_of(x: &[f32], n_tok: usize, n: usize) -> (Vec<u32>, usize) {
+/// (so a tile at any 16-pair chunk start stays in bounds), and 32 more zero
+/// rows (so a 32-row block starting at any real row does); 64-byte aligned.
+fn tile_pairs_of(x: &[f32], n_tok: usize, n: usize) -> (amx::Lines, usize) {
     let np = n.div_ceil(2);
     let ld = np.div_ceil(amx::TILE) * amx::TILE + amx::TILE;
-    let mut out = vec![0u32; (n_tok + amx::TILE) * ld];
+    let mut out = amx::Lines::zeros((n_tok + amx::BLOCK) * ld);
     if np > 0 {
-        out.par_chunks_mut(ld)
+        out.as_mut_slice()
+            .par_chunks_mut(ld)
             .zip(x.par_chunks(n))
             .with_min_len(16)
             .for_each(|(o, row)| to_pairs(row, &mut o[..np]));
@@ -349,8 +350,8 @@ fn tile_pairs_of(x: &[f32], n_tok: usize, n: usize) -> (Vec<u32>, usize) {
 /// [`matmul_wt_bf16_plus`] on AMX tiles (`T`: the instructions, or their
 /// model in tests): the same packing into 32-column panels, pair rows
 /// padded with zeros to whole tiles (the main run's and the low-rank
-/// term's each), and blocks of 16 activation rows by one panel
-/// ([`amx::block`]); each block's 16 x 32 result is added into `y`'s
+/// term's each), and blocks of 32 activation rows by one panel
+/// ([`amx::block`]); each block's 32 x 32 result is added into `y`'s
 /// rows that exist.
 pub(crate) fn matmul_wt_tiles<T: amx::Tiles>(
     x: &[f32],
@@ -359,7 +360,7 @@ pub(crate) fn matmul_wt_tiles<T: amx::Tiles>(
     low_rank: Option<LowRank>,
     y: &mut [f32],
 ) {
-    use amx::TILE;
+    use amx::{BLOCK, TILE};
     let (n_out, n_in) = (w.n_rows(), w.n_cols());
     assert_eq!(x.len(), n_tok * n_in, "matmul_wt_bf16: x shape");
     assert_eq!(y.len(), n_tok * n_out, "matmul_wt_bf16: y shape");
@@ -382,20 +383,24 @@ pub(crate) fn matmul_wt_tiles<T: amx::Tiles>(
     let main_rows = whole(chunk.div_ceil(2));
     let n_panels = n_out.div_ceil(NB);
     let n_col_tasks = n_panels.div_ceil(PANELS_PER_TASK);
-    let (n_row_tasks, rows_per_task) = row_split(n_tok, n_col_tasks);
+    let (n_row_tasks, rows_per_task) = tile_row_split(n_tok, n_col_tasks);
     let out = SharedOut::new(y);
     (0..n_col_tasks * n_row_tasks)
         .into_par_iter()
         .for_each_init(
             || {
                 (
-                    vec![0u32; (main_rows + lr_rows) * NB],
+                    amx::Lines::zeros((main_rows + lr_rows) * NB),
                     vec![0f32; chunk],
                     vec![0u32; chunk / 2 + 1],
-                    Box::new([0f32; TILE * 32]),
+                    Box::new([0f32; BLOCK * BLOCK]),
                 )
             },
             |(packed, row_buf, pair_buf, c), task| {
+                let packed = packed.as_mut_slice();
+                // SAFETY: T's instructions run here (the kernel set chose them, or
+                // T is the model); released at the end of the task.
+                unsafe { T::configure() };
                 let (task, row_task) = (task / n_row_tasks, task % n_row_tasks);
                 let t_first = row_task * rows_per_task;
                 let t_end = (t_first + rows_per_task).min(n_tok);
@@ -431,10 +436,10 @@ pub(crate) fn matmul_wt_tiles<T: amx::Tiles>(
                                 n_runs = 2;
                             }
                         }
-                        for t0 in (t_first..t_end).step_by(TILE) {
-                            runs[0].a = xp[t0 * lda + k0 / 2..].as_ptr();
+                        for t0 in (t_first..t_end).step_by(BLOCK) {
+                            runs[0].a = xp.as_slice()[t0 * lda + k0 / 2..].as_ptr();
                             if let Some((_, (ap, ld_act))) = &extra {
-                                runs[1].a = ap[t0 * ld_act..].as_ptr();
+                                runs[1].a = ap.as_slice()[t0 * ld_act..].as_ptr();
                             }
                             // SAFETY: T's instructions run here (the kernel
                             // set chose them, or T is the model); the
@@ -447,7 +452,7 @@ pub(crate) fn matmul_wt_tiles<T: amx::Tiles>(
                                     c,
                                     out.get().add(t0 * n_out + n0),
                                     n_out,
-                                    TILE.min(t_end - t0),
+                                    BLOCK.min(t_end - t0),
                                     n_valid,
                                     k0 > 0,
                                 );
@@ -455,6 +460,8 @@ pub(crate) fn matmul_wt_tiles<T: amx::Tiles>(
                         }
                     }
                 }
+                // SAFETY: configured at the start of the task.
+                unsafe { T::release() };
             },
         );
 }
@@ -640,14 +647,14 @@ fn pack_factor_group(
     }
 }
 
-/// Adds (`accumulate`) or writes a block's 16 x 32 result into `y`'s first
+/// Adds (`accumulate`) or writes a block's 32 x 32 result into `y`'s first
 /// `mr` rows (stride `ldy`) and `n_valid` columns from `y`.
 ///
 /// # Safety
 /// `y` must be valid for `mr` rows of `n_valid` values at stride `ldy`,
 /// written by no one else meanwhile.
 unsafe fn add_block(
-    c: &[f32; amx::TILE * 32],
+    c: &[f32; amx::BLOCK * amx::BLOCK],
     y: *mut f32,
     ldy: usize,
     mr: usize,
@@ -656,7 +663,7 @@ unsafe fn add_block(
 ) {
     for i in 0..mr {
         let yr = std::slice::from_raw_parts_mut(y.add(i * ldy), n_valid);
-        let cr = &c[i * 32..i * 32 + n_valid];
+        let cr = &c[i * amx::BLOCK..i * amx::BLOCK + n_valid];
         if accumulate {
             yr.iter_mut().zip(cr).for_each(|(v, d)| *v += d);
         } else {
@@ -665,9 +672,17 @@ unsafe fn add_block(
     }
 }
 
+/// [`row_split`]'s rows rounded up to whole blocks of [`amx::BLOCK`]: a
+/// task's last block would otherwise compute rows it throws away.
+fn tile_row_split(n_tok: usize, n_col_tasks: usize) -> (usize, usize) {
+    let (_, rows) = row_split(n_tok, n_col_tasks);
+    let rows = rows.div_ceil(amx::BLOCK) * amx::BLOCK;
+    (n_tok.div_ceil(rows).max(1), rows)
+}
+
 /// [`matmul_w_bf16_plus`] on AMX tiles, as [`matmul_wt_tiles`] is
 /// `x W^T`'s: the same group tiles, pair rows padded with zeros to whole
-/// tiles, blocks of 16 rows of `x` by 32 columns of a group.
+/// tiles, blocks of 32 rows of `x` by 32 columns of a group.
 pub(crate) fn matmul_w_tiles<T: amx::Tiles>(
     x: &[f32],
     n_tok: usize,
@@ -676,7 +691,7 @@ pub(crate) fn matmul_w_tiles<T: amx::Tiles>(
     y: &mut [f32],
     accumulate: bool,
 ) {
-    use amx::TILE;
+    use amx::{BLOCK, TILE};
     let (n_red, n_cols) = (w.n_rows(), w.n_cols());
     assert_eq!(x.len(), n_tok * n_red, "matmul_w_bf16: x shape");
     assert_eq!(y.len(), n_tok * n_cols, "matmul_w_bf16: y shape");
@@ -698,17 +713,21 @@ pub(crate) fn matmul_w_tiles<T: amx::Tiles>(
         .as_ref()
         .map_or(0, |(lr, _)| whole(lr.rank.div_ceil(2)));
     let n_groups = n_cols.div_ceil(gw);
-    let (n_row_tasks, rows_per_task) = row_split(n_tok, n_groups);
+    let (n_row_tasks, rows_per_task) = tile_row_split(n_tok, n_groups);
     let out = SharedOut::new(y);
     (0..n_groups * n_row_tasks).into_par_iter().for_each_init(
         || {
             (
-                vec![0u32; (whole(chunk.div_ceil(2)) + lr_rows) * gw],
+                amx::Lines::zeros((whole(chunk.div_ceil(2)) + lr_rows) * gw),
                 vec![0f32; 2 * gw],
-                Box::new([0f32; TILE * 32]),
+                Box::new([0f32; BLOCK * BLOCK]),
             )
         },
         |(tile, rows, c), task| {
+            let tile = tile.as_mut_slice();
+            // SAFETY: T's instructions run here (the kernel set chose them, or
+            // T is the model); released at the end of the task.
+            unsafe { T::configure() };
             let (group, row_task) = (task / n_row_tasks, task % n_row_tasks);
             let t_first = row_task * rows_per_task;
             let t_end = (t_first + rows_per_task).min(n_tok);
@@ -743,10 +762,10 @@ pub(crate) fn matmul_w_tiles<T: amx::Tiles>(
                 }
                 for j0 in (0..width).step_by(NB) {
                     let n_valid = NB.min(width - j0);
-                    for t0 in (t_first..t_end).step_by(TILE) {
-                        runs[0].a = xp[t0 * lda + r0 / 2..].as_ptr();
+                    for t0 in (t_first..t_end).step_by(BLOCK) {
+                        runs[0].a = xp.as_slice()[t0 * lda + r0 / 2..].as_ptr();
                         if let Some((_, (ap, ld_act))) = &extra {
-                            runs[1].a = ap[t0 * ld_act..].as_ptr();
+                            runs[1].a = ap.as_slice()[t0 * ld_act..].as_ptr();
                         }
                         let mut shifted = runs;
                         shifted.iter_mut().for_each(|r| r.b = r.b.wrapping_add(j0));
@@ -760,7 +779,7 @@ pub(crate) fn matmul_w_tiles<T: amx::Tiles>(
                                 c,
                                 out.get().add(t0 * n_cols + c0 + j0),
                                 n_cols,
-                                TILE.min(t_end - t0),
+                                BLOCK.min(t_end - t0),
                                 n_valid,
                                 r0 > 0 || accumulate,
                             );
@@ -768,6 +787,8 @@ pub(crate) fn matmul_w_tiles<T: amx::Tiles>(
                     }
                 }
             }
+            // SAFETY: configured at the start of the task.
+            unsafe { T::release() };
         },
     );
 }

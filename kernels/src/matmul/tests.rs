@@ -460,6 +460,41 @@ fn bf16_products_on_amx_tiles_match_the_oracles_in_the_model() {
     }
 }
 
+/// The same products on the tile instructions themselves, where the CPU
+/// and OS have AMX (no machine of this project's has had it yet: elsewhere
+/// this prints why it ran nothing).
+#[test]
+fn bf16_products_on_amx_instructions_match_the_oracles_where_amx_runs() {
+    #[cfg(target_arch = "x86_64")]
+    match amx::usable() {
+        Err(why) => eprintln!("AMX not run here: {why}"),
+        Ok(()) => {
+            for transposed in [true, false] {
+                let product = move |x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]| {
+                    if transposed {
+                        bf16::matmul_wt_tiles::<amx::Hw>(x, n_tok, w, None, y)
+                    } else {
+                        bf16::matmul_w_tiles::<amx::Hw>(x, n_tok, w, None, y, false)
+                    }
+                };
+                for (t, a, b) in [(17, 40, 896), (40, 33, 768), (3, 40, 9216), (2, 4200, 256)] {
+                    check_bf16_with(&product, QuantType::Q8_0, t, a, b, transposed, 7);
+                }
+                check_bf16_with(&product, QuantType::F32, 5, 7, 33, transposed, 3);
+            }
+            let tiles: Box<LowRankProduct> = Box::new(|x, n_tok, w, lr, y, transposed| {
+                if transposed {
+                    bf16::matmul_wt_tiles::<amx::Hw>(x, n_tok, w, Some(lr), y)
+                } else {
+                    bf16::matmul_w_tiles::<amx::Hw>(x, n_tok, w, Some(lr), y, true)
+                }
+            });
+            let tol = 2.0 / 512.0 + MATMUL_TOL;
+            check_low_rank("bf16 on AMX tiles", &tiles, tol, &[true, false]);
+        }
+    }
+}
+
 /// The low-rank term riding in a product (LoRA's `(s u) B^T` and `g A`),
 /// against the f64 sum of both products: in f32 through every micro-kernel
 /// this CPU runs, within [`MATMUL_TOL`] of the mass; in bf16 (where the CPU
