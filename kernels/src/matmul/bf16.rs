@@ -159,6 +159,32 @@ fn chunk_starts(n: usize, chunk: usize) -> impl Iterator<Item = usize> {
     (0..n.max(1)).step_by(chunk.max(1))
 }
 
+/// The reduction chunk of `x W^T` in bf16: at most [`PACK_BYTES`] of a
+/// packed panel, whole blocks of the weight format.
+fn wt_chunk(w: &Weights) -> usize {
+    balanced_chunk(w.n_cols(), w.ty().block_len(), PACK_BYTES / (4 * NB) * 2)
+}
+
+/// The reduction chunk of `x W` in bf16: at most [`PACK_BYTES`] of a
+/// group's tile, at least [`KC`] rows.
+fn w_chunk(w: &Weights) -> usize {
+    balanced_chunk(
+        w.n_rows(),
+        2,
+        (PACK_BYTES / (4 * w.group_width()) * 2).max(KC),
+    )
+}
+
+/// Panics unless the low-rank term fits a product of `n_tok` rows with
+/// `n_other` values on the factor's other side (`n_out` of `x W^T`,
+/// `n_cols` of `x W`) and rides in one chunk (`rank <= KC`).
+fn check_low_rank(lr: &LowRank, n_tok: usize, n_other: usize, what: &str) {
+    assert!(
+        lr.rank <= KC && lr.act.len() == n_tok * lr.rank && lr.factor.len() == n_other * lr.rank,
+        "{what}: low-rank term shapes"
+    );
+}
+
 /// `x` rounded to bf16, rows of `n` values padded to an even count, as pairs.
 fn pairs_of(x: &[f32], n_tok: usize, n: usize) -> (Vec<u32>, usize) {
     let np = n.div_ceil(2);
@@ -211,12 +237,9 @@ pub fn matmul_wt_bf16_plus(
         return;
     }
     let (xp, lda) = pairs_of(x, n_tok, n_in);
-    let chunk = balanced_chunk(n_in, w.ty().block_len(), PACK_BYTES / (4 * NB) * 2);
+    let chunk = wt_chunk(w);
     let extra = low_rank.map(|lr| {
-        assert!(
-            lr.rank <= KC && lr.act.len() == n_tok * lr.rank && lr.factor.len() == n_out * lr.rank,
-            "matmul_wt_bf16: low-rank term shapes"
-        );
+        check_low_rank(&lr, n_tok, n_out, "matmul_wt_bf16");
         (lr, pairs_of(lr.act, n_tok, lr.rank))
     });
     let lr_pairs = extra.as_ref().map_or(0, |(lr, _)| lr.rank.div_ceil(2));
@@ -368,12 +391,9 @@ pub(crate) fn matmul_wt_tiles<T: amx::Tiles>(
         return;
     }
     let (xp, lda) = tile_pairs_of(x, n_tok, n_in);
-    let chunk = balanced_chunk(n_in, w.ty().block_len(), PACK_BYTES / (4 * NB) * 2);
+    let chunk = wt_chunk(w);
     let extra = low_rank.map(|lr| {
-        assert!(
-            lr.rank <= KC && lr.act.len() == n_tok * lr.rank && lr.factor.len() == n_out * lr.rank,
-            "matmul_wt_bf16: low-rank term shapes"
-        );
+        check_low_rank(&lr, n_tok, n_out, "matmul_wt_bf16");
         (lr, tile_pairs_of(lr.act, n_tok, lr.rank))
     });
     let whole = |pairs: usize| pairs.div_ceil(TILE) * TILE;
@@ -496,12 +516,9 @@ pub fn matmul_w_bf16_plus(
     }
     let (xp, lda) = pairs_of(x, n_tok, n_red);
     let gw = w.group_width();
-    let chunk = balanced_chunk(n_red, 2, (PACK_BYTES / (4 * gw) * 2).max(KC));
+    let chunk = w_chunk(w);
     let extra = low_rank.map(|lr| {
-        assert!(
-            lr.rank <= KC && lr.act.len() == n_tok * lr.rank && lr.factor.len() == lr.rank * n_cols,
-            "matmul_w_bf16: low-rank term shapes"
-        );
+        check_low_rank(&lr, n_tok, n_cols, "matmul_w_bf16");
         (lr, pairs_of(lr.act, n_tok, lr.rank))
     });
     let lr_pairs = extra.as_ref().map_or(0, |(lr, _)| lr.rank.div_ceil(2));
@@ -700,12 +717,9 @@ pub(crate) fn matmul_w_tiles<T: amx::Tiles>(
     }
     let (xp, lda) = tile_pairs_of(x, n_tok, n_red);
     let gw = w.group_width();
-    let chunk = balanced_chunk(n_red, 2, (PACK_BYTES / (4 * gw) * 2).max(KC));
+    let chunk = w_chunk(w);
     let extra = low_rank.map(|lr| {
-        assert!(
-            lr.rank <= KC && lr.act.len() == n_tok * lr.rank && lr.factor.len() == lr.rank * n_cols,
-            "matmul_w_bf16: low-rank term shapes"
-        );
+        check_low_rank(&lr, n_tok, n_cols, "matmul_w_bf16");
         (lr, tile_pairs_of(lr.act, n_tok, lr.rank))
     });
     let whole = |pairs: usize| pairs.div_ceil(TILE) * TILE;
