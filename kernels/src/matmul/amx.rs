@@ -46,18 +46,19 @@ pub(crate) trait Tiles {
     unsafe fn release();
 }
 
-/// One run of the left operand of a block: `groups` tiles of 16 pairs,
-/// rows `lda` pairs apart, against `groups * 16` pair rows of B from `b`.
+/// One run of the left operand of a block: `pairs` pairs of each row,
+/// rows `lda` pairs apart, against `pairs` pair rows of B from `b` (a
+/// multiple of 16 for the tiles: whole tiles of zeros past the data).
 #[derive(Clone, Copy)]
 pub(crate) struct Run {
     pub a: *const u32,
     pub lda: usize,
     pub b: *const u32,
-    pub groups: usize,
+    pub pairs: usize,
 }
 
-/// `c[32][32] = sum over runs of A[32 rows, groups * 16 pairs] B[groups *
-/// 16 pair rows, 32 columns]`, B's pair rows `ldb` u32 apart: four C tiles,
+/// `c[32][32] = sum over runs of A[32 rows, pairs] B[pairs rows, 32
+/// columns]`, B's pair rows `ldb` u32 apart: four C tiles,
 /// each A and B tile loaded once for two `tdpbf16ps` (a 16 x 32 block
 /// loaded three tiles for two). The caller configures the tiles once per
 /// task ([`Tiles::configure`]) and releases them after: `ldtilecfg` per
@@ -66,15 +67,16 @@ pub(crate) struct Run {
 ///
 /// # Safety
 /// The tiles must be configured on this thread; each run's A must be
-/// readable for 32 rows of `groups * 16` pairs at stride `lda`, its B for
-/// `groups * 16` rows of 32 pairs at stride `ldb`.
+/// readable for 32 rows of `pairs` pairs at stride `lda`, its B for
+/// `pairs` rows of 32 pairs at stride `ldb`.
 pub(crate) unsafe fn block<T: Tiles>(runs: &[Run], ldb: usize, c: &mut [f32; BLOCK * BLOCK]) {
     T::zero::<0>();
     T::zero::<1>();
     T::zero::<2>();
     T::zero::<3>();
     for r in runs {
-        for g in 0..r.groups {
+        debug_assert!(r.pairs.is_multiple_of(TILE));
+        for g in 0..r.pairs / TILE {
             let a = r.a.add(g * TILE);
             let b = r.b.add(g * TILE * ldb);
             T::load::<4>(a.cast(), 4 * r.lda);
@@ -402,13 +404,13 @@ mod tests {
                 a: a.as_ptr(),
                 lda,
                 b: b.as_ptr(),
-                groups: 2,
+                pairs: 2 * TILE,
             },
             Run {
                 a: a2.as_ptr(),
                 lda: lda2,
                 b: tail.as_ptr(),
-                groups: 1,
+                pairs: TILE,
             },
         ];
         let mut c = [f32::NAN; BLOCK * BLOCK];
@@ -452,7 +454,7 @@ mod tests {
                         a: a.as_slice().as_ptr(),
                         lda: 48,
                         b: b.as_ptr(),
-                        groups: 3,
+                        pairs: 3 * TILE,
                     }];
                     let mut c = [f32::NAN; BLOCK * BLOCK];
                     // SAFETY: usable() said the instructions run here; the

@@ -185,17 +185,6 @@ fn check_low_rank(lr: &LowRank, n_tok: usize, n_other: usize, what: &str) {
     );
 }
 
-/// `x` rounded to bf16, rows of `n` values padded to an even count, as pairs.
-fn pairs_of(x: &[f32], n_tok: usize, n: usize) -> (Vec<u32>, usize) {
-    let np = n.div_ceil(2);
-    let mut out = vec![0u32; n_tok * np];
-    out.par_chunks_mut(np)
-        .zip(x.par_chunks(n))
-        .with_min_len(16)
-        .for_each(|(o, row)| to_pairs(row, o));
-    (out, np)
-}
-
 /// `y = x W^T` in bf16 (see the module). Same shapes and contract as
 /// [`super::matmul_wt`]. Panics if the CPU lacks the instructions
 /// (check [`available`]).
@@ -214,99 +203,6 @@ pub struct LowRank<'a> {
     pub factor: &'a [f32],
     /// The shared dimension (LoRA's rank).
     pub rank: usize,
-}
-
-/// `y = x W^T + act factor^T` in bf16, the low-rank term packed as one more
-/// chunk of the reduction (see [`LowRank`]; `rank <= KC`).
-pub fn matmul_wt_bf16_plus(
-    x: &[f32],
-    n_tok: usize,
-    w: &Weights,
-    low_rank: Option<LowRank>,
-    y: &mut [f32],
-) {
-    assert!(available(), "matmul_wt_bf16: this CPU has no AVX-512 BF16");
-    #[cfg(target_arch = "x86_64")]
-    if crate::cpu::kernels().bf16_amx {
-        return matmul_wt_tiles::<amx::Hw>(x, n_tok, w, low_rank, y);
-    }
-    let (n_out, n_in) = (w.n_rows(), w.n_cols());
-    assert_eq!(x.len(), n_tok * n_in, "matmul_wt_bf16: x shape");
-    assert_eq!(y.len(), n_tok * n_out, "matmul_wt_bf16: y shape");
-    if n_tok == 0 || n_out == 0 {
-        return;
-    }
-    let (xp, lda) = pairs_of(x, n_tok, n_in);
-    let chunk = wt_chunk(w);
-    let extra = low_rank.map(|lr| {
-        check_low_rank(&lr, n_tok, n_out, "matmul_wt_bf16");
-        (lr, pairs_of(lr.act, n_tok, lr.rank))
-    });
-    let lr_pairs = extra.as_ref().map_or(0, |(lr, _)| lr.rank.div_ceil(2));
-    let n_panels = n_out.div_ceil(NB);
-    let n_col_tasks = n_panels.div_ceil(PANELS_PER_TASK);
-    let (n_row_tasks, rows_per_task) = row_split(n_tok, n_col_tasks);
-    let out = SharedOut::new(y);
-    (0..n_col_tasks * n_row_tasks)
-        .into_par_iter()
-        .for_each_init(
-            || {
-                (
-                    vec![0u32; (chunk / 2 + lr_pairs) * NB],
-                    vec![0f32; chunk],
-                    vec![0u32; chunk / 2],
-                )
-            },
-            |(packed, row_buf, pair_buf), task| {
-                let (task, row_task) = (task / n_row_tasks, task % n_row_tasks);
-                let t_first = row_task * rows_per_task;
-                let t_end = (t_first + rows_per_task).min(n_tok);
-                let first = task * PANELS_PER_TASK;
-                for panel in first..(first + PANELS_PER_TASK).min(n_panels) {
-                    let n0 = panel * NB;
-                    let n_valid = NB.min(n_out - n0);
-                    for k0 in chunk_starts(n_in, chunk) {
-                        let kc = chunk.min(n_in - k0);
-                        let kp = kc.div_ceil(2);
-                        pack_panel(w, n0, n_valid, k0, kc, packed, row_buf, pair_buf);
-                        // The low-rank term's factor rows follow the last
-                        // chunk's: one more run of pairs of the same sum.
-                        let tail = match &extra {
-                            Some((lr, (ap, ld_act))) if k0 + kc >= n_in => {
-                                pack_factor(lr, n0, n_valid, &mut packed[kp * NB..]);
-                                Some((ap, *ld_act))
-                            }
-                            _ => None,
-                        };
-                        for t0 in (t_first..t_end).step_by(MR) {
-                            let mr = MR.min(t_end - t0);
-                            // SAFETY: the CPU has the instructions (asserted);
-                            // rows t0..t0+mr of xp hold pairs k0/2..k0/2+kp,
-                            // those of ap lr_pairs pairs; the tile holds kp
-                            // (+ lr_pairs) rows of NB pairs; y's columns
-                            // n0..n0+n_valid belong to this task alone.
-                            unsafe {
-                                let a = Lhs::new(xp.as_ptr().add(t0 * lda + k0 / 2), lda, kp);
-                                let a2 = tail.map_or(Lhs::NONE, |(ap, ld)| {
-                                    Lhs::new(ap.as_ptr().add(t0 * ld), ld, lr_pairs)
-                                });
-                                kernel::dispatch(
-                                    mr,
-                                    a,
-                                    a2,
-                                    packed.as_ptr(),
-                                    NB,
-                                    out.get().add(t0 * n_out + n0),
-                                    n_out,
-                                    n_valid,
-                                    k0 > 0,
-                                );
-                            }
-                        }
-                    }
-                }
-            },
-        );
 }
 
 /// Packs weight rows `n0..n0 + n_valid` (at most [`NB`]), inputs `k0..k0 +
@@ -370,210 +266,10 @@ fn tile_pairs_of(x: &[f32], n_tok: usize, n: usize) -> (amx::Lines, usize) {
     (out, ld)
 }
 
-/// [`matmul_wt_bf16_plus`] on AMX tiles (`T`: the instructions, or their
-/// model in tests): the same packing into 32-column panels, pair rows
-/// padded with zeros to whole tiles (the main run's and the low-rank
-/// term's each), and blocks of 32 activation rows by one panel
-/// ([`amx::block`]); each block's 32 x 32 result is added into `y`'s
-/// rows that exist.
-pub(crate) fn matmul_wt_tiles<T: amx::Tiles>(
-    x: &[f32],
-    n_tok: usize,
-    w: &Weights,
-    low_rank: Option<LowRank>,
-    y: &mut [f32],
-) {
-    use amx::{BLOCK, TILE};
-    let (n_out, n_in) = (w.n_rows(), w.n_cols());
-    assert_eq!(x.len(), n_tok * n_in, "matmul_wt_bf16: x shape");
-    assert_eq!(y.len(), n_tok * n_out, "matmul_wt_bf16: y shape");
-    if n_tok == 0 || n_out == 0 {
-        return;
-    }
-    let (xp, lda) = tile_pairs_of(x, n_tok, n_in);
-    let chunk = wt_chunk(w);
-    let extra = low_rank.map(|lr| {
-        check_low_rank(&lr, n_tok, n_out, "matmul_wt_bf16");
-        (lr, tile_pairs_of(lr.act, n_tok, lr.rank))
-    });
-    let whole = |pairs: usize| pairs.div_ceil(TILE) * TILE;
-    let lr_rows = extra
-        .as_ref()
-        .map_or(0, |(lr, _)| whole(lr.rank.div_ceil(2)));
-    let main_rows = whole(chunk.div_ceil(2));
-    let n_panels = n_out.div_ceil(NB);
-    let n_col_tasks = n_panels.div_ceil(PANELS_PER_TASK);
-    let (n_row_tasks, rows_per_task) = tile_row_split(n_tok, n_col_tasks);
-    let out = SharedOut::new(y);
-    (0..n_col_tasks * n_row_tasks)
-        .into_par_iter()
-        .for_each_init(
-            || {
-                (
-                    amx::Lines::zeros((main_rows + lr_rows) * NB),
-                    vec![0f32; chunk],
-                    vec![0u32; chunk / 2 + 1],
-                    Box::new([0f32; BLOCK * BLOCK]),
-                )
-            },
-            |(packed, row_buf, pair_buf, c), task| {
-                let packed = packed.as_mut_slice();
-                // SAFETY: T's instructions run here (the kernel set chose them, or
-                // T is the model); released at the end of the task.
-                unsafe { T::configure() };
-                let (task, row_task) = (task / n_row_tasks, task % n_row_tasks);
-                let t_first = row_task * rows_per_task;
-                let t_end = (t_first + rows_per_task).min(n_tok);
-                let first = task * PANELS_PER_TASK;
-                for panel in first..(first + PANELS_PER_TASK).min(n_panels) {
-                    let n0 = panel * NB;
-                    let n_valid = NB.min(n_out - n0);
-                    for k0 in chunk_starts(n_in, chunk) {
-                        let kc = chunk.min(n_in - k0);
-                        let kp = kc.div_ceil(2);
-                        pack_panel(w, n0, n_valid, k0, kc, packed, row_buf, pair_buf);
-                        // Pad pair rows: zero weights against whatever the
-                        // activation tile holds past the chunk.
-                        packed[kp * NB..whole(kp) * NB].fill(0);
-                        let mut runs = [amx::Run {
-                            a: std::ptr::null(),
-                            lda,
-                            b: packed.as_ptr(),
-                            groups: whole(kp) / TILE,
-                        }; 2];
-                        let mut n_runs = 1;
-                        if let Some((lr, (_, ld_act))) = &extra {
-                            if k0 + kc >= n_in {
-                                let tail = &mut packed[whole(kp) * NB..];
-                                pack_factor(lr, n0, n_valid, tail);
-                                tail[lr.rank.div_ceil(2) * NB..lr_rows * NB].fill(0);
-                                runs[1] = amx::Run {
-                                    a: std::ptr::null(),
-                                    lda: *ld_act,
-                                    b: tail.as_ptr(),
-                                    groups: lr_rows / TILE,
-                                };
-                                n_runs = 2;
-                            }
-                        }
-                        for t0 in (t_first..t_end).step_by(BLOCK) {
-                            runs[0].a = xp.as_slice()[t0 * lda + k0 / 2..].as_ptr();
-                            if let Some((_, (ap, ld_act))) = &extra {
-                                runs[1].a = ap.as_slice()[t0 * ld_act..].as_ptr();
-                            }
-                            // SAFETY: T's instructions run here (the kernel
-                            // set chose them, or T is the model); the
-                            // activation pairs are padded to 16 more rows and
-                            // a tile row past every chunk start, and the
-                            // packed runs to whole tiles of zeros.
-                            unsafe {
-                                amx::block::<T>(&runs[..n_runs], NB, c);
-                                add_block(
-                                    c,
-                                    out.get().add(t0 * n_out + n0),
-                                    n_out,
-                                    BLOCK.min(t_end - t0),
-                                    n_valid,
-                                    k0 > 0,
-                                );
-                            }
-                        }
-                    }
-                }
-                // SAFETY: configured at the start of the task.
-                unsafe { T::release() };
-            },
-        );
-}
-
 /// `y = x W` in bf16: the backward of [`matmul_wt_bf16`] with respect to its
 /// input. Same shapes and contract as [`super::matmul_w`].
 pub fn matmul_w_bf16(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
     matmul_w_bf16_plus(x, n_tok, w, None, y, false)
-}
-
-/// `y (+)= x W + act factor` in bf16 (`factor` is `A`, `[rank, n_cols]`),
-/// the low-rank term packed as one more chunk of the reduction; with
-/// `accumulate` the result is added into `y`.
-pub fn matmul_w_bf16_plus(
-    x: &[f32],
-    n_tok: usize,
-    w: &Weights,
-    low_rank: Option<LowRank>,
-    y: &mut [f32],
-    accumulate: bool,
-) {
-    assert!(available(), "matmul_w_bf16: this CPU has no AVX-512 BF16");
-    #[cfg(target_arch = "x86_64")]
-    if crate::cpu::kernels().bf16_amx {
-        return matmul_w_tiles::<amx::Hw>(x, n_tok, w, low_rank, y, accumulate);
-    }
-    let (n_red, n_cols) = (w.n_rows(), w.n_cols());
-    assert_eq!(x.len(), n_tok * n_red, "matmul_w_bf16: x shape");
-    assert_eq!(y.len(), n_tok * n_cols, "matmul_w_bf16: y shape");
-    if n_tok == 0 || n_cols == 0 {
-        return;
-    }
-    let (xp, lda) = pairs_of(x, n_tok, n_red);
-    let gw = w.group_width();
-    let chunk = w_chunk(w);
-    let extra = low_rank.map(|lr| {
-        check_low_rank(&lr, n_tok, n_cols, "matmul_w_bf16");
-        (lr, pairs_of(lr.act, n_tok, lr.rank))
-    });
-    let lr_pairs = extra.as_ref().map_or(0, |(lr, _)| lr.rank.div_ceil(2));
-    let n_groups = n_cols.div_ceil(gw);
-    let (n_row_tasks, rows_per_task) = row_split(n_tok, n_groups);
-    let out = SharedOut::new(y);
-    (0..n_groups * n_row_tasks).into_par_iter().for_each_init(
-        || (vec![0u32; (chunk / 2 + lr_pairs) * gw], vec![0f32; 2 * gw]),
-        |(tile, rows), task| {
-            let (group, row_task) = (task / n_row_tasks, task % n_row_tasks);
-            let t_first = row_task * rows_per_task;
-            let t_end = (t_first + rows_per_task).min(n_tok);
-            let c0 = group * gw;
-            let width = gw.min(n_cols - c0);
-            for r0 in chunk_starts(n_red, chunk) {
-                let kc = chunk.min(n_red - r0);
-                let kp = kc.div_ceil(2);
-                pack_group(w, r0, kc, c0, width, tile, rows);
-                // The low-rank factor's rows follow the last chunk's.
-                let tail = match &extra {
-                    Some((lr, (ap, ld_act))) if r0 + kc >= n_red => {
-                        pack_factor_group(lr, n_cols, c0, width, gw, &mut tile[kp * gw..]);
-                        Some((ap, *ld_act))
-                    }
-                    _ => None,
-                };
-                for j0 in (0..width).step_by(NB) {
-                    let n_valid = NB.min(width - j0);
-                    for t0 in (t_first..t_end).step_by(MR) {
-                        let mr = MR.min(t_end - t0);
-                        // SAFETY: as in matmul_wt_bf16; the tile holds kp
-                        // (+ lr_pairs) rows of gw >= j0 + NB pairs; y's
-                        // columns c0+j0.. belong to this task's group alone.
-                        unsafe {
-                            let a = Lhs::new(xp.as_ptr().add(t0 * lda + r0 / 2), lda, kp);
-                            let a2 = tail.map_or(Lhs::NONE, |(ap, ld)| {
-                                Lhs::new(ap.as_ptr().add(t0 * ld), ld, lr_pairs)
-                            });
-                            kernel::dispatch(
-                                mr,
-                                a,
-                                a2,
-                                tile.as_ptr().add(j0),
-                                gw,
-                                out.get().add(t0 * n_cols + c0 + j0),
-                                n_cols,
-                                n_valid,
-                                r0 > 0 || accumulate,
-                            );
-                        }
-                    }
-                }
-            }
-        },
-    );
 }
 
 /// GFLOP/s of the bf16 micro-kernel on one thread with every operand in L1
@@ -689,18 +385,30 @@ unsafe fn add_block(
     }
 }
 
-/// [`row_split`]'s rows rounded up to whole blocks of [`amx::BLOCK`]: a
-/// task's last block would otherwise compute rows it throws away.
-fn tile_row_split(n_tok: usize, n_col_tasks: usize) -> (usize, usize) {
-    let (_, rows) = row_split(n_tok, n_col_tasks);
-    let rows = rows.div_ceil(amx::BLOCK) * amx::BLOCK;
-    (n_tok.div_ceil(rows).max(1), rows)
+/// `y = x W^T + act factor^T` in bf16, the low-rank term packed as one more
+/// chunk of the reduction (see [`LowRank`]; `rank <= KC`): on AMX tiles
+/// where the kernel set says so ([`crate::cpu::KernelSet::bf16_amx`]),
+/// else on `vdpbf16ps`.
+pub fn matmul_wt_bf16_plus(
+    x: &[f32],
+    n_tok: usize,
+    w: &Weights,
+    low_rank: Option<LowRank>,
+    y: &mut [f32],
+) {
+    assert!(available(), "matmul_wt_bf16: this CPU has no AVX-512 BF16");
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::kernels().bf16_amx {
+        return matmul_wt_on::<Tiled<amx::Hw>>(x, n_tok, w, low_rank, y);
+    }
+    matmul_wt_on::<Dot>(x, n_tok, w, low_rank, y)
 }
 
-/// [`matmul_w_bf16_plus`] on AMX tiles, as [`matmul_wt_tiles`] is
-/// `x W^T`'s: the same group tiles, pair rows padded with zeros to whole
-/// tiles, blocks of 32 rows of `x` by 32 columns of a group.
-pub(crate) fn matmul_w_tiles<T: amx::Tiles>(
+/// `y (+)= x W + act factor` in bf16 (`factor` is `A`, `[rank, n_cols]`),
+/// the low-rank term packed as one more chunk of the reduction; with
+/// `accumulate` the result is added into `y`. AMX tiles or `vdpbf16ps`, as
+/// [`matmul_wt_bf16_plus`].
+pub fn matmul_w_bf16_plus(
     x: &[f32],
     n_tok: usize,
     w: &Weights,
@@ -708,45 +416,335 @@ pub(crate) fn matmul_w_tiles<T: amx::Tiles>(
     y: &mut [f32],
     accumulate: bool,
 ) {
-    use amx::{BLOCK, TILE};
+    assert!(available(), "matmul_w_bf16: this CPU has no AVX-512 BF16");
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::kernels().bf16_amx {
+        return matmul_w_on::<Tiled<amx::Hw>>(x, n_tok, w, low_rank, y, accumulate);
+    }
+    matmul_w_on::<Dot>(x, n_tok, w, low_rank, y, accumulate)
+}
+
+/// How a bf16 product multiplies its packed operands: `vdpbf16ps` on
+/// [`MR`] rows at a time ([`Dot`]), or AMX tiles on blocks of
+/// [`amx::BLOCK`] rows ([`Tiled`]). The products around it (tasks,
+/// packing, chunks, the low-rank run) are the same for both.
+pub(crate) trait Engine {
+    /// Activation rows per call of [`Engine::mul`].
+    const ROWS: usize;
+    /// Packed pair rows are padded with zeros to a multiple of this.
+    const PAIR_ROWS: usize;
+    /// `x` (`n_tok` rows of `n`) rounded to bf16 as pairs, laid out as
+    /// `mul` reads them, and the row stride in pairs.
+    fn pairs(x: &[f32], n_tok: usize, n: usize) -> (amx::Lines, usize);
+    /// Before a task's first `mul` and after its last, on its thread.
+    ///
+    /// # Safety
+    /// The engine's instructions must run here.
+    unsafe fn begin_task() {}
+    /// # Safety
+    /// After [`Engine::begin_task`] on the same thread.
+    unsafe fn end_task() {}
+    /// `c[mr x n_valid] (+)= sum over runs of A B` (`mr <= ROWS`; see
+    /// [`amx::Run`]), B's pair rows `ldb` apart; a second run's B follows
+    /// the first's pair rows. `scratch` holds a block's result.
+    ///
+    /// # Safety
+    /// The operands must be readable as the engine reads them (the layout
+    /// of [`Engine::pairs`] and of whole [`Engine::PAIR_ROWS`]), `c`
+    /// writable for `mr` rows of `n_valid` values at stride `ldc`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn mul(
+        runs: &[amx::Run],
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        mr: usize,
+        n_valid: usize,
+        accumulate: bool,
+        scratch: &mut [f32; amx::BLOCK * amx::BLOCK],
+    );
+}
+
+/// `vdpbf16ps` (AVX-512 BF16): the 8 x 32 register-blocked kernel.
+pub(crate) struct Dot;
+
+impl Engine for Dot {
+    const ROWS: usize = MR;
+    const PAIR_ROWS: usize = 1;
+    fn pairs(x: &[f32], n_tok: usize, n: usize) -> (amx::Lines, usize) {
+        let np = n.div_ceil(2);
+        let mut out = amx::Lines::zeros(n_tok * np);
+        if np > 0 {
+            out.as_mut_slice()
+                .par_chunks_mut(np)
+                .zip(x.par_chunks(n))
+                .with_min_len(16)
+                .for_each(|(o, row)| to_pairs(row, o));
+        }
+        (out, np)
+    }
+    unsafe fn mul(
+        runs: &[amx::Run],
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        mr: usize,
+        n_valid: usize,
+        accumulate: bool,
+        _: &mut [f32; amx::BLOCK * amx::BLOCK],
+    ) {
+        let lhs = |r: &amx::Run| Lhs::new(r.a, r.lda, r.pairs);
+        debug_assert!(runs.len() < 2 || runs[1].b == runs[0].b.add(runs[0].pairs * ldb));
+        let tail = runs.get(1).map_or(Lhs::NONE, lhs);
+        kernel::dispatch(
+            mr,
+            lhs(&runs[0]),
+            tail,
+            runs[0].b,
+            ldb,
+            c,
+            ldc,
+            n_valid,
+            accumulate,
+        );
+    }
+}
+
+/// AMX-BF16 tiles through `T` (the instructions, or their model in tests).
+pub(crate) struct Tiled<T>(std::marker::PhantomData<T>);
+
+impl<T: amx::Tiles> Engine for Tiled<T> {
+    const ROWS: usize = amx::BLOCK;
+    const PAIR_ROWS: usize = amx::TILE;
+    fn pairs(x: &[f32], n_tok: usize, n: usize) -> (amx::Lines, usize) {
+        tile_pairs_of(x, n_tok, n)
+    }
+    unsafe fn begin_task() {
+        T::configure();
+    }
+    unsafe fn end_task() {
+        T::release();
+    }
+    unsafe fn mul(
+        runs: &[amx::Run],
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        mr: usize,
+        n_valid: usize,
+        accumulate: bool,
+        scratch: &mut [f32; amx::BLOCK * amx::BLOCK],
+    ) {
+        amx::block::<T>(runs, ldb, scratch);
+        add_block(scratch, c, ldc, mr, n_valid, accumulate);
+    }
+}
+
+/// `row_split`'s rows rounded up to whole calls of `rows`: a task's last
+/// call would otherwise compute rows it throws away.
+fn split_rows(n_tok: usize, n_col_tasks: usize, rows: usize) -> (usize, usize) {
+    let (_, per_task) = row_split(n_tok, n_col_tasks);
+    let per_task = per_task.div_ceil(rows) * rows;
+    (n_tok.div_ceil(per_task).max(1), per_task)
+}
+
+/// The two runs of a block's left operand: the chunk's pairs, then the
+/// low-rank term's after the last chunk. Their `a` is set per block.
+struct Runs {
+    runs: [amx::Run; 2],
+    len: usize,
+}
+
+impl Runs {
+    /// The same runs `j` columns on in B.
+    fn shifted(&self, j: usize) -> Runs {
+        let mut r = Runs {
+            runs: self.runs,
+            len: self.len,
+        };
+        r.runs
+            .iter_mut()
+            .for_each(|run| run.b = run.b.wrapping_add(j));
+        r
+    }
+
+    /// The runs with their left operands at `main` and `tail`.
+    fn at(&mut self, main: *const u32, tail: Option<*const u32>) -> &[amx::Run] {
+        self.runs[0].a = main;
+        if let Some(t) = tail {
+            self.runs[1].a = t;
+        }
+        &self.runs[..self.len]
+    }
+}
+
+/// `x W^T (+ act factor^T)` on engine `E`: the output columns in panels of
+/// [`NB`] weight rows, [`PANELS_PER_TASK`] a task (rows split too when
+/// there are few), each panel packed per chunk of the reduction
+/// ([`pack_panel`]) and multiplied by every activation row of the task.
+pub(crate) fn matmul_wt_on<E: Engine>(
+    x: &[f32],
+    n_tok: usize,
+    w: &Weights,
+    low_rank: Option<LowRank>,
+    y: &mut [f32],
+) {
+    let (n_out, n_in) = (w.n_rows(), w.n_cols());
+    assert_eq!(x.len(), n_tok * n_in, "matmul_wt_bf16: x shape");
+    assert_eq!(y.len(), n_tok * n_out, "matmul_wt_bf16: y shape");
+    if n_tok == 0 || n_out == 0 {
+        return;
+    }
+    let (xp, lda) = E::pairs(x, n_tok, n_in);
+    let chunk = wt_chunk(w);
+    let extra = low_rank.map(|lr| {
+        check_low_rank(&lr, n_tok, n_out, "matmul_wt_bf16");
+        (lr, E::pairs(lr.act, n_tok, lr.rank))
+    });
+    let whole = |pairs: usize| pairs.div_ceil(E::PAIR_ROWS) * E::PAIR_ROWS;
+    let lr_rows = extra
+        .as_ref()
+        .map_or(0, |(lr, _)| whole(lr.rank.div_ceil(2)));
+    let n_panels = n_out.div_ceil(NB);
+    let n_col_tasks = n_panels.div_ceil(PANELS_PER_TASK);
+    let (n_row_tasks, rows_per_task) = split_rows(n_tok, n_col_tasks, E::ROWS);
+    let out = SharedOut::new(y);
+    (0..n_col_tasks * n_row_tasks)
+        .into_par_iter()
+        .for_each_init(
+            || {
+                (
+                    amx::Lines::zeros((whole(chunk.div_ceil(2)) + lr_rows) * NB),
+                    vec![0f32; chunk],
+                    vec![0u32; chunk.div_ceil(2)],
+                    Box::new([0f32; amx::BLOCK * amx::BLOCK]),
+                )
+            },
+            |(packed, row_buf, pair_buf, scratch), task| {
+                let packed = packed.as_mut_slice();
+                let (task, row_task) = (task / n_row_tasks, task % n_row_tasks);
+                let t_first = row_task * rows_per_task;
+                let t_end = (t_first + rows_per_task).min(n_tok);
+                let first = task * PANELS_PER_TASK;
+                // SAFETY: the kernel set chose E's instructions (or E is
+                // the tile model); ended below.
+                unsafe { E::begin_task() };
+                for panel in first..(first + PANELS_PER_TASK).min(n_panels) {
+                    let n0 = panel * NB;
+                    let n_valid = NB.min(n_out - n0);
+                    for k0 in chunk_starts(n_in, chunk) {
+                        let kc = chunk.min(n_in - k0);
+                        let kp = kc.div_ceil(2);
+                        pack_panel(w, n0, n_valid, k0, kc, packed, row_buf, pair_buf);
+                        // Padding: zero weights against whatever the
+                        // activation tile holds past the chunk.
+                        packed[kp * NB..whole(kp) * NB].fill(0);
+                        let main = amx::Run {
+                            a: std::ptr::null(),
+                            lda,
+                            b: packed.as_ptr(),
+                            pairs: whole(kp),
+                        };
+                        let mut runs = Runs {
+                            runs: [main; 2],
+                            len: 1,
+                        };
+                        // The low-rank term's factor rows follow the last
+                        // chunk's: one more run of pairs of the same sum.
+                        let tail = match &extra {
+                            Some((lr, (ap, ld_act))) if k0 + kc >= n_in => {
+                                let rows = &mut packed[whole(kp) * NB..];
+                                pack_factor(lr, n0, n_valid, rows);
+                                rows[lr.rank.div_ceil(2) * NB..lr_rows * NB].fill(0);
+                                runs.runs[1] = amx::Run {
+                                    a: std::ptr::null(),
+                                    lda: *ld_act,
+                                    b: rows.as_ptr(),
+                                    pairs: lr_rows,
+                                };
+                                runs.len = 2;
+                                Some((ap.as_slice(), *ld_act))
+                            }
+                            _ => None,
+                        };
+                        for t0 in (t_first..t_end).step_by(E::ROWS) {
+                            let main = xp.as_slice()[t0 * lda + k0 / 2..].as_ptr();
+                            let tail = tail.map(|(ap, ld)| ap[t0 * ld..].as_ptr());
+                            // SAFETY: the activation pairs hold rows
+                            // t0..t_end (and E's padding past them) from
+                            // pair k0 / 2, the packed runs whole PAIR_ROWS;
+                            // y's columns n0..n0 + n_valid of these rows
+                            // belong to this task alone.
+                            unsafe {
+                                E::mul(
+                                    runs.at(main, tail),
+                                    NB,
+                                    out.get().add(t0 * n_out + n0),
+                                    n_out,
+                                    E::ROWS.min(t_end - t0),
+                                    n_valid,
+                                    k0 > 0,
+                                    scratch,
+                                );
+                            }
+                        }
+                    }
+                }
+                // SAFETY: begun above on this thread.
+                unsafe { E::end_task() };
+            },
+        );
+}
+
+/// `x W (+ act factor)` on engine `E`: the output columns in groups of
+/// whole blocks ([`Weights::group_width`]), each decoded per chunk of the
+/// reduction into a tile of pairs ([`pack_group`]) whose 32-column slices
+/// are multiplied by every row of the task.
+pub(crate) fn matmul_w_on<E: Engine>(
+    x: &[f32],
+    n_tok: usize,
+    w: &Weights,
+    low_rank: Option<LowRank>,
+    y: &mut [f32],
+    accumulate: bool,
+) {
     let (n_red, n_cols) = (w.n_rows(), w.n_cols());
     assert_eq!(x.len(), n_tok * n_red, "matmul_w_bf16: x shape");
     assert_eq!(y.len(), n_tok * n_cols, "matmul_w_bf16: y shape");
     if n_tok == 0 || n_cols == 0 {
         return;
     }
-    let (xp, lda) = tile_pairs_of(x, n_tok, n_red);
+    let (xp, lda) = E::pairs(x, n_tok, n_red);
     let gw = w.group_width();
     let chunk = w_chunk(w);
     let extra = low_rank.map(|lr| {
         check_low_rank(&lr, n_tok, n_cols, "matmul_w_bf16");
-        (lr, tile_pairs_of(lr.act, n_tok, lr.rank))
+        (lr, E::pairs(lr.act, n_tok, lr.rank))
     });
-    let whole = |pairs: usize| pairs.div_ceil(TILE) * TILE;
+    let whole = |pairs: usize| pairs.div_ceil(E::PAIR_ROWS) * E::PAIR_ROWS;
     let lr_rows = extra
         .as_ref()
         .map_or(0, |(lr, _)| whole(lr.rank.div_ceil(2)));
     let n_groups = n_cols.div_ceil(gw);
-    let (n_row_tasks, rows_per_task) = tile_row_split(n_tok, n_groups);
+    let (n_row_tasks, rows_per_task) = split_rows(n_tok, n_groups, E::ROWS);
     let out = SharedOut::new(y);
     (0..n_groups * n_row_tasks).into_par_iter().for_each_init(
         || {
             (
                 amx::Lines::zeros((whole(chunk.div_ceil(2)) + lr_rows) * gw),
                 vec![0f32; 2 * gw],
-                Box::new([0f32; BLOCK * BLOCK]),
+                Box::new([0f32; amx::BLOCK * amx::BLOCK]),
             )
         },
-        |(tile, rows, c), task| {
+        |(tile, rows, scratch), task| {
             let tile = tile.as_mut_slice();
-            // SAFETY: T's instructions run here (the kernel set chose them, or
-            // T is the model); released at the end of the task.
-            unsafe { T::configure() };
             let (group, row_task) = (task / n_row_tasks, task % n_row_tasks);
             let t_first = row_task * rows_per_task;
             let t_end = (t_first + rows_per_task).min(n_tok);
             let c0 = group * gw;
             let width = gw.min(n_cols - c0);
+            // SAFETY: as in matmul_wt_on.
+            unsafe { E::begin_task() };
             for r0 in chunk_starts(n_red, chunk) {
                 let kc = chunk.min(n_red - r0);
                 let kp = kc.div_ceil(2);
@@ -756,53 +754,56 @@ pub(crate) fn matmul_w_tiles<T: amx::Tiles>(
                     a: std::ptr::null(),
                     lda,
                     b: tile.as_ptr(),
-                    groups: whole(kp) / TILE,
+                    pairs: whole(kp),
                 };
-                let mut runs = [main; 2];
-                let mut n_runs = 1;
-                if let Some((lr, (_, ld_act))) = &extra {
-                    if r0 + kc >= n_red {
-                        let tail = &mut tile[whole(kp) * gw..];
-                        pack_factor_group(lr, n_cols, c0, width, gw, tail);
-                        tail[lr.rank.div_ceil(2) * gw..lr_rows * gw].fill(0);
-                        runs[1] = amx::Run {
+                let mut runs = Runs {
+                    runs: [main; 2],
+                    len: 1,
+                };
+                // The low-rank factor's rows follow the last chunk's.
+                let tail = match &extra {
+                    Some((lr, (ap, ld_act))) if r0 + kc >= n_red => {
+                        let rows = &mut tile[whole(kp) * gw..];
+                        pack_factor_group(lr, n_cols, c0, width, gw, rows);
+                        rows[lr.rank.div_ceil(2) * gw..lr_rows * gw].fill(0);
+                        runs.runs[1] = amx::Run {
                             a: std::ptr::null(),
                             lda: *ld_act,
-                            b: tail.as_ptr(),
-                            groups: lr_rows / TILE,
+                            b: rows.as_ptr(),
+                            pairs: lr_rows,
                         };
-                        n_runs = 2;
+                        runs.len = 2;
+                        Some((ap.as_slice(), *ld_act))
                     }
-                }
+                    _ => None,
+                };
                 for j0 in (0..width).step_by(NB) {
                     let n_valid = NB.min(width - j0);
-                    for t0 in (t_first..t_end).step_by(BLOCK) {
-                        runs[0].a = xp.as_slice()[t0 * lda + r0 / 2..].as_ptr();
-                        if let Some((_, (ap, ld_act))) = &extra {
-                            runs[1].a = ap.as_slice()[t0 * ld_act..].as_ptr();
-                        }
-                        let mut shifted = runs;
-                        shifted.iter_mut().for_each(|r| r.b = r.b.wrapping_add(j0));
-                        // SAFETY: as in matmul_wt_tiles; the group tile's
-                        // rows hold gw >= j0 + 32 pairs; y's columns c0 + j0..
-                        // belong to this task's group alone, rows t0.. to
-                        // its rows.
+                    // This slice's columns of the tile (and of the tail).
+                    let mut runs = runs.shifted(j0);
+                    for t0 in (t_first..t_end).step_by(E::ROWS) {
+                        let main = xp.as_slice()[t0 * lda + r0 / 2..].as_ptr();
+                        let tail = tail.map(|(ap, ld)| ap[t0 * ld..].as_ptr());
+                        // SAFETY: as in matmul_wt_on; the tile's rows hold
+                        // gw >= j0 + NB pairs; y's columns c0 + j0.. belong
+                        // to this task's group alone.
                         unsafe {
-                            amx::block::<T>(&shifted[..n_runs], gw, c);
-                            add_block(
-                                c,
+                            E::mul(
+                                runs.at(main, tail),
+                                gw,
                                 out.get().add(t0 * n_cols + c0 + j0),
                                 n_cols,
-                                BLOCK.min(t_end - t0),
+                                E::ROWS.min(t_end - t0),
                                 n_valid,
                                 r0 > 0 || accumulate,
+                                scratch,
                             );
                         }
                     }
                 }
             }
-            // SAFETY: configured at the start of the task.
-            unsafe { T::release() };
+            // SAFETY: begun above on this thread.
+            unsafe { E::end_task() };
         },
     );
 }
