@@ -248,14 +248,12 @@ fn pack_factor(lr: &LowRank, n0: usize, n_valid: usize, packed: &mut [u32]) {
     }
 }
 
-/// `x` rounded to bf16 as pairs for AMX tiles: rows of `n` values padded
-/// with zeros to a whole number of 16-pair tile rows plus one more tile row
-/// (so a tile at any 16-pair chunk start stays in bounds), and 32 more zero
-/// rows (so a 32-row block starting at any real row does); 64-byte aligned.
-fn tile_pairs_of(x: &[f32], n_tok: usize, n: usize) -> (amx::Lines, usize) {
+/// `x` (`n_tok` rows of `n`) rounded to bf16 as pairs into a zeroed
+/// buffer of rows `ld` pairs apart (`ld >= n.div_ceil(2)`), with `pad_rows`
+/// zero rows after the last: the layout each engine reads ([`Engine::pairs`]).
+fn pairs_into<B: Buffer>(x: &[f32], n_tok: usize, n: usize, ld: usize, pad_rows: usize) -> B {
     let np = n.div_ceil(2);
-    let ld = np.div_ceil(amx::TILE) * amx::TILE + amx::TILE;
-    let mut out = amx::Lines::zeros((n_tok + amx::BLOCK) * ld);
+    let mut out = B::zeros((n_tok + pad_rows) * ld);
     if np > 0 {
         out.as_mut_slice()
             .par_chunks_mut(ld)
@@ -263,7 +261,7 @@ fn tile_pairs_of(x: &[f32], n_tok: usize, n: usize) -> (amx::Lines, usize) {
             .with_min_len(16)
             .for_each(|(o, row)| to_pairs(row, &mut o[..np]));
     }
-    (out, ld)
+    out
 }
 
 /// `y = x W` in bf16: the backward of [`matmul_wt_bf16`] with respect to its
@@ -511,14 +509,7 @@ impl Engine for Dot {
     type Buf = Vec<u32>;
     fn pairs(x: &[f32], n_tok: usize, n: usize) -> (Vec<u32>, usize) {
         let np = n.div_ceil(2);
-        let mut out = vec![0u32; n_tok * np];
-        if np > 0 {
-            out.par_chunks_mut(np)
-                .zip(x.par_chunks(n))
-                .with_min_len(16)
-                .for_each(|(o, row)| to_pairs(row, o));
-        }
-        (out, np)
+        (pairs_into(x, n_tok, n, np, 0), np)
     }
     unsafe fn mul(
         runs: &[amx::Run],
@@ -554,8 +545,12 @@ impl<T: amx::Tiles> Engine for Tiled<T> {
     const ROWS: usize = amx::BLOCK;
     const PAIR_ROWS: usize = amx::TILE;
     type Buf = amx::Lines;
+    /// Rows padded to whole 16-pair tile rows plus one more (so a tile at
+    /// any 16-pair chunk start stays in bounds), and a block's rows of
+    /// zeros after the last (so a block at any real row does).
     fn pairs(x: &[f32], n_tok: usize, n: usize) -> (amx::Lines, usize) {
-        tile_pairs_of(x, n_tok, n)
+        let ld = n.div_ceil(2).div_ceil(amx::TILE) * amx::TILE + amx::TILE;
+        (pairs_into(x, n_tok, n, ld, amx::BLOCK), ld)
     }
     unsafe fn begin_task() {
         T::configure();
@@ -588,6 +583,7 @@ fn split_rows(n_tok: usize, n_col_tasks: usize, rows: usize) -> (usize, usize) {
 
 /// The two runs of a block's left operand: the chunk's pairs, then the
 /// low-rank term's after the last chunk. Their `a` is set per block.
+#[derive(Clone, Copy)]
 struct Runs {
     runs: [amx::Run; 2],
     len: usize,
@@ -596,10 +592,7 @@ struct Runs {
 impl Runs {
     /// The same runs `j` columns on in B.
     fn shifted(&self, j: usize) -> Runs {
-        let mut r = Runs {
-            runs: self.runs,
-            len: self.len,
-        };
+        let mut r = *self;
         r.runs
             .iter_mut()
             .for_each(|run| run.b = run.b.wrapping_add(j));
