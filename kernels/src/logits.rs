@@ -41,6 +41,29 @@ pub fn vocab_tile(n_tok: usize, n_vocab: usize) -> usize {
     t.clamp(NR, n_vocab.max(NR))
 }
 
+/// The logits of a forward pass, tile by tile as it computed them, kept
+/// for the backward pass so that it need not compute them again: the
+/// vocabulary product is the largest single product of a small model's
+/// step (Qwen2.5-0.5B: 28 % of the forward's matrix work), and the
+/// backward's copy of it is the only product a training step computes
+/// twice when every block is kept. `n_tok x n_vocab` f32 values.
+pub struct KeptLogits {
+    tile: usize,
+    tiles: Vec<Vec<f32>>,
+}
+
+impl KeptLogits {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.tiles.iter().map(Vec::len).sum::<usize>() * std::mem::size_of::<f32>()
+    }
+}
+
+/// Bytes [`KeptLogits`] takes for `n_tok` positions over `n_vocab`.
+pub fn kept_logits_bytes(n_tok: usize, n_vocab: usize) -> usize {
+    n_tok * n_vocab * std::mem::size_of::<f32>()
+}
+
 /// `logprob[t] = logits[t, targets[t]] - lse[t]`, `lse[t] = logsumexp(logits[t])`,
 /// the logits computed in precision `p`.
 pub fn token_logprobs_forward(
@@ -53,7 +76,24 @@ pub fn token_logprobs_forward(
     lse: &mut [f32],
 ) -> Result<(), TargetOutOfVocab> {
     let tile = vocab_tile(n_tok, w_out.n_rows());
-    token_logprobs_tiled(p, h, n_tok, w_out, targets, logprob, lse, tile)
+    token_logprobs_tiled(p, h, n_tok, w_out, targets, logprob, lse, tile, false).map(|_| ())
+}
+
+/// [`token_logprobs_forward`] that also returns the logits, for a
+/// [`token_logprobs_backward`] that then skips their product.
+#[allow(clippy::too_many_arguments)]
+pub fn token_logprobs_forward_keeping(
+    p: Precision,
+    h: &[f32],
+    n_tok: usize,
+    w_out: &Weights,
+    targets: &[u32],
+    logprob: &mut [f32],
+    lse: &mut [f32],
+) -> Result<KeptLogits, TargetOutOfVocab> {
+    let tile = vocab_tile(n_tok, w_out.n_rows());
+    let kept = token_logprobs_tiled(p, h, n_tok, w_out, targets, logprob, lse, tile, true)?;
+    Ok(kept.expect("kept when asked"))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -66,7 +106,8 @@ fn token_logprobs_tiled(
     logprob: &mut [f32],
     lse: &mut [f32],
     tile: usize,
-) -> Result<(), TargetOutOfVocab> {
+    keep: bool,
+) -> Result<Option<KeptLogits>, TargetOutOfVocab> {
     let n_vocab = w_out.n_rows();
     assert!(
         targets.len() == n_tok && logprob.len() == n_tok && lse.len() == n_tok,
@@ -83,40 +124,84 @@ fn token_logprobs_tiled(
             n_vocab,
         });
     }
-    let mut logits = vec![0f32; n_tok * tile];
+    let mut scratch = if keep {
+        Vec::new()
+    } else {
+        vec![0f32; n_tok * tile]
+    };
+    let mut kept = Vec::new();
     let mut run_max = vec![f32::NEG_INFINITY; n_tok];
     let mut run_sum = vec![0f64; n_tok];
     for v0 in (0..n_vocab).step_by(tile) {
         let v1 = (v0 + tile).min(n_vocab);
         let width = v1 - v0;
-        let buf = &mut logits[..n_tok * width];
+        let mut fresh = Vec::new();
+        let buf = if keep {
+            fresh = vec![0f32; n_tok * width];
+            &mut fresh[..]
+        } else {
+            &mut scratch[..n_tok * width]
+        };
         matmul_wt_in(p, h, n_tok, &w_out.rows(v0, v1), buf);
-        for t in 0..n_tok {
-            let row = &buf[t * width..(t + 1) * width];
-            let m = max(row);
-            let m_new = run_max[t].max(m);
-            if m_new.is_finite() {
-                run_sum[t] =
-                    run_sum[t] * ((run_max[t] - m_new) as f64).exp() + sum_exp_shifted(row, m_new);
-            }
-            run_max[t] = m_new;
-            let target = targets[t] as usize;
-            if (v0..v1).contains(&target) {
-                logprob[t] = row[target - v0];
-            }
+        // Each position's running log-sum-exp on its own: rows in parallel,
+        // each row's sum in the same order as on one thread.
+        buf.par_chunks(width)
+            .zip(run_max.par_iter_mut())
+            .zip(run_sum.par_iter_mut())
+            .zip(logprob.par_iter_mut())
+            .zip(targets.par_iter())
+            .for_each(|((((row, run_max), run_sum), logprob), &target)| {
+                let m_new = run_max.max(max(row));
+                if m_new.is_finite() {
+                    *run_sum =
+                        *run_sum * ((*run_max - m_new) as f64).exp() + sum_exp_shifted(row, m_new);
+                }
+                *run_max = m_new;
+                let target = target as usize;
+                if (v0..v1).contains(&target) {
+                    *logprob = row[target - v0];
+                }
+            });
+        if keep {
+            kept.push(fresh);
         }
     }
     for t in 0..n_tok {
         lse[t] = run_max[t] + (run_sum[t] as f32).ln();
         logprob[t] -= lse[t];
     }
-    Ok(())
+    Ok(keep.then_some(KeptLogits { tile, tiles: kept }))
+}
+
+/// `d logprob_t / d logit_v = onehot(v = target) - softmax_v`, times `g`:
+/// `out[v] = -g exp(logit_v - lse) (+ g at the target)`, for the tile of the
+/// vocabulary that starts at `v0`. `logits` is `out` itself when `None`.
+fn logit_grads(
+    out: &mut [f32],
+    logits: Option<&[f32]>,
+    g: f32,
+    lse: f32,
+    target: usize,
+    v0: usize,
+) {
+    match logits {
+        Some(src) => out
+            .iter_mut()
+            .zip(src)
+            .for_each(|(o, &x)| *o = -g * exp_approx(x - lse)),
+        None => out.iter_mut().for_each(|x| *x = -g * exp_approx(*x - lse)),
+    }
+    if (v0..v0 + out.len()).contains(&target) {
+        out[target - v0] += g;
+    }
 }
 
 /// Backward: given `dlogprob[t]` (the loss gradient of each position's
 /// log-prob), adds `dh[t] = dlogprob[t] * (W[target_t] - sum_v p_tv W[v])` into
-/// `dh` (`[n_tok, n_embd]`), recomputing the logits tile by tile from `h` and
-/// the `lse` saved by the forward (which must have used the same precision).
+/// `dh` (`[n_tok, n_embd]`), from the logits the forward kept or, without
+/// them, recomputing the logits tile by tile from `h`, and the `lse` saved by
+/// the forward (which must have used the same precision). Kept or
+/// recomputed, the logits and so `dh` are the same bit for bit.
 #[allow(clippy::too_many_arguments)]
 pub fn token_logprobs_backward(
     p: Precision,
@@ -125,6 +210,7 @@ pub fn token_logprobs_backward(
     w_out: &Weights,
     targets: &[u32],
     lse: &[f32],
+    kept: Option<&KeptLogits>,
     dlogprob: &[f32],
     dh: &mut [f32],
 ) {
@@ -136,28 +222,51 @@ pub fn token_logprobs_backward(
             && dh.len() == n_tok * n_embd,
         "token_logprobs_backward: shapes"
     );
-    let tile = vocab_tile(n_tok, n_vocab);
+    let tile = kept.map_or_else(|| vocab_tile(n_tok, n_vocab), |k| k.tile);
+    backward_tiled(p, h, n_tok, w_out, targets, lse, kept, dlogprob, dh, tile);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_tiled(
+    p: Precision,
+    h: &[f32],
+    n_tok: usize,
+    w_out: &Weights,
+    targets: &[u32],
+    lse: &[f32],
+    kept: Option<&KeptLogits>,
+    dlogprob: &[f32],
+    dh: &mut [f32],
+    tile: usize,
+) {
+    let (n_vocab, n_embd) = (w_out.n_rows(), w_out.n_cols());
+    if let Some(k) = kept {
+        assert!(
+            k.tile == tile
+                && k.tiles.len() == n_vocab.div_ceil(tile)
+                && k.bytes() == kept_logits_bytes(n_tok, n_vocab),
+            "token_logprobs_backward: kept logits of another shape"
+        );
+    }
     let mut dlogits = vec![0f32; n_tok * tile];
     let mut part = vec![0f32; n_tok * n_embd];
-    for v0 in (0..n_vocab).step_by(tile) {
+    for (i, v0) in (0..n_vocab).step_by(tile).enumerate() {
         let v1 = (v0 + tile).min(n_vocab);
         let width = v1 - v0;
         let w_tile = w_out.rows(v0, v1);
         let buf = &mut dlogits[..n_tok * width];
-        matmul_wt_in(p, h, n_tok, &w_tile, buf);
+        let src = kept.map(|k| &k.tiles[i][..]);
+        if src.is_none() {
+            matmul_wt_in(p, h, n_tok, &w_tile, buf);
+        }
         buf.par_chunks_mut(width).enumerate().for_each(|(t, row)| {
-            let g = dlogprob[t];
-            // d logprob_t / d logit_v = onehot(v = target) - softmax_v.
-            for x in row.iter_mut() {
-                *x = -g * exp_approx(*x - lse[t]);
-            }
-            let target = targets[t] as usize;
-            if (v0..v1).contains(&target) {
-                row[target - v0] += g;
-            }
+            let logits = src.map(|s| &s[t * width..(t + 1) * width]);
+            logit_grads(row, logits, dlogprob[t], lse[t], targets[t] as usize, v0);
         });
         matmul_w_in(p, buf, n_tok, &w_tile, &mut part);
-        dh.iter_mut().zip(&part).for_each(|(a, &b)| *a += b);
+        dh.par_iter_mut()
+            .zip(part.par_iter())
+            .for_each(|(a, &b)| *a += b);
     }
 }
 
@@ -213,6 +322,7 @@ mod tests {
                 &mut lp,
                 &mut lse,
                 tile,
+                false,
             )
             .unwrap();
             for t in 0..n_tok {
@@ -229,7 +339,17 @@ mod tests {
         let g: Vec<f32> = (0..n_tok).map(|_| rng.uniform()).collect();
         token_logprobs_forward(Precision::F32, &h, n_tok, &w, &targets, &mut lp, &mut lse).unwrap();
         let mut dh = vec![0f32; h.len()];
-        token_logprobs_backward(Precision::F32, &h, n_tok, &w, &targets, &lse, &g, &mut dh);
+        token_logprobs_backward(
+            Precision::F32,
+            &h,
+            n_tok,
+            &w,
+            &targets,
+            &lse,
+            None,
+            &g,
+            &mut dh,
+        );
         let loss = |h: &[f32]| -> f64 {
             let mut lp = vec![0f32; n_tok];
             token_logprobs_forward_scalar(h, n_tok, &w, &targets, &mut lp);
@@ -264,5 +384,45 @@ mod tests {
                 n_vocab: 1000
             })
         );
+    }
+
+    /// The backward from the logits the forward kept gives the gradients of
+    /// the backward that recomputes them, bit for bit, in both precisions
+    /// and over one tile or many; and the forward's log-probs do not change
+    /// with keeping.
+    #[test]
+    fn kept_logits_give_bit_identical_gradients() {
+        let mut rng = TestRng(22);
+        let (n_tok, n_embd, n_vocab) = (29, 64, 1000);
+        let h = rng.vec(n_tok * n_embd, 1.0);
+        let w = rng.vec(n_vocab * n_embd, 1.0);
+        let w = Weights::f32(&w, n_vocab, n_embd);
+        let targets: Vec<u32> = (0..n_tok)
+            .map(|_| (rng.next_u64() % n_vocab as u64) as u32)
+            .collect();
+        let g: Vec<f32> = (0..n_tok).map(|_| rng.uniform() - 0.5).collect();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for p in [Precision::F32, Precision::Bf16] {
+            for tile in [vocab_tile(n_tok, n_vocab), 48] {
+                let (mut lp, mut lse) = (vec![0f32; n_tok], vec![0f32; n_tok]);
+                let (mut lp_k, mut lse_k) = (vec![0f32; n_tok], vec![0f32; n_tok]);
+                let run = |lp: &mut [f32], lse: &mut [f32], keep| {
+                    token_logprobs_tiled(p, &h, n_tok, &w, &targets, lp, lse, tile, keep).unwrap()
+                };
+                assert!(run(&mut lp, &mut lse, false).is_none());
+                let kept = run(&mut lp_k, &mut lse_k, true).expect("kept");
+                assert_eq!(kept.bytes(), kept_logits_bytes(n_tok, n_vocab));
+                assert_eq!(kept.tiles.len(), n_vocab.div_ceil(tile));
+                assert_eq!((bits(&lp), bits(&lse)), (bits(&lp_k), bits(&lse_k)));
+                let backward = |kept: Option<&KeptLogits>| {
+                    let mut dh = vec![0f32; n_tok * n_embd];
+                    backward_tiled(p, &h, n_tok, &w, &targets, &lse, kept, &g, &mut dh, tile);
+                    dh
+                };
+                let (with, without) = (backward(Some(&kept)), backward(None));
+                assert!(with.iter().any(|v| *v != 0.0));
+                assert_eq!(bits(&with), bits(&without), "{p:?}, tile {tile}");
+            }
+        }
     }
 }

@@ -69,6 +69,7 @@ impl Transformer {
             &self.weights(&self.output),
             &tape.targets,
             &tape.lse,
+            tape.logits.as_ref(),
             dlogprob,
             &mut dh[..n * n_embd],
         );

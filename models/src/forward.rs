@@ -15,7 +15,9 @@ use crate::model::{Layer, MatrixRef, Transformer};
 use crate::prefix::{past_kv, PastKv, Span};
 use cleaner_kernels::activation::swiglu_forward;
 use cleaner_kernels::attention::AttnShape;
-use cleaner_kernels::logits::token_logprobs_forward;
+use cleaner_kernels::logits::{
+    kept_logits_bytes, token_logprobs_forward, token_logprobs_forward_keeping, KeptLogits,
+};
 use cleaner_kernels::matmul::{matmul_wt, matmul_wt_in, matmul_wt_plus_in, LowRank, Weights};
 use cleaner_kernels::norm::rmsnorm_forward;
 use cleaner_kernels::rope::Rope;
@@ -197,6 +199,10 @@ pub struct Tape {
     pub(crate) h: Vec<f32>,
     /// `[n_tok - 1]`: log-sum-exp of each position's logits.
     pub(crate) lse: Vec<f32>,
+    /// The logits themselves, when the memory the forward was allowed still
+    /// held them after the blocks: the backward pass then skips their
+    /// product.
+    pub(crate) logits: Option<KeptLogits>,
 }
 
 impl Tape {
@@ -216,9 +222,15 @@ impl Tape {
         self.kept.iter().filter(|k| k.is_some()).count()
     }
 
-    /// Bytes held by the blocks kept whole.
+    /// Whether the logits are kept (not recomputed by the backward pass).
+    pub fn kept_logits(&self) -> bool {
+        self.logits.is_some()
+    }
+
+    /// Bytes held by the blocks kept whole and the kept logits.
     pub fn kept_bytes(&self) -> usize {
-        self.kept.iter().flatten().map(BlockActs::held_bytes).sum()
+        let blocks: usize = self.kept.iter().flatten().map(BlockActs::held_bytes).sum();
+        blocks + self.logits.as_ref().map_or(0, KeptLogits::bytes)
     }
 }
 
@@ -312,7 +324,7 @@ impl Transformer {
             }
         }
         let tape = self.run_forward(tokens, lora, None, Span::whole(tokens));
-        let (logprobs, _) = self.tape_logprobs(&tape);
+        let (logprobs, _, _) = self.tape_logprobs(&tape, false);
         let c = self.config();
         let logits = logits_for.map(|r| {
             let mut out = vec![0f32; r.len() * c.n_vocab];
@@ -343,8 +355,10 @@ impl Transformer {
     /// [`Transformer::forward_train`] that also keeps every intermediate of
     /// as many leading blocks as fit in `keep_bytes`, so the backward pass
     /// skips recomputing their projections (a third of a training step's
-    /// matrix work) at the price of that memory. The gradients are
-    /// bit-identical to those of the fully checkpointed pass.
+    /// matrix work) at the price of that memory, and then the logits if
+    /// what is left holds them ([`kept_logits_bytes`]), so the backward
+    /// skips the vocabulary product too. The gradients are bit-identical to
+    /// those of the fully checkpointed pass.
     pub fn forward_train_keeping(
         &self,
         tokens: &[u32],
@@ -369,26 +383,38 @@ impl Transformer {
             self.check_lora(l)?;
         }
         let mut tape = self.run_forward(tokens, lora, train, span);
-        let (logprobs, lse) = self.tape_logprobs(&tape);
+        // The blocks came first; the logits take what they left.
+        let left = train.map_or(0, |bytes| bytes.saturating_sub(tape.kept_bytes()));
+        let keep =
+            train.is_some() && kept_logits_bytes(tape.targets.len(), self.config().n_vocab) <= left;
+        let (logprobs, lse, logits) = self.tape_logprobs(&tape, keep);
         tape.lse = lse;
+        tape.logits = logits;
         Ok((logprobs, tape))
     }
 
-    /// Next-token log-probs and their log-sum-exps from the final hidden states.
-    pub(crate) fn tape_logprobs(&self, tape: &Tape) -> (Vec<f32>, Vec<f32>) {
+    /// Next-token log-probs and their log-sum-exps from the final hidden
+    /// states, and the logits if `keep`.
+    pub(crate) fn tape_logprobs(
+        &self,
+        tape: &Tape,
+        keep: bool,
+    ) -> (Vec<f32>, Vec<f32>, Option<KeptLogits>) {
         let n = tape.targets.len();
         let (mut lp, mut lse) = (vec![0f32; n], vec![0f32; n]);
-        // Targets were checked against the vocabulary in check_tokens.
-        let _ = token_logprobs_forward(
+        let (p, h, w) = (
             self.precision(),
             &tape.h[..n * self.config().n_embd],
-            n,
             &self.weights(&self.output),
-            &tape.targets,
-            &mut lp,
-            &mut lse,
         );
-        (lp, lse)
+        // Targets were checked against the vocabulary in check_tokens.
+        let logits = if keep {
+            token_logprobs_forward_keeping(p, h, n, w, &tape.targets, &mut lp, &mut lse).ok()
+        } else {
+            let _ = token_logprobs_forward(p, h, n, w, &tape.targets, &mut lp, &mut lse);
+            None
+        };
+        (lp, lse, logits)
     }
 
     /// `train`: `None` for inference; `Some(bytes)` records the tape, with
@@ -462,6 +488,7 @@ impl Transformer {
             rstd_final,
             h,
             lse: Vec::new(),
+            logits: None,
         }
     }
 

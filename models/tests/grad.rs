@@ -11,6 +11,7 @@
 //! summation order (`CLEANER_GEMM_F32`), so the bound leaves room for it. A
 //! wrong backward term is off by far more.
 
+use cleaner_kernels::logits::kept_logits_bytes;
 use cleaner_models::tiny::{tiny_model, TinySpec};
 use cleaner_models::{Architecture, GgufFile, Lora, LoraConfig, Transformer};
 
@@ -121,11 +122,12 @@ fn tiny_case(arch: Architecture, n_tok: u32) -> (Transformer, Lora, Vec<u32>, Ve
     (model, lora, tokens, weights)
 }
 
-/// Keeping blocks whole (no recomputation in the backward pass) must give
-/// exactly the gradients of the fully checkpointed pass: none, one and all
-/// blocks kept, on each family.
+/// Keeping blocks whole (no recomputation in the backward pass) or the
+/// logits must give exactly the gradients of the fully checkpointed pass:
+/// none, one and all blocks kept, the logits alone, on each family. Blocks
+/// come first; the logits take what they leave.
 #[test]
-fn kept_blocks_give_bit_identical_gradients() {
+fn kept_blocks_and_logits_give_bit_identical_gradients() {
     for arch in [
         Architecture::Llama,
         Architecture::Qwen2,
@@ -137,21 +139,46 @@ fn kept_blocks_give_bit_identical_gradients() {
             let (lp, tape) = model.forward_train_keeping(&tokens, &lora, keep).unwrap();
             let mut g = lora.zeros_like();
             model.backward(&tape, &lora, &weights, &mut g).unwrap();
-            (lp, g, tape.kept_blocks(), tape.kept_bytes())
+            let kept = (tape.kept_blocks(), tape.kept_logits());
+            (lp, g, kept, tape.kept_bytes())
         };
+        let logits = kept_logits_bytes(tokens.len() - 1, model.config().n_vocab);
         let (lp0, g0, k0, _) = grads_with(0);
         let (lp_all, g_all, k_all, bytes_all) = grads_with(usize::MAX);
-        let (lp1, g1, k1, _) = grads_with(bytes_all / n_layer);
-        assert_eq!((k0, k1, k_all), (0, 1, n_layer), "{arch:?}: blocks kept");
+        let block = (bytes_all - logits) / n_layer;
+        assert!(
+            logits < block,
+            "{arch:?}: the logits alone must fit where a block does not"
+        );
+        let (lp1, g1, k1, _) = grads_with(block);
+        let (lp_l, g_l, k_l, bytes_l) = grads_with(logits);
+        let (lp1l, g1l, k1l, _) = grads_with(block + logits);
+        assert_eq!(
+            (k0, k1, k_l, k1l, k_all),
+            (
+                (0, false),
+                (1, false),
+                (0, true),
+                (1, true),
+                (n_layer, true)
+            ),
+            "{arch:?}: blocks and logits kept"
+        );
+        assert_eq!(bytes_l, logits);
         assert!(n_layer > 1);
-        for (name, lp, g) in [("one", &lp1, &g1), ("all", &lp_all, &g_all)] {
+        for (name, lp, g) in [
+            ("one block", &lp1, &g1),
+            ("the logits", &lp_l, &g_l),
+            ("one block and the logits", &lp1l, &g1l),
+            ("all", &lp_all, &g_all),
+        ] {
             assert_eq!(lp, &lp0, "{arch:?}: log-probs with {name} kept");
             for (a, b) in g.tensors().zip(g0.tensors()) {
                 let (a, b): (Vec<u32>, Vec<u32>) = (
                     a.iter().map(|v| v.to_bits()).collect(),
                     b.iter().map(|v| v.to_bits()).collect(),
                 );
-                assert_eq!(a, b, "{arch:?}: gradients with {name} block(s) kept");
+                assert_eq!(a, b, "{arch:?}: gradients with {name} kept");
             }
         }
         assert!(g0.tensors().flatten().any(|v| *v != 0.0));

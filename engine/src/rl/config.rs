@@ -238,8 +238,9 @@ pub struct TrainerSection {
     /// "cuda", "metal", "vulkan" or "cpu".
     pub device: DeviceKind,
     /// MiB of block intermediates one sequence's forward pass may keep so the
-    /// backward pass need not recompute them (0: recompute every block, the
-    /// least memory; the gradients are the same either way). Qwen2.5-0.5B
+    /// backward pass need not recompute them, then of its logits if what
+    /// the blocks left holds them (0: recompute everything, the least
+    /// memory; the gradients are the same either way). Qwen2.5-0.5B
     /// needs 1.4 MiB per token to keep all 24 blocks. The CPU backend's
     /// setting (ggml plans its own memory).
     pub activation_memory_mib: usize,

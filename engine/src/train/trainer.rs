@@ -202,9 +202,11 @@ impl Trainer {
     /// How many bytes of block intermediates one sequence's forward pass may
     /// keep for its backward pass (0: checkpoint every block, the least
     /// memory). Blocks that do not fit are recomputed from their input, which
-    /// costs a third more matrix work for them; the gradients are
-    /// bit-identical either way. The CPU backend's setting: ggml plans its
-    /// own graph memory and ignores it.
+    /// costs a third more matrix work for them; the logits are kept too if
+    /// what the blocks left holds them (else the backward computes the
+    /// vocabulary product again); the gradients are bit-identical either
+    /// way. The CPU backend's setting: ggml plans its own graph memory and
+    /// ignores it.
     pub fn set_activation_memory(&mut self, bytes: usize) {
         self.activation_memory = bytes;
     }
