@@ -40,6 +40,10 @@ const PANELS_PER_TASK: usize = 2;
 /// chunks of at most this size.
 const PACK_BYTES: usize = 512 << 10;
 
+/// Weight rows whose bytes are prefetched ahead of the row being decoded
+/// ([`Weights::prefetch_segment`]).
+const PREFETCH_ROWS: usize = 12;
+
 /// Whether this CPU runs the bf16 kernels (AVX-512F and AVX-512 BF16): the
 /// kernel set's `bf16` row.
 pub fn available() -> bool {
@@ -222,8 +226,14 @@ fn pack_panel(
     pair_buf: &mut [u32],
 ) {
     let kp = kc.div_ceil(2);
+    for j in 0..PREFETCH_ROWS.min(n_valid) {
+        w.prefetch_segment(n0 + j, k0, kc);
+    }
     for j in 0..NB {
         if j < n_valid {
+            if j + PREFETCH_ROWS < n_valid {
+                w.prefetch_segment(n0 + j + PREFETCH_ROWS, k0, kc);
+            }
             let seg = &mut row_buf[..kc];
             w.dequantize_segment(n0 + j, k0, seg);
             let pairs = &mut pair_buf[..kp];
@@ -325,7 +335,15 @@ fn pack_group(
     rows: &mut [f32],
 ) {
     let gw = rows.len() / 2;
+    let ahead = |r: usize| {
+        if r < kc {
+            w.prefetch_segment(r0 + r, c0, width);
+        }
+    };
+    (0..PREFETCH_ROWS).for_each(ahead);
     for q in 0..kc.div_ceil(2) {
+        ahead(2 * q + PREFETCH_ROWS);
+        ahead(2 * q + 1 + PREFETCH_ROWS);
         let (lo, hi) = rows.split_at_mut(gw);
         let (lo, hi) = (&mut lo[..width], &mut hi[..width]);
         w.dequantize_segment(r0 + 2 * q, c0, lo);

@@ -156,6 +156,36 @@ fn row_views_and_shape_errors() {
     ));
 }
 
+/// A prefetch is only a hint, but it slices the row's bytes: every row and
+/// segment of a view, to the end of its data and past its last row, must
+/// stay inside the bytes (a slicing error panics), for quantized and f32
+/// weights, and must leave what decoding gives unchanged.
+#[test]
+fn prefetch_stays_inside_the_weights() {
+    let mut rng = TestRng(3);
+    let bytes = random_quant(QuantType::Q5_0, 6 * 96, &mut rng);
+    let values = rng.vec(6 * 96, 1.0);
+    for w in [
+        Weights::quantized(QuantType::Q5_0, &bytes, 6, 96).unwrap(),
+        Weights::f32(&values, 6, 96),
+    ] {
+        let sub = w.rows(2, 5);
+        let mut before = vec![0f32; 3 * 96];
+        sub.dequantize_segment(0, 0, &mut before[..96]);
+        for view in [&w, &sub] {
+            for n in 0..=view.n_rows() + 1 {
+                for k0 in (0..96).step_by(32) {
+                    view.prefetch_segment(n, k0, 96 - k0);
+                    view.prefetch_segment(n, k0, 4096);
+                }
+            }
+        }
+        let mut after = vec![0f32; 96];
+        sub.dequantize_segment(0, 0, &mut after);
+        assert_eq!(&before[..96], &after[..]);
+    }
+}
+
 fn check_w(
     kernel: micro::MicroKernel,
     ty: QuantType,

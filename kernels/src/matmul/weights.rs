@@ -199,6 +199,50 @@ impl<'a> Weights<'a> {
         }
     }
 
+    /// Asks the CPU to bring the bytes of row `n`'s values `k0..k0 + len`
+    /// into cache ahead of [`Weights::dequantize_segment`]: quantized rows
+    /// come from a memory map that no cache holds, a few hundred bytes per
+    /// row segment, too short for the hardware prefetchers to follow from
+    /// one row to the next. Only a hint; out-of-range rows are ignored.
+    #[inline]
+    pub fn prefetch_segment(&self, n: usize, k0: usize, len: usize) {
+        if n >= self.n_rows {
+            return;
+        }
+        let bytes: &[u8] = match self.src {
+            Source::Quant {
+                ty,
+                data,
+                row_bytes,
+                ..
+            } => {
+                let bl = ty.block_len();
+                let start = n * row_bytes + k0 / bl * ty.block_bytes();
+                let end = (start + len.div_ceil(bl) * ty.block_bytes()).min(data.len());
+                &data[start.min(end)..end]
+            }
+            Source::F32(d) => {
+                let start = n * self.n_cols + k0;
+                let end = (start + len).min(d.len());
+                let d = &d[start.min(end)..end];
+                // SAFETY: f32s are plain bytes.
+                unsafe { std::slice::from_raw_parts(d.as_ptr().cast(), 4 * d.len()) }
+            }
+        };
+        #[cfg(target_arch = "x86_64")]
+        for line in bytes.chunks(64) {
+            // SAFETY: a prefetch reads nothing; the address is in `bytes`.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch(
+                    line.as_ptr().cast(),
+                    std::arch::x86_64::_MM_HINT_T0,
+                )
+            };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = bytes;
+    }
+
     /// Row `n`, dequantized (`out.len() == n_cols`).
     pub fn dequantize_row(&self, n: usize, out: &mut [f32]) {
         self.dequantize_segment(n, 0, out);
