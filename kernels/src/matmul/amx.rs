@@ -47,8 +47,10 @@ pub(crate) trait Tiles {
 }
 
 /// One run of the left operand of a block: `pairs` pairs of each row,
-/// rows `lda` pairs apart, against `pairs` pair rows of B from `b` (a
-/// multiple of 16 for the tiles: whole tiles of zeros past the data).
+/// rows `lda` pairs apart, against `pairs` pair rows of B from `b`. Both
+/// bf16 engines take their operands as runs (the `vdpbf16ps` kernel too);
+/// for the tiles `pairs` is a multiple of 16, whole tiles of zeros past the
+/// data.
 #[derive(Clone, Copy)]
 pub(crate) struct Run {
     pub a: *const u32,

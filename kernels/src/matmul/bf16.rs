@@ -302,17 +302,13 @@ pub fn micro_kernel_ceiling_gflops() -> Option<(f64, f64)> {
             // SAFETY: the CPU has the instructions (checked above); a holds
             // MR rows of KP pairs, b KP rows of NB pairs, c MR rows of NB.
             unsafe {
-                kernel::dispatch(
-                    MR,
-                    Lhs::new(a.as_ptr(), KP, KP),
-                    Lhs::NONE,
-                    b.as_ptr(),
-                    NB,
-                    c.as_mut_ptr(),
-                    NB,
-                    NB,
-                    true,
-                );
+                let run = amx::Run {
+                    a: a.as_ptr(),
+                    lda: KP,
+                    b: b.as_ptr(),
+                    pairs: KP,
+                };
+                kernel::dispatch(MR, &[run], NB, c.as_mut_ptr(), NB, NB, true);
             }
         }
     });
@@ -539,20 +535,7 @@ impl Engine for Dot {
         accumulate: bool,
         _: &mut [f32; amx::BLOCK * amx::BLOCK],
     ) {
-        let lhs = |r: &amx::Run| Lhs::new(r.a, r.lda, r.pairs);
-        debug_assert!(runs.len() < 2 || runs[1].b == runs[0].b.add(runs[0].pairs * ldb));
-        let tail = runs.get(1).map_or(Lhs::NONE, lhs);
-        kernel::dispatch(
-            mr,
-            lhs(&runs[0]),
-            tail,
-            runs[0].b,
-            ldb,
-            c,
-            ldc,
-            n_valid,
-            accumulate,
-        );
+        kernel::dispatch(mr, runs, ldb, c, ldc, n_valid, accumulate);
     }
 }
 
@@ -857,30 +840,6 @@ pub(crate) fn matmul_w_on<E: Engine>(
     );
 }
 
-/// One run of a micro-kernel call's left operand: `kp` pairs of each row,
-/// row `i` from `ptr + i * ld`. A call takes two runs (the second for a
-/// low-rank term), both summed against consecutive pair rows of the right
-/// operand.
-#[derive(Clone, Copy)]
-pub(crate) struct Lhs {
-    ptr: *const u32,
-    ld: usize,
-    kp: usize,
-}
-
-impl Lhs {
-    /// No pairs.
-    const NONE: Lhs = Lhs {
-        ptr: std::ptr::null(),
-        ld: 0,
-        kp: 0,
-    };
-
-    fn new(ptr: *const u32, ld: usize, kp: usize) -> Lhs {
-        Lhs { ptr, ld, kp }
-    }
-}
-
 /// `c[m x n] (+)= a[m x kp pairs] b[kp pairs x n]` on small dense tiles with
 /// arbitrary strides, through the same micro-kernel: the bf16 building block
 /// of the attention kernels.
@@ -906,11 +865,15 @@ pub(crate) unsafe fn gemm_tile_bf16(
     for j0 in (0..n).step_by(NB) {
         let n_valid = NB.min(n - j0);
         for i0 in (0..m).step_by(MR) {
+            let run = amx::Run {
+                a: a.add(i0 * lda),
+                lda,
+                b: b.add(j0),
+                pairs: kp,
+            };
             kernel::dispatch(
                 MR.min(m - i0),
-                Lhs::new(a.add(i0 * lda), lda, kp),
-                Lhs::NONE,
-                b.add(j0),
+                &[run],
                 ldb,
                 c.add(i0 * ldc + j0),
                 ldc,
@@ -923,22 +886,21 @@ pub(crate) unsafe fn gemm_tile_bf16(
 
 #[cfg(target_arch = "x86_64")]
 mod kernel {
-    use super::{Lhs, MR, NB};
+    use super::{amx::Run, MR, NB};
     use std::arch::x86_64::*;
 
-    /// `C[mr x NB] (+)= A[mr x a.kp pairs] B[a.kp pairs x NB] + A2[mr x
-    /// a2.kp pairs] B[a.kp.. pairs x NB]`: B's pair row `q` at `b + q * ldb`,
-    /// the second run's rows after the first's.
+    /// `C[mr x NB] (+)= sum over runs of A[mr x run.pairs] B[run's pair
+    /// rows x NB]`: each run's row `i` of pairs from `a + i * lda`, its B's
+    /// pair row `q` at `b + q * ldb` (a call takes one run, or two when a
+    /// low-rank term follows the weights).
     ///
     /// # Safety
-    /// The CPU must have AVX-512F and AVX-512 BF16; the pointers must be valid
-    /// for the extents above and `c` for `mr` rows of `n_valid` values.
-    #[allow(clippy::too_many_arguments)]
+    /// The CPU must have AVX-512F and AVX-512 BF16; the runs' pointers must
+    /// be valid for the extents above and `c` for `mr` rows of `n_valid`
+    /// values.
     pub(super) unsafe fn dispatch(
         mr: usize,
-        a: Lhs,
-        a2: Lhs,
-        b: *const u32,
+        runs: &[Run],
         ldb: usize,
         c: *mut f32,
         ldc: usize,
@@ -947,33 +909,27 @@ mod kernel {
     ) {
         // Monomorphized per row count so the accumulators stay in registers.
         match mr {
-            8 => kernel::<8>(a, a2, b, ldb, c, ldc, n_valid, accumulate),
-            7 => kernel::<7>(a, a2, b, ldb, c, ldc, n_valid, accumulate),
-            6 => kernel::<6>(a, a2, b, ldb, c, ldc, n_valid, accumulate),
-            5 => kernel::<5>(a, a2, b, ldb, c, ldc, n_valid, accumulate),
-            4 => kernel::<4>(a, a2, b, ldb, c, ldc, n_valid, accumulate),
-            3 => kernel::<3>(a, a2, b, ldb, c, ldc, n_valid, accumulate),
-            2 => kernel::<2>(a, a2, b, ldb, c, ldc, n_valid, accumulate),
-            _ => kernel::<1>(a, a2, b, ldb, c, ldc, n_valid, accumulate),
+            8 => kernel::<8>(runs, ldb, c, ldc, n_valid, accumulate),
+            7 => kernel::<7>(runs, ldb, c, ldc, n_valid, accumulate),
+            6 => kernel::<6>(runs, ldb, c, ldc, n_valid, accumulate),
+            5 => kernel::<5>(runs, ldb, c, ldc, n_valid, accumulate),
+            4 => kernel::<4>(runs, ldb, c, ldc, n_valid, accumulate),
+            3 => kernel::<3>(runs, ldb, c, ldc, n_valid, accumulate),
+            2 => kernel::<2>(runs, ldb, c, ldc, n_valid, accumulate),
+            _ => kernel::<1>(runs, ldb, c, ldc, n_valid, accumulate),
         }
     }
 
-    /// `acc += A[.., run] B[run rows from b]` for one run of the left operand.
+    /// `acc += A[.., run] B[run's rows]` for one run of the left operand.
     #[inline(always)]
-    unsafe fn run<const R: usize>(
-        lo: &mut [__m512; R],
-        hi: &mut [__m512; R],
-        a: Lhs,
-        b: *const u32,
-        ldb: usize,
-    ) {
-        for q in 0..a.kp {
-            let bp = b.add(q * ldb);
+    unsafe fn run<const R: usize>(lo: &mut [__m512; R], hi: &mut [__m512; R], r: &Run, ldb: usize) {
+        for q in 0..r.pairs {
+            let bp = r.b.add(q * ldb);
             let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.cast()));
             let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(16).cast()));
             for i in 0..R {
                 let av: __m512bh =
-                    std::mem::transmute(_mm512_set1_epi32(*a.ptr.add(i * a.ld + q) as i32));
+                    std::mem::transmute(_mm512_set1_epi32(*r.a.add(i * r.lda + q) as i32));
                 lo[i] = _mm512_dpbf16_ps(lo[i], av, b0);
                 hi[i] = _mm512_dpbf16_ps(hi[i], av, b1);
             }
@@ -981,11 +937,8 @@ mod kernel {
     }
 
     #[target_feature(enable = "avx512f,avx512bf16")]
-    #[allow(clippy::too_many_arguments)]
     unsafe fn kernel<const R: usize>(
-        a: Lhs,
-        a2: Lhs,
-        b: *const u32,
+        runs: &[Run],
         ldb: usize,
         c: *mut f32,
         ldc: usize,
@@ -995,8 +948,9 @@ mod kernel {
         debug_assert!(R <= MR && NB == 32);
         let mut lo = [_mm512_setzero_ps(); R];
         let mut hi = [_mm512_setzero_ps(); R];
-        run::<R>(&mut lo, &mut hi, a, b, ldb);
-        run::<R>(&mut lo, &mut hi, a2, b.add(a.kp * ldb), ldb);
+        for r in runs {
+            run::<R>(&mut lo, &mut hi, r, ldb);
+        }
         let mask = super::super::lane_mask;
         let (m0, m1) = (mask(n_valid), mask(n_valid.saturating_sub(16)));
         for i in 0..R {
@@ -1019,12 +973,9 @@ mod kernel {
 #[cfg(not(target_arch = "x86_64"))]
 mod kernel {
     /// Never called: [`super::available`] is false off x86-64.
-    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn dispatch(
         _: usize,
-        _: super::Lhs,
-        _: super::Lhs,
-        _: *const u32,
+        _: &[super::amx::Run],
         _: usize,
         _: *mut f32,
         _: usize,
