@@ -124,21 +124,21 @@ fn token_logprobs_tiled(
             n_vocab,
         });
     }
+    // Without keeping, one tile's buffer serves every tile.
     let mut scratch = if keep {
         Vec::new()
     } else {
         vec![0f32; n_tok * tile]
     };
-    let mut kept = Vec::new();
+    let mut kept: Vec<Vec<f32>> = Vec::new();
     let mut run_max = vec![f32::NEG_INFINITY; n_tok];
     let mut run_sum = vec![0f64; n_tok];
     for v0 in (0..n_vocab).step_by(tile) {
         let v1 = (v0 + tile).min(n_vocab);
         let width = v1 - v0;
-        let mut fresh = Vec::new();
         let buf = if keep {
-            fresh = vec![0f32; n_tok * width];
-            &mut fresh[..]
+            kept.push(vec![0f32; n_tok * width]);
+            &mut kept.last_mut().expect("just pushed")[..]
         } else {
             &mut scratch[..n_tok * width]
         };
@@ -162,9 +162,6 @@ fn token_logprobs_tiled(
                     *logprob = row[target - v0];
                 }
             });
-        if keep {
-            kept.push(fresh);
-        }
     }
     for t in 0..n_tok {
         lse[t] = run_max[t] + (run_sum[t] as f32).ln();
@@ -296,16 +293,28 @@ mod tests {
     /// Absolute, in nats: logits accumulate in a different order than the oracle.
     pub const LOGPROB_TOL: f32 = 1e-4;
 
+    /// Random hidden states `[n_tok, n_embd]`, an f32 output matrix
+    /// `[n_vocab, n_embd]` and targets, all from `rng`.
+    fn case(
+        rng: &mut TestRng,
+        n_tok: usize,
+        n_embd: usize,
+        n_vocab: usize,
+    ) -> (Vec<f32>, Vec<f32>, Vec<u32>) {
+        let h = rng.vec(n_tok * n_embd, 1.0);
+        let w = rng.vec(n_vocab * n_embd, 1.0);
+        let targets = (0..n_tok)
+            .map(|_| (rng.next_u64() % n_vocab as u64) as u32)
+            .collect();
+        (h, w, targets)
+    }
+
     #[test]
     fn tiled_matches_scalar_twin_over_many_tiles() {
         let mut rng = TestRng(21);
         let (n_tok, n_embd, n_vocab) = (37, 64, 1000);
-        let h = rng.vec(n_tok * n_embd, 1.0);
-        let w = rng.vec(n_vocab * n_embd, 1.0);
+        let (h, w, targets) = case(&mut rng, n_tok, n_embd, n_vocab);
         let w = Weights::f32(&w, n_vocab, n_embd);
-        let targets: Vec<u32> = (0..n_tok)
-            .map(|_| (rng.next_u64() % n_vocab as u64) as u32)
-            .collect();
         let (mut lp, mut lse, mut lp_ref) =
             (vec![0f32; n_tok], vec![0f32; n_tok], vec![0f32; n_tok]);
         token_logprobs_forward_scalar(&h, n_tok, &w, &targets, &mut lp_ref);
@@ -394,12 +403,8 @@ mod tests {
     fn kept_logits_give_bit_identical_gradients() {
         let mut rng = TestRng(22);
         let (n_tok, n_embd, n_vocab) = (29, 64, 1000);
-        let h = rng.vec(n_tok * n_embd, 1.0);
-        let w = rng.vec(n_vocab * n_embd, 1.0);
+        let (h, w, targets) = case(&mut rng, n_tok, n_embd, n_vocab);
         let w = Weights::f32(&w, n_vocab, n_embd);
-        let targets: Vec<u32> = (0..n_tok)
-            .map(|_| (rng.next_u64() % n_vocab as u64) as u32)
-            .collect();
         let g: Vec<f32> = (0..n_tok).map(|_| rng.uniform() - 0.5).collect();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         for p in [Precision::F32, Precision::Bf16] {

@@ -226,14 +226,15 @@ fn pack_panel(
     pair_buf: &mut [u32],
 ) {
     let kp = kc.div_ceil(2);
-    for j in 0..PREFETCH_ROWS.min(n_valid) {
-        w.prefetch_segment(n0 + j, k0, kc);
-    }
+    let ahead = |j: usize| {
+        if j < n_valid {
+            w.prefetch_segment(n0 + j, k0, kc);
+        }
+    };
+    (0..PREFETCH_ROWS).for_each(ahead);
     for j in 0..NB {
         if j < n_valid {
-            if j + PREFETCH_ROWS < n_valid {
-                w.prefetch_segment(n0 + j + PREFETCH_ROWS, k0, kc);
-            }
+            ahead(j + PREFETCH_ROWS);
             let seg = &mut row_buf[..kc];
             w.dequantize_segment(n0 + j, k0, seg);
             let pairs = &mut pair_buf[..kp];

@@ -187,10 +187,8 @@ impl<'a> Weights<'a> {
                 row_bytes,
             } => {
                 let bl = ty.block_len();
-                let bb = ty.block_bytes();
                 debug_assert!(k0.is_multiple_of(bl) && out.len().is_multiple_of(bl));
-                let start = n * row_bytes + k0 / bl * bb;
-                decode(&data[start..start + out.len() / bl * bb], out);
+                decode(&data[block_range(ty, row_bytes, n, k0, out.len())], out);
             }
             Source::F32(d) => {
                 let start = n * self.n_cols + k0;
@@ -209,38 +207,20 @@ impl<'a> Weights<'a> {
         if n >= self.n_rows {
             return;
         }
-        let bytes: &[u8] = match self.src {
+        // Clamped to the data: a hint past the last block is dropped.
+        let clamp = |r: std::ops::Range<usize>, len: usize| r.start.min(len)..r.end.min(len);
+        match self.src {
             Source::Quant {
                 ty,
                 data,
                 row_bytes,
                 ..
-            } => {
-                let bl = ty.block_len();
-                let start = n * row_bytes + k0 / bl * ty.block_bytes();
-                let end = (start + len.div_ceil(bl) * ty.block_bytes()).min(data.len());
-                &data[start.min(end)..end]
-            }
+            } => prefetch_lines(&data[clamp(block_range(ty, row_bytes, n, k0, len), data.len())]),
             Source::F32(d) => {
                 let start = n * self.n_cols + k0;
-                let end = (start + len).min(d.len());
-                let d = &d[start.min(end)..end];
-                // SAFETY: f32s are plain bytes.
-                unsafe { std::slice::from_raw_parts(d.as_ptr().cast(), 4 * d.len()) }
+                prefetch_lines(&d[clamp(start..start + len, d.len())]);
             }
-        };
-        #[cfg(target_arch = "x86_64")]
-        for line in bytes.chunks(64) {
-            // SAFETY: a prefetch reads nothing; the address is in `bytes`.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch(
-                    line.as_ptr().cast(),
-                    std::arch::x86_64::_MM_HINT_T0,
-                )
-            };
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = bytes;
     }
 
     /// Row `n`, dequantized (`out.len() == n_cols`).
@@ -278,4 +258,32 @@ impl<'a> Weights<'a> {
             }
         }
     }
+}
+
+/// The bytes of row `n`'s values `k0..k0 + len` in a quantized matrix of
+/// `row_bytes` a row: from the block holding `k0`, whole blocks.
+fn block_range(
+    ty: QuantType,
+    row_bytes: usize,
+    n: usize,
+    k0: usize,
+    len: usize,
+) -> std::ops::Range<usize> {
+    let (bl, bb) = (ty.block_len(), ty.block_bytes());
+    let start = n * row_bytes + k0 / bl * bb;
+    start..start + len.div_ceil(bl) * bb
+}
+
+/// Prefetches every 64-byte line of `s` into all cache levels.
+#[inline]
+fn prefetch_lines<T>(s: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in s.chunks((64 / std::mem::size_of::<T>()).max(1)) {
+        // SAFETY: a prefetch reads nothing; the address is inside `s`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch(line.as_ptr().cast(), std::arch::x86_64::_MM_HINT_T0)
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = s;
 }
