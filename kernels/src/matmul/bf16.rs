@@ -21,6 +21,7 @@
 //! needs only 128 bytes of it per 16 instructions.
 
 use super::amx;
+use super::weights::PREFETCH_ROWS;
 use super::{row_split, Weights, KC};
 use crate::cpu::Isa;
 use crate::parallel::SharedOut;
@@ -39,10 +40,6 @@ const PANELS_PER_TASK: usize = 2;
 /// reduction values for `x W^T`). Longer reductions are cut into balanced
 /// chunks of at most this size.
 const PACK_BYTES: usize = 512 << 10;
-
-/// Weight rows whose bytes are prefetched ahead of the row being decoded
-/// ([`Weights::prefetch_segment`]).
-const PREFETCH_ROWS: usize = 12;
 
 /// Whether this CPU runs the bf16 kernels (AVX-512F and AVX-512 BF16): the
 /// kernel set's `bf16` row.

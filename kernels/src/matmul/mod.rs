@@ -30,6 +30,7 @@ pub use weights::{WeightError, Weights};
 use crate::cpu::{call_twin, kernels, twin};
 use crate::parallel::SharedOut;
 use rayon::prelude::*;
+use weights::PREFETCH_ROWS;
 
 /// Weight rows per panel (two AVX2 vectors).
 pub const NR: usize = 16;
@@ -338,7 +339,9 @@ fn matmul_w_with(
                     // panels. Row-major [KC][gw] (64 values a row for Q8_0)
                     // spread them over half of L1's sets at a 256-byte
                     // stride, so they did not stay in L1.
+                    (0..PREFETCH_ROWS).for_each(|p| src.prefetch_segment(r0 + p, c0, width));
                     for p in 0..kc {
+                        src.prefetch_segment(r0 + p + PREFETCH_ROWS, c0, width);
                         src.dequantize_segment(r0 + p, c0, &mut row[..width]);
                         row[width..].fill(0.0);
                         for (j, panel) in row.chunks_exact(NR).enumerate() {
