@@ -39,6 +39,12 @@ pub struct Args {
     /// runs.
     #[arg(long, default_value_t = 0.5)]
     min_seconds: f64,
+    /// Passes over each shape's cells, numpy's and ours in turn; each cell
+    /// reports the median over passes (the ratio: of each pass's ratio), so
+    /// that a slow spell of a shared machine, which lasts seconds, lands on
+    /// one pass rather than on one side.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Skip the 896 -> 151936 output projection (the slowest shape).
     #[arg(long)]
     skip_vocab: bool,
@@ -147,9 +153,10 @@ pub fn run(a: Args) -> Result<()> {
         .collect::<Result<_>>()?;
     let threads = rayon::current_num_threads();
     let mut python: Option<PathBuf> = python_env::interpreter(&a.python, &python_env::NUMPY);
+    anyhow::ensure!(a.rounds >= 1, "--rounds: at least 1, got 0");
     println!(
-        "x W^T, {threads} threads, median of at least {} runs and {} s of runs per cell after as long a warm-up (GFLOP/s; ratio to numpy/OpenBLAS f32 sgemm in parentheses)\n",
-        a.reps, a.min_seconds
+        "x W^T, {threads} threads, median of at least {} runs and {} s of runs per cell after as long a warm-up, median over {} passes (GFLOP/s; ratio to numpy/OpenBLAS f32 sgemm in parentheses: the median of the passes' ratios)\n",
+        a.reps, a.min_seconds, a.rounds
     );
     print!("| n_in -> n_out | T | numpy sgemm |");
     for ty in &types {
@@ -164,62 +171,72 @@ pub fn run(a: Args) -> Result<()> {
     for &(n_in, n_out) in SHAPES.iter().filter(|s| !(a.skip_vocab && s.1 > 100_000)) {
         // K-quants need rows of whole 256-value blocks: Qwen2.5-0.5B stores its
         // 896-wide rows as Q5_0/Q8_0 for that reason; such cells print n/a.
-        let weights: Vec<(QuantType, Option<Vec<u8>>)> = types
+        let weights: Vec<Option<Vec<u8>>> = types
             .iter()
             .map(|&ty| {
-                (
-                    ty,
-                    (n_in % ty.block_len() == 0)
-                        .then(|| random_tensor(ty, n_in * n_out, 7).expect("whole blocks")),
-                )
+                (n_in % ty.block_len() == 0)
+                    .then(|| random_tensor(ty, n_in * n_out, 7).expect("whole blocks"))
             })
             .collect();
-        for &t in &tokens {
-            let flop = 2.0 * (t * n_in * n_out) as f64;
-            let base = python.as_deref().and_then(|py| {
-                match numpy_seconds(py, t, n_in, n_out, a.reps, a.min_seconds, threads) {
-                    Ok(s) => Some(flop / s / 1e9),
-                    Err(why) => {
-                        python_env::left_out(&python_env::NUMPY, &why);
-                        None
+        // [token count][pass]: numpy's GFLOP/s; [token count][format][pass]: ours.
+        let mut base: Vec<Vec<f64>> = vec![Vec::new(); tokens.len()];
+        let mut ours: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); types.len()]; tokens.len()];
+        for _ in 0..a.rounds {
+            for (ti, &t) in tokens.iter().enumerate() {
+                let flop = 2.0 * (t * n_in * n_out) as f64;
+                if let Some(py) = python.as_deref() {
+                    match numpy_seconds(py, t, n_in, n_out, a.reps, a.min_seconds, threads) {
+                        Ok(s) => base[ti].push(flop / s / 1e9),
+                        Err(why) => {
+                            python_env::left_out(&python_env::NUMPY, &why);
+                            python = None;
+                            base.iter_mut().for_each(Vec::clear);
+                        }
                     }
                 }
-            });
-            if base.is_none() {
-                python = None;
-            }
-            match base {
-                Some(b) => print!("| {n_in} -> {n_out} | {t} | {b:.1} |"),
-                None => print!("| {n_in} -> {n_out} | {t} | n/a |"),
-            }
-            let x: Vec<f32> = (0..t * n_in)
-                .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
-                .collect();
-            let mut y = vec![0f32; t * n_out];
-            for (ty, bytes) in &weights {
-                let Some(bytes) = bytes else {
-                    print!(" n/a |");
-                    continue;
-                };
-                let w = Weights::quantized(*ty, bytes, n_out, n_in)?;
-                let gflops =
-                    flop / time_median(a.reps, a.min_seconds, || {
+                let x: Vec<f32> = (0..t * n_in)
+                    .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+                    .collect();
+                let mut y = vec![0f32; t * n_out];
+                for ((ty, bytes), out) in types.iter().zip(&weights).zip(&mut ours[ti]) {
+                    let Some(bytes) = bytes else { continue };
+                    let w = Weights::quantized(*ty, bytes, n_out, n_in)?;
+                    let seconds = time_median(a.reps, a.min_seconds, || {
                         matmul_wt(&x, t, &w, &mut y);
                         Ok(())
-                    })? / 1e9;
+                    })?;
+                    out.push(flop / seconds / 1e9);
+                }
+            }
+        }
+        for (ti, &t) in tokens.iter().enumerate() {
+            let b = &base[ti];
+            match b.is_empty() {
+                false => print!(
+                    "| {n_in} -> {n_out} | {t} | {:.1} |",
+                    super::median(b.clone())
+                ),
+                true => print!("| {n_in} -> {n_out} | {t} | n/a |"),
+            }
+            for runs in &ours[ti] {
+                if runs.is_empty() {
+                    print!(" n/a |");
+                    continue;
+                }
+                let gflops = super::median(runs.clone());
                 if t >= 512 {
                     ours_512 = (ours_512.0.min(gflops), ours_512.1.max(gflops));
-                    if let Some(base) = base {
-                        min_ratio_512 = min_ratio_512.min(gflops / base);
-                    }
                 }
-                if let Some(base) = base {
-                    min_ratio = min_ratio.min(gflops / base);
+                if b.len() != runs.len() {
+                    print!(" {gflops:.1} |");
+                    continue;
                 }
-                match base {
-                    Some(base) => print!(" {gflops:.1} ({:.2}) |", gflops / base),
-                    None => print!(" {gflops:.1} |"),
+                let ratio = super::median(runs.iter().zip(b).map(|(o, b)| o / b).collect());
+                min_ratio = min_ratio.min(ratio);
+                if t >= 512 {
+                    min_ratio_512 = min_ratio_512.min(ratio);
                 }
+                print!(" {gflops:.1} ({ratio:.2}) |");
             }
             println!();
         }
