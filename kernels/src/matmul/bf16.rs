@@ -446,6 +446,10 @@ pub(crate) trait Engine {
     /// The engine's operand buffers: plain for `vdpbf16ps`, 64-byte lines
     /// for the tiles.
     type Buf: Buffer + Send + Sync;
+    /// Per-task room for a block's result: none for `vdpbf16ps`, which
+    /// adds its registers to C directly; a 32 x 32 block for the tiles.
+    type Scratch: Send;
+    fn scratch() -> Self::Scratch;
     /// `x` (`n_tok` rows of `n`) rounded to bf16 as pairs, laid out as
     /// `mul` reads them, and the row stride in pairs.
     fn pairs(x: &[f32], n_tok: usize, n: usize) -> (Self::Buf, usize);
@@ -459,7 +463,7 @@ pub(crate) trait Engine {
     unsafe fn end_task() {}
     /// `c[mr x n_valid] (+)= sum over runs of A B` (`mr <= ROWS`; see
     /// [`amx::Run`]), B's pair rows `ldb` apart; a second run's B follows
-    /// the first's pair rows. `scratch` holds a block's result.
+    /// the first's pair rows. `scratch` is the task's [`Engine::scratch`].
     ///
     /// # Safety
     /// The operands must be readable as the engine reads them (the layout
@@ -474,7 +478,7 @@ pub(crate) trait Engine {
         mr: usize,
         n_valid: usize,
         accumulate: bool,
-        scratch: &mut [f32; amx::BLOCK * amx::BLOCK],
+        scratch: &mut Self::Scratch,
     );
 }
 
@@ -519,6 +523,8 @@ impl Engine for Dot {
     // 64-byte lines ran `dy W` 10-15 % slower than the allocator's own
     // alignment here (Zen 4, `cargo bench --bench train_kernels`).
     type Buf = Vec<u32>;
+    type Scratch = ();
+    fn scratch() {}
     fn pairs(x: &[f32], n_tok: usize, n: usize) -> (Vec<u32>, usize) {
         let np = n.div_ceil(2);
         (pairs_into(x, n_tok, n, np, 0), np)
@@ -531,7 +537,7 @@ impl Engine for Dot {
         mr: usize,
         n_valid: usize,
         accumulate: bool,
-        _: &mut [f32; amx::BLOCK * amx::BLOCK],
+        _: &mut (),
     ) {
         kernel::dispatch(mr, runs, ldb, c, ldc, n_valid, accumulate);
     }
@@ -544,6 +550,10 @@ impl<T: amx::Tiles> Engine for Tiled<T> {
     const ROWS: usize = amx::BLOCK;
     const PAIR_ROWS: usize = amx::TILE;
     type Buf = amx::Lines;
+    type Scratch = Box<[f32; amx::BLOCK * amx::BLOCK]>;
+    fn scratch() -> Self::Scratch {
+        Box::new([0f32; amx::BLOCK * amx::BLOCK])
+    }
     /// Rows padded to whole 16-pair tile rows plus one more (so a tile at
     /// any 16-pair chunk start stays in bounds), and a block's rows of
     /// zeros after the last (so a block at any real row does).
@@ -565,7 +575,7 @@ impl<T: amx::Tiles> Engine for Tiled<T> {
         mr: usize,
         n_valid: usize,
         accumulate: bool,
-        scratch: &mut [f32; amx::BLOCK * amx::BLOCK],
+        scratch: &mut Self::Scratch,
     ) {
         amx::block::<T>(runs, ldb, scratch);
         add_block(scratch, c, ldc, mr, n_valid, accumulate);
@@ -647,7 +657,7 @@ pub(crate) fn matmul_wt_on<E: Engine>(
                     E::Buf::zeros((whole(chunk.div_ceil(2)) + lr_rows) * NB),
                     vec![0f32; chunk],
                     vec![0u32; chunk.div_ceil(2)],
-                    Box::new([0f32; amx::BLOCK * amx::BLOCK]),
+                    E::scratch(),
                 )
             },
             |(packed, row_buf, pair_buf, scratch), task| {
@@ -763,7 +773,7 @@ pub(crate) fn matmul_w_on<E: Engine>(
             (
                 E::Buf::zeros((whole(chunk.div_ceil(2)) + lr_rows) * gw),
                 vec![0f32; 2 * gw],
-                Box::new([0f32; amx::BLOCK * amx::BLOCK]),
+                E::scratch(),
             )
         },
         |(tile, rows, scratch), task| {
