@@ -62,7 +62,9 @@ pub struct KernelSet {
     /// Whether the bf16 products beat the f32 ones here, which is what
     /// `Precision::auto` (the `"auto"` precision of a run config) goes by.
     /// AMD Zen 4 issues `vdpbf16ps` as fast as an f32 FMA, so it does twice
-    /// the multiply-adds: bf16 trained at 2.1x the f32 rate there. Intel's
+    /// the multiply-adds: bf16 trained at 2.1x the f32 rate there, and at
+    /// 1.6-1.7x on Zen 5, whose full-width units double both (measurements/
+    /// train-step-zen5). Intel's
     /// Xeons issue it on one of their two 512-bit FMA ports, the same
     /// multiply-add rate as f32 FMAs, and the conversions come on top: bf16
     /// trained at 0.95x f32 with the 16-wide f32 kernel and 0.81x with the
