@@ -63,13 +63,13 @@ pub struct KernelSet {
     /// `Precision::auto` (the `"auto"` precision of a run config) goes by.
     /// AMD Zen 4 issues `vdpbf16ps` as fast as an f32 FMA, so it does twice
     /// the multiply-adds: bf16 trained at 2.1x the f32 rate there, and at
-    /// 1.6-1.7x on Zen 5, whose full-width units double both (measurements/
-    /// train-step-zen5). Intel's
-    /// Xeons issue it on one of their two 512-bit FMA ports, the same
-    /// multiply-add rate as f32 FMAs, and the conversions come on top: bf16
-    /// trained at 0.95x f32 with the 16-wide f32 kernel and 0.81x with the
-    /// 32-wide one on a Sapphire Rapids-class Xeon (measurements/
-    /// train-step-intel). Intel's bf16 speed is AMX's: see `bf16_amx`.
+    /// 1.6-1.7x on Zen 5, whose full-width units double both
+    /// (measurements/train-step-zen5). Intel's Xeons issue it on one of
+    /// their two 512-bit FMA ports, the same multiply-add rate as f32 FMAs,
+    /// and the conversions come on top: bf16 trained at 0.95x f32 with the
+    /// 16-wide f32 kernel and 0.81x with the 32-wide one on a Sapphire
+    /// Rapids-class Xeon (measurements/train-step-intel). Intel's bf16 speed
+    /// is AMX's: see `bf16_amx`.
     pub bf16_beats_f32: bool,
     /// Whether the bf16 products with the weights (`x W^T`, `dy W`) run on
     /// AMX-BF16 tiles (`matmul::amx`) instead of `vdpbf16ps`. Opt-in, `CLEANER_BF16=amx`, where the CPU,
