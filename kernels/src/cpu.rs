@@ -17,8 +17,8 @@ pub enum Isa {
     /// AVX2 and FMA: the plain-Rust body compiled for them (vectorized by
     /// the compiler), or hand-written intrinsics for the GEMM micro-kernel.
     Avx2Fma,
-    /// AVX-512F: hand-written 16-lane intrinsics (the f32 GEMM
-    /// micro-kernel).
+    /// AVX-512 (F, BW, VL) with FMA: hand-written 16-lane intrinsics (the
+    /// f32 GEMM micro-kernel, the GEMV's decode-and-dot rows).
     Avx512,
     /// AVX-512F and AVX-512 BF16 (`vdpbf16ps`, `vcvtne2ps2bf16`).
     Avx512Bf16,
@@ -45,8 +45,15 @@ pub struct KernelSet {
     /// `matmul_w` and `matmul_tn`: AVX-512 where the CPU has it, else AVX2,
     /// else portable.
     pub gemm_f32: Isa,
-    /// Dot products of the one- and two-row products (GEMV).
+    /// Dot products of the one- and two-row products (GEMV) where a row is
+    /// decoded first (see `gemv`).
     pub dot: Isa,
+    /// The one- and two-row products (GEMV) themselves: with AVX-512 each
+    /// row of the common block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
+    /// Q6_K) decoded and multiplied in one pass (`quant::dot_avx512`);
+    /// otherwise, and for the other formats, each row decoded (`dequant`)
+    /// and then multiplied (`dot`).
+    pub gemv: Isa,
     /// The block decoders of quantized weights.
     pub dequant: Isa,
     /// `exp_weights`: the `exp` approximation summed over a row (softmax,
@@ -83,10 +90,10 @@ pub struct KernelSet {
 struct Features {
     avx2_fma: bool,
     avx512_bf16: bool,
-    /// AVX-512F (with FMA). Its f32 micro-kernel beats the AVX2 one even
-    /// on Zen 4, whose 512-bit FMAs are split into 256-bit halves: 1.13-1.26x
-    /// on the 0.5B model's shapes (half the instructions per FMA), so every
-    /// AVX-512 CPU runs it.
+    /// AVX-512F, BW and VL (every AVX-512 CPU since Skylake-SP), with FMA.
+    /// Its f32 micro-kernel beats the AVX2 one even on Zen 4, whose 512-bit
+    /// FMAs are split into 256-bit halves: 1.13-1.26x on the 0.5B model's
+    /// shapes (half the instructions per FMA), so every AVX-512 CPU runs it.
     avx512f: bool,
     /// An AMD CPU (`AuthenticAMD`): see [`KernelSet::bf16_beats_f32`].
     amd: bool,
@@ -100,7 +107,7 @@ impl Features {
             Features {
                 avx2_fma: has!("avx2") && has!("fma"),
                 avx512_bf16: has!("avx512f") && has!("avx512bf16"),
-                avx512f: has!("avx512f") && has!("fma"),
+                avx512f: has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("fma"),
                 amd: is_amd(),
             }
         }
@@ -140,6 +147,7 @@ impl KernelSet {
         KernelSet {
             gemm_f32: if features.avx512f { Isa::Avx512 } else { f32 },
             dot: f32,
+            gemv: if features.avx512f { Isa::Avx512 } else { f32 },
             dequant: f32,
             exp: f32,
             swiglu: f32,
@@ -151,7 +159,7 @@ impl KernelSet {
     }
 
     /// One line naming each family's build, for benchmark headers and logs:
-    /// `gemm_f32 avx2+fma, dot avx2+fma, ..., bf16 avx512-bf16`.
+    /// `gemm_f32 avx2+fma, gemv avx2+fma, dot avx2+fma, ..., bf16 avx512-bf16`.
     pub fn describe(&self) -> String {
         let bf16 = match (self.bf16, self.bf16_beats_f32) {
             (None, _) => "none (runs f32)".to_string(),
@@ -164,8 +172,8 @@ impl KernelSet {
             bf16
         };
         format!(
-            "gemm_f32 {}, dot {}, dequant {}, exp {}, swiglu {}, attention {}, bf16 {bf16}",
-            self.gemm_f32, self.dot, self.dequant, self.exp, self.swiglu, self.attention
+            "gemm_f32 {}, gemv {}, dot {}, dequant {}, exp {}, swiglu {}, attention {}, bf16 {bf16}",
+            self.gemm_f32, self.gemv, self.dot, self.dequant, self.exp, self.swiglu, self.attention
         )
     }
 }
@@ -288,7 +296,7 @@ mod tests {
         let set = KernelSet::for_features(none);
         assert_eq!(
             set.describe(),
-            "gemm_f32 portable, dot portable, dequant portable, exp portable, \
+            "gemm_f32 portable, gemv portable, dot portable, dequant portable, exp portable, \
              swiglu portable, attention portable, bf16 none (runs f32)"
         );
     }

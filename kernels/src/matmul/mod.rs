@@ -16,6 +16,7 @@
 
 pub(crate) mod amx;
 pub(crate) mod bf16;
+mod gemv;
 mod micro;
 mod pack;
 mod weights;
@@ -25,9 +26,12 @@ pub use bf16::{
     matmul_wt_bf16_plus, micro_kernel_ceiling_gflops as bf16_micro_kernel_ceiling_gflops, to_bf16,
     LowRank,
 };
+pub use gemv::dot;
 pub use weights::{WeightError, Weights};
 
-use crate::cpu::{call_twin, kernels, twin};
+use gemv::{gemv, GEMV_MAX_TOK};
+
+use crate::cpu::kernels;
 use crate::parallel::SharedOut;
 use rayon::prelude::*;
 use weights::PREFETCH_ROWS;
@@ -661,60 +665,6 @@ fn row_split(n_tok: usize, n_col_tasks: usize) -> (usize, usize) {
 
 /// Up to this many tokens [`matmul_tn`] reads its wide operand in place.
 const TN_IN_PLACE_MAX_TOK: usize = 1024;
-
-/// Below this many rows, packing a transposed tile costs more than it saves:
-/// decode each weight row once and take plain dot products.
-const GEMV_MAX_TOK: usize = 2;
-/// Weight rows per rayon task in the GEMV path.
-const GEMV_ROWS_PER_TASK: usize = 64;
-
-fn gemv(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
-    let (n_out, n_in) = (w.n_rows(), w.n_cols());
-    let out = SharedOut::new(y);
-    (0..n_out.div_ceil(GEMV_ROWS_PER_TASK))
-        .into_par_iter()
-        .for_each_init(
-            || vec![0f32; n_in],
-            |row, task| {
-                let first = task * GEMV_ROWS_PER_TASK;
-                for n in first..(first + GEMV_ROWS_PER_TASK).min(n_out) {
-                    w.dequantize_row(n, row);
-                    for t in 0..n_tok {
-                        let v = dot(&x[t * n_in..(t + 1) * n_in], row);
-                        // SAFETY: y[t, n] is in bounds and row n belongs to
-                        // this task alone.
-                        unsafe { *out.get().add(t * n_out + n) = v };
-                    }
-                }
-            },
-        );
-}
-
-/// Dot product of two equal-length slices, AVX2/FMA when the CPU has it.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    call_twin!(kernels().dot, dot_body, dot_avx2, a, b)
-}
-
-twin!(
-    /// Sixteen independent lanes, so the compiler vectorizes (and, inside
-    /// `dot_avx2`, fuses) the loop. No `mul_add`: without FMA in the target it
-    /// becomes a libm call.
-    fn dot_body, dot_avx2 (a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(p, q)| p * q)
-        .sum();
-    for (p, q) in ca.zip(cb) {
-        for i in 0..16 {
-            lanes[i] += p[i] * q[i];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-});
 
 /// Scalar twin of [`matmul_wt`]: each output is one dot product accumulated in
 /// f64 over the dequantized weight row. Slow; the oracle for tests.

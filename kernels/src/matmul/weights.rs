@@ -231,6 +231,17 @@ impl<'a> Weights<'a> {
         }
     }
 
+    /// The stored bytes of row `n`, where the matrix is quantized (f32
+    /// matrices have none: they are read as f32).
+    pub(crate) fn row_bytes(&self, n: usize) -> Option<&'a [u8]> {
+        match self.src {
+            Source::Quant {
+                data, row_bytes, ..
+            } => Some(&data[n * row_bytes..(n + 1) * row_bytes]),
+            Source::F32(_) => None,
+        }
+    }
+
     /// Row `n`, dequantized (`out.len() == n_cols`).
     pub fn dequantize_row(&self, n: usize, out: &mut [f32]) {
         self.dequantize_segment(n, 0, out);

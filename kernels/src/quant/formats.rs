@@ -26,7 +26,7 @@ pub trait BlockFormat {
 }
 
 #[inline(always)]
-fn half(b: &[u8], at: usize) -> f32 {
+pub(super) fn half(b: &[u8], at: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
 }
 
@@ -241,7 +241,7 @@ fn q3k_scales(packed: &[u8]) -> [u8; 16] {
 /// The (scale, min) pair `j` of a Q4_K/Q5_K block's 12 packed bytes (ggml's
 /// `get_scale_min_k4`).
 #[inline(always)]
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(super) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

@@ -4,6 +4,8 @@
 //! `block_bytes` bytes each. Readers use this table to bound-check tensor data
 //! before touching it; dequantization kernels hang off the same enum.
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod dot_avx512;
 pub mod formats;
 pub mod synthetic;
 
