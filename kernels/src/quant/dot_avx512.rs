@@ -72,6 +72,10 @@ pub(super) trait BlockDot {
     /// which the row applies as `m * sum(x)` from the sums it is given,
     /// sixteen blocks per FMA (`block` then leaves `m` out).
     const M_IS_OFFSET: bool = false;
+    /// The constant the format subtracts from each quantized value before
+    /// scaling (8 for Q4_0, 16 for Q5_0), which the row likewise applies as
+    /// `-offset * d * sum(x)` from the sums (`block` then leaves it out).
+    const Q_OFFSET: i32 = 0;
     /// `acc` plus this block's products with `x` (`BLOCK_LEN` values) in
     /// any arrangement over the 16 lanes; `d` and `m` are the converted
     /// scales (`m` 0 where there is none).
@@ -98,7 +102,7 @@ pub(super) unsafe fn row<F: BlockDot>(bytes: &[u8], x: &[f32], sums: &[f32]) -> 
         x.len()
     );
     assert!(
-        !F::M_IS_OFFSET || (F::BLOCK_LEN == 32 && sums.len() == n_blocks),
+        !(F::M_IS_OFFSET || F::Q_OFFSET != 0) || (F::BLOCK_LEN == 32 && sums.len() == n_blocks),
         "row dot: {} sums for {n_blocks} blocks of 32 values",
         sums.len()
     );
@@ -124,13 +128,16 @@ pub(super) unsafe fn row<F: BlockDot>(bytes: &[u8], x: &[f32], sums: &[f32]) -> 
         let words =
             _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), lanes, offsets, word_at);
         let (mut d, mut m) = ([0f32; 16], [0f32; 16]);
-        _mm512_storeu_ps(
-            d.as_mut_ptr(),
-            halves(_mm512_srlv_epi32(
-                words,
-                _mm512_set1_epi32(F::D_SHIFT as i32),
-            )),
-        );
+        let d_vec = halves(_mm512_srlv_epi32(
+            words,
+            _mm512_set1_epi32(F::D_SHIFT as i32),
+        ));
+        _mm512_storeu_ps(d.as_mut_ptr(), d_vec);
+        if F::Q_OFFSET != 0 {
+            let s = _mm512_maskz_loadu_ps(lanes, sums.as_ptr().add(first));
+            let m = _mm512_mul_ps(d_vec, _mm512_set1_ps(-F::Q_OFFSET as f32));
+            offset_terms = _mm512_fmadd_ps(m, s, offset_terms);
+        }
         if F::M_IS_OFFSET {
             let m = halves(_mm512_srli_epi32(words, 16));
             let s = _mm512_maskz_loadu_ps(lanes, sums.as_ptr().add(first));
@@ -228,11 +235,12 @@ impl BlockDot for Q4_0 {
     const BLOCK_BYTES: usize = 18;
     const WORD_AT: usize = 0;
     const HAS_M: bool = false;
+    const Q_OFFSET: i32 = 8;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
     unsafe fn block(b: *const u8, x: *const f32, d: f32, _: f32, acc: __m512) -> __m512 {
         let (lo, hi) = nibbles(widen(b.add(2)));
-        let t = pair(x, to_f32(lo, 8), to_f32(hi, 8));
+        let t = pair(x, _mm512_cvtepi32_ps(lo), _mm512_cvtepi32_ps(hi));
         _mm512_fmadd_ps(_mm512_set1_ps(d), t, acc)
     }
 }
@@ -259,13 +267,14 @@ impl BlockDot for Q5_0 {
     const BLOCK_BYTES: usize = 22;
     const WORD_AT: usize = 0;
     const HAS_M: bool = false;
+    const Q_OFFSET: i32 = 16;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
     unsafe fn block(b: *const u8, x: *const f32, d: f32, _: f32, acc: __m512) -> __m512 {
         let qh = b.add(2).cast::<u32>().read_unaligned();
         let (lo, hi) = nibbles(widen(b.add(6)));
-        let lo = to_f32(with_bit4(lo, qh as u16), 16);
-        let hi = to_f32(with_bit4(hi, (qh >> 16) as u16), 16);
+        let lo = _mm512_cvtepi32_ps(with_bit4(lo, qh as u16));
+        let hi = _mm512_cvtepi32_ps(with_bit4(hi, (qh >> 16) as u16));
         let t = pair(x, lo, hi);
         _mm512_fmadd_ps(_mm512_set1_ps(d), t, acc)
     }
