@@ -378,11 +378,16 @@ impl BlockDot for Q6_K {
     unsafe fn block(b: *const u8, x: *const f32, d: f32, _: f32, acc: __m512) -> __m512 {
         let m4 = _mm512_set1_epi32(0x0f);
         let m30 = _mm512_set1_epi32(0x30);
+        // The sixteen scales times d, converted in one vector: one at a
+        // time they were a third of the block's instructions.
+        let mut scales = [0f32; 16];
+        let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(b.add(192).cast())));
+        _mm512_storeu_ps(scales.as_mut_ptr(), _mm512_mul_ps(sc, _mm512_set1_ps(d)));
         // One sum per quarter (values l + 32 k share a scale), four chains.
         let mut sums = [_mm512_setzero_ps(); 4];
         for n in 0..2 {
             let (ql, qh) = (b.add(64 * n), b.add(128 + 32 * n));
-            let sc = b.add(192 + 8 * n).cast::<[i8; 8]>().read_unaligned();
+            let sc = &scales[8 * n..8 * n + 8];
             let x = x.add(128 * n);
             for h in 0..2 {
                 let l = 16 * h;
@@ -405,7 +410,7 @@ impl BlockDot for Q6_K {
                 ];
                 for k in 0..4 {
                     let v = to_f32(q[k], 32);
-                    let s = _mm512_set1_ps(d * sc[h + 2 * k] as f32);
+                    let s = _mm512_set1_ps(sc[h + 2 * k]);
                     let xv = _mm512_mul_ps(_mm512_loadu_ps(x.add(l + 32 * k)), v);
                     sums[k] = _mm512_fmadd_ps(s, xv, sums[k]);
                 }
