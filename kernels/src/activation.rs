@@ -20,7 +20,7 @@ fn sigmoid(x: f32) -> f32 {
 twin!(
     /// One chunk of [`swiglu_forward`]; compiled twice so the compiler
     /// vectorizes `exp_approx` for AVX2.
-    fn forward_chunk, forward_chunk_avx2 (gate: &[f32], up: &[f32], out: &mut [f32]) {
+    fn forward_chunk, forward_chunk_avx2, forward_chunk_avx512 (gate: &[f32], up: &[f32], out: &mut [f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = g * sigmoid(g) * u;
     }
@@ -28,7 +28,7 @@ twin!(
 
 twin!(
     /// One chunk of [`swiglu_backward`].
-    fn backward_chunk, backward_chunk_avx2 (gate: &[f32], up: &[f32], dout: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
+    fn backward_chunk, backward_chunk_avx2, backward_chunk_avx512 (gate: &[f32], up: &[f32], dout: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
     for i in 0..gate.len().min(up.len()).min(dout.len()).min(dgate.len()).min(dup.len()) {
         let (g, s) = (gate[i], sigmoid(gate[i]));
         dgate[i] = dout[i] * up[i] * s * (1.0 + g * (1.0 - s));
@@ -45,7 +45,7 @@ pub fn swiglu_forward(gate: &[f32], up: &[f32], out: &mut [f32]) {
     let isa = kernels().swiglu;
     out.par_chunks_mut(CHUNK)
         .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-        .for_each(|(o, (g, u))| call_twin!(isa, forward_chunk, forward_chunk_avx2, g, u, o));
+        .for_each(|(o, (g, u))| call_twin!(isa, forward_chunk, forward_chunk_avx2, forward_chunk_avx512; g, u, o));
 }
 
 /// Backward: `dgate = dout * up * sigmoid(g) * (1 + g * (1 - sigmoid(g)))`,
@@ -66,7 +66,7 @@ pub fn swiglu_backward(gate: &[f32], up: &[f32], dout: &[f32], dgate: &mut [f32]
                 .zip(dout.par_chunks(CHUNK)),
         )
         .for_each(|((dg, du), ((g, u), d))| {
-            call_twin!(isa, backward_chunk, backward_chunk_avx2, g, u, d, dg, du)
+            call_twin!(isa, backward_chunk, backward_chunk_avx2, backward_chunk_avx512; g, u, d, dg, du)
         });
 }
 

@@ -18,7 +18,8 @@ pub enum Isa {
     /// the compiler), or hand-written intrinsics for the GEMM micro-kernel.
     Avx2Fma,
     /// AVX-512 (F, BW, VL) with FMA: hand-written 16-lane intrinsics (the
-    /// f32 GEMM micro-kernel, the GEMV's decode-and-dot rows).
+    /// f32 GEMM micro-kernel, the GEMV's decode-and-dot rows), or the
+    /// plain-Rust body compiled for them (the element-wise families).
     Avx512,
     /// AVX-512F and AVX-512 BF16 (`vdpbf16ps`, `vcvtne2ps2bf16`).
     Avx512Bf16,
@@ -144,14 +145,19 @@ impl KernelSet {
         } else {
             Isa::Portable
         };
+        // The element-wise families' plain-Rust bodies, compiled for
+        // AVX-512 where the CPU has it: on Zen 5, attention forward 1.21-1.23x
+        // its AVX2 build, backward 1.03-1.05x, the bf16 training step 1.01x
+        // (measurements/xwt-one-token). Zen 4 and Intel not measured.
+        let wide = if features.avx512f { Isa::Avx512 } else { f32 };
         KernelSet {
             gemm_f32: if features.avx512f { Isa::Avx512 } else { f32 },
             dot: f32,
             gemv: if features.avx512f { Isa::Avx512 } else { f32 },
-            dequant: f32,
-            exp: f32,
-            swiglu: f32,
-            attention: f32,
+            dequant: wide,
+            exp: wide,
+            swiglu: wide,
+            attention: wide,
             bf16: features.avx512_bf16.then_some(Isa::Avx512Bf16),
             bf16_beats_f32: features.avx512_bf16 && features.amd,
             bf16_amx: false,
@@ -180,7 +186,9 @@ impl KernelSet {
 
 /// The kernel set of this CPU (probed on the first call). The environment
 /// variable `CLEANER_GEMM_F32` (`portable`, `avx2` or `avx512`) picks another
-/// f32 GEMM build this CPU runs, to benchmark one against another;
+/// f32 GEMM build this CPU runs, to benchmark one against another, and
+/// `CLEANER_ELEMENTWISE` the same for the GEMV, the decoders, `exp`,
+/// SwiGLU and attention;
 /// `CLEANER_BF16=amx` runs the bf16 products on AMX tiles where they run
 /// (`avx512`, the default, on `vdpbf16ps`).
 pub fn kernels() -> &'static KernelSet {
@@ -194,6 +202,18 @@ pub fn kernels() -> &'static KernelSet {
                 Err(why) => eprintln!("CLEANER_GEMM_F32={name:?} ignored: {why}"),
             }
         }
+        if let Ok(name) = std::env::var("CLEANER_ELEMENTWISE") {
+            match gemm_override(&name, features) {
+                Ok(isa) => {
+                    set.gemv = isa;
+                    set.dequant = isa;
+                    set.exp = isa;
+                    set.swiglu = isa;
+                    set.attention = isa;
+                }
+                Err(why) => eprintln!("CLEANER_ELEMENTWISE={name:?} ignored: {why}"),
+            }
+        }
         if let Ok(name) = std::env::var("CLEANER_BF16") {
             match bf16_override(&name, set.bf16.is_some(), crate::matmul::amx::usable) {
                 Ok(amx) => set.bf16_amx = amx,
@@ -204,7 +224,8 @@ pub fn kernels() -> &'static KernelSet {
     })
 }
 
-/// The f32 GEMM build `name` asks for, if this CPU runs it.
+/// The build `name` asks for (`CLEANER_GEMM_F32`, `CLEANER_ELEMENTWISE`),
+/// if this CPU runs it.
 fn gemm_override(name: &str, f: Features) -> Result<Isa, String> {
     let (isa, runs) = match name {
         "portable" => (Isa::Portable, true),
@@ -237,10 +258,24 @@ fn bf16_override(
 
 /// Defines `$name` (plain Rust, inlined into its callers) and `$avx2`, the
 /// same body compiled with AVX2 and FMA, which the compiler vectorizes for
-/// them; [`call_twin!`] calls one or the other. The work must live in such
-/// functions, not in closures: code inside a closure is not compiled with
-/// the enclosing function's target features.
+/// them, and, where a third name is given, `$avx512`, the body compiled for
+/// AVX-512 (F, BW, VL) as well; [`call_twin!`] calls the one a [`KernelSet`]
+/// row names. The work must live in such functions, not in closures: code
+/// inside a closure is not compiled with the enclosing function's target
+/// features.
 macro_rules! twin {
+    ($(#[$meta:meta])* fn $name:ident, $avx2:ident, $avx512:ident $(<$g:ident: $bound:path>)?
+        ($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
+        $crate::cpu::twin!($(#[$meta])* fn $name, $avx2 $(<$g: $bound>)?
+            ($($arg: $ty),*) $(-> $ret)? $body);
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $avx512$(<$g: $bound>)?($($arg: $ty),*) $(-> $ret)? {
+            $name$(::<$g>)?($($arg),*)
+        }
+    };
     ($(#[$meta:meta])* fn $name:ident, $avx2:ident $(<$g:ident: $bound:path>)?
         ($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
@@ -259,8 +294,26 @@ macro_rules! twin {
 pub(crate) use twin;
 
 /// Calls the build of a [`twin!`] pair that `$isa` (a [`KernelSet`] row)
-/// names: `call_twin!(kernels().exp, body, body_avx2, x, out)`.
+/// names: `call_twin!(kernels().exp, body, body_avx2, x, out)`; with three
+/// builds, `call_twin!(isa, body, body_avx2, body_avx512; x, out)`.
 macro_rules! call_twin {
+    ($isa:expr, $name:expr, $avx2:expr, $avx512:expr; $($arg:expr),*) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            match $isa {
+                // SAFETY: the kernel set names an instruction set only
+                // where the CPU has it.
+                $crate::cpu::Isa::Avx512 => unsafe { $avx512($($arg),*) },
+                $crate::cpu::Isa::Avx2Fma => unsafe { $avx2($($arg),*) },
+                _ => $name($($arg),*),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = $isa;
+            $name($($arg),*)
+        }
+    }};
     ($isa:expr, $name:expr, $avx2:expr, $($arg:expr),*) => {{
         #[cfg(target_arch = "x86_64")]
         {
@@ -394,12 +447,39 @@ mod tests {
             assert_eq!(set.gemm_f32, gemm);
         }
         assert_eq!(set.bf16.is_some(), f.avx512_bf16);
+        let mut want = KernelSet::for_features(f);
+        if std::env::var_os("CLEANER_ELEMENTWISE").is_some() {
+            (
+                want.gemv,
+                want.dequant,
+                want.exp,
+                want.swiglu,
+                want.attention,
+            ) = (set.gemv, set.dequant, set.exp, set.swiglu, set.attention);
+        }
         assert_eq!(
             KernelSet {
                 gemm_f32: gemm,
                 ..*set
             },
-            KernelSet::for_features(f)
+            want
         );
+    }
+
+    /// The element-wise families and the GEMV run their AVX-512 builds
+    /// wherever the CPU has AVX-512, their AVX2 ones where it has only that.
+    #[test]
+    fn element_wise_families_take_the_widest_build() {
+        for (avx512f, isa) in [(true, Isa::Avx512), (false, Isa::Avx2Fma)] {
+            let set = KernelSet::for_features(Features {
+                avx2_fma: true,
+                avx512_bf16: false,
+                avx512f,
+                amd: true,
+            });
+            let rows = [set.gemv, set.dequant, set.exp, set.swiglu, set.attention];
+            assert_eq!(rows, [isa; 5], "avx512f = {avx512f}");
+            assert_eq!(set.dot, Isa::Avx2Fma);
+        }
     }
 }

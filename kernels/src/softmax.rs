@@ -74,6 +74,7 @@ pub fn exp_weights(x: &[f32], scale: f32, shift: f32, out: Option<&mut [f32]>) -
         kernels().exp,
         exp_weights_body,
         exp_weights_avx2,
+        exp_weights_avx512;
         x,
         scale,
         shift,
@@ -84,7 +85,7 @@ pub fn exp_weights(x: &[f32], scale: f32, shift: f32, out: Option<&mut [f32]>) -
 twin!(
     /// Portable body; compiled again for AVX2 so the compiler vectorizes it
     /// for that target too.
-    fn exp_weights_body, exp_weights_avx2 (x: &[f32], scale: f32, shift: f32, out: Option<&mut [f32]>) -> f64 {
+    fn exp_weights_body, exp_weights_avx2, exp_weights_avx512 (x: &[f32], scale: f32, shift: f32, out: Option<&mut [f32]>) -> f64 {
     const BLOCK: usize = 1024;
     let mut total = 0f64;
     match out {

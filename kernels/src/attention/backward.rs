@@ -205,6 +205,7 @@ fn head_parts<T: Tiles>(t: &T, rows: Rows, dq: &mut [f32]) -> Vec<Vec<f32>> {
                     isa,
                     head_task,
                     head_task_avx2,
+                    head_task_avx512;
                     t,
                     rows,
                     h,
@@ -221,7 +222,7 @@ fn head_parts<T: Tiles>(t: &T, rows: Rows, dq: &mut [f32]) -> Vec<Vec<f32>> {
         .collect()
 }
 
-twin!(fn head_task, head_task_avx2<T: Tiles> (t: &T, b: Rows, h: usize, b0: usize, b1: usize, scratch: &mut [f32], tiles_scratch: &mut T::Scratch, part: &mut [f32], dq_p: SharedOut) {
+twin!(fn head_task, head_task_avx2, head_task_avx512<T: Tiles> (t: &T, b: Rows, h: usize, b0: usize, b1: usize, scratch: &mut [f32], tiles_scratch: &mut T::Scratch, part: &mut [f32], dq_p: SharedOut) {
     let AttnShape { n_tok, n_head, n_head_kv, head_dim: hd } = b.shape;
     let kvh = h / (n_head / n_head_kv);
     let n_keys = part.len() / (2 * b.hd_pad);

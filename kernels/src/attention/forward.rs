@@ -78,6 +78,7 @@ fn run<T: Tiles>(t: &T, shape: AttnShape, scale: f32, out: &mut [f32], lse: &mut
                 isa,
                 forward_task,
                 forward_task_avx2,
+                forward_task_avx512;
                 t,
                 shape,
                 scale,
@@ -91,7 +92,7 @@ fn run<T: Tiles>(t: &T, shape: AttnShape, scale: f32, out: &mut [f32], lse: &mut
     );
 }
 
-twin!(fn forward_task, forward_task_avx2<T: Tiles> (t: &T, shape: AttnShape, scale: f32, task: usize, scratch: &mut [f32], tiles_scratch: &mut T::Scratch, out_p: SharedOut, lse_p: SharedOut) {
+twin!(fn forward_task, forward_task_avx2, forward_task_avx512<T: Tiles> (t: &T, shape: AttnShape, scale: f32, task: usize, scratch: &mut [f32], tiles_scratch: &mut T::Scratch, out_p: SharedOut, lse_p: SharedOut) {
     let AttnShape { n_tok, n_head, n_head_kv, head_dim: hd } = shape;
     let n_qb = n_tok.div_ceil(Q);
     let (h, qb) = (task / n_qb, task % n_qb);

@@ -346,12 +346,13 @@ pub(super) fn dequantize_blocks<F: BlockFormat>(bytes: &[u8], out: &mut [f32]) {
         kernels().dequant,
         dequantize_blocks_body::<F>,
         dequantize_blocks_avx2::<F>,
+        dequantize_blocks_avx512::<F>;
         bytes,
         out
     )
 }
 
-twin!(fn dequantize_blocks_body, dequantize_blocks_avx2<F: BlockFormat> (bytes: &[u8], out: &mut [f32]) {
+twin!(fn dequantize_blocks_body, dequantize_blocks_avx2, dequantize_blocks_avx512<F: BlockFormat> (bytes: &[u8], out: &mut [f32]) {
     for (block, y) in bytes
         .chunks_exact(F::BLOCK_BYTES)
         .zip(out.chunks_exact_mut(F::BLOCK_LEN))
