@@ -146,9 +146,10 @@ impl KernelSet {
             Isa::Portable
         };
         // The element-wise families' plain-Rust bodies, compiled for
-        // AVX-512 where the CPU has it: on Zen 5, attention forward 1.21-1.23x
-        // its AVX2 build, backward 1.03-1.05x, the bf16 training step 1.01x
-        // (measurements/xwt-one-token). Zen 4 and Intel not measured.
+        // AVX-512 where the CPU has it: on Zen 5, attention forward
+        // 1.07-1.23x its AVX2 build in three runs of four, backward mixed,
+        // the bf16 training step 1-2 % faster
+        // (measurements/train-step-zen5). Zen 4 and Intel not measured.
         let wide = if features.avx512f { Isa::Avx512 } else { f32 };
         KernelSet {
             gemm_f32: if features.avx512f { Isa::Avx512 } else { f32 },
