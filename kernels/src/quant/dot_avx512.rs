@@ -15,6 +15,7 @@
 //! tests of [`super::dot`] hold every build to the same f64 oracle.
 #![allow(non_camel_case_types)]
 
+use super::formats::scale_min_k4;
 use super::QuantType;
 use crate::cpu::{kernels, Isa};
 use std::arch::x86_64::*;
@@ -229,6 +230,28 @@ unsafe fn with_bit4(q: __m512i, bits: u16) -> __m512i {
     _mm512_mask_or_epi32(q, bits, q, _mm512_set1_epi32(16))
 }
 
+/// `acc + d (x . q)` for 32 four-bit values `q` in the 16 bytes at `qs`
+/// (Q4_0 and Q4_1: their offsets are the row's, from the sums of `x`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn four_bit(qs: *const u8, x: *const f32, d: f32, acc: __m512) -> __m512 {
+    let (lo, hi) = nibbles(widen(qs));
+    let t = pair(x, _mm512_cvtepi32_ps(lo), _mm512_cvtepi32_ps(hi));
+    _mm512_fmadd_ps(_mm512_set1_ps(d), t, acc)
+}
+
+/// [`four_bit`] with each value's fifth bit from the 32 bits at `qh` (Q5_0
+/// and Q5_1).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn five_bit(qh: *const u8, qs: *const u8, x: *const f32, d: f32, acc: __m512) -> __m512 {
+    let qh = qh.cast::<u32>().read_unaligned();
+    let (lo, hi) = nibbles(widen(qs));
+    let lo = _mm512_cvtepi32_ps(with_bit4(lo, qh as u16));
+    let hi = _mm512_cvtepi32_ps(with_bit4(hi, (qh >> 16) as u16));
+    _mm512_fmadd_ps(_mm512_set1_ps(d), pair(x, lo, hi), acc)
+}
+
 pub(super) struct Q4_0;
 impl BlockDot for Q4_0 {
     const BLOCK_LEN: usize = 32;
@@ -239,9 +262,7 @@ impl BlockDot for Q4_0 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
     unsafe fn block(b: *const u8, x: *const f32, d: f32, _: f32, acc: __m512) -> __m512 {
-        let (lo, hi) = nibbles(widen(b.add(2)));
-        let t = pair(x, _mm512_cvtepi32_ps(lo), _mm512_cvtepi32_ps(hi));
-        _mm512_fmadd_ps(_mm512_set1_ps(d), t, acc)
+        four_bit(b.add(2), x, d, acc)
     }
 }
 
@@ -255,9 +276,7 @@ impl BlockDot for Q4_1 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
     unsafe fn block(b: *const u8, x: *const f32, d: f32, _: f32, acc: __m512) -> __m512 {
-        let (lo, hi) = nibbles(widen(b.add(4)));
-        let t = pair(x, _mm512_cvtepi32_ps(lo), _mm512_cvtepi32_ps(hi));
-        _mm512_fmadd_ps(_mm512_set1_ps(d), t, acc)
+        four_bit(b.add(4), x, d, acc)
     }
 }
 
@@ -271,12 +290,7 @@ impl BlockDot for Q5_0 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
     unsafe fn block(b: *const u8, x: *const f32, d: f32, _: f32, acc: __m512) -> __m512 {
-        let qh = b.add(2).cast::<u32>().read_unaligned();
-        let (lo, hi) = nibbles(widen(b.add(6)));
-        let lo = _mm512_cvtepi32_ps(with_bit4(lo, qh as u16));
-        let hi = _mm512_cvtepi32_ps(with_bit4(hi, (qh >> 16) as u16));
-        let t = pair(x, lo, hi);
-        _mm512_fmadd_ps(_mm512_set1_ps(d), t, acc)
+        five_bit(b.add(2), b.add(6), x, d, acc)
     }
 }
 
@@ -290,12 +304,7 @@ impl BlockDot for Q5_1 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
     unsafe fn block(b: *const u8, x: *const f32, d: f32, _: f32, acc: __m512) -> __m512 {
-        let qh = b.add(4).cast::<u32>().read_unaligned();
-        let (lo, hi) = nibbles(widen(b.add(8)));
-        let lo = _mm512_cvtepi32_ps(with_bit4(lo, qh as u16));
-        let hi = _mm512_cvtepi32_ps(with_bit4(hi, (qh >> 16) as u16));
-        let t = pair(x, lo, hi);
-        _mm512_fmadd_ps(_mm512_set1_ps(d), t, acc)
+        five_bit(b.add(4), b.add(8), x, d, acc)
     }
 }
 
@@ -311,19 +320,6 @@ impl BlockDot for Q8_0 {
         let lo = i8_to_f32(_mm_loadu_si128(b.add(2).cast()));
         let hi = i8_to_f32(_mm_loadu_si128(b.add(18).cast()));
         _mm512_fmadd_ps(_mm512_set1_ps(d), pair(x, lo, hi), acc)
-    }
-}
-
-/// Q4_K's (scale, min) pair `j` (ggml's `get_scale_min_k4`).
-#[inline(always)]
-fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        (
-            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
     }
 }
 

@@ -26,7 +26,7 @@ pub trait BlockFormat {
 }
 
 #[inline(always)]
-pub(super) fn half(b: &[u8], at: usize) -> f32 {
+fn half(b: &[u8], at: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
 }
 
