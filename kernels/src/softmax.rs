@@ -36,11 +36,18 @@ pub fn logsumexp_scalar(x: &[f32]) -> f64 {
 
 /// Largest element (`-inf` for an empty row; `NaN` if any entry is `NaN`).
 pub fn max(x: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let mut chunks = x.chunks_exact(8);
+    call_twin!(kernels().exp, max_body, max_avx2, max_avx512; x)
+}
+
+twin!(
+    /// Sixteen lanes, so that each build fills its vectors (the vocabulary
+    /// pass takes the max of 78 million logits a step at T = 512).
+    fn max_body, max_avx2, max_avx512 (x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = x.chunks_exact(16);
     let mut nan = false;
     for c in &mut chunks {
-        for i in 0..8 {
+        for i in 0..16 {
             lanes[i] = lanes[i].max(c[i]);
             nan |= c[i].is_nan();
         }
@@ -54,7 +61,7 @@ pub fn max(x: &[f32]) -> f32 {
         return f32::NAN;
     }
     lanes.iter().fold(m, |a, &b| a.max(b))
-}
+});
 
 /// `sum(exp(x - shift))`, accumulated in f64 across blocks so long rows
 /// lose no precision.
@@ -257,6 +264,21 @@ mod tests {
                 assert!((*o as f64 - w).abs() <= 4e-6 * w + 2e-38, "{o} vs {w}");
             }
         }
+    }
+
+    #[test]
+    fn max_is_the_largest_element_and_nan_wins() {
+        for row in rows() {
+            let want = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max(&row), want, "n={}", row.len());
+            // A NaN in the vector part and in the remainder.
+            for at in [0, row.len() - 1] {
+                let mut r = row.clone();
+                r[at] = f32::NAN;
+                assert!(max(&r).is_nan(), "n={} NaN at {at}", row.len());
+            }
+        }
+        assert_eq!(max(&[]), f32::NEG_INFINITY);
     }
 
     #[test]
