@@ -11,7 +11,7 @@
 //! so each product reads whole contiguous blocks (see [`HeadLayout`]).
 
 use super::{per_head, HeadLayout, ATTN_K_TILE, ATTN_Q_TILE};
-use crate::matmul::bf16::{gemm_tile_bf16, interleave_pairs, pair, to_pairs, NB};
+use crate::matmul::bf16::{gemm_tile_bf16, interleave_pairs, to_pairs, NB};
 use crate::matmul::gemm_tile;
 
 const Q: usize = ATTN_Q_TILE;
@@ -355,10 +355,7 @@ impl Bf16Tiles {
         let n_tok = l.n_tok(src, heads);
         per_head(heads, l.n_pad * hdp, |h, out| {
             for t in 0..n_tok {
-                let row = l.row(src, heads, h, t);
-                for (p, o) in out[t * hdp..][..hdp].iter_mut().enumerate() {
-                    *o = pair_of(row, 2 * p);
-                }
+                to_pairs(l.row(src, heads, h, t), &mut out[t * hdp..][..hdp]);
             }
         })
     }
@@ -369,11 +366,13 @@ impl Bf16Tiles {
         let (l, hdp) = (self.l, self.hdp);
         let n_tok = l.n_tok(src, heads);
         per_head(heads, l.n_pad * hdp, |h, out| {
+            // Rounded as one row of pairs, then spread down the column.
+            let mut pairs = vec![0u32; hdp];
             for t in 0..n_tok {
-                let row = l.row(src, heads, h, t);
+                to_pairs(l.row(src, heads, h, t), &mut pairs);
                 let base = t / Q * hdp * Q + t % Q;
-                for p in 0..hdp {
-                    out[base + p * Q] = pair_of(row, 2 * p);
+                for (p, &v) in pairs.iter().enumerate() {
+                    out[base + p * Q] = v;
                 }
             }
         })
@@ -398,13 +397,18 @@ impl Bf16Tiles {
         let (l, hd) = (self.l, self.l.hd);
         let n_tok = l.n_tok(src, heads);
         per_head(heads, l.n_pad / 2 * hd, |h, out| {
+            // Each pair of rows is rounded 16 values at a time into `row`
+            // (AVX-512 BF16), then spread down its column, rather than
+            // rounded one value at a time in scalar code.
+            let mut row = vec![0u32; hd];
             for p in 0..n_tok.div_ceil(2) {
                 let t = 2 * p;
                 let lo = l.row(src, heads, h, t);
                 let hi = (t + 1 < n_tok).then(|| l.row(src, heads, h, t + 1));
+                interleave_pairs(lo, hi, &mut row);
                 let base = t / K * hd * K / 2 + t % K / 2;
-                for d in 0..hd {
-                    out[base + d * K / 2] = pair(lo[d], hi.map_or(0.0, |r| r[d]));
+                for (d, &v) in row.iter().enumerate() {
+                    out[base + d * K / 2] = v;
                 }
             }
         })
@@ -586,10 +590,4 @@ impl Tiles for Bf16Tiles {
             );
         }
     }
-}
-
-/// Values `d, d + 1` of a row as one pair (zero past its end: odd widths).
-#[inline]
-fn pair_of(row: &[f32], d: usize) -> u32 {
-    pair(row[d], row.get(d + 1).copied().unwrap_or(0.0))
 }
