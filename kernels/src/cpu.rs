@@ -60,7 +60,8 @@ pub struct KernelSet {
     /// `exp_weights`: the `exp` approximation summed over a row (softmax,
     /// sampling).
     pub exp: Isa,
-    /// SwiGLU forward and backward.
+    /// The per-token element-wise passes: SwiGLU and RMSNorm, forward and
+    /// backward.
     pub swiglu: Isa,
     /// The per-task routines of flash attention, forward and backward.
     pub attention: Isa,
