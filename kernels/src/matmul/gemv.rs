@@ -28,7 +28,7 @@ pub(super) fn gemv(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
     // with offsets take (`m * sum(x)` once per block instead of per value).
     let mut sums = Vec::new();
     let mut token_sums = Vec::new();
-    if fused.is_some() && n_in.is_multiple_of(32) {
+    if fused.is_some() && takes_sums(w.ty()) && n_in.is_multiple_of(32) {
         for t in 0..n_tok {
             block_sums(&x[t * n_in..(t + 1) * n_in], &mut token_sums);
             sums.extend_from_slice(&token_sums);
@@ -67,9 +67,13 @@ pub(super) fn gemv(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
 type FusedRow = fn(&[u8], &[f32], &[f32]) -> f32;
 
 #[cfg(target_arch = "x86_64")]
-use crate::quant::dot_avx512::block_sums;
+use crate::quant::dot_avx512::{block_sums, takes_sums};
 #[cfg(not(target_arch = "x86_64"))]
 fn block_sums(_: &[f32], _: &mut Vec<f32>) {}
+#[cfg(not(target_arch = "x86_64"))]
+fn takes_sums(_: crate::quant::QuantType) -> bool {
+    false
+}
 
 #[cfg(target_arch = "x86_64")]
 fn fused_row(isa: Isa, w: &Weights) -> Option<FusedRow> {

@@ -31,6 +31,15 @@ pub(crate) fn block_sums(x: &[f32], sums: &mut Vec<f32>) {
     sums.extend(x.chunks_exact(32).map(|c| c.iter().sum::<f32>()));
 }
 
+/// Whether the rows of format `ty` take the 32-value sums of `x` (the
+/// formats whose offsets they apply per row from them).
+pub(crate) fn takes_sums(ty: QuantType) -> bool {
+    matches!(
+        ty,
+        QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q5_1
+    )
+}
+
 /// The hand-written row of format `ty`, where the CPU runs AVX-512 and the
 /// format has one.
 pub(crate) fn row_for(ty: QuantType) -> Option<RowFn> {
@@ -479,6 +488,27 @@ mod tests {
                     "{ty:?} row of {n}: {got}, oracle {want} (mass {mass})"
                 );
             }
+        }
+    }
+
+    /// The GEMV computes the sums only for the formats whose rows read
+    /// them: the list agrees with each format's constants.
+    #[test]
+    fn takes_sums_names_the_formats_with_offsets() {
+        fn reads<F: BlockDot>() -> bool {
+            F::M_IS_OFFSET || F::Q_OFFSET != 0
+        }
+        let read = [
+            reads::<Q4_0>(),
+            reads::<Q4_1>(),
+            reads::<Q5_0>(),
+            reads::<Q5_1>(),
+            reads::<Q8_0>(),
+            reads::<Q4_K>(),
+            reads::<Q6_K>(),
+        ];
+        for (ty, r) in FORMATS.into_iter().zip(read) {
+            assert_eq!(takes_sums(ty), r, "{ty:?}");
         }
     }
 
