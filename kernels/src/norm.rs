@@ -150,11 +150,25 @@ mod tests {
             let x: Vec<f32> = (0..n_tok * n_embd).map(|_| rng.uniform() * 4.0).collect();
             let w: Vec<f32> = (0..n_embd).map(|_| rng.uniform()).collect();
             let (mut y, mut y_ref) = (vec![0f32; x.len()], vec![0f32; x.len()]);
-            let mut rstd = vec![0f32; n_tok];
+            // rstd longer than the rows: the entries past them are left.
+            let mut rstd = vec![-1f32; n_tok + 3];
             rmsnorm_forward(&x, &w, 1e-5, &mut y, Some(&mut rstd));
             rmsnorm_forward_scalar(&x, &w, 1e-5, &mut y_ref);
             assert!(max_rel_err(&y, &y_ref) <= RMSNORM_TOL, "{n_tok}x{n_embd}");
-            assert!(rstd.iter().all(|r| r.is_finite() && *r > 0.0));
+            for (t, &r) in rstd[..n_tok].iter().enumerate() {
+                let row = &x[t * n_embd..(t + 1) * n_embd];
+                let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / n_embd as f64;
+                let want = 1.0 / (ms + 1e-5).sqrt();
+                assert!(
+                    (r as f64 - want).abs() <= 1e-6 * want,
+                    "rstd[{t}] {r} vs {want}"
+                );
+            }
+            assert_eq!(rstd[n_tok..], [-1.0; 3]);
+            // Without rstd: the same outputs.
+            let mut y_none = vec![0f32; x.len()];
+            rmsnorm_forward(&x, &w, 1e-5, &mut y_none, None);
+            assert_eq!(y_none, y);
         }
     }
 

@@ -27,7 +27,54 @@ struct Angles {
     sin: Vec<f32>,
 }
 
-static LAST_ANGLES: Mutex<Option<Arc<Angles>>> = Mutex::new(None);
+/// Keeps the last table of [`Angles`]: the process's one is [`LAST_ANGLES`].
+struct AngleCache(Mutex<Option<Arc<Angles>>>);
+
+static LAST_ANGLES: AngleCache = AngleCache(Mutex::new(None));
+
+impl AngleCache {
+    /// The angles of `positions` under `rope`'s frequencies: the kept
+    /// table when it is theirs, else a new one (then kept). The key is
+    /// everything [`Rope::inv_freqs`] reads, and the positions.
+    fn angles(&self, rope: &Rope, positions: &[u32]) -> Arc<Angles> {
+        let same = |a: &Angles| {
+            a.n_rot == rope.n_rot
+                && a.freq_base == rope.freq_base.to_bits()
+                && a.positions == positions
+        };
+        // A poisoned lock only means another thread panicked mid-swap of
+        // an Arc: the value is whole either way.
+        let last = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(a) = last.filter(|a| same(a)) {
+            return a;
+        }
+        let half = rope.n_rot / 2;
+        let inv_freqs = rope.inv_freqs();
+        let n = positions.len() * half;
+        let (mut cos, mut sin) = (vec![0f32; n], vec![0f32; n]);
+        if half > 0 {
+            cos.par_chunks_mut(half)
+                .zip(sin.par_chunks_mut(half))
+                .zip(positions.par_iter())
+                .with_min_len(16)
+                .for_each(|((c, s), &pos)| {
+                    for (i, f) in inv_freqs.iter().enumerate() {
+                        let (sn, cs) = (pos as f64 * f).sin_cos();
+                        (c[i], s[i]) = (cs as f32, sn as f32);
+                    }
+                });
+        }
+        let a = Arc::new(Angles {
+            positions: positions.to_vec(),
+            n_rot: rope.n_rot,
+            freq_base: rope.freq_base.to_bits(),
+            cos,
+            sin,
+        });
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(a.clone());
+        a
+    }
+}
 
 /// Which dimensions form a rotating pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,52 +115,6 @@ impl Rope {
             .collect()
     }
 
-    /// The angles of `positions`: the kept table when it is theirs, else a
-    /// new one (then kept).
-    fn angles(&self, positions: &[u32]) -> Arc<Angles> {
-        let same = |a: &Angles| {
-            a.n_rot == self.n_rot
-                && a.freq_base == self.freq_base.to_bits()
-                && a.positions == positions
-        };
-        // A poisoned lock only means another thread panicked mid-swap of
-        // an Arc: the value is whole either way.
-        let last = LAST_ANGLES
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(a) = last.filter(|a| same(a)) {
-            return a;
-        }
-        let half = self.n_rot / 2;
-        let inv_freqs = self.inv_freqs();
-        let (mut cos, mut sin) = (
-            vec![0f32; positions.len() * half],
-            vec![0f32; positions.len() * half],
-        );
-        if half > 0 {
-            cos.par_chunks_mut(half)
-                .zip(sin.par_chunks_mut(half))
-                .zip(positions.par_iter())
-                .with_min_len(16)
-                .for_each(|((c, s), &pos)| {
-                    for (i, f) in inv_freqs.iter().enumerate() {
-                        let (sn, cs) = (pos as f64 * f).sin_cos();
-                        (c[i], s[i]) = (cs as f32, sn as f32);
-                    }
-                });
-        }
-        let a = Arc::new(Angles {
-            positions: positions.to_vec(),
-            n_rot: self.n_rot,
-            freq_base: self.freq_base.to_bits(),
-            cos,
-            sin,
-        });
-        *LAST_ANGLES.lock().unwrap_or_else(|e| e.into_inner()) = Some(a.clone());
-        a
-    }
-
     fn rotate(&self, x: &mut [f32], positions: &[u32], direction: f32) {
         let (hd, nh) = (self.head_dim, self.n_head);
         assert!(
@@ -130,7 +131,7 @@ impl Rope {
             return;
         }
         let half = self.n_rot / 2;
-        let angles = self.angles(positions);
+        let angles = LAST_ANGLES.angles(self, positions);
         x.par_chunks_mut(nh * hd)
             .enumerate()
             .with_min_len(16)
@@ -189,29 +190,50 @@ mod tests {
     /// Relative to the largest |x|: one f32 rotation of unit-norm pairs.
     pub const ROPE_TOL: f64 = 1e-6;
 
-    /// The kept table of angles never serves other positions or other
-    /// frequencies: same length, one position changed; same positions,
-    /// another base; another n_rot.
+    /// A cache of its own (the process's is shared by tests running at
+    /// once): the same positions and frequencies get the kept table itself;
+    /// one changed position, another base or another n_rot a new table
+    /// with their own angles.
     #[test]
     fn kept_angles_follow_positions_and_frequencies() {
-        let mut rng = TestRng(10);
-        let mut positions: Vec<u32> = (0..40).collect();
-        for step in 0..4 {
-            if step == 1 {
-                positions[17] = 1000;
+        let cache = AngleCache(Mutex::new(None));
+        let rope = |n_rot, freq_base| Rope {
+            n_head: 1,
+            head_dim: 16,
+            n_rot,
+            freq_base,
+            layout: RopeLayout::Neox,
+        };
+        let check = |a: &Angles, r: &Rope, positions: &[u32]| {
+            let half = r.n_rot / 2;
+            assert_eq!(
+                (a.cos.len(), a.sin.len()),
+                (positions.len() * half, positions.len() * half)
+            );
+            for (t, &pos) in positions.iter().enumerate() {
+                for (i, f) in r.inv_freqs().iter().enumerate() {
+                    let theta = pos as f64 * f;
+                    assert_eq!(a.cos[t * half + i], theta.cos() as f32, "cos t {t} i {i}");
+                    assert_eq!(a.sin[t * half + i], theta.sin() as f32, "sin t {t} i {i}");
+                }
             }
-            let rope = Rope {
-                n_head: 2,
-                head_dim: 16,
-                n_rot: if step == 3 { 8 } else { 16 },
-                freq_base: if step == 2 { 500.0 } else { 10000.0 },
-                layout: RopeLayout::Neox,
-            };
-            let x = rng.vec(40 * 2 * 16, 2.0);
-            let (mut a, mut b) = (x.clone(), x);
-            rope.forward(&mut a, &positions);
-            rope.forward_scalar(&mut b, &positions);
-            assert!(max_rel_err(&a, &b) <= ROPE_TOL, "step {step}");
+        };
+        let mut positions: Vec<u32> = (0..40).collect();
+        let base = rope(16, 10000.0);
+        let first = cache.angles(&base, &positions);
+        check(&first, &base, &positions);
+        assert!(
+            Arc::ptr_eq(&first, &cache.angles(&base, &positions)),
+            "a hit"
+        );
+        positions[17] = 1000;
+        let moved = cache.angles(&base, &positions);
+        assert!(!Arc::ptr_eq(&first, &moved));
+        check(&moved, &base, &positions);
+        for other in [rope(16, 500.0), rope(8, 10000.0)] {
+            let a = cache.angles(&other, &positions);
+            assert!(!Arc::ptr_eq(&moved, &a));
+            check(&a, &other, &positions);
         }
     }
 

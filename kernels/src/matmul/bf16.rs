@@ -218,7 +218,7 @@ pub struct LowRank<'a> {
 /// [`PACK_SEG`] inputs at a time, 16 rows at a time: each row's segment is
 /// decoded into `row_buf` (`PACK_SEG` values) and rounded into its row of
 /// `staging` (16 rows of `PACK_SEG / 2` pairs), then the 16 rows are
-/// transposed into the panel in registers, whole 64-byte lines. One scalar
+/// transposed into the panel in registers, 64-byte stores. One scalar
 /// store per pair into the panel's 128-byte stride took 3 % of a bf16
 /// training step's samples (Zen 5).
 #[allow(clippy::too_many_arguments)]
@@ -234,10 +234,11 @@ fn pack_panel(
 ) {
     let isa = crate::cpu::kernels().gemm_f32;
     let seg_pairs = PACK_SEG / 2;
-    // Rows are visited segment by segment; the hint goes PREFETCH_ROWS
+    // The valid rows are visited segment by segment (visit `v` is row
+    // `v % n_valid` of segment `v / n_valid`); the hint goes PREFETCH_ROWS
     // visits ahead, into the next segment near the end of one.
     let ahead = |visit: usize| {
-        let (s0, j) = (visit / NB * PACK_SEG, visit % NB);
+        let (s0, j) = (visit / n_valid.max(1) * PACK_SEG, visit % n_valid.max(1));
         if j < n_valid && s0 < kc {
             w.prefetch_segment(n0 + j, k0 + s0, PACK_SEG.min(kc - s0));
         }
@@ -249,7 +250,7 @@ fn pack_panel(
         for j0 in (0..NB).step_by(16) {
             let rows = n_valid.saturating_sub(j0).min(16);
             for j in 0..rows {
-                ahead(seg * NB + j0 + j + PREFETCH_ROWS);
+                ahead(seg * n_valid + j0 + j + PREFETCH_ROWS);
                 let values = &mut row_buf[..len];
                 w.dequantize_segment(n0 + j0 + j, k0 + s0, values);
                 to_pairs(values, &mut staging[j * seg_pairs..][..lp]);

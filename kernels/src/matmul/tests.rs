@@ -443,9 +443,11 @@ fn bf16_products_match_their_oracles_or_fall_back_to_f32() {
             }
         }
     }
-    // Odd reductions (f32 weights only: quantized rows are whole blocks).
+    // Odd reductions (f32 weights only: quantized rows are whole blocks),
+    // one of them past the first 256-input segment of `x W^T`'s pack.
     check_bf16(QuantType::F32, 5, 7, 33, true, 1);
     check_bf16(QuantType::F32, 5, 301, 32, false, 2);
+    check_bf16(QuantType::F32, 5, 7, 301, true, 4);
 }
 
 /// The bf16 products on AMX tiles, run through the tile instructions'
@@ -487,6 +489,7 @@ fn bf16_products_on_amx_tiles_match_the_oracles_in_the_model() {
             }
         }
         check_bf16_with(&product, QuantType::F32, 5, 7, 33, transposed, 3);
+        check_bf16_with(&product, QuantType::F32, 5, 7, 301, transposed, 4);
     }
 }
 
@@ -511,6 +514,7 @@ fn bf16_products_on_amx_instructions_match_the_oracles_where_amx_runs() {
                     check_bf16_with(&product, QuantType::Q8_0, t, a, b, transposed, 7);
                 }
                 check_bf16_with(&product, QuantType::F32, 5, 7, 33, transposed, 3);
+                check_bf16_with(&product, QuantType::F32, 5, 7, 301, transposed, 4);
             }
             let tiles: Box<LowRankProduct> = Box::new(|x, n_tok, w, lr, y, transposed| {
                 if transposed {
