@@ -13,9 +13,7 @@
 //!
 //! Each format's arithmetic follows its decoder in [`super::formats`]; the
 //! tests of [`super::dot`] hold every build to the same f64 oracle.
-#![allow(non_camel_case_types)]
-
-use super::formats::scale_min_k4;
+use super::formats::{scale_min_k4, BlockFormat, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0};
 use super::QuantType;
 use crate::cpu::{kernels, Isa};
 use std::arch::x86_64::*;
@@ -65,12 +63,9 @@ fn safe_row<F: BlockDot>(bytes: &[u8], x: &[f32], sums: &[f32]) -> f32 {
     unsafe { row::<F>(bytes, x, sums) }
 }
 
-/// One format's block, as the AVX-512 row loop sees it.
-pub(super) trait BlockDot {
-    /// Values per block.
-    const BLOCK_LEN: usize;
-    /// Bytes per block.
-    const BLOCK_BYTES: usize;
+/// One format's block, as the AVX-512 row loop sees it (its sizes are the
+/// decoder's, [`BlockFormat`]).
+pub(super) trait BlockDot: BlockFormat {
     /// Byte offset of the four bytes holding the block's f16 scale `d`
     /// (and its offset or second scale `m`, where it has one).
     const WORD_AT: usize;
@@ -261,10 +256,7 @@ unsafe fn five_bit(qh: *const u8, qs: *const u8, x: *const f32, d: f32, acc: __m
     _mm512_fmadd_ps(_mm512_set1_ps(d), pair(x, lo, hi), acc)
 }
 
-pub(super) struct Q4_0;
 impl BlockDot for Q4_0 {
-    const BLOCK_LEN: usize = 32;
-    const BLOCK_BYTES: usize = 18;
     const WORD_AT: usize = 0;
     const HAS_M: bool = false;
     const Q_OFFSET: i32 = 8;
@@ -275,10 +267,7 @@ impl BlockDot for Q4_0 {
     }
 }
 
-pub(super) struct Q4_1;
 impl BlockDot for Q4_1 {
-    const BLOCK_LEN: usize = 32;
-    const BLOCK_BYTES: usize = 20;
     const WORD_AT: usize = 0;
     const HAS_M: bool = true;
     const M_IS_OFFSET: bool = true;
@@ -289,10 +278,7 @@ impl BlockDot for Q4_1 {
     }
 }
 
-pub(super) struct Q5_0;
 impl BlockDot for Q5_0 {
-    const BLOCK_LEN: usize = 32;
-    const BLOCK_BYTES: usize = 22;
     const WORD_AT: usize = 0;
     const HAS_M: bool = false;
     const Q_OFFSET: i32 = 16;
@@ -303,10 +289,7 @@ impl BlockDot for Q5_0 {
     }
 }
 
-pub(super) struct Q5_1;
 impl BlockDot for Q5_1 {
-    const BLOCK_LEN: usize = 32;
-    const BLOCK_BYTES: usize = 24;
     const WORD_AT: usize = 0;
     const HAS_M: bool = true;
     const M_IS_OFFSET: bool = true;
@@ -317,10 +300,7 @@ impl BlockDot for Q5_1 {
     }
 }
 
-pub(super) struct Q8_0;
 impl BlockDot for Q8_0 {
-    const BLOCK_LEN: usize = 32;
-    const BLOCK_BYTES: usize = 34;
     const WORD_AT: usize = 0;
     const HAS_M: bool = false;
     #[inline]
@@ -332,10 +312,7 @@ impl BlockDot for Q8_0 {
     }
 }
 
-pub(super) struct Q4_K;
 impl BlockDot for Q4_K {
-    const BLOCK_LEN: usize = 256;
-    const BLOCK_BYTES: usize = 144;
     const WORD_AT: usize = 0;
     const HAS_M: bool = true;
     #[inline]
@@ -370,10 +347,7 @@ impl BlockDot for Q4_K {
     }
 }
 
-pub(super) struct Q6_K;
 impl BlockDot for Q6_K {
-    const BLOCK_LEN: usize = 256;
-    const BLOCK_BYTES: usize = 210;
     // d is the block's last two bytes: read the word ending there.
     const WORD_AT: usize = 206;
     const D_SHIFT: u32 = 16;
