@@ -16,25 +16,12 @@
 //! Under `cargo test` it makes each call once and checks both give the same
 //! outputs, so the bench cannot rot unnoticed.
 
-use std::time::Instant;
+mod common;
+use common::median_secs;
 
 use cleaner::kernels::matmul::{matmul_wt, Weights};
 use cleaner::kernels::quant::{synthetic::random_tensor, QuantType};
 use rayon::prelude::*;
-
-/// Median seconds of `reps` calls after as many warm-up calls.
-fn median(reps: usize, mut f: impl FnMut()) -> f64 {
-    (0..reps).for_each(|_| f());
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
-}
 
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
@@ -45,8 +32,8 @@ fn main() {
             std::hint::black_box(i);
         })
     };
-    let outside = median(reps, empty);
-    let inside = rayon::scope(|_| median(reps, empty));
+    let outside = median_secs(reps, reps, empty);
+    let inside = rayon::scope(|_| median_secs(reps, reps, empty));
 
     let mut rows = Vec::new();
     for ty in [QuantType::Q8_0, QuantType::Q4_1] {
@@ -55,8 +42,9 @@ fn main() {
             let w = Weights::quantized(ty, &bytes, n_out, n_in).unwrap();
             let x: Vec<f32> = (0..n_in).map(|i| (i as f32 * 0.37).sin()).collect();
             let (mut y_main, mut y_pool) = (vec![0f32; n_out], vec![0f32; n_out]);
-            let main = median(reps, || matmul_wt(&x, 1, &w, &mut y_main));
-            let pool = rayon::scope(|_| median(reps, || matmul_wt(&x, 1, &w, &mut y_pool)));
+            let main = median_secs(reps, reps, || matmul_wt(&x, 1, &w, &mut y_main));
+            let pool =
+                rayon::scope(|_| median_secs(reps, reps, || matmul_wt(&x, 1, &w, &mut y_pool)));
             assert_eq!(
                 y_main, y_pool,
                 "{ty:?} {n_in}x{n_out}: the two calls disagree"

@@ -12,7 +12,8 @@
 //! Under `cargo test` it runs each kernel once on a short sequence and checks
 //! the outputs are finite, so the bench cannot rot unnoticed.
 
-use std::time::Instant;
+mod common;
+use common::median_secs;
 
 use cleaner::kernels::attention::{attention_backward_in, attention_forward_in, AttnShape};
 use cleaner::kernels::cpu::kernels;
@@ -39,25 +40,6 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
             ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
         })
         .collect()
-}
-
-/// Median seconds of `reps` runs after one warm-up run (the warm-up's time
-/// when `reps` is 0).
-fn time(reps: usize, mut f: impl FnMut()) -> f64 {
-    let s = Instant::now();
-    f();
-    if reps == 0 {
-        return s.elapsed().as_secs_f64();
-    }
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
 }
 
 fn main() {
@@ -90,7 +72,7 @@ fn main() {
         ("x W^T, Q5_0 weights", QuantType::Q5_0),
     ] {
         let w = weights(ty);
-        let s = time(reps, || matmul_wt(&x, n_tok, &w, &mut y));
+        let s = median_secs(1, reps, || matmul_wt(&x, n_tok, &w, &mut y));
         if ty == QuantType::F32 {
             baseline = proj_flops / s;
         }
@@ -101,12 +83,12 @@ fn main() {
     let dy = values(n_tok * N_FF, 5);
     let mut dx = vec![0f32; n_tok * N_EMBD];
     let w = weights(QuantType::Q8_0);
-    let s = time(reps, || matmul_w(&dy, n_tok, &w, &mut dx));
+    let s = median_secs(1, reps, || matmul_w(&dy, n_tok, &w, &mut dx));
     rows.push(("dy W (input gradient), Q8_0", proj_flops / s));
     assert!(dx.iter().all(|v| v.is_finite()), "dy W: non-finite output");
     // The same two products in bf16 (f32 where the CPU lacks AVX-512 BF16).
     let bf16 = Precision::Bf16.effective() == Precision::Bf16;
-    let s = time(reps, || {
+    let s = median_secs(1, reps, || {
         matmul_wt_in(Precision::Bf16, &x, n_tok, &w, &mut y)
     });
     rows.push((
@@ -121,7 +103,7 @@ fn main() {
         y.iter().all(|v| v.is_finite()),
         "bf16 x W^T: non-finite output"
     );
-    let s = time(reps, || {
+    let s = median_secs(1, reps, || {
         matmul_w_in(Precision::Bf16, &dy, n_tok, &w, &mut dx)
     });
     rows.push((
@@ -140,7 +122,7 @@ fn main() {
     let g = values(n_tok * RANK, 6);
     let mut da = vec![0f32; RANK * N_EMBD];
     let mut db = vec![0f32; N_FF * RANK];
-    let s = time(reps, || {
+    let s = median_secs(1, reps, || {
         matmul_tn(&g, &x, n_tok, &mut da, false);
         matmul_tn(&dy, &g, n_tok, &mut db, false);
     });
@@ -157,14 +139,14 @@ fn main() {
     let a = values(RANK * N_EMBD, 11);
     let b = values(N_FF * RANK, 12);
     let mut u = vec![0f32; n_tok * RANK];
-    let s = time(reps, || {
+    let s = median_secs(1, reps, || {
         matmul_wt(&x, n_tok, &Weights::f32(&a, RANK, N_EMBD), &mut u);
         matmul_wt(&u, n_tok, &Weights::f32(&b, N_FF, RANK), &mut y);
     });
     let lora_flops = 2.0 * (n_tok * RANK * (N_EMBD + N_FF)) as f64;
     rows.push(("LoRA forward x A^T, u B^T", lora_flops / s));
     let mut gd = vec![0f32; n_tok * RANK];
-    let s = time(reps, || {
+    let s = median_secs(1, reps, || {
         matmul_w(&dy, n_tok, &Weights::f32(&b, N_FF, RANK), &mut gd);
         matmul_w(&gd, n_tok, &Weights::f32(&a, RANK, N_EMBD), &mut dx);
     });
@@ -211,11 +193,11 @@ fn main() {
             )
         },
     ] {
-        let s = time(reps, || {
+        let s = median_secs(1, reps, || {
             attention_forward_in(p, &q, &k, &v, shape, scale, &mut out, &mut lse)
         });
         rows.push((fwd_name, attn_flops / s));
-        let s = time(reps, || {
+        let s = median_secs(1, reps, || {
             attention_backward_in(
                 p, &q, &k, &v, &out, &lse, &dout, shape, scale, &mut dq, &mut dk, &mut dv,
             )
