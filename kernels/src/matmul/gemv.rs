@@ -28,7 +28,7 @@ pub(super) fn gemv(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
     // with offsets take (`m * sum(x)` once per block instead of per value).
     let mut sums = Vec::new();
     let mut token_sums = Vec::new();
-    if fused.is_some() && takes_sums(w.ty()) && n_in.is_multiple_of(32) {
+    if fused.is_some_and(|f| f.takes_sums) && n_in.is_multiple_of(32) {
         for t in 0..n_tok {
             block_sums(&x[t * n_in..(t + 1) * n_in], &mut token_sums);
             sums.extend_from_slice(&token_sums);
@@ -50,7 +50,7 @@ pub(super) fn gemv(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
                 let xt = &x[t * n_in..(t + 1) * n_in];
                 let st = &sums[t * per_tok..(t + 1) * per_tok];
                 let v = match (fused, w.row_bytes(n)) {
-                    (Some(f), Some(bytes)) => f(bytes, xt, st),
+                    (Some(f), Some(bytes)) => (f.dot)(bytes, xt, st),
                     _ => dot(xt, &row),
                 };
                 // SAFETY: y[t, n] is in bounds and row n belongs to this
@@ -62,18 +62,20 @@ pub(super) fn gemv(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
 }
 
 /// `sum_k W[n, k] x[k]` from row `n`'s stored bytes in one pass, where the
-/// build `isa` has one for `w`'s format (`(row bytes, x, x's 32-value
-/// sums)`).
-type FusedRow = fn(&[u8], &[f32], &[f32]) -> f32;
-
+/// build `isa` has one for `w`'s format: `dot(row bytes, x, x's 32-value
+/// sums)`, the sums read only where `takes_sums`.
 #[cfg(target_arch = "x86_64")]
-use crate::quant::dot_avx512::{block_sums, takes_sums};
+use crate::quant::dot_avx512::{block_sums, Row as FusedRow};
+
+/// Never made off x86-64 ([`fused_row`] is `None` there).
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Clone, Copy)]
+struct FusedRow {
+    dot: fn(&[u8], &[f32], &[f32]) -> f32,
+    takes_sums: bool,
+}
 #[cfg(not(target_arch = "x86_64"))]
 fn block_sums(_: &[f32], _: &mut Vec<f32>) {}
-#[cfg(not(target_arch = "x86_64"))]
-fn takes_sums(_: crate::quant::QuantType) -> bool {
-    false
-}
 
 #[cfg(target_arch = "x86_64")]
 fn fused_row(isa: Isa, w: &Weights) -> Option<FusedRow> {

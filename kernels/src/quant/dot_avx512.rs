@@ -29,29 +29,38 @@ pub(crate) fn block_sums(x: &[f32], sums: &mut Vec<f32>) {
     sums.extend(x.chunks_exact(32).map(|c| c.iter().sum::<f32>()));
 }
 
-/// Whether the rows of format `ty` take the 32-value sums of `x` (the
-/// formats whose offsets they apply per row from them).
-pub(crate) fn takes_sums(ty: QuantType) -> bool {
-    matches!(
-        ty,
-        QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q5_1
-    )
+/// A format's hand-written row, and whether it reads the 32-value sums of
+/// `x` (its format's [`BlockDot::TAKES_SUMS`]: a caller computes them only
+/// then).
+#[derive(Clone, Copy)]
+pub(crate) struct Row {
+    pub dot: RowFn,
+    pub takes_sums: bool,
+}
+
+impl Row {
+    fn of<F: BlockDot>() -> Row {
+        Row {
+            dot: safe_row::<F>,
+            takes_sums: F::TAKES_SUMS,
+        }
+    }
 }
 
 /// The hand-written row of format `ty`, where the CPU runs AVX-512 and the
 /// format has one.
-pub(crate) fn row_for(ty: QuantType) -> Option<RowFn> {
+pub(crate) fn row_for(ty: QuantType) -> Option<Row> {
     if kernels().gemv != Isa::Avx512 {
         return None;
     }
     Some(match ty {
-        QuantType::Q4_0 => safe_row::<Q4_0>,
-        QuantType::Q4_1 => safe_row::<Q4_1>,
-        QuantType::Q5_0 => safe_row::<Q5_0>,
-        QuantType::Q5_1 => safe_row::<Q5_1>,
-        QuantType::Q8_0 => safe_row::<Q8_0>,
-        QuantType::Q4_K => safe_row::<Q4_K>,
-        QuantType::Q6_K => safe_row::<Q6_K>,
+        QuantType::Q4_0 => Row::of::<Q4_0>(),
+        QuantType::Q4_1 => Row::of::<Q4_1>(),
+        QuantType::Q5_0 => Row::of::<Q5_0>(),
+        QuantType::Q5_1 => Row::of::<Q5_1>(),
+        QuantType::Q8_0 => Row::of::<Q8_0>(),
+        QuantType::Q4_K => Row::of::<Q4_K>(),
+        QuantType::Q6_K => Row::of::<Q6_K>(),
         _ => return None,
     })
 }
@@ -81,6 +90,9 @@ pub(super) trait BlockDot: BlockFormat {
     /// scaling (8 for Q4_0, 16 for Q5_0), which the row likewise applies as
     /// `-offset * d * sum(x)` from the sums (`block` then leaves it out).
     const Q_OFFSET: i32 = 0;
+    /// Whether the row reads `x`'s 32-value sums: for an offset, `m` or
+    /// the quantized values'.
+    const TAKES_SUMS: bool = Self::M_IS_OFFSET || Self::Q_OFFSET != 0;
     /// `acc` plus this block's products with `x` (`BLOCK_LEN` values) in
     /// any arrangement over the 16 lanes; `d` and `m` are the converted
     /// scales (`m` 0 where there is none).
@@ -107,7 +119,7 @@ pub(super) unsafe fn row<F: BlockDot>(bytes: &[u8], x: &[f32], sums: &[f32]) -> 
         x.len()
     );
     assert!(
-        !(F::M_IS_OFFSET || F::Q_OFFSET != 0) || (F::BLOCK_LEN == 32 && sums.len() == n_blocks),
+        !F::TAKES_SUMS || (F::BLOCK_LEN == 32 && sums.len() == n_blocks),
         "row dot: {} sums for {n_blocks} blocks of 32 values",
         sums.len()
     );
@@ -434,7 +446,7 @@ mod tests {
         }
         let mut rng = TestRng(7);
         for ty in FORMATS {
-            let row = row_for(ty).expect("an AVX-512 row for each of FORMATS");
+            let row = row_for(ty).expect("an AVX-512 row for each of FORMATS").dot;
             // One block; odd and even block counts; more than one group of
             // 16 blocks, and a last group that is not full.
             let blocks: &[usize] = if ty.block_len() == 32 {
@@ -466,23 +478,24 @@ mod tests {
     }
 
     /// The GEMV computes the sums only for the formats whose rows read
-    /// them: the list agrees with each format's constants.
+    /// them: those with an offset, Q4_0, Q4_1, Q5_0 and Q5_1.
     #[test]
     fn takes_sums_names_the_formats_with_offsets() {
-        fn reads<F: BlockDot>() -> bool {
-            F::M_IS_OFFSET || F::Q_OFFSET != 0
-        }
-        let read = [
-            reads::<Q4_0>(),
-            reads::<Q4_1>(),
-            reads::<Q5_0>(),
-            reads::<Q5_1>(),
-            reads::<Q8_0>(),
-            reads::<Q4_K>(),
-            reads::<Q6_K>(),
+        let takes = [
+            Q4_0::TAKES_SUMS,
+            Q4_1::TAKES_SUMS,
+            Q5_0::TAKES_SUMS,
+            Q5_1::TAKES_SUMS,
+            Q8_0::TAKES_SUMS,
+            Q4_K::TAKES_SUMS,
+            Q6_K::TAKES_SUMS,
         ];
-        for (ty, r) in FORMATS.into_iter().zip(read) {
-            assert_eq!(takes_sums(ty), r, "{ty:?}");
+        for (ty, t) in FORMATS.into_iter().zip(takes) {
+            let want = matches!(
+                ty,
+                QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q5_1
+            );
+            assert_eq!(t, want, "{ty:?}");
         }
     }
 
@@ -515,7 +528,10 @@ mod tests {
             bytes[at..at + 2].copy_from_slice(&0x7e00u16.to_le_bytes()); // f16 NaN
             let x = vec![1f32; n];
             let sums = vec![32f32; n / 32];
-            assert!(row_for(ty).unwrap()(&bytes, &x, &sums).is_nan(), "{ty:?}");
+            assert!(
+                (row_for(ty).unwrap().dot)(&bytes, &x, &sums).is_nan(),
+                "{ty:?}"
+            );
         }
     }
 
@@ -525,7 +541,7 @@ mod tests {
             return;
         }
         let bytes = random_tensor(QuantType::Q8_0, 64, 1).unwrap();
-        let row = row_for(QuantType::Q8_0).unwrap();
+        let row = row_for(QuantType::Q8_0).unwrap().dot;
         let caught = std::panic::catch_unwind(|| row(&bytes, &[1.0; 32], &[32.0]));
         let message = caught.expect_err("two blocks against 32 values must panic");
         let message = message
