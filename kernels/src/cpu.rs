@@ -75,15 +75,17 @@ pub struct KernelSet {
     /// 1.6-1.7x on Zen 5, whose full-width units double both
     /// (measurements/train-step-zen5). Intel's Xeons issue it on one of
     /// their two 512-bit FMA ports, the same multiply-add rate as f32 FMAs,
-    /// and the conversions come on top: bf16 trained at 0.95x f32 with the
-    /// 16-wide f32 kernel and 0.81x with the 32-wide one on a Sapphire
-    /// Rapids-class Xeon (measurements/train-step-intel). Intel's bf16 speed
-    /// is AMX's: see `bf16_amx`.
+    /// and the conversions come on top: bf16 trained at 0.85x f32 on
+    /// `vdpbf16ps` on an Emerald Rapids Xeon (measurements/train-step-intel-amx).
+    /// Intel's bf16 speed is AMX's: where [`KernelSet::bf16_amx`] holds,
+    /// bf16 beats f32 (2.0-2.7x there).
     pub bf16_beats_f32: bool,
     /// Whether the bf16 products with the weights (`x W^T`, `dy W`) run on
-    /// AMX-BF16 tiles (`matmul::amx`) instead of `vdpbf16ps`. Opt-in, `CLEANER_BF16=amx`, where the CPU,
-    /// the OS and Linux's tile-data permission allow it: no machine with
-    /// AMX has measured it yet, so it is not chosen on its own.
+    /// AMX-BF16 tiles (`matmul::amx`) instead of `vdpbf16ps`: wherever the
+    /// CPU, the OS and Linux's tile-data permission allow it. On an Emerald
+    /// Rapids Xeon the bf16 step ran 2.2-2.8x faster on the tiles
+    /// (measurements/train-step-intel-amx). `CLEANER_BF16=avx512` keeps
+    /// them on `vdpbf16ps`.
     pub bf16_amx: bool,
 }
 
@@ -99,6 +101,9 @@ struct Features {
     avx512f: bool,
     /// An AMD CPU (`AuthenticAMD`): see [`KernelSet::bf16_beats_f32`].
     amd: bool,
+    /// AMX-BF16 tiles that this process may use (CPU, OS and Linux's
+    /// tile-data permission, which detecting asks for).
+    amx: bool,
 }
 
 impl Features {
@@ -111,6 +116,7 @@ impl Features {
                 avx512_bf16: has!("avx512f") && has!("avx512bf16"),
                 avx512f: has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("fma"),
                 amd: is_amd(),
+                amx: crate::matmul::amx::usable().is_ok(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -120,6 +126,7 @@ impl Features {
                 avx512_bf16: false,
                 avx512f: false,
                 amd: false,
+                amx: false,
             }
         }
     }
@@ -152,6 +159,8 @@ impl KernelSet {
         // the bf16 training step 1-2 % faster
         // (measurements/train-step-zen5). Zen 4 and Intel not measured.
         let wide = if features.avx512f { Isa::Avx512 } else { f32 };
+        // AMX's operands are the bf16 path's, so it needs AVX-512 BF16 too.
+        let amx = features.avx512_bf16 && features.amx;
         KernelSet {
             gemm_f32: if features.avx512f { Isa::Avx512 } else { f32 },
             dot: f32,
@@ -161,8 +170,8 @@ impl KernelSet {
             swiglu: wide,
             attention: wide,
             bf16: features.avx512_bf16.then_some(Isa::Avx512Bf16),
-            bf16_beats_f32: features.avx512_bf16 && features.amd,
-            bf16_amx: false,
+            bf16_beats_f32: features.avx512_bf16 && (features.amd || amx),
+            bf16_amx: amx,
         }
     }
 
@@ -191,12 +200,18 @@ impl KernelSet {
 /// f32 GEMM build this CPU runs, to benchmark one against another, and
 /// `CLEANER_ELEMENTWISE` the same for the GEMV, the decoders, `exp`,
 /// SwiGLU and attention;
-/// `CLEANER_BF16=amx` runs the bf16 products on AMX tiles where they run
-/// (`avx512`, the default, on `vdpbf16ps`).
+/// `CLEANER_BF16=avx512` keeps the bf16 products on `vdpbf16ps` where AMX
+/// would run them (`amx`, the default where the tiles run).
 pub fn kernels() -> &'static KernelSet {
     static SET: OnceLock<KernelSet> = OnceLock::new();
     SET.get_or_init(|| {
-        let features = Features::detect();
+        let mut features = Features::detect();
+        if let Ok(name) = std::env::var("CLEANER_BF16") {
+            match bf16_override(&name, features.avx512_bf16, crate::matmul::amx::usable) {
+                Ok(amx) => features.amx = amx,
+                Err(why) => eprintln!("CLEANER_BF16={name:?} ignored: {why}"),
+            }
+        }
         let mut set = KernelSet::for_features(features);
         if let Ok(name) = std::env::var("CLEANER_GEMM_F32") {
             match gemm_override(&name, features) {
@@ -214,12 +229,6 @@ pub fn kernels() -> &'static KernelSet {
                     set.attention = isa;
                 }
                 Err(why) => eprintln!("CLEANER_ELEMENTWISE={name:?} ignored: {why}"),
-            }
-        }
-        if let Ok(name) = std::env::var("CLEANER_BF16") {
-            match bf16_override(&name, set.bf16.is_some(), crate::matmul::amx::usable) {
-                Ok(amx) => set.bf16_amx = amx,
-                Err(why) => eprintln!("CLEANER_BF16={name:?} ignored: {why}"),
             }
         }
         set
@@ -244,7 +253,8 @@ fn gemm_override(name: &str, f: Features) -> Result<Isa, String> {
 
 /// Whether `CLEANER_BF16=name` puts the bf16 products on AMX tiles: `amx`
 /// where the CPU has the bf16 kernels and `amx_usable` (the CPU, OS and
-/// permission check, which asks Linux for the permission) says yes.
+/// permission check, which asks Linux for the permission) says yes;
+/// `avx512` never.
 fn bf16_override(
     name: &str,
     has_bf16: bool,
@@ -347,6 +357,7 @@ mod tests {
             avx512_bf16: false,
             avx512f: false,
             amd: false,
+            amx: false,
         };
         let set = KernelSet::for_features(none);
         assert_eq!(
@@ -356,16 +367,23 @@ mod tests {
         );
     }
 
-    /// bf16 runs wherever the CPU has AVX-512 BF16; `auto` takes it only on
-    /// AMD, where it is faster than f32.
+    /// bf16 runs wherever the CPU has AVX-512 BF16; `auto` takes it on AMD,
+    /// and on Intel only where AMX tiles run its products.
     #[test]
-    fn bf16_is_available_with_avx512_bf16_and_preferred_on_amd() {
-        for (amd, preferred, shown) in [
-            (true, true, "bf16 avx512-bf16"),
+    fn bf16_is_available_with_avx512_bf16_and_preferred_on_amd_or_with_amx() {
+        for (amd, amx, preferred, shown) in [
+            (true, false, true, "bf16 avx512-bf16"),
             (
                 false,
                 false,
+                false,
                 "bf16 avx512-bf16 (slower than f32 here: precision auto runs f32)",
+            ),
+            (
+                false,
+                true,
+                true,
+                "bf16 avx512-bf16, products on amx-bf16 tiles",
             ),
         ] {
             let f = Features {
@@ -373,10 +391,12 @@ mod tests {
                 avx512_bf16: true,
                 avx512f: true,
                 amd,
+                amx,
             };
             let set = KernelSet::for_features(f);
             assert_eq!(set.bf16, Some(Isa::Avx512Bf16));
             assert_eq!(set.bf16_beats_f32, preferred);
+            assert_eq!(set.bf16_amx, amx);
             assert!(set.describe().ends_with(shown), "{}", set.describe());
         }
         let amd_without_bf16 = Features {
@@ -384,8 +404,18 @@ mod tests {
             avx512_bf16: false,
             avx512f: true,
             amd: true,
+            amx: false,
         };
         assert!(!KernelSet::for_features(amd_without_bf16).bf16_beats_f32);
+        // Tiles without AVX-512 BF16 (no such CPU is known) would lack the
+        // operand conversions: no AMX, no bf16.
+        let tiles_without_bf16 = Features {
+            avx512_bf16: false,
+            amx: true,
+            ..amd_without_bf16
+        };
+        let set = KernelSet::for_features(tiles_without_bf16);
+        assert!(!set.bf16_amx && !set.bf16_beats_f32 && set.bf16.is_none());
     }
 
     #[test]
@@ -395,6 +425,7 @@ mod tests {
             avx512_bf16: false,
             avx512f: false,
             amd: false,
+            amx: false,
         };
         assert_eq!(gemm_override("avx2", avx2_only), Ok(Isa::Avx2Fma));
         assert_eq!(gemm_override("portable", avx2_only), Ok(Isa::Portable));
@@ -407,7 +438,7 @@ mod tests {
     }
 
     #[test]
-    fn amx_is_taken_only_when_asked_for_and_usable() {
+    fn amx_is_left_only_when_asked_for_or_unusable() {
         assert_eq!(bf16_override("avx512", true, || unreachable!()), Ok(false));
         assert_eq!(bf16_override("amx", true, || Ok(())), Ok(true));
         assert_eq!(
@@ -420,20 +451,6 @@ mod tests {
         assert!(bf16_override("tiles", true, || Ok(()))
             .unwrap_err()
             .contains("expected avx512 or amx"));
-        let set = KernelSet {
-            bf16_amx: true,
-            ..KernelSet::for_features(Features {
-                avx2_fma: true,
-                avx512_bf16: true,
-                avx512f: true,
-                amd: false,
-            })
-        };
-        assert!(
-            set.describe().ends_with(", products on amx-bf16 tiles"),
-            "{}",
-            set.describe()
-        );
     }
 
     #[test]
@@ -449,7 +466,13 @@ mod tests {
             assert_eq!(set.gemm_f32, gemm);
         }
         assert_eq!(set.bf16.is_some(), f.avx512_bf16);
+        if std::env::var_os("CLEANER_BF16").is_none() {
+            assert_eq!(set.bf16_amx, f.avx512_bf16 && f.amx);
+        }
         let mut want = KernelSet::for_features(f);
+        if std::env::var_os("CLEANER_BF16").is_some() {
+            (want.bf16_amx, want.bf16_beats_f32) = (set.bf16_amx, set.bf16_beats_f32);
+        }
         if std::env::var_os("CLEANER_ELEMENTWISE").is_some() {
             (
                 want.gemv,
@@ -478,6 +501,7 @@ mod tests {
                 avx512_bf16: false,
                 avx512f,
                 amd: true,
+                amx: false,
             });
             let rows = [set.gemv, set.dequant, set.exp, set.swiglu, set.attention];
             assert_eq!(rows, [isa; 5], "avx512f = {avx512f}");
