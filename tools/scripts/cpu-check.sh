@@ -35,9 +35,10 @@ note "cpu: $(cpu_field 'model name'); vendor $(cpu_field vendor_id), family $(cp
 note "threads: $(nproc); memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
 note "avx512f $(has avx512f), avx512_bf16 $(has avx512_bf16), amx_tile $(has amx_tile), amx_bf16 $(has amx_bf16)"
 
-# The kernels in the builds this CPU picks, then the AVX2 ones (what CPUs
-# without AVX-512 get); the AMX hardware test runs in the first where the
-# CPU and the OS allow it, and says why not otherwise.
+# The kernels in the builds this CPU picks (the bf16 products on AMX tiles
+# where the CPU and the OS allow it; the hardware tests say why not
+# otherwise), then the AVX2 ones (what CPUs without AVX-512 get), and on an
+# AMX machine the bf16 products on `vdpbf16ps` as well.
 run kernel-tests cargo test --release -p cleaner-kernels -- --nocapture
 run kernel-tests-avx2 env CLEANER_GEMM_F32=avx2 CLEANER_ELEMENTWISE=avx2 \
   cargo test --release -p cleaner-kernels
@@ -45,7 +46,7 @@ grep -m1 "AMX not run here" "$out/kernel-tests.txt" | tee -a "$summary"
 amx=no
 [ "$(has amx_bf16)" = yes ] && ! grep -q "AMX not run here" "$out/kernel-tests.txt" && amx=yes
 if [ "$amx" = yes ]; then
-  run kernel-tests-amx env CLEANER_BF16=amx cargo test --release -p cleaner-kernels
+  run kernel-tests-avx512-bf16 env CLEANER_BF16=avx512 cargo test --release -p cleaner-kernels
 fi
 
 # The step against PyTorch + PEFT at the same precision, both lengths.
