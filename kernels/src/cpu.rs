@@ -87,6 +87,14 @@ pub struct KernelSet {
     /// (measurements/train-step-intel-amx). `CLEANER_BF16=avx512` keeps
     /// them on `vdpbf16ps`.
     pub bf16_amx: bool,
+    /// Whether attention's tile products run in bf16 when the model asks
+    /// for bf16 ([`crate::matmul::Precision::for_attention`]): only where
+    /// `vdpbf16ps` beats f32 FMAs (AMD). AMX does not reach them (they are
+    /// small tiles between softmax passes, on `vdpbf16ps`), and on Intel
+    /// `vdpbf16ps` is the slower: on an Emerald Rapids Xeon the f32
+    /// attention ran 1.23-1.26x (forward) and 1.22-1.33x (backward) the
+    /// bf16 one in two sessions (measurements/train-step-intel-amx).
+    pub attention_bf16: bool,
 }
 
 /// What the CPU offers that some kernel build needs.
@@ -172,6 +180,7 @@ impl KernelSet {
             bf16: features.avx512_bf16.then_some(Isa::Avx512Bf16),
             bf16_beats_f32: features.avx512_bf16 && (features.amd || amx),
             bf16_amx: amx,
+            attention_bf16: features.avx512_bf16 && features.amd,
         }
     }
 
@@ -185,6 +194,11 @@ impl KernelSet {
         };
         let bf16 = if self.bf16_amx {
             format!("{bf16}, products on amx-bf16 tiles")
+        } else {
+            bf16
+        };
+        let bf16 = if self.bf16.is_some() && self.bf16_beats_f32 && !self.attention_bf16 {
+            format!("{bf16}, attention in f32 (faster here)")
         } else {
             bf16
         };
@@ -383,7 +397,7 @@ mod tests {
                 false,
                 true,
                 true,
-                "bf16 avx512-bf16, products on amx-bf16 tiles",
+                "bf16 avx512-bf16, products on amx-bf16 tiles, attention in f32 (faster here)",
             ),
         ] {
             let f = Features {
@@ -397,6 +411,9 @@ mod tests {
             assert_eq!(set.bf16, Some(Isa::Avx512Bf16));
             assert_eq!(set.bf16_beats_f32, preferred);
             assert_eq!(set.bf16_amx, amx);
+            // Attention's tiles take bf16 only where vdpbf16ps is the fast
+            // path, not where only AMX makes bf16 the faster precision.
+            assert_eq!(set.attention_bf16, amd);
             assert!(set.describe().ends_with(shown), "{}", set.describe());
         }
         let amd_without_bf16 = Features {
@@ -416,6 +433,7 @@ mod tests {
         };
         let set = KernelSet::for_features(tiles_without_bf16);
         assert!(!set.bf16_amx && !set.bf16_beats_f32 && set.bf16.is_none());
+        assert!(!set.attention_bf16);
     }
 
     #[test]

@@ -284,7 +284,7 @@ impl Transformer {
         past: Option<PastKv>,
         a: &mut BlockActs,
     ) {
-        let (p, scale) = (self.precision(), self.attention_scale());
+        let (p, scale) = (self.precision().for_attention(), self.attention_scale());
         let Some(past) = past else {
             attention_forward_in(p, &a.q, &a.k, &a.v, shape, scale, &mut a.att, &mut a.lse);
             return;
@@ -321,7 +321,7 @@ impl Transformer {
         kv: LayerLink,
         (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
     ) {
-        let (p, scale) = (self.precision(), self.attention_scale());
+        let (p, scale) = (self.precision().for_attention(), self.attention_scale());
         let add =
             |acc: &mut [f32], src: &[f32]| acc.iter_mut().zip(src).for_each(|(a, &b)| *a += b);
         let (past, pdk, pdv) = match kv {

@@ -93,6 +93,18 @@ impl Precision {
             _ => Precision::F32,
         }
     }
+
+    /// The precision a model asking for `self` gives attention's tile
+    /// products: bf16 only where `vdpbf16ps` beats f32 FMAs
+    /// ([`crate::cpu::KernelSet::attention_bf16`]: AMD), f32 elsewhere, Intel
+    /// with AMX included, where bf16 is the faster precision for the
+    /// products with the weights only.
+    pub fn for_attention(self) -> Precision {
+        match self.effective() {
+            Precision::Bf16 if kernels().attention_bf16 => Precision::Bf16,
+            _ => Precision::F32,
+        }
+    }
 }
 
 /// `y = x W^T` in precision `p` ([`matmul_wt`] or [`matmul_wt_bf16`]; one
