@@ -78,6 +78,49 @@ pub(crate) unsafe fn block<T: Tiles>(runs: &[Run], ldb: usize, c: &mut [f32; BLO
     T::zero::<1>();
     T::zero::<2>();
     T::zero::<3>();
+    sum_runs::<T>(runs, ldb);
+    store_c::<T>(c.as_mut_ptr(), BLOCK);
+}
+
+/// [`block`] straight into a whole 32 x 32 block of the output, rows `ldc`
+/// f32 apart: the C tiles start from what it holds (`accumulate`) or from
+/// zero, and are stored back into it, with no scratch block and no pass
+/// adding one into the output (a 4 KiB store, reload and add per block,
+/// against 56 `tdpbf16ps` at 896 inputs). The caller takes [`block`] for
+/// ragged blocks, whose tiles would reach past the output.
+///
+/// # Safety
+/// As [`block`]; `c` must be valid for 32 rows of 32 values at stride
+/// `ldc`, written by no one else meanwhile.
+pub(crate) unsafe fn block_into<T: Tiles>(
+    runs: &[Run],
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    if accumulate {
+        let ld = 4 * ldc;
+        T::load::<0>(c.cast(), ld);
+        T::load::<1>(c.add(TILE).cast(), ld);
+        T::load::<2>(c.add(TILE * ldc).cast(), ld);
+        T::load::<3>(c.add(TILE * ldc + TILE).cast(), ld);
+    } else {
+        T::zero::<0>();
+        T::zero::<1>();
+        T::zero::<2>();
+        T::zero::<3>();
+    }
+    sum_runs::<T>(runs, ldb);
+    store_c::<T>(c, ldc);
+}
+
+/// C tiles 0-3 += every run's A x B: the body of [`block`].
+///
+/// # Safety
+/// As [`block`].
+#[inline(always)]
+unsafe fn sum_runs<T: Tiles>(runs: &[Run], ldb: usize) {
     for r in runs {
         debug_assert!(r.pairs.is_multiple_of(TILE));
         for g in 0..r.pairs / TILE {
@@ -93,11 +136,19 @@ pub(crate) unsafe fn block<T: Tiles>(runs: &[Run], ldb: usize, c: &mut [f32; BLO
             T::dot::<3, 5, 7>();
         }
     }
-    let (c, ld) = (c.as_mut_ptr(), 4 * BLOCK);
+}
+
+/// C tiles 0-3 into the 32 x 32 block at `c`, rows `ldc` f32 apart.
+///
+/// # Safety
+/// `c` must be valid for 32 rows of 32 values at stride `ldc`.
+#[inline(always)]
+unsafe fn store_c<T: Tiles>(c: *mut f32, ldc: usize) {
+    let ld = 4 * ldc;
     T::store::<0>(c.cast(), ld);
     T::store::<1>(c.add(TILE).cast(), ld);
-    T::store::<2>(c.add(TILE * BLOCK).cast(), ld);
-    T::store::<3>(c.add(TILE * BLOCK + TILE).cast(), ld);
+    T::store::<2>(c.add(TILE * ldc).cast(), ld);
+    T::store::<3>(c.add(TILE * ldc + TILE).cast(), ld);
 }
 
 /// A buffer of `u32` starting on a 64-byte line, so that every 64-byte tile
@@ -442,6 +493,61 @@ mod tests {
             Model::release();
         }
         check_block(&c, &[(&a, lda, &b, 2), (&a2, lda2, tail, 1)]);
+    }
+
+    /// `block_into` writes a whole block of an output with rows 40 apart:
+    /// the same values as `block` from zero, `block`'s plus what the block
+    /// held when accumulating, and nothing past its 32 columns.
+    #[test]
+    fn the_model_block_lands_in_place_from_zero_or_on_what_was_there() {
+        let lda = 24;
+        let val = |i: usize| ((i * 29 % 89) as f32 - 44.0) / 22.0;
+        let a: Vec<u32> = (0..BLOCK * lda).map(|i| pair(val(i), val(i + 5))).collect();
+        let b: Vec<u32> = (0..TILE * BLOCK)
+            .map(|i| pair(val(i + 3), val(i + 8)))
+            .collect();
+        let runs = [Run {
+            a: a.as_ptr(),
+            lda,
+            b: b.as_ptr(),
+            pairs: TILE,
+        }];
+        let mut sum = [f32::NAN; BLOCK * BLOCK];
+        let ldc = 40;
+        let before = |i: usize| (i % 13) as f32 - 6.0;
+        let mut fresh: Vec<f32> = (0..BLOCK * ldc).map(before).collect();
+        let mut added = fresh.clone();
+        // SAFETY: A has 32 rows of 16 pairs, B 16 pair rows of 32; both
+        // outputs hold 32 rows of ldc >= 32 values.
+        unsafe {
+            Model::configure();
+            block::<Model>(&runs, BLOCK, &mut sum);
+            block_into::<Model>(&runs, BLOCK, fresh.as_mut_ptr(), ldc, false);
+            block_into::<Model>(&runs, BLOCK, added.as_mut_ptr(), ldc, true);
+            Model::release();
+        }
+        check_block(&sum, &[(&a, lda, &b, 1)]);
+        for m in 0..BLOCK {
+            for n in 0..ldc {
+                let i = m * ldc + n;
+                if n >= BLOCK {
+                    assert_eq!(
+                        (fresh[i], added[i]),
+                        (before(i), before(i)),
+                        "past the block"
+                    );
+                    continue;
+                }
+                let s = sum[m * BLOCK + n];
+                assert_eq!(fresh[i], s, "row {m} column {n} from zero");
+                let want = before(i) + s;
+                assert!(
+                    (added[i] - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "row {m} column {n}: {} against {want}",
+                    added[i]
+                );
+            }
+        }
     }
 
     /// Where the CPU and OS have AMX, the instructions sum a block as the

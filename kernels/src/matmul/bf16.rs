@@ -593,8 +593,13 @@ impl<T: amx::Tiles> Engine for Tiled<T> {
         accumulate: bool,
         scratch: &mut Self::Scratch,
     ) {
-        amx::block::<T>(runs, ldb, scratch);
-        add_block(scratch, c, ldc, mr, n_valid, accumulate);
+        if mr == amx::BLOCK && n_valid == amx::BLOCK {
+            // SAFETY: mr and n_valid are whole, so c holds the block.
+            amx::block_into::<T>(runs, ldb, c, ldc, accumulate);
+        } else {
+            amx::block::<T>(runs, ldb, scratch);
+            add_block(scratch, c, ldc, mr, n_valid, accumulate);
+        }
     }
 }
 

@@ -455,7 +455,8 @@ fn bf16_products_match_their_oracles_or_fall_back_to_f32() {
 /// shapes as the `vdpbf16ps` kernels: ragged token counts (not multiples of
 /// the 16-row tile), outputs that are not whole panels or groups,
 /// reductions that are not whole tiles (odd ones included) and past one
-/// packed chunk (9216 inputs of `x W^T`, 4200 rows of `x W`). The
+/// packed chunk (9216 inputs of `x W^T`, 4200 rows of `x W`), whole blocks
+/// (written in place) next to ragged ones (through a scratch block). The
 /// instructions themselves are compared with the model on one block where
 /// the CPU has AMX (`amx::tests`).
 #[test]
@@ -468,6 +469,10 @@ fn bf16_products_on_amx_tiles_match_the_oracles_in_the_model() {
         (40, 33, 768),
         (3, 40, 9216),
         (2, 4200, 256),
+        // Whole 32 x 32 blocks written in place, past one chunk too (the
+        // second chunk adds onto the first's).
+        (33, 40, 9216),
+        (33, 4200, 64),
     ];
     for transposed in [true, false] {
         let product = move |x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]| {
@@ -510,7 +515,14 @@ fn bf16_products_on_amx_instructions_match_the_oracles_where_amx_runs() {
                         bf16::matmul_w_on::<bf16::Tiled<amx::Hw>>(x, n_tok, w, None, y, false)
                     }
                 };
-                for (t, a, b) in [(17, 40, 896), (40, 33, 768), (3, 40, 9216), (2, 4200, 256)] {
+                for (t, a, b) in [
+                    (17, 40, 896),
+                    (40, 33, 768),
+                    (3, 40, 9216),
+                    (2, 4200, 256),
+                    (33, 40, 9216),
+                    (33, 4200, 64),
+                ] {
                     check_bf16_with(&product, QuantType::Q8_0, t, a, b, transposed, 7);
                 }
                 check_bf16_with(&product, QuantType::F32, 5, 7, 33, transposed, 3);
