@@ -67,15 +67,16 @@ pub enum Precision {
     /// Operands rounded to bf16, f32 accumulation ([`matmul_wt_bf16`]):
     /// twice the multiply-adds per instruction where the CPU has AVX-512
     /// BF16, which is twice the f32 rate on AMD Zen 4 but not on Intel,
-    /// whose one `vdpbf16ps` port matches its two f32 FMA ports
+    /// whose one `vdpbf16ps` port matches its two f32 FMA ports; there the
+    /// AMX tiles, where present, take the products with the weights
     /// ([`Precision::auto`] picks the faster).
     Bf16,
 }
 
 impl Precision {
     /// The faster of the two on this CPU: bf16 where its products beat the
-    /// f32 ones ([`crate::cpu::KernelSet::bf16_beats_f32`]: AMD Zen 4 with
-    /// AVX-512 BF16), else f32.
+    /// f32 ones ([`crate::cpu::KernelSet::bf16_beats_f32`]: AMD with
+    /// AVX-512 BF16, Intel with AMX), else f32.
     pub fn auto() -> Precision {
         let set = kernels();
         if set.bf16.is_some() && set.bf16_beats_f32 {
