@@ -197,7 +197,7 @@ impl KernelSet {
         } else {
             bf16
         };
-        let bf16 = if self.bf16.is_some() && self.bf16_beats_f32 && !self.attention_bf16 {
+        let bf16 = if self.bf16.is_some() && !self.attention_bf16 {
             format!("{bf16}, attention in f32 (faster here)")
         } else {
             bf16
@@ -391,7 +391,8 @@ mod tests {
                 false,
                 false,
                 false,
-                "bf16 avx512-bf16 (slower than f32 here: precision auto runs f32)",
+                "bf16 avx512-bf16 (slower than f32 here: precision auto runs f32), \
+                 attention in f32 (faster here)",
             ),
             (
                 false,
