@@ -324,7 +324,13 @@ mod hw {
                 7 => asm!("tilezero tmm7", options(nostack, nomem)))
         }
         unsafe fn load<const T: u8>(p: *const u8, stride: usize) {
+            // Every tile, as the model: C tiles too (`block_into` starts
+            // them from the output).
             on_tile!(T,
+                0 => asm!("tileloadd tmm0, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly)),
+                1 => asm!("tileloadd tmm1, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly)),
+                2 => asm!("tileloadd tmm2, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly)),
+                3 => asm!("tileloadd tmm3, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly)),
                 4 => asm!("tileloadd tmm4, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly)),
                 5 => asm!("tileloadd tmm5, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly)),
                 6 => asm!("tileloadd tmm6, [{p} + {s} * 1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly)),
@@ -335,7 +341,11 @@ mod hw {
                 0 => asm!("tilestored [{p} + {s} * 1], tmm0", p = in(reg) p, s = in(reg) stride, options(nostack)),
                 1 => asm!("tilestored [{p} + {s} * 1], tmm1", p = in(reg) p, s = in(reg) stride, options(nostack)),
                 2 => asm!("tilestored [{p} + {s} * 1], tmm2", p = in(reg) p, s = in(reg) stride, options(nostack)),
-                3 => asm!("tilestored [{p} + {s} * 1], tmm3", p = in(reg) p, s = in(reg) stride, options(nostack)))
+                3 => asm!("tilestored [{p} + {s} * 1], tmm3", p = in(reg) p, s = in(reg) stride, options(nostack)),
+                4 => asm!("tilestored [{p} + {s} * 1], tmm4", p = in(reg) p, s = in(reg) stride, options(nostack)),
+                5 => asm!("tilestored [{p} + {s} * 1], tmm5", p = in(reg) p, s = in(reg) stride, options(nostack)),
+                6 => asm!("tilestored [{p} + {s} * 1], tmm6", p = in(reg) p, s = in(reg) stride, options(nostack)),
+                7 => asm!("tilestored [{p} + {s} * 1], tmm7", p = in(reg) p, s = in(reg) stride, options(nostack)))
         }
         unsafe fn dot<const C: u8, const A: u8, const B: u8>() {
             match (C, A, B) {
@@ -351,6 +361,12 @@ mod hw {
         }
     }
 }
+
+/// The `tdpbf16ps` operand triples (C, A, B) that `Hw`'s `dot` issues: the
+/// model refuses any other. `Hw`'s loads, stores and zeroing take every
+/// tile, as the model's do.
+#[cfg(test)]
+const HW_DOTS: [(u8, u8, u8); 4] = [(0, 4, 6), (1, 4, 7), (2, 5, 6), (3, 5, 7)];
 
 /// A software model of the tile instructions: eight tiles of 16 rows of 64
 /// bytes per thread, `tdpbf16ps` as Intel's pseudo-code defines it (each
@@ -406,6 +422,12 @@ impl Tiles for Model {
         });
     }
     unsafe fn dot<const C: u8, const A: u8, const B: u8>() {
+        // The model runs only what `Hw` issues, so that a test through it
+        // cannot pass on an instruction the hardware path lacks.
+        assert!(
+            HW_DOTS.contains(&(C, A, B)),
+            "tdpbf16ps tmm{C}, tmm{A}, tmm{B}: not issued by Hw"
+        );
         let half = |w: u32, hi: bool| f32::from_bits(if hi { w & 0xffff_0000 } else { w << 16 });
         Model::with(|t| {
             let (a, b) = (t[A as usize], t[B as usize]);
