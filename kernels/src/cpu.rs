@@ -83,9 +83,10 @@ pub struct KernelSet {
     /// Whether the bf16 products with the weights (`x W^T`, `dy W`) run on
     /// AMX-BF16 tiles (`matmul::amx`) instead of `vdpbf16ps`: wherever the
     /// CPU, the OS and Linux's tile-data permission allow it. On an Emerald
-    /// Rapids Xeon the bf16 step ran 2.2-2.8x faster on the tiles
+    /// Rapids Xeon the bf16 step ran 2.2-2.9x faster on the tiles
     /// (measurements/train-step-intel-amx). `CLEANER_BF16=avx512` keeps
-    /// them on `vdpbf16ps`.
+    /// them on `vdpbf16ps` (and asks Linux for no tile permission), which
+    /// makes f32 the faster precision again on Intel.
     pub bf16_amx: bool,
     /// Whether attention's tile products run in bf16 when the model asks
     /// for bf16 ([`crate::matmul::Precision::for_attention`]): only where
@@ -115,7 +116,17 @@ struct Features {
 }
 
 impl Features {
+    /// What this CPU offers, AMX included (its probe asks Linux for the
+    /// tile-data permission).
+    #[cfg(test)]
     fn detect() -> Features {
+        Features::detect_with(true)
+    }
+
+    /// What this CPU offers; AMX probed only when `probe_amx` (the probe
+    /// asks Linux for the tile-data permission, which a process that opted
+    /// out with `CLEANER_BF16=avx512` should not hold).
+    fn detect_with(probe_amx: bool) -> Features {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
@@ -124,7 +135,7 @@ impl Features {
                 avx512_bf16: has!("avx512f") && has!("avx512bf16"),
                 avx512f: has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("fma"),
                 amd: is_amd(),
-                amx: crate::matmul::amx::usable().is_ok(),
+                amx: probe_amx && crate::matmul::amx::usable().is_ok(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -215,12 +226,14 @@ impl KernelSet {
 /// `CLEANER_ELEMENTWISE` the same for the GEMV, the decoders, `exp`,
 /// SwiGLU and attention;
 /// `CLEANER_BF16=avx512` keeps the bf16 products on `vdpbf16ps` where AMX
-/// would run them (`amx`, the default where the tiles run).
+/// would run them (`amx`, the default where the tiles run), and then, on
+/// Intel, `Precision::auto` is f32 again (`vdpbf16ps` is the slower there).
 pub fn kernels() -> &'static KernelSet {
     static SET: OnceLock<KernelSet> = OnceLock::new();
     SET.get_or_init(|| {
-        let mut features = Features::detect();
-        if let Ok(name) = std::env::var("CLEANER_BF16") {
+        let bf16_choice = std::env::var("CLEANER_BF16").ok();
+        let mut features = Features::detect_with(bf16_choice.as_deref() != Some("avx512"));
+        if let Some(name) = bf16_choice {
             match bf16_override(&name, features.avx512_bf16, crate::matmul::amx::usable) {
                 Ok(amx) => features.amx = amx,
                 Err(why) => eprintln!("CLEANER_BF16={name:?} ignored: {why}"),

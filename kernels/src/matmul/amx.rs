@@ -66,7 +66,7 @@ pub(crate) struct Run {
 /// each A and B tile loaded once for two `tdpbf16ps` (a 16 x 32 block
 /// loaded three tiles for two). The caller configures the tiles once per
 /// task ([`Tiles::configure`]) and releases them after: `ldtilecfg` per
-/// block would cost a noticeable share of a block's 56 `tdpbf16ps` at 896
+/// block would cost a noticeable share of a block's 112 `tdpbf16ps` at 896
 /// inputs.
 ///
 /// # Safety
@@ -86,7 +86,7 @@ pub(crate) unsafe fn block<T: Tiles>(runs: &[Run], ldb: usize, c: &mut [f32; BLO
 /// f32 apart: the C tiles start from what it holds (`accumulate`) or from
 /// zero, and are stored back into it, with no scratch block and no pass
 /// adding one into the output (a 4 KiB store, reload and add per block,
-/// against 56 `tdpbf16ps` at 896 inputs). The caller takes [`block`] for
+/// against 112 `tdpbf16ps` at 896 inputs). The caller takes [`block`] for
 /// ragged blocks, whose tiles would reach past the output.
 ///
 /// # Safety

@@ -619,6 +619,9 @@ fn check_low_rank(name: &str, product: &LowRankProduct, tol: f64, directions: &[
         (3, 64, 256, 1),
         (2, 40, 9216, 16),
         (2, 4200, 256, 3),
+        // Whole 32 x 32 blocks: AMX tiles write them in place, and `x W`
+        // adds them onto what `y` held from its first chunk on.
+        (33, 64, 256, 8),
     ] {
         let bytes = random_quant(QuantType::Q8_0, n_a * n_b, &mut rng);
         let w = Weights::quantized(QuantType::Q8_0, &bytes, n_a, n_b).unwrap();
