@@ -74,12 +74,7 @@ pub(crate) struct Run {
 /// readable for 32 rows of `pairs` pairs at stride `lda`, its B for
 /// `pairs` rows of 32 pairs at stride `ldb`.
 pub(crate) unsafe fn block<T: Tiles>(runs: &[Run], ldb: usize, c: &mut [f32; BLOCK * BLOCK]) {
-    T::zero::<0>();
-    T::zero::<1>();
-    T::zero::<2>();
-    T::zero::<3>();
-    sum_runs::<T>(runs, ldb);
-    store_c::<T>(c.as_mut_ptr(), BLOCK);
+    block_into::<T>(runs, ldb, c.as_mut_ptr(), BLOCK, false);
 }
 
 /// [`block`] straight into a whole 32 x 32 block of the output, rows `ldc`
@@ -99,8 +94,8 @@ pub(crate) unsafe fn block_into<T: Tiles>(
     ldc: usize,
     accumulate: bool,
 ) {
+    let ld = 4 * ldc;
     if accumulate {
-        let ld = 4 * ldc;
         T::load::<0>(c.cast(), ld);
         T::load::<1>(c.add(TILE).cast(), ld);
         T::load::<2>(c.add(TILE * ldc).cast(), ld);
@@ -111,16 +106,6 @@ pub(crate) unsafe fn block_into<T: Tiles>(
         T::zero::<2>();
         T::zero::<3>();
     }
-    sum_runs::<T>(runs, ldb);
-    store_c::<T>(c, ldc);
-}
-
-/// C tiles 0-3 += every run's A x B: the body of [`block`].
-///
-/// # Safety
-/// As [`block`].
-#[inline(always)]
-unsafe fn sum_runs<T: Tiles>(runs: &[Run], ldb: usize) {
     for r in runs {
         debug_assert!(r.pairs.is_multiple_of(TILE));
         for g in 0..r.pairs / TILE {
@@ -136,15 +121,6 @@ unsafe fn sum_runs<T: Tiles>(runs: &[Run], ldb: usize) {
             T::dot::<3, 5, 7>();
         }
     }
-}
-
-/// C tiles 0-3 into the 32 x 32 block at `c`, rows `ldc` f32 apart.
-///
-/// # Safety
-/// `c` must be valid for 32 rows of 32 values at stride `ldc`.
-#[inline(always)]
-unsafe fn store_c<T: Tiles>(c: *mut f32, ldc: usize) {
-    let ld = 4 * ldc;
     T::store::<0>(c.cast(), ld);
     T::store::<1>(c.add(TILE).cast(), ld);
     T::store::<2>(c.add(TILE * ldc).cast(), ld);
