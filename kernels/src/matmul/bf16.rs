@@ -43,7 +43,7 @@ const PANELS_PER_TASK: usize = 2;
 const PACK_BYTES: usize = 512 << 10;
 /// Inputs of a weight panel decoded and rounded at a time before they are
 /// transposed into it ([`pack_panel`]): 16 rows' pairs take 8 KiB.
-const PACK_SEG: usize = KC;
+pub(crate) const PACK_SEG: usize = KC;
 
 /// Whether this CPU runs the bf16 kernels (AVX-512F and AVX-512 BF16): the
 /// kernel set's `bf16` row.
@@ -152,7 +152,7 @@ unsafe fn interleave_pairs_avx512(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32
 /// block, so chunks start on block boundaries): 9000 = 4504 + 4496 with
 /// `max` 8192, not 8192 + 808, whose short last chunk would pay a whole pass
 /// of loads and stores of the output tile for a tenth of the work.
-fn balanced_chunk(n: usize, align: usize, max: usize) -> usize {
+pub(crate) fn balanced_chunk(n: usize, align: usize, max: usize) -> usize {
     let align = align.max(2); // whole pairs
     let n_chunks = n.div_ceil(max.max(align)).max(1);
     n.div_ceil(n_chunks).div_ceil(align) * align
@@ -160,7 +160,7 @@ fn balanced_chunk(n: usize, align: usize, max: usize) -> usize {
 
 /// Where each chunk of a reduction of `n` values starts (one empty chunk
 /// when `n` is 0, so a low-rank term still has a pass to ride in).
-fn chunk_starts(n: usize, chunk: usize) -> impl Iterator<Item = usize> {
+pub(crate) fn chunk_starts(n: usize, chunk: usize) -> impl Iterator<Item = usize> {
     (0..n.max(1)).step_by(chunk.max(1))
 }
 
@@ -183,7 +183,7 @@ fn w_chunk(w: &Weights) -> usize {
 /// Panics unless the low-rank term fits a product of `n_tok` rows with
 /// `n_other` values on the factor's other side (`n_out` of `x W^T`,
 /// `n_cols` of `x W`) and rides in one chunk (`rank <= KC`).
-fn check_low_rank(lr: &LowRank, n_tok: usize, n_other: usize, what: &str) {
+pub(crate) fn check_low_rank(lr: &LowRank, n_tok: usize, n_other: usize, what: &str) {
     assert!(
         lr.rank <= KC && lr.act.len() == n_tok * lr.rank && lr.factor.len() == n_other * lr.rank,
         "{what}: low-rank term shapes"
@@ -222,7 +222,7 @@ pub struct LowRank<'a> {
 /// store per pair into the panel's 128-byte stride took 3 % of a bf16
 /// training step's samples (Zen 5).
 #[allow(clippy::too_many_arguments)]
-fn pack_panel(
+pub(crate) fn pack_panel(
     w: &Weights,
     n0: usize,
     n_valid: usize,
@@ -263,7 +263,7 @@ fn pack_panel(
 
 /// Packs the low-rank factor's rows `n0..n0 + n_valid` as [`pack_panel`]
 /// packs weights, its `rank` values as `rank.div_ceil(2)` pair rows.
-fn pack_factor(lr: &LowRank, n0: usize, n_valid: usize, packed: &mut [u32]) {
+pub(crate) fn pack_factor(lr: &LowRank, n0: usize, n_valid: usize, packed: &mut [u32]) {
     for j in 0..NB {
         let row = (j < n_valid).then(|| &lr.factor[(n0 + j) * lr.rank..][..lr.rank]);
         for q in 0..lr.rank.div_ceil(2) {
@@ -296,14 +296,20 @@ pub fn matmul_w_bf16(x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]) {
 
 /// GFLOP/s of the bf16 micro-kernel on one thread with every operand in L1
 /// (an [`MR`] x [`KC`] activation block of pairs times one packed panel of
-/// [`NB`] columns), as (best, median) like the f32 kernel's
-/// [`super::micro_kernel_ceiling_gflops`]: the ceiling of the bf16
-/// products. A multiply and an add per bf16 pair element count two flops,
-/// as in f32. `None` where the CPU lacks AVX-512 BF16.
+/// [`NB`] columns; on AMX tiles where the products run there, a 32 x 32
+/// block, [`super::tiled::block_ceiling_gflops`]), as (best, median) like
+/// the f32 kernel's [`super::micro_kernel_ceiling_gflops`]: the ceiling of
+/// the bf16 products. A multiply and an add per bf16 pair element count
+/// two flops, as in f32. `None` where the CPU lacks AVX-512 BF16.
 #[doc(hidden)]
 pub fn micro_kernel_ceiling_gflops() -> Option<(f64, f64)> {
     if !available() {
         return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::kernels().bf16_amx {
+        // SAFETY: the kernel set found the tiles usable here.
+        return Some(unsafe { super::tiled::block_ceiling_gflops::<amx::Hw>() });
     }
     const CALLS: usize = 256;
     const KP: usize = KC / 2;
@@ -319,6 +325,7 @@ pub fn micro_kernel_ceiling_gflops() -> Option<(f64, f64)> {
                 let run = amx::Run {
                     a: a.as_ptr(),
                     lda: KP,
+                    step: amx::TILE,
                     b: b.as_ptr(),
                     pairs: KP,
                 };
@@ -369,7 +376,7 @@ fn pack_group(
 
 /// Packs the low-rank factor (`[rank, n_cols]`) as [`pack_group`] packs
 /// weights: its `rank` rows as `rank.div_ceil(2)` pair rows of `gw`.
-fn pack_factor_group(
+pub(crate) fn pack_factor_group(
     lr: &LowRank,
     n_cols: usize,
     c0: usize,
@@ -383,31 +390,6 @@ fn pack_factor_group(
         let dst = &mut tile[q * gw..(q + 1) * gw];
         interleave_pairs(lo, hi, &mut dst[..width]);
         dst[width..].fill(0);
-    }
-}
-
-/// Adds (`accumulate`) or writes a block's 32 x 32 result into `y`'s first
-/// `mr` rows (stride `ldy`) and `n_valid` columns from `y`.
-///
-/// # Safety
-/// `y` must be valid for `mr` rows of `n_valid` values at stride `ldy`,
-/// written by no one else meanwhile.
-unsafe fn add_block(
-    c: &[f32; amx::BLOCK * amx::BLOCK],
-    y: *mut f32,
-    ldy: usize,
-    mr: usize,
-    n_valid: usize,
-    accumulate: bool,
-) {
-    for i in 0..mr {
-        let yr = std::slice::from_raw_parts_mut(y.add(i * ldy), n_valid);
-        let cr = &c[i * amx::BLOCK..i * amx::BLOCK + n_valid];
-        if accumulate {
-            yr.iter_mut().zip(cr).for_each(|(v, d)| *v += d);
-        } else {
-            yr.copy_from_slice(cr);
-        }
     }
 }
 
@@ -425,7 +407,7 @@ pub fn matmul_wt_bf16_plus(
     assert!(available(), "matmul_wt_bf16: this CPU has no AVX-512 BF16");
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::kernels().bf16_amx {
-        return matmul_wt_on::<Tiled<amx::Hw>>(x, n_tok, w, low_rank, y);
+        return super::tiled::matmul_wt::<amx::Hw>(x, n_tok, w, low_rank, y);
     }
     matmul_wt_on::<Dot>(x, n_tok, w, low_rank, y)
 }
@@ -445,7 +427,7 @@ pub fn matmul_w_bf16_plus(
     assert!(available(), "matmul_w_bf16: this CPU has no AVX-512 BF16");
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::kernels().bf16_amx {
-        return matmul_w_on::<Tiled<amx::Hw>>(x, n_tok, w, low_rank, y, accumulate);
+        return super::tiled::matmul_w::<amx::Hw>(x, n_tok, w, low_rank, y, accumulate);
     }
     matmul_w_on::<Dot>(x, n_tok, w, low_rank, y, accumulate)
 }
@@ -518,18 +500,6 @@ impl Buffer for Vec<u32> {
     }
 }
 
-impl Buffer for amx::Lines {
-    fn zeros(n: usize) -> Self {
-        amx::Lines::zeros(n)
-    }
-    fn as_slice(&self) -> &[u32] {
-        amx::Lines::as_slice(self)
-    }
-    fn as_mut_slice(&mut self) -> &mut [u32] {
-        amx::Lines::as_mut_slice(self)
-    }
-}
-
 /// `vdpbf16ps` (AVX-512 BF16): the 8 x 32 register-blocked kernel.
 pub(crate) struct Dot;
 
@@ -559,53 +529,9 @@ impl Engine for Dot {
     }
 }
 
-/// AMX-BF16 tiles through `T` (the instructions, or their model in tests).
-pub(crate) struct Tiled<T>(std::marker::PhantomData<T>);
-
-impl<T: amx::Tiles> Engine for Tiled<T> {
-    const ROWS: usize = amx::BLOCK;
-    const PAIR_ROWS: usize = amx::TILE;
-    type Buf = amx::Lines;
-    type Scratch = Box<[f32; amx::BLOCK * amx::BLOCK]>;
-    fn scratch() -> Self::Scratch {
-        Box::new([0f32; amx::BLOCK * amx::BLOCK])
-    }
-    /// Rows padded to whole 16-pair tile rows plus one more (so a tile at
-    /// any 16-pair chunk start stays in bounds), and a block's rows of
-    /// zeros after the last (so a block at any real row does).
-    fn pairs(x: &[f32], n_tok: usize, n: usize) -> (amx::Lines, usize) {
-        let ld = n.div_ceil(2).div_ceil(amx::TILE) * amx::TILE + amx::TILE;
-        (pairs_into(x, n_tok, n, ld, amx::BLOCK), ld)
-    }
-    unsafe fn begin_task() {
-        T::configure();
-    }
-    unsafe fn end_task() {
-        T::release();
-    }
-    unsafe fn mul(
-        runs: &[amx::Run],
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        mr: usize,
-        n_valid: usize,
-        accumulate: bool,
-        scratch: &mut Self::Scratch,
-    ) {
-        if mr == amx::BLOCK && n_valid == amx::BLOCK {
-            // SAFETY: mr and n_valid are whole, so c holds the block.
-            amx::block_into::<T>(runs, ldb, c, ldc, accumulate);
-        } else {
-            amx::block::<T>(runs, ldb, scratch);
-            add_block(scratch, c, ldc, mr, n_valid, accumulate);
-        }
-    }
-}
-
 /// `row_split`'s rows rounded up to whole calls of `rows`: a task's last
 /// call would otherwise compute rows it throws away.
-fn split_rows(n_tok: usize, n_col_tasks: usize, rows: usize) -> (usize, usize) {
+pub(crate) fn split_rows(n_tok: usize, n_col_tasks: usize, rows: usize) -> (usize, usize) {
     let (_, per_task) = row_split(n_tok, n_col_tasks);
     let per_task = per_task.div_ceil(rows) * rows;
     (n_tok.div_ceil(per_task).max(1), per_task)
@@ -703,6 +629,7 @@ pub(crate) fn matmul_wt_on<E: Engine>(
                         let main = amx::Run {
                             a: std::ptr::null(),
                             lda,
+                            step: amx::TILE,
                             b: packed.as_ptr(),
                             pairs: whole(kp),
                         };
@@ -720,6 +647,7 @@ pub(crate) fn matmul_wt_on<E: Engine>(
                                 runs.runs[1] = amx::Run {
                                     a: std::ptr::null(),
                                     lda: *ld_act,
+                                    step: amx::TILE,
                                     b: rows.as_ptr(),
                                     pairs: lr_rows,
                                 };
@@ -814,6 +742,7 @@ pub(crate) fn matmul_w_on<E: Engine>(
                 let main = amx::Run {
                     a: std::ptr::null(),
                     lda,
+                    step: amx::TILE,
                     b: tile.as_ptr(),
                     pairs: whole(kp),
                 };
@@ -830,6 +759,7 @@ pub(crate) fn matmul_w_on<E: Engine>(
                         runs.runs[1] = amx::Run {
                             a: std::ptr::null(),
                             lda: *ld_act,
+                            step: amx::TILE,
                             b: rows.as_ptr(),
                             pairs: lr_rows,
                         };
@@ -901,6 +831,7 @@ pub(crate) unsafe fn gemm_tile_bf16(
             let run = amx::Run {
                 a: a.add(i0 * lda),
                 lda,
+                step: amx::TILE,
                 b: b.add(j0),
                 pairs: kp,
             };

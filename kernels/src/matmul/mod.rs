@@ -19,6 +19,7 @@ pub(crate) mod bf16;
 mod gemv;
 mod micro;
 mod pack;
+mod tiled;
 mod weights;
 
 pub use bf16::{

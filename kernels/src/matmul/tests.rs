@@ -477,9 +477,9 @@ fn bf16_products_on_amx_tiles_match_the_oracles_in_the_model() {
     for transposed in [true, false] {
         let product = move |x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]| {
             if transposed {
-                bf16::matmul_wt_on::<bf16::Tiled<amx::Model>>(x, n_tok, w, None, y)
+                tiled::matmul_wt::<amx::Model>(x, n_tok, w, None, y)
             } else {
-                bf16::matmul_w_on::<bf16::Tiled<amx::Model>>(x, n_tok, w, None, y, false)
+                tiled::matmul_w::<amx::Model>(x, n_tok, w, None, y, false)
             }
         };
         for (i, ty) in [QuantType::Q4_K, QuantType::Q8_0, QuantType::F32]
@@ -510,9 +510,9 @@ fn bf16_products_on_amx_instructions_match_the_oracles_where_amx_runs() {
             for transposed in [true, false] {
                 let product = move |x: &[f32], n_tok: usize, w: &Weights, y: &mut [f32]| {
                     if transposed {
-                        bf16::matmul_wt_on::<bf16::Tiled<amx::Hw>>(x, n_tok, w, None, y)
+                        tiled::matmul_wt::<amx::Hw>(x, n_tok, w, None, y)
                     } else {
-                        bf16::matmul_w_on::<bf16::Tiled<amx::Hw>>(x, n_tok, w, None, y, false)
+                        tiled::matmul_w::<amx::Hw>(x, n_tok, w, None, y, false)
                     }
                 };
                 for (t, a, b) in [
@@ -530,9 +530,9 @@ fn bf16_products_on_amx_instructions_match_the_oracles_where_amx_runs() {
             }
             let tiles: Box<LowRankProduct> = Box::new(|x, n_tok, w, lr, y, transposed| {
                 if transposed {
-                    bf16::matmul_wt_on::<bf16::Tiled<amx::Hw>>(x, n_tok, w, Some(lr), y)
+                    tiled::matmul_wt::<amx::Hw>(x, n_tok, w, Some(lr), y)
                 } else {
-                    bf16::matmul_w_on::<bf16::Tiled<amx::Hw>>(x, n_tok, w, Some(lr), y, true)
+                    tiled::matmul_w::<amx::Hw>(x, n_tok, w, Some(lr), y, true)
                 }
             });
             let tol = 2.0 / 512.0 + MATMUL_TOL;
@@ -582,9 +582,9 @@ fn products_with_a_low_rank_term_match_the_f64_sum() {
     // tiles after the last chunk's.
     let tiles: Box<LowRankProduct> = Box::new(|x, n_tok, w, lr, y, transposed| {
         if transposed {
-            bf16::matmul_wt_on::<bf16::Tiled<amx::Model>>(x, n_tok, w, Some(lr), y)
+            tiled::matmul_wt::<amx::Model>(x, n_tok, w, Some(lr), y)
         } else {
-            bf16::matmul_w_on::<bf16::Tiled<amx::Model>>(x, n_tok, w, Some(lr), y, true)
+            tiled::matmul_w::<amx::Model>(x, n_tok, w, Some(lr), y, true)
         }
     });
     let tol = 2.0 / 512.0 + MATMUL_TOL;

@@ -268,7 +268,11 @@ pub fn run(a: Args) -> Result<()> {
     if let Some((best, median)) = cleaner::kernels::matmul::bf16_micro_kernel_ceiling_gflops() {
         println!(
             "bf16 micro-kernel ({}) on operands in L1, one thread, {} trials: best {best:.1}, median {median:.1} GFLOP/s ({:.1} on {threads} threads; {:.2}x the f32 kernel's median): the ceiling of `--precision bf16`",
-            cleaner::kernels::cpu::kernels().bf16.map_or("none".into(), |isa| isa.to_string()),
+            if cleaner::kernels::cpu::kernels().bf16_amx {
+                "amx-bf16 tiles, a 32 x 32 block".into()
+            } else {
+                cleaner::kernels::cpu::kernels().bf16.map_or("none".into(), |isa| isa.to_string())
+            },
             cleaner::kernels::matmul::MICRO_KERNEL_CEILING_TRIALS,
             median * threads as f64,
             median / full * threads as f64,
