@@ -50,7 +50,7 @@ pub(crate) trait Tiles {
 
 /// One run of the left operand of a block: `pairs` pairs of each row,
 /// rows `lda` pairs apart, against `pairs` pair rows of B from `b`. Both
-/// bf16 engines take their operands as runs (the `vdpbf16ps` kernel too,
+/// bf16 kernels take their operands as runs (the `vdpbf16ps` kernel too,
 /// on row-major A: pair `q` of row `i` at `a + i * lda + q`); for the tiles
 /// `pairs` is a multiple of 16, whole tiles of zeros past the data, and
 /// each step of 16 pairs starts `step` u32 after the previous (16 in a

@@ -272,20 +272,20 @@ pub(crate) fn pack_factor(lr: &LowRank, n0: usize, n_valid: usize, packed: &mut 
     }
 }
 
-/// `x` (`n_tok` rows of `n`) rounded to bf16 as pairs into a zeroed
-/// buffer of rows `ld` pairs apart (`ld >= n.div_ceil(2)`), with `pad_rows`
-/// zero rows after the last: the layout each engine reads ([`Engine::pairs`]).
-fn pairs_into<B: Buffer>(x: &[f32], n_tok: usize, n: usize, ld: usize, pad_rows: usize) -> B {
+/// `x` (`n_tok` rows of `n`) rounded to bf16 as pairs, row after row (an
+/// odd row ends with a zero), and the row stride in pairs. (64-byte
+/// aligned rows ran `dy W` 10-15 % slower than the allocator's own
+/// alignment on Zen 4, `cargo bench --bench train_kernels`.)
+fn pairs(x: &[f32], n_tok: usize, n: usize) -> (Vec<u32>, usize) {
     let np = n.div_ceil(2);
-    let mut out = B::zeros((n_tok + pad_rows) * ld);
+    let mut out = vec![0u32; n_tok * np];
     if np > 0 {
-        out.as_mut_slice()
-            .par_chunks_mut(ld)
+        out.par_chunks_mut(np)
             .zip(x.par_chunks(n))
             .with_min_len(16)
-            .for_each(|(o, row)| to_pairs(row, &mut o[..np]));
+            .for_each(|(o, row)| to_pairs(row, o));
     }
-    out
+    (out, np)
 }
 
 /// `y = x W` in bf16: the backward of [`matmul_wt_bf16`] with respect to its
@@ -409,7 +409,7 @@ pub fn matmul_wt_bf16_plus(
     if crate::cpu::kernels().bf16_amx {
         return super::tiled::matmul_wt::<amx::Hw>(x, n_tok, w, low_rank, y);
     }
-    matmul_wt_on::<Dot>(x, n_tok, w, low_rank, y)
+    matmul_wt_dot(x, n_tok, w, low_rank, y)
 }
 
 /// `y (+)= x W + act factor` in bf16 (`factor` is `A`, `[rank, n_cols]`),
@@ -429,104 +429,7 @@ pub fn matmul_w_bf16_plus(
     if crate::cpu::kernels().bf16_amx {
         return super::tiled::matmul_w::<amx::Hw>(x, n_tok, w, low_rank, y, accumulate);
     }
-    matmul_w_on::<Dot>(x, n_tok, w, low_rank, y, accumulate)
-}
-
-/// How a bf16 product multiplies its packed operands: `vdpbf16ps` on
-/// [`MR`] rows at a time ([`Dot`]), or AMX tiles on blocks of
-/// [`amx::BLOCK`] rows ([`Tiled`]). The products around it (tasks,
-/// packing, chunks, the low-rank run) are the same for both.
-pub(crate) trait Engine {
-    /// Activation rows per call of [`Engine::mul`].
-    const ROWS: usize;
-    /// Packed pair rows are padded with zeros to a multiple of this.
-    const PAIR_ROWS: usize;
-    /// The engine's operand buffers: plain for `vdpbf16ps`, 64-byte lines
-    /// for the tiles.
-    type Buf: Buffer + Send + Sync;
-    /// Per-task room for a block's result: none for `vdpbf16ps`, which
-    /// adds its registers to C directly; a 32 x 32 block for the tiles.
-    type Scratch: Send;
-    fn scratch() -> Self::Scratch;
-    /// `x` (`n_tok` rows of `n`) rounded to bf16 as pairs, laid out as
-    /// `mul` reads them, and the row stride in pairs.
-    fn pairs(x: &[f32], n_tok: usize, n: usize) -> (Self::Buf, usize);
-    /// Before a task's first `mul` and after its last, on its thread.
-    ///
-    /// # Safety
-    /// The engine's instructions must run here.
-    unsafe fn begin_task() {}
-    /// # Safety
-    /// After [`Engine::begin_task`] on the same thread.
-    unsafe fn end_task() {}
-    /// `c[mr x n_valid] (+)= sum over runs of A B` (`mr <= ROWS`; see
-    /// [`amx::Run`]), B's pair rows `ldb` apart; a second run's B follows
-    /// the first's pair rows. `scratch` is the task's [`Engine::scratch`].
-    ///
-    /// # Safety
-    /// The operands must be readable as the engine reads them (the layout
-    /// of [`Engine::pairs`] and of whole [`Engine::PAIR_ROWS`]), `c`
-    /// writable for `mr` rows of `n_valid` values at stride `ldc`.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn mul(
-        runs: &[amx::Run],
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        mr: usize,
-        n_valid: usize,
-        accumulate: bool,
-        scratch: &mut Self::Scratch,
-    );
-}
-
-/// A zeroed buffer of pairs.
-pub(crate) trait Buffer {
-    /// `n` zeros (at least).
-    fn zeros(n: usize) -> Self;
-    fn as_slice(&self) -> &[u32];
-    fn as_mut_slice(&mut self) -> &mut [u32];
-}
-
-impl Buffer for Vec<u32> {
-    fn zeros(n: usize) -> Self {
-        vec![0; n]
-    }
-    fn as_slice(&self) -> &[u32] {
-        self
-    }
-    fn as_mut_slice(&mut self) -> &mut [u32] {
-        self
-    }
-}
-
-/// `vdpbf16ps` (AVX-512 BF16): the 8 x 32 register-blocked kernel.
-pub(crate) struct Dot;
-
-impl Engine for Dot {
-    const ROWS: usize = MR;
-    const PAIR_ROWS: usize = 1;
-    // 64-byte lines ran `dy W` 10-15 % slower than the allocator's own
-    // alignment here (Zen 4, `cargo bench --bench train_kernels`).
-    type Buf = Vec<u32>;
-    type Scratch = ();
-    fn scratch() {}
-    fn pairs(x: &[f32], n_tok: usize, n: usize) -> (Vec<u32>, usize) {
-        let np = n.div_ceil(2);
-        (pairs_into(x, n_tok, n, np, 0), np)
-    }
-    unsafe fn mul(
-        runs: &[amx::Run],
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        mr: usize,
-        n_valid: usize,
-        accumulate: bool,
-        _: &mut (),
-    ) {
-        kernel::dispatch(mr, runs, ldb, c, ldc, n_valid, accumulate);
-    }
+    matmul_w_dot(x, n_tok, w, low_rank, y, accumulate)
 }
 
 /// `row_split`'s rows rounded up to whole calls of `rows`: a task's last
@@ -565,57 +468,43 @@ impl Runs {
     }
 }
 
-/// `x W^T (+ act factor^T)` on engine `E`: the output columns in panels of
+/// `x W^T (+ act factor^T)` on `vdpbf16ps`: the output columns in panels of
 /// [`NB`] weight rows, [`PANELS_PER_TASK`] a task (rows split too when
 /// there are few), each panel packed per chunk of the reduction
 /// ([`pack_panel`]) and multiplied by every activation row of the task.
-pub(crate) fn matmul_wt_on<E: Engine>(
-    x: &[f32],
-    n_tok: usize,
-    w: &Weights,
-    low_rank: Option<LowRank>,
-    y: &mut [f32],
-) {
+fn matmul_wt_dot(x: &[f32], n_tok: usize, w: &Weights, low_rank: Option<LowRank>, y: &mut [f32]) {
     let (n_out, n_in) = (w.n_rows(), w.n_cols());
     assert_eq!(x.len(), n_tok * n_in, "matmul_wt_bf16: x shape");
     assert_eq!(y.len(), n_tok * n_out, "matmul_wt_bf16: y shape");
     if n_tok == 0 || n_out == 0 {
         return;
     }
-    let (xp, lda) = E::pairs(x, n_tok, n_in);
+    let (xp, lda) = pairs(x, n_tok, n_in);
     let chunk = wt_chunk(w);
     let extra = low_rank.map(|lr| {
         check_low_rank(&lr, n_tok, n_out, "matmul_wt_bf16");
-        (lr, E::pairs(lr.act, n_tok, lr.rank))
+        (lr, pairs(lr.act, n_tok, lr.rank))
     });
-    let whole = |pairs: usize| pairs.div_ceil(E::PAIR_ROWS) * E::PAIR_ROWS;
-    let lr_rows = extra
-        .as_ref()
-        .map_or(0, |(lr, _)| whole(lr.rank.div_ceil(2)));
+    let lr_rows = extra.as_ref().map_or(0, |(lr, _)| lr.rank.div_ceil(2));
     let n_panels = n_out.div_ceil(NB);
     let n_col_tasks = n_panels.div_ceil(PANELS_PER_TASK);
-    let (n_row_tasks, rows_per_task) = split_rows(n_tok, n_col_tasks, E::ROWS);
+    let (n_row_tasks, rows_per_task) = split_rows(n_tok, n_col_tasks, MR);
     let out = SharedOut::new(y);
     (0..n_col_tasks * n_row_tasks)
         .into_par_iter()
         .for_each_init(
             || {
                 (
-                    E::Buf::zeros((whole(chunk.div_ceil(2)) + lr_rows) * NB),
+                    vec![0u32; (chunk.div_ceil(2) + lr_rows) * NB],
                     vec![0f32; PACK_SEG],
                     vec![0u32; 16 * PACK_SEG / 2],
-                    E::scratch(),
                 )
             },
-            |(packed, row_buf, staging, scratch), task| {
-                let packed = packed.as_mut_slice();
+            |(packed, row_buf, staging), task| {
                 let (task, row_task) = (task / n_row_tasks, task % n_row_tasks);
                 let t_first = row_task * rows_per_task;
                 let t_end = (t_first + rows_per_task).min(n_tok);
                 let first = task * PANELS_PER_TASK;
-                // SAFETY: the kernel set chose E's instructions (or E is
-                // the tile model); ended below.
-                unsafe { E::begin_task() };
                 for panel in first..(first + PANELS_PER_TASK).min(n_panels) {
                     let n0 = panel * NB;
                     let n_valid = NB.min(n_out - n0);
@@ -623,15 +512,12 @@ pub(crate) fn matmul_wt_on<E: Engine>(
                         let kc = chunk.min(n_in - k0);
                         let kp = kc.div_ceil(2);
                         pack_panel(w, n0, n_valid, k0, kc, packed, row_buf, staging);
-                        // Padding: zero weights against whatever the
-                        // activation tile holds past the chunk.
-                        packed[kp * NB..whole(kp) * NB].fill(0);
                         let main = amx::Run {
                             a: std::ptr::null(),
                             lda,
                             step: amx::TILE,
                             b: packed.as_ptr(),
-                            pairs: whole(kp),
+                            pairs: kp,
                         };
                         let mut runs = Runs {
                             runs: [main; 2],
@@ -641,9 +527,8 @@ pub(crate) fn matmul_wt_on<E: Engine>(
                         // chunk's: one more run of pairs of the same sum.
                         let tail = match &extra {
                             Some((lr, (ap, ld_act))) if k0 + kc >= n_in => {
-                                let rows = &mut packed[whole(kp) * NB..];
+                                let rows = &mut packed[kp * NB..];
                                 pack_factor(lr, n0, n_valid, rows);
-                                rows[lr.rank.div_ceil(2) * NB..lr_rows * NB].fill(0);
                                 runs.runs[1] = amx::Run {
                                     a: std::ptr::null(),
                                     lda: *ld_act,
@@ -652,44 +537,41 @@ pub(crate) fn matmul_wt_on<E: Engine>(
                                     pairs: lr_rows,
                                 };
                                 runs.len = 2;
-                                Some((ap.as_slice(), *ld_act))
+                                Some((&ap[..], *ld_act))
                             }
                             _ => None,
                         };
-                        for t0 in (t_first..t_end).step_by(E::ROWS) {
-                            let main = xp.as_slice()[t0 * lda + k0 / 2..].as_ptr();
+                        for t0 in (t_first..t_end).step_by(MR) {
+                            let main = xp[t0 * lda + k0 / 2..].as_ptr();
                             let tail = tail.map(|(ap, ld)| ap[t0 * ld..].as_ptr());
-                            // SAFETY: the activation pairs hold rows
-                            // t0..t_end (and E's padding past them) from
-                            // pair k0 / 2, the packed runs whole PAIR_ROWS;
-                            // y's columns n0..n0 + n_valid of these rows
-                            // belong to this task alone.
+                            // SAFETY: the CPU has AVX-512 BF16 (asserted by
+                            // the caller); the activation pairs hold rows
+                            // t0..t_end from pair k0 / 2, the packed runs
+                            // their pair rows; y's columns n0..n0 + n_valid
+                            // of these rows belong to this task alone.
                             unsafe {
-                                E::mul(
+                                kernel::dispatch(
+                                    MR.min(t_end - t0),
                                     runs.at(main, tail),
                                     NB,
                                     out.get().add(t0 * n_out + n0),
                                     n_out,
-                                    E::ROWS.min(t_end - t0),
                                     n_valid,
                                     k0 > 0,
-                                    scratch,
                                 );
                             }
                         }
                     }
                 }
-                // SAFETY: begun above on this thread.
-                unsafe { E::end_task() };
             },
         );
 }
 
-/// `x W (+ act factor)` on engine `E`: the output columns in groups of
+/// `x W (+ act factor)` on `vdpbf16ps`: the output columns in groups of
 /// whole blocks ([`Weights::group_width`]), each decoded per chunk of the
 /// reduction into a tile of pairs ([`pack_group`]) whose 32-column slices
 /// are multiplied by every row of the task.
-pub(crate) fn matmul_w_on<E: Engine>(
+fn matmul_w_dot(
     x: &[f32],
     n_tok: usize,
     w: &Weights,
@@ -703,48 +585,40 @@ pub(crate) fn matmul_w_on<E: Engine>(
     if n_tok == 0 || n_cols == 0 {
         return;
     }
-    let (xp, lda) = E::pairs(x, n_tok, n_red);
+    let (xp, lda) = pairs(x, n_tok, n_red);
     let gw = w.group_width();
     let chunk = w_chunk(w);
     let extra = low_rank.map(|lr| {
         check_low_rank(&lr, n_tok, n_cols, "matmul_w_bf16");
-        (lr, E::pairs(lr.act, n_tok, lr.rank))
+        (lr, pairs(lr.act, n_tok, lr.rank))
     });
-    let whole = |pairs: usize| pairs.div_ceil(E::PAIR_ROWS) * E::PAIR_ROWS;
-    let lr_rows = extra
-        .as_ref()
-        .map_or(0, |(lr, _)| whole(lr.rank.div_ceil(2)));
+    let lr_rows = extra.as_ref().map_or(0, |(lr, _)| lr.rank.div_ceil(2));
     let n_groups = n_cols.div_ceil(gw);
-    let (n_row_tasks, rows_per_task) = split_rows(n_tok, n_groups, E::ROWS);
+    let (n_row_tasks, rows_per_task) = split_rows(n_tok, n_groups, MR);
     let out = SharedOut::new(y);
     (0..n_groups * n_row_tasks).into_par_iter().for_each_init(
         || {
             (
-                E::Buf::zeros((whole(chunk.div_ceil(2)) + lr_rows) * gw),
+                vec![0u32; (chunk.div_ceil(2) + lr_rows) * gw],
                 vec![0f32; 2 * gw],
-                E::scratch(),
             )
         },
-        |(tile, rows, scratch), task| {
-            let tile = tile.as_mut_slice();
+        |(tile, rows), task| {
             let (group, row_task) = (task / n_row_tasks, task % n_row_tasks);
             let t_first = row_task * rows_per_task;
             let t_end = (t_first + rows_per_task).min(n_tok);
             let c0 = group * gw;
             let width = gw.min(n_cols - c0);
-            // SAFETY: as in matmul_wt_on.
-            unsafe { E::begin_task() };
             for r0 in chunk_starts(n_red, chunk) {
                 let kc = chunk.min(n_red - r0);
                 let kp = kc.div_ceil(2);
                 pack_group(w, r0, kc, c0, width, tile, rows);
-                tile[kp * gw..whole(kp) * gw].fill(0);
                 let main = amx::Run {
                     a: std::ptr::null(),
                     lda,
                     step: amx::TILE,
                     b: tile.as_ptr(),
-                    pairs: whole(kp),
+                    pairs: kp,
                 };
                 let mut runs = Runs {
                     runs: [main; 2],
@@ -753,9 +627,8 @@ pub(crate) fn matmul_w_on<E: Engine>(
                 // The low-rank factor's rows follow the last chunk's.
                 let tail = match &extra {
                     Some((lr, (ap, ld_act))) if r0 + kc >= n_red => {
-                        let rows = &mut tile[whole(kp) * gw..];
+                        let rows = &mut tile[kp * gw..];
                         pack_factor_group(lr, n_cols, c0, width, gw, rows);
-                        rows[lr.rank.div_ceil(2) * gw..lr_rows * gw].fill(0);
                         runs.runs[1] = amx::Run {
                             a: std::ptr::null(),
                             lda: *ld_act,
@@ -764,7 +637,7 @@ pub(crate) fn matmul_w_on<E: Engine>(
                             pairs: lr_rows,
                         };
                         runs.len = 2;
-                        Some((ap.as_slice(), *ld_act))
+                        Some((&ap[..], *ld_act))
                     }
                     _ => None,
                 };
@@ -772,33 +645,30 @@ pub(crate) fn matmul_w_on<E: Engine>(
                 // slice of the tile while it is in cache: with the slices
                 // outside, a chunk's rows (2.5 MB for 4864 -> 896 at
                 // T = 512) streamed from L3 once per slice.
-                for t0 in (t_first..t_end).step_by(E::ROWS) {
-                    let main = xp.as_slice()[t0 * lda + r0 / 2..].as_ptr();
+                for t0 in (t_first..t_end).step_by(MR) {
+                    let main = xp[t0 * lda + r0 / 2..].as_ptr();
                     let tail = tail.map(|(ap, ld)| ap[t0 * ld..].as_ptr());
                     for j0 in (0..width).step_by(NB) {
                         let n_valid = NB.min(width - j0);
                         // This slice's columns of the tile (and of the tail).
                         let mut runs = runs.shifted(j0);
-                        // SAFETY: as in matmul_wt_on; the tile's rows hold
+                        // SAFETY: as in matmul_wt_dot; the tile's rows hold
                         // gw >= j0 + NB pairs; y's columns c0 + j0.. belong
                         // to this task's group alone.
                         unsafe {
-                            E::mul(
+                            kernel::dispatch(
+                                MR.min(t_end - t0),
                                 runs.at(main, tail),
                                 gw,
                                 out.get().add(t0 * n_cols + c0 + j0),
                                 n_cols,
-                                E::ROWS.min(t_end - t0),
                                 n_valid,
                                 r0 > 0 || accumulate,
-                                scratch,
                             );
                         }
                     }
                 }
             }
-            // SAFETY: begun above on this thread.
-            unsafe { E::end_task() };
         },
     );
 }
