@@ -100,8 +100,12 @@ fn main() {
     let (mut total, mut flops_total, mut decode_total) = (0.0, 0.0, 0.0);
     for (i, (name, n_in, n_out, count, ty)) in shapes(n_tok).into_iter().enumerate() {
         let ty = format(ty);
-        let dense = values(n_in * n_out, 3 * i as u64 + 3);
-        let bytes = random_tensor(ty, n_in * n_out, i as u64 + 1).expect("blocks");
+        let (dense, bytes) = if ty == QuantType::F32 {
+            (values(n_in * n_out, 3 * i as u64 + 3), Vec::new())
+        } else {
+            let bytes = random_tensor(ty, n_in * n_out, i as u64 + 1).expect("blocks");
+            (Vec::new(), bytes)
+        };
         let w = if ty == QuantType::F32 {
             Weights::f32(&dense, n_out, n_in)
         } else {
@@ -146,15 +150,25 @@ fn main() {
             "\nOne step's products with the weights at T = {n_tok}: {total:.3} s ({:.1} GFLOP/s); decoding the weights alone, once per product: {decode_total:.3} s",
             flops_total / total / 1e9
         );
-        let ceiling = match precision.effective() {
+        let ceiling = move || match precision.effective() {
             Precision::Bf16 => bf16_micro_kernel_ceiling_gflops(),
             Precision::F32 => Some(micro_kernel_ceiling_gflops()),
         };
-        if let Some((_, median)) = ceiling {
-            let full = median * rayon::current_num_threads() as f64;
+        if let Some((_, median)) = ceiling() {
+            // One thread alone, times the threads; then every thread at once
+            // (the sum of their medians): lower where threads share a core's
+            // units (a VM's vCPUs may be one core's two hyperthreads).
+            let threads = rayon::current_num_threads();
+            let alone = median * threads as f64;
+            let together: f64 = rayon::broadcast(|_| ceiling())
+                .into_iter()
+                .flatten()
+                .map(|(_, m)| m)
+                .sum();
+            let rate = flops_total / total / 1e9;
             println!(
-                "The kernel's ceiling on operands in L1: {full:.1} GFLOP/s on these threads (median); the step's products reach {:.2} of it",
-                flops_total / total / 1e9 / full
+                "The kernel on operands in L1 (median GFLOP/s): one thread {median:.1} ({alone:.1} times {threads}), all {threads} at once {together:.1}; the step's products reach {:.2} of the latter",
+                rate / together
             );
         }
     } else {

@@ -7,7 +7,8 @@
 # kernel tests in every build this CPU runs (AMX tiles where usable), the
 # training step against PyTorch + PEFT at the same precision (T = 512 and
 # 2048), the AMX tiles against `vdpbf16ps` where AMX runs, `x W^T` against
-# numpy/OpenBLAS sgemm, and the per-kernel table. About 25 minutes on
+# numpy/OpenBLAS sgemm, the per-kernel table, and a step's products with
+# the weights (on AMX: with the products or the packing left out). About 25 minutes on
 # 2 cores, more on the first run (the bench makes its PyTorch and numpy
 # environments in the cache). Nothing else should run meanwhile: the
 # benches compare timings. The files are raw output; a claim goes into
@@ -74,4 +75,21 @@ run bench-kernels cleaner bench kernels --forward-models none
 grep -E '^\| ' "$out/bench-kernels.txt" | tee -a "$summary"
 run train-kernels cargo bench --bench train_kernels
 grep -E '^(Kernel set|\| )' "$out/train-kernels.txt" | tee -a "$summary"
+
+# A step's products with the weights, shape by shape, next to their
+# decoding alone and the kernel on operands in L1; on AMX, the same with the
+# products or the packing left out (what each costs), and under `perf stat`
+# where the machine has it (why the tiles wait: issue 21's open question).
+run weight-products cargo bench --bench weight_products
+grep -E '^(\||One step|The kernel)' "$out/weight-products.txt" | tee -a "$summary"
+if [ "$amx" = yes ]; then
+  for skip in products packing; do
+    run "weight-products-skip-$skip" env CLEANER_AMX_SKIP=$skip cargo bench --bench weight_products
+    note "skip $skip: $(grep -E '^One step' "$out/weight-products-skip-$skip.txt")"
+  done
+  if command -v perf >/dev/null; then
+    bin=$(cargo bench --bench weight_products --no-run 2>&1 | sed -n 's/.*(\(.*weight_products-[^)]*\)).*/\1/p')
+    run weight-products-perf-stat env CLEANER_AMX_SKIP=packing perf stat -d "$bin" --bench
+  fi
+fi
 note "files in $out"
