@@ -39,10 +39,14 @@ const STEP: usize = BLOCK * TILE;
 
 /// The blocking of the tile products: reduction values per chunk and output
 /// columns per task (each rounded to what the weight format and the tiles
-/// need). `CLEANER_AMX_CHUNK` and `CLEANER_AMX_COLS` override them for
-/// tuning on a machine with AMX (`cargo bench --bench train_kernels`).
-/// `CLEANER_AMX_SKIP=products` or `=packing` leaves that part out (wrong
-/// results, for timing the rest on machines without a profiler).
+/// need), and which operands are asked into L1 ahead. Environment variables
+/// override them for tuning on a machine with AMX (`cargo bench --bench
+/// weight_products`): `CLEANER_AMX_CHUNK`, `CLEANER_AMX_COLS`,
+/// `CLEANER_AMX_PREFETCH` (`none`, `a`, `b`, `ab`) and
+/// `CLEANER_AMX_PREFETCH_STEPS`; `CLEANER_AMX_SKIP=products` or `=packing`
+/// leaves that part out, for timing the rest on machines without a
+/// profiler (the results are wrong then, and a warning says so). A value
+/// that does not parse is reported and the default kept.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Tuning {
     pub chunk: usize,
@@ -55,31 +59,64 @@ pub(crate) struct Tuning {
 pub(crate) fn tuning() -> Tuning {
     static TUNING: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
     *TUNING.get_or_init(|| {
-        let var = |name: &str, default: usize| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .filter(|&v| v > 0)
-                .unwrap_or(default)
-        };
-        let skip = std::env::var("CLEANER_AMX_SKIP").unwrap_or_default();
-        Tuning {
-            chunk: var("CLEANER_AMX_CHUNK", 1536),
-            cols: var("CLEANER_AMX_COLS", 512),
-            skip_products: skip == "products",
-            skip_packing: skip == "packing",
-            // CLEANER_AMX_PREFETCH: none, b (the default), a or ab, steps
-            // ahead in CLEANER_AMX_PREFETCH_STEPS (2).
-            prefetch: {
-                let which = std::env::var("CLEANER_AMX_PREFETCH").unwrap_or_else(|_| "b".into());
-                amx::Prefetch {
-                    a: which.contains('a'),
-                    b: which.contains('b'),
-                    steps: var("CLEANER_AMX_PREFETCH_STEPS", 2),
-                }
-            },
-        }
+        let (tuning, warnings) = tuning_from(|name| std::env::var(name).ok());
+        warnings.iter().for_each(|w| eprintln!("{w}"));
+        tuning
     })
+}
+
+/// [`Tuning`] from the variables `read` gives (unset or empty: the
+/// default), and a warning for each value not taken or that changes the
+/// results.
+fn tuning_from(read: impl Fn(&str) -> Option<String>) -> (Tuning, Vec<String>) {
+    let read = |name: &str| read(name).filter(|v| !v.is_empty());
+    let mut warnings = Vec::new();
+    let mut var = |name: &str, default: usize| match read(name) {
+        None => default,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                warnings.push(format!(
+                    "{name}={v}: expected a positive whole number; using {default}"
+                ));
+                default
+            }
+        },
+    };
+    let chunk = var("CLEANER_AMX_CHUNK", 1536);
+    let cols = var("CLEANER_AMX_COLS", 512);
+    let steps = var("CLEANER_AMX_PREFETCH_STEPS", 2);
+    let skip = read("CLEANER_AMX_SKIP").unwrap_or_default();
+    match skip.as_str() {
+        "" => {}
+        "products" | "packing" => warnings.push(format!(
+            "CLEANER_AMX_SKIP={skip}: the bf16 products on AMX tiles leave out their {skip}, so their results are wrong (for timing only)"
+        )),
+        _ => warnings.push(format!(
+            "CLEANER_AMX_SKIP={skip}: expected products or packing; skipping nothing"
+        )),
+    }
+    let which = read("CLEANER_AMX_PREFETCH").unwrap_or_else(|| "b".into());
+    let (a, b) = match which.as_str() {
+        "none" => (false, false),
+        "a" => (true, false),
+        "b" => (false, true),
+        "ab" => (true, true),
+        _ => {
+            warnings.push(format!(
+                "CLEANER_AMX_PREFETCH={which}: expected none, a, b or ab; using b"
+            ));
+            (false, true)
+        }
+    };
+    let tuning = Tuning {
+        chunk,
+        cols,
+        skip_products: skip == "products",
+        skip_packing: skip == "packing",
+        prefetch: amx::Prefetch { a, b, steps },
+    };
+    (tuning, warnings)
 }
 
 /// Activations rounded to bf16 pairs in the order the tiles read them: per
@@ -175,6 +212,8 @@ fn whole(pairs: usize) -> usize {
     pairs.div_ceil(TILE) * TILE
 }
 
+/// `y (+)= x W^T` or `x W`, with the low-rank term after the last chunk:
+/// the shared driver of [`matmul_wt`] and [`matmul_w`] (see the module).
 fn product<T: Tiles>(
     side: Side,
     x: &[f32],
@@ -498,4 +537,77 @@ pub(crate) unsafe fn block_ceiling_gflops<T: Tiles>() -> (f64, f64) {
     T::release();
     std::hint::black_box(&c);
     rates
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tuning_with(vars: &[(&str, &str)]) -> (Tuning, Vec<String>) {
+        tuning_from(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    /// Unset variables give the measured defaults without a word; set ones
+    /// are taken.
+    #[test]
+    fn the_tuning_defaults_and_takes_valid_values() {
+        let (t, warnings) = tuning_with(&[]);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!((t.chunk, t.cols), (1536, 512));
+        assert!(!t.skip_products && !t.skip_packing);
+        assert_eq!(
+            (t.prefetch.a, t.prefetch.b, t.prefetch.steps),
+            (false, true, 2)
+        );
+        let (t, warnings) = tuning_with(&[
+            ("CLEANER_AMX_CHUNK", "384"),
+            ("CLEANER_AMX_COLS", "256"),
+            ("CLEANER_AMX_PREFETCH", "ab"),
+            ("CLEANER_AMX_PREFETCH_STEPS", "4"),
+        ]);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!((t.chunk, t.cols), (384, 256));
+        assert_eq!(
+            (t.prefetch.a, t.prefetch.b, t.prefetch.steps),
+            (true, true, 4)
+        );
+    }
+
+    /// A value that does not parse is named with what was expected and
+    /// the default kept; leaving a part out warns that results are wrong.
+    #[test]
+    fn bad_tuning_values_are_named_and_the_defaults_kept() {
+        let (t, warnings) = tuning_with(&[
+            ("CLEANER_AMX_CHUNK", "big"),
+            ("CLEANER_AMX_COLS", "0"),
+            ("CLEANER_AMX_PREFETCH", "c"),
+            ("CLEANER_AMX_SKIP", "everything"),
+        ]);
+        assert_eq!((t.chunk, t.cols), (1536, 512));
+        assert!(!t.skip_products && !t.skip_packing);
+        assert!(t.prefetch.b && !t.prefetch.a);
+        for (name, expected) in [
+            ("CLEANER_AMX_CHUNK=big", "positive whole number"),
+            ("CLEANER_AMX_COLS=0", "positive whole number"),
+            ("CLEANER_AMX_PREFETCH=c", "none, a, b or ab"),
+            ("CLEANER_AMX_SKIP=everything", "products or packing"),
+        ] {
+            assert!(
+                warnings
+                    .iter()
+                    .any(|w| w.starts_with(name) && w.contains(expected)),
+                "{name}: {warnings:?}"
+            );
+        }
+        let (t, warnings) = tuning_with(&[("CLEANER_AMX_SKIP", "packing")]);
+        assert!(t.skip_packing && !t.skip_products);
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("wrong"),
+            "{warnings:?}"
+        );
+    }
 }
