@@ -140,6 +140,7 @@ impl Features {
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
+            let _ = probe_amx; // no AMX to probe off x86-64
             Features {
                 avx2_fma: false,
                 avx512_bf16: false,
@@ -234,7 +235,17 @@ pub fn kernels() -> &'static KernelSet {
         let bf16_choice = std::env::var("CLEANER_BF16").ok();
         let mut features = Features::detect_with(bf16_choice.as_deref() != Some("avx512"));
         if let Some(name) = bf16_choice {
-            match bf16_override(&name, features.avx512_bf16, crate::matmul::amx::usable) {
+            // The probe above already ran unless the choice is avx512; ask
+            // again only for the reason it failed.
+            let probed = features.amx;
+            let amx_usable = || {
+                if probed {
+                    Ok(())
+                } else {
+                    crate::matmul::amx::usable()
+                }
+            };
+            match bf16_override(&name, features.avx512_bf16, amx_usable) {
                 Ok(amx) => features.amx = amx,
                 Err(why) => eprintln!("CLEANER_BF16={name:?} ignored: {why}"),
             }

@@ -14,11 +14,15 @@
 //! is the fallback, and [`matmul_wt_scalar`] (f64, one dot product at a time)
 //! is the oracle of the tests.
 
+// The tiles run on x86-64 only; elsewhere their code is what the tile
+// model's tests drive, unused by the products.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) mod amx;
 pub(crate) mod bf16;
 mod gemv;
 mod micro;
 mod pack;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 mod tiled;
 mod weights;
 
