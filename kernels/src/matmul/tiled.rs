@@ -19,9 +19,11 @@
 //! Measured on an Emerald Rapids Xeon (2 threads, `cargo bench --bench
 //! weight_products`; that machine's speed varied 2x from one loan to the
 //! next, so only settings run side by side were compared): chunks of 1536
-//! values and groups of 512 columns were among the fastest, 256 columns
-//! 5-15 % and 128 columns 20 % slower; asking for the next steps of B in
-//! L1 was within the noise (A too: 5-10 % slower). The products alone run
+//! values with groups of 512 columns were among the fastest; groups of 128
+//! columns ran 12-30 % slower, chunks of 256 values 3-13 %; between 256 and
+//! 512 columns and 768 to 2560 values the differences stayed within the
+//! noise; asking for the next steps of B in L1 was within it too, for A's
+//! 3-8 % slower. The products alone run
 //! at a fifth to two fifths of the block's speed on operands in L1
 //! ([`block_ceiling_gflops`]), the decoding and packing of the weights
 //! took 0.15-0.6 s of a 0.65-2 s step's worth of products.
