@@ -20,7 +20,7 @@
 //! weight_products`; that machine's speed varied 2x from one loan to the
 //! next, so only settings run side by side were compared): chunks of 1536
 //! values with groups of 512 columns were among the fastest; groups of 128
-//! columns ran 12-30 % slower, chunks of 256 values 3-13 %; between 256 and
+//! columns ran 12-25 % slower, chunks of 256 values 2-11 %; between 256 and
 //! 512 columns and 768 to 2560 values the differences stayed within the
 //! noise; asking for the next steps of B in L1 was within it too, for A's
 //! 3-8 % slower. The products alone run
