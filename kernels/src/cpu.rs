@@ -120,13 +120,14 @@ impl Features {
     /// tile-data permission).
     #[cfg(test)]
     fn detect() -> Features {
-        Features::detect_with(true)
+        Features::detect_with(crate::matmul::amx::usable().is_ok())
     }
 
-    /// What this CPU offers; AMX probed only when `probe_amx` (the probe
-    /// asks Linux for the tile-data permission, which a process that opted
-    /// out with `CLEANER_BF16=avx512` should not hold).
-    fn detect_with(probe_amx: bool) -> Features {
+    /// What this CPU offers, with `amx` the answer of the tile probe
+    /// ([`crate::matmul::amx::usable`]), which [`kernels`] asks once, and
+    /// not at all for a process that opted out with `CLEANER_BF16=avx512`
+    /// (the probe asks Linux for the tile-data permission).
+    fn detect_with(amx: bool) -> Features {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
@@ -135,18 +136,17 @@ impl Features {
                 avx512_bf16: has!("avx512f") && has!("avx512bf16"),
                 avx512f: has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("fma"),
                 amd: is_amd(),
-                amx: probe_amx && crate::matmul::amx::usable().is_ok(),
+                amx,
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = probe_amx; // no AMX to probe off x86-64
             Features {
                 avx2_fma: false,
                 avx512_bf16: false,
                 avx512f: false,
                 amd: false,
-                amx: false,
+                amx, // false: usable() refuses off x86-64
             }
         }
     }
@@ -233,19 +233,14 @@ pub fn kernels() -> &'static KernelSet {
     static SET: OnceLock<KernelSet> = OnceLock::new();
     SET.get_or_init(|| {
         let bf16_choice = std::env::var("CLEANER_BF16").ok();
-        let mut features = Features::detect_with(bf16_choice.as_deref() != Some("avx512"));
+        let amx = if bf16_choice.as_deref() == Some("avx512") {
+            Err("not probed: CLEANER_BF16=avx512".to_string())
+        } else {
+            crate::matmul::amx::usable()
+        };
+        let mut features = Features::detect_with(amx.is_ok());
         if let Some(name) = bf16_choice {
-            // The probe above already ran unless the choice is avx512; ask
-            // again only for the reason it failed.
-            let probed = features.amx;
-            let amx_usable = || {
-                if probed {
-                    Ok(())
-                } else {
-                    crate::matmul::amx::usable()
-                }
-            };
-            match bf16_override(&name, features.avx512_bf16, amx_usable) {
+            match bf16_override(&name, features.avx512_bf16, amx) {
                 Ok(amx) => features.amx = amx,
                 Err(why) => eprintln!("CLEANER_BF16={name:?} ignored: {why}"),
             }
@@ -290,18 +285,17 @@ fn gemm_override(name: &str, f: Features) -> Result<Isa, String> {
 }
 
 /// Whether `CLEANER_BF16=name` puts the bf16 products on AMX tiles: `amx`
-/// where the CPU has the bf16 kernels and `amx_usable` (the CPU, OS and
-/// permission check, which asks Linux for the permission) says yes;
-/// `avx512` never.
+/// where the CPU has the bf16 kernels and the tile probe (`amx_usable`:
+/// the CPU, OS and permission check) said yes; `avx512` never.
 fn bf16_override(
     name: &str,
     has_bf16: bool,
-    amx_usable: impl FnOnce() -> Result<(), String>,
+    amx_usable: Result<(), String>,
 ) -> Result<bool, String> {
     match name {
         "avx512" => Ok(false),
         "amx" if !has_bf16 => Err("this CPU has no AVX-512 BF16, which AMX's operands need".into()),
-        "amx" => amx_usable().map(|()| true),
+        "amx" => amx_usable.map(|()| true),
         _ => Err("expected avx512 or amx".into()),
     }
 }
@@ -482,16 +476,20 @@ mod tests {
 
     #[test]
     fn amx_is_left_only_when_asked_for_or_unusable() {
-        assert_eq!(bf16_override("avx512", true, || unreachable!()), Ok(false));
-        assert_eq!(bf16_override("amx", true, || Ok(())), Ok(true));
+        assert_eq!(bf16_override("avx512", true, Ok(())), Ok(false));
         assert_eq!(
-            bf16_override("amx", true, || Err("no tiles".into())),
+            bf16_override("avx512", true, Err("unprobed".into())),
+            Ok(false)
+        );
+        assert_eq!(bf16_override("amx", true, Ok(())), Ok(true));
+        assert_eq!(
+            bf16_override("amx", true, Err("no tiles".into())),
             Err("no tiles".into())
         );
-        assert!(bf16_override("amx", false, || Ok(()))
+        assert!(bf16_override("amx", false, Ok(()))
             .unwrap_err()
             .contains("no AVX-512 BF16"));
-        assert!(bf16_override("tiles", true, || Ok(()))
+        assert!(bf16_override("tiles", true, Ok(()))
             .unwrap_err()
             .contains("expected avx512 or amx"));
     }
