@@ -13,7 +13,7 @@
 //! the outputs are finite, so the bench cannot rot unnoticed.
 
 mod common;
-use common::median_secs;
+use common::{args_and_tokens, median_secs, values};
 
 use cleaner::kernels::attention::{attention_backward_in, attention_forward_in, AttnShape};
 use cleaner::kernels::cpu::kernels;
@@ -30,26 +30,8 @@ const N_HEAD_KV: usize = 2;
 const HEAD_DIM: usize = 64;
 const RANK: usize = 16;
 
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
-        })
-        .collect()
-}
-
 fn main() {
-    // `cargo bench` passes --bench; `cargo test` does not: then smoke-test.
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let bench = args.iter().any(|a| a == "--bench");
-    let n_tok: usize = args
-        .iter()
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(if bench { 512 } else { 8 });
+    let (_, bench, n_tok) = args_and_tokens();
     let reps = if bench { 5 } else { 0 };
 
     let x = values(n_tok * N_EMBD, 1);

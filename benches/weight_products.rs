@@ -17,7 +17,7 @@
 //! outputs are finite, so the bench cannot rot unnoticed.
 
 mod common;
-use common::median_secs;
+use common::{args_and_tokens, median_secs, values};
 
 use cleaner::kernels::cpu::kernels;
 use cleaner::kernels::logits::vocab_tile;
@@ -51,25 +51,8 @@ fn shapes(n_tok: usize) -> Vec<(&'static str, usize, usize, usize, QuantType)> {
     ]
 }
 
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
-        })
-        .collect()
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let bench = args.iter().any(|a| a == "--bench");
-    let n_tok: usize = args
-        .iter()
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(if bench { 512 } else { 8 });
+    let (args, bench, n_tok) = args_and_tokens();
     // `q8`: every matrix Q8_0, `f32`-weights: none to decode.
     let format = |ty| {
         if args.iter().any(|a| a == "q8") {
