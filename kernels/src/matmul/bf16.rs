@@ -337,6 +337,40 @@ pub fn micro_kernel_ceiling_gflops() -> Option<(f64, f64)> {
     Some(rates)
 }
 
+/// Decodes weight rows `r0..r0 + kc`, columns `c0..c0 + width`, a pair of
+/// rows at a time, each row's bytes asked for [`PREFETCH_ROWS`] rows
+/// ahead: `pair(q, lo, hi)` gets rows `r0 + 2q` and `r0 + 2q + 1` (`hi`
+/// `None` past an odd `kc`). `rows` is scratch of at least `2 * width`
+/// values, split in halves. What both bf16 `x W` packings start from.
+pub(crate) fn decode_row_pairs(
+    w: &Weights,
+    r0: usize,
+    kc: usize,
+    c0: usize,
+    width: usize,
+    rows: &mut [f32],
+    mut pair: impl FnMut(usize, &[f32], Option<&[f32]>),
+) {
+    let ahead = |r: usize| {
+        if r < kc {
+            w.prefetch_segment(r0 + r, c0, width);
+        }
+    };
+    (0..PREFETCH_ROWS).for_each(ahead);
+    let (lo, hi) = rows.split_at_mut(rows.len() / 2);
+    let (lo, hi) = (&mut lo[..width], &mut hi[..width]);
+    for q in 0..kc.div_ceil(2) {
+        ahead(2 * q + PREFETCH_ROWS);
+        ahead(2 * q + 1 + PREFETCH_ROWS);
+        w.dequantize_segment(r0 + 2 * q, c0, lo);
+        let has_hi = 2 * q + 1 < kc;
+        if has_hi {
+            w.dequantize_segment(r0 + 2 * q + 1, c0, hi);
+        }
+        pair(q, lo, has_hi.then_some(&*hi));
+    }
+}
+
 /// Packs weight rows `r0..r0 + kc`, columns `c0..c0 + width` of a group of
 /// `gw` (the tile's row length) as `x W`'s bf16 kernels read them:
 /// `tile[q * gw + j]` holds rows `r0 + 2q` and `r0 + 2q + 1` of column
@@ -352,26 +386,11 @@ fn pack_group(
     rows: &mut [f32],
 ) {
     let gw = rows.len() / 2;
-    let ahead = |r: usize| {
-        if r < kc {
-            w.prefetch_segment(r0 + r, c0, width);
-        }
-    };
-    (0..PREFETCH_ROWS).for_each(ahead);
-    for q in 0..kc.div_ceil(2) {
-        ahead(2 * q + PREFETCH_ROWS);
-        ahead(2 * q + 1 + PREFETCH_ROWS);
-        let (lo, hi) = rows.split_at_mut(gw);
-        let (lo, hi) = (&mut lo[..width], &mut hi[..width]);
-        w.dequantize_segment(r0 + 2 * q, c0, lo);
-        let hi = (2 * q + 1 < kc).then(|| {
-            w.dequantize_segment(r0 + 2 * q + 1, c0, hi);
-            &*hi
-        });
+    decode_row_pairs(w, r0, kc, c0, width, rows, |q, lo, hi| {
         let dst = &mut tile[q * gw..(q + 1) * gw];
         interleave_pairs(lo, hi, &mut dst[..width]);
         dst[width..].fill(0);
-    }
+    });
 }
 
 /// Packs the low-rank factor (`[rank, n_cols]`) as [`pack_group`] packs

@@ -30,7 +30,6 @@
 
 use super::amx::{self, Lines, Run, Tiles, BLOCK, TILE};
 use super::bf16::{self, LowRank, PACK_SEG};
-use super::weights::PREFETCH_ROWS;
 use super::Weights;
 use crate::parallel::SharedOut;
 use rayon::prelude::*;
@@ -421,29 +420,14 @@ fn pack_w(
     pairs[width..].fill(0);
     let kp = kc.div_ceil(2);
     let n_slices = width.div_ceil(BLOCK);
-    let ahead = |r: usize| {
-        if r < kc {
-            w.prefetch_segment(r0 + r, c0, width);
-        }
-    };
-    (0..PREFETCH_ROWS).for_each(ahead);
-    let (lo, hi) = rows.split_at_mut(rows.len() / 2);
-    let (lo, hi) = (&mut lo[..width], &mut hi[..width]);
-    for q in 0..kp {
-        ahead(2 * q + PREFETCH_ROWS);
-        ahead(2 * q + 1 + PREFETCH_ROWS);
-        w.dequantize_segment(r0 + 2 * q, c0, lo);
-        let has_hi = 2 * q + 1 < kc;
-        if has_hi {
-            w.dequantize_segment(r0 + 2 * q + 1, c0, hi);
-        }
+    bf16::decode_row_pairs(w, r0, kc, c0, width, rows, |q, lo, hi| {
         // One call over the group's width (a call per 32-column slice
         // cost as much as its 32 conversions), then 128 bytes per slice.
-        bf16::interleave_pairs(lo, has_hi.then_some(&*hi), &mut pairs[..width]);
+        bf16::interleave_pairs(lo, hi, &mut pairs[..width]);
         for (j, src) in pairs.chunks_exact(BLOCK).take(n_slices).enumerate() {
             b[j * slice_len + q * BLOCK..][..BLOCK].copy_from_slice(src);
         }
-    }
+    });
     for j in 0..n_slices {
         b[j * slice_len + kp * BLOCK..j * slice_len + whole(kp) * BLOCK].fill(0);
     }
