@@ -14,6 +14,7 @@ pub mod f16;
 pub mod logits;
 pub mod matmul;
 pub mod norm;
+pub mod profile;
 pub mod quant;
 pub mod rng;
 pub mod rope;

@@ -17,6 +17,7 @@ use cleaner_kernels::attention::AttnShape;
 use cleaner_kernels::logits::token_logprobs_backward;
 use cleaner_kernels::matmul::{matmul_tn, matmul_w, matmul_w_plus_acc_in, LowRank, Weights};
 use cleaner_kernels::norm::rmsnorm_backward;
+use cleaner_kernels::profile;
 
 impl Transformer {
     /// Adds into `grads` (an adapter of the same shape, e.g. from
@@ -58,10 +59,12 @@ impl Transformer {
                 dlogprob.len(),
             ))));
         }
+        let _t = profile::span("backward: the rest (buffers, sums)");
         let c = self.config();
         let n_embd = c.n_embd;
         // Log-softmax over the vocabulary, then the final norm.
         let mut dh = vec![0f32; n_tok * n_embd];
+        let vocab = profile::span("vocabulary: log-probs backward");
         token_logprobs_backward(
             self.precision(),
             &tape.h[..n * n_embd],
@@ -73,8 +76,9 @@ impl Transformer {
             dlogprob,
             &mut dh[..n * n_embd],
         );
+        drop(vocab);
         let mut dx = vec![0f32; n_tok * n_embd];
-        rmsnorm_backward(
+        rmsnorm_back(
             &tape.x_final,
             &self.output_norm,
             &tape.rstd_final,
@@ -132,6 +136,7 @@ impl Transformer {
             positions,
             a,
         } = blk;
+        let _t = profile::span("backward: the rest (buffers, sums)");
         let c = self.config();
         let n_tok = positions.len();
         let lin = LinearBackward {
@@ -144,6 +149,7 @@ impl Transformer {
         // A block kept whole by the forward dropped its SwiGLU output.
         let recomputed_act;
         let act = if a.act.is_empty() {
+            let _t = profile::span("SwiGLU");
             let mut act = vec![0f32; a.gate.len()];
             swiglu_forward(&a.gate, &a.up, &mut act);
             recomputed_act = act;
@@ -162,7 +168,10 @@ impl Transformer {
             grads,
         );
         let (mut dgate, mut dup) = (vec![0f32; d_act.len()], vec![0f32; d_act.len()]);
-        swiglu_backward(&a.gate, &a.up, &d_act, &mut dgate, &mut dup);
+        {
+            let _t = profile::span("SwiGLU backward");
+            swiglu_backward(&a.gate, &a.up, &d_act, &mut dgate, &mut dup);
+        }
         let mut dxn = vec![0f32; n_tok * c.n_embd];
         lin.run(
             &a.xn2,
@@ -182,7 +191,7 @@ impl Transformer {
             &mut dxn,
             grads,
         );
-        rmsnorm_backward(&a.x_mid, &l.ffn_norm, &a.rstd2, &dxn, dx, true);
+        rmsnorm_back(&a.x_mid, &l.ffn_norm, &a.rstd2, &dxn, dx, true);
         // Attention: x_mid = x_in + Wo . attention(q, k, v).
         let mut d_att = vec![0f32; n_tok * c.q_dim()];
         lin.run(
@@ -205,13 +214,19 @@ impl Transformer {
             n_head_kv: c.n_head_kv,
             head_dim: c.head_dim,
         };
-        self.attention_backward(shape, a, &d_att, kv, (&mut dq, &mut dk, &mut dv));
-        self.rope(c.n_head).backward(&mut dq, positions);
-        self.rope(c.n_head_kv).backward(&mut dk, positions);
+        {
+            let _t = profile::span("attention backward");
+            self.attention_backward(shape, a, &d_att, kv, (&mut dq, &mut dk, &mut dv));
+        }
+        {
+            let _t = profile::span("rope backward");
+            self.rope(c.n_head).backward(&mut dq, positions);
+            self.rope(c.n_head_kv).backward(&mut dk, positions);
+        }
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
             let (mut dq_lin, mut dk_lin) = (vec![0f32; dq.len()], vec![0f32; dk.len()]);
-            rmsnorm_backward(&a.q_lin, qn, &a.rstd_q, &dq, &mut dq_lin, false);
-            rmsnorm_backward(&a.k_lin, kn, &a.rstd_k, &dk, &mut dk_lin, false);
+            rmsnorm_back(&a.q_lin, qn, &a.rstd_q, &dq, &mut dq_lin, false);
+            rmsnorm_back(&a.k_lin, kn, &a.rstd_k, &dk, &mut dk_lin, false);
             dq = dq_lin;
             dk = dk_lin;
         }
@@ -243,7 +258,7 @@ impl Transformer {
             &mut dxn,
             grads,
         );
-        rmsnorm_backward(x_in, &l.attn_norm, &a.rstd1, &dxn, dx, true);
+        rmsnorm_back(x_in, &l.attn_norm, &a.rstd1, &dxn, dx, true);
     }
 }
 
@@ -284,21 +299,27 @@ impl LinearBackward<'_> {
         let weights = self.model.weights(w);
         let precision = self.model.precision();
         let (Some(pair), Some(u)) = (self.lora.pair(self.li, p), u) else {
+            let _t = profile::span(DY_W);
             matmul_w_plus_acc_in(precision, dy, n_tok, &weights, None, dx);
             return;
         };
         let (s, rank) = (self.lora.scale(), self.lora.config.rank);
         // g = s * dy B: [n_tok, rank]
+        let lora_dy_b = profile::span("LoRA dy B");
         let mut g = vec![0f32; n_tok * rank];
         matmul_w(dy, n_tok, &Weights::f32(&pair.b, pair.n_out, rank), &mut g);
         g.iter_mut().for_each(|v| *v *= s);
+        drop(lora_dy_b);
         // dx += dy W + g A, the low-rank term riding in the base product.
         let low_rank = LowRank {
             act: &g,
             factor: &pair.a,
             rank,
         };
+        let dy_w = profile::span(DY_W);
         matmul_w_plus_acc_in(precision, dy, n_tok, &weights, Some(low_rank), dx);
+        drop(dy_w);
+        let _t = profile::span("LoRA dA, dB");
         let su: Vec<f32> = u.iter().map(|v| v * s).collect();
         let gp = grads
             .pair_mut(self.li, p)
@@ -306,4 +327,13 @@ impl LinearBackward<'_> {
         matmul_tn(dy, &su, n_tok, &mut gp.b, true);
         matmul_tn(&g, x, n_tok, &mut gp.a, true);
     }
+}
+
+/// The part that times `dy W` with the frozen weights.
+const DY_W: &str = "dy W, frozen weights (+ LoRA g A)";
+
+/// `rmsnorm_backward`, timed as its own part.
+fn rmsnorm_back(x: &[f32], w: &[f32], rstd: &[f32], dy: &[f32], dx: &mut [f32], add: bool) {
+    let _t = profile::span("RMSNorm backward");
+    rmsnorm_backward(x, w, rstd, dy, dx, add);
 }

@@ -20,6 +20,7 @@ use cleaner_kernels::logits::{
 };
 use cleaner_kernels::matmul::{matmul_wt, matmul_wt_in, matmul_wt_plus_in, LowRank, Weights};
 use cleaner_kernels::norm::rmsnorm_forward;
+use cleaner_kernels::profile;
 use cleaner_kernels::rope::Rope;
 use std::ops::Range;
 
@@ -400,6 +401,7 @@ impl Transformer {
         tape: &Tape,
         keep: bool,
     ) -> (Vec<f32>, Vec<f32>, Option<KeptLogits>) {
+        let _t = profile::span("vocabulary: log-probs");
         let n = tape.targets.len();
         let (mut lp, mut lse) = (vec![0f32; n], vec![0f32; n]);
         let (p, h, w) = (
@@ -427,6 +429,7 @@ impl Transformer {
         train: Option<usize>,
         span: Span,
     ) -> Tape {
+        let _t = profile::span("forward: the rest (residuals, copies)");
         let c = self.config();
         let (n_tok, n_embd) = (tokens.len(), c.n_embd);
         let embd = self.weights(&self.token_embd);
@@ -469,13 +472,7 @@ impl Transformer {
         }
         let mut h = vec![0f32; n_tok * n_embd];
         let mut rstd_final = vec![0f32; n_tok];
-        rmsnorm_forward(
-            &x,
-            &self.output_norm,
-            c.rms_eps,
-            &mut h,
-            Some(&mut rstd_final),
-        );
+        rmsnorm(&x, &self.output_norm, c.rms_eps, &mut h, &mut rstd_final);
         Tape {
             tokens: tokens.to_vec(),
             start,
@@ -507,6 +504,7 @@ impl Transformer {
         // u = x A^T (kept for the backward), then the base product with
         // (alpha / r) u B^T riding along (see matmul_wt_plus_in).
         let scaled = lora.map(|(pair, scale, u)| {
+            let _t = profile::span("LoRA x A^T");
             let rank = pair.a.len() / pair.n_in;
             matmul_wt(x, n_tok, &Weights::f32(&pair.a, rank, pair.n_in), u);
             let su: Vec<f32> = u.iter().map(|v| v * scale).collect();
@@ -517,6 +515,7 @@ impl Transformer {
             factor: &pair.b,
             rank: *rank,
         });
+        let _t = profile::span("x W^T, frozen weights (+ LoRA u B^T)");
         matmul_wt_plus_in(self.precision(), x, n_tok, &self.weights(w), low_rank, y);
         if let Some(b) = bias {
             for row in y.chunks_exact_mut(b.len()) {
@@ -568,20 +567,24 @@ impl Transformer {
             }};
         }
         // Attention.
-        rmsnorm_forward(x, &l.attn_norm, c.rms_eps, &mut a.xn1, Some(&mut a.rstd1));
+        let _t = profile::span("forward: the rest (residuals, copies)");
+        rmsnorm(x, &l.attn_norm, c.rms_eps, &mut a.xn1, &mut a.rstd1);
         lin!(&a.xn1, &l.wq, l.bq.as_deref(), Proj::Q, &mut a.q_lin);
         lin!(&a.xn1, &l.wk, l.bk.as_deref(), Proj::K, &mut a.k_lin);
         lin!(&a.xn1, &l.wv, l.bv.as_deref(), Proj::V, &mut a.v);
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
             // Qwen3: RMSNorm over each head ([n_tok * n_head, head_dim] rows).
-            rmsnorm_forward(&a.q_lin, qn, c.rms_eps, &mut a.q, Some(&mut a.rstd_q));
-            rmsnorm_forward(&a.k_lin, kn, c.rms_eps, &mut a.k, Some(&mut a.rstd_k));
+            rmsnorm(&a.q_lin, qn, c.rms_eps, &mut a.q, &mut a.rstd_q);
+            rmsnorm(&a.k_lin, kn, c.rms_eps, &mut a.k, &mut a.rstd_k);
         } else {
             a.q.copy_from_slice(&a.q_lin);
             a.k.copy_from_slice(&a.k_lin);
         }
-        self.rope(c.n_head).forward(&mut a.q, positions);
-        self.rope(c.n_head_kv).forward(&mut a.k, positions);
+        {
+            let _t = profile::span("rope");
+            self.rope(c.n_head).forward(&mut a.q, positions);
+            self.rope(c.n_head_kv).forward(&mut a.k, positions);
+        }
         let shape = AttnShape {
             n_tok,
             n_head: c.n_head,
@@ -595,19 +598,31 @@ impl Transformer {
                 a.att.copy_from_slice(att);
                 a.lse.copy_from_slice(lse);
             }
-            None => self.attention_forward(shape, past, a),
+            None => {
+                let _t = profile::span("attention forward");
+                self.attention_forward(shape, past, a)
+            }
         }
         let mut proj = std::mem::take(&mut a.proj);
         lin!(&a.att, &l.wo, None, Proj::O, &mut proj);
         x.iter_mut().zip(&proj).for_each(|(v, &p)| *v += p);
         a.x_mid.copy_from_slice(x);
         // Feed-forward.
-        rmsnorm_forward(x, &l.ffn_norm, c.rms_eps, &mut a.xn2, Some(&mut a.rstd2));
+        rmsnorm(x, &l.ffn_norm, c.rms_eps, &mut a.xn2, &mut a.rstd2);
         lin!(&a.xn2, &l.w_gate, None, Proj::Gate, &mut a.gate);
         lin!(&a.xn2, &l.w_up, None, Proj::Up, &mut a.up);
-        swiglu_forward(&a.gate, &a.up, &mut a.act);
+        {
+            let _t = profile::span("SwiGLU");
+            swiglu_forward(&a.gate, &a.up, &mut a.act);
+        }
         lin!(&a.act, &l.w_down, None, Proj::Down, &mut proj);
         x.iter_mut().zip(&proj).for_each(|(v, &p)| *v += p);
         a.proj = proj;
     }
+}
+
+/// `rmsnorm_forward` keeping the reciprocal RMS, timed as its own part.
+fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32], rstd: &mut [f32]) {
+    let _t = profile::span("RMSNorm");
+    rmsnorm_forward(x, weight, eps, out, Some(rstd));
 }

@@ -329,6 +329,7 @@ impl Trainer {
     /// `train_step` (0-based; a GRPO step's mini-batch updates share it)
     /// and clears them.
     pub fn update_at(&mut self, train_step: u64) -> Result<UpdateStats, TrainError> {
+        let _t = cleaner_kernels::profile::span("AdamW");
         let stats = self
             .optim
             .update_at(&mut self.lora, &self.grads, train_step);

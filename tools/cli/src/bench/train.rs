@@ -27,6 +27,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use cleaner::assets::AssetStore;
 use cleaner::kernels::matmul::Precision;
+use cleaner::kernels::profile;
 use cleaner::models::{LoraConfig, Transformer};
 use cleaner::train::{nll_loss, AdamWConfig, BackendKind, DeviceKind, Trainer, TrainerBackend};
 
@@ -68,6 +69,11 @@ pub struct Args {
     /// sides rather than on one side.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// After the table, where a step's time goes in each CPU setting of
+    /// ours: the seconds of each part (projections, attention, norms, the
+    /// vocabulary, AdamW, ...) per step, over every timed step.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn parse_device(s: &str) -> Result<DeviceKind, String> {
@@ -89,7 +95,16 @@ struct Cell {
     peak_mib: f64,
     /// What ran, in words (`cpu, keep 0 MiB, f32`, `ggml on CPU`).
     label: String,
+    /// With `--profile`, on our CPU kernels: the parts' time summed over
+    /// the timed steps, and how many steps.
+    parts: Option<(Parts, usize)>,
 }
+
+type Parts = std::collections::BTreeMap<&'static str, profile::Part>;
+
+/// The bench's own part: what the step spends outside the model's parts
+/// (the loss closure, checks, the tape's allocation).
+const STEP_REST: &str = "step: the rest (loss, checks)";
 
 /// The matrix work one training step cannot avoid, in FLOPs: every
 /// projection and the vocabulary projection forward and input-gradient
@@ -111,7 +126,13 @@ fn useful_flops(model: &Transformer, n_tok: usize) -> f64 {
     4.0 * t * params as f64 + 6.0 * t * t * (c.q_dim() * model.layers.len()) as f64
 }
 
-fn ours(path: &std::path::Path, n_tok: usize, reps: usize, setting: Setting) -> Result<Cell> {
+fn ours(
+    path: &std::path::Path,
+    n_tok: usize,
+    reps: usize,
+    setting: Setting,
+    profiled: bool,
+) -> Result<Cell> {
     // The previous cell's freed (and retained) heap would count in this
     // one's peak: give it back first.
     cleaner::train::release_freed_memory();
@@ -150,20 +171,68 @@ fn ours(path: &std::path::Path, n_tok: usize, reps: usize, setting: Setting) -> 
             trainer.backend_name()
         }
     };
+    let profiled = profiled && matches!(setting, Setting::Cpu(..));
     let weights = vec![1f32; n_tok - 1];
     let mut times = Vec::new();
-    for _ in 0..reps + 1 {
+    for rep in 0..reps + 1 {
+        // Rep 0 warms up (pages the weights in): neither timed nor profiled.
+        profile::set_enabled(profiled && rep > 0);
         let s = Instant::now();
-        trainer.accumulate(&tokens, |lp| nll_loss(lp, &weights).1)?;
-        trainer.update()?;
+        {
+            let _t = profile::span(STEP_REST);
+            trainer.accumulate(&tokens, |lp| nll_loss(lp, &weights).1)?;
+            trainer.update()?;
+        }
         times.push(s.elapsed().as_secs_f64());
+        profile::set_enabled(false);
+        if rep == 0 {
+            let _ = profile::take();
+        }
     }
-    times.remove(0); // warm-up: pages the weights in
+    times.remove(0);
     Ok(Cell {
         tok_s: n_tok as f64 / median(times),
         peak_mib: super::peak_rss_mib().unwrap_or(f64::NAN),
         label,
+        parts: profiled.then(|| (profile::take(), reps)),
     })
+}
+
+/// Where a step's time goes in `cells` (one setting's rounds): each part's
+/// seconds per step and share of the step, largest first.
+fn parts_table(name: &str, n_tok: usize, cells: &[&Cell]) -> Option<String> {
+    use std::fmt::Write;
+    let mut sum = Parts::new();
+    let mut steps = 0;
+    for (parts, n) in cells.iter().filter_map(|c| c.parts.as_ref()) {
+        for (k, p) in parts {
+            let s = sum.entry(*k).or_default();
+            s.seconds += p.seconds;
+            s.calls += p.calls;
+        }
+        steps += n;
+    }
+    if steps == 0 {
+        return None;
+    }
+    let total: f64 = sum.values().map(|p| p.seconds).sum();
+    let mut rows: Vec<_> = sum.into_iter().collect();
+    rows.sort_by(|a, b| b.1.seconds.total_cmp(&a.1.seconds));
+    let mut out = format!(
+        "\nWhere a step's time goes: {name}, T = {n_tok}, {} ({steps} steps; a part's own time, the parts inside it left out)\n\n| part | s per step | share | calls per step |\n|---|---|---|---|\n",
+        cells[0].label
+    );
+    for (k, p) in rows {
+        let _ = writeln!(
+            out,
+            "| {k} | {:.3} | {:.1} % | {} |",
+            p.seconds / steps as f64,
+            100.0 * p.seconds / total,
+            p.calls / steps as u64
+        );
+    }
+    let _ = writeln!(out, "| all | {:.3} | 100 % | |", total / steps as f64);
+    Some(out)
 }
 
 /// One PyTorch + PEFT cell at `precision` (bf16: base weights in bf16,
@@ -190,6 +259,7 @@ fn torch(
     Ok(Cell {
         tok_s: v["tok_s"].as_f64().unwrap_or(f64::NAN),
         peak_mib: v["peak_mib"].as_f64().unwrap_or(f64::NAN),
+        parts: None,
         label: format!(
             "{} ({})",
             precision_name(precision),
@@ -288,6 +358,7 @@ pub fn run(a: Args) -> Result<()> {
     println!("(each setting of ours against PyTorch + PEFT at the precision it computes in: f32 with f32, bf16 with bf16 base weights; useful GFLOP/s in parentheses; tok/s are medians over rounds; the speed ratio is the median of the rounds' ratios ours / PyTorch, with their range)\n");
     println!("| model | T | ours: backend, setting | ours tok/s | PyTorch+PEFT: precision (CPU) | PyTorch tok/s | speed ratio | ours peak RSS MiB | PyTorch peak RSS MiB | memory ratio |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut profiles = Vec::new();
     for name in a.models.split(',') {
         let path = AssetStore::default().resolve_model(name.trim(), &mut |l| eprintln!("{l}"))?;
         let flops = {
@@ -301,7 +372,7 @@ pub fn run(a: Args) -> Result<()> {
             for _ in 0..a.rounds {
                 let mine = settings
                     .iter()
-                    .map(|&setting| ours(&path, t, a.reps, setting))
+                    .map(|&setting| ours(&path, t, a.reps, setting, a.profile))
                     .collect::<Result<Vec<_>>>()?;
                 let theirs: Vec<Option<Cell>> = baselines
                     .iter()
@@ -326,6 +397,7 @@ pub fn run(a: Args) -> Result<()> {
                 let mine: Vec<&Cell> = rounds.iter().map(|r| &r.0[i]).collect();
                 let torch_cells: Vec<&Cell> =
                     rounds.iter().filter_map(|r| r.1[b].as_ref()).collect();
+                profiles.extend(parts_table(name, t, &mine));
                 let tok_s = median(mine.iter().map(|c| c.tok_s).collect());
                 let peak = mine.iter().map(|c| c.peak_mib).fold(f64::NAN, f64::max);
                 let ratios: Vec<f64> = rounds
@@ -363,5 +435,6 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
     }
+    profiles.iter().for_each(|p| print!("{p}"));
     Ok(())
 }
