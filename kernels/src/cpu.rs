@@ -89,12 +89,12 @@ pub struct KernelSet {
     /// makes f32 the faster precision again on Intel.
     pub bf16_amx: bool,
     /// Whether attention's tile products run in bf16 when the model asks
-    /// for bf16 ([`crate::matmul::Precision::for_attention`]): only where
-    /// `vdpbf16ps` beats f32 FMAs (AMD). AMX does not reach them (they are
-    /// small tiles between softmax passes, on `vdpbf16ps`), and on Intel
+    /// for bf16 ([`crate::matmul::Precision::for_attention`]): where
+    /// `vdpbf16ps` beats f32 FMAs (AMD), and where they run on AMX tiles
+    /// (with [`KernelSet::bf16_amx`]). On Intel without the tiles
     /// `vdpbf16ps` is the slower: on an Emerald Rapids Xeon the f32
     /// attention ran 1.23-1.26x (forward) and 1.22-1.33x (backward) the
-    /// bf16 one in two sessions (measurements/train-step-intel-amx).
+    /// `vdpbf16ps` one in two sessions (measurements/train-step-intel-amx).
     pub attention_bf16: bool,
 }
 
@@ -192,7 +192,7 @@ impl KernelSet {
             bf16: features.avx512_bf16.then_some(Isa::Avx512Bf16),
             bf16_beats_f32: features.avx512_bf16 && (features.amd || amx),
             bf16_amx: amx,
-            attention_bf16: features.avx512_bf16 && features.amd,
+            attention_bf16: features.avx512_bf16 && (features.amd || amx),
         }
     }
 
@@ -205,7 +205,7 @@ impl KernelSet {
             (Some(i), false) => format!("{i} (slower than f32 here: precision auto runs f32)"),
         };
         let bf16 = if self.bf16_amx {
-            format!("{bf16}, products on amx-bf16 tiles")
+            format!("{bf16}, products and attention on amx-bf16 tiles")
         } else {
             bf16
         };
@@ -416,7 +416,7 @@ mod tests {
                 false,
                 true,
                 true,
-                "bf16 avx512-bf16, products on amx-bf16 tiles, attention in f32 (faster here)",
+                "bf16 avx512-bf16, products and attention on amx-bf16 tiles",
             ),
         ] {
             let f = Features {
@@ -430,9 +430,9 @@ mod tests {
             assert_eq!(set.bf16, Some(Isa::Avx512Bf16));
             assert_eq!(set.bf16_beats_f32, preferred);
             assert_eq!(set.bf16_amx, amx);
-            // Attention's tiles take bf16 only where vdpbf16ps is the fast
-            // path, not where only AMX makes bf16 the faster precision.
-            assert_eq!(set.attention_bf16, amd);
+            // Attention's tiles take bf16 where vdpbf16ps is the fast path
+            // or the tiles run them, not on Intel's vdpbf16ps.
+            assert_eq!(set.attention_bf16, amd || amx);
             assert!(set.describe().ends_with(shown), "{}", set.describe());
         }
         let amd_without_bf16 = Features {

@@ -152,7 +152,7 @@ impl Transformer {
     /// `cleaner_kernels::matmul::matmul_wt_bf16` and
     /// `cleaner_kernels::attention::attention_forward_in`. Attention's tiles
     /// take bf16 only where it is their faster arithmetic
-    /// ([`Precision::for_attention`]: AMD). LoRA's own products, norms and
+    /// ([`Precision::for_attention`]: AMD, and Intel with AMX tiles). LoRA's own products, norms and
     /// softmaxes stay f32.
     pub fn set_precision(&mut self, p: Precision) {
         self.precision = p;

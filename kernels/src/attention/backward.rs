@@ -11,7 +11,7 @@
 //! afterwards in a fixed order: the result does not depend on which thread
 //! ran what, nor on how many threads there are.
 
-use super::tiles::{Bf16Tiles, F32Tiles, Tiles};
+use super::tiles::{Bf16Engine, Bf16Tiles, F32Tiles, Tiles};
 use super::{per_head, AttnShape, HeadLayout, ATTN_K_TILE, ATTN_Q_TILE};
 use crate::cpu::{call_twin, kernels, twin};
 use crate::matmul::{dot, Precision};
@@ -103,6 +103,27 @@ pub fn attention_backward_in(
     dk: &mut [f32],
     dv: &mut [f32],
 ) {
+    let engine = (p.effective() == Precision::Bf16).then(Bf16Engine::for_cpu);
+    backward_on(engine, q, k, v, out, lse, dout, shape, scale, dq, dk, dv)
+}
+
+/// [`attention_backward_in`] with bf16 products on `engine`, or f32
+/// (`None`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_on(
+    engine: Option<Bf16Engine>,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    dout: &[f32],
+    shape: AttnShape,
+    scale: f32,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
     shape.check(q, k, v, out, lse);
     assert!(
         dout.len() == q.len() && dq.len() == q.len() && dk.len() == k.len() && dv.len() == v.len(),
@@ -137,9 +158,13 @@ pub fn attention_backward_in(
         hd_pad,
     };
     let heads = (n_head, n_head_kv);
-    let parts = match p.effective() {
-        Precision::Bf16 => head_parts(&Bf16Tiles::backward(layout, q, k, v, dout, heads), rows, dq),
-        Precision::F32 => head_parts(&F32Tiles::backward(layout, q, k, v, dout, heads), rows, dq),
+    let parts = match engine {
+        Some(e) => head_parts(
+            &Bf16Tiles::backward(e, layout, q, k, v, dout, heads),
+            rows,
+            dq,
+        ),
+        None => head_parts(&F32Tiles::backward(layout, q, k, v, dout, heads), rows, dq),
     };
     let n_runs = parts.len() / n_head;
     // dK, dV of a KV head: its query heads' partial sums, runs in order.

@@ -6,7 +6,7 @@
 //! every step of the online softmax is a vector operation along the block's
 //! queries, with no reduction across vector lanes.
 
-use super::tiles::{Bf16Tiles, F32Tiles, Tiles};
+use super::tiles::{Bf16Engine, Bf16Tiles, F32Tiles, Tiles};
 use super::{AttnShape, HeadLayout, ATTN_K_TILE, ATTN_Q_TILE};
 use crate::cpu::{call_twin, kernels, twin};
 use crate::matmul::Precision;
@@ -46,18 +46,34 @@ pub fn attention_forward_in(
     out: &mut [f32],
     lse: &mut [f32],
 ) {
+    let engine = (p.effective() == Precision::Bf16).then(Bf16Engine::for_cpu);
+    forward_on(engine, q, k, v, shape, scale, out, lse)
+}
+
+/// [`attention_forward_in`] with bf16 products on `engine`, or f32 (`None`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward_on(
+    engine: Option<Bf16Engine>,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: AttnShape,
+    scale: f32,
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
     shape.check(q, k, v, out, lse);
     let layout = HeadLayout::new(shape.n_tok, shape.head_dim);
     let heads = (shape.n_head, shape.n_head_kv);
-    match p.effective() {
-        Precision::Bf16 => run(
-            &Bf16Tiles::forward(layout, q, k, v, heads),
+    match engine {
+        Some(engine) => run(
+            &Bf16Tiles::forward(engine, layout, q, k, v, heads),
             shape,
             scale,
             out,
             lse,
         ),
-        Precision::F32 => run(
+        None => run(
             &F32Tiles::forward(layout, q, k, v, heads),
             shape,
             scale,

@@ -1,3 +1,6 @@
+use super::backward::backward_on;
+use super::forward::forward_on;
+use super::tiles::Bf16Engine;
 use super::*;
 use crate::matmul::Precision;
 use crate::testing::{max_rel_err, TestRng};
@@ -41,17 +44,40 @@ fn grads(
     dout: &[f32],
     scale: f32,
 ) -> [Vec<f32>; 3] {
+    let engine = (p.effective() == Precision::Bf16).then(Bf16Engine::for_cpu);
+    grads_on(engine, shape, q, k, v, dout, scale)
+}
+
+/// [`grads`] with bf16 products on `engine`, or f32 (`None`).
+fn grads_on(
+    engine: Option<Bf16Engine>,
+    shape: AttnShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dout: &[f32],
+    scale: f32,
+) -> [Vec<f32>; 3] {
     let (mut o, mut lse) = (vec![0f32; q.len()], vec![0f32; shape.n_head * shape.n_tok]);
-    attention_forward_in(p, q, k, v, shape, scale, &mut o, &mut lse);
+    forward_on(engine, q, k, v, shape, scale, &mut o, &mut lse);
     let (mut dq, mut dk, mut dv) = (
         vec![0f32; q.len()],
         vec![0f32; k.len()],
         vec![0f32; v.len()],
     );
-    attention_backward_in(
-        p, q, k, v, &o, &lse, dout, shape, scale, &mut dq, &mut dk, &mut dv,
+    backward_on(
+        engine, q, k, v, &o, &lse, dout, shape, scale, &mut dq, &mut dk, &mut dv,
     );
     [dq, dk, dv]
+}
+
+/// The engines the bf16 tests run: this CPU's, and the AMX tiles' software
+/// model (the tile path's padding and blocking on every CPU with the bf16
+/// packing; the hardware tiles where the kernel set picks them).
+fn bf16_engines() -> Vec<Bf16Engine> {
+    let mut engines = vec![Bf16Engine::for_cpu(), Bf16Engine::AmxModel];
+    engines.dedup();
+    engines
 }
 
 /// `L = sum(dout * out)` through the f64 twin: the finite differences' oracle.
@@ -202,20 +228,34 @@ fn bf16_forward_matches_scalar_twin_on_rounded_inputs() {
     ] {
         let (shape, q, k, v) = random_case(&mut rng, (n_tok, n_head, n_head_kv, head_dim), 2.0);
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let mut o = vec![0f32; q.len()];
-        let mut lse = vec![0f32; n_head * n_tok];
-        attention_forward_in(Precision::Bf16, &q, &k, &v, shape, scale, &mut o, &mut lse);
         let (mut o_ref, mut lse_ref) = (vec![0f32; q.len()], vec![0f32; n_head * n_tok]);
         let (qr, kr, vr) = (bf16_rounded(&q), bf16_rounded(&k), bf16_rounded(&v));
         attention_forward_scalar(&qr, &kr, &vr, shape, scale, &mut o_ref, &mut lse_ref);
-        let (eo, el) = (max_rel_err(&o, &o_ref), max_rel_err(&lse, &lse_ref));
-        eprintln!("{shape:?}: rounded inputs: out {eo:.2e} lse {el:.2e}");
-        assert!(eo <= BF16_ATTENTION_TOL, "{shape:?}: out {eo}");
-        assert!(el <= ATTENTION_TOL, "{shape:?}: lse {el}");
-        attention_forward_scalar(&q, &k, &v, shape, scale, &mut o_ref, &mut lse_ref);
-        let eo = max_rel_err(&o, &o_ref);
-        eprintln!("{shape:?}: unrounded: out {eo:.2e}");
-        assert!(eo <= BF16_INPUT_TOL, "{shape:?}: out vs unrounded {eo}");
+        let mut o_unrounded = vec![0f32; q.len()];
+        attention_forward_scalar(
+            &q,
+            &k,
+            &v,
+            shape,
+            scale,
+            &mut o_unrounded,
+            &mut vec![0f32; lse_ref.len()],
+        );
+        for engine in bf16_engines() {
+            let mut o = vec![0f32; q.len()];
+            let mut lse = vec![0f32; n_head * n_tok];
+            forward_on(Some(engine), &q, &k, &v, shape, scale, &mut o, &mut lse);
+            let (eo, el) = (max_rel_err(&o, &o_ref), max_rel_err(&lse, &lse_ref));
+            eprintln!("{engine:?} {shape:?}: rounded inputs: out {eo:.2e} lse {el:.2e}");
+            assert!(eo <= BF16_ATTENTION_TOL, "{engine:?} {shape:?}: out {eo}");
+            assert!(el <= ATTENTION_TOL, "{engine:?} {shape:?}: lse {el}");
+            let eo = max_rel_err(&o, &o_unrounded);
+            eprintln!("{engine:?} {shape:?}: unrounded: out {eo:.2e}");
+            assert!(
+                eo <= BF16_INPUT_TOL,
+                "{engine:?} {shape:?}: out vs unrounded {eo}"
+            );
+        }
     }
 }
 
@@ -250,16 +290,21 @@ fn bf16_backward_matches_f32_backward() {
         let (shape, q, k, v) = random_case(&mut rng, (n_tok, n_head, n_head_kv, head_dim), 1.5);
         let dout = rng.vec(q.len(), 1.0);
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let bf = grads(Precision::Bf16, shape, &q, &k, &v, &dout, scale);
         let f = grads(Precision::F32, shape, &q, &k, &v, &dout, scale);
-        for (name, a, b) in [
-            ("dq", &bf[0], &f[0]),
-            ("dk", &bf[1], &f[1]),
-            ("dv", &bf[2], &f[2]),
-        ] {
-            let err = rel_l2(a, b);
-            eprintln!("{shape:?} {name}: {err:.2e}");
-            assert!(err <= BF16_GRAD_TOL, "{shape:?} {name}: relative L2 {err}");
+        for engine in bf16_engines() {
+            let bf = grads_on(Some(engine), shape, &q, &k, &v, &dout, scale);
+            for (name, a, b) in [
+                ("dq", &bf[0], &f[0]),
+                ("dk", &bf[1], &f[1]),
+                ("dv", &bf[2], &f[2]),
+            ] {
+                let err = rel_l2(a, b);
+                eprintln!("{engine:?} {shape:?} {name}: {err:.2e}");
+                assert!(
+                    err <= BF16_GRAD_TOL,
+                    "{engine:?} {shape:?} {name}: relative L2 {err}"
+                );
+            }
         }
     }
 }

@@ -11,6 +11,8 @@
 //! so each product reads whole contiguous blocks (see [`HeadLayout`]).
 
 use super::{per_head, HeadLayout, ATTN_K_TILE, ATTN_Q_TILE};
+#[cfg(any(target_arch = "x86_64", test))]
+use crate::matmul::amx;
 use crate::matmul::bf16::{gemm_tile_bf16, interleave_pairs, to_pairs, NB};
 use crate::matmul::gemm_tile;
 
@@ -268,11 +270,37 @@ impl Tiles for F32Tiles {
     }
 }
 
+/// What runs the bf16 products of the attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Bf16Engine {
+    /// `vdpbf16ps` (AVX-512 BF16).
+    Vdp,
+    /// AMX-BF16 tiles, where the kernel set puts the bf16 products on them.
+    #[cfg(target_arch = "x86_64")]
+    Amx,
+    /// The tiles' software model, for testing the tile path anywhere.
+    #[cfg(test)]
+    AmxModel,
+}
+
+impl Bf16Engine {
+    /// This CPU's: the tiles where the kernel set runs bf16 on them.
+    pub(super) fn for_cpu() -> Bf16Engine {
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::kernels().bf16_amx {
+            return Bf16Engine::Amx;
+        }
+        Bf16Engine::Vdp
+    }
+}
+
 /// bf16 operands as `vdpbf16ps` pairs (`u32`: two consecutive values of the
 /// reduction index, low half first). Pairs along the head dimension (`hdp`
 /// of them per row) for products that sum over it, pairs of consecutive
 /// positions for products that sum over tokens.
 pub(super) struct Bf16Tiles {
+    /// What runs the products.
+    engine: Bf16Engine,
     l: HeadLayout,
     /// `hd / 2` rounded up.
     hdp: usize,
@@ -301,13 +329,14 @@ pub(super) struct Bf16Scratch {
 
 impl Bf16Tiles {
     pub(super) fn forward(
+        engine: Bf16Engine,
         l: HeadLayout,
         q: &[f32],
         k: &[f32],
         v: &[f32],
         heads: (usize, usize),
     ) -> Self {
-        let mut t = Bf16Tiles::empty(l);
+        let mut t = Bf16Tiles::empty(engine, l);
         t.q_cols = t.dim_pair_cols(q, heads.0);
         t.k_rows = t.dim_pair_rows(k, heads.1);
         t.vt = t.tok_pair_cols(v, heads.1);
@@ -315,6 +344,7 @@ impl Bf16Tiles {
     }
 
     pub(super) fn backward(
+        engine: Bf16Engine,
         l: HeadLayout,
         q: &[f32],
         k: &[f32],
@@ -322,7 +352,7 @@ impl Bf16Tiles {
         dout: &[f32],
         heads: (usize, usize),
     ) -> Self {
-        let mut t = Bf16Tiles::empty(l);
+        let mut t = Bf16Tiles::empty(engine, l);
         t.q_cols = t.dim_pair_cols(q, heads.0);
         t.do_cols = t.dim_pair_cols(dout, heads.0);
         t.q_rows = t.tok_pair_rows(q, heads.0);
@@ -333,8 +363,9 @@ impl Bf16Tiles {
         t
     }
 
-    fn empty(l: HeadLayout) -> Self {
+    fn empty(engine: Bf16Engine, l: HeadLayout) -> Self {
         Bf16Tiles {
+            engine,
             hdp: l.hd.div_ceil(2),
             hdb: l.hd.div_ceil(NB) * NB,
             l,
@@ -414,6 +445,38 @@ impl Bf16Tiles {
         })
     }
 
+    /// `c[m x n] (+)= a[m x kp pairs] b[kp pairs x n]` on this set's
+    /// engine.
+    ///
+    /// # Safety
+    /// As [`gemm_tile_bf16`]'s (the contract [`amx::gemm_tile`] shares).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm(
+        &self,
+        m: usize,
+        n: usize,
+        kp: usize,
+        a: *const u32,
+        lda: usize,
+        b: *const u32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        match self.engine {
+            Bf16Engine::Vdp => gemm_tile_bf16(m, n, kp, a, lda, b, ldb, c, ldc, accumulate),
+            #[cfg(target_arch = "x86_64")]
+            Bf16Engine::Amx => {
+                amx::gemm_tile::<amx::Hw>(m, n, kp, a, lda, b, ldb, c, ldc, accumulate)
+            }
+            #[cfg(test)]
+            Bf16Engine::AmxModel => {
+                amx::gemm_tile::<amx::Model>(m, n, kp, a, lda, b, ldb, c, ldc, accumulate)
+            }
+        }
+    }
+
     /// Each of the first `rows` rows of `pt` (`Q` values) as `Q / 2` pairs.
     fn pack_along_q(pt: &[f32], rows: usize, out: &mut [u32]) {
         for (o, row) in out
@@ -454,7 +517,7 @@ impl Tiles for Bf16Tiles {
         // SAFETY: extents asserted just above (Q == NB); the callers built
         // this set only where bf16 is available.
         unsafe {
-            gemm_tile_bf16(
+            self.gemm(
                 rows,
                 Q,
                 hdp,
@@ -476,7 +539,7 @@ impl Tiles for Bf16Tiles {
         assert!(a.len() >= K * hdp && dpt.len() >= K * Q);
         // SAFETY: as in `scores`.
         unsafe {
-            gemm_tile_bf16(
+            self.gemm(
                 K,
                 Q,
                 hdp,
@@ -508,7 +571,7 @@ impl Tiles for Bf16Tiles {
         // SAFETY: a holds hd rows of K / 2 >= kp pairs; along_k holds kp rows
         // of Q pairs; acc hd rows of Q.
         unsafe {
-            gemm_tile_bf16(
+            self.gemm(
                 hd,
                 Q,
                 kp,
@@ -548,7 +611,7 @@ impl Tiles for Bf16Tiles {
         // kt hd rows of K / 2; the outputs' extents asserted just above.
         Self::pack_along_q(pt, K, &mut s.along_q);
         unsafe {
-            gemm_tile_bf16(
+            self.gemm(
                 K,
                 hd,
                 Q / 2,
@@ -564,7 +627,7 @@ impl Tiles for Bf16Tiles {
         Self::pack_along_q(dst, K, &mut s.along_q);
         Self::pack_along_k(dst, K, &mut s.along_k);
         unsafe {
-            gemm_tile_bf16(
+            self.gemm(
                 K,
                 hd,
                 Q / 2,
@@ -576,7 +639,7 @@ impl Tiles for Bf16Tiles {
                 hd_pad,
                 true,
             );
-            gemm_tile_bf16(
+            self.gemm(
                 hd,
                 Q,
                 K / 2,

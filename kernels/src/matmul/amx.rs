@@ -181,6 +181,115 @@ pub(crate) unsafe fn block_into<T: Tiles>(
     T::store::<3>(c.add(TILE * ldc + TILE).cast(), ld);
 }
 
+/// `c[m x n] (+)= a[m x kp pairs] b[kp pairs x n]` on the tiles: the
+/// contract of [`super::bf16::gemm_tile_bf16`], the building block of the
+/// attention's bf16 products (64 x 64 tiles with 32 pairs of head
+/// dimensions or of positions to sum over). Whole 32 x 32 blocks land in
+/// `c` ([`block_into`]); ragged ones go through a scratch block. Where the
+/// tiles would read past the operands (a ragged last block of rows, pairs
+/// not a whole number of tiles), the operands are first copied into
+/// zero-padded buffers of this thread. The tiles are configured and
+/// released per call: a call is 32 `tdpbf16ps` and more, and the tasks that
+/// make the calls are also where other tile code may run.
+///
+/// # Safety
+/// `T`'s instructions must run here (or `T` is the model); `a` must be
+/// readable for `m` rows of `kp` pairs (stride `lda`), `b` for `kp` rows of
+/// `n` rounded up to a multiple of 32 pairs (stride `ldb`), `c` writable
+/// for `m` rows of `n` values (stride `ldc`), written by no one else
+/// meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_tile<T: Tiles>(
+    m: usize,
+    n: usize,
+    kp: usize,
+    a: *const u32,
+    lda: usize,
+    b: *const u32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let kp16 = kp.div_ceil(TILE) * TILE;
+    let (m32, n32) = (m.div_ceil(BLOCK) * BLOCK, n.div_ceil(BLOCK) * BLOCK);
+    PADS.with(|pads| {
+        let pads = &mut *pads.borrow_mut();
+        let (a, lda) = if kp16 != kp || m32 != m {
+            pads.a.clear();
+            pads.a.resize(m32 * kp16, 0);
+            for i in 0..m {
+                let row = std::slice::from_raw_parts(a.add(i * lda), kp);
+                pads.a[i * kp16..][..kp].copy_from_slice(row);
+            }
+            (pads.a.as_ptr(), kp16)
+        } else {
+            (a, lda)
+        };
+        let (b, ldb) = if kp16 != kp {
+            pads.b.clear();
+            pads.b.resize(kp16 * n32, 0);
+            for r in 0..kp {
+                let row = std::slice::from_raw_parts(b.add(r * ldb), n32);
+                pads.b[r * n32..][..n32].copy_from_slice(row);
+            }
+            (pads.b.as_ptr(), n32)
+        } else {
+            (b, ldb)
+        };
+        T::configure();
+        for i0 in (0..m).step_by(BLOCK) {
+            let mr = BLOCK.min(m - i0);
+            for j0 in (0..n).step_by(BLOCK) {
+                let nv = BLOCK.min(n - j0);
+                let run = [Run {
+                    a: a.add(i0 * lda),
+                    lda,
+                    step: TILE,
+                    b: b.add(j0),
+                    pairs: kp16,
+                }];
+                let out = c.add(i0 * ldc + j0);
+                if mr == BLOCK && nv == BLOCK {
+                    block_into::<T>(&run, ldb, out, ldc, accumulate, Prefetch::NONE);
+                    continue;
+                }
+                block::<T>(&run, ldb, &mut pads.c);
+                for r in 0..mr {
+                    let dst = std::slice::from_raw_parts_mut(out.add(r * ldc), nv);
+                    let src = &pads.c[r * BLOCK..][..nv];
+                    if accumulate {
+                        dst.iter_mut().zip(src).for_each(|(d, &v)| *d += v);
+                    } else {
+                        dst.copy_from_slice(src);
+                    }
+                }
+            }
+        }
+        T::release();
+    });
+}
+
+/// [`gemm_tile`]'s zero-padded operands and ragged block, per thread.
+struct Pads {
+    a: Vec<u32>,
+    b: Vec<u32>,
+    c: [f32; BLOCK * BLOCK],
+}
+
+thread_local! {
+    static PADS: std::cell::RefCell<Pads> = const {
+        std::cell::RefCell::new(Pads {
+            a: Vec::new(),
+            b: Vec::new(),
+            c: [0.0; BLOCK * BLOCK],
+        })
+    };
+}
+
 /// A buffer of `u32` starting on a 64-byte line, so that every 64-byte tile
 /// row of a panel whose row length is a multiple of 16 lies in one line (a
 /// `Vec<u32>` is only 4-byte aligned: a row could span two).

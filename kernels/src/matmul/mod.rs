@@ -101,10 +101,9 @@ impl Precision {
     }
 
     /// The precision a model asking for `self` gives attention's tile
-    /// products: bf16 only where `vdpbf16ps` beats f32 FMAs
-    /// ([`crate::cpu::KernelSet::attention_bf16`]: AMD), f32 elsewhere, Intel
-    /// with AMX included, where bf16 is the faster precision for the
-    /// products with the weights only.
+    /// products: bf16 where `vdpbf16ps` beats f32 FMAs (AMD) or AMX tiles
+    /// run them ([`crate::cpu::KernelSet::attention_bf16`]), f32 elsewhere
+    /// (Intel's `vdpbf16ps` is slower than its f32 FMAs).
     pub fn for_attention(self) -> Precision {
         match self.effective() {
             Precision::Bf16 if kernels().attention_bf16 => Precision::Bf16,
