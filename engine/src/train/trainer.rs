@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use cleaner_kernels::matmul::Precision;
 use cleaner_models::{Lora, LoraConfig, ModelError, Transformer};
+use rayon::prelude::*;
 
 use super::backend::{BackendError, BackendKind, GgmlEngine, TrainerBackend};
 use super::optim::{AdamW, AdamWConfig, OptimStateError, UpdateStats};
@@ -333,7 +334,8 @@ impl Trainer {
         let stats = self
             .optim
             .update_at(&mut self.lora, &self.grads, train_step);
-        self.grads.tensors_mut().for_each(|t| t.fill(0.0));
+        let grads: Vec<&mut Vec<f32>> = self.grads.tensors_mut().collect();
+        grads.into_par_iter().for_each(|t| t.fill(0.0));
         self.pending = 0;
         if let Some(g) = &self.ggml {
             g.set_adapter(&self.lora)?;
