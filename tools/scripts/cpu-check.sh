@@ -50,10 +50,11 @@ if [ "$amx" = yes ]; then
   run kernel-tests-avx512-bf16 env CLEANER_BF16=avx512 cargo test --release -p cleaner-kernels
 fi
 
-# The step against PyTorch + PEFT at the same precision, both lengths.
+# The step against PyTorch + PEFT at the same precision, both lengths, with
+# where each setting's time goes (its profile follows the table in the file).
 for t in 512 2048; do
   run "bench-train-T$t" cleaner bench train --models qwen2.5-coder-0.5b --tokens "$t" \
-    --backend cpu --keep-mib 2048 --precision f32,bf16 --rounds 2
+    --backend cpu --keep-mib 2048 --precision f32,bf16 --rounds 2 --profile
   grep -E '^\| (model|qwen)' "$out/bench-train-T$t.txt" | tee -a "$summary"
 done
 
