@@ -181,11 +181,6 @@ impl BlockActs {
         self.held_bytes() - dropped * std::mem::size_of::<f32>()
     }
 
-    /// The block's intermediates as the backward pass reads them: the
-    /// projection scratch is dropped, and so are the SwiGLU output (the
-    /// backward recomputes it from gate and up, an element-wise op) and the
-    /// pre-norm q/k of models without q/k norms (their backward never reads
-    /// them).
     /// This block's intermediates as kept ([`BlockActs::into_saved`]),
     /// leaving in `self` a set for the next block that took over the
     /// buffers the kept one drops.
@@ -233,6 +228,11 @@ impl BlockActs {
         }
     }
 
+    /// The block's intermediates as the backward pass reads them: the
+    /// projection scratch is dropped, and so are the SwiGLU output (the
+    /// backward recomputes it from gate and up, an element-wise op) and the
+    /// pre-norm q/k of models without q/k norms (their backward never reads
+    /// them).
     fn into_saved(mut self, has_qk_norm: bool) -> BlockActs {
         self.proj = Vec::new();
         self.act = Vec::new();
