@@ -37,6 +37,7 @@ pub struct ForwardOutput {
 /// forward fills one of these per layer in turn (reusing the buffers); the
 /// backward recomputes one layer at a time from its saved input
 /// (activation checkpointing: memory O(n_layer * n_tok * n_embd)).
+#[derive(Default)]
 pub(crate) struct BlockActs {
     pub xn1: Vec<f32>,    // [n_tok, n_embd]   rmsnorm(x) before attention
     pub rstd1: Vec<f32>,  // [n_tok]
@@ -186,7 +187,7 @@ impl BlockActs {
     /// buffers the kept one drops.
     fn keep(&mut self, model: &Transformer, lora: Option<&Lora>, has_qk_norm: bool) -> BlockActs {
         let n_tok = self.rstd1.len();
-        let mut donor = std::mem::replace(self, BlockActs::empty());
+        let mut donor = std::mem::take(self);
         if has_qk_norm {
             // The kept block reads its pre-norm q/k: not the next one's.
             let q = (
@@ -201,31 +202,6 @@ impl BlockActs {
             *self = BlockActs::new_taking(model, n_tok, lora, Some(&mut donor));
         }
         donor.into_saved(has_qk_norm)
-    }
-
-    /// No buffers at all (a placeholder while [`BlockActs::keep`] swaps).
-    fn empty() -> BlockActs {
-        BlockActs {
-            xn1: Vec::new(),
-            rstd1: Vec::new(),
-            q_lin: Vec::new(),
-            k_lin: Vec::new(),
-            rstd_q: Vec::new(),
-            rstd_k: Vec::new(),
-            q: Vec::new(),
-            k: Vec::new(),
-            v: Vec::new(),
-            att: Vec::new(),
-            lse: Vec::new(),
-            x_mid: Vec::new(),
-            xn2: Vec::new(),
-            rstd2: Vec::new(),
-            gate: Vec::new(),
-            up: Vec::new(),
-            act: Vec::new(),
-            proj: Vec::new(),
-            lora_u: Vec::new(),
-        }
     }
 
     /// The block's intermediates as the backward pass reads them: the

@@ -283,7 +283,23 @@ pub(super) enum Bf16Engine {
     AmxModel,
 }
 
+/// `c[m x n] (+)= a[m x kp pairs] b[kp pairs x n]`: the signature and the
+/// contract of [`gemm_tile_bf16`], which [`amx::gemm_tile`] shares.
+type GemmTile =
+    unsafe fn(usize, usize, usize, *const u32, usize, *const u32, usize, *mut f32, usize, bool);
+
 impl Bf16Engine {
+    /// The engine's tile product.
+    fn gemm(self) -> GemmTile {
+        match self {
+            Bf16Engine::Vdp => gemm_tile_bf16,
+            #[cfg(target_arch = "x86_64")]
+            Bf16Engine::Amx => amx::gemm_tile::<amx::Hw>,
+            #[cfg(test)]
+            Bf16Engine::AmxModel => amx::gemm_tile::<amx::Model>,
+        }
+    }
+
     /// This CPU's: the tiles where the kernel set runs bf16 on them.
     pub(super) fn for_cpu() -> Bf16Engine {
         #[cfg(target_arch = "x86_64")]
@@ -299,8 +315,8 @@ impl Bf16Engine {
 /// of them per row) for products that sum over it, pairs of consecutive
 /// positions for products that sum over tokens.
 pub(super) struct Bf16Tiles {
-    /// What runs the products.
-    engine: Bf16Engine,
+    /// The engine's tile product ([`Bf16Engine::gemm`]).
+    gemm: GemmTile,
     l: HeadLayout,
     /// `hd / 2` rounded up.
     hdp: usize,
@@ -365,7 +381,7 @@ impl Bf16Tiles {
 
     fn empty(engine: Bf16Engine, l: HeadLayout) -> Self {
         Bf16Tiles {
-            engine,
+            gemm: engine.gemm(),
             hdp: l.hd.div_ceil(2),
             hdb: l.hd.div_ceil(NB) * NB,
             l,
@@ -445,38 +461,6 @@ impl Bf16Tiles {
         })
     }
 
-    /// `c[m x n] (+)= a[m x kp pairs] b[kp pairs x n]` on this set's
-    /// engine.
-    ///
-    /// # Safety
-    /// As [`gemm_tile_bf16`]'s (the contract [`amx::gemm_tile`] shares).
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm(
-        &self,
-        m: usize,
-        n: usize,
-        kp: usize,
-        a: *const u32,
-        lda: usize,
-        b: *const u32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-    ) {
-        match self.engine {
-            Bf16Engine::Vdp => gemm_tile_bf16(m, n, kp, a, lda, b, ldb, c, ldc, accumulate),
-            #[cfg(target_arch = "x86_64")]
-            Bf16Engine::Amx => {
-                amx::gemm_tile::<amx::Hw>(m, n, kp, a, lda, b, ldb, c, ldc, accumulate)
-            }
-            #[cfg(test)]
-            Bf16Engine::AmxModel => {
-                amx::gemm_tile::<amx::Model>(m, n, kp, a, lda, b, ldb, c, ldc, accumulate)
-            }
-        }
-    }
-
     /// Each of the first `rows` rows of `pt` (`Q` values) as `Q / 2` pairs.
     fn pack_along_q(pt: &[f32], rows: usize, out: &mut [u32]) {
         for (o, row) in out
@@ -517,7 +501,7 @@ impl Tiles for Bf16Tiles {
         // SAFETY: extents asserted just above (Q == NB); the callers built
         // this set only where bf16 is available.
         unsafe {
-            self.gemm(
+            (self.gemm)(
                 rows,
                 Q,
                 hdp,
@@ -539,7 +523,7 @@ impl Tiles for Bf16Tiles {
         assert!(a.len() >= K * hdp && dpt.len() >= K * Q);
         // SAFETY: as in `scores`.
         unsafe {
-            self.gemm(
+            (self.gemm)(
                 K,
                 Q,
                 hdp,
@@ -571,7 +555,7 @@ impl Tiles for Bf16Tiles {
         // SAFETY: a holds hd rows of K / 2 >= kp pairs; along_k holds kp rows
         // of Q pairs; acc hd rows of Q.
         unsafe {
-            self.gemm(
+            (self.gemm)(
                 hd,
                 Q,
                 kp,
@@ -611,7 +595,7 @@ impl Tiles for Bf16Tiles {
         // kt hd rows of K / 2; the outputs' extents asserted just above.
         Self::pack_along_q(pt, K, &mut s.along_q);
         unsafe {
-            self.gemm(
+            (self.gemm)(
                 K,
                 hd,
                 Q / 2,
@@ -627,7 +611,7 @@ impl Tiles for Bf16Tiles {
         Self::pack_along_q(dst, K, &mut s.along_q);
         Self::pack_along_k(dst, K, &mut s.along_k);
         unsafe {
-            self.gemm(
+            (self.gemm)(
                 K,
                 hd,
                 Q / 2,
@@ -639,7 +623,7 @@ impl Tiles for Bf16Tiles {
                 hd_pad,
                 true,
             );
-            self.gemm(
+            (self.gemm)(
                 hd,
                 Q,
                 K / 2,
