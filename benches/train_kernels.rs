@@ -18,7 +18,8 @@ use common::{args_and_tokens, median_secs, values};
 use cleaner::kernels::attention::{attention_backward_in, attention_forward_in, AttnShape};
 use cleaner::kernels::cpu::kernels;
 use cleaner::kernels::matmul::{
-    matmul_tn, matmul_w, matmul_w_in, matmul_wt, matmul_wt_in, Precision, Weights,
+    lora_products, matmul_tn, matmul_w, matmul_w_in, matmul_wt, matmul_wt_in, Outer, Precision,
+    Project, Weights,
 };
 use cleaner::kernels::quant::{synthetic::random_tensor, QuantType};
 
@@ -136,6 +137,60 @@ fn main() {
     assert!(
         y.iter().chain(&dx).all(|v| v.is_finite()),
         "LoRA products: non-finite"
+    );
+    // LoRA's whole backward on the activations at the feed-forward's shape
+    // (g = dy B, dB += dy^T u, dA^T += x^T g): on the general kernels, each
+    // product reading its wide operand, and in lora_products' passes, the
+    // first reading dy once for g and dB.
+    let backward_flops = 2.0 * (n_tok * RANK * (2 * N_FF + N_EMBD)) as f64;
+    let (mut db_t, mut da_t) = (vec![0f32; N_FF * RANK], vec![0f32; N_EMBD * RANK]);
+    let s = median_secs(1, reps, || {
+        matmul_w(&dy, n_tok, &Weights::f32(&b, N_FF, RANK), &mut gd);
+        matmul_tn(&dy, &u, n_tok, &mut db_t, true);
+        matmul_tn(&x, &gd, n_tok, &mut da_t, true);
+    });
+    rows.push((
+        "LoRA backward dy B, dy^T u, x^T g: apart",
+        backward_flops / s,
+    ));
+    let s = median_secs(1, reps, || {
+        let (project, outer) = (
+            Project { f: &b, p: &mut gd },
+            Outer {
+                s: &u,
+                o: &mut db_t,
+            },
+        );
+        lora_products(&dy, n_tok, RANK, project, Some(outer));
+        matmul_tn(&x, &gd, n_tok, &mut da_t, true);
+    });
+    rows.push((
+        "LoRA backward, lora_products (dy read once)",
+        backward_flops / s,
+    ));
+    let at = values(N_EMBD * RANK, 13);
+    let s = median_secs(1, reps, || {
+        matmul_wt(&x, n_tok, &Weights::f32(&a, RANK, N_EMBD), &mut u)
+    });
+    rows.push((
+        "LoRA x A^T: matmul_wt",
+        2.0 * (n_tok * RANK * N_EMBD) as f64 / s,
+    ));
+    let s = median_secs(1, reps, || {
+        let project = Project { f: &at, p: &mut u };
+        lora_products(&x, n_tok, RANK, project, None)
+    });
+    rows.push((
+        "LoRA x A^T: lora_products",
+        2.0 * (n_tok * RANK * N_EMBD) as f64 / s,
+    ));
+    assert!(
+        gd.iter()
+            .chain(&db_t)
+            .chain(&da_t)
+            .chain(&u)
+            .all(|v| v.is_finite()),
+        "LoRA backward: non-finite"
     );
     // Causal attention, forward and backward (GQA 14/2 heads of 64).
     let shape = AttnShape {

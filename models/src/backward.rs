@@ -15,7 +15,9 @@ use crate::prefix::{KvLink, LayerLink};
 use cleaner_kernels::activation::{swiglu_backward, swiglu_forward};
 use cleaner_kernels::attention::AttnShape;
 use cleaner_kernels::logits::token_logprobs_backward;
-use cleaner_kernels::matmul::{matmul_tn, matmul_w, matmul_w_plus_acc_in, LowRank, Weights};
+use cleaner_kernels::matmul::{
+    lora_products, matmul_tn, matmul_w_plus_acc_in, LowRank, Outer, Project,
+};
 use cleaner_kernels::norm::rmsnorm_backward;
 use cleaner_kernels::profile;
 
@@ -328,12 +330,24 @@ impl LinearBackward<'_> {
             return;
         };
         let (s, rank) = (self.lora.scale(), self.lora.config.rank);
-        // g = s * dy B: [n_tok, rank]
-        let lora_dy_b = profile::span("LoRA dy B");
+        let gp = grads
+            .pair_mut(self.li, p)
+            .expect("grads shaped like the adapter (checked)");
+        // g = s dy B: [n_tok, rank], and dB += dy^T (s u), in one pass over dy.
+        let lora_dy = profile::span("LoRA dy B, dB");
+        let su: Vec<f32> = u.iter().map(|v| v * s).collect();
         let mut g = vec![0f32; n_tok * rank];
-        matmul_w(dy, n_tok, &Weights::f32(&pair.b, pair.n_out, rank), &mut g);
+        let project = Project {
+            f: &pair.b,
+            p: &mut g,
+        };
+        let outer = Outer {
+            s: &su,
+            o: &mut gp.b,
+        };
+        lora_products(dy, n_tok, rank, project, Some(outer));
         g.iter_mut().for_each(|v| *v *= s);
-        drop(lora_dy_b);
+        drop(lora_dy);
         // dx += dy W + g A, the low-rank term riding in the base product.
         let low_rank = LowRank {
             act: &g,
@@ -343,12 +357,7 @@ impl LinearBackward<'_> {
         let dy_w = profile::span(DY_W);
         matmul_w_plus_acc_in(precision, dy, n_tok, &weights, Some(low_rank), dx);
         drop(dy_w);
-        let _t = profile::span("LoRA dA, dB");
-        let su: Vec<f32> = u.iter().map(|v| v * s).collect();
-        let gp = grads
-            .pair_mut(self.li, p)
-            .expect("grads shaped like the adapter (checked)");
-        matmul_tn(dy, &su, n_tok, &mut gp.b, true);
+        let _t = profile::span("LoRA dA");
         matmul_tn(&g, x, n_tok, &mut gp.a, true);
     }
 }

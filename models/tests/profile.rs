@@ -48,8 +48,8 @@ fn a_profiled_step_times_every_part_once_per_call() {
         assert_eq!(calls(proj), 7 * forwards, "keep {keep}: {parts:?}");
         assert_eq!(calls("LoRA x A^T"), 7 * forwards);
         assert_eq!(calls("dy W, frozen weights (+ LoRA g A)"), 7 * layers);
-        assert_eq!(calls("LoRA dy B"), 7 * layers);
-        assert_eq!(calls("LoRA dA, dB"), 7 * layers);
+        assert_eq!(calls("LoRA dy B, dB"), 7 * layers);
+        assert_eq!(calls("LoRA dA"), 7 * layers);
         // A recomputed block reuses the attention the forward saved.
         assert_eq!(calls("attention forward"), layers);
         assert_eq!(calls("attention backward"), layers);

@@ -20,6 +20,7 @@
 pub(crate) mod amx;
 pub(crate) mod bf16;
 mod gemv;
+mod lora;
 mod micro;
 mod pack;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -32,6 +33,7 @@ pub use bf16::{
     LowRank,
 };
 pub use gemv::dot;
+pub use lora::{lora_products, Outer, Project};
 pub use weights::{WeightError, Weights};
 
 use gemv::{gemv, GEMV_MAX_TOK};

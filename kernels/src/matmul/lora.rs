@@ -1,0 +1,463 @@
+//! LoRA's thin products with the wide activations `d: [n_tok, n]` (a
+//! projection's input `x`, or the gradient of its output `dy`), in one pass
+//! over `d`:
+//!
+//! - the projection `p = d f`, `f: [n, rank]`: the forward's `u = x A^T`
+//!   (`f = A^T`) and the backward's `g = dy B`;
+//! - with it, if asked, the outer products `o += d^T s`, `s: [n_tok, rank]`:
+//!   the backward's `dB += dy^T u`, from the same values of `dy`.
+//!
+//! Why a kernel of their own: a rank-16 product does 16 multiply-adds per
+//! value of `d` it reads, so it waits on reading `d` (T = 512: 10 MB for the
+//! feed-forward's `dy`), and the backward read `dy` once for `g` and again
+//! for `dB`. Here a block of tokens' rows of `d` is read once, each value
+//! broadcast into both products, while `f`'s and `o`'s rows (`n x rank`,
+//! 311 KB for Qwen2.5-0.5B's widest) stream through L2. The tokens are
+//! split among the threads; each sums its own `o`, added up at the end.
+//! (`dA += g^T x` stays on [`matmul_tn`], which keeps its output in
+//! registers over all the tokens and wrote `dA` in its own layout faster
+//! than this kernel's blocks, which stream `o` through L2.)
+//!
+//! On CPUs without AVX-512, and for ranks over [`FUSED_MAX_RANK`], the two
+//! products run apart on the general kernels ([`matmul_w`], [`matmul_tn`]).
+
+use super::{matmul_tn, matmul_w, Weights};
+use crate::cpu::{kernels, Isa};
+#[cfg(target_arch = "x86_64")]
+use crate::parallel::SharedOut;
+#[cfg(target_arch = "x86_64")]
+use rayon::prelude::*;
+
+/// The widest rank the AVX-512 kernel keeps in registers (four zmm a row).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub const FUSED_MAX_RANK: usize = 64;
+
+/// The fewest tokens worth a thread of their own: each thread's share of
+/// the outer products is summed apart (`n x rank` values to zero and add).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const MIN_TOK_PER_PART: usize = 32;
+
+/// The projection `p = d f`.
+pub struct Project<'a> {
+    /// `[n, rank]`: `A^T` (the forward's `u = x A^T`), `B` (`g = dy B`).
+    pub f: &'a [f32],
+    /// `[n_tok, rank]`, overwritten.
+    pub p: &'a mut [f32],
+}
+
+/// The outer products `o += d^T s`.
+pub struct Outer<'a> {
+    /// `[n_tok, rank]`: `u` (for `dB += dy^T u`), `g` (`dA^T += x^T g`).
+    pub s: &'a [f32],
+    /// `[n, rank]`, added to.
+    pub o: &'a mut [f32],
+}
+
+/// LoRA's projection of `d: [n_tok, n]` and, if asked, its outer
+/// products, in one pass over `d` (see the module's text).
+pub fn lora_products(d: &[f32], n_tok: usize, rank: usize, project: Project, outer: Option<Outer>) {
+    let n = d.len().checked_div(n_tok).unwrap_or(0);
+    assert_eq!(d.len(), n_tok * n, "lora_products: d shape");
+    assert!(
+        project.f.len() == n * rank && project.p.len() == n_tok * rank,
+        "lora_products: projection shapes"
+    );
+    if let Some(ou) = &outer {
+        assert!(
+            ou.s.len() == n_tok * rank && ou.o.len() == n * rank,
+            "lora_products: outer product shapes"
+        );
+    }
+    if n_tok == 0 || n == 0 || rank == 0 {
+        project.p.fill(0.0); // an empty sum
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if fused_available() && rank <= FUSED_MAX_RANK {
+        return fused(d, n_tok, n, rank, project, outer);
+    }
+    composed(d, n_tok, n, rank, project, outer)
+}
+
+/// Whether [`lora_products`] runs the fused AVX-512 kernel here.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub fn fused_available() -> bool {
+    cfg!(target_arch = "x86_64") && kernels().gemm_f32 == Isa::Avx512
+}
+
+/// The two products apart, on the general kernels: each reads `d`.
+pub(crate) fn composed(
+    d: &[f32],
+    n_tok: usize,
+    n: usize,
+    rank: usize,
+    project: Project,
+    outer: Option<Outer>,
+) {
+    matmul_w(d, n_tok, &Weights::f32(project.f, n, rank), project.p);
+    if let Some(ou) = outer {
+        matmul_tn(d, ou.s, n_tok, ou.o, true);
+    }
+}
+
+/// The tokens in `parts` contiguous shares, one task each; the first
+/// share's outer products go straight into `o`, the others' into zeroed
+/// buffers added to it after.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn fused(
+    d: &[f32],
+    n_tok: usize,
+    n: usize,
+    rank: usize,
+    project: Project,
+    outer: Option<Outer>,
+) {
+    assert!(fused_available() && (1..=FUSED_MAX_RANK).contains(&rank));
+    let parts = rayon::current_num_threads()
+        .min(n_tok.div_ceil(MIN_TOK_PER_PART))
+        .max(1);
+    let f = project.f;
+    let p = SharedOut::new(project.p);
+    let s = outer.as_ref().map(|ou| ou.s);
+    let mut partial = vec![
+        0f32;
+        if outer.is_some() {
+            (parts - 1) * n * rank
+        } else {
+            0
+        }
+    ];
+    let rest = SharedOut::new(&mut partial);
+    let o = outer.map(|ou| SharedOut::new(ou.o));
+    let run = |part: usize| {
+        let (t0, t1) = (part * n_tok / parts, (part + 1) * n_tok / parts);
+        let null = std::ptr::null_mut();
+        // SAFETY: the shares' rows of `d`, `s` and `p` are disjoint and in
+        // bounds (shapes checked by the caller); each share sums into its
+        // own `o`: the caller's, or its part of `partial`.
+        unsafe {
+            let o_part = match (o, part) {
+                (Some(o), 0) => o.get(),
+                (Some(_), _) => rest.get().add((part - 1) * n * rank),
+                (None, _) => null,
+            };
+            avx512::tokens(
+                d.as_ptr().add(t0 * n),
+                t1 - t0,
+                n,
+                rank,
+                f.as_ptr(),
+                p.get().add(t0 * rank),
+                s.map_or(std::ptr::null(), |s| s.as_ptr().add(t0 * rank)),
+                o_part,
+            )
+        }
+    };
+    // Handed to the pool (the caller sleeps) rather than `for_each_task`
+    // (the caller takes a share and spins for the helpers): in the training
+    // step, between the products' parallel loops, the latter made these
+    // passes 2.4x slower on a 2-vCPU Zen 5 (`bench train --profile`: 0.207
+    // against 0.087 s a step), slower than one thread alone (0.121 s).
+    (0..parts).into_par_iter().for_each(run);
+    if let Some(o) = o.filter(|_| parts > 1) {
+        // SAFETY: `o` is the caller's `n x rank` buffer; the tasks are done.
+        let o = unsafe { std::slice::from_raw_parts_mut(o.get(), n * rank) };
+        for share in partial.chunks_exact(n * rank) {
+            o.iter_mut().zip(share).for_each(|(v, &w)| *v += w);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// The projection (and, with a non-null `s`, the outer products) of
+    /// `n_tok` tokens, in blocks of as many tokens as the registers hold: a
+    /// token's `rank` lanes take G zmm, for its projection's accumulators
+    /// and its row of `s`. A ragged end goes one token at a time.
+    ///
+    /// # Safety
+    /// AVX-512F; `d` holds `n_tok x n`, `p` and `s` `n_tok x rank`, `f` and
+    /// `o` `n x rank` values (`s` and `o` may be null together); `rank` in
+    /// 1..=64.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tokens(
+        d: *const f32,
+        n_tok: usize,
+        n: usize,
+        rank: usize,
+        f: *const f32,
+        p: *mut f32,
+        s: *const f32,
+        o: *mut f32,
+    ) {
+        macro_rules! run {
+            ($g:literal, $both:literal, $one:literal) => {
+                if s.is_null() {
+                    blocks::<$g, $one, false>(d, n_tok, n, rank, f, p, s, o)
+                } else {
+                    blocks::<$g, $both, true>(d, n_tok, n, rank, f, p, s, o)
+                }
+            };
+        }
+        match rank.div_ceil(16) {
+            1 => run!(1, 12, 16),
+            2 => run!(2, 6, 12),
+            3 => run!(3, 4, 8),
+            4 => run!(4, 3, 6),
+            _ => unreachable!("rank {rank} over the fused kernel's 64"),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn blocks<const G: usize, const TB: usize, const OUTER: bool>(
+        d: *const f32,
+        n_tok: usize,
+        n: usize,
+        rank: usize,
+        f: *const f32,
+        p: *mut f32,
+        s: *const f32,
+        o: *mut f32,
+    ) {
+        let mut masks = [0xffffu16; G];
+        masks[G - 1] = super::super::lane_mask(rank - 16 * (G - 1));
+        let mut t = 0;
+        while t + TB <= n_tok {
+            block::<G, TB, OUTER>(d, t, n, rank, &masks, f, p, s, o);
+            t += TB;
+        }
+        while t < n_tok {
+            block::<G, 1, OUTER>(d, t, n, rank, &masks, f, p, s, o);
+            t += 1;
+        }
+    }
+
+    /// Tokens `t..t + TB`: each value of their rows of `d`, column by
+    /// column, feeds `TB x G` projection accumulators (with `f`'s row `c`)
+    /// and `o`'s row `c` (with the tokens' rows of `s`, kept in registers).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block<const G: usize, const TB: usize, const OUTER: bool>(
+        d: *const f32,
+        t: usize,
+        n: usize,
+        rank: usize,
+        masks: &[u16; G],
+        f: *const f32,
+        p: *mut f32,
+        s: *const f32,
+        o: *mut f32,
+    ) {
+        let d = d.add(t * n);
+        let mut acc = [[_mm512_setzero_ps(); G]; TB];
+        let mut s_rows = [[_mm512_setzero_ps(); G]; TB];
+        if OUTER {
+            for (i, row) in s_rows.iter_mut().enumerate() {
+                for (g, v) in row.iter_mut().enumerate() {
+                    *v = _mm512_maskz_loadu_ps(masks[g], s.add((t + i) * rank + 16 * g));
+                }
+            }
+        }
+        for c in 0..n {
+            let dv = |i: usize| _mm512_set1_ps(*d.add(i * n + c));
+            let f_row = f.add(c * rank);
+            for g in 0..G {
+                let fv = _mm512_maskz_loadu_ps(masks[g], f_row.add(16 * g));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    acc[g] = _mm512_fmadd_ps(dv(i), fv, acc[g]);
+                }
+            }
+            if OUTER {
+                let o_row = o.add(c * rank);
+                for g in 0..G {
+                    // Two chains of the tokens' multiply-adds, halving the
+                    // latency each column waits on.
+                    let mut even = _mm512_maskz_loadu_ps(masks[g], o_row.add(16 * g));
+                    let mut odd = _mm512_setzero_ps();
+                    for i in (0..TB).step_by(2) {
+                        even = _mm512_fmadd_ps(dv(i), s_rows[i][g], even);
+                        if i + 1 < TB {
+                            odd = _mm512_fmadd_ps(dv(i + 1), s_rows[i + 1][g], odd);
+                        }
+                    }
+                    let ov = if TB > 1 {
+                        _mm512_add_ps(even, odd)
+                    } else {
+                        even
+                    };
+                    _mm512_mask_storeu_ps(o_row.add(16 * g), masks[g], ov);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (g, &v) in row.iter().enumerate() {
+                _mm512_mask_storeu_ps(p.add((t + i) * rank + 16 * g), masks[g], v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matmul::tests::MATMUL_TOL;
+    use crate::testing::TestRng;
+
+    /// `p = d f` and `o0 + d^T s` in f64, with each entry's mass
+    /// (`sum |terms|`) for the tolerance.
+    #[allow(clippy::type_complexity)]
+    fn oracle(
+        d: &[f32],
+        n_tok: usize,
+        n: usize,
+        rank: usize,
+        f: &[f32],
+        s: &[f32],
+        o0: &[f32],
+    ) -> ((Vec<f64>, Vec<f64>), (Vec<f64>, Vec<f64>)) {
+        let (mut p, mut p_mass) = (vec![0f64; n_tok * rank], vec![0f64; n_tok * rank]);
+        let mut o: Vec<f64> = o0.iter().map(|&v| v as f64).collect();
+        let mut o_mass: Vec<f64> = o.iter().map(|v| v.abs()).collect();
+        for t in 0..n_tok {
+            for c in 0..n {
+                let dv = d[t * n + c] as f64;
+                for r in 0..rank {
+                    let term = dv * f[c * rank + r] as f64;
+                    p[t * rank + r] += term;
+                    p_mass[t * rank + r] += term.abs();
+                    let term = dv * s[t * rank + r] as f64;
+                    o[c * rank + r] += term;
+                    o_mass[c * rank + r] += term.abs();
+                }
+            }
+        }
+        ((p, p_mass), (o, o_mass))
+    }
+
+    fn close(what: &str, got: &[f32], want: &[f64], mass: &[f64]) {
+        for (i, ((&g, &w), &m)) in got.iter().zip(want).zip(mass).enumerate() {
+            assert!(
+                (g as f64 - w).abs() <= MATMUL_TOL * m + 1e-30,
+                "{what}[{i}]: {g} vs {w} (mass {m})"
+            );
+        }
+    }
+
+    type Kernel = fn(&[f32], usize, usize, usize, Project, Option<Outer>);
+
+    /// The projection alone and with the outer products, against the
+    /// oracle, the outer products added to non-zero values.
+    fn check(kernel: Kernel, name: &str, n_tok: usize, n: usize, rank: usize, seed: u64) {
+        let mut rng = TestRng(seed);
+        let mut values = |len: usize| (0..len).map(|_| rng.uniform()).collect::<Vec<f32>>();
+        let (d, f, s, o0) = (
+            values(n_tok * n),
+            values(n * rank),
+            values(n_tok * rank),
+            values(n * rank),
+        );
+        let ((p_want, p_mass), (o_want, o_mass)) = oracle(&d, n_tok, n, rank, &f, &s, &o0);
+        let what = format!("{name}: n_tok {n_tok}, n {n}, rank {rank}");
+        for out in [false, true] {
+            let mut p = vec![f32::NAN; n_tok * rank];
+            let mut o = o0.clone();
+            kernel(
+                &d,
+                n_tok,
+                n,
+                rank,
+                Project { f: &f, p: &mut p },
+                out.then(|| Outer { s: &s, o: &mut o }),
+            );
+            close(&format!("{what}: p"), &p, &p_want, &p_mass);
+            let (o_want, o_mass) = if out {
+                (o_want.clone(), o_mass.clone())
+            } else {
+                (o0.iter().map(|&v| v as f64).collect(), vec![0.0; o0.len()])
+            };
+            close(&format!("{what}: o"), &o, &o_want, &o_mass);
+        }
+    }
+
+    /// The shapes: token counts around the 8-, 4- and 2-token blocks and the
+    /// threads' shares, ranks around the 16-lane groups.
+    fn check_shapes(kernel: Kernel, name: &str, ranks: &[usize]) {
+        let mut seed = 1;
+        for &rank in ranks {
+            for n_tok in [1, 2, 7, 9, 33, 100, 257] {
+                for n in [1, 13, 64] {
+                    check(kernel, name, n_tok, n, rank, seed);
+                    seed += 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn composed_products_match_the_oracle() {
+        check_shapes(composed, "composed", &[1, 16, 33, 80]);
+    }
+
+    /// On one thread and on three (whose shares sum their outer products
+    /// apart), where this CPU runs the fused kernel.
+    #[test]
+    fn fused_products_match_the_oracle_on_one_and_three_threads() {
+        if !fused_available() {
+            eprintln!("no AVX-512 here: the fused LoRA kernel is not tested on this CPU");
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                check_shapes(
+                    fused,
+                    &format!("fused, {threads} threads"),
+                    &[1, 5, 16, 17, 32, 40, 48, 64],
+                )
+            });
+        }
+    }
+
+    /// The public entry: empty shapes, and ranks past the fused kernel's.
+    #[test]
+    fn lora_products_handles_empty_and_wide_shapes() {
+        let mut p = vec![f32::NAN; 4 * 16];
+        let mut o = vec![1f32; 0];
+        lora_products(
+            &[],
+            4,
+            16,
+            Project { f: &[], p: &mut p },
+            Some(Outer {
+                s: &[0.0; 4 * 16],
+                o: &mut o,
+            }),
+        );
+        assert!(p.iter().all(|&v| v == 0.0), "an empty sum is zero");
+        check(
+            |d, n_tok, _, rank, pr, ou| lora_products(d, n_tok, rank, pr, ou),
+            "lora_products",
+            40,
+            24,
+            FUSED_MAX_RANK + 8,
+            9,
+        );
+        check(
+            |d, n_tok, _, rank, pr, ou| lora_products(d, n_tok, rank, pr, ou),
+            "lora_products",
+            40,
+            24,
+            16,
+            10,
+        );
+    }
+}
