@@ -11,9 +11,10 @@
 //! value of `d` it reads, so it waits on reading `d` (T = 512: 10 MB for the
 //! feed-forward's `dy`), and the backward read `dy` once for `g` and again
 //! for `dB`. Here a block of tokens' rows of `d` is read once, each value
-//! broadcast into both products, while `f`'s and `o`'s rows (`n x rank`,
-//! 311 KB for Qwen2.5-0.5B's widest) stream through L2. The tokens are
-//! split among the threads; each sums its own `o`, added up at the end.
+//! broadcast into both products. The columns are cut into chunks whose rows
+//! of `f` and `o` stay in cache while every token passes; a chunk owns its
+//! rows of `o`, and its share of `p` is added to the others' in chunk
+//! order, so the sums do not depend on the thread count.
 //! (`dA += g^T x` stays on [`matmul_tn`], which keeps its output in
 //! registers over all the tokens and wrote `dA` in its own layout faster
 //! than this kernel's blocks, which stream `o` through L2.)
@@ -32,10 +33,11 @@ use rayon::prelude::*;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub const FUSED_MAX_RANK: usize = 64;
 
-/// The fewest tokens worth a thread of their own: each thread's share of
-/// the outer products is summed apart (`n x rank` values to zero and add).
+/// The widest chunk of `d`'s columns a task takes: its rows of `f` and `o`
+/// (512 x 16 f32, 32 KiB each at rank 16) stay in L1/L2 while every token
+/// passes, and Qwen2.5-0.5B's 4864 columns make 10 tasks, 896 make 2.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-const MIN_TOK_PER_PART: usize = 32;
+const CHUNK_COLS: usize = 512;
 
 /// The projection `p = d f`.
 pub struct Project<'a> {
@@ -100,9 +102,11 @@ pub(crate) fn composed(
     }
 }
 
-/// The tokens in `parts` contiguous shares, one task each; the first
-/// share's outer products go straight into `o`, the others' into zeroed
-/// buffers added to it after.
+/// The columns of `d` in chunks of at most [`CHUNK_COLS`], one task each:
+/// a chunk owns its rows of `o` (summed over every token, in order), and
+/// writes its share of the projection's sum into a buffer of its own;
+/// those shares are added in chunk order. The chunks depend on `n` alone,
+/// so the results do not depend on the thread count.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn fused(
     d: &[f32],
@@ -113,43 +117,34 @@ pub(crate) fn fused(
     outer: Option<Outer>,
 ) {
     assert!(fused_available() && (1..=FUSED_MAX_RANK).contains(&rank));
-    let parts = rayon::current_num_threads()
-        .min(n_tok.div_ceil(MIN_TOK_PER_PART))
-        .max(1);
+    let width = super::bf16::balanced_chunk(n, 16, CHUNK_COLS);
+    let n_chunks = n.div_ceil(width);
+    // The first chunk's share goes straight into `p`.
+    let mut shares = vec![0f32; (n_chunks - 1) * n_tok * rank];
+    let (p, rest) = (SharedOut::new(project.p), SharedOut::new(&mut shares));
     let f = project.f;
-    let p = SharedOut::new(project.p);
     let s = outer.as_ref().map(|ou| ou.s);
-    let mut partial = vec![
-        0f32;
-        if outer.is_some() {
-            (parts - 1) * n * rank
-        } else {
-            0
-        }
-    ];
-    let rest = SharedOut::new(&mut partial);
     let o = outer.map(|ou| SharedOut::new(ou.o));
-    let run = |part: usize| {
-        let (t0, t1) = (part * n_tok / parts, (part + 1) * n_tok / parts);
-        let null = std::ptr::null_mut();
-        // SAFETY: the shares' rows of `d`, `s` and `p` are disjoint and in
-        // bounds (shapes checked by the caller); each share sums into its
-        // own `o`: the caller's, or its part of `partial`.
+    let run = |chunk: usize| {
+        let c0 = chunk * width;
+        // SAFETY: each chunk writes its own columns' rows of `o` and its
+        // own share of `p`; every pointer is in bounds for the shapes the
+        // caller checked.
         unsafe {
-            let o_part = match (o, part) {
-                (Some(o), 0) => o.get(),
-                (Some(_), _) => rest.get().add((part - 1) * n * rank),
-                (None, _) => null,
+            let p_share = match chunk {
+                0 => p.get(),
+                _ => rest.get().add((chunk - 1) * n_tok * rank),
             };
             avx512::tokens(
-                d.as_ptr().add(t0 * n),
-                t1 - t0,
+                d.as_ptr().add(c0),
                 n,
+                n_tok,
+                width.min(n - c0),
                 rank,
-                f.as_ptr(),
-                p.get().add(t0 * rank),
-                s.map_or(std::ptr::null(), |s| s.as_ptr().add(t0 * rank)),
-                o_part,
+                f.as_ptr().add(c0 * rank),
+                p_share,
+                s.map_or(std::ptr::null(), |s| s.as_ptr()),
+                o.map_or(std::ptr::null_mut(), |o| o.get().add(c0 * rank)),
             )
         }
     };
@@ -158,13 +153,9 @@ pub(crate) fn fused(
     // step, between the products' parallel loops, the latter made these
     // passes 2.4x slower on a 2-vCPU Zen 5 (`bench train --profile`: 0.207
     // against 0.087 s a step), slower than one thread alone (0.121 s).
-    (0..parts).into_par_iter().for_each(run);
-    if let Some(o) = o.filter(|_| parts > 1) {
-        // SAFETY: `o` is the caller's `n x rank` buffer; the tasks are done.
-        let o = unsafe { std::slice::from_raw_parts_mut(o.get(), n * rank) };
-        for share in partial.chunks_exact(n * rank) {
-            o.iter_mut().zip(share).for_each(|(v, &w)| *v += w);
-        }
+    (0..n_chunks).into_par_iter().for_each(run);
+    for share in shares.chunks_exact(n_tok * rank) {
+        project.p.iter_mut().zip(share).for_each(|(v, &w)| *v += w);
     }
 }
 
@@ -173,18 +164,20 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     /// The projection (and, with a non-null `s`, the outer products) of
-    /// `n_tok` tokens, in blocks of as many tokens as the registers hold: a
-    /// token's `rank` lanes take G zmm, for its projection's accumulators
-    /// and its row of `s`. A ragged end goes one token at a time.
+    /// `n` columns of `d` (rows `ld` apart) over all `n_tok` tokens, in
+    /// blocks of as many tokens as the registers hold: a token's `rank`
+    /// lanes take G zmm, for its projection's accumulators and its row of
+    /// `s`. A ragged end goes one token at a time.
     ///
     /// # Safety
-    /// AVX-512F; `d` holds `n_tok x n`, `p` and `s` `n_tok x rank`, `f` and
-    /// `o` `n x rank` values (`s` and `o` may be null together); `rank` in
-    /// 1..=64.
+    /// AVX-512F; `d` holds `n_tok` rows of `ld >= n` values, `p` and `s`
+    /// `n_tok x rank`, `f` and `o` `n x rank` values (`s` and `o` may be
+    /// null together); `rank` in 1..=64.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tokens(
         d: *const f32,
+        ld: usize,
         n_tok: usize,
         n: usize,
         rank: usize,
@@ -196,9 +189,9 @@ mod avx512 {
         macro_rules! run {
             ($g:literal, $both:literal, $one:literal) => {
                 if s.is_null() {
-                    blocks::<$g, $one, false>(d, n_tok, n, rank, f, p, s, o)
+                    blocks::<$g, $one, false>(d, ld, n_tok, n, rank, f, p, s, o)
                 } else {
-                    blocks::<$g, $both, true>(d, n_tok, n, rank, f, p, s, o)
+                    blocks::<$g, $both, true>(d, ld, n_tok, n, rank, f, p, s, o)
                 }
             };
         }
@@ -215,6 +208,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     unsafe fn blocks<const G: usize, const TB: usize, const OUTER: bool>(
         d: *const f32,
+        ld: usize,
         n_tok: usize,
         n: usize,
         rank: usize,
@@ -227,11 +221,11 @@ mod avx512 {
         masks[G - 1] = super::super::lane_mask(rank - 16 * (G - 1));
         let mut t = 0;
         while t + TB <= n_tok {
-            block::<G, TB, OUTER>(d, t, n, rank, &masks, f, p, s, o);
+            block::<G, TB, OUTER>(d, ld, t, n, rank, &masks, f, p, s, o);
             t += TB;
         }
         while t < n_tok {
-            block::<G, 1, OUTER>(d, t, n, rank, &masks, f, p, s, o);
+            block::<G, 1, OUTER>(d, ld, t, n, rank, &masks, f, p, s, o);
             t += 1;
         }
     }
@@ -244,6 +238,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     unsafe fn block<const G: usize, const TB: usize, const OUTER: bool>(
         d: *const f32,
+        ld: usize,
         t: usize,
         n: usize,
         rank: usize,
@@ -253,7 +248,7 @@ mod avx512 {
         s: *const f32,
         o: *mut f32,
     ) {
-        let d = d.add(t * n);
+        let d = d.add(t * ld);
         let mut acc = [[_mm512_setzero_ps(); G]; TB];
         let mut s_rows = [[_mm512_setzero_ps(); G]; TB];
         if OUTER {
@@ -264,7 +259,7 @@ mod avx512 {
             }
         }
         for c in 0..n {
-            let dv = |i: usize| _mm512_set1_ps(*d.add(i * n + c));
+            let dv = |i: usize| _mm512_set1_ps(*d.add(i * ld + c));
             let f_row = f.add(c * rank);
             for g in 0..G {
                 let fv = _mm512_maskz_loadu_ps(masks[g], f_row.add(16 * g));
@@ -384,13 +379,14 @@ mod tests {
         }
     }
 
-    /// The shapes: token counts around the 8-, 4- and 2-token blocks and the
-    /// threads' shares, ranks around the 16-lane groups.
+    /// The shapes: token counts around the blocks (16, 12, 8, 6, 4 and 3
+    /// tokens), ranks around the 16-lane groups, one chunk of columns and
+    /// three (1100 = 368 + 368 + 364).
     fn check_shapes(kernel: Kernel, name: &str, ranks: &[usize]) {
         let mut seed = 1;
         for &rank in ranks {
-            for n_tok in [1, 2, 7, 9, 33, 100, 257] {
-                for n in [1, 13, 64] {
+            for n_tok in [1, 2, 7, 13, 33, 100, 257] {
+                for n in [1, 13, 64, 1100] {
                     check(kernel, name, n_tok, n, rank, seed);
                     seed += 1;
                 }
@@ -425,6 +421,34 @@ mod tests {
                 )
             });
         }
+    }
+
+    /// The same bits on one thread and on three: the chunks depend on the
+    /// shape alone, and their shares are added in order.
+    #[test]
+    fn fused_products_do_not_depend_on_the_thread_count() {
+        if !fused_available() {
+            eprintln!("no AVX-512 here: the fused LoRA kernel is not tested on this CPU");
+            return;
+        }
+        let (n_tok, n, rank) = (77, 2000, 16);
+        let mut rng = TestRng(3);
+        let mut values = |len: usize| (0..len).map(|_| rng.uniform()).collect::<Vec<f32>>();
+        let (d, f, s) = (values(n_tok * n), values(n * rank), values(n_tok * rank));
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let (mut p, mut o) = (vec![0f32; n_tok * rank], vec![0.5f32; n * rank]);
+            pool.install(|| {
+                let project = Project { f: &f, p: &mut p };
+                lora_products(&d, n_tok, rank, project, Some(Outer { s: &s, o: &mut o }))
+            });
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            (bits(&p), bits(&o))
+        };
+        assert!(on(1) == on(3), "the sums moved with the thread count");
     }
 
     /// The public entry: empty shapes, and ranks past the fused kernel's.
