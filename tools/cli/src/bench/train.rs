@@ -174,9 +174,11 @@ fn ours(
     let profiled = profiled && matches!(setting, Setting::Cpu(..));
     let weights = vec![1f32; n_tok - 1];
     let mut times = Vec::new();
-    for rep in 0..reps + 1 {
-        // Rep 0 warms up (pages the weights in): neither timed nor profiled.
-        profile::set_enabled(profiled && rep > 0);
+    for rep in 0..WARMUP_STEPS + reps {
+        // The warm-up steps (weights paged in, buffers allocated) are
+        // neither timed nor profiled.
+        let timed = rep >= WARMUP_STEPS;
+        profile::set_enabled(profiled && timed);
         let s = Instant::now();
         let step = {
             let _t = profile::span(STEP_REST);
@@ -189,12 +191,12 @@ fn ours(
         };
         profile::set_enabled(false);
         step?;
-        times.push(s.elapsed().as_secs_f64());
-        if rep == 0 {
+        if timed {
+            times.push(s.elapsed().as_secs_f64());
+        } else {
             let _ = profile::take();
         }
     }
-    times.remove(0);
     Ok(Cell {
         tok_s: n_tok as f64 / median(times),
         peak_mib: super::peak_rss_mib().unwrap_or(f64::NAN),
@@ -259,6 +261,7 @@ fn torch(
         &reps.to_string(),
         &threads.to_string(),
         precision_name(precision),
+        &WARMUP_STEPS.to_string(),
     ]);
     let v = super::python_env::run_baseline(python, &mut cmd)?;
     Ok(Cell {
@@ -272,6 +275,14 @@ fn torch(
         ),
     })
 }
+
+/// Steps each side runs before the timed ones, ours and PyTorch's alike.
+/// PyTorch + PEFT needs two on a 2-vCPU Zen 5 (2026-12-04): its steps took
+/// 11.1, 7.3 and 4.6 s at T = 512 in bf16, the second still paying for
+/// memory its allocator was settling (3.1 million page faults in a
+/// 4-step run), so one warm-up step timed it at 70 tok/s for a steady
+/// 110.
+const WARMUP_STEPS: usize = 2;
 
 fn precision_name(p: Precision) -> &'static str {
     match p {
@@ -353,7 +364,7 @@ pub fn run(a: Args) -> Result<()> {
     baselines.sort_by_key(|&p| p == Precision::Bf16);
     baselines.dedup();
     println!(
-        "LoRA step (forward + backward + AdamW, rank 16, q k v o gate up down), {threads} threads, median of {} steps, {} round(s) alternating ours and PyTorch",
+        "LoRA step (forward + backward + AdamW, rank 16, q k v o gate up down), {threads} threads, median of {} steps after {WARMUP_STEPS} warm-up steps, {} round(s) alternating ours and PyTorch",
         a.reps, a.rounds
     );
     println!(
