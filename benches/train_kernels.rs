@@ -168,7 +168,10 @@ fn main() {
         "LoRA backward, lora_products (dy read once)",
         backward_flops / s,
     ));
-    let at = values(N_EMBD * RANK, 13);
+    // A^T: [n_in, rank], the projection's layout.
+    let at: Vec<f32> = (0..N_EMBD * RANK)
+        .map(|i| a[(i % RANK) * N_EMBD + i / RANK])
+        .collect();
     let s = median_secs(1, reps, || {
         matmul_wt(&x, n_tok, &Weights::f32(&a, RANK, N_EMBD), &mut u)
     });

@@ -58,7 +58,11 @@ pub struct Outer<'a> {
 /// LoRA's projection of `d: [n_tok, n]` and, if asked, its outer
 /// products, in one pass over `d` (see the module's text).
 pub fn lora_products(d: &[f32], n_tok: usize, rank: usize, project: Project, outer: Option<Outer>) {
-    let n = d.len().checked_div(n_tok).unwrap_or(0);
+    // `n` from the factor, so that no tokens (an empty `d`) still has one.
+    let n = match rank {
+        0 => d.len().checked_div(n_tok).unwrap_or(0),
+        _ => project.f.len() / rank,
+    };
     assert_eq!(d.len(), n_tok * n, "lora_products: d shape");
     assert!(
         project.f.len() == n * rank && project.p.len() == n_tok * rank,
@@ -116,7 +120,7 @@ pub(crate) fn fused(
     project: Project,
     outer: Option<Outer>,
 ) {
-    assert!(fused_available() && (1..=FUSED_MAX_RANK).contains(&rank));
+    assert!(fused_available() && (1..=FUSED_MAX_RANK).contains(&rank) && n > 0 && n_tok > 0);
     let width = super::bf16::balanced_chunk(n, 16, CHUNK_COLS);
     let n_chunks = n.div_ceil(width);
     // The first chunk's share goes straight into `p`.
@@ -467,6 +471,19 @@ mod tests {
             }),
         );
         assert!(p.iter().all(|&v| v == 0.0), "an empty sum is zero");
+        // No tokens: nothing to write, nothing added to `o`.
+        let mut o = vec![1f32; 24 * 16];
+        lora_products(
+            &[],
+            0,
+            16,
+            Project {
+                f: &[0.5; 24 * 16],
+                p: &mut [],
+            },
+            Some(Outer { s: &[], o: &mut o }),
+        );
+        assert!(o.iter().all(|&v| v == 1.0), "no tokens add nothing");
         check(
             |d, n_tok, _, rank, pr, ou| lora_products(d, n_tok, rank, pr, ou),
             "lora_products",
