@@ -161,38 +161,15 @@ fn main() {
                 o: &mut db_t,
             },
         );
-        lora_products(&dy, n_tok, RANK, project, Some(outer));
+        lora_products(&dy, n_tok, RANK, project, outer);
         matmul_tn(&x, &gd, n_tok, &mut da_t, true);
     });
     rows.push((
         "LoRA backward, lora_products (dy read once)",
         backward_flops / s,
     ));
-    // A^T: [n_in, rank], the projection's layout.
-    let at: Vec<f32> = (0..N_EMBD * RANK)
-        .map(|i| a[(i % RANK) * N_EMBD + i / RANK])
-        .collect();
-    let s = median_secs(1, reps, || {
-        matmul_wt(&x, n_tok, &Weights::f32(&a, RANK, N_EMBD), &mut u)
-    });
-    rows.push((
-        "LoRA x A^T: matmul_wt",
-        2.0 * (n_tok * RANK * N_EMBD) as f64 / s,
-    ));
-    let s = median_secs(1, reps, || {
-        let project = Project { f: &at, p: &mut u };
-        lora_products(&x, n_tok, RANK, project, None)
-    });
-    rows.push((
-        "LoRA x A^T: lora_products",
-        2.0 * (n_tok * RANK * N_EMBD) as f64 / s,
-    ));
     assert!(
-        gd.iter()
-            .chain(&db_t)
-            .chain(&da_t)
-            .chain(&u)
-            .all(|v| v.is_finite()),
+        gd.iter().chain(&db_t).chain(&da_t).all(|v| v.is_finite()),
         "LoRA backward: non-finite"
     );
     // Causal attention, forward and backward (GQA 14/2 heads of 64).

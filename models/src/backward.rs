@@ -345,7 +345,7 @@ impl LinearBackward<'_> {
             s: &su,
             o: &mut gp.b,
         };
-        lora_products(dy, n_tok, rank, project, Some(outer));
+        lora_products(dy, n_tok, rank, project, outer);
         g.iter_mut().for_each(|v| *v *= s);
         drop(lora_dy);
         // dx += dy W + g A, the low-rank term riding in the base product.

@@ -18,7 +18,7 @@ use cleaner_kernels::attention::AttnShape;
 use cleaner_kernels::logits::{
     kept_logits_bytes, token_logprobs_forward, token_logprobs_forward_keeping, KeptLogits,
 };
-use cleaner_kernels::matmul::{lora_products, matmul_wt_in, matmul_wt_plus_in, LowRank, Project};
+use cleaner_kernels::matmul::{matmul_wt, matmul_wt_in, matmul_wt_plus_in, LowRank, Weights};
 use cleaner_kernels::norm::rmsnorm_forward;
 use cleaner_kernels::profile;
 use cleaner_kernels::rope::Rope;
@@ -561,15 +561,7 @@ impl Transformer {
         let scaled = lora.map(|(pair, scale, u)| {
             let _t = profile::span("LoRA x A^T");
             let rank = pair.a.len() / pair.n_in;
-            // A^T: [n_in, rank], the projection's layout.
-            let mut a_t = vec![0f32; pair.a.len()];
-            for (r, row) in pair.a.chunks_exact(pair.n_in).enumerate() {
-                for (c, &v) in row.iter().enumerate() {
-                    a_t[c * rank + r] = v;
-                }
-            }
-            let project = Project { f: &a_t, p: u };
-            lora_products(x, n_tok, rank, project, None);
+            matmul_wt(x, n_tok, &Weights::f32(&pair.a, rank, pair.n_in), u);
             let su: Vec<f32> = u.iter().map(|v| v * scale).collect();
             (pair, su, rank)
         });

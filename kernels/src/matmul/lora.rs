@@ -1,23 +1,19 @@
-//! LoRA's thin products with the wide activations `d: [n_tok, n]` (a
-//! projection's input `x`, or the gradient of its output `dy`), in one pass
-//! over `d`:
-//!
-//! - the projection `p = d f`, `f: [n, rank]`: the forward's `u = x A^T`
-//!   (`f = A^T`) and the backward's `g = dy B`;
-//! - with it, if asked, the outer products `o += d^T s`, `s: [n_tok, rank]`:
-//!   the backward's `dB += dy^T u`, from the same values of `dy`.
+//! LoRA's backward products with the gradient of a projection's output,
+//! `dy: [n_tok, n]`, in one pass over it: `g = dy B` (`B: [n, rank]`) and
+//! `dB += dy^T u` (`u: [n_tok, rank]`, the saved `x A^T`).
 //!
 //! Why a kernel of their own: a rank-16 product does 16 multiply-adds per
-//! value of `d` it reads, so it waits on reading `d` (T = 512: 10 MB for the
-//! feed-forward's `dy`), and the backward read `dy` once for `g` and again
-//! for `dB`. Here a block of tokens' rows of `d` is read once, each value
-//! broadcast into both products. The columns are cut into chunks whose rows
-//! of `f` and `o` stay in cache while every token passes; a chunk owns its
-//! rows of `o`, and its share of `p` is added to the others' in chunk
-//! order, so the sums do not depend on the thread count.
-//! (`dA += g^T x` stays on [`matmul_tn`], which keeps its output in
-//! registers over all the tokens and wrote `dA` in its own layout faster
-//! than this kernel's blocks, which stream `o` through L2.)
+//! value of `dy` it reads, so it waits on reading `dy` (T = 512: 10 MB for
+//! the feed-forward's gate and up), and the backward read `dy` once for `g`
+//! and again for `dB`. Here each value of a block of tokens' rows of `dy`
+//! is read once and broadcast into both products. The columns are cut into
+//! chunks whose rows of `B` and `dB` stay in cache while every token
+//! passes; a chunk owns its rows of `dB`, and its share of `g` is added to
+//! the others' in chunk order, so the sums do not depend on the thread
+//! count. (`dA += g^T x` stays on [`matmul_tn`], which keeps its output in
+//! registers over all the tokens and was faster for it; the forward's
+//! `u = x A^T` on [`super::matmul_wt`], as fast as this kernel's
+//! projection alone in the step.)
 //!
 //! On CPUs without AVX-512, and for ranks over [`FUSED_MAX_RANK`], the two
 //! products run apart on the general kernels ([`matmul_w`], [`matmul_tn`]).
@@ -33,15 +29,15 @@ use rayon::prelude::*;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub const FUSED_MAX_RANK: usize = 64;
 
-/// The widest chunk of `d`'s columns a task takes: its rows of `f` and `o`
-/// (512 x 16 f32, 32 KiB each at rank 16) stay in L1/L2 while every token
-/// passes, and Qwen2.5-0.5B's 4864 columns make 10 tasks, 896 make 2.
+/// The widest chunk of `dy`'s columns a task takes: its rows of `B` and
+/// `dB` (512 x 16 f32, 32 KiB each at rank 16) stay in L1/L2 while every
+/// token passes, and Qwen2.5-0.5B's 4864 columns make 10 tasks, 896 make 2.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const CHUNK_COLS: usize = 512;
 
 /// The projection `p = d f`.
 pub struct Project<'a> {
-    /// `[n, rank]`: `A^T` (the forward's `u = x A^T`), `B` (`g = dy B`).
+    /// `[n, rank]`: `B` (for `g = dy B`).
     pub f: &'a [f32],
     /// `[n_tok, rank]`, overwritten.
     pub p: &'a mut [f32],
@@ -49,15 +45,15 @@ pub struct Project<'a> {
 
 /// The outer products `o += d^T s`.
 pub struct Outer<'a> {
-    /// `[n_tok, rank]`: `u` (for `dB += dy^T u`), `g` (`dA^T += x^T g`).
+    /// `[n_tok, rank]`: `u` (for `dB += dy^T u`).
     pub s: &'a [f32],
     /// `[n, rank]`, added to.
     pub o: &'a mut [f32],
 }
 
-/// LoRA's projection of `d: [n_tok, n]` and, if asked, its outer
-/// products, in one pass over `d` (see the module's text).
-pub fn lora_products(d: &[f32], n_tok: usize, rank: usize, project: Project, outer: Option<Outer>) {
+/// The projection and the outer products of `d: [n_tok, n]` in one pass
+/// over `d` (see the module's text).
+pub fn lora_products(d: &[f32], n_tok: usize, rank: usize, project: Project, outer: Outer) {
     // `n` from the factor, so that no tokens (an empty `d`) still has one.
     let n = match rank {
         0 => d.len().checked_div(n_tok).unwrap_or(0),
@@ -68,12 +64,10 @@ pub fn lora_products(d: &[f32], n_tok: usize, rank: usize, project: Project, out
         project.f.len() == n * rank && project.p.len() == n_tok * rank,
         "lora_products: projection shapes"
     );
-    if let Some(ou) = &outer {
-        assert!(
-            ou.s.len() == n_tok * rank && ou.o.len() == n * rank,
-            "lora_products: outer product shapes"
-        );
-    }
+    assert!(
+        outer.s.len() == n_tok * rank && outer.o.len() == n * rank,
+        "lora_products: outer product shapes"
+    );
     if n_tok == 0 || n == 0 || rank == 0 {
         project.p.fill(0.0); // an empty sum
         return;
@@ -98,12 +92,10 @@ pub(crate) fn composed(
     n: usize,
     rank: usize,
     project: Project,
-    outer: Option<Outer>,
+    outer: Outer,
 ) {
     matmul_w(d, n_tok, &Weights::f32(project.f, n, rank), project.p);
-    if let Some(ou) = outer {
-        matmul_tn(d, ou.s, n_tok, ou.o, true);
-    }
+    matmul_tn(d, outer.s, n_tok, outer.o, true);
 }
 
 /// The columns of `d` in chunks of at most [`CHUNK_COLS`], one task each:
@@ -118,7 +110,7 @@ pub(crate) fn fused(
     n: usize,
     rank: usize,
     project: Project,
-    outer: Option<Outer>,
+    outer: Outer,
 ) {
     assert!(fused_available() && (1..=FUSED_MAX_RANK).contains(&rank) && n > 0 && n_tok > 0);
     let width = super::bf16::balanced_chunk(n, 16, CHUNK_COLS);
@@ -126,30 +118,28 @@ pub(crate) fn fused(
     // The first chunk's share goes straight into `p`.
     let mut shares = vec![0f32; (n_chunks - 1) * n_tok * rank];
     let (p, rest) = (SharedOut::new(project.p), SharedOut::new(&mut shares));
-    let f = project.f;
-    let s = outer.as_ref().map(|ou| ou.s);
-    let o = outer.map(|ou| SharedOut::new(ou.o));
+    let o = SharedOut::new(outer.o);
+    let (f, s) = (project.f, outer.s);
     let run = |chunk: usize| {
         let c0 = chunk * width;
         // SAFETY: each chunk writes its own columns' rows of `o` and its
         // own share of `p`; every pointer is in bounds for the shapes the
         // caller checked.
         unsafe {
-            let p_share = match chunk {
-                0 => p.get(),
-                _ => rest.get().add((chunk - 1) * n_tok * rank),
-            };
-            avx512::tokens(
-                d.as_ptr().add(c0),
-                n,
-                n_tok,
-                width.min(n - c0),
+            let operands = avx512::Operands {
+                d: d.as_ptr().add(c0),
+                ld: n,
+                n: width.min(n - c0),
                 rank,
-                f.as_ptr().add(c0 * rank),
-                p_share,
-                s.map_or(std::ptr::null(), |s| s.as_ptr()),
-                o.map_or(std::ptr::null_mut(), |o| o.get().add(c0 * rank)),
-            )
+                f: f.as_ptr().add(c0 * rank),
+                p: match chunk {
+                    0 => p.get(),
+                    _ => rest.get().add((chunk - 1) * n_tok * rank),
+                },
+                s: s.as_ptr(),
+                o: o.get().add(c0 * rank),
+            };
+            avx512::tokens(operands, n_tok)
         }
     };
     // Handed to the pool (the caller sleeps) rather than `for_each_task`
@@ -167,69 +157,51 @@ pub(crate) fn fused(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    /// The projection (and, with a non-null `s`, the outer products) of
-    /// `n` columns of `d` (rows `ld` apart) over all `n_tok` tokens, in
-    /// blocks of as many tokens as the registers hold: a token's `rank`
-    /// lanes take G zmm, for its projection's accumulators and its row of
-    /// `s`. A ragged end goes one token at a time.
+    /// `n` columns of `d` (rows `ld` apart) for `p = d f` and `o += d^T s`:
+    /// `p` and `s` hold a row of `rank` values per token, `f` and `o` one
+    /// per column.
+    #[derive(Clone, Copy)]
+    pub(super) struct Operands {
+        pub d: *const f32,
+        pub ld: usize,
+        pub n: usize,
+        pub rank: usize,
+        pub f: *const f32,
+        pub p: *mut f32,
+        pub s: *const f32,
+        pub o: *mut f32,
+    }
+
+    /// Both products over `n_tok` tokens, in blocks of as many tokens as
+    /// the registers hold (a token's `rank` lanes take G zmm, for its
+    /// projection's accumulators and its row of `s`), a ragged end one
+    /// token at a time.
     ///
     /// # Safety
     /// AVX-512F; `d` holds `n_tok` rows of `ld >= n` values, `p` and `s`
-    /// `n_tok x rank`, `f` and `o` `n x rank` values (`s` and `o` may be
-    /// null together); `rank` in 1..=64.
-    #[allow(clippy::too_many_arguments)]
+    /// `n_tok x rank`, `f` and `o` `n x rank` values; `rank` in 1..=64.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tokens(
-        d: *const f32,
-        ld: usize,
-        n_tok: usize,
-        n: usize,
-        rank: usize,
-        f: *const f32,
-        p: *mut f32,
-        s: *const f32,
-        o: *mut f32,
-    ) {
-        macro_rules! run {
-            ($g:literal, $both:literal, $one:literal) => {
-                if s.is_null() {
-                    blocks::<$g, $one, false>(d, ld, n_tok, n, rank, f, p, s, o)
-                } else {
-                    blocks::<$g, $both, true>(d, ld, n_tok, n, rank, f, p, s, o)
-                }
-            };
-        }
-        match rank.div_ceil(16) {
-            1 => run!(1, 12, 16),
-            2 => run!(2, 6, 12),
-            3 => run!(3, 4, 8),
-            4 => run!(4, 3, 6),
-            _ => unreachable!("rank {rank} over the fused kernel's 64"),
+    pub(super) unsafe fn tokens(x: Operands, n_tok: usize) {
+        match x.rank.div_ceil(16) {
+            1 => blocks::<1, 12>(x, n_tok),
+            2 => blocks::<2, 6>(x, n_tok),
+            3 => blocks::<3, 4>(x, n_tok),
+            4 => blocks::<4, 3>(x, n_tok),
+            _ => unreachable!("rank {} over the fused kernel's 64", x.rank),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    unsafe fn blocks<const G: usize, const TB: usize, const OUTER: bool>(
-        d: *const f32,
-        ld: usize,
-        n_tok: usize,
-        n: usize,
-        rank: usize,
-        f: *const f32,
-        p: *mut f32,
-        s: *const f32,
-        o: *mut f32,
-    ) {
+    unsafe fn blocks<const G: usize, const TB: usize>(x: Operands, n_tok: usize) {
         let mut masks = [0xffffu16; G];
-        masks[G - 1] = super::super::lane_mask(rank - 16 * (G - 1));
+        masks[G - 1] = super::super::lane_mask(x.rank - 16 * (G - 1));
         let mut t = 0;
         while t + TB <= n_tok {
-            block::<G, TB, OUTER>(d, ld, t, n, rank, &masks, f, p, s, o);
+            block::<G, TB>(x, t, &masks);
             t += TB;
         }
         while t < n_tok {
-            block::<G, 1, OUTER>(d, ld, t, n, rank, &masks, f, p, s, o);
+            block::<G, 1>(x, t, &masks);
             t += 1;
         }
     }
@@ -237,60 +209,52 @@ mod avx512 {
     /// Tokens `t..t + TB`: each value of their rows of `d`, column by
     /// column, feeds `TB x G` projection accumulators (with `f`'s row `c`)
     /// and `o`'s row `c` (with the tokens' rows of `s`, kept in registers).
-    #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn block<const G: usize, const TB: usize, const OUTER: bool>(
-        d: *const f32,
-        ld: usize,
-        t: usize,
-        n: usize,
-        rank: usize,
-        masks: &[u16; G],
-        f: *const f32,
-        p: *mut f32,
-        s: *const f32,
-        o: *mut f32,
-    ) {
+    unsafe fn block<const G: usize, const TB: usize>(x: Operands, t: usize, masks: &[u16; G]) {
+        let Operands {
+            d,
+            ld,
+            n,
+            rank,
+            f,
+            p,
+            s,
+            o,
+        } = x;
         let d = d.add(t * ld);
         let mut acc = [[_mm512_setzero_ps(); G]; TB];
         let mut s_rows = [[_mm512_setzero_ps(); G]; TB];
-        if OUTER {
-            for (i, row) in s_rows.iter_mut().enumerate() {
-                for (g, v) in row.iter_mut().enumerate() {
-                    *v = _mm512_maskz_loadu_ps(masks[g], s.add((t + i) * rank + 16 * g));
-                }
+        for (i, row) in s_rows.iter_mut().enumerate() {
+            for (g, v) in row.iter_mut().enumerate() {
+                *v = _mm512_maskz_loadu_ps(masks[g], s.add((t + i) * rank + 16 * g));
             }
         }
         for c in 0..n {
             let dv = |i: usize| _mm512_set1_ps(*d.add(i * ld + c));
             let f_row = f.add(c * rank);
+            let o_row = o.add(c * rank);
             for g in 0..G {
                 let fv = _mm512_maskz_loadu_ps(masks[g], f_row.add(16 * g));
                 for (i, acc) in acc.iter_mut().enumerate() {
                     acc[g] = _mm512_fmadd_ps(dv(i), fv, acc[g]);
                 }
-            }
-            if OUTER {
-                let o_row = o.add(c * rank);
-                for g in 0..G {
-                    // Two chains of the tokens' multiply-adds, halving the
-                    // latency each column waits on.
-                    let mut even = _mm512_maskz_loadu_ps(masks[g], o_row.add(16 * g));
-                    let mut odd = _mm512_setzero_ps();
-                    for i in (0..TB).step_by(2) {
-                        even = _mm512_fmadd_ps(dv(i), s_rows[i][g], even);
-                        if i + 1 < TB {
-                            odd = _mm512_fmadd_ps(dv(i + 1), s_rows[i + 1][g], odd);
-                        }
+                // Two chains of the tokens' multiply-adds into `o`,
+                // halving the latency each column waits on.
+                let mut even = _mm512_maskz_loadu_ps(masks[g], o_row.add(16 * g));
+                let mut odd = _mm512_setzero_ps();
+                for i in (0..TB).step_by(2) {
+                    even = _mm512_fmadd_ps(dv(i), s_rows[i][g], even);
+                    if i + 1 < TB {
+                        odd = _mm512_fmadd_ps(dv(i + 1), s_rows[i + 1][g], odd);
                     }
-                    let ov = if TB > 1 {
-                        _mm512_add_ps(even, odd)
-                    } else {
-                        even
-                    };
-                    _mm512_mask_storeu_ps(o_row.add(16 * g), masks[g], ov);
                 }
+                let ov = if TB > 1 {
+                    _mm512_add_ps(even, odd)
+                } else {
+                    even
+                };
+                _mm512_mask_storeu_ps(o_row.add(16 * g), masks[g], ov);
             }
         }
         for (i, row) in acc.iter().enumerate() {
@@ -347,10 +311,10 @@ mod tests {
         }
     }
 
-    type Kernel = fn(&[f32], usize, usize, usize, Project, Option<Outer>);
+    type Kernel = fn(&[f32], usize, usize, usize, Project, Outer);
 
-    /// The projection alone and with the outer products, against the
-    /// oracle, the outer products added to non-zero values.
+    /// Both products against the oracle, the outer products added to
+    /// non-zero values.
     fn check(kernel: Kernel, name: &str, n_tok: usize, n: usize, rank: usize, seed: u64) {
         let mut rng = TestRng(seed);
         let mut values = |len: usize| (0..len).map(|_| rng.uniform()).collect::<Vec<f32>>();
@@ -362,25 +326,18 @@ mod tests {
         );
         let ((p_want, p_mass), (o_want, o_mass)) = oracle(&d, n_tok, n, rank, &f, &s, &o0);
         let what = format!("{name}: n_tok {n_tok}, n {n}, rank {rank}");
-        for out in [false, true] {
-            let mut p = vec![f32::NAN; n_tok * rank];
-            let mut o = o0.clone();
-            kernel(
-                &d,
-                n_tok,
-                n,
-                rank,
-                Project { f: &f, p: &mut p },
-                out.then(|| Outer { s: &s, o: &mut o }),
-            );
-            close(&format!("{what}: p"), &p, &p_want, &p_mass);
-            let (o_want, o_mass) = if out {
-                (o_want.clone(), o_mass.clone())
-            } else {
-                (o0.iter().map(|&v| v as f64).collect(), vec![0.0; o0.len()])
-            };
-            close(&format!("{what}: o"), &o, &o_want, &o_mass);
-        }
+        let mut p = vec![f32::NAN; n_tok * rank];
+        let mut o = o0.clone();
+        kernel(
+            &d,
+            n_tok,
+            n,
+            rank,
+            Project { f: &f, p: &mut p },
+            Outer { s: &s, o: &mut o },
+        );
+        close(&format!("{what}: p"), &p, &p_want, &p_mass);
+        close(&format!("{what}: o"), &o, &o_want, &o_mass);
     }
 
     /// The shapes: token counts around the blocks (16, 12, 8, 6, 4 and 3
@@ -447,7 +404,7 @@ mod tests {
             let (mut p, mut o) = (vec![0f32; n_tok * rank], vec![0.5f32; n * rank]);
             pool.install(|| {
                 let project = Project { f: &f, p: &mut p };
-                lora_products(&d, n_tok, rank, project, Some(Outer { s: &s, o: &mut o }))
+                lora_products(&d, n_tok, rank, project, Outer { s: &s, o: &mut o })
             });
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
             (bits(&p), bits(&o))
@@ -465,10 +422,10 @@ mod tests {
             4,
             16,
             Project { f: &[], p: &mut p },
-            Some(Outer {
+            Outer {
                 s: &[0.0; 4 * 16],
                 o: &mut o,
-            }),
+            },
         );
         assert!(p.iter().all(|&v| v == 0.0), "an empty sum is zero");
         // No tokens: nothing to write, nothing added to `o`.
@@ -481,7 +438,7 @@ mod tests {
                 f: &[0.5; 24 * 16],
                 p: &mut [],
             },
-            Some(Outer { s: &[], o: &mut o }),
+            Outer { s: &[], o: &mut o },
         );
         assert!(o.iter().all(|&v| v == 1.0), "no tokens add nothing");
         check(
